@@ -1,0 +1,193 @@
+//! Sharded checkpoints on disk, in the reference's layout with safetensors instead of pickles:
+//!
+//! ```text
+//! <dir>/config.json
+//! <dir>/shards/mp_metadata_pp_rank_0.json
+//! <dir>/shards/model/dp_rank_00_tp_rank_XX_pp_rank_00.safetensors
+//! ```
+
+use crate::error::{Error, Result};
+use crate::io::{write_file_synced, write_hf_checkpoint, write_safetensors, HfCheckpoint, SafetensorsFile};
+use crate::metadata::{CheckpointMetadata, FORMAT_VERSION};
+use crate::model::{consolidation_plan, plan_shards, PlanOptions};
+use crate::plan::{ShardPlan, TensorInfo, TensorSource};
+use crate::staging::Staging;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Metadata file, relative to the checkpoint directory.
+pub const METADATA_PATH: &str = "shards/mp_metadata_pp_rank_0.json";
+/// Rank files directory, relative to the checkpoint directory.
+pub const RANKS_DIR: &str = "shards/model";
+
+/// The file name of TP rank `rank`'s shard.
+pub fn rank_file_name(rank: usize) -> String {
+    format!("dp_rank_00_tp_rank_{rank:02}_pp_rank_00.safetensors")
+}
+
+/// What a write did, for the CLI's report.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Files written (final paths).
+    pub files: Vec<PathBuf>,
+    /// Tensors written.
+    pub tensors: usize,
+    /// Bytes of tensor data written.
+    pub bytes_written: u64,
+    /// Per rank, bytes read from the input.
+    pub bytes_read_per_rank: Vec<usize>,
+    /// Input tensors left unused.
+    pub unexpected: Vec<String>,
+}
+
+/// Options of [`shard`] and [`consolidate`].
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// Replace an existing destination (only once the new output is complete).
+    pub force: bool,
+    /// Accept input tensors no parameter uses.
+    pub allow_unexpected: bool,
+    /// Largest HF output file, in bytes (consolidation).
+    pub max_shard_size: Option<u64>,
+}
+
+fn copy_config(src_dir: &Path, dst_dir: &Path) -> Result<()> {
+    let c = src_dir.join("config.json");
+    if c.exists() {
+        let bytes = std::fs::read(&c).map_err(|e| Error::io(&c, e))?;
+        write_file_synced(&dst_dir.join("config.json"), &bytes)?;
+    }
+    Ok(())
+}
+
+/// Records each parameter's global (unpadded) shape and dtype in the metadata, from the plan.
+fn with_global_infos(meta: &CheckpointMetadata, plan: &ShardPlan) -> CheckpointMetadata {
+    let mut m = meta.clone();
+    m.format_version = Some(FORMAT_VERSION);
+    m.tp_size = Some(plan.tp);
+    let originals: BTreeMap<&str, &TensorInfo> = plan.originals.iter().map(|i| (i.name.as_str(), i)).collect();
+    for t in plan.ranks.first().into_iter().flatten() {
+        if let Some(p) = m.parameters.get_mut(&t.name) {
+            p.dtype = Some(t.dtype);
+            p.shape = Some(match originals.get(t.name.as_str()) {
+                Some(o) => o.shape.clone(),
+                // Spec-produced tensors: the unpadded concatenation over ranks.
+                None => {
+                    let mut s = t.shape.clone();
+                    if let (true, Some(d)) = (p.tensor_model_parallel, p.partition_dim) {
+                        if let Some(x) = s.get_mut(d) {
+                            *x *= plan.tp;
+                        }
+                    }
+                    s
+                }
+            });
+        }
+    }
+    m
+}
+
+/// Shards the HF checkpoint in `hf_dir` into `out_dir` at TP size `tp`. Each rank reads only its own slices.
+pub fn shard(hf_dir: &Path, out_dir: &Path, meta: &CheckpointMetadata, tp: usize, opts: &WriteOptions) -> Result<Report> {
+    let hf = HfCheckpoint::open(hf_dir)?;
+    let plan = plan_shards(meta, &hf, tp, PlanOptions { allow_unexpected: opts.allow_unexpected })?;
+    let staging = Staging::new(out_dir, opts.force)?;
+    let ranks_dir = staging.path().join(RANKS_DIR);
+    std::fs::create_dir_all(&ranks_dir).map_err(|e| Error::io(&ranks_dir, e))?;
+    let mut report = Report { bytes_read_per_rank: plan.bytes_read_per_rank(), ..Default::default() };
+    let rank_meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    for (rank, tensors) in plan.ranks.iter().enumerate() {
+        let path = ranks_dir.join(rank_file_name(rank));
+        let infos: Vec<TensorInfo> = tensors.iter().map(|t| TensorInfo { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }).collect();
+        let by_name: BTreeMap<&str, &crate::plan::TensorPlan> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+        report.bytes_written += write_safetensors(&path, &infos, &rank_meta, &mut |info| {
+            let t = by_name.get(info.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", info.name)))?;
+            t.execute(&mut |s| hf.tensor(&s.name))
+        })?;
+        report.tensors += infos.len();
+        report.files.push(out_dir.join(RANKS_DIR).join(rank_file_name(rank)));
+    }
+    let m = with_global_infos(meta, &plan);
+    write_file_synced(&staging.path().join(METADATA_PATH), m.to_json()?.as_bytes())?;
+    copy_config(hf_dir, staging.path())?;
+    report.unexpected = plan_unexpected(&hf, &plan);
+    staging.commit()?;
+    Ok(report)
+}
+
+fn plan_unexpected(src: &dyn TensorSource, plan: &ShardPlan) -> Vec<String> {
+    let used: std::collections::HashSet<&str> = plan.originals.iter().map(|o| o.name.as_str()).collect();
+    src.names().into_iter().filter(|n| !used.contains(n.as_str())).collect()
+}
+
+/// A sharded checkpoint opened for reading: its metadata and one memory-mapped file per rank.
+pub struct ShardedCheckpoint {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The metadata.
+    pub metadata: CheckpointMetadata,
+    /// The TP size.
+    pub tp: usize,
+    /// Rank files, in rank order.
+    pub ranks: Vec<SafetensorsFile>,
+}
+
+impl ShardedCheckpoint {
+    /// Opens `dir`, checking that exactly the rank files of its TP size are present.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let mpath = dir.join(METADATA_PATH);
+        let metadata = CheckpointMetadata::read(&mpath)?;
+        let tp = metadata.tp_size(&mpath)?;
+        let rdir = dir.join(RANKS_DIR);
+        let mut missing = Vec::new();
+        let mut ranks = Vec::new();
+        for r in 0..tp {
+            let p = rdir.join(rank_file_name(r));
+            if p.exists() {
+                ranks.push(SafetensorsFile::open(&p)?);
+            } else {
+                missing.push(rank_file_name(r));
+            }
+        }
+        if !missing.is_empty() {
+            return Err(Error::RankFiles { dir: rdir, reason: format!("metadata says tp {tp}, missing rank files: {}", missing.join(", ")) });
+        }
+        let mut extra = Vec::new();
+        for e in std::fs::read_dir(&rdir).map_err(|e| Error::io(&rdir, e))? {
+            let name = e.map_err(|e| Error::io(&rdir, e))?.file_name().to_string_lossy().to_string();
+            if name.ends_with(".safetensors") && !(0..tp).any(|r| rank_file_name(r) == name) {
+                extra.push(name);
+            }
+        }
+        if !extra.is_empty() {
+            extra.sort();
+            return Err(Error::RankFiles { dir: rdir, reason: format!("metadata says tp {tp}, but extra rank files are present (another tp size?): {}", extra.join(", ")) });
+        }
+        Ok(Self { dir: dir.to_path_buf(), metadata, tp, ranks })
+    }
+
+    /// The rank files as tensor sources.
+    pub fn sources(&self) -> Vec<&dyn TensorSource> {
+        self.ranks.iter().map(|r| r as &dyn TensorSource).collect()
+    }
+}
+
+/// Consolidates the sharded checkpoint in `sharded_dir` into an HF directory `out_dir`, one tensor at a time.
+pub fn consolidate(sharded_dir: &Path, out_dir: &Path, opts: &WriteOptions) -> Result<Report> {
+    let ck = ShardedCheckpoint::open(sharded_dir)?;
+    let sources = ck.sources();
+    let (_, inverse) = consolidation_plan(&ck.metadata, &sources)?;
+    let staging = Staging::new(out_dir, opts.force)?;
+    let infos: Vec<TensorInfo> = inverse.iter().map(|t| TensorInfo { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }).collect();
+    let by_name: BTreeMap<&str, &crate::plan::TensorPlan> = inverse.iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut report = Report { tensors: infos.len(), ..Default::default() };
+    let files = write_hf_checkpoint(staging.path(), &infos, opts.max_shard_size, &mut |info| {
+        let t = by_name.get(info.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", info.name)))?;
+        t.execute(&mut |s| sources[s.part].tensor(&s.name))
+    })?;
+    report.bytes_written = infos.iter().map(|i| i.nbytes() as u64).sum();
+    report.files = files.iter().filter_map(|f| f.file_name()).map(|n| out_dir.join(n)).collect();
+    copy_config(sharded_dir, staging.path())?;
+    staging.commit()?;
+    Ok(report)
+}

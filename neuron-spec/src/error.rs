@@ -1,0 +1,206 @@
+//! One typed error for the whole crate: every message names what a user needs to fix the input.
+
+use std::path::PathBuf;
+
+/// Crate-wide result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, with the file, tensor, expected and found values.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O error on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A safetensors file whose header or layout is invalid.
+    #[error("{path}: invalid safetensors file: {reason}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A JSON file (config, index, metadata) that does not parse or lacks a field.
+    #[error("{path}: invalid JSON: {reason}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A dtype string we do not handle.
+    #[error("{context}: unsupported dtype {found}")]
+    UnsupportedDtype {
+        /// Where it was found.
+        context: String,
+        /// The dtype string.
+        found: String,
+    },
+    /// A tensor with another shape than the layout requires.
+    #[error("tensor {tensor}: expected shape {expected:?}, found {found:?}{}", in_file(.file))]
+    ShapeMismatch {
+        /// The tensor name.
+        tensor: String,
+        /// The expected shape.
+        expected: Vec<usize>,
+        /// The shape found.
+        found: Vec<usize>,
+        /// The file holding the tensor, when known.
+        file: Option<PathBuf>,
+    },
+    /// A tensor with another dtype than the layout requires.
+    #[error("tensor {tensor}: expected dtype {expected}, found {found}{}", in_file(.file))]
+    DtypeMismatch {
+        /// The tensor name.
+        tensor: String,
+        /// The expected dtype.
+        expected: String,
+        /// The dtype found.
+        found: String,
+        /// The file holding the tensor, when known.
+        file: Option<PathBuf>,
+    },
+    /// A spec or configuration field with an invalid value.
+    #[error("invalid {spec} field `{field}`: {reason}")]
+    InvalidSpec {
+        /// The spec (class) name, or "config".
+        spec: String,
+        /// The offending field.
+        field: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// Tensors the layout needs but the input lacks, and tensors the input has but the layout does not use.
+    #[error("{}", key_mismatch_message(.context, .missing, .unexpected))]
+    KeyMismatch {
+        /// What was being read.
+        context: String,
+        /// Names required but absent, each with a "did you mean" suggestion when one is close.
+        missing: Vec<(String, Option<String>)>,
+        /// Names present but unused.
+        unexpected: Vec<String>,
+    },
+    /// Sharded-checkpoint metadata that cannot drive consolidation.
+    #[error("{path}: {reason}")]
+    Metadata {
+        /// The metadata file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Rank files that are missing, duplicated or from another tp size.
+    #[error("{dir}: {reason}")]
+    RankFiles {
+        /// The shards directory.
+        dir: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A destination that exists and may not be replaced.
+    #[error("{path}: destination exists (use --force to replace it)")]
+    DestinationExists {
+        /// The destination.
+        path: PathBuf,
+    },
+    /// Any other invalid argument.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn in_file(file: &Option<PathBuf>) -> String {
+    file.as_ref().map(|f| format!(" in {}", f.display())).unwrap_or_default()
+}
+
+fn key_mismatch_message(
+    context: &str,
+    missing: &[(String, Option<String>)],
+    unexpected: &[String],
+) -> String {
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        let names: Vec<String> = missing
+            .iter()
+            .map(|(n, s)| match s {
+                Some(s) => format!("{n} (did you mean {s}?)"),
+                None => n.clone(),
+            })
+            .collect();
+        parts.push(format!("missing tensors: {}", names.join(", ")));
+    }
+    if !unexpected.is_empty() {
+        parts.push(format!("unexpected tensors: {}", unexpected.join(", ")));
+    }
+    format!("{context}: {}", parts.join("; "))
+}
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    /// An invalid spec field.
+    pub fn spec(spec: &str, field: &str, reason: impl Into<String>) -> Self {
+        Error::InvalidSpec { spec: spec.to_string(), field: field.to_string(), reason: reason.into() }
+    }
+
+    /// Missing/unexpected names, with "did you mean" suggestions picked among `candidates`.
+    pub fn key_mismatch(
+        context: impl Into<String>,
+        missing: Vec<String>,
+        unexpected: Vec<String>,
+        candidates: &[&str],
+    ) -> Self {
+        let missing = missing
+            .into_iter()
+            .map(|m| {
+                let s = did_you_mean(&m, candidates);
+                (m, s)
+            })
+            .collect();
+        Error::KeyMismatch { context: context.into(), missing, unexpected }
+    }
+}
+
+/// The candidate closest to `name` by edit distance, when it is close enough to be a likely typo.
+pub fn did_you_mean(name: &str, candidates: &[&str]) -> Option<String> {
+    let best = candidates
+        .iter()
+        .filter(|c| **c != name)
+        .map(|c| (levenshtein(name, c), *c))
+        .min_by_key(|(d, _)| *d)?;
+    (best.0 <= name.len().max(4) / 4).then(|| best.1.to_string())
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_names_only() {
+        let c = ["model.layers.0.mlp.up_proj.weight", "model.norm.weight"];
+        assert_eq!(
+            did_you_mean("model.layers.0.mlp.up_prj.weight", &c).as_deref(),
+            Some("model.layers.0.mlp.up_proj.weight")
+        );
+        assert_eq!(did_you_mean("lm_head.weight", &c), None);
+    }
+}

@@ -1,0 +1,398 @@
+//! safetensors in and out: memory-mapped reads that touch a tensor's bytes only when used, streaming writes
+//! that hold one tensor at a time, and HF checkpoint directories (single file or index + shards).
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::plan::{TensorInfo, TensorSource};
+use crate::tensor::{numel, HostTensor};
+use indexmap::IndexMap;
+use memmap2::Mmap;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Single-file HF checkpoint name.
+pub const SINGLE_FILE: &str = "model.safetensors";
+/// HF index file name.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+/// Largest header we accept (the safetensors limit).
+const MAX_HEADER: usize = 100_000_000;
+
+struct Entry {
+    dtype: DType,
+    shape: Vec<usize>,
+    range: Range<usize>,
+}
+
+/// One memory-mapped safetensors file with a validated header.
+pub struct SafetensorsFile {
+    path: PathBuf,
+    map: Arc<Mmap>,
+    tensors: IndexMap<String, Entry>,
+    metadata: BTreeMap<String, String>,
+}
+
+fn st_err(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Safetensors { path: path.to_path_buf(), reason: reason.into() }
+}
+
+impl SafetensorsFile {
+    /// Maps `path` and validates its header: dtypes, shapes, and offsets that tile the data exactly.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len() as usize;
+        if len < 8 {
+            return Err(st_err(path, format!("file is {len} bytes, shorter than the 8-byte header length")));
+        }
+        // SAFETY: the file is opened read-only; like every mmap reader we rely on it not being truncated
+        // while mapped.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let mut n8 = [0u8; 8];
+        n8.copy_from_slice(&map[..8]);
+        let n = u64::from_le_bytes(n8);
+        if n > MAX_HEADER as u64 || 8 + n as usize > len {
+            return Err(st_err(path, format!("header length {n} goes beyond the file ({len} bytes)")));
+        }
+        let n = n as usize;
+        let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&map[8..8 + n])
+            .map_err(|e| st_err(path, format!("header is not a JSON object: {e}")))?;
+        let data_start = 8 + n;
+        let data_len = len - data_start;
+        let mut metadata = BTreeMap::new();
+        let mut entries: Vec<(String, Entry)> = Vec::new();
+        for (name, v) in header {
+            if name == "__metadata__" {
+                if let Some(o) = v.as_object() {
+                    for (k, val) in o {
+                        metadata.insert(k.clone(), val.as_str().map(str::to_string).unwrap_or_else(|| val.to_string()));
+                    }
+                }
+                continue;
+            }
+            let ctx = format!("{}: tensor {name}", path.display());
+            let dtype_s = v.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| st_err(path, format!("tensor {name}: no dtype")))?;
+            let dtype = DType::parse(dtype_s, &ctx)?;
+            let shape: Vec<usize> = v
+                .get("shape")
+                .and_then(|s| s.as_array())
+                .and_then(|a| a.iter().map(|x| x.as_u64().map(|u| u as usize)).collect::<Option<Vec<_>>>())
+                .ok_or_else(|| st_err(path, format!("tensor {name}: shape is not a list of sizes")))?;
+            let offs: Vec<usize> = v
+                .get("data_offsets")
+                .and_then(|s| s.as_array())
+                .and_then(|a| a.iter().map(|x| x.as_u64().map(|u| u as usize)).collect::<Option<Vec<_>>>())
+                .filter(|o| o.len() == 2)
+                .ok_or_else(|| st_err(path, format!("tensor {name}: data_offsets is not a pair")))?;
+            let nbytes = shape
+                .iter()
+                .try_fold(dtype.size(), |a, s| a.checked_mul(*s))
+                .ok_or_else(|| st_err(path, format!("tensor {name}: shape {shape:?} overflows")))?;
+            if offs[1] < offs[0] || offs[1] - offs[0] != nbytes {
+                return Err(st_err(path, format!("tensor {name}: data_offsets {offs:?} hold {} bytes, {dtype} {shape:?} needs {nbytes}", offs[1].wrapping_sub(offs[0]))));
+            }
+            if offs[1] > data_len {
+                return Err(st_err(path, format!("tensor {name}: data_offsets {offs:?} go beyond the data ({data_len} bytes)")));
+            }
+            entries.push((name, Entry { dtype, shape, range: data_start + offs[0]..data_start + offs[1] }));
+        }
+        entries.sort_by_key(|(_, e)| (e.range.start, e.range.end));
+        let mut end = data_start;
+        for (name, e) in &entries {
+            if e.range.start != end && !(e.range.is_empty() && e.range.start <= end) {
+                return Err(st_err(path, format!("tensor {name}: data starts at {} but the previous tensor ends at {end} (overlap or gap)", e.range.start - data_start)));
+            }
+            end = end.max(e.range.end);
+        }
+        if end != len {
+            return Err(st_err(path, format!("tensors end at byte {end} but the file has {len} (truncated or trailing bytes)")));
+        }
+        Ok(Self { path: path.to_path_buf(), map: Arc::new(map), tensors: entries.into_iter().collect(), metadata })
+    }
+
+    /// The file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The `__metadata__` entries.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// Tensor names in data order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// Dtype and shape of `name`.
+    pub fn info(&self, name: &str) -> Option<TensorInfo> {
+        self.tensors.get(name).map(|e| TensorInfo { name: name.to_string(), dtype: e.dtype, shape: e.shape.clone() })
+    }
+
+    /// A zero-copy view of `name`.
+    pub fn tensor(&self, name: &str) -> Result<HostTensor> {
+        let e = self.tensors.get(name).ok_or_else(|| {
+            let c: Vec<&str> = self.names().collect();
+            Error::key_mismatch(self.path.display().to_string(), vec![name.to_string()], vec![], &c)
+        })?;
+        Ok(HostTensor::mapped(e.dtype, e.shape.clone(), self.map.clone(), e.range.clone()))
+    }
+}
+
+impl TensorSource for SafetensorsFile {
+    fn info(&self, name: &str) -> Option<TensorInfo> {
+        SafetensorsFile::info(self, name)
+    }
+    fn tensor(&self, name: &str) -> Result<HostTensor> {
+        SafetensorsFile::tensor(self, name)
+    }
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+}
+
+/// An HF checkpoint directory: `model.safetensors`, or `model.safetensors.index.json` and the files it names.
+/// Only those files are opened: fixture folders also hold golden files.
+pub struct HfCheckpoint {
+    dir: PathBuf,
+    files: Vec<SafetensorsFile>,
+    index: IndexMap<String, usize>,
+}
+
+impl HfCheckpoint {
+    /// Opens the checkpoint in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index_path = dir.join(INDEX_FILE);
+        if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json { path: index_path.clone(), reason: e.to_string() })?;
+            let wm = v
+                .get("weight_map")
+                .and_then(|w| w.as_object())
+                .ok_or_else(|| Error::Json { path: index_path.clone(), reason: "no weight_map object".into() })?;
+            let mut file_ids: IndexMap<String, usize> = IndexMap::new();
+            let mut files = Vec::new();
+            let mut index = IndexMap::new();
+            for (name, f) in wm {
+                let f = f.as_str().ok_or_else(|| Error::Json { path: index_path.clone(), reason: format!("weight_map[{name}] is not a file name") })?;
+                if f.contains('/') || f.contains('\\') || f == ".." {
+                    return Err(Error::Json { path: index_path.clone(), reason: format!("weight_map[{name}] = {f:?} is not a file in this directory") });
+                }
+                let id = match file_ids.get(f) {
+                    Some(id) => *id,
+                    None => {
+                        let p = dir.join(f);
+                        if !p.exists() {
+                            return Err(Error::Json { path: index_path.clone(), reason: format!("weight_map names {f}, which does not exist") });
+                        }
+                        files.push(SafetensorsFile::open(&p)?);
+                        file_ids.insert(f.to_string(), files.len() - 1);
+                        files.len() - 1
+                    }
+                };
+                index.insert(name.clone(), id);
+            }
+            // Every tensor in the files must be indexed exactly once, in the file the index says.
+            let mut seen: IndexMap<String, usize> = IndexMap::new();
+            for (id, file) in files.iter().enumerate() {
+                for n in file.names() {
+                    if let Some(prev) = seen.insert(n.to_string(), id) {
+                        return Err(Error::Safetensors {
+                            path: file.path().to_path_buf(),
+                            reason: format!("tensor {n} is also in {}", files[prev].path().display()),
+                        });
+                    }
+                }
+            }
+            for (name, id) in &index {
+                if files[*id].info(name).is_none() {
+                    return Err(Error::Safetensors { path: files[*id].path().to_path_buf(), reason: format!("the index places tensor {name} here, but the file lacks it") });
+                }
+            }
+            for (n, id) in &seen {
+                if !index.contains_key(n) {
+                    return Err(Error::Json { path: index_path.clone(), reason: format!("tensor {n} of {} is missing from weight_map", files[*id].path().display()) });
+                }
+            }
+            Ok(Self { dir: dir.to_path_buf(), files, index })
+        } else {
+            let p = dir.join(SINGLE_FILE);
+            if !p.exists() {
+                return Err(Error::io(&p, std::io::Error::new(std::io::ErrorKind::NotFound, format!("no {SINGLE_FILE} or {INDEX_FILE} in this directory"))));
+            }
+            let f = SafetensorsFile::open(&p)?;
+            let index = f.names().map(|n| (n.to_string(), 0)).collect();
+            Ok(Self { dir: dir.to_path_buf(), files: vec![f], index })
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The files, in index order.
+    pub fn files(&self) -> &[SafetensorsFile] {
+        &self.files
+    }
+
+    /// Which file holds `name`.
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.index.get(name).map(|i| self.files[*i].path())
+    }
+
+    /// Total bytes of tensor data.
+    pub fn total_bytes(&self) -> usize {
+        self.index.keys().filter_map(|n| TensorSource::info(self, n)).map(|i| i.nbytes()).sum()
+    }
+}
+
+impl TensorSource for HfCheckpoint {
+    fn info(&self, name: &str) -> Option<TensorInfo> {
+        self.index.get(name).and_then(|i| self.files[*i].info(name))
+    }
+    fn tensor(&self, name: &str) -> Result<HostTensor> {
+        match self.index.get(name) {
+            Some(i) => self.files[*i].tensor(name),
+            None => {
+                let c: Vec<&str> = self.index.keys().map(String::as_str).collect();
+                Err(Error::key_mismatch(self.dir.display().to_string(), vec![name.to_string()], vec![], &c))
+            }
+        }
+    }
+    fn names(&self) -> Vec<String> {
+        self.index.keys().cloned().collect()
+    }
+}
+
+/// The order safetensors writers use: larger dtypes first, then by name.
+pub fn safetensors_order(infos: &mut [TensorInfo]) {
+    infos.sort_by(|a, b| b.dtype.size().cmp(&a.dtype.size()).then_with(|| a.name.cmp(&b.name)));
+}
+
+/// Writes a safetensors file, asking `fill` for one tensor at a time, so memory holds one tensor.
+/// `tensors` are written in safetensors order; each filled tensor must match its info.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[TensorInfo],
+    metadata: &BTreeMap<String, String>,
+    fill: &mut dyn FnMut(&TensorInfo) -> Result<HostTensor>,
+) -> Result<u64> {
+    let mut order = tensors.to_vec();
+    safetensors_order(&mut order);
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), serde_json::to_value(metadata).map_err(|e| Error::Invalid(e.to_string()))?);
+    }
+    let mut off = 0usize;
+    for t in &order {
+        let n = numel(&t.shape) * t.dtype.size();
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({"dtype": t.dtype.as_str(), "shape": t.shape, "data_offsets": [off, off + n]}),
+        );
+        off += n;
+    }
+    let mut h = serde_json::to_vec(&header).map_err(|e| Error::Invalid(e.to_string()))?;
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let file = File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let io = |e| Error::io(path, e);
+    w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(&h).map_err(io)?;
+    for t in &order {
+        let x = fill(t)?;
+        if x.dtype() != t.dtype || x.shape() != t.shape.as_slice() {
+            return Err(Error::ShapeMismatch { tensor: t.name.clone(), expected: t.shape.clone(), found: x.shape().to_vec(), file: Some(path.to_path_buf()) });
+        }
+        w.write_all(x.bytes()).map_err(io)?;
+    }
+    let file = w.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    Ok((8 + h.len() + off) as u64)
+}
+
+/// Writes an HF checkpoint into `dir`: one `model.safetensors` when everything fits in `max_shard_size`
+/// bytes, else `model-0000K-of-0000N.safetensors` files and an index. Returns the files written.
+pub fn write_hf_checkpoint(
+    dir: &Path,
+    tensors: &[TensorInfo],
+    max_shard_size: Option<u64>,
+    fill: &mut dyn FnMut(&TensorInfo) -> Result<HostTensor>,
+) -> Result<Vec<PathBuf>> {
+    let max = max_shard_size.unwrap_or(u64::MAX);
+    let mut shards: Vec<Vec<TensorInfo>> = vec![vec![]];
+    let mut cur = 0u64;
+    for t in tensors {
+        let n = t.nbytes() as u64;
+        if cur > 0 && cur + n > max {
+            shards.push(vec![]);
+            cur = 0;
+        }
+        if let Some(last) = shards.last_mut() {
+            last.push(t.clone());
+        }
+        cur += n;
+    }
+    let meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    if shards.len() == 1 {
+        let p = dir.join(SINGLE_FILE);
+        write_safetensors(&p, tensors, &meta, fill)?;
+        return Ok(vec![p]);
+    }
+    let n = shards.len();
+    let mut weight_map = serde_json::Map::new();
+    let mut files = Vec::new();
+    let total: usize = tensors.iter().map(TensorInfo::nbytes).sum();
+    for (k, shard) in shards.iter().enumerate() {
+        let fname = format!("model-{:05}-of-{:05}.safetensors", k + 1, n);
+        let p = dir.join(&fname);
+        write_safetensors(&p, shard, &meta, fill)?;
+        for t in shard {
+            weight_map.insert(t.name.clone(), serde_json::Value::String(fname.clone()));
+        }
+        files.push(p);
+    }
+    let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+    let ip = dir.join(INDEX_FILE);
+    let text = serde_json::to_string_pretty(&index).map_err(|e| Error::Invalid(e.to_string()))?;
+    write_file_synced(&ip, text.as_bytes())?;
+    files.push(ip);
+    Ok(files)
+}
+
+/// Writes and fsyncs a small file.
+pub fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    f.sync_all().map_err(|e| Error::io(path, e))
+}
+
+/// Parses a size such as `5GB`, `500MB`, `20KB`, `1GiB` or a plain byte count (HF's decimal units).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().map_err(|_| Error::Invalid(format!("invalid size {s:?}: expected e.g. 5GB, 500MB or 20KB")))?;
+    let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        "KIB" => 1024.0,
+        "MIB" => 1024.0 * 1024.0,
+        "GIB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(Error::Invalid(format!("invalid size {s:?}: unknown unit {unit:?}"))),
+    };
+    let bytes = v * mult;
+    if !(bytes >= 1.0) {
+        return Err(Error::Invalid(format!("invalid size {s:?}: must be at least one byte")));
+    }
+    Ok(bytes as u64)
+}

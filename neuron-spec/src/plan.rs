@@ -1,0 +1,397 @@
+//! Layouts as data: a plan lists which slices of which source tensors land where in which destination tensor.
+//!
+//! Every transformation (sharding, consolidation, resharding, the dry-run report) runs a plan. A block copies
+//! `len` indices along one dimension, all other dimensions whole, so it moves contiguous runs of raw bytes and
+//! never looks at values. The inverse of a plan (consolidation) is derived from it by swapping sources and
+//! destinations: nothing is written twice.
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::tensor::{numel, HostTensor};
+use serde::Serialize;
+
+/// A source tensor: `part` selects the source set (the rank for consolidation, 0 for an HF checkpoint).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Source {
+    /// Which source set (rank) holds the tensor.
+    pub part: usize,
+    /// The tensor name.
+    pub name: String,
+}
+
+/// Copy `len` indices along `dim`, from `src_offset` in the source to `dst_offset` in the destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Block {
+    /// The source tensor.
+    pub src: Source,
+    /// The dimension the offsets refer to; all other dimensions are copied whole.
+    pub dim: usize,
+    /// Start index along `dim` in the source.
+    pub src_offset: usize,
+    /// Start index along `dim` in the destination.
+    pub dst_offset: usize,
+    /// Number of indices copied.
+    pub len: usize,
+}
+
+/// One destination tensor and the blocks that fill it. Elements no block covers are zero (padding).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TensorPlan {
+    /// Destination name.
+    pub name: String,
+    /// Destination dtype (every source has it too: bytes are moved, never converted).
+    pub dtype: DType,
+    /// Destination shape.
+    pub shape: Vec<usize>,
+    /// The copies, in order.
+    pub blocks: Vec<Block>,
+    /// Extra copies of regions already filled by `blocks` (kv-head replicas on other ranks), kept so that
+    /// consolidation can check that replicas agree.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<Block>,
+}
+
+/// Shape and dtype of a tensor, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TensorInfo {
+    /// Name.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: Vec<usize>,
+}
+
+impl TensorInfo {
+    /// Size in bytes.
+    pub fn nbytes(&self) -> usize {
+        numel(&self.shape) * self.dtype.size()
+    }
+}
+
+/// Looks up tensors by name: an HF checkpoint, a rank file, a state dict.
+pub trait TensorSource {
+    /// The tensor's dtype and shape, if present.
+    fn info(&self, name: &str) -> Option<TensorInfo>;
+    /// The tensor (a zero-copy view where the source is memory-mapped).
+    fn tensor(&self, name: &str) -> Result<HostTensor>;
+    /// All tensor names, in the source's order.
+    fn names(&self) -> Vec<String>;
+}
+
+impl TensorSource for crate::tensor::StateDict {
+    fn info(&self, name: &str) -> Option<TensorInfo> {
+        self.get(name).map(|t| TensorInfo { name: name.to_string(), dtype: t.dtype(), shape: t.shape().to_vec() })
+    }
+    fn tensor(&self, name: &str) -> Result<HostTensor> {
+        self.get(name).cloned().ok_or_else(|| {
+            let c: Vec<&str> = self.keys().map(String::as_str).collect();
+            Error::key_mismatch("state dict", vec![name.to_string()], vec![], &c)
+        })
+    }
+    fn names(&self) -> Vec<String> {
+        self.keys().cloned().collect()
+    }
+}
+
+impl TensorPlan {
+    /// A plan that copies `src` whole into a destination of the same shape.
+    pub fn whole(name: &str, info: &TensorInfo, part: usize) -> Self {
+        // Scalars behave as shape [1].
+        let blocks = vec![Block {
+            src: Source { part, name: info.name.clone() },
+            dim: 0,
+            src_offset: 0,
+            dst_offset: 0,
+            len: info.shape.first().copied().unwrap_or(1),
+        }];
+        Self { name: name.to_string(), dtype: info.dtype, shape: info.shape.clone(), blocks, replicas: vec![] }
+    }
+
+    /// Size of the destination in bytes.
+    pub fn nbytes(&self) -> usize {
+        numel(&self.shape) * self.dtype.size()
+    }
+
+    /// Bytes read from sources by this plan.
+    pub fn bytes_read(&self) -> usize {
+        self.blocks
+            .iter()
+            .map(|b| {
+                let other: usize = self
+                    .shape
+                    .iter()
+                    .enumerate()
+                    .filter(|(d, _)| *d != b.dim)
+                    .map(|(_, s)| *s)
+                    .product();
+                other * b.len * self.dtype.size()
+            })
+            .sum()
+    }
+
+    /// Runs the plan: fetches each source once per block and copies row blocks of raw bytes.
+    pub fn execute(&self, fetch: &mut dyn FnMut(&Source) -> Result<HostTensor>) -> Result<HostTensor> {
+        let mut out = vec![0u8; self.nbytes()];
+        for b in &self.blocks {
+            let src = fetch(&b.src)?;
+            copy_block(&src, &b.src.name, b, &mut out, &self.shape, self.dtype, &self.name)?;
+        }
+        HostTensor::new(self.dtype, self.shape.clone(), out)
+    }
+
+    /// Largest difference between each replica block and the region of `out` it duplicates, in f32.
+    /// Returns `(max_abs_diff, replica source)` for the worst replica, or None when every replica is identical.
+    pub fn replica_mismatch(
+        &self,
+        out: &HostTensor,
+        fetch: &mut dyn FnMut(&Source) -> Result<HostTensor>,
+    ) -> Result<Option<(f32, Source)>> {
+        let mut worst: Option<(f32, Source)> = None;
+        for b in &self.replicas {
+            let src = fetch(&b.src)?;
+            // Extract the replica region and the matching region of `out` into two same-shaped buffers.
+            let region_shape = {
+                let mut s = self.shape.clone();
+                s[b.dim] = b.len;
+                s
+            };
+            let mut a = vec![0u8; numel(&region_shape) * self.dtype.size()];
+            let into_a = Block { src: b.src.clone(), dim: b.dim, src_offset: b.src_offset, dst_offset: 0, len: b.len };
+            copy_block(&src, &b.src.name, &into_a, &mut a, &region_shape, self.dtype, &self.name)?;
+            let mut c = vec![0u8; a.len()];
+            let into_c = Block { src: b.src.clone(), dim: b.dim, src_offset: b.dst_offset, dst_offset: 0, len: b.len };
+            copy_block(out, &self.name, &into_c, &mut c, &region_shape, self.dtype, &self.name)?;
+            if a != c {
+                let ta = HostTensor::new(self.dtype, region_shape.clone(), a)?.to_f32_vec();
+                let tc = HostTensor::new(self.dtype, region_shape, c)?.to_f32_vec();
+                let diff = ta.iter().zip(&tc).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                let diff = if diff == 0.0 { f32::MIN_POSITIVE } else { diff };
+                if worst.as_ref().map_or(true, |(w, _)| diff > *w) {
+                    worst = Some((diff, b.src.clone()));
+                }
+            }
+        }
+        Ok(worst)
+    }
+}
+
+/// Copies one block from `src` into `dst` (a buffer of `dst_shape`), checking every bound first.
+pub(crate) fn copy_block(
+    src: &HostTensor,
+    src_name: &str,
+    b: &Block,
+    dst: &mut [u8],
+    dst_shape: &[usize],
+    dtype: DType,
+    dst_name: &str,
+) -> Result<()> {
+    let s_shape = src.shape();
+    // Scalars behave as shape [1].
+    let s_shape_v: Vec<usize> = if s_shape.is_empty() { vec![1] } else { s_shape.to_vec() };
+    let d_shape_v: Vec<usize> = if dst_shape.is_empty() { vec![1] } else { dst_shape.to_vec() };
+    if src.dtype() != dtype {
+        return Err(Error::DtypeMismatch {
+            tensor: src_name.to_string(),
+            expected: dtype.to_string(),
+            found: src.dtype().to_string(),
+            file: None,
+        });
+    }
+    let same_rank = s_shape_v.len() == d_shape_v.len() && b.dim < d_shape_v.len();
+    let others_match = same_rank
+        && s_shape_v.iter().zip(&d_shape_v).enumerate().all(|(d, (a, c))| d == b.dim || a == c);
+    let in_bounds = same_rank
+        && b.src_offset.checked_add(b.len).is_some_and(|e| e <= s_shape_v[b.dim])
+        && b.dst_offset.checked_add(b.len).is_some_and(|e| e <= d_shape_v[b.dim]);
+    if !others_match || !in_bounds {
+        let mut expected = d_shape_v.clone();
+        if b.dim < expected.len() {
+            expected[b.dim] = s_shape_v.get(b.dim).copied().unwrap_or(0).max(b.src_offset + b.len);
+        }
+        return Err(Error::ShapeMismatch {
+            tensor: format!("{src_name} (read for {dst_name}, dim {})", b.dim),
+            expected,
+            found: s_shape.to_vec(),
+            file: None,
+        });
+    }
+    let esize = dtype.size();
+    let outer: usize = d_shape_v[..b.dim].iter().product();
+    let inner: usize = d_shape_v[b.dim + 1..].iter().product::<usize>() * esize;
+    let src_stride = s_shape_v[b.dim] * inner;
+    let dst_stride = d_shape_v[b.dim] * inner;
+    let run = b.len * inner;
+    let sb = src.bytes();
+    for o in 0..outer {
+        let s0 = o * src_stride + b.src_offset * inner;
+        let d0 = o * dst_stride + b.dst_offset * inner;
+        dst[d0..d0 + run].copy_from_slice(&sb[s0..s0 + run]);
+    }
+    Ok(())
+}
+
+/// Appends a block, merging it into the previous one when both are contiguous in source and destination.
+pub fn push_block(blocks: &mut Vec<Block>, b: Block) {
+    if b.len == 0 {
+        return;
+    }
+    if let Some(last) = blocks.last_mut() {
+        if last.src == b.src
+            && last.dim == b.dim
+            && last.src_offset + last.len == b.src_offset
+            && last.dst_offset + last.len == b.dst_offset
+        {
+            last.len += b.len;
+            return;
+        }
+    }
+    blocks.push(b);
+}
+
+/// The plans of every rank for one TP size: `ranks[r]` lists the rank-local tensors, reading the originals.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardPlan {
+    /// TP size.
+    pub tp: usize,
+    /// The original tensors the plan reads, in order.
+    pub originals: Vec<TensorInfo>,
+    /// Per rank, the rank-local tensors.
+    pub ranks: Vec<Vec<TensorPlan>>,
+}
+
+impl ShardPlan {
+    /// The consolidation plan: for each original tensor, the rank blocks that rebuild it.
+    ///
+    /// Derived by swapping every block's source and destination. Where several ranks hold the same region
+    /// (replicated kv heads), the lowest rank's copy is read, as the reference does, and the others are kept
+    /// as `replicas` for checking. Padding regions of rank tensors are never read.
+    pub fn invert(&self) -> Result<Vec<TensorPlan>> {
+        let mut out = Vec::with_capacity(self.originals.len());
+        for orig in &self.originals {
+            let mut candidates: Vec<Block> = Vec::new();
+            for (rank, tensors) in self.ranks.iter().enumerate() {
+                for t in tensors {
+                    for b in t.blocks.iter().filter(|b| b.src.name == orig.name) {
+                        candidates.push(Block {
+                            src: Source { part: rank, name: t.name.clone() },
+                            dim: b.dim,
+                            src_offset: b.dst_offset,
+                            dst_offset: b.src_offset,
+                            len: b.len,
+                        });
+                    }
+                }
+            }
+            let dim = candidates.first().map_or(0, |b| b.dim);
+            if candidates.iter().any(|b| b.dim != dim) {
+                return Err(Error::Invalid(format!(
+                    "tensor {}: its blocks are split along several dimensions, which cannot be inverted",
+                    orig.name
+                )));
+            }
+            let full = orig.shape.get(dim).copied().unwrap_or(1);
+            let mut covered: Vec<(usize, usize)> = Vec::new(); // disjoint, sorted [start, end)
+            let mut blocks = Vec::new();
+            let mut replicas = Vec::new();
+            for c in candidates {
+                let (fresh, dup) = subtract(&covered, c.dst_offset, c.dst_offset + c.len);
+                for (s, e) in fresh {
+                    blocks.push(Block { src_offset: c.src_offset + (s - c.dst_offset), dst_offset: s, len: e - s, ..c.clone() });
+                    insert_interval(&mut covered, s, e);
+                }
+                for (s, e) in dup {
+                    replicas.push(Block { src_offset: c.src_offset + (s - c.dst_offset), dst_offset: s, len: e - s, ..c.clone() });
+                }
+            }
+            let total: usize = covered.iter().map(|(s, e)| e - s).sum();
+            if total != full {
+                return Err(Error::Invalid(format!(
+                    "tensor {}: the rank tensors cover {total} of its {full} indices along dimension {dim}",
+                    orig.name
+                )));
+            }
+            blocks.sort_by_key(|b| b.dst_offset);
+            out.push(TensorPlan { name: orig.name.clone(), dtype: orig.dtype, shape: orig.shape.clone(), blocks, replicas });
+        }
+        Ok(out)
+    }
+
+    /// Bytes each rank reads from the originals.
+    pub fn bytes_read_per_rank(&self) -> Vec<usize> {
+        self.ranks.iter().map(|ts| ts.iter().map(TensorPlan::bytes_read).sum()).collect()
+    }
+}
+
+/// Splits [s, e) into the parts not in `covered` and the parts already in it.
+fn subtract(covered: &[(usize, usize)], s: usize, e: usize) -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+    let mut fresh = Vec::new();
+    let mut dup = Vec::new();
+    let mut cur = s;
+    for &(cs, ce) in covered {
+        if ce <= cur || cs >= e {
+            continue;
+        }
+        if cs > cur {
+            fresh.push((cur, cs));
+        }
+        dup.push((cur.max(cs), ce.min(e)));
+        cur = ce.min(e);
+    }
+    if cur < e {
+        fresh.push((cur, e));
+    }
+    (fresh, dup)
+}
+
+fn insert_interval(covered: &mut Vec<(usize, usize)>, s: usize, e: usize) {
+    covered.push((s, e));
+    covered.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(covered.len());
+    for &(a, b) in covered.iter() {
+        match merged.last_mut() {
+            Some(last) if last.1 >= a => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    *covered = merged;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtract_splits_around_covered_ranges() {
+        let (f, d) = subtract(&[(2, 4), (6, 8)], 0, 10);
+        assert_eq!(f, vec![(0, 2), (4, 6), (8, 10)]);
+        assert_eq!(d, vec![(2, 4), (6, 8)]);
+    }
+
+    #[test]
+    fn copies_columns_of_a_matrix() {
+        let src = HostTensor::from_f32(vec![2, 3], &[1., 2., 3., 4., 5., 6.]).unwrap();
+        let plan = TensorPlan {
+            name: "d".into(),
+            dtype: DType::F32,
+            shape: vec![2, 2],
+            blocks: vec![Block { src: Source { part: 0, name: "s".into() }, dim: 1, src_offset: 1, dst_offset: 0, len: 2 }],
+            replicas: vec![],
+        };
+        let out = plan.execute(&mut |_| Ok(src.clone())).unwrap();
+        assert_eq!(out.to_f32_vec(), vec![2., 3., 5., 6.]);
+    }
+
+    #[test]
+    fn out_of_range_block_is_an_error() {
+        let src = HostTensor::from_f32(vec![2], &[1., 2.]).unwrap();
+        let plan = TensorPlan {
+            name: "d".into(),
+            dtype: DType::F32,
+            shape: vec![2],
+            blocks: vec![Block { src: Source { part: 0, name: "s".into() }, dim: 0, src_offset: 1, dst_offset: 0, len: 2 }],
+            replicas: vec![],
+        };
+        assert!(plan.execute(&mut |_| Ok(src.clone())).is_err());
+    }
+}

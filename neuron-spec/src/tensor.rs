@@ -1,0 +1,133 @@
+//! Host tensors that keep the checkpoint's bytes as they are: bf16 stays bf16 until a backend asks for floats.
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use indexmap::IndexMap;
+use memmap2::Mmap;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// An ordered name → tensor map, in insertion order.
+pub type StateDict = IndexMap<String, HostTensor>;
+
+/// Where a tensor's bytes live: owned, or a range of a memory-mapped file (touched only when read).
+#[derive(Clone, Debug)]
+enum Bytes {
+    Owned(Arc<Vec<u8>>),
+    Mapped(Arc<Mmap>, Range<usize>),
+}
+
+/// A dense, row-major tensor of raw little-endian bytes with its dtype and shape.
+#[derive(Clone, Debug)]
+pub struct HostTensor {
+    dtype: DType,
+    shape: Vec<usize>,
+    data: Bytes,
+}
+
+impl PartialEq for HostTensor {
+    fn eq(&self, other: &Self) -> bool {
+        self.dtype == other.dtype && self.shape == other.shape && self.bytes() == other.bytes()
+    }
+}
+
+/// Number of elements of `shape`.
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl HostTensor {
+    /// A tensor from owned bytes; the byte count must match dtype and shape.
+    pub fn new(dtype: DType, shape: Vec<usize>, bytes: Vec<u8>) -> Result<Self> {
+        let expected = numel(&shape) * dtype.size();
+        if bytes.len() != expected {
+            return Err(Error::Invalid(format!(
+                "tensor of dtype {dtype} and shape {shape:?} needs {expected} bytes, got {}",
+                bytes.len()
+            )));
+        }
+        Ok(Self { dtype, shape, data: Bytes::Owned(Arc::new(bytes)) })
+    }
+
+    /// A tensor viewing `range` of a mapped file; the caller has checked the range against the header.
+    pub(crate) fn mapped(dtype: DType, shape: Vec<usize>, map: Arc<Mmap>, range: Range<usize>) -> Self {
+        Self { dtype, shape, data: Bytes::Mapped(map, range) }
+    }
+
+    /// A zero-filled tensor.
+    pub fn zeros(dtype: DType, shape: Vec<usize>) -> Self {
+        let n = numel(&shape) * dtype.size();
+        Self { dtype, shape, data: Bytes::Owned(Arc::new(vec![0u8; n])) }
+    }
+
+    /// An F32 tensor from values.
+    pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Result<Self> {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self::new(DType::F32, shape, bytes)
+    }
+
+    /// An I64 tensor from values.
+    pub fn from_i64(shape: Vec<usize>, values: &[i64]) -> Result<Self> {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self::new(DType::I64, shape, bytes)
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        numel(&self.shape)
+    }
+
+    /// The raw little-endian bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.data {
+            Bytes::Owned(v) => v.as_slice(),
+            // The range was validated against the file length when the header was parsed.
+            Bytes::Mapped(m, r) => m.get(r.clone()).unwrap_or(&[]),
+        }
+    }
+
+    /// The values as f32, converting f16/bf16/f64/integers; this is the only place bits change.
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        let b = self.bytes();
+        match self.dtype {
+            DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            DType::F64 => b
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+                .collect(),
+            DType::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            DType::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            DType::I64 => b
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+                .collect(),
+            DType::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect(),
+            DType::I16 => b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as f32).collect(),
+            DType::I8 => b.iter().map(|v| *v as i8 as f32).collect(),
+            DType::U8 | DType::BOOL => b.iter().map(|v| *v as f32).collect(),
+        }
+    }
+
+    /// The values as i64 (integer tensors only).
+    pub fn to_i64_vec(&self) -> Result<Vec<i64>> {
+        let b = self.bytes();
+        Ok(match self.dtype {
+            DType::I64 => b
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect(),
+            DType::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect(),
+            other => return Err(Error::Invalid(format!("expected an integer tensor, found {other}"))),
+        })
+    }
+}

@@ -12,6 +12,7 @@ pub mod io;
 pub mod llama;
 pub mod metadata;
 pub mod model;
+pub mod module;
 pub mod plan;
 pub mod sharding;
 pub mod specs;

@@ -1,0 +1,177 @@
+//! The module-tree contract that `#[derive(CustomModule)]` implements: specs, parameter metadata and
+//! rank-local tensors of a burn model, with fully qualified HF paths.
+//!
+//! TP size and rank live in the layers (explicit values, never global state), and every number a spec
+//! needs (head counts, sizes, biases) is read from the layer instances.
+
+use crate::error::{Error, Result};
+use crate::metadata::{CheckpointMetadata, ParameterMetadata, FORMAT_VERSION};
+use crate::model::{self, PlanOptions};
+use crate::plan::TensorSource;
+use crate::specs::{ModelWeightTransformationSpecs, Spec};
+use crate::tensor::StateDict;
+use burn::tensor::Device;
+use indexmap::IndexMap;
+
+/// The TP size and rank a layer was built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TpContext {
+    /// Number of ranks.
+    pub size: usize,
+    /// This rank.
+    pub rank: usize,
+}
+
+impl TpContext {
+    /// A checked context.
+    pub fn new(size: usize, rank: usize) -> Result<Self> {
+        crate::sharding::check_tp(size, rank)?;
+        Ok(Self { size, rank })
+    }
+}
+
+/// `prefix.name`, or `name` at the root.
+pub fn join_path(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// A node of a model tree that knows its HF layout. Derived for structs; implemented by the parallel layers
+/// and by `Vec`/`Option` of nodes.
+pub trait CustomModule: Sized {
+    /// Appends the specs of this subtree; module paths are under `prefix`.
+    fn collect_specs(&self, prefix: &str, out: &mut Vec<ModelWeightTransformationSpecs>) -> Result<()>;
+
+    /// Appends this subtree's rank-local parameters with their TP attributes.
+    fn collect_parameter_metadata(&self, prefix: &str, out: &mut IndexMap<String, ParameterMetadata>) -> Result<()>;
+
+    /// Appends the TP contexts of this subtree's layers.
+    fn collect_tp_contexts(&self, out: &mut Vec<TpContext>);
+
+    /// Replaces this subtree's parameters by the rank-local tensors named `prefix.*` in `src`.
+    fn load_rank_tensors(self, prefix: &str, src: &dyn TensorSource, device: &Device) -> Result<Self>;
+
+    /// Appends this subtree's rank-local tensors, named by HF path.
+    fn save_rank_tensors(&self, prefix: &str, out: &mut StateDict) -> Result<()>;
+
+    /// The TP context shared by every layer (tp 1, rank 0 for a model without parallel layers).
+    fn tp_context(&self) -> Result<TpContext> {
+        let mut all = Vec::new();
+        self.collect_tp_contexts(&mut all);
+        let first = all.first().copied().unwrap_or(TpContext { size: 1, rank: 0 });
+        if let Some(other) = all.iter().find(|c| **c != first) {
+            return Err(Error::Invalid(format!(
+                "layers disagree on the TP context: tp {} rank {} vs tp {} rank {}",
+                first.size, first.rank, other.size, other.rank
+            )));
+        }
+        Ok(first)
+    }
+
+    /// Every spec of the model, with fully qualified module paths.
+    fn transformation_specs(&self) -> Result<Vec<ModelWeightTransformationSpecs>> {
+        let mut out = Vec::new();
+        self.collect_specs("", &mut out)?;
+        Ok(out)
+    }
+
+    /// The specs with module paths and PEFT types set (reference: `specialize_transformation_specs_for_model`).
+    /// Paths are set as they are collected; a LoRA layer reports `peft_type = "lora"` in its spec.
+    fn specialize_transformation_specs_for_model(&self) -> Result<Vec<ModelWeightTransformationSpecs>> {
+        self.transformation_specs()
+    }
+
+    /// The checkpoint metadata: parameters with TP attributes and the specs (reference: `create_parameter_metadata`).
+    fn create_parameter_metadata(&self) -> Result<CheckpointMetadata> {
+        let mut parameters = IndexMap::new();
+        self.collect_parameter_metadata("", &mut parameters)?;
+        parameters.sort_keys();
+        Ok(CheckpointMetadata {
+            format_version: Some(FORMAT_VERSION),
+            tp_size: Some(self.tp_context()?.size),
+            parameters,
+            model_weight_transformation_specs: self.specialize_transformation_specs_for_model()?,
+        })
+    }
+
+    /// HF checkpoint → this rank's local tensors.
+    fn adapt_state_dict(&self, src: &dyn TensorSource, opts: PlanOptions) -> Result<StateDict> {
+        let ctx = self.tp_context()?;
+        model::adapt_state_dict(&self.create_parameter_metadata()?, src, ctx.size, ctx.rank, opts)
+    }
+
+    /// All ranks' local tensors → HF tensors.
+    fn to_original_weights(&self, ranks: &[&dyn TensorSource]) -> Result<StateDict> {
+        model::to_original_weights(&self.create_parameter_metadata()?, ranks)
+    }
+
+    /// Loads this rank's weights from an HF checkpoint.
+    fn load_hf_rank(self, src: &dyn TensorSource, device: &Device, opts: PlanOptions) -> Result<Self> {
+        let local = self.adapt_state_dict(src, opts)?;
+        self.load_rank_tensors("", &local, device)
+    }
+
+    /// The PEFT hook (reference: `adapt_peft_config`): each spec rewrites the config for the custom
+    /// modules. Identity until the LoRA semantics land.
+    fn adapt_peft_config(&self, config: serde_json::Value) -> Result<serde_json::Value> {
+        Ok(config)
+    }
+
+    /// The inverse PEFT hook (reference: `to_original_peft_config`).
+    fn to_original_peft_config(&self, config: serde_json::Value) -> Result<serde_json::Value> {
+        Ok(config)
+    }
+}
+
+/// A layer that can stand for several fused HF linears (`#[fused_linears(...)]`).
+pub trait FusedLinearLayer {
+    /// The spec for this layer named `fused_linear_name`, replacing `linear_names` in order.
+    fn fused_linears_spec(&self, fused_linear_name: &str, linear_names: &[&str]) -> Result<Spec>;
+}
+
+/// A GQA q/k/v layer (`#[gqa_qkv(q = .., k = .., v = .., o = ..)]`).
+pub trait GqaQkvLayer {
+    /// The spec for this layer named `gqa_qkv_projection_name`; `o` is the sibling output projection.
+    fn gqa_qkv_spec(&self, gqa_qkv_projection_name: &str, q: &str, k: &str, v: &str, o: &str) -> Result<Spec>;
+}
+
+impl<T: CustomModule> CustomModule for Vec<T> {
+    fn collect_specs(&self, prefix: &str, out: &mut Vec<ModelWeightTransformationSpecs>) -> Result<()> {
+        self.iter().enumerate().try_for_each(|(i, m)| m.collect_specs(&join_path(prefix, &i.to_string()), out))
+    }
+    fn collect_parameter_metadata(&self, prefix: &str, out: &mut IndexMap<String, ParameterMetadata>) -> Result<()> {
+        self.iter().enumerate().try_for_each(|(i, m)| m.collect_parameter_metadata(&join_path(prefix, &i.to_string()), out))
+    }
+    fn collect_tp_contexts(&self, out: &mut Vec<TpContext>) {
+        self.iter().for_each(|m| m.collect_tp_contexts(out))
+    }
+    fn load_rank_tensors(self, prefix: &str, src: &dyn TensorSource, device: &Device) -> Result<Self> {
+        self.into_iter().enumerate().map(|(i, m)| m.load_rank_tensors(&join_path(prefix, &i.to_string()), src, device)).collect()
+    }
+    fn save_rank_tensors(&self, prefix: &str, out: &mut StateDict) -> Result<()> {
+        self.iter().enumerate().try_for_each(|(i, m)| m.save_rank_tensors(&join_path(prefix, &i.to_string()), out))
+    }
+}
+
+impl<T: CustomModule> CustomModule for Option<T> {
+    fn collect_specs(&self, prefix: &str, out: &mut Vec<ModelWeightTransformationSpecs>) -> Result<()> {
+        self.as_ref().map_or(Ok(()), |m| m.collect_specs(prefix, out))
+    }
+    fn collect_parameter_metadata(&self, prefix: &str, out: &mut IndexMap<String, ParameterMetadata>) -> Result<()> {
+        self.as_ref().map_or(Ok(()), |m| m.collect_parameter_metadata(prefix, out))
+    }
+    fn collect_tp_contexts(&self, out: &mut Vec<TpContext>) {
+        if let Some(m) = self {
+            m.collect_tp_contexts(out)
+        }
+    }
+    fn load_rank_tensors(self, prefix: &str, src: &dyn TensorSource, device: &Device) -> Result<Self> {
+        self.map(|m| m.load_rank_tensors(prefix, src, device)).transpose()
+    }
+    fn save_rank_tensors(&self, prefix: &str, out: &mut StateDict) -> Result<()> {
+        self.as_ref().map_or(Ok(()), |m| m.save_rank_tensors(prefix, out))
+    }
+}

@@ -178,7 +178,8 @@ pub fn consolidate(sharded_dir: &Path, out_dir: &Path, opts: &WriteOptions) -> R
     let sources = ck.sources();
     let (_, inverse) = consolidation_plan(&ck.metadata, &sources)?;
     let staging = Staging::new(out_dir, opts.force)?;
-    let infos: Vec<TensorInfo> = inverse.iter().map(|t| TensorInfo { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }).collect();
+    let mut infos: Vec<TensorInfo> = inverse.iter().map(|t| TensorInfo { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }).collect();
+    infos.sort_by(|a, b| natural_cmp(&a.name, &b.name));
     let by_name: BTreeMap<&str, &crate::plan::TensorPlan> = inverse.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut report = Report { tensors: infos.len(), ..Default::default() };
     let files = write_hf_checkpoint(staging.path(), &infos, opts.max_shard_size, &mut |info| {
@@ -190,4 +191,12 @@ pub fn consolidate(sharded_dir: &Path, out_dir: &Path, opts: &WriteOptions) -> R
     copy_config(sharded_dir, staging.path())?;
     staging.commit()?;
     Ok(report)
+}
+
+/// Orders names as people read them: `layers.2` before `layers.10`.
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let key = |s: &str| -> Vec<(u64, String)> {
+        s.split('.').map(|p| p.parse::<u64>().map_or((u64::MAX, p.to_string()), |n| (n, String::new()))).collect()
+    };
+    key(a).cmp(&key(b))
 }

@@ -82,8 +82,37 @@ impl LlamaConfig {
     }
 }
 
-/// Specs and parameter metadata of the custom Llama at TP size `tp`.
+/// How the attention projections are laid out on the ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkvLayout {
+    /// GQA spec, one `qkv_proj.weight_qkv` per rank.
+    Fused,
+    /// GQA spec, `qkv_proj.weight_q/_k/_v`.
+    Separate,
+    /// No spec: q/k/v column-parallel and o row-parallel under their HF names, zero-padded where tp does
+    /// not divide them. A storage layout for any tp (heads may straddle ranks), not a runnable one.
+    Plain,
+}
+
+impl QkvLayout {
+    /// `Fused` or `Separate`.
+    pub fn gqa(fuse_qkv: bool) -> Self {
+        if fuse_qkv {
+            QkvLayout::Fused
+        } else {
+            QkvLayout::Separate
+        }
+    }
+}
+
+/// Specs and parameter metadata of the custom Llama at TP size `tp`, with a fused or separate GQA layer.
 pub fn llama_layout(cfg: &LlamaConfig, tp: usize, fuse_qkv: bool) -> Result<CheckpointMetadata> {
+    llama_layout_with(cfg, tp, QkvLayout::gqa(fuse_qkv))
+}
+
+/// Specs and parameter metadata of the custom Llama at TP size `tp`.
+pub fn llama_layout_with(cfg: &LlamaConfig, tp: usize, qkv: QkvLayout) -> Result<CheckpointMetadata> {
+    let fuse_qkv = qkv == QkvLayout::Fused;
     if tp == 0 {
         return Err(Error::spec("config", "tp_size", "must be at least 1"));
     }
@@ -93,10 +122,13 @@ pub fn llama_layout(cfg: &LlamaConfig, tp: usize, fuse_qkv: bool) -> Result<Chec
     parameters.insert("model.embed_tokens.weight".to_string(), par(0, 1));
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
-        let gqa = GqaQkvColumnParallelLinearSpec::new(cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim(), fuse_qkv, cfg.qkv_bias(), cfg.o_bias(), tp)?;
         let qkv_params: &[&str] = if cfg.qkv_bias() { &["weight", "bias"] } else { &["weight"] };
         for param in qkv_params {
-            if fuse_qkv {
+            if qkv == QkvLayout::Plain {
+                for s in ["q_proj", "k_proj", "v_proj"] {
+                    parameters.insert(format!("{p}.self_attn.{s}.{param}"), par(0, 1));
+                }
+            } else if fuse_qkv {
                 // NxD wraps the concatenation in a fresh parameter without TP attributes.
                 parameters.insert(format!("{p}.self_attn.qkv_proj.{param}_qkv"), ParameterMetadata::replicated());
             } else {
@@ -119,7 +151,10 @@ pub fn llama_layout(cfg: &LlamaConfig, tp: usize, fuse_qkv: bool) -> Result<Chec
         }
         parameters.insert(format!("{p}.input_layernorm.weight"), ParameterMetadata::replicated());
         parameters.insert(format!("{p}.post_attention_layernorm.weight"), ParameterMetadata::replicated());
-        specs.push(ModelWeightTransformationSpecs { module_fully_qualified_name: format!("{p}.self_attn"), specs: vec![Spec::GqaQkv(gqa)] });
+        if qkv != QkvLayout::Plain {
+            let gqa = GqaQkvColumnParallelLinearSpec::new(cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim(), fuse_qkv, cfg.qkv_bias(), cfg.o_bias(), tp)?;
+            specs.push(ModelWeightTransformationSpecs { module_fully_qualified_name: format!("{p}.self_attn"), specs: vec![Spec::GqaQkv(gqa)] });
+        }
         let fused = FusedLinearsSpec {
             fused_linear_name: "gate_up_proj".into(),
             linear_names: vec!["gate_proj".into(), "up_proj".into()],

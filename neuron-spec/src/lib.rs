@@ -14,6 +14,7 @@ pub mod metadata;
 pub mod model;
 pub mod module;
 pub mod plan;
+pub mod reshard;
 pub mod sharding;
 pub mod specs;
 pub mod staging;

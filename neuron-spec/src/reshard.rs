@@ -1,0 +1,127 @@
+//! TP N → TP M without an HF round trip: the consolidation plan of N ranks composed with the sharding plan of
+//! M ranks gives one plan whose blocks read the N rank files directly.
+
+use crate::checkpoint::{rank_file_name, Report, ShardedCheckpoint, WriteOptions, METADATA_PATH, RANKS_DIR};
+use crate::error::{Error, Result};
+use crate::io::{write_file_synced, write_safetensors};
+use crate::metadata::CheckpointMetadata;
+use crate::model::{consolidation_plan, original_infos, plan_shards, PlanOptions};
+use crate::plan::{Block, ShardPlan, TensorInfo, TensorPlan, TensorSource};
+use crate::staging::Staging;
+use crate::tensor::HostTensor;
+use std::collections::BTreeMap;
+
+/// The metadata of the same model at TP size `tp`: specs and partition counts recomputed.
+pub fn metadata_for_tp(meta: &CheckpointMetadata, tp: usize) -> Result<CheckpointMetadata> {
+    let mut m = meta.clone();
+    m.tp_size = Some(tp);
+    for s in &mut m.model_weight_transformation_specs {
+        s.specs = s.specs.iter().map(|x| x.for_tp(tp)).collect::<Result<_>>()?;
+    }
+    for p in m.parameters.values_mut() {
+        if p.tensor_model_parallel {
+            p.num_partitions = Some(tp);
+        }
+    }
+    Ok(m)
+}
+
+/// Shape-only source of the original tensors.
+struct Infos(Vec<TensorInfo>);
+
+impl TensorSource for Infos {
+    fn info(&self, name: &str) -> Option<TensorInfo> {
+        self.0.iter().find(|i| i.name == name).cloned()
+    }
+    fn tensor(&self, name: &str) -> Result<HostTensor> {
+        Err(Error::Invalid(format!("tensor {name}: shape-only source")))
+    }
+    fn names(&self) -> Vec<String> {
+        self.0.iter().map(|i| i.name.clone()).collect()
+    }
+}
+
+/// Composes `forward` (originals → M ranks) with `inverse` (N ranks → originals): M-rank plans reading N-rank
+/// tensors.
+pub fn compose(forward: &ShardPlan, inverse: &[TensorPlan]) -> Result<ShardPlan> {
+    let by_name: BTreeMap<&str, &TensorPlan> = inverse.iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut ranks = Vec::with_capacity(forward.ranks.len());
+    for tensors in &forward.ranks {
+        let mut out = Vec::with_capacity(tensors.len());
+        for t in tensors {
+            let mut blocks = Vec::new();
+            for fb in &t.blocks {
+                let inv = by_name
+                    .get(fb.src.name.as_str())
+                    .ok_or_else(|| Error::Invalid(format!("tensor {}: no consolidation plan", fb.src.name)))?;
+                for ib in &inv.blocks {
+                    if ib.dim != fb.dim {
+                        return Err(Error::Invalid(format!(
+                            "tensor {}: sharded along dim {} in the input and dim {} in the output",
+                            fb.src.name, ib.dim, fb.dim
+                        )));
+                    }
+                    let start = fb.src_offset.max(ib.dst_offset);
+                    let end = (fb.src_offset + fb.len).min(ib.dst_offset + ib.len);
+                    if start < end {
+                        crate::plan::push_block(
+                            &mut blocks,
+                            Block {
+                                src: ib.src.clone(),
+                                dim: fb.dim,
+                                src_offset: ib.src_offset + (start - ib.dst_offset),
+                                dst_offset: fb.dst_offset + (start - fb.src_offset),
+                                len: end - start,
+                            },
+                        );
+                    }
+                }
+            }
+            out.push(TensorPlan { blocks, replicas: vec![], ..t.clone() });
+        }
+        ranks.push(out);
+    }
+    Ok(ShardPlan { tp: forward.tp, originals: forward.originals.clone(), ranks })
+}
+
+/// The reshard plan of a sharded checkpoint to TP size `tp`, and the new metadata.
+pub fn reshard_plan(ck: &ShardedCheckpoint, tp: usize) -> Result<(ShardPlan, CheckpointMetadata)> {
+    let sources = ck.sources();
+    let (_, inverse) = consolidation_plan(&ck.metadata, &sources)?;
+    let originals = original_infos(&ck.metadata, sources[0], ck.tp)?;
+    let new_meta = metadata_for_tp(&ck.metadata, tp)?;
+    let forward = plan_shards(&new_meta, &Infos(originals), tp, PlanOptions::default())?;
+    Ok((compose(&forward, &inverse)?, new_meta))
+}
+
+/// Writes the checkpoint in `src_dir` at TP size `tp` into `out_dir`.
+pub fn reshard(src_dir: &std::path::Path, out_dir: &std::path::Path, tp: usize, opts: &WriteOptions) -> Result<Report> {
+    let ck = ShardedCheckpoint::open(src_dir)?;
+    let (plan, meta) = reshard_plan(&ck, tp)?;
+    let staging = Staging::new(out_dir, opts.force)?;
+    let ranks_dir = staging.path().join(RANKS_DIR);
+    std::fs::create_dir_all(&ranks_dir).map_err(|e| Error::io(&ranks_dir, e))?;
+    let sources = ck.sources();
+    let fmt: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let mut report = Report::default();
+    for (rank, tensors) in plan.ranks.iter().enumerate() {
+        let infos: Vec<TensorInfo> = tensors.iter().map(|t| TensorInfo { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }).collect();
+        let by_name: BTreeMap<&str, &TensorPlan> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+        let path = ranks_dir.join(rank_file_name(rank));
+        report.bytes_written += write_safetensors(&path, &infos, &fmt, &mut |info| {
+            let t = by_name.get(info.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", info.name)))?;
+            t.execute(&mut |s| sources[s.part].tensor(&s.name))
+        })?;
+        report.tensors += infos.len();
+        report.files.push(out_dir.join(RANKS_DIR).join(rank_file_name(rank)));
+    }
+    report.bytes_read_per_rank = plan.bytes_read_per_rank();
+    write_file_synced(&staging.path().join(METADATA_PATH), meta.to_json()?.as_bytes())?;
+    let cfg = src_dir.join("config.json");
+    if cfg.exists() {
+        let bytes = std::fs::read(&cfg).map_err(|e| Error::io(&cfg, e))?;
+        write_file_synced(&staging.path().join("config.json"), &bytes)?;
+    }
+    staging.commit()?;
+    Ok(report)
+}

@@ -61,7 +61,10 @@ fn layout_metadata_equals_reference_metadata() {
             let path = fixture(&format!("tp-ref/llama-gqa/tp{tp}/{file}"));
             let reference = CheckpointMetadata::read(&path).unwrap();
             let ours = layout("llama-gqa", tp, fuse);
-            assert_eq!(ours.model_weight_transformation_specs, reference.model_weight_transformation_specs, "tp{tp} {file} specs");
+            assert_eq!(
+                ours.model_weight_transformation_specs, reference.model_weight_transformation_specs,
+                "tp{tp} {file} specs"
+            );
             assert_eq!(ours.parameters, reference.parameters, "tp{tp} {file} parameters");
             // Our serialization keeps the reference's [class_name, fields] shape and field values.
             let ours_json: serde_json::Value = serde_json::from_str(&ours.to_json().unwrap()).unwrap();
@@ -77,7 +80,8 @@ fn reference_files_and_metadata_consolidate_to_the_hf_checkpoint() {
     for tp in [2, 4, 8] {
         for file in ["metadata_fused.json", "metadata_unfused.json"] {
             let meta = CheckpointMetadata::read(&fixture(&format!("tp-ref/llama-gqa/tp{tp}/{file}"))).unwrap();
-            let ranks: Vec<_> = (0..tp).map(|r| open(&format!("tp-ref/llama-gqa/tp{tp}/rank{r}.safetensors"))).collect();
+            let ranks: Vec<_> =
+                (0..tp).map(|r| open(&format!("tp-ref/llama-gqa/tp{tp}/rank{r}.safetensors"))).collect();
             let sources: Vec<&dyn TensorSource> = ranks.iter().map(|r| r as &dyn TensorSource).collect();
             let out = to_original_weights(&meta, &sources).unwrap();
             assert_same_tensors(&out, &original, &format!("tp{tp} {file}"));

@@ -57,7 +57,14 @@ fn uneven_vocab_is_padded_on_ranks_and_stripped_on_output() {
         // 4 heads cannot be split over 8 ranks: at tp 8 the attention uses the plain (padded) layout.
         let qkv = if tp == 8 { QkvLayout::Plain } else { QkvLayout::Fused };
         let cfg = LlamaConfig::read(&fixture("llama-mha-tied").join("config.json")).unwrap();
-        shard(&fixture("llama-mha-tied"), &sharded, &llama_layout_with(&cfg, tp, qkv).unwrap(), tp, &WriteOptions::default()).unwrap();
+        shard(
+            &fixture("llama-mha-tied"),
+            &sharded,
+            &llama_layout_with(&cfg, tp, qkv).unwrap(),
+            tp,
+            &WriteOptions::default(),
+        )
+        .unwrap();
         let ck = ShardedCheckpoint::open(&sharded).unwrap();
         let rows = 250usize.div_ceil(tp);
         let full = hf("llama-mha-tied").tensor("model.embed_tokens.weight").unwrap();
@@ -90,7 +97,10 @@ fn sharded_checkpoint_mirrors_the_reference_layout() {
     assert!(sharded.join("config.json").exists());
     assert!(sharded.join("shards/mp_metadata_pp_rank_0.json").exists());
     for r in 0..4 {
-        let f = SafetensorsFile::open(&sharded.join(format!("shards/model/dp_rank_00_tp_rank_{r:02}_pp_rank_00.safetensors"))).unwrap();
+        let f = SafetensorsFile::open(
+            &sharded.join(format!("shards/model/dp_rank_00_tp_rank_{r:02}_pp_rank_00.safetensors")),
+        )
+        .unwrap();
         assert!(f.info("model.layers.0.self_attn.qkv_proj.weight_qkv").is_some());
         assert_eq!(f.metadata().get("format").map(String::as_str), Some("pt"));
     }
@@ -108,7 +118,8 @@ fn tiny_max_shard_size_writes_several_files_and_an_index() {
     let opts = WriteOptions { max_shard_size: Some(40_000), ..Default::default() };
     let report = consolidate(&sharded, &out, &opts).unwrap();
     assert!(report.files.len() > 3, "several files: {:?}", report.files);
-    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap()).unwrap();
     assert_eq!(index["metadata"]["total_size"], 361728);
     assert_eq!(index["weight_map"].as_object().unwrap().len(), 21);
     let back = HfCheckpoint::open(&out).unwrap();

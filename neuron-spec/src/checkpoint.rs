@@ -88,7 +88,13 @@ fn with_global_infos(meta: &CheckpointMetadata, plan: &ShardPlan) -> CheckpointM
 }
 
 /// Shards the HF checkpoint in `hf_dir` into `out_dir` at TP size `tp`. Each rank reads only its own slices.
-pub fn shard(hf_dir: &Path, out_dir: &Path, meta: &CheckpointMetadata, tp: usize, opts: &WriteOptions) -> Result<Report> {
+pub fn shard(
+    hf_dir: &Path,
+    out_dir: &Path,
+    meta: &CheckpointMetadata,
+    tp: usize,
+    opts: &WriteOptions,
+) -> Result<Report> {
     let hf = HfCheckpoint::open(hf_dir)?;
     let plan = plan_shards(meta, &hf, tp, PlanOptions { allow_unexpected: opts.allow_unexpected })?;
     let staging = Staging::new(out_dir, opts.force)?;
@@ -98,10 +104,14 @@ pub fn shard(hf_dir: &Path, out_dir: &Path, meta: &CheckpointMetadata, tp: usize
     let rank_meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     for (rank, tensors) in plan.ranks.iter().enumerate() {
         let path = ranks_dir.join(rank_file_name(rank));
-        let infos: Vec<TensorInfo> = tensors.iter().map(|t| TensorInfo { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }).collect();
+        let infos: Vec<TensorInfo> = tensors
+            .iter()
+            .map(|t| TensorInfo { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() })
+            .collect();
         let by_name: BTreeMap<&str, &crate::plan::TensorPlan> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
         report.bytes_written += write_safetensors(&path, &infos, &rank_meta, &mut |info| {
-            let t = by_name.get(info.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", info.name)))?;
+            let t =
+                by_name.get(info.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", info.name)))?;
             t.execute(&mut |s| hf.tensor(&s.name))
         })?;
         report.tensors += infos.len();
@@ -150,7 +160,10 @@ impl ShardedCheckpoint {
             }
         }
         if !missing.is_empty() {
-            return Err(Error::RankFiles { dir: rdir, reason: format!("metadata says tp {tp}, missing rank files: {}", missing.join(", ")) });
+            return Err(Error::RankFiles {
+                dir: rdir,
+                reason: format!("metadata says tp {tp}, missing rank files: {}", missing.join(", ")),
+            });
         }
         let mut extra = Vec::new();
         for e in std::fs::read_dir(&rdir).map_err(|e| Error::io(&rdir, e))? {
@@ -161,7 +174,13 @@ impl ShardedCheckpoint {
         }
         if !extra.is_empty() {
             extra.sort();
-            return Err(Error::RankFiles { dir: rdir, reason: format!("metadata says tp {tp}, but extra rank files are present (another tp size?): {}", extra.join(", ")) });
+            return Err(Error::RankFiles {
+                dir: rdir,
+                reason: format!(
+                    "metadata says tp {tp}, but extra rank files are present (another tp size?): {}",
+                    extra.join(", ")
+                ),
+            });
         }
         Ok(Self { dir: dir.to_path_buf(), metadata, tp, ranks })
     }
@@ -178,7 +197,8 @@ pub fn consolidate(sharded_dir: &Path, out_dir: &Path, opts: &WriteOptions) -> R
     let sources = ck.sources();
     let (_, inverse) = consolidation_plan(&ck.metadata, &sources)?;
     let staging = Staging::new(out_dir, opts.force)?;
-    let mut infos: Vec<TensorInfo> = inverse.iter().map(|t| TensorInfo { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }).collect();
+    let mut infos: Vec<TensorInfo> =
+        inverse.iter().map(|t| TensorInfo { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }).collect();
     infos.sort_by(|a, b| natural_cmp(&a.name, &b.name));
     let by_name: BTreeMap<&str, &crate::plan::TensorPlan> = inverse.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut report = Report { tensors: infos.len(), ..Default::default() };

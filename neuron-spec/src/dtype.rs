@@ -69,12 +69,7 @@ impl DType {
             "I8" => DType::I8,
             "U8" => DType::U8,
             "BOOL" => DType::BOOL,
-            other => {
-                return Err(Error::UnsupportedDtype {
-                    context: context.to_string(),
-                    found: other.to_string(),
-                })
-            }
+            other => return Err(Error::UnsupportedDtype { context: context.to_string(), found: other.to_string() }),
         })
     }
 

@@ -115,11 +115,7 @@ fn in_file(file: &Option<PathBuf>) -> String {
     file.as_ref().map(|f| format!(" in {}", f.display())).unwrap_or_default()
 }
 
-fn key_mismatch_message(
-    context: &str,
-    missing: &[(String, Option<String>)],
-    unexpected: &[String],
-) -> String {
+fn key_mismatch_message(context: &str, missing: &[(String, Option<String>)], unexpected: &[String]) -> String {
     let mut parts = Vec::new();
     if !missing.is_empty() {
         let names: Vec<String> = missing
@@ -168,11 +164,7 @@ impl Error {
 
 /// The candidate closest to `name` by edit distance, when it is close enough to be a likely typo.
 pub fn did_you_mean(name: &str, candidates: &[&str]) -> Option<String> {
-    let best = candidates
-        .iter()
-        .filter(|c| **c != name)
-        .map(|c| (levenshtein(name, c), *c))
-        .min_by_key(|(d, _)| *d)?;
+    let best = candidates.iter().filter(|c| **c != name).map(|c| (levenshtein(name, c), *c)).min_by_key(|(d, _)| *d)?;
     (best.0 <= name.len().max(4) / 4).then(|| best.1.to_string())
 }
 

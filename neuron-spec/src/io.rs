@@ -73,7 +73,10 @@ impl SafetensorsFile {
                 continue;
             }
             let ctx = format!("{}: tensor {name}", path.display());
-            let dtype_s = v.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| st_err(path, format!("tensor {name}: no dtype")))?;
+            let dtype_s = v
+                .get("dtype")
+                .and_then(|d| d.as_str())
+                .ok_or_else(|| st_err(path, format!("tensor {name}: no dtype")))?;
             let dtype = DType::parse(dtype_s, &ctx)?;
             let shape: Vec<usize> = v
                 .get("shape")
@@ -91,10 +94,19 @@ impl SafetensorsFile {
                 .try_fold(dtype.size(), |a, s| a.checked_mul(*s))
                 .ok_or_else(|| st_err(path, format!("tensor {name}: shape {shape:?} overflows")))?;
             if offs[1] < offs[0] || offs[1] - offs[0] != nbytes {
-                return Err(st_err(path, format!("tensor {name}: data_offsets {offs:?} hold {} bytes, {dtype} {shape:?} needs {nbytes}", offs[1].wrapping_sub(offs[0]))));
+                return Err(st_err(
+                    path,
+                    format!(
+                        "tensor {name}: data_offsets {offs:?} hold {} bytes, {dtype} {shape:?} needs {nbytes}",
+                        offs[1].wrapping_sub(offs[0])
+                    ),
+                ));
             }
             if offs[1] > data_len {
-                return Err(st_err(path, format!("tensor {name}: data_offsets {offs:?} go beyond the data ({data_len} bytes)")));
+                return Err(st_err(
+                    path,
+                    format!("tensor {name}: data_offsets {offs:?} go beyond the data ({data_len} bytes)"),
+                ));
             }
             entries.push((name, Entry { dtype, shape, range: data_start + offs[0]..data_start + offs[1] }));
         }
@@ -102,12 +114,21 @@ impl SafetensorsFile {
         let mut end = data_start;
         for (name, e) in &entries {
             if e.range.start != end && !(e.range.is_empty() && e.range.start <= end) {
-                return Err(st_err(path, format!("tensor {name}: data starts at {} but the previous tensor ends at {end} (overlap or gap)", e.range.start - data_start)));
+                return Err(st_err(
+                    path,
+                    format!(
+                        "tensor {name}: data starts at {} but the previous tensor ends at {end} (overlap or gap)",
+                        e.range.start - data_start
+                    ),
+                ));
             }
             end = end.max(e.range.end);
         }
         if end != len {
-            return Err(st_err(path, format!("tensors end at byte {end} but the file has {len} (truncated or trailing bytes)")));
+            return Err(st_err(
+                path,
+                format!("tensors end at byte {end} but the file has {len} (truncated or trailing bytes)"),
+            ));
         }
         Ok(Self { path: path.to_path_buf(), map: Arc::new(map), tensors: entries.into_iter().collect(), metadata })
     }
@@ -168,7 +189,8 @@ impl HfCheckpoint {
         let index_path = dir.join(INDEX_FILE);
         if index_path.exists() {
             let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json { path: index_path.clone(), reason: e.to_string() })?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::Json { path: index_path.clone(), reason: e.to_string() })?;
             let wm = v
                 .get("weight_map")
                 .and_then(|w| w.as_object())
@@ -177,16 +199,25 @@ impl HfCheckpoint {
             let mut files = Vec::new();
             let mut index = IndexMap::new();
             for (name, f) in wm {
-                let f = f.as_str().ok_or_else(|| Error::Json { path: index_path.clone(), reason: format!("weight_map[{name}] is not a file name") })?;
+                let f = f.as_str().ok_or_else(|| Error::Json {
+                    path: index_path.clone(),
+                    reason: format!("weight_map[{name}] is not a file name"),
+                })?;
                 if f.contains('/') || f.contains('\\') || f == ".." {
-                    return Err(Error::Json { path: index_path.clone(), reason: format!("weight_map[{name}] = {f:?} is not a file in this directory") });
+                    return Err(Error::Json {
+                        path: index_path.clone(),
+                        reason: format!("weight_map[{name}] = {f:?} is not a file in this directory"),
+                    });
                 }
                 let id = match file_ids.get(f) {
                     Some(id) => *id,
                     None => {
                         let p = dir.join(f);
                         if !p.exists() {
-                            return Err(Error::Json { path: index_path.clone(), reason: format!("weight_map names {f}, which does not exist") });
+                            return Err(Error::Json {
+                                path: index_path.clone(),
+                                reason: format!("weight_map names {f}, which does not exist"),
+                            });
                         }
                         files.push(SafetensorsFile::open(&p)?);
                         file_ids.insert(f.to_string(), files.len() - 1);
@@ -209,19 +240,31 @@ impl HfCheckpoint {
             }
             for (name, id) in &index {
                 if files[*id].info(name).is_none() {
-                    return Err(Error::Safetensors { path: files[*id].path().to_path_buf(), reason: format!("the index places tensor {name} here, but the file lacks it") });
+                    return Err(Error::Safetensors {
+                        path: files[*id].path().to_path_buf(),
+                        reason: format!("the index places tensor {name} here, but the file lacks it"),
+                    });
                 }
             }
             for (n, id) in &seen {
                 if !index.contains_key(n) {
-                    return Err(Error::Json { path: index_path.clone(), reason: format!("tensor {n} of {} is missing from weight_map", files[*id].path().display()) });
+                    return Err(Error::Json {
+                        path: index_path.clone(),
+                        reason: format!("tensor {n} of {} is missing from weight_map", files[*id].path().display()),
+                    });
                 }
             }
             Ok(Self { dir: dir.to_path_buf(), files, index })
         } else {
             let p = dir.join(SINGLE_FILE);
             if !p.exists() {
-                return Err(Error::io(&p, std::io::Error::new(std::io::ErrorKind::NotFound, format!("no {SINGLE_FILE} or {INDEX_FILE} in this directory"))));
+                return Err(Error::io(
+                    &p,
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("no {SINGLE_FILE} or {INDEX_FILE} in this directory"),
+                    ),
+                ));
             }
             let f = SafetensorsFile::open(&p)?;
             let index = f.names().map(|n| (n.to_string(), 0)).collect();
@@ -285,7 +328,8 @@ pub fn write_safetensors(
     safetensors_order(&mut order);
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        header.insert("__metadata__".into(), serde_json::to_value(metadata).map_err(|e| Error::Invalid(e.to_string()))?);
+        header
+            .insert("__metadata__".into(), serde_json::to_value(metadata).map_err(|e| Error::Invalid(e.to_string()))?);
     }
     let mut off = 0usize;
     for t in &order {
@@ -308,7 +352,12 @@ pub fn write_safetensors(
     for t in &order {
         let x = fill(t)?;
         if x.dtype() != t.dtype || x.shape() != t.shape.as_slice() {
-            return Err(Error::ShapeMismatch { tensor: t.name.clone(), expected: t.shape.clone(), found: x.shape().to_vec(), file: Some(path.to_path_buf()) });
+            return Err(Error::ShapeMismatch {
+                tensor: t.name.clone(),
+                expected: t.shape.clone(),
+                found: x.shape().to_vec(),
+                file: Some(path.to_path_buf()),
+            });
         }
         w.write_all(x.bytes()).map_err(io)?;
     }
@@ -378,7 +427,8 @@ pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let v: f64 = num.parse().map_err(|_| Error::Invalid(format!("invalid size {s:?}: expected e.g. 5GB, 500MB or 20KB")))?;
+    let v: f64 =
+        num.parse().map_err(|_| Error::Invalid(format!("invalid size {s:?}: expected e.g. 5GB, 500MB or 20KB")))?;
     let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 1.0,
         "KB" => 1e3,

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod cli;
 pub mod dtype;
 pub mod error;
 pub mod io;

@@ -152,8 +152,19 @@ pub fn llama_layout_with(cfg: &LlamaConfig, tp: usize, qkv: QkvLayout) -> Result
         parameters.insert(format!("{p}.input_layernorm.weight"), ParameterMetadata::replicated());
         parameters.insert(format!("{p}.post_attention_layernorm.weight"), ParameterMetadata::replicated());
         if qkv != QkvLayout::Plain {
-            let gqa = GqaQkvColumnParallelLinearSpec::new(cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim(), fuse_qkv, cfg.qkv_bias(), cfg.o_bias(), tp)?;
-            specs.push(ModelWeightTransformationSpecs { module_fully_qualified_name: format!("{p}.self_attn"), specs: vec![Spec::GqaQkv(gqa)] });
+            let gqa = GqaQkvColumnParallelLinearSpec::new(
+                cfg.num_attention_heads,
+                cfg.kv_heads(),
+                cfg.head_dim(),
+                fuse_qkv,
+                cfg.qkv_bias(),
+                cfg.o_bias(),
+                tp,
+            )?;
+            specs.push(ModelWeightTransformationSpecs {
+                module_fully_qualified_name: format!("{p}.self_attn"),
+                specs: vec![Spec::GqaQkv(gqa)],
+            });
         }
         let fused = FusedLinearsSpec {
             fused_linear_name: "gate_up_proj".into(),
@@ -165,12 +176,20 @@ pub fn llama_layout_with(cfg: &LlamaConfig, tp: usize, qkv: QkvLayout) -> Result
             peft_type: None,
         };
         fused.validate(tp)?;
-        specs.push(ModelWeightTransformationSpecs { module_fully_qualified_name: format!("{p}.mlp"), specs: vec![Spec::FusedLinears(fused)] });
+        specs.push(ModelWeightTransformationSpecs {
+            module_fully_qualified_name: format!("{p}.mlp"),
+            specs: vec![Spec::FusedLinears(fused)],
+        });
     }
     parameters.insert("model.norm.weight".to_string(), ParameterMetadata::replicated());
     if !cfg.tie_word_embeddings {
         parameters.insert("lm_head.weight".to_string(), par(0, 1));
     }
     parameters.sort_keys();
-    Ok(CheckpointMetadata { format_version: Some(FORMAT_VERSION), tp_size: Some(tp), parameters, model_weight_transformation_specs: specs })
+    Ok(CheckpointMetadata {
+        format_version: Some(FORMAT_VERSION),
+        tp_size: Some(tp),
+        parameters,
+        model_weight_transformation_specs: specs,
+    })
 }

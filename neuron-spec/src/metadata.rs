@@ -36,12 +36,26 @@ pub struct ParameterMetadata {
 impl ParameterMetadata {
     /// A replicated parameter.
     pub fn replicated() -> Self {
-        Self { tensor_model_parallel: false, partition_dim: None, partition_stride: None, num_partitions: None, shape: None, dtype: None }
+        Self {
+            tensor_model_parallel: false,
+            partition_dim: None,
+            partition_stride: None,
+            num_partitions: None,
+            shape: None,
+            dtype: None,
+        }
     }
 
     /// A parameter sharded along `dim` with `stride` over `tp` ranks.
     pub fn parallel(dim: usize, stride: usize, tp: usize) -> Self {
-        Self { tensor_model_parallel: true, partition_dim: Some(dim), partition_stride: Some(stride), num_partitions: Some(tp), shape: None, dtype: None }
+        Self {
+            tensor_model_parallel: true,
+            partition_dim: Some(dim),
+            partition_stride: Some(stride),
+            num_partitions: Some(tp),
+            shape: None,
+            dtype: None,
+        }
     }
 }
 
@@ -63,12 +77,15 @@ pub struct CheckpointMetadata {
 impl CheckpointMetadata {
     /// Parses metadata JSON; `path` names the file in errors. Unknown fields are ignored.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let m: Self = serde_json::from_str(text).map_err(|e| Error::Metadata { path: path.to_path_buf(), reason: e.to_string() })?;
+        let m: Self = serde_json::from_str(text)
+            .map_err(|e| Error::Metadata { path: path.to_path_buf(), reason: e.to_string() })?;
         if let Some(v) = m.format_version {
             if v > FORMAT_VERSION {
                 return Err(Error::Metadata {
                     path: path.to_path_buf(),
-                    reason: format!("format_version {v} is newer than this build supports ({FORMAT_VERSION}); upgrade neuron-spec"),
+                    reason: format!(
+                        "format_version {v} is newer than this build supports ({FORMAT_VERSION}); upgrade neuron-spec"
+                    ),
                 });
             }
         }
@@ -96,7 +113,10 @@ impl CheckpointMetadata {
             return Ok(1);
         };
         if let Some(other) = found.iter().find(|t| **t != first) {
-            return Err(Error::Metadata { path: path.to_path_buf(), reason: format!("inconsistent tp sizes {first} and {other}") });
+            return Err(Error::Metadata {
+                path: path.to_path_buf(),
+                reason: format!("inconsistent tp sizes {first} and {other}"),
+            });
         }
         Ok(first)
     }

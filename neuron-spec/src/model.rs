@@ -32,7 +32,13 @@ fn relevant(meta: &CheckpointMetadata, module: &str, spec: &crate::specs::Spec) 
 
 /// The plan of rank `rank` at TP size `tp`: spec-produced tensors first, then generic partitioning of the
 /// remaining TP parameters, then replicated parameters copied whole.
-pub fn plan_rank(meta: &CheckpointMetadata, src: &dyn TensorSource, tp: usize, rank: usize, opts: PlanOptions) -> Result<RankPlan> {
+pub fn plan_rank(
+    meta: &CheckpointMetadata,
+    src: &dyn TensorSource,
+    tp: usize,
+    rank: usize,
+    opts: PlanOptions,
+) -> Result<RankPlan> {
     check_tp(tp, rank)?;
     let mut tensors = Vec::new();
     let mut produced: IndexSet<String> = IndexSet::new();
@@ -44,7 +50,8 @@ pub fn plan_rank(meta: &CheckpointMetadata, src: &dyn TensorSource, tp: usize, r
             continue;
         }
         // A spec's missing inputs are collected with the others, so one error lists them all.
-        let absent: Vec<String> = spec.original_parameter_names(module).into_iter().filter(|n| src.info(n).is_none()).collect();
+        let absent: Vec<String> =
+            spec.original_parameter_names(module).into_iter().filter(|n| src.info(n).is_none()).collect();
         if !absent.is_empty() {
             missing.extend(absent);
             produced.extend(spec.local_parameter_names(module));
@@ -70,7 +77,9 @@ pub fn plan_rank(meta: &CheckpointMetadata, src: &dyn TensorSource, tp: usize, r
             continue;
         };
         if p.tensor_model_parallel {
-            let dim = p.partition_dim.ok_or_else(|| Error::spec("parameter", name, "tensor_model_parallel without partition_dim"))?;
+            let dim = p
+                .partition_dim
+                .ok_or_else(|| Error::spec("parameter", name, "tensor_model_parallel without partition_dim"))?;
             if let Some(n) = p.num_partitions {
                 if n != tp {
                     return Err(Error::spec("parameter", name, format!("num_partitions is {n}, planning for tp {tp}")));
@@ -95,7 +104,12 @@ pub fn plan_rank(meta: &CheckpointMetadata, src: &dyn TensorSource, tp: usize, r
 }
 
 /// The plans of every rank at TP size `tp`.
-pub fn plan_shards(meta: &CheckpointMetadata, src: &dyn TensorSource, tp: usize, opts: PlanOptions) -> Result<ShardPlan> {
+pub fn plan_shards(
+    meta: &CheckpointMetadata,
+    src: &dyn TensorSource,
+    tp: usize,
+    opts: PlanOptions,
+) -> Result<ShardPlan> {
     check_tp(tp, 0)?;
     let mut ranks = Vec::with_capacity(tp);
     let mut originals = Vec::new();
@@ -111,7 +125,13 @@ pub fn plan_shards(meta: &CheckpointMetadata, src: &dyn TensorSource, tp: usize,
 
 /// HF → rank `rank`'s local tensors (reference: `adapt_state_dict`). Tensor groups are assembled by name,
 /// whichever files hold their members.
-pub fn adapt_state_dict(meta: &CheckpointMetadata, src: &dyn TensorSource, tp: usize, rank: usize, opts: PlanOptions) -> Result<StateDict> {
+pub fn adapt_state_dict(
+    meta: &CheckpointMetadata,
+    src: &dyn TensorSource,
+    tp: usize,
+    rank: usize,
+    opts: PlanOptions,
+) -> Result<StateDict> {
     let plan = plan_rank(meta, src, tp, rank, opts)?;
     let mut out = StateDict::new();
     for t in &plan.tensors {
@@ -164,7 +184,13 @@ pub fn original_infos(meta: &CheckpointMetadata, rank0: &dyn TensorSource, tp: u
                 let n = p.num_partitions.unwrap_or(tp);
                 match s.get_mut(d) {
                     Some(x) => *x *= n,
-                    None => return Err(Error::spec("parameter", name, format!("partition_dim {d} out of range for {:?}", local.shape))),
+                    None => {
+                        return Err(Error::spec(
+                            "parameter",
+                            name,
+                            format!("partition_dim {d} out of range for {:?}", local.shape),
+                        ))
+                    }
                 }
                 s
             }
@@ -182,7 +208,10 @@ pub fn original_infos(meta: &CheckpointMetadata, rank0: &dyn TensorSource, tp: u
 
 /// The consolidation plan: the forward plan rebuilt from the metadata, checked against every rank's
 /// tensors, then inverted. Returns the forward plan too (for reports and replica checks).
-pub fn consolidation_plan(meta: &CheckpointMetadata, ranks: &[&dyn TensorSource]) -> Result<(ShardPlan, Vec<TensorPlan>)> {
+pub fn consolidation_plan(
+    meta: &CheckpointMetadata,
+    ranks: &[&dyn TensorSource],
+) -> Result<(ShardPlan, Vec<TensorPlan>)> {
     let tp = ranks.len();
     check_tp(tp, 0)?;
     let originals = original_infos(meta, ranks[0], tp)?;
@@ -196,10 +225,20 @@ pub fn consolidation_plan(meta: &CheckpointMetadata, ranks: &[&dyn TensorSource]
                 Error::key_mismatch(format!("rank {r}"), vec![t.name.clone()], vec![], &c)
             })?;
             if found.shape != t.shape {
-                return Err(Error::ShapeMismatch { tensor: format!("{} (rank {r})", t.name), expected: t.shape.clone(), found: found.shape, file: None });
+                return Err(Error::ShapeMismatch {
+                    tensor: format!("{} (rank {r})", t.name),
+                    expected: t.shape.clone(),
+                    found: found.shape,
+                    file: None,
+                });
             }
             if found.dtype != t.dtype {
-                return Err(Error::DtypeMismatch { tensor: format!("{} (rank {r})", t.name), expected: t.dtype.to_string(), found: found.dtype.to_string(), file: None });
+                return Err(Error::DtypeMismatch {
+                    tensor: format!("{} (rank {r})", t.name),
+                    expected: t.dtype.to_string(),
+                    found: found.dtype.to_string(),
+                    file: None,
+                });
             }
         }
     }

@@ -143,13 +143,18 @@ impl<T: CustomModule> CustomModule for Vec<T> {
         self.iter().enumerate().try_for_each(|(i, m)| m.collect_specs(&join_path(prefix, &i.to_string()), out))
     }
     fn collect_parameter_metadata(&self, prefix: &str, out: &mut IndexMap<String, ParameterMetadata>) -> Result<()> {
-        self.iter().enumerate().try_for_each(|(i, m)| m.collect_parameter_metadata(&join_path(prefix, &i.to_string()), out))
+        self.iter()
+            .enumerate()
+            .try_for_each(|(i, m)| m.collect_parameter_metadata(&join_path(prefix, &i.to_string()), out))
     }
     fn collect_tp_contexts(&self, out: &mut Vec<TpContext>) {
         self.iter().for_each(|m| m.collect_tp_contexts(out))
     }
     fn load_rank_tensors(self, prefix: &str, src: &dyn TensorSource, device: &Device) -> Result<Self> {
-        self.into_iter().enumerate().map(|(i, m)| m.load_rank_tensors(&join_path(prefix, &i.to_string()), src, device)).collect()
+        self.into_iter()
+            .enumerate()
+            .map(|(i, m)| m.load_rank_tensors(&join_path(prefix, &i.to_string()), src, device))
+            .collect()
     }
     fn save_rank_tensors(&self, prefix: &str, out: &mut StateDict) -> Result<()> {
         self.iter().enumerate().try_for_each(|(i, m)| m.save_rank_tensors(&join_path(prefix, &i.to_string()), out))

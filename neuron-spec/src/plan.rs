@@ -118,13 +118,8 @@ impl TensorPlan {
         self.blocks
             .iter()
             .map(|b| {
-                let other: usize = self
-                    .shape
-                    .iter()
-                    .enumerate()
-                    .filter(|(d, _)| *d != b.dim)
-                    .map(|(_, s)| *s)
-                    .product();
+                let other: usize =
+                    self.shape.iter().enumerate().filter(|(d, _)| *d != b.dim).map(|(_, s)| *s).product();
                 other * b.len * self.dtype.size()
             })
             .sum()
@@ -199,8 +194,8 @@ pub(crate) fn copy_block(
         });
     }
     let same_rank = s_shape_v.len() == d_shape_v.len() && b.dim < d_shape_v.len();
-    let others_match = same_rank
-        && s_shape_v.iter().zip(&d_shape_v).enumerate().all(|(d, (a, c))| d == b.dim || a == c);
+    let others_match =
+        same_rank && s_shape_v.iter().zip(&d_shape_v).enumerate().all(|(d, (a, c))| d == b.dim || a == c);
     let in_bounds = same_rank
         && b.src_offset.checked_add(b.len).is_some_and(|e| e <= s_shape_v[b.dim])
         && b.dst_offset.checked_add(b.len).is_some_and(|e| e <= d_shape_v[b.dim]);
@@ -297,11 +292,21 @@ impl ShardPlan {
             for c in candidates {
                 let (fresh, dup) = subtract(&covered, c.dst_offset, c.dst_offset + c.len);
                 for (s, e) in fresh {
-                    blocks.push(Block { src_offset: c.src_offset + (s - c.dst_offset), dst_offset: s, len: e - s, ..c.clone() });
+                    blocks.push(Block {
+                        src_offset: c.src_offset + (s - c.dst_offset),
+                        dst_offset: s,
+                        len: e - s,
+                        ..c.clone()
+                    });
                     insert_interval(&mut covered, s, e);
                 }
                 for (s, e) in dup {
-                    replicas.push(Block { src_offset: c.src_offset + (s - c.dst_offset), dst_offset: s, len: e - s, ..c.clone() });
+                    replicas.push(Block {
+                        src_offset: c.src_offset + (s - c.dst_offset),
+                        dst_offset: s,
+                        len: e - s,
+                        ..c.clone()
+                    });
                 }
             }
             let total: usize = covered.iter().map(|(s, e)| e - s).sum();
@@ -312,7 +317,13 @@ impl ShardPlan {
                 )));
             }
             blocks.sort_by_key(|b| b.dst_offset);
-            out.push(TensorPlan { name: orig.name.clone(), dtype: orig.dtype, shape: orig.shape.clone(), blocks, replicas });
+            out.push(TensorPlan {
+                name: orig.name.clone(),
+                dtype: orig.dtype,
+                shape: orig.shape.clone(),
+                blocks,
+                replicas,
+            });
         }
         Ok(out)
     }
@@ -375,7 +386,13 @@ mod tests {
             name: "d".into(),
             dtype: DType::F32,
             shape: vec![2, 2],
-            blocks: vec![Block { src: Source { part: 0, name: "s".into() }, dim: 1, src_offset: 1, dst_offset: 0, len: 2 }],
+            blocks: vec![Block {
+                src: Source { part: 0, name: "s".into() },
+                dim: 1,
+                src_offset: 1,
+                dst_offset: 0,
+                len: 2,
+            }],
             replicas: vec![],
         };
         let out = plan.execute(&mut |_| Ok(src.clone())).unwrap();
@@ -389,7 +406,13 @@ mod tests {
             name: "d".into(),
             dtype: DType::F32,
             shape: vec![2],
-            blocks: vec![Block { src: Source { part: 0, name: "s".into() }, dim: 0, src_offset: 1, dst_offset: 0, len: 2 }],
+            blocks: vec![Block {
+                src: Source { part: 0, name: "s".into() },
+                dim: 0,
+                src_offset: 1,
+                dst_offset: 0,
+                len: 2,
+            }],
             replicas: vec![],
         };
         assert!(plan.execute(&mut |_| Ok(src.clone())).is_err());

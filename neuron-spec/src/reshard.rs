@@ -105,11 +105,15 @@ pub fn reshard(src_dir: &std::path::Path, out_dir: &std::path::Path, tp: usize, 
     let fmt: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     let mut report = Report::default();
     for (rank, tensors) in plan.ranks.iter().enumerate() {
-        let infos: Vec<TensorInfo> = tensors.iter().map(|t| TensorInfo { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }).collect();
+        let infos: Vec<TensorInfo> = tensors
+            .iter()
+            .map(|t| TensorInfo { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() })
+            .collect();
         let by_name: BTreeMap<&str, &TensorPlan> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
         let path = ranks_dir.join(rank_file_name(rank));
         report.bytes_written += write_safetensors(&path, &infos, &fmt, &mut |info| {
-            let t = by_name.get(info.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", info.name)))?;
+            let t =
+                by_name.get(info.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", info.name)))?;
             t.execute(&mut |s| sources[s.part].tensor(&s.name))
         })?;
         report.tensors += infos.len();

@@ -25,10 +25,7 @@ pub fn partition_plan(
 ) -> Result<TensorPlan> {
     check_tp(tp, rank)?;
     let len = *src.shape.get(dim).ok_or_else(|| {
-        Error::Invalid(format!(
-            "tensor {}: partition dim {dim} is out of range for shape {:?}",
-            src.name, src.shape
-        ))
+        Error::Invalid(format!("tensor {}: partition dim {dim} is out of range for shape {:?}", src.name, src.shape))
     })?;
     if stride == 0 {
         return Err(Error::Invalid(format!("tensor {}: partition stride 0", src.name)));
@@ -49,7 +46,13 @@ pub fn partition_plan(
         if start < end {
             push_block(
                 &mut blocks,
-                Block { src: Source { part, name: src.name.clone() }, dim, src_offset: start, dst_offset: k * piece, len: end - start },
+                Block {
+                    src: Source { part, name: src.name.clone() },
+                    dim,
+                    src_offset: start,
+                    dst_offset: k * piece,
+                    len: end - start,
+                },
             );
         }
     }
@@ -87,7 +90,9 @@ pub fn fused_plan(
         return Err(Error::spec(
             "FusedLinearsSpec",
             "fuse_axis",
-            format!("fuse axis {fuse_axis} differs from the partition dim {partition_dim}, which cannot be consolidated"),
+            format!(
+                "fuse axis {fuse_axis} differs from the partition dim {partition_dim}, which cannot be consolidated"
+            ),
         ));
     }
     let first = members.first().ok_or_else(|| Error::spec("FusedLinearsSpec", "linear_names", "no member linears"))?;
@@ -118,12 +123,23 @@ pub fn fused_plan(
         a[partition_dim] = 0;
         b[partition_dim] = 0;
         if a != b {
-            return Err(Error::ShapeMismatch { tensor: m.name.clone(), expected: first.shape.clone(), found: m.shape.clone(), file: None });
+            return Err(Error::ShapeMismatch {
+                tensor: m.name.clone(),
+                expected: first.shape.clone(),
+                found: m.shape.clone(),
+                file: None,
+            });
         }
         let local = len / tp;
         push_block(
             &mut blocks,
-            Block { src: Source { part, name: m.name.clone() }, dim: partition_dim, src_offset: rank * local, dst_offset: offset, len: local },
+            Block {
+                src: Source { part, name: m.name.clone() },
+                dim: partition_dim,
+                src_offset: rank * local,
+                dst_offset: offset,
+                len: local,
+            },
         );
         offset += local;
     }

@@ -3,7 +3,9 @@
 use indexmap::IndexMap;
 use neuron_spec::metadata::ParameterMetadata;
 use neuron_spec::model::{adapt_state_dict, to_original_weights, PlanOptions};
-use neuron_spec::specs::{FuseAxis, FusedLinearsSpec, GqaQkvColumnParallelLinearSpec, ModelWeightTransformationSpecs, Spec};
+use neuron_spec::specs::{
+    FuseAxis, FusedLinearsSpec, GqaQkvColumnParallelLinearSpec, ModelWeightTransformationSpecs, Spec,
+};
 use neuron_spec::{CheckpointMetadata, HostTensor, StateDict, TensorSource};
 use proptest::prelude::*;
 
@@ -47,7 +49,15 @@ fn state_dict(heads: usize, kv: usize, hd: usize, inter: &[usize], bias: bool) -
 }
 
 /// The block and its metadata.
-fn model(heads: usize, kv: usize, hd: usize, tp: usize, fuse: bool, inter: &[usize], bias: bool) -> (StateDict, CheckpointMetadata) {
+fn model(
+    heads: usize,
+    kv: usize,
+    hd: usize,
+    tp: usize,
+    fuse: bool,
+    inter: &[usize],
+    bias: bool,
+) -> (StateDict, CheckpointMetadata) {
     let sd = state_dict(heads, kv, hd, inter, bias);
     let names: Vec<String> = (0..inter.len()).map(|i| format!("lin{i}")).collect();
     let gqa = GqaQkvColumnParallelLinearSpec::new(heads, kv, hd, fuse, bias, false, tp).unwrap();
@@ -70,8 +80,14 @@ fn model(heads: usize, kv: usize, hd: usize, tp: usize, fuse: bool, inter: &[usi
         tp_size: Some(tp),
         parameters,
         model_weight_transformation_specs: vec![
-            ModelWeightTransformationSpecs { module_fully_qualified_name: "m.attn".into(), specs: vec![Spec::GqaQkv(gqa)] },
-            ModelWeightTransformationSpecs { module_fully_qualified_name: "m.mlp".into(), specs: vec![Spec::FusedLinears(fused)] },
+            ModelWeightTransformationSpecs {
+                module_fully_qualified_name: "m.attn".into(),
+                specs: vec![Spec::GqaQkv(gqa)],
+            },
+            ModelWeightTransformationSpecs {
+                module_fully_qualified_name: "m.mlp".into(),
+                specs: vec![Spec::FusedLinears(fused)],
+            },
         ],
     };
     (sd, meta)

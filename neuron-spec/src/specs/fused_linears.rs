@@ -40,7 +40,9 @@ impl<'de> Deserialize<'de> for FuseAxis {
             serde_json::Value::Number(n) if n.as_u64() == Some(1) => Ok(FuseAxis::Row),
             serde_json::Value::String(s) if s == "column" => Ok(FuseAxis::Column),
             serde_json::Value::String(s) if s == "row" => Ok(FuseAxis::Row),
-            other => Err(serde::de::Error::custom(format!("fuse_axis must be 0, 1, \"column\" or \"row\", found {other}"))),
+            other => {
+                Err(serde::de::Error::custom(format!("fuse_axis must be 0, 1, \"column\" or \"row\", found {other}")))
+            }
         }
     }
 }
@@ -93,7 +95,11 @@ impl FusedLinearsSpec {
         }
         for (n, d) in self.linear_names.iter().zip(&self.original_dims) {
             if d % tp != 0 || *d == 0 {
-                return Err(Error::spec(c, "original_dims", format!("{n} has size {d}, not a positive multiple of tp {tp}")));
+                return Err(Error::spec(
+                    c,
+                    "original_dims",
+                    format!("{n} has size {d}, not a positive multiple of tp {tp}"),
+                ));
             }
         }
         let mut seen = std::collections::HashSet::new();

@@ -125,7 +125,10 @@ impl GqaQkvColumnParallelLinearSpec {
             return Err(Error::spec(
                 Self::CLASS_NAME,
                 "q_output_size_per_partition",
-                format!("{} × tp {} is not a multiple of {} heads", self.q_output_size_per_partition, self.tp_size, self.num_attention_heads),
+                format!(
+                    "{} × tp {} is not a multiple of {} heads",
+                    self.q_output_size_per_partition, self.tp_size, self.num_attention_heads
+                ),
             ));
         }
         Ok(rows / self.num_attention_heads)
@@ -165,7 +168,10 @@ impl GqaQkvColumnParallelLinearSpec {
             return Err(Error::spec(
                 c,
                 "kv_size_multiplier",
-                format!("{m} × {k} kv heads must be a positive multiple of tp {tp} (expected {})", default_kv_size_multiplier(tp, k)),
+                format!(
+                    "{m} × {k} kv heads must be a positive multiple of tp {tp} (expected {})",
+                    default_kv_size_multiplier(tp, k)
+                ),
             ));
         }
         let kv_per_rank = k * m / tp;
@@ -181,7 +187,11 @@ impl GqaQkvColumnParallelLinearSpec {
             return Err(Error::spec(
                 c,
                 "kv_output_size_per_partition",
-                format!("is {}, expected {} (kv heads {k} × multiplier {m} × head_dim {hd} / tp {tp})", self.kv_output_size_per_partition, k * m * hd / tp),
+                format!(
+                    "is {}, expected {} (kv heads {k} × multiplier {m} × head_dim {hd} / tp {tp})",
+                    self.kv_output_size_per_partition,
+                    k * m * hd / tp
+                ),
             ));
         }
         // Every query head lands on exactly one rank, next to its own kv head.
@@ -216,35 +226,50 @@ impl GqaQkvColumnParallelLinearSpec {
         let c = Self::CLASS_NAME;
         let (h, k, m) = (num_attention_heads, num_key_value_heads, kv_size_multiplier);
         if h == 0 || k == 0 || m == 0 || h % tp_size != 0 || h % k != 0 {
-            return Err(Error::spec(c, "num_attention_heads", format!("{h} heads, {k} kv heads and tp {tp_size} are inconsistent")));
+            return Err(Error::spec(
+                c,
+                "num_attention_heads",
+                format!("{h} heads, {k} kv heads and tp {tp_size} are inconsistent"),
+            ));
         }
         let heads_per_rank = h / tp_size;
         let kv_per_rank = k * m / tp_size;
         if kv_per_rank == 0 || heads_per_rank % kv_per_rank != 0 {
-            return Err(Error::spec(c, "kv_size_multiplier", format!("{m} gives {kv_per_rank} kv heads per rank for {heads_per_rank} query heads")));
+            return Err(Error::spec(
+                c,
+                "kv_size_multiplier",
+                format!("{m} gives {kv_per_rank} kv heads per rank for {heads_per_rank} query heads"),
+            ));
         }
         let group = h / k;
         let group_per_rank = heads_per_rank / kv_per_rank;
         if group_per_rank == 0 || group % group_per_rank != 0 {
-            return Err(Error::spec(c, "kv_size_multiplier", format!("query groups of {group} cannot be split into {group_per_rank}")));
+            return Err(Error::spec(
+                c,
+                "kv_size_multiplier",
+                format!("query groups of {group} cannot be split into {group_per_rank}"),
+            ));
         }
         // keys_indices = repeat_interleave(arange(k).repeat(m), group_per_rank), chunked in tp pieces.
-        let keys: Vec<usize> = (0..m).flat_map(|_| 0..k).flat_map(|x| std::iter::repeat(x).take(group_per_rank)).collect();
+        let keys: Vec<usize> =
+            (0..m).flat_map(|_| 0..k).flat_map(|x| std::iter::repeat(x).take(group_per_rank)).collect();
         let keys_chunk = chunk(&keys, tp_size, tp_rank)?;
         // shift_within_query_group = repeat_interleave(arange(0, group, group_per_rank), nq_before), chunked.
         let ranks_for_all_kv = k / kv_per_rank;
         let nq_before = ranks_for_all_kv * heads_per_rank;
-        let shifts: Vec<usize> = (0..group)
-            .step_by(group_per_rank)
-            .flat_map(|x| std::iter::repeat(x).take(nq_before))
-            .collect();
+        let shifts: Vec<usize> =
+            (0..group).step_by(group_per_rank).flat_map(|x| std::iter::repeat(x).take(nq_before)).collect();
         let shift_chunk = chunk(&shifts, tp_size, tp_rank)?;
         let mut out = Vec::with_capacity(heads_per_rank);
         for idx in 0..kv_per_rank {
             for q in 0..group_per_rank {
                 let s = idx * group_per_rank + q;
                 let (Some(key), Some(shift)) = (keys_chunk.get(s), shift_chunk.get(s)) else {
-                    return Err(Error::spec(c, "kv_size_multiplier", format!("rank {tp_rank} runs out of query slots with multiplier {m}")));
+                    return Err(Error::spec(
+                        c,
+                        "kv_size_multiplier",
+                        format!("rank {tp_rank} runs out of query slots with multiplier {m}"),
+                    ));
                 };
                 out.push(q + key * group + shift);
             }
@@ -276,7 +301,13 @@ impl GqaQkvColumnParallelLinearSpec {
         tp_size: usize,
         tp_rank: usize,
     ) -> Result<HostTensor> {
-        let idx = Self::compute_query_indices_for_rank(tp_size, tp_rank, num_attention_heads, num_key_value_heads, kv_size_multiplier)?;
+        let idx = Self::compute_query_indices_for_rank(
+            tp_size,
+            tp_rank,
+            num_attention_heads,
+            num_key_value_heads,
+            kv_size_multiplier,
+        )?;
         let info = TensorInfo { name: "w".into(), dtype: weight.dtype(), shape: weight.shape().to_vec() };
         let dim = match query_or_output {
             QueryOrOutput::Query => 0,
@@ -301,11 +332,20 @@ impl GqaQkvColumnParallelLinearSpec {
             QueryOrOutput::Output => 1,
         };
         let info = TensorInfo { name: "hf".into(), dtype: full_weight.dtype(), shape: full_weight.shape().to_vec() };
-        let len = *info.shape.get(dim).ok_or_else(|| Error::Invalid(format!("weight of shape {:?} has no dim {dim}", info.shape)))?;
+        let len = *info
+            .shape
+            .get(dim)
+            .ok_or_else(|| Error::Invalid(format!("weight of shape {:?} has no dim {dim}", info.shape)))?;
         let per_rank = len / tp_size.max(1);
         let mut ranks = Vec::new();
         for r in 0..tp_size {
-            let idx = Self::compute_query_indices_for_rank(tp_size, r, num_attention_heads, num_key_value_heads, kv_size_multiplier)?;
+            let idx = Self::compute_query_indices_for_rank(
+                tp_size,
+                r,
+                num_attention_heads,
+                num_key_value_heads,
+                kv_size_multiplier,
+            )?;
             ranks.push(vec![heads_plan(&format!("{r}"), &info, 0, dim, num_attention_heads, &idx, 0, None)?]);
         }
         let plan = crate::plan::ShardPlan { tp: tp_size, originals: vec![info], ranks };
@@ -313,7 +353,13 @@ impl GqaQkvColumnParallelLinearSpec {
         let Some(p) = inv.into_iter().next() else { return Err(Error::Invalid("empty plan".into())) };
         p.execute(&mut |s| {
             // Rank r's local weight is block r of the concatenation along `dim`.
-            let b = Block { src: Source { part: 0, name: "full".into() }, dim, src_offset: s.part * per_rank, dst_offset: 0, len: per_rank };
+            let b = Block {
+                src: Source { part: 0, name: "full".into() },
+                dim,
+                src_offset: s.part * per_rank,
+                dst_offset: 0,
+                len: per_rank,
+            };
             let mut shape = full_weight.shape().to_vec();
             shape[dim] = per_rank;
             TensorPlan { name: s.name.clone(), dtype: full_weight.dtype(), shape, blocks: vec![b], replicas: vec![] }
@@ -372,11 +418,24 @@ impl GqaQkvColumnParallelLinearSpec {
     }
 
     /// Plans of rank `rank`'s q/k/v and o tensors.
-    pub fn plan_rank(&self, module: &str, src: &dyn TensorSource, part: usize, tp: usize, rank: usize) -> Result<Vec<TensorPlan>> {
+    pub fn plan_rank(
+        &self,
+        module: &str,
+        src: &dyn TensorSource,
+        part: usize,
+        tp: usize,
+        rank: usize,
+    ) -> Result<Vec<TensorPlan>> {
         self.validate(tp)?;
         check_tp(tp, rank)?;
         let hd = self.head_dim()?;
-        let idx = Self::compute_query_indices_for_rank(tp, rank, self.num_attention_heads, self.num_key_value_heads, self.kv_size_multiplier)?;
+        let idx = Self::compute_query_indices_for_rank(
+            tp,
+            rank,
+            self.num_attention_heads,
+            self.num_key_value_heads,
+            self.kv_size_multiplier,
+        )?;
         let mut plans = Vec::new();
         for p in self.qkv_params() {
             let [qn, kn, vn, _] = self.names(module, p);
@@ -394,7 +453,12 @@ impl GqaQkvColumnParallelLinearSpec {
             if self.fuse_qkv {
                 for t in [&k, &v] {
                     if t.dtype != q.dtype {
-                        return Err(Error::DtypeMismatch { tensor: t.name.clone(), expected: q.dtype.to_string(), found: t.dtype.to_string(), file: None });
+                        return Err(Error::DtypeMismatch {
+                            tensor: t.name.clone(),
+                            expected: q.dtype.to_string(),
+                            found: t.dtype.to_string(),
+                            file: None,
+                        });
                     }
                 }
                 let mut shape = q.shape.clone();
@@ -424,7 +488,10 @@ impl GqaQkvColumnParallelLinearSpec {
                 file: None,
             });
         }
-        plans.push(TensorPlan { name: on.clone(), ..heads_plan(&on, &o, part, 1, self.num_attention_heads, &idx, 0, Some(hd))? });
+        plans.push(TensorPlan {
+            name: on.clone(),
+            ..heads_plan(&on, &o, part, 1, self.num_attention_heads, &idx, 0, Some(hd))?
+        });
         if self.has_o_bias() {
             let bn = format!("{module}.{}.bias", self.output_projection_name);
             let b = require(src, &bn)?;
@@ -442,7 +509,12 @@ impl GqaQkvColumnParallelLinearSpec {
             } else {
                 e[0] = rows;
             }
-            return Err(Error::ShapeMismatch { tensor: t.name.clone(), expected: e, found: t.shape.clone(), file: None });
+            return Err(Error::ShapeMismatch {
+                tensor: t.name.clone(),
+                expected: e,
+                found: t.shape.clone(),
+                file: None,
+            });
         }
         Ok(())
     }
@@ -465,7 +537,11 @@ impl GqaQkvColumnParallelLinearSpec {
                 return Err(Error::ShapeMismatch { tensor: first.name, expected: e, found: first.shape, file: None });
             }
             let [qn, kn, vn, _] = self.names(module, p);
-            for (n, rows) in [(qn, self.num_attention_heads * hd), (kn, self.num_key_value_heads * hd), (vn, self.num_key_value_heads * hd)] {
+            for (n, rows) in [
+                (qn, self.num_attention_heads * hd),
+                (kn, self.num_key_value_heads * hd),
+                (vn, self.num_key_value_heads * hd),
+            ] {
                 let mut shape = first.shape.clone();
                 shape[0] = rows;
                 out.push(TensorInfo { name: n, dtype: first.dtype, shape });
@@ -475,7 +551,12 @@ impl GqaQkvColumnParallelLinearSpec {
         let o = require(local, &on)?;
         let mut shape = o.shape.clone();
         if shape.len() != 2 || shape[1] != qo {
-            return Err(Error::ShapeMismatch { tensor: on, expected: vec![shape.first().copied().unwrap_or(0), qo], found: o.shape, file: None });
+            return Err(Error::ShapeMismatch {
+                tensor: on,
+                expected: vec![shape.first().copied().unwrap_or(0), qo],
+                found: o.shape,
+                file: None,
+            });
         }
         shape[1] = self.num_attention_heads * hd;
         out.push(TensorInfo { name: on, dtype: o.dtype, shape });
@@ -493,7 +574,11 @@ fn chunk(v: &[usize], n: usize, i: usize) -> Result<&[usize]> {
     let size = v.len().div_ceil(n.max(1)).max(1);
     let start = i * size;
     if start > v.len() {
-        return Err(Error::spec(GqaQkvColumnParallelLinearSpec::CLASS_NAME, "kv_size_multiplier", format!("rank {i} gets no chunk")));
+        return Err(Error::spec(
+            GqaQkvColumnParallelLinearSpec::CLASS_NAME,
+            "kv_size_multiplier",
+            format!("rank {i} gets no chunk"),
+        ));
     }
     Ok(&v[start..(start + size).min(v.len())])
 }
@@ -511,19 +596,35 @@ fn heads_plan(
     dst_start: usize,
     head_dim: Option<usize>,
 ) -> Result<TensorPlan> {
-    let len = *src.shape.get(dim).ok_or_else(|| Error::Invalid(format!("tensor {}: no dim {dim} in {:?}", src.name, src.shape)))?;
+    let len = *src
+        .shape
+        .get(dim)
+        .ok_or_else(|| Error::Invalid(format!("tensor {}: no dim {dim} in {:?}", src.name, src.shape)))?;
     let hd = head_dim.unwrap_or(len / num_heads.max(1));
     if hd == 0 || hd * num_heads != len {
         return Err(Error::ShapeMismatch {
             tensor: src.name.clone(),
-            expected: { let mut e = src.shape.clone(); e[dim] = num_heads * hd.max(1); e },
+            expected: {
+                let mut e = src.shape.clone();
+                e[dim] = num_heads * hd.max(1);
+                e
+            },
             found: src.shape.clone(),
             file: None,
         });
     }
     let mut blocks = Vec::new();
     for (j, h) in indices.iter().enumerate() {
-        push_block(&mut blocks, Block { src: Source { part, name: src.name.clone() }, dim, src_offset: h * hd, dst_offset: dst_start + j * hd, len: hd });
+        push_block(
+            &mut blocks,
+            Block {
+                src: Source { part, name: src.name.clone() },
+                dim,
+                src_offset: h * hd,
+                dst_offset: dst_start + j * hd,
+                len: hd,
+            },
+        );
     }
     let mut shape = src.shape.clone();
     shape[dim] = indices.len() * hd;
@@ -532,14 +633,29 @@ fn heads_plan(
 
 /// Rows `[rank·out, (rank+1)·out)` of the kv weight tiled `multiplier` times, as blocks of the untiled one.
 #[allow(clippy::too_many_arguments)]
-fn kv_plan(name: &str, src: &TensorInfo, part: usize, multiplier: usize, out: usize, dim: usize, tp: usize, rank: usize) -> Result<TensorPlan> {
+fn kv_plan(
+    name: &str,
+    src: &TensorInfo,
+    part: usize,
+    multiplier: usize,
+    out: usize,
+    dim: usize,
+    tp: usize,
+    rank: usize,
+) -> Result<TensorPlan> {
     check_tp(tp, rank)?;
-    let rows = *src.shape.get(dim).ok_or_else(|| Error::Invalid(format!("tensor {}: no dim {dim} in {:?}", src.name, src.shape)))?;
+    let rows = *src
+        .shape
+        .get(dim)
+        .ok_or_else(|| Error::Invalid(format!("tensor {}: no dim {dim} in {:?}", src.name, src.shape)))?;
     if rows == 0 || out == 0 || (rank + 1) * out > rows * multiplier {
         return Err(Error::spec(
             GqaQkvColumnParallelLinearSpec::CLASS_NAME,
             "kv_output_size_per_partition",
-            format!("{out} rows per rank at rank {rank} exceed {} rows × multiplier {multiplier} of {}", rows, src.name),
+            format!(
+                "{out} rows per rank at rank {rank} exceed {} rows × multiplier {multiplier} of {}",
+                rows, src.name
+            ),
         ));
     }
     let mut blocks = Vec::new();
@@ -548,7 +664,16 @@ fn kv_plan(name: &str, src: &TensorInfo, part: usize, multiplier: usize, out: us
     while t < end {
         let r = t % rows;
         let n = (rows - r).min(end - t);
-        push_block(&mut blocks, Block { src: Source { part, name: src.name.clone() }, dim, src_offset: r, dst_offset: t - rank * out, len: n });
+        push_block(
+            &mut blocks,
+            Block {
+                src: Source { part, name: src.name.clone() },
+                dim,
+                src_offset: r,
+                dst_offset: t - rank * out,
+                len: n,
+            },
+        );
         t += n;
     }
     let mut shape = src.shape.clone();

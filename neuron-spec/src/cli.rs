@@ -1,0 +1,513 @@
+//! The `neuron-spec` command line: shard, consolidate, reshard, plan, inspect, and a `forward` hook that a
+//! model crate fills in (the binary lives next to the model; see `examples/`).
+
+use crate::checkpoint::{consolidate, shard, ShardedCheckpoint, WriteOptions, METADATA_PATH};
+use crate::error::{Error, Result};
+use crate::io::{parse_size, HfCheckpoint};
+use crate::llama::{llama_layout_with, LlamaConfig, QkvLayout};
+use crate::metadata::CheckpointMetadata;
+use crate::model::{plan_shards, PlanOptions};
+use crate::plan::TensorSource;
+use crate::reshard::{reshard, reshard_plan};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+/// Exit code: success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: bad input or a failed operation (the message says which file, tensor and why).
+pub const EXIT_ERROR: i32 = 1;
+/// Exit code: bad command-line usage (clap).
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code: `forward --golden` found a difference above the tolerance.
+pub const EXIT_MISMATCH: i32 = 3;
+
+/// Move model weights between the Hugging Face layout and tensor-parallel ranks.
+#[derive(Debug, Parser)]
+#[command(name = "neuron-spec", version, about)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Print error causes and details.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// No progress output.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+/// How attention is laid out on the ranks.
+#[derive(Debug, Clone, Args)]
+pub struct LayoutArgs {
+    /// One fused `qkv_proj.weight_qkv` per rank instead of `weight_q/_k/_v`.
+    #[arg(long)]
+    pub fuse_qkv: bool,
+    /// Plain column/row sharding of q/k/v/o (storage only; for head counts tp does not divide).
+    #[arg(long, conflicts_with = "fuse_qkv")]
+    pub plain_attention: bool,
+}
+
+impl LayoutArgs {
+    fn qkv(&self) -> QkvLayout {
+        if self.plain_attention {
+            QkvLayout::Plain
+        } else {
+            QkvLayout::gqa(self.fuse_qkv)
+        }
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Shard an HF checkpoint directory into TP rank files, metadata and config.
+    Shard {
+        /// HF checkpoint directory (config.json + model.safetensors or an index).
+        hf_dir: PathBuf,
+        /// Output directory (must not exist unless --force).
+        out_dir: PathBuf,
+        /// TP size.
+        #[arg(long)]
+        tp: usize,
+        /// Attention layout.
+        #[command(flatten)]
+        layout: LayoutArgs,
+        /// Replace an existing output, once the new one is complete.
+        #[arg(long)]
+        force: bool,
+        /// Accept checkpoint tensors that the model does not use.
+        #[arg(long)]
+        allow_unexpected: bool,
+    },
+    /// Consolidate a sharded checkpoint into an HF directory that transformers loads.
+    Consolidate {
+        /// Sharded checkpoint directory.
+        sharded_dir: PathBuf,
+        /// Output HF directory.
+        out_dir: PathBuf,
+        /// Largest output file (HF units: 5GB, 500MB, 20KB).
+        #[arg(long, default_value = "5GB")]
+        max_shard_size: String,
+        /// Replace an existing output, once the new one is complete.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Convert a TP N checkpoint to TP M directly.
+    Reshard {
+        /// Sharded checkpoint directory.
+        sharded_dir: PathBuf,
+        /// Output directory.
+        out_dir: PathBuf,
+        /// New TP size.
+        #[arg(long)]
+        tp: usize,
+        /// Replace an existing output, once the new one is complete.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Dry run: what each rank would read and write, and every validation result. Writes nothing.
+    Plan {
+        /// HF checkpoint or sharded checkpoint directory.
+        dir: PathBuf,
+        /// TP size.
+        #[arg(long)]
+        tp: usize,
+        /// Attention layout.
+        #[command(flatten)]
+        layout: LayoutArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Summarize an HF or sharded checkpoint.
+    Inspect {
+        /// Checkpoint directory.
+        dir: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the TP model on the input ids of a golden file and compare logits.
+    Forward {
+        /// HF or sharded checkpoint directory.
+        dir: PathBuf,
+        /// TP size (HF input only; a sharded checkpoint has its own).
+        #[arg(long, default_value_t = 1)]
+        tp: usize,
+        /// Fused qkv layout.
+        #[arg(long)]
+        fuse_qkv: bool,
+        /// safetensors file with `input_ids` (I64 [batch, seq]).
+        #[arg(long)]
+        input_ids: Option<PathBuf>,
+        /// Golden file with `logits`; prints `max_abs_diff` and fails above 1e-4.
+        #[arg(long)]
+        golden: Option<PathBuf>,
+    },
+    /// The main job on a tiny checkpoint: shard to tp 4, run forward, consolidate, check the round trip.
+    Quickstart {
+        /// HF checkpoint directory to use.
+        #[arg(long, default_value = "tests/fixtures/llama-gqa")]
+        model: PathBuf,
+        /// Where to write (a temporary directory if absent).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
+}
+
+/// What a model crate provides for `forward`.
+pub trait ForwardRunner {
+    /// Runs the model on `dir` (HF or sharded) and returns the logits `[batch, seq, vocab]` flattened, with
+    /// their shape.
+    fn forward(&self, dir: &Path, tp: usize, fuse_qkv: bool, input_ids: &[Vec<i64>]) -> Result<(Vec<f32>, Vec<usize>)>;
+}
+
+/// The default input ids (those of the fixtures' golden files).
+pub const DEFAULT_INPUT_IDS: [[i64; 7]; 2] = [[1, 17, 42, 99, 3, 127, 64], [5, 0, 88, 23, 111, 7, 56]];
+
+/// Runs a parsed command; returns the process exit code. Errors print on one line (more with `-v`).
+pub fn run(cli: Cli, runner: Option<&dyn ForwardRunner>) -> i32 {
+    let verbose = cli.verbose;
+    match dispatch(cli, runner) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if verbose {
+                eprintln!("{e:#?}");
+            }
+            EXIT_ERROR
+        }
+    }
+}
+
+/// Parses `std::env::args` and runs; the `main` of the binary.
+pub fn main_with(runner: Option<&dyn ForwardRunner>) -> i32 {
+    match Cli::try_parse() {
+        Ok(cli) => run(cli, runner),
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            code
+        }
+    }
+}
+
+fn hf_layout(dir: &Path, tp: usize, qkv: QkvLayout) -> Result<CheckpointMetadata> {
+    let cfg = LlamaConfig::read(&dir.join("config.json"))?;
+    llama_layout_with(&cfg, tp, qkv)
+}
+
+fn is_sharded(dir: &Path) -> bool {
+    dir.join(METADATA_PATH).exists()
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn json_out(v: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v).map_err(|e| Error::Invalid(e.to_string()))?);
+    Ok(())
+}
+
+fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
+    let quiet = cli.quiet;
+    match cli.command {
+        Command::Shard { hf_dir, out_dir, tp, layout, force, allow_unexpected } => {
+            let meta = hf_layout(&hf_dir, tp, layout.qkv())?;
+            let r =
+                shard(&hf_dir, &out_dir, &meta, tp, &WriteOptions { force, allow_unexpected, max_shard_size: None })?;
+            if !quiet {
+                println!(
+                    "sharded {} into {} at tp {tp}: {} rank files, {} tensors, {} written",
+                    hf_dir.display(),
+                    out_dir.display(),
+                    r.files.len(),
+                    r.tensors,
+                    human(r.bytes_written)
+                );
+                for (rank, b) in r.bytes_read_per_rank.iter().enumerate() {
+                    println!("  rank {rank}: read {}", human(*b as u64));
+                }
+                if !r.unexpected.is_empty() {
+                    println!("  unused input tensors: {}", r.unexpected.join(", "));
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Consolidate { sharded_dir, out_dir, max_shard_size, force } => {
+            let max = parse_size(&max_shard_size)?;
+            let r = consolidate(
+                &sharded_dir,
+                &out_dir,
+                &WriteOptions { force, allow_unexpected: false, max_shard_size: Some(max) },
+            )?;
+            if !quiet {
+                println!(
+                    "consolidated {} into {}: {} tensors, {} in {} file(s)",
+                    sharded_dir.display(),
+                    out_dir.display(),
+                    r.tensors,
+                    human(r.bytes_written),
+                    r.files.len()
+                );
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Reshard { sharded_dir, out_dir, tp, force } => {
+            let r = reshard(&sharded_dir, &out_dir, tp, &WriteOptions { force, ..Default::default() })?;
+            if !quiet {
+                println!(
+                    "resharded {} into {} at tp {tp}: {} tensors, {} written",
+                    sharded_dir.display(),
+                    out_dir.display(),
+                    r.tensors,
+                    human(r.bytes_written)
+                );
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Plan { dir, tp, layout, json } => plan_command(&dir, tp, layout.qkv(), json),
+        Command::Inspect { dir, json } => inspect_command(&dir, json),
+        Command::Forward { dir, tp, fuse_qkv, input_ids, golden } => {
+            let runner = runner.ok_or_else(|| Error::Invalid("this build has no model for `forward`".into()))?;
+            forward_command(runner, &dir, tp, fuse_qkv, input_ids.as_deref(), golden.as_deref())
+        }
+        Command::Quickstart { model, work_dir } => quickstart(runner, &model, work_dir.as_deref()),
+    }
+}
+
+fn plan_command(dir: &Path, tp: usize, qkv: QkvLayout, json: bool) -> Result<i32> {
+    let (plan, source_kind, validation) = if is_sharded(dir) {
+        let ck = ShardedCheckpoint::open(dir)?;
+        let (plan, _) = reshard_plan(&ck, tp)?;
+        (plan, format!("sharded checkpoint at tp {}", ck.tp), vec!["rank files and metadata consistent".to_string()])
+    } else {
+        let hf = HfCheckpoint::open(dir)?;
+        let meta = hf_layout(dir, tp, qkv)?;
+        let mut v = Vec::new();
+        for (m, s) in meta.specs() {
+            s.validate(tp)?;
+            v.push(format!("{m}: {} valid at tp {tp}", s.class_name()));
+        }
+        let plan = plan_shards(&meta, &hf, tp, PlanOptions::default())?;
+        v.push("no missing and no unexpected tensors".to_string());
+        (plan, "HF checkpoint".to_string(), v)
+    };
+    let read = plan.bytes_read_per_rank();
+    if json {
+        let v = serde_json::json!({
+            "source": source_kind,
+            "tp": tp,
+            "bytes_read_per_rank": read,
+            "validation": validation,
+            "ranks": plan.ranks,
+        });
+        json_out(&v)?;
+    } else {
+        println!("plan for {} ({source_kind}) at tp {tp}", dir.display());
+        for line in &validation {
+            println!("  ok: {line}");
+        }
+        for (r, tensors) in plan.ranks.iter().enumerate() {
+            println!("rank {r}: {} tensors, reads {}", tensors.len(), human(read[r] as u64));
+            for t in tensors {
+                let srcs: Vec<String> = t
+                    .blocks
+                    .iter()
+                    .map(|b| {
+                        let part = if is_sharded(dir) { format!("rank{}:", b.src.part) } else { String::new() };
+                        format!(
+                            "{part}{}[dim{} {}..{}]→{}..",
+                            b.src.name,
+                            b.dim,
+                            b.src_offset,
+                            b.src_offset + b.len,
+                            b.dst_offset
+                        )
+                    })
+                    .collect();
+                println!("  {} {:?} {} ← {}", t.name, t.shape, t.dtype, srcs.join(", "));
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn inspect_command(dir: &Path, json: bool) -> Result<i32> {
+    let (kind, names, total, tp, version, specs): (
+        &str,
+        Vec<(String, String, Vec<usize>)>,
+        usize,
+        usize,
+        Option<u32>,
+        Vec<String>,
+    ) = if is_sharded(dir) {
+        let ck = ShardedCheckpoint::open(dir)?;
+        let names = ck.ranks[0]
+            .names()
+            .filter_map(|n| ck.ranks[0].info(n))
+            .map(|i| (i.name, i.dtype.to_string(), i.shape))
+            .collect();
+        let total =
+            ck.ranks.iter().map(|r| r.names().filter_map(|n| r.info(n)).map(|i| i.nbytes()).sum::<usize>()).sum();
+        let specs = ck.metadata.specs().map(|(m, s)| format!("{m}: {}", s.class_name())).collect();
+        ("sharded", names, total, ck.tp, ck.metadata.format_version, specs)
+    } else {
+        let hf = HfCheckpoint::open(dir)?;
+        let names = hf
+            .names()
+            .into_iter()
+            .filter_map(|n| hf.info(&n))
+            .map(|i| (i.name, i.dtype.to_string(), i.shape))
+            .collect();
+        ("hf", names, hf.total_bytes(), 1, None, vec![])
+    };
+    let mut dtypes: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, d, _) in &names {
+        *dtypes.entry(d.clone()).or_default() += 1;
+    }
+    if json {
+        let tensors: Vec<serde_json::Value> =
+            names.iter().map(|(n, d, s)| serde_json::json!({"name": n, "dtype": d, "shape": s})).collect();
+        json_out(&serde_json::json!({
+            "kind": kind, "tp": tp, "format_version": version, "total_bytes": total,
+            "dtypes": dtypes, "specs": specs, "tensors": tensors,
+        }))?;
+    } else {
+        println!("{} ({kind} checkpoint)", dir.display());
+        println!("  tp: {tp}");
+        if kind == "sharded" {
+            println!(
+                "  metadata format_version: {}",
+                version.map_or("none (written by the reference)".to_string(), |v| v.to_string())
+            );
+        }
+        println!("  tensors{}: {}", if kind == "sharded" { " per rank" } else { "" }, names.len());
+        println!("  dtypes: {}", dtypes.iter().map(|(d, n)| format!("{d} ×{n}")).collect::<Vec<_>>().join(", "));
+        println!("  total size: {}", human(total as u64));
+        for s in &specs {
+            println!("  spec {s}");
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// Reads `input_ids` ([batch, seq], I64/I32) from a safetensors file.
+pub fn read_input_ids(path: &Path) -> Result<Vec<Vec<i64>>> {
+    let f = crate::io::SafetensorsFile::open(path)?;
+    let t = f.tensor("input_ids")?;
+    let shape = t.shape().to_vec();
+    if shape.len() != 2 {
+        return Err(Error::ShapeMismatch {
+            tensor: "input_ids".into(),
+            expected: vec![0, 0],
+            found: shape,
+            file: Some(path.to_path_buf()),
+        });
+    }
+    let v = t.to_i64_vec()?;
+    Ok(v.chunks(shape[1].max(1)).map(<[i64]>::to_vec).collect())
+}
+
+fn forward_command(
+    runner: &dyn ForwardRunner,
+    dir: &Path,
+    tp: usize,
+    fuse_qkv: bool,
+    input_ids: Option<&Path>,
+    golden: Option<&Path>,
+) -> Result<i32> {
+    let ids = match input_ids.or(golden) {
+        Some(p) => read_input_ids(p)?,
+        None => DEFAULT_INPUT_IDS.iter().map(|r| r.to_vec()).collect(),
+    };
+    let (logits, shape) = runner.forward(dir, tp, fuse_qkv, &ids)?;
+    println!("logits shape {shape:?}");
+    if let Some(g) = golden {
+        let f = crate::io::SafetensorsFile::open(g)?;
+        let gl = f.tensor("logits")?;
+        if gl.shape() != shape.as_slice() {
+            return Err(Error::ShapeMismatch {
+                tensor: "logits".into(),
+                expected: gl.shape().to_vec(),
+                found: shape,
+                file: Some(g.to_path_buf()),
+            });
+        }
+        let diff = gl.to_f32_vec().iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        println!("max_abs_diff {diff:e}");
+        if !(diff <= 1e-4) {
+            eprintln!("error: max_abs_diff {diff:e} is above 1e-4");
+            return Ok(EXIT_MISMATCH);
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn quickstart(runner: Option<&dyn ForwardRunner>, model: &Path, work_dir: Option<&Path>) -> Result<i32> {
+    let tmp;
+    let work = match work_dir {
+        Some(w) => w.to_path_buf(),
+        None => {
+            tmp = std::env::temp_dir().join(format!("neuron-spec-quickstart-{}", std::process::id()));
+            tmp
+        }
+    };
+    std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+    let sharded = work.join("sharded-tp4");
+    let out = work.join("consolidated");
+    let tp = 4;
+    let meta = hf_layout(model, tp, QkvLayout::Fused)?;
+    println!("1. shard {} at tp {tp} (fused qkv) → {}", model.display(), sharded.display());
+    let r = shard(model, &sharded, &meta, tp, &WriteOptions { force: true, ..Default::default() })?;
+    for (rank, b) in r.bytes_read_per_rank.iter().enumerate() {
+        println!("   rank {rank}: read {}, file {}", human(*b as u64), r.files[rank].display());
+    }
+    if let Some(runner) = runner {
+        let golden = model.join("golden.safetensors");
+        println!("2. forward: 4 ranks on threads, logits vs {}", golden.display());
+        let ids = if golden.exists() {
+            read_input_ids(&golden)?
+        } else {
+            DEFAULT_INPUT_IDS.iter().map(|r| r.to_vec()).collect()
+        };
+        let (logits, shape) = runner.forward(&sharded, tp, true, &ids)?;
+        if golden.exists() {
+            let g = crate::io::SafetensorsFile::open(&golden)?.tensor("logits")?.to_f32_vec();
+            let diff = g.iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            println!("   logits {shape:?}, max_abs_diff {diff:e} (tolerance 1e-4)");
+            if !(diff <= 1e-4) {
+                return Ok(EXIT_MISMATCH);
+            }
+        }
+    }
+    println!("3. consolidate → {}", out.display());
+    let c = consolidate(&sharded, &out, &WriteOptions { force: true, ..Default::default() })?;
+    let a = HfCheckpoint::open(model)?;
+    let b = HfCheckpoint::open(&out)?;
+    let mut same = 0;
+    for n in a.names() {
+        let (x, y) = (a.tensor(&n)?, b.tensor(&n)?);
+        if x != y {
+            return Err(Error::Invalid(format!("round trip changed tensor {n}")));
+        }
+        same += 1;
+    }
+    if b.names().len() != same {
+        return Err(Error::Invalid("round trip added tensors".into()));
+    }
+    println!("   {} tensors, {}: all {same} byte-identical to the input", c.tensors, human(c.bytes_written));
+    Ok(EXIT_OK)
+}

@@ -2,6 +2,23 @@
 //!
 //! Specs ([`specs`]) describe how a custom module's weights relate to the HF ones; for a TP size and rank
 //! they compile into [`plan`]s of raw-byte block copies, which sharding, consolidation and reports all run.
+//!
+//! ```no_run
+//! use neuron_spec::io::HfCheckpoint;
+//! use neuron_spec::llama::{llama_layout, LlamaConfig};
+//! use neuron_spec::{adapt_state_dict, PlanOptions};
+//! use std::path::Path;
+//!
+//! # fn main() -> neuron_spec::Result<()> {
+//! let dir = Path::new("tests/fixtures/llama-gqa");
+//! let cfg = LlamaConfig::read(&dir.join("config.json"))?;
+//! let meta = llama_layout(&cfg, 4, true)?; // specs + parameter metadata at tp 4, fused qkv
+//! let hf = HfCheckpoint::open(dir)?; // memory-mapped: model.safetensors or the index
+//! let rank1 = adapt_state_dict(&meta, &hf, 4, 1, PlanOptions::default())?; // tp and rank are arguments
+//! assert!(rank1.contains_key("model.layers.0.self_attn.qkv_proj.weight_qkv"));
+//! # Ok(())
+//! # }
+//! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 #![warn(missing_docs)]
 

@@ -1,0 +1,94 @@
+//! The command line, as a user runs it: exit codes, one-line errors, nothing partial left behind.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_neuron-spec")).args(args).output().unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn shard_then_consolidate_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let o = run(&["shard", s(&fixture("llama-gqa")), s(&a), "--tp", "2", "--fuse-qkv"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("2 rank files") && stdout.contains("rank 1: read"), "{stdout}");
+    let o = run(&["consolidate", s(&a), s(&b), "--max-shard-size", "100KB"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(b.join("model.safetensors.index.json").exists());
+    assert_same_tensors(&neuron_spec::io::HfCheckpoint::open(&b).unwrap(), &hf("llama-gqa"), "cli round trip");
+}
+
+#[test]
+fn errors_are_one_line_non_zero_and_leave_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = run(&["shard", s(&fixture("llama-gqa")), s(&out), "--tp", "3"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("num_attention_heads") && err.contains("tp 3"), "{err}");
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "no temporary directory left");
+}
+
+#[test]
+fn existing_destination_is_refused_without_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("keep"), b"x").unwrap();
+    let o = run(&["shard", s(&fixture("llama-gqa")), s(&out), "--tp", "2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--force"));
+    assert!(out.join("keep").exists(), "untouched");
+    let o = run(&["shard", s(&fixture("llama-gqa")), s(&out), "--tp", "2", "--force"]);
+    assert!(o.status.success());
+    assert!(!out.join("keep").exists() && out.join("shards/mp_metadata_pp_rank_0.json").exists());
+}
+
+#[test]
+fn usage_errors_exit_two() {
+    assert_eq!(run(&["shard"]).status.code(), Some(2));
+    assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
+}
+
+#[test]
+fn plan_writes_nothing_and_reports_bytes_per_rank() {
+    let o = run(&["plan", s(&fixture("llama-gqa")), "--tp", "4", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let read: Vec<u64> = v["bytes_read_per_rank"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert_eq!(read.len(), 4);
+    // Each rank reads a quarter of every sharded tensor, the replicated norms whole, and, since tp 4 tiles the
+    // 2 kv heads twice, half (not a quarter) of each k/v weight: 2 layers × 2 × [16, 64] f32 × (1/2 - 1/4).
+    let total: u64 = 361_728;
+    let norms: u64 = 5 * 64 * 4;
+    let kv_extra: u64 = 2 * 2 * (16 * 64 * 4) / 4;
+    for r in &read {
+        assert_eq!(*r, (total - norms) / 4 + norms + kv_extra, "share + replicated");
+    }
+}
+
+#[test]
+fn inspect_reports_a_sharded_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    assert!(run(&["shard", s(&fixture("llama-gqa-bf16")), s(&a), "--tp", "8"]).status.success());
+    let o = run(&["inspect", s(&a), "--json"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tp"], 8);
+    assert_eq!(v["kind"], "sharded");
+    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["dtypes"]["BF16"], 19);
+    assert_eq!(v["specs"].as_array().unwrap().len(), 4);
+}

@@ -112,7 +112,7 @@ pub fn shard(
         report.bytes_written += write_safetensors(&path, &infos, &rank_meta, &mut |info| {
             let t =
                 by_name.get(info.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", info.name)))?;
-            t.execute(&mut |s| hf.tensor(&s.name))
+            t.execute(&[&hf])
         })?;
         report.tensors += infos.len();
         report.files.push(out_dir.join(RANKS_DIR).join(rank_file_name(rank)));
@@ -204,7 +204,7 @@ pub fn consolidate(sharded_dir: &Path, out_dir: &Path, opts: &WriteOptions) -> R
     let mut report = Report { tensors: infos.len(), ..Default::default() };
     let files = write_hf_checkpoint(staging.path(), &infos, opts.max_shard_size, &mut |info| {
         let t = by_name.get(info.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", info.name)))?;
-        t.execute(&mut |s| sources[s.part].tensor(&s.name))
+        t.execute(&sources)
     })?;
     report.bytes_written = infos.iter().map(|i| i.nbytes() as u64).sum();
     report.files = files.iter().filter_map(|f| f.file_name()).map(|n| out_dir.join(n)).collect();

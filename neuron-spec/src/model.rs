@@ -135,7 +135,7 @@ pub fn adapt_state_dict(
     let plan = plan_rank(meta, src, tp, rank, opts)?;
     let mut out = StateDict::new();
     for t in &plan.tensors {
-        out.insert(t.name.clone(), t.execute(&mut |s| src.tensor(&s.name))?);
+        out.insert(t.name.clone(), t.execute(&[src])?);
     }
     Ok(out)
 }
@@ -252,7 +252,7 @@ pub fn to_original_weights(meta: &CheckpointMetadata, ranks: &[&dyn TensorSource
     let (_, inverse) = consolidation_plan(meta, ranks)?;
     let mut out = StateDict::new();
     for t in &inverse {
-        out.insert(t.name.clone(), t.execute(&mut |s| ranks[s.part].tensor(&s.name))?);
+        out.insert(t.name.clone(), t.execute(ranks)?);
     }
     Ok(out)
 }

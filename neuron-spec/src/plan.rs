@@ -77,6 +77,34 @@ pub trait TensorSource {
     fn tensor(&self, name: &str) -> Result<HostTensor>;
     /// All tensor names, in the source's order.
     fn names(&self) -> Vec<String>;
+    /// Indices `offset..offset + len` along `dim` of a tensor: what a plan block reads. Memory-mapped sources
+    /// return a view of just those bytes where they are contiguous.
+    fn read_slice(&self, name: &str, dim: usize, offset: usize, len: usize) -> Result<HostTensor> {
+        self.tensor(name)?.narrow(dim, offset, len).map_err(|e| match e {
+            Error::Invalid(m) => Error::Invalid(format!("tensor {name}: {m}")),
+            other => other,
+        })
+    }
+}
+
+/// Reads a block's source slice from the source set it names.
+fn read_block(sources: &[&dyn TensorSource], b: &Block) -> Result<HostTensor> {
+    let src = sources
+        .get(b.src.part)
+        .ok_or_else(|| Error::Invalid(format!("no source set {} for {}", b.src.part, b.src.name)))?;
+    let info = src.info(&b.src.name).ok_or_else(|| {
+        let names = src.names();
+        let c: Vec<&str> = names.iter().map(String::as_str).collect();
+        Error::key_mismatch(format!("source {}", b.src.part), vec![b.src.name.clone()], vec![], &c)
+    })?;
+    if b.dim >= info.shape.len().max(1) || b.src_offset + b.len > info.shape.get(b.dim).copied().unwrap_or(1) {
+        let mut expected = info.shape.clone();
+        if let Some(x) = expected.get_mut(b.dim) {
+            *x = b.src_offset + b.len;
+        }
+        return Err(Error::ShapeMismatch { tensor: b.src.name.clone(), expected, found: info.shape, file: None });
+    }
+    src.read_slice(&b.src.name, b.dim, b.src_offset, b.len)
 }
 
 impl TensorSource for crate::tensor::StateDict {
@@ -125,26 +153,23 @@ impl TensorPlan {
             .sum()
     }
 
-    /// Runs the plan: fetches each source once per block and copies row blocks of raw bytes.
-    pub fn execute(&self, fetch: &mut dyn FnMut(&Source) -> Result<HostTensor>) -> Result<HostTensor> {
+    /// Runs the plan: reads each block's slice from `sources[block.src.part]` and copies it into place.
+    pub fn execute(&self, sources: &[&dyn TensorSource]) -> Result<HostTensor> {
         let mut out = vec![0u8; self.nbytes()];
         for b in &self.blocks {
-            let src = fetch(&b.src)?;
-            copy_block(&src, &b.src.name, b, &mut out, &self.shape, self.dtype, &self.name)?;
+            let piece = read_block(sources, b)?;
+            let local = Block { src_offset: 0, ..b.clone() };
+            copy_block(&piece, &b.src.name, &local, &mut out, &self.shape, self.dtype, &self.name)?;
         }
         HostTensor::new(self.dtype, self.shape.clone(), out)
     }
 
     /// Largest difference between each replica block and the region of `out` it duplicates, in f32.
     /// Returns `(max_abs_diff, replica source)` for the worst replica, or None when every replica is identical.
-    pub fn replica_mismatch(
-        &self,
-        out: &HostTensor,
-        fetch: &mut dyn FnMut(&Source) -> Result<HostTensor>,
-    ) -> Result<Option<(f32, Source)>> {
+    pub fn replica_mismatch(&self, out: &HostTensor, sources: &[&dyn TensorSource]) -> Result<Option<(f32, Source)>> {
         let mut worst: Option<(f32, Source)> = None;
         for b in &self.replicas {
-            let src = fetch(&b.src)?;
+            let src = read_block(sources, b)?;
             // Extract the replica region and the matching region of `out` into two same-shaped buffers.
             let region_shape = {
                 let mut s = self.shape.clone();
@@ -152,7 +177,7 @@ impl TensorPlan {
                 s
             };
             let mut a = vec![0u8; numel(&region_shape) * self.dtype.size()];
-            let into_a = Block { src: b.src.clone(), dim: b.dim, src_offset: b.src_offset, dst_offset: 0, len: b.len };
+            let into_a = Block { src: b.src.clone(), dim: b.dim, src_offset: 0, dst_offset: 0, len: b.len };
             copy_block(&src, &b.src.name, &into_a, &mut a, &region_shape, self.dtype, &self.name)?;
             let mut c = vec![0u8; a.len()];
             let into_c = Block { src: b.src.clone(), dim: b.dim, src_offset: b.dst_offset, dst_offset: 0, len: b.len };
@@ -395,7 +420,8 @@ mod tests {
             }],
             replicas: vec![],
         };
-        let out = plan.execute(&mut |_| Ok(src.clone())).unwrap();
+        let sd: crate::tensor::StateDict = [("s".to_string(), src)].into_iter().collect();
+        let out = plan.execute(&[&sd]).unwrap();
         assert_eq!(out.to_f32_vec(), vec![2., 3., 5., 6.]);
     }
 
@@ -415,6 +441,7 @@ mod tests {
             }],
             replicas: vec![],
         };
-        assert!(plan.execute(&mut |_| Ok(src.clone())).is_err());
+        let sd: crate::tensor::StateDict = [("s".to_string(), src)].into_iter().collect();
+        assert!(plan.execute(&[&sd]).is_err());
     }
 }

@@ -114,7 +114,7 @@ pub fn reshard(src_dir: &std::path::Path, out_dir: &std::path::Path, tp: usize, 
         report.bytes_written += write_safetensors(&path, &infos, &fmt, &mut |info| {
             let t =
                 by_name.get(info.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", info.name)))?;
-            t.execute(&mut |s| sources[s.part].tensor(&s.name))
+            t.execute(&sources)
         })?;
         report.tensors += infos.len();
         report.files.push(out_dir.join(RANKS_DIR).join(rank_file_name(rank)));

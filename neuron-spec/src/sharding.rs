@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::plan::{push_block, Block, Source, TensorInfo, TensorPlan};
-use crate::tensor::HostTensor;
+use crate::tensor::{single, HostTensor, StateDict};
 
 /// Length of each rank's shard along a partitioned dimension of length `len`: `ceil(len / tp)`.
 pub fn per_partition_size(len: usize, tp: usize) -> usize {
@@ -71,7 +71,7 @@ pub fn create_local_weight_with_padding(
     rank: usize,
 ) -> Result<HostTensor> {
     let info = TensorInfo { name: "full".into(), dtype: full.dtype(), shape: full.shape().to_vec() };
-    partition_plan("local", &info, 0, partition_dim, stride, tp, rank)?.execute(&mut |_| Ok(full.clone()))
+    partition_plan("local", &info, 0, partition_dim, stride, tp, rank)?.execute(&[&single("full", full)])
 }
 
 /// The plan of one rank's fused tensor: each member's shard along `partition_dim`, concatenated along the same
@@ -161,10 +161,8 @@ pub fn create_local_fused_weight(
         .map(|(i, w)| TensorInfo { name: i.to_string(), dtype: w.dtype(), shape: w.shape().to_vec() })
         .collect();
     let plan = fused_plan("fused", &infos, 0, partition_dim, fuse_axis, tp_size, tp_rank)?;
-    plan.execute(&mut |s| {
-        let i: usize = s.name.parse().map_err(|_| Error::Invalid(format!("bad member {}", s.name)))?;
-        individual_weights.get(i).cloned().ok_or_else(|| Error::Invalid(format!("bad member {i}")))
-    })
+    let members: StateDict = individual_weights.iter().enumerate().map(|(i, w)| (i.to_string(), w.clone())).collect();
+    plan.execute(&[&members])
 }
 
 /// Checks `tp >= 1` and `rank < tp`.

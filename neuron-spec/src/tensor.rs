@@ -13,7 +13,7 @@ pub type StateDict = IndexMap<String, HostTensor>;
 /// Where a tensor's bytes live: owned, or a range of a memory-mapped file (touched only when read).
 #[derive(Clone, Debug)]
 enum Bytes {
-    Owned(Arc<Vec<u8>>),
+    Owned(Arc<Vec<u8>>, Range<usize>),
     Mapped(Arc<Mmap>, Range<usize>),
 }
 
@@ -46,7 +46,8 @@ impl HostTensor {
                 bytes.len()
             )));
         }
-        Ok(Self { dtype, shape, data: Bytes::Owned(Arc::new(bytes)) })
+        let n = bytes.len();
+        Ok(Self { dtype, shape, data: Bytes::Owned(Arc::new(bytes), 0..n) })
     }
 
     /// A tensor viewing `range` of a mapped file; the caller has checked the range against the header.
@@ -57,7 +58,7 @@ impl HostTensor {
     /// A zero-filled tensor.
     pub fn zeros(dtype: DType, shape: Vec<usize>) -> Self {
         let n = numel(&shape) * dtype.size();
-        Self { dtype, shape, data: Bytes::Owned(Arc::new(vec![0u8; n])) }
+        Self { dtype, shape, data: Bytes::Owned(Arc::new(vec![0u8; n]), 0..n) }
     }
 
     /// An F32 tensor from values.
@@ -90,10 +91,47 @@ impl HostTensor {
     /// The raw little-endian bytes.
     pub fn bytes(&self) -> &[u8] {
         match &self.data {
-            Bytes::Owned(v) => v.as_slice(),
-            // The range was validated against the file length when the header was parsed.
+            // Ranges are validated when the view is made (header parsing, `narrow`).
+            Bytes::Owned(v, r) => v.get(r.clone()).unwrap_or(&[]),
             Bytes::Mapped(m, r) => m.get(r.clone()).unwrap_or(&[]),
         }
+    }
+
+    /// Indices `offset..offset + len` along `dim`: a zero-copy view when they are contiguous in memory
+    /// (every dimension before `dim` has size 1), else a copy.
+    pub fn narrow(&self, dim: usize, offset: usize, len: usize) -> Result<HostTensor> {
+        let shape: Vec<usize> = if self.shape.is_empty() { vec![1] } else { self.shape.clone() };
+        let full = *shape
+            .get(dim)
+            .ok_or_else(|| Error::Invalid(format!("dim {dim} out of range for shape {:?}", self.shape)))?;
+        if offset.checked_add(len).is_none_or(|e| e > full) {
+            return Err(Error::Invalid(format!(
+                "indices {offset}..{} out of range for dim {dim} of shape {:?}",
+                offset + len,
+                self.shape
+            )));
+        }
+        let esize = self.dtype.size();
+        let outer: usize = shape[..dim].iter().product();
+        let inner: usize = shape[dim + 1..].iter().product::<usize>() * esize;
+        let mut new_shape = shape.clone();
+        new_shape[dim] = len;
+        if outer == 1 {
+            let (start, end) = (offset * inner, (offset + len) * inner);
+            let data = match &self.data {
+                Bytes::Owned(v, r) => Bytes::Owned(v.clone(), r.start + start..r.start + end),
+                Bytes::Mapped(m, r) => Bytes::Mapped(m.clone(), r.start + start..r.start + end),
+            };
+            return Ok(HostTensor { dtype: self.dtype, shape: new_shape, data });
+        }
+        let src = self.bytes();
+        let run = len * inner;
+        let mut out = Vec::with_capacity(outer * run);
+        for o in 0..outer {
+            let s0 = o * full * inner + offset * inner;
+            out.extend_from_slice(&src[s0..s0 + run]);
+        }
+        HostTensor::new(self.dtype, new_shape, out)
     }
 
     /// The values as f32, converting f16/bf16/f64/integers; this is the only place bits change.
@@ -130,4 +168,9 @@ impl HostTensor {
             other => return Err(Error::Invalid(format!("expected an integer tensor, found {other}"))),
         })
     }
+}
+
+/// A state dict holding one tensor.
+pub fn single(name: &str, t: &HostTensor) -> StateDict {
+    [(name.to_string(), t.clone())].into_iter().collect()
 }

@@ -5,7 +5,7 @@ use super::{check_spec_tp, require};
 use crate::error::{Error, Result};
 use crate::plan::{push_block, Block, Source, TensorInfo, TensorPlan, TensorSource};
 use crate::sharding::check_tp;
-use crate::tensor::HostTensor;
+use crate::tensor::{single, HostTensor, StateDict};
 use serde::{Deserialize, Serialize};
 
 /// Which of the two head-permuted projections a helper works on.
@@ -288,7 +288,7 @@ impl GqaQkvColumnParallelLinearSpec {
     ) -> Result<HostTensor> {
         let info = TensorInfo { name: "kv".into(), dtype: weight.dtype(), shape: weight.shape().to_vec() };
         let plan = kv_plan("local", &info, 0, kv_size_multiplier, output_size_per_partition, 0, tp_size, tp_rank)?;
-        plan.execute(&mut |_| Ok(weight.clone()))
+        plan.execute(&[&single("kv", weight)])
     }
 
     /// Rank `tp_rank`'s query rows (or output columns) of the heads `compute_query_indices_for_rank` gives.
@@ -314,7 +314,7 @@ impl GqaQkvColumnParallelLinearSpec {
             QueryOrOutput::Output => 1,
         };
         let plan = heads_plan("local", &info, 0, dim, num_attention_heads, &idx, 0, None)?;
-        plan.execute(&mut |_| Ok(weight.clone()))
+        plan.execute(&[&single("w", weight)])
     }
 
     /// The HF query (or output) weight from the concatenation of all ranks' local ones: undoes the
@@ -351,20 +351,12 @@ impl GqaQkvColumnParallelLinearSpec {
         let plan = crate::plan::ShardPlan { tp: tp_size, originals: vec![info], ranks };
         let inv = plan.invert()?;
         let Some(p) = inv.into_iter().next() else { return Err(Error::Invalid("empty plan".into())) };
-        p.execute(&mut |s| {
-            // Rank r's local weight is block r of the concatenation along `dim`.
-            let b = Block {
-                src: Source { part: 0, name: "full".into() },
-                dim,
-                src_offset: s.part * per_rank,
-                dst_offset: 0,
-                len: per_rank,
-            };
-            let mut shape = full_weight.shape().to_vec();
-            shape[dim] = per_rank;
-            TensorPlan { name: s.name.clone(), dtype: full_weight.dtype(), shape, blocks: vec![b], replicas: vec![] }
-                .execute(&mut |_| Ok(full_weight.clone()))
-        })
+        // Rank r's local weight is block r of the concatenation along `dim`.
+        let locals: Vec<StateDict> = (0..tp_size)
+            .map(|r| Ok(single(&r.to_string(), &full_weight.narrow(dim, r * per_rank, per_rank)?)))
+            .collect::<Result<_>>()?;
+        let sources: Vec<&dyn TensorSource> = locals.iter().map(|l| l as &dyn TensorSource).collect();
+        p.execute(&sources)
     }
 
     fn names(&self, module: &str, param: &str) -> [String; 4] {

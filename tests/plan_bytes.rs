@@ -41,7 +41,8 @@ fn plan_json_bytes_equal_the_bytes_sharding_reads() {
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        let planned: Vec<usize> = v["bytes_read_per_rank"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        let planned: Vec<usize> =
+            v["bytes_read_per_rank"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
         let src = Counting { inner: hf(dir), bytes: Cell::new(0) };
         let meta = layout(dir, tp, fuse);
         let total = hf(dir).total_bytes();

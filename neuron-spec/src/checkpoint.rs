@@ -8,9 +8,9 @@
 
 use crate::error::{Error, Result};
 use crate::io::{write_file_synced, write_hf_checkpoint, write_safetensors, HfCheckpoint, SafetensorsFile};
-use crate::metadata::{CheckpointMetadata, FORMAT_VERSION};
+use crate::metadata::{CheckpointMetadata, RankFileEntry, FORMAT_VERSION};
 use crate::model::{consolidation_plan, plan_shards, PlanOptions};
-use crate::plan::{ShardPlan, TensorInfo, TensorSource};
+use crate::plan::{ShardPlan, TensorInfo, TensorPlan, TensorSource};
 use crate::staging::Staging;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,9 +40,23 @@ pub struct Report {
     pub unexpected: Vec<String>,
 }
 
+/// What consolidation does with replicated kv heads (kv_size_multiplier > 1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KvReplicas {
+    /// Compare every replica with the kept copy and fail, naming the tensor and the difference, if any differs.
+    #[default]
+    Check,
+    /// Keep the lowest rank's copy without comparing (the reference's behaviour).
+    First,
+    /// Average all replicas.
+    Mean,
+}
+
 /// Options of [`shard`] and [`consolidate`].
 #[derive(Debug, Clone, Default)]
 pub struct WriteOptions {
+    /// Replica handling on consolidation.
+    pub kv_replicas: KvReplicas,
     /// Replace an existing destination (only once the new output is complete).
     pub force: bool,
     /// Accept input tensors no parameter uses.
@@ -98,30 +112,47 @@ pub fn shard(
     let hf = HfCheckpoint::open(hf_dir)?;
     let plan = plan_shards(meta, &hf, tp, PlanOptions { allow_unexpected: opts.allow_unexpected })?;
     let staging = Staging::new(out_dir, opts.force)?;
-    let ranks_dir = staging.path().join(RANKS_DIR);
+    let mut report = write_sharded(staging.path(), out_dir, &plan, with_global_infos(meta, &plan), &[&hf], hf_dir)?;
+    report.unexpected = plan_unexpected(&hf, &plan);
+    staging.commit()?;
+    Ok(report)
+}
+
+/// Writes the rank files of `plan` (reading `sources`), then the metadata with their checksums and the
+/// config from `config_dir`, under `root` (a staging directory that becomes `out_dir`).
+pub(crate) fn write_sharded(
+    root: &Path,
+    out_dir: &Path,
+    plan: &ShardPlan,
+    mut meta: CheckpointMetadata,
+    sources: &[&dyn TensorSource],
+    config_dir: &Path,
+) -> Result<Report> {
+    let ranks_dir = root.join(RANKS_DIR);
     std::fs::create_dir_all(&ranks_dir).map_err(|e| Error::io(&ranks_dir, e))?;
     let mut report = Report { bytes_read_per_rank: plan.bytes_read_per_rank(), ..Default::default() };
     let rank_meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    meta.rank_files.clear();
     for (rank, tensors) in plan.ranks.iter().enumerate() {
         let path = ranks_dir.join(rank_file_name(rank));
-        let infos: Vec<TensorInfo> = tensors
-            .iter()
-            .map(|t| TensorInfo { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() })
-            .collect();
-        let by_name: BTreeMap<&str, &crate::plan::TensorPlan> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
-        report.bytes_written += write_safetensors(&path, &infos, &rank_meta, &mut |info| {
+        let infos: Vec<TensorInfo> = tensors.iter().map(TensorPlan::info).collect();
+        let by_name: BTreeMap<&str, &TensorPlan> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+        let w = write_safetensors(&path, &infos, &rank_meta, &mut |info| {
             let t =
                 by_name.get(info.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", info.name)))?;
-            t.execute(&[&hf])
+            t.execute(sources)
         })?;
+        report.bytes_written += w.size;
+        meta.rank_files.push(RankFileEntry {
+            file: rank_file_name(rank),
+            size: w.size,
+            xxh3_64: format!("{:016x}", w.xxh3),
+        });
         report.tensors += infos.len();
         report.files.push(out_dir.join(RANKS_DIR).join(rank_file_name(rank)));
     }
-    let m = with_global_infos(meta, &plan);
-    write_file_synced(&staging.path().join(METADATA_PATH), m.to_json()?.as_bytes())?;
-    copy_config(hf_dir, staging.path())?;
-    report.unexpected = plan_unexpected(&hf, &plan);
-    staging.commit()?;
+    write_file_synced(&root.join(METADATA_PATH), meta.to_json()?.as_bytes())?;
+    copy_config(config_dir, root)?;
     Ok(report)
 }
 
@@ -182,6 +213,7 @@ impl ShardedCheckpoint {
                 ),
             });
         }
+        verify_rank_files(&rdir, &metadata.rank_files, tp)?;
         Ok(Self { dir: dir.to_path_buf(), metadata, tp, ranks })
     }
 
@@ -189,6 +221,37 @@ impl ShardedCheckpoint {
     pub fn sources(&self) -> Vec<&dyn TensorSource> {
         self.ranks.iter().map(|r| r as &dyn TensorSource).collect()
     }
+}
+
+/// Checks each rank file's size and xxh3-64 against the metadata (when it records them).
+pub fn verify_rank_files(rdir: &Path, entries: &[RankFileEntry], tp: usize) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    if entries.len() != tp {
+        return Err(Error::RankFiles {
+            dir: rdir.to_path_buf(),
+            reason: format!("metadata lists {} rank files for tp {tp}", entries.len()),
+        });
+    }
+    for (r, e) in entries.iter().enumerate() {
+        if e.file != rank_file_name(r) {
+            return Err(Error::RankFiles {
+                dir: rdir.to_path_buf(),
+                reason: format!("metadata lists {} as rank {r}", e.file),
+            });
+        }
+        let path = rdir.join(&e.file);
+        let w = crate::io::file_xxh3(&path)?;
+        if w.size != e.size {
+            return Err(Error::Checksum { path, reason: format!("expected {} bytes, found {}", e.size, w.size) });
+        }
+        let found = format!("{:016x}", w.xxh3);
+        if found != e.xxh3_64 {
+            return Err(Error::Checksum { path, reason: format!("expected xxh3-64 {}, found {found}", e.xxh3_64) });
+        }
+    }
+    Ok(())
 }
 
 /// Consolidates the sharded checkpoint in `sharded_dir` into an HF directory `out_dir`, one tensor at a time.
@@ -200,11 +263,11 @@ pub fn consolidate(sharded_dir: &Path, out_dir: &Path, opts: &WriteOptions) -> R
     let mut infos: Vec<TensorInfo> =
         inverse.iter().map(|t| TensorInfo { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }).collect();
     infos.sort_by(|a, b| natural_cmp(&a.name, &b.name));
-    let by_name: BTreeMap<&str, &crate::plan::TensorPlan> = inverse.iter().map(|t| (t.name.as_str(), t)).collect();
+    let by_name: BTreeMap<&str, &TensorPlan> = inverse.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut report = Report { tensors: infos.len(), ..Default::default() };
     let files = write_hf_checkpoint(staging.path(), &infos, opts.max_shard_size, &mut |info| {
         let t = by_name.get(info.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", info.name)))?;
-        t.execute(&sources)
+        crate::model::consolidate_tensor(t, &sources, opts.kv_replicas)
     })?;
     report.bytes_written = infos.iter().map(|i| i.nbytes() as u64).sum();
     report.files = files.iter().filter_map(|f| f.file_name()).map(|n| out_dir.join(n)).collect();

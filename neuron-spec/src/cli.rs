@@ -57,6 +57,27 @@ impl LayoutArgs {
     }
 }
 
+/// `--kv-replicas` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KvReplicasArg {
+    /// Fail when replicas differ.
+    Check,
+    /// Keep the first replica.
+    First,
+    /// Average the replicas.
+    Mean,
+}
+
+impl From<KvReplicasArg> for crate::checkpoint::KvReplicas {
+    fn from(a: KvReplicasArg) -> Self {
+        match a {
+            KvReplicasArg::Check => Self::Check,
+            KvReplicasArg::First => Self::First,
+            KvReplicasArg::Mean => Self::Mean,
+        }
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -88,6 +109,9 @@ pub enum Command {
         /// Largest output file (HF units: 5GB, 500MB, 20KB).
         #[arg(long, default_value = "5GB")]
         max_shard_size: String,
+        /// Replicated kv heads: fail if copies differ (check), keep rank order's first (first), or average (mean).
+        #[arg(long, value_enum, default_value_t = KvReplicasArg::Check)]
+        kv_replicas: KvReplicasArg,
         /// Replace an existing output, once the new one is complete.
         #[arg(long)]
         force: bool,
@@ -227,7 +251,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
         Command::Shard { hf_dir, out_dir, tp, layout, force, allow_unexpected } => {
             let meta = hf_layout(&hf_dir, tp, layout.qkv())?;
             let r =
-                shard(&hf_dir, &out_dir, &meta, tp, &WriteOptions { force, allow_unexpected, max_shard_size: None })?;
+                shard(&hf_dir, &out_dir, &meta, tp, &WriteOptions { force, allow_unexpected, ..Default::default() })?;
             if !quiet {
                 println!(
                     "sharded {} into {} at tp {tp}: {} rank files, {} tensors, {} written",
@@ -246,12 +270,17 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
-        Command::Consolidate { sharded_dir, out_dir, max_shard_size, force } => {
+        Command::Consolidate { sharded_dir, out_dir, max_shard_size, kv_replicas, force } => {
             let max = parse_size(&max_shard_size)?;
             let r = consolidate(
                 &sharded_dir,
                 &out_dir,
-                &WriteOptions { force, allow_unexpected: false, max_shard_size: Some(max) },
+                &WriteOptions {
+                    force,
+                    max_shard_size: Some(max),
+                    kv_replicas: kv_replicas.into(),
+                    ..Default::default()
+                },
             )?;
             if !quiet {
                 println!(

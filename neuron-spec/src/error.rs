@@ -100,6 +100,26 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// kv-head replicas on different ranks that disagree.
+    #[error("tensor {tensor}: the kv replica on rank {rank} differs from rank {primary_rank}'s copy by up to {max_abs_diff:e} (choose --kv-replicas first or mean to accept)")]
+    ReplicaMismatch {
+        /// The consolidated tensor.
+        tensor: String,
+        /// The rank holding the differing replica.
+        rank: usize,
+        /// The rank whose copy is kept.
+        primary_rank: usize,
+        /// Largest absolute difference.
+        max_abs_diff: f32,
+    },
+    /// A rank file whose size or checksum differs from the metadata.
+    #[error("{path}: damaged rank file: {reason}")]
+    Checksum {
+        /// The rank file.
+        path: PathBuf,
+        /// Expected and found.
+        reason: String,
+    },
     /// A destination that exists and may not be replaced.
     #[error("{path}: destination exists (use --force to replace it)")]
     DestinationExists {

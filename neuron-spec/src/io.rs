@@ -316,6 +316,46 @@ pub fn safetensors_order(infos: &mut [TensorInfo]) {
     infos.sort_by(|a, b| b.dtype.size().cmp(&a.dtype.size()).then_with(|| a.name.cmp(&b.name)));
 }
 
+/// Size and xxh3-64 checksum of a written file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Bytes.
+    pub size: u64,
+    /// xxh3-64 of the whole file.
+    pub xxh3: u64,
+}
+
+/// A writer that hashes what passes through it.
+struct HashWriter<W> {
+    inner: W,
+    hasher: xxhash_rust::xxh3::Xxh3,
+    size: u64,
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// xxh3-64 of a file's bytes (memory-mapped).
+pub fn file_xxh3(path: &Path) -> Result<Written> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if size == 0 {
+        return Ok(Written { size, xxh3: xxhash_rust::xxh3::xxh3_64(&[]) });
+    }
+    // SAFETY: read-only mapping of a file we do not modify.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    Ok(Written { size, xxh3: xxhash_rust::xxh3::xxh3_64(&map) })
+}
+
 /// Writes a safetensors file, asking `fill` for one tensor at a time, so memory holds one tensor.
 /// `tensors` are written in safetensors order; each filled tensor must match its info.
 pub fn write_safetensors(
@@ -323,7 +363,7 @@ pub fn write_safetensors(
     tensors: &[TensorInfo],
     metadata: &BTreeMap<String, String>,
     fill: &mut dyn FnMut(&TensorInfo) -> Result<HostTensor>,
-) -> Result<u64> {
+) -> Result<Written> {
     let mut order = tensors.to_vec();
     safetensors_order(&mut order);
     let mut header = serde_json::Map::new();
@@ -345,7 +385,8 @@ pub fn write_safetensors(
         h.push(b' ');
     }
     let file = File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let mut w =
+        HashWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: xxhash_rust::xxh3::Xxh3::new(), size: 0 };
     let io = |e| Error::io(path, e);
     w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
     w.write_all(&h).map_err(io)?;
@@ -361,9 +402,10 @@ pub fn write_safetensors(
         }
         w.write_all(x.bytes()).map_err(io)?;
     }
-    let file = w.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
+    let written = Written { size: w.size, xxh3: w.hasher.digest() };
+    let file = w.inner.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
     file.sync_all().map_err(io)?;
-    Ok((8 + h.len() + off) as u64)
+    Ok(written)
 }
 
 /// Writes an HF checkpoint into `dir`: one `model.safetensors` when everything fits in `max_shard_size`

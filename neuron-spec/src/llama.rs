@@ -191,5 +191,6 @@ pub fn llama_layout_with(cfg: &LlamaConfig, tp: usize, qkv: QkvLayout) -> Result
         tp_size: Some(tp),
         parameters,
         model_weight_transformation_specs: specs,
+        rank_files: vec![],
     })
 }

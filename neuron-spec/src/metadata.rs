@@ -72,6 +72,20 @@ pub struct CheckpointMetadata {
     pub parameters: IndexMap<String, ParameterMetadata>,
     /// Per custom module, its specs.
     pub model_weight_transformation_specs: Vec<ModelWeightTransformationSpecs>,
+    /// Size and checksum of each rank file, in rank order (ours).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rank_files: Vec<RankFileEntry>,
+}
+
+/// A rank file's name, size and xxh3-64 checksum, so a damaged file is named before it is used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RankFileEntry {
+    /// File name under `shards/model/`.
+    pub file: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// xxh3-64, lowercase hex.
+    pub xxh3_64: String,
 }
 
 impl CheckpointMetadata {

@@ -1,6 +1,7 @@
 //! Model-level entry points: an HF checkpoint → one rank's tensors (`adapt_state_dict`), and all ranks'
 //! tensors → HF tensors (`to_original_weights`), both compiled into plans first.
 
+use crate::checkpoint::KvReplicas;
 use crate::error::{Error, Result};
 use crate::metadata::CheckpointMetadata;
 use crate::plan::{ShardPlan, TensorInfo, TensorPlan, TensorSource};
@@ -252,7 +253,22 @@ pub fn to_original_weights(meta: &CheckpointMetadata, ranks: &[&dyn TensorSource
     let (_, inverse) = consolidation_plan(meta, ranks)?;
     let mut out = StateDict::new();
     for t in &inverse {
-        out.insert(t.name.clone(), t.execute(ranks)?);
+        out.insert(t.name.clone(), consolidate_tensor(t, ranks, KvReplicas::Check)?);
     }
     Ok(out)
+}
+
+/// Runs one tensor's consolidation plan, then checks, ignores or averages its kv replicas.
+pub fn consolidate_tensor(t: &TensorPlan, ranks: &[&dyn TensorSource], replicas: KvReplicas) -> Result<HostTensor> {
+    let out = t.execute(ranks)?;
+    match replicas {
+        KvReplicas::First => Ok(out),
+        KvReplicas::Mean => t.average_replicas(out, ranks),
+        KvReplicas::Check => match t.replica_mismatch(&out, ranks)? {
+            None => Ok(out),
+            Some((max_abs_diff, rank, primary_rank)) => {
+                Err(Error::ReplicaMismatch { tensor: t.name.clone(), rank, primary_rank, max_abs_diff })
+            }
+        },
+    }
 }

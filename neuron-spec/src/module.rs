@@ -94,6 +94,7 @@ pub trait CustomModule: Sized {
             tp_size: Some(self.tp_context()?.size),
             parameters,
             model_weight_transformation_specs: self.specialize_transformation_specs_for_model()?,
+            rank_files: vec![],
         })
     }
 

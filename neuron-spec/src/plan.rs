@@ -136,6 +136,11 @@ impl TensorPlan {
         Self { name: name.to_string(), dtype: info.dtype, shape: info.shape.clone(), blocks, replicas: vec![] }
     }
 
+    /// The destination's name, dtype and shape.
+    pub fn info(&self) -> TensorInfo {
+        TensorInfo { name: self.name.clone(), dtype: self.dtype, shape: self.shape.clone() }
+    }
+
     /// Size of the destination in bytes.
     pub fn nbytes(&self) -> usize {
         numel(&self.shape) * self.dtype.size()
@@ -164,35 +169,63 @@ impl TensorPlan {
         HostTensor::new(self.dtype, self.shape.clone(), out)
     }
 
-    /// Largest difference between each replica block and the region of `out` it duplicates, in f32.
-    /// Returns `(max_abs_diff, replica source)` for the worst replica, or None when every replica is identical.
-    pub fn replica_mismatch(&self, out: &HostTensor, sources: &[&dyn TensorSource]) -> Result<Option<(f32, Source)>> {
-        let mut worst: Option<(f32, Source)> = None;
+    /// The first replica that differs from the copy kept in `out`: `(max_abs_diff, replica rank, kept rank)`.
+    pub fn replica_mismatch(
+        &self,
+        out: &HostTensor,
+        sources: &[&dyn TensorSource],
+    ) -> Result<Option<(f32, usize, usize)>> {
+        let values = out.to_f32_vec();
         for b in &self.replicas {
-            let src = read_block(sources, b)?;
-            // Extract the replica region and the matching region of `out` into two same-shaped buffers.
-            let region_shape = {
-                let mut s = self.shape.clone();
-                s[b.dim] = b.len;
-                s
-            };
-            let mut a = vec![0u8; numel(&region_shape) * self.dtype.size()];
-            let into_a = Block { src: b.src.clone(), dim: b.dim, src_offset: 0, dst_offset: 0, len: b.len };
-            copy_block(&src, &b.src.name, &into_a, &mut a, &region_shape, self.dtype, &self.name)?;
-            let mut c = vec![0u8; a.len()];
-            let into_c = Block { src: b.src.clone(), dim: b.dim, src_offset: b.dst_offset, dst_offset: 0, len: b.len };
-            copy_block(out, &self.name, &into_c, &mut c, &region_shape, self.dtype, &self.name)?;
-            if a != c {
-                let ta = HostTensor::new(self.dtype, region_shape.clone(), a)?.to_f32_vec();
-                let tc = HostTensor::new(self.dtype, region_shape, c)?.to_f32_vec();
-                let diff = ta.iter().zip(&tc).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-                let diff = if diff == 0.0 { f32::MIN_POSITIVE } else { diff };
-                if worst.as_ref().map_or(true, |(w, _)| diff > *w) {
-                    worst = Some((diff, b.src.clone()));
-                }
+            let piece = read_block(sources, b)?;
+            let kept = out.narrow(b.dim, b.dst_offset, b.len)?;
+            if piece.bytes() != kept.bytes() {
+                let mut diff = 0f32;
+                let p = piece.to_f32_vec();
+                region_indices(&self.shape, b.dim, b.dst_offset, b.len, |i, j| {
+                    diff = diff.max((values[i] - p[j]).abs())
+                });
+                let primary = self
+                    .blocks
+                    .iter()
+                    .find(|k| k.dst_offset < b.dst_offset + b.len && b.dst_offset < k.dst_offset + k.len);
+                return Ok(Some((diff, b.src.part, primary.map_or(0, |k| k.src.part))));
             }
         }
-        Ok(worst)
+        Ok(None)
+    }
+
+    /// `out` with every replicated region replaced by the mean of all its copies (floats only).
+    pub fn average_replicas(&self, out: HostTensor, sources: &[&dyn TensorSource]) -> Result<HostTensor> {
+        if self.replicas.is_empty() {
+            return Ok(out);
+        }
+        let mut sum: Vec<f64> = out.to_f32_vec().into_iter().map(f64::from).collect();
+        let mut count = vec![1u32; sum.len()];
+        for b in &self.replicas {
+            let p = read_block(sources, b)?.to_f32_vec();
+            region_indices(&self.shape, b.dim, b.dst_offset, b.len, |i, j| {
+                sum[i] += f64::from(p[j]);
+                count[i] += 1;
+            });
+        }
+        let mean: Vec<f32> = sum.iter().zip(&count).map(|(s, c)| (s / f64::from(*c)) as f32).collect();
+        HostTensor::from_f32_as(self.dtype, self.shape.clone(), &mean)
+    }
+}
+
+/// Calls `f(index in the full tensor, index in the region)` for every element of a region along `dim`.
+fn region_indices(shape: &[usize], dim: usize, offset: usize, len: usize, mut f: impl FnMut(usize, usize)) {
+    let shape: Vec<usize> = if shape.is_empty() { vec![1] } else { shape.to_vec() };
+    let outer: usize = shape[..dim].iter().product();
+    let inner: usize = shape[dim + 1..].iter().product();
+    let full = shape[dim];
+    for o in 0..outer {
+        for k in 0..len {
+            for i in 0..inner {
+                f((o * full + offset + k) * inner + i, (o * len + k) * inner + i);
+            }
+        }
     }
 }
 

@@ -1,9 +1,8 @@
 //! TP N → TP M without an HF round trip: the consolidation plan of N ranks composed with the sharding plan of
 //! M ranks gives one plan whose blocks read the N rank files directly.
 
-use crate::checkpoint::{rank_file_name, Report, ShardedCheckpoint, WriteOptions, METADATA_PATH, RANKS_DIR};
+use crate::checkpoint::{write_sharded, Report, ShardedCheckpoint, WriteOptions};
 use crate::error::{Error, Result};
-use crate::io::{write_file_synced, write_safetensors};
 use crate::metadata::CheckpointMetadata;
 use crate::model::{consolidation_plan, original_infos, plan_shards, PlanOptions};
 use crate::plan::{Block, ShardPlan, TensorInfo, TensorPlan, TensorSource};
@@ -15,6 +14,7 @@ use std::collections::BTreeMap;
 pub fn metadata_for_tp(meta: &CheckpointMetadata, tp: usize) -> Result<CheckpointMetadata> {
     let mut m = meta.clone();
     m.tp_size = Some(tp);
+    m.rank_files.clear();
     for s in &mut m.model_weight_transformation_specs {
         s.specs = s.specs.iter().map(|x| x.for_tp(tp)).collect::<Result<_>>()?;
     }
@@ -99,33 +99,7 @@ pub fn reshard(src_dir: &std::path::Path, out_dir: &std::path::Path, tp: usize, 
     let ck = ShardedCheckpoint::open(src_dir)?;
     let (plan, meta) = reshard_plan(&ck, tp)?;
     let staging = Staging::new(out_dir, opts.force)?;
-    let ranks_dir = staging.path().join(RANKS_DIR);
-    std::fs::create_dir_all(&ranks_dir).map_err(|e| Error::io(&ranks_dir, e))?;
-    let sources = ck.sources();
-    let fmt: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    let mut report = Report::default();
-    for (rank, tensors) in plan.ranks.iter().enumerate() {
-        let infos: Vec<TensorInfo> = tensors
-            .iter()
-            .map(|t| TensorInfo { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() })
-            .collect();
-        let by_name: BTreeMap<&str, &TensorPlan> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
-        let path = ranks_dir.join(rank_file_name(rank));
-        report.bytes_written += write_safetensors(&path, &infos, &fmt, &mut |info| {
-            let t =
-                by_name.get(info.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", info.name)))?;
-            t.execute(&sources)
-        })?;
-        report.tensors += infos.len();
-        report.files.push(out_dir.join(RANKS_DIR).join(rank_file_name(rank)));
-    }
-    report.bytes_read_per_rank = plan.bytes_read_per_rank();
-    write_file_synced(&staging.path().join(METADATA_PATH), meta.to_json()?.as_bytes())?;
-    let cfg = src_dir.join("config.json");
-    if cfg.exists() {
-        let bytes = std::fs::read(&cfg).map_err(|e| Error::io(&cfg, e))?;
-        write_file_synced(&staging.path().join("config.json"), &bytes)?;
-    }
+    let report = write_sharded(staging.path(), out_dir, &plan, meta, &ck.sources(), src_dir)?;
     staging.commit()?;
     Ok(report)
 }

@@ -67,6 +67,18 @@ impl HostTensor {
         Self::new(DType::F32, shape, bytes)
     }
 
+    /// A float tensor of `dtype` from f32 values (rounded to nearest even for f16/bf16).
+    pub fn from_f32_as(dtype: DType, shape: Vec<usize>, values: &[f32]) -> Result<Self> {
+        let bytes: Vec<u8> = match dtype {
+            DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            DType::F64 => values.iter().flat_map(|v| (*v as f64).to_le_bytes()).collect(),
+            DType::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+            DType::BF16 => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+            other => return Err(Error::Invalid(format!("cannot build a {other} tensor from floats"))),
+        };
+        Self::new(dtype, shape, bytes)
+    }
+
     /// An I64 tensor from values.
     pub fn from_i64(shape: Vec<usize>, values: &[i64]) -> Result<Self> {
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();

@@ -89,6 +89,7 @@ fn model(
                 specs: vec![Spec::FusedLinears(fused)],
             },
         ],
+        rank_files: vec![],
     };
     (sd, meta)
 }

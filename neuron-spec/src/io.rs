@@ -344,16 +344,22 @@ impl<W: Write> Write for HashWriter<W> {
     }
 }
 
-/// xxh3-64 of a file's bytes (memory-mapped).
+/// xxh3-64 of a file's bytes, read in 1 MiB chunks (a mapping would grow the resident set by the file size).
 pub fn file_xxh3(path: &Path) -> Result<Written> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    if size == 0 {
-        return Ok(Written { size, xxh3: xxhash_rust::xxh3::xxh3_64(&[]) });
+    use std::io::Read;
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
     }
-    // SAFETY: read-only mapping of a file we do not modify.
-    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    Ok(Written { size, xxh3: xxhash_rust::xxh3::xxh3_64(&map) })
+    Ok(Written { size, xxh3: hasher.digest() })
 }
 
 /// Writes a safetensors file, asking `fill` for one tensor at a time, so memory holds one tensor.

@@ -165,6 +165,7 @@ impl TensorPlan {
             let piece = read_block(sources, b)?;
             let local = Block { src_offset: 0, ..b.clone() };
             copy_block(&piece, &b.src.name, &local, &mut out, &self.shape, self.dtype, &self.name)?;
+            piece.release();
         }
         HostTensor::new(self.dtype, self.shape.clone(), out)
     }

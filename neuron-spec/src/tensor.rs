@@ -109,6 +109,18 @@ impl HostTensor {
         }
     }
 
+    /// Drops this view's pages from the process (they stay in the page cache), so that streaming through a
+    /// large memory-mapped checkpoint does not grow the resident set. No effect on owned tensors.
+    pub fn release(&self) {
+        if let Bytes::Mapped(m, r) = &self.data {
+            if !r.is_empty() {
+                // SAFETY: the mapping is a read-only shared file mapping; after MADV_DONTNEED, reads fault the
+                // same file bytes back in, so no view observes a change.
+                let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, r.start, r.len()) };
+            }
+        }
+    }
+
     /// Indices `offset..offset + len` along `dim`: a zero-copy view when they are contiguous in memory
     /// (every dimension before `dim` has size 1), else a copy.
     pub fn narrow(&self, dim: usize, offset: usize, len: usize) -> Result<HostTensor> {

@@ -8,26 +8,18 @@
 //! start with the same warm page cache.
 
 use neuron_spec::checkpoint::{consolidate, shard, WriteOptions};
-use neuron_spec::io::{write_hf_checkpoint, HfCheckpoint};
+use neuron_spec::io::HfCheckpoint;
 use neuron_spec::llama::{llama_layout, LlamaConfig};
 use neuron_spec::model::{plan_shards, PlanOptions};
 use neuron_spec::reshard::reshard;
-use neuron_spec::{DType, HostTensor, TensorInfo, TensorSource};
+use neuron_spec::synthetic::{generate, Shape};
+use neuron_spec::TensorSource;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
-struct Shape {
-    hidden: usize,
-    layers: usize,
-    heads: usize,
-    kv: usize,
-    inter: usize,
-    vocab: usize,
-}
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
@@ -59,12 +51,14 @@ fn real_main() -> Res<()> {
             vocab: num("--vocab", 32000)?,
         }
     };
-    let dir = PathBuf::from(arg(&args, "--dir").unwrap_or_else(|| std::env::temp_dir().join("neuron-spec-bench").display().to_string()));
+    let dir = PathBuf::from(
+        arg(&args, "--dir").unwrap_or_else(|| std::env::temp_dir().join("neuron-spec-bench").display().to_string()),
+    );
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let hf = dir.join("hf");
     let t = Instant::now();
-    let params = generate(&hf, &shape)?;
+    let params = generate(&hf, &shape, 500_000_000)?;
     println!(
         "synthetic Llama: hidden {} layers {} heads {}/{} intermediate {} vocab {}: {:.2}B params, {} bf16, generated in {:.1}s",
         shape.hidden,
@@ -113,8 +107,12 @@ fn real_main() -> Res<()> {
     let max_ratio = rows.iter().map(|r| r.ours_s / r.floor_s).fold(0.0, f64::max);
     let max_rss = rows.iter().map(|r| r.rss).max().unwrap_or(0);
     println!();
-    println!("targets: every ratio ≤ 1.5: {} (max {max_ratio:.2}); peak RSS ≤ 512 MiB: {} (max {})",
-        ok(max_ratio <= 1.5), ok(max_rss <= 512 << 20), human(max_rss));
+    println!(
+        "targets: every ratio ≤ 1.5: {} (max {max_ratio:.2}); peak RSS ≤ 512 MiB: {} (max {})",
+        ok(max_ratio <= 1.5),
+        ok(max_rss <= 512 << 20),
+        human(max_rss)
+    );
     if !args.iter().any(|a| a == "--keep") {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -150,6 +148,11 @@ fn run_op(a: &[String]) -> Res<()> {
         Some("reshard") => {
             let tp: usize = a.get(3).ok_or("tp")?.parse()?;
             reshard(&get(1)?, &get(2)?, tp, &opts)?;
+        }
+        Some("generate") => {
+            // A checkpoint like the memory test's (about 210 MB), for looking at memory by hand.
+            let shape = Shape { hidden: 1024, layers: 8, heads: 16, kv: 4, inter: 2816, vocab: 8192 };
+            generate(&get(1)?, &shape, 50_000_000)?;
         }
         Some("floor") => {
             // Read every input file once, write `bytes` bytes to one output file.
@@ -260,59 +263,6 @@ fn human(b: u64) -> String {
     }
 }
 
-/// Writes the synthetic checkpoint: random bf16 weights N(0, ~0.02)-ish, norms near 1, HF multi-file form.
-fn generate(dir: &Path, s: &Shape) -> Res<u64> {
-    std::fs::create_dir_all(dir)?;
-    let hd = s.hidden / s.heads;
-    let cfg = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": s.hidden,
-        "intermediate_size": s.inter, "num_attention_heads": s.heads, "num_key_value_heads": s.kv,
-        "num_hidden_layers": s.layers, "vocab_size": s.vocab, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "tie_word_embeddings": false, "head_dim": hd, "dtype": "bfloat16"
-    });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg)?)?;
-    let mut infos = vec![TensorInfo { name: "model.embed_tokens.weight".into(), dtype: DType::BF16, shape: vec![s.vocab, s.hidden] }];
-    for l in 0..s.layers {
-        let p = format!("model.layers.{l}");
-        for (n, shape) in [
-            ("self_attn.q_proj.weight", vec![s.heads * hd, s.hidden]),
-            ("self_attn.k_proj.weight", vec![s.kv * hd, s.hidden]),
-            ("self_attn.v_proj.weight", vec![s.kv * hd, s.hidden]),
-            ("self_attn.o_proj.weight", vec![s.hidden, s.heads * hd]),
-            ("mlp.gate_proj.weight", vec![s.inter, s.hidden]),
-            ("mlp.up_proj.weight", vec![s.inter, s.hidden]),
-            ("mlp.down_proj.weight", vec![s.hidden, s.inter]),
-            ("input_layernorm.weight", vec![s.hidden]),
-            ("post_attention_layernorm.weight", vec![s.hidden]),
-        ] {
-            infos.push(TensorInfo { name: format!("{p}.{n}"), dtype: DType::BF16, shape });
-        }
-    }
-    infos.push(TensorInfo { name: "model.norm.weight".into(), dtype: DType::BF16, shape: vec![s.hidden] });
-    infos.push(TensorInfo { name: "lm_head.weight".into(), dtype: DType::BF16, shape: vec![s.vocab, s.hidden] });
-    let params: u64 = infos.iter().map(|i| i.shape.iter().product::<usize>() as u64).sum();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    write_hf_checkpoint(dir, &infos, Some(500_000_000), &mut |info| {
-        let n: usize = info.shape.iter().product();
-        let norm = info.shape.len() == 1;
-        let mut bytes = Vec::with_capacity(n * 2);
-        for _ in 0..n {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            // bf16 with exponent 2^-9..2^-6 and random sign/mantissa; norms in [1, 2).
-            let bits: u16 = if norm {
-                0x3F80 | (state as u16 & 0x7F)
-            } else {
-                ((state >> 32) as u16 & 0x8000) | (0x3B00 + ((state >> 40) as u16 & 0x3) * 0x80) | (state as u16 & 0x7F)
-            };
-            bytes.extend_from_slice(&bits.to_le_bytes());
-        }
-        Ok(HostTensor::new(DType::BF16, info.shape.clone(), bytes)?)
-    })?;
-    Ok(params)
-}
-
 /// Bytes each rank reads at tp 8 against its share plus the replicated tensors.
 fn bytes_per_rank(hf_dir: &Path, s: &Shape) -> Res<()> {
     let hf = HfCheckpoint::open(hf_dir)?;
@@ -348,7 +298,11 @@ fn bytes_per_rank(hf_dir: &Path, s: &Shape) -> Res<()> {
 
 fn python_baseline(s8: &Path, dir: &Path, ours: &Row) -> Res<()> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python_consolidate.py");
-    let has_torch = Command::new("python3").args(["-c", "import torch, safetensors"]).output().map(|o| o.status.success()).unwrap_or(false);
+    let has_torch = Command::new("python3")
+        .args(["-c", "import torch, safetensors"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     println!();
     if !has_torch {
         println!("python baseline skipped: torch and safetensors are not installed (pip install torch safetensors)");

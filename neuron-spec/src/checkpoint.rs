@@ -57,6 +57,8 @@ pub enum KvReplicas {
 pub struct WriteOptions {
     /// Replica handling on consolidation.
     pub kv_replicas: KvReplicas,
+    /// Show a progress bar on a terminal.
+    pub progress: bool,
     /// Replace an existing destination (only once the new output is complete).
     pub force: bool,
     /// Accept input tensors no parameter uses.
@@ -112,7 +114,8 @@ pub fn shard(
     let hf = HfCheckpoint::open(hf_dir)?;
     let plan = plan_shards(meta, &hf, tp, PlanOptions { allow_unexpected: opts.allow_unexpected })?;
     let staging = Staging::new(out_dir, opts.force)?;
-    let mut report = write_sharded(staging.path(), out_dir, &plan, with_global_infos(meta, &plan), &[&hf], hf_dir)?;
+    let mut report =
+        write_sharded(staging.path(), out_dir, &plan, with_global_infos(meta, &plan), &[&hf], hf_dir, opts.progress)?;
     report.unexpected = plan_unexpected(&hf, &plan);
     staging.commit()?;
     Ok(report)
@@ -127,12 +130,15 @@ pub(crate) fn write_sharded(
     mut meta: CheckpointMetadata,
     sources: &[&dyn TensorSource],
     config_dir: &Path,
+    progress: bool,
 ) -> Result<Report> {
     let ranks_dir = root.join(RANKS_DIR);
     std::fs::create_dir_all(&ranks_dir).map_err(|e| Error::io(&ranks_dir, e))?;
     let mut report = Report { bytes_read_per_rank: plan.bytes_read_per_rank(), ..Default::default() };
     let rank_meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     meta.rank_files.clear();
+    let total: usize = plan.ranks.iter().flatten().map(TensorPlan::nbytes).sum();
+    let bar = crate::progress::bytes_bar(progress, total as u64, "writing ranks");
     for (rank, tensors) in plan.ranks.iter().enumerate() {
         let path = ranks_dir.join(rank_file_name(rank));
         let infos: Vec<TensorInfo> = tensors.iter().map(TensorPlan::info).collect();
@@ -140,7 +146,9 @@ pub(crate) fn write_sharded(
         let w = write_safetensors(&path, &infos, &rank_meta, &mut |info| {
             let t =
                 by_name.get(info.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", info.name)))?;
-            t.execute(sources)
+            let out = t.execute(sources)?;
+            bar.inc(out.bytes().len() as u64);
+            Ok(out)
         })?;
         report.bytes_written += w.size;
         meta.rank_files.push(RankFileEntry {
@@ -151,6 +159,7 @@ pub(crate) fn write_sharded(
         report.tensors += infos.len();
         report.files.push(out_dir.join(RANKS_DIR).join(rank_file_name(rank)));
     }
+    bar.finish_and_clear();
     write_file_synced(&root.join(METADATA_PATH), meta.to_json()?.as_bytes())?;
     copy_config(config_dir, root)?;
     Ok(report)
@@ -260,15 +269,18 @@ pub fn consolidate(sharded_dir: &Path, out_dir: &Path, opts: &WriteOptions) -> R
     let sources = ck.sources();
     let (_, inverse) = consolidation_plan(&ck.metadata, &sources)?;
     let staging = Staging::new(out_dir, opts.force)?;
-    let mut infos: Vec<TensorInfo> =
-        inverse.iter().map(|t| TensorInfo { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }).collect();
+    let mut infos: Vec<TensorInfo> = inverse.iter().map(TensorPlan::info).collect();
     infos.sort_by(|a, b| natural_cmp(&a.name, &b.name));
     let by_name: BTreeMap<&str, &TensorPlan> = inverse.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut report = Report { tensors: infos.len(), ..Default::default() };
+    let bar = crate::progress::bytes_bar(opts.progress, infos.iter().map(|i| i.nbytes() as u64).sum(), "consolidating");
     let files = write_hf_checkpoint(staging.path(), &infos, opts.max_shard_size, &mut |info| {
         let t = by_name.get(info.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", info.name)))?;
-        crate::model::consolidate_tensor(t, &sources, opts.kv_replicas)
+        let out = crate::model::consolidate_tensor(t, &sources, opts.kv_replicas)?;
+        bar.inc(out.bytes().len() as u64);
+        Ok(out)
     })?;
+    bar.finish_and_clear();
     report.bytes_written = infos.iter().map(|i| i.nbytes() as u64).sum();
     report.files = files.iter().filter_map(|f| f.file_name()).map(|n| out_dir.join(n)).collect();
     copy_config(sharded_dir, staging.path())?;

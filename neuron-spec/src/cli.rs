@@ -250,8 +250,13 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
     match cli.command {
         Command::Shard { hf_dir, out_dir, tp, layout, force, allow_unexpected } => {
             let meta = hf_layout(&hf_dir, tp, layout.qkv())?;
-            let r =
-                shard(&hf_dir, &out_dir, &meta, tp, &WriteOptions { force, allow_unexpected, ..Default::default() })?;
+            let r = shard(
+                &hf_dir,
+                &out_dir,
+                &meta,
+                tp,
+                &WriteOptions { force, allow_unexpected, progress: !quiet, ..Default::default() },
+            )?;
             if !quiet {
                 println!(
                     "sharded {} into {} at tp {tp}: {} rank files, {} tensors, {} written",
@@ -295,7 +300,8 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             Ok(EXIT_OK)
         }
         Command::Reshard { sharded_dir, out_dir, tp, force } => {
-            let r = reshard(&sharded_dir, &out_dir, tp, &WriteOptions { force, ..Default::default() })?;
+            let r =
+                reshard(&sharded_dir, &out_dir, tp, &WriteOptions { force, progress: !quiet, ..Default::default() })?;
             if !quiet {
                 println!(
                     "resharded {} into {} at tp {tp}: {} tensors, {} written",

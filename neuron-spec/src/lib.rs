@@ -32,10 +32,12 @@ pub mod metadata;
 pub mod model;
 pub mod module;
 pub mod plan;
+pub mod progress;
 pub mod reshard;
 pub mod sharding;
 pub mod specs;
 pub mod staging;
+pub mod synthetic;
 pub mod tensor;
 
 pub use dtype::DType;

@@ -176,12 +176,12 @@ impl TensorPlan {
         out: &HostTensor,
         sources: &[&dyn TensorSource],
     ) -> Result<Option<(f32, usize, usize)>> {
-        let values = out.to_f32_vec();
         for b in &self.replicas {
             let piece = read_block(sources, b)?;
             let kept = out.narrow(b.dim, b.dst_offset, b.len)?;
             if piece.bytes() != kept.bytes() {
                 let mut diff = 0f32;
+                let values = out.to_f32_vec();
                 let p = piece.to_f32_vec();
                 region_indices(&self.shape, b.dim, b.dst_offset, b.len, |i, j| {
                     diff = diff.max((values[i] - p[j]).abs())

@@ -99,7 +99,7 @@ pub fn reshard(src_dir: &std::path::Path, out_dir: &std::path::Path, tp: usize, 
     let ck = ShardedCheckpoint::open(src_dir)?;
     let (plan, meta) = reshard_plan(&ck, tp)?;
     let staging = Staging::new(out_dir, opts.force)?;
-    let report = write_sharded(staging.path(), out_dir, &plan, meta, &ck.sources(), src_dir)?;
+    let report = write_sharded(staging.path(), out_dir, &plan, meta, &ck.sources(), src_dir, opts.progress)?;
     staging.commit()?;
     Ok(report)
 }

@@ -155,6 +155,8 @@ impl HostTensor {
             let s0 = o * full * inner + offset * inner;
             out.extend_from_slice(&src[s0..s0 + run]);
         }
+        // The strided gather touched pages across the whole source; drop them from the resident set.
+        self.release();
         HostTensor::new(self.dtype, new_shape, out)
     }
 

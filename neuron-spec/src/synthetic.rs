@@ -1,0 +1,84 @@
+//! Synthetic Llama-shaped checkpoints for benchmarks and memory tests: random bf16 weights in HF multi-file
+//! form, generated one tensor at a time.
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::io::write_hf_checkpoint;
+use crate::plan::TensorInfo;
+use crate::tensor::HostTensor;
+use std::path::Path;
+
+/// The model's dimensions.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Hidden size.
+    pub hidden: usize,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// kv heads.
+    pub kv: usize,
+    /// MLP size.
+    pub inter: usize,
+    /// Vocabulary.
+    pub vocab: usize,
+}
+
+/// Writes `config.json` and the weights into `dir`; returns the parameter count. Weights are random bf16 weights N(0, ~0.02)-ish, norms near 1, HF multi-file form.
+pub fn generate(dir: &Path, s: &Shape, max_file_size: u64) -> Result<u64> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let hd = s.hidden / s.heads;
+    let cfg = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": s.hidden,
+        "intermediate_size": s.inter, "num_attention_heads": s.heads, "num_key_value_heads": s.kv,
+        "num_hidden_layers": s.layers, "vocab_size": s.vocab, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "tie_word_embeddings": false, "head_dim": hd, "dtype": "bfloat16"
+    });
+    let text = serde_json::to_string_pretty(&cfg).map_err(|e| Error::Invalid(e.to_string()))?;
+    crate::io::write_file_synced(&dir.join("config.json"), text.as_bytes())?;
+    let mut infos = vec![TensorInfo {
+        name: "model.embed_tokens.weight".into(),
+        dtype: DType::BF16,
+        shape: vec![s.vocab, s.hidden],
+    }];
+    for l in 0..s.layers {
+        let p = format!("model.layers.{l}");
+        for (n, shape) in [
+            ("self_attn.q_proj.weight", vec![s.heads * hd, s.hidden]),
+            ("self_attn.k_proj.weight", vec![s.kv * hd, s.hidden]),
+            ("self_attn.v_proj.weight", vec![s.kv * hd, s.hidden]),
+            ("self_attn.o_proj.weight", vec![s.hidden, s.heads * hd]),
+            ("mlp.gate_proj.weight", vec![s.inter, s.hidden]),
+            ("mlp.up_proj.weight", vec![s.inter, s.hidden]),
+            ("mlp.down_proj.weight", vec![s.hidden, s.inter]),
+            ("input_layernorm.weight", vec![s.hidden]),
+            ("post_attention_layernorm.weight", vec![s.hidden]),
+        ] {
+            infos.push(TensorInfo { name: format!("{p}.{n}"), dtype: DType::BF16, shape });
+        }
+    }
+    infos.push(TensorInfo { name: "model.norm.weight".into(), dtype: DType::BF16, shape: vec![s.hidden] });
+    infos.push(TensorInfo { name: "lm_head.weight".into(), dtype: DType::BF16, shape: vec![s.vocab, s.hidden] });
+    let params: u64 = infos.iter().map(|i| i.shape.iter().product::<usize>() as u64).sum();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    write_hf_checkpoint(dir, &infos, Some(max_file_size), &mut |info| {
+        let n: usize = info.shape.iter().product();
+        let norm = info.shape.len() == 1;
+        let mut bytes = Vec::with_capacity(n * 2);
+        for _ in 0..n {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // bf16 with exponent 2^-9..2^-6 and random sign/mantissa; norms in [1, 2).
+            let bits: u16 = if norm {
+                0x3F80 | (state as u16 & 0x7F)
+            } else {
+                ((state >> 32) as u16 & 0x8000) | (0x3B00 + ((state >> 40) as u16 & 0x3) * 0x80) | (state as u16 & 0x7F)
+            };
+            bytes.extend_from_slice(&bits.to_le_bytes());
+        }
+        HostTensor::new(DType::BF16, info.shape.clone(), bytes)
+    })?;
+    Ok(params)
+}

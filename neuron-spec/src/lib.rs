@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod dtype;
 pub mod error;
 pub mod io;
+pub mod layers;
 pub mod llama;
 pub mod metadata;
 pub mod model;

@@ -88,13 +88,13 @@ fn check_config(cfg: &LlamaConfig) -> Result<()> {
     if cfg.num_attention_heads == 0 || cfg.kv_heads() == 0 || cfg.head_dim() == 0 {
         return bad("num_attention_heads", "heads, kv heads and head_dim must be positive".into());
     }
-    if cfg.head_dim() % 2 != 0 {
+    if cfg.head_dim() % 2 == 1 {
         return bad("head_dim", format!("RoPE needs an even head_dim, got {}", cfg.head_dim()));
     }
-    if !(cfg.rms_norm_eps > 0.0) {
+    if cfg.rms_norm_eps.is_nan() || cfg.rms_norm_eps <= 0.0 {
         return bad("rms_norm_eps", format!("must be positive, got {}", cfg.rms_norm_eps));
     }
-    if !(cfg.rope_theta > 0.0) {
+    if cfg.rope_theta.is_nan() || cfg.rope_theta <= 0.0 {
         return bad("rope_theta", format!("must be positive, got {}", cfg.rope_theta));
     }
     Ok(())

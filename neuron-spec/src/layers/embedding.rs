@@ -78,8 +78,11 @@ impl ParallelEmbedding {
     /// and the all-reduce adds the ranks' rows. Ids outside the vocabulary are an error.
     pub fn forward<C: Communicator>(&self, ids: Tensor<2, Int>, comm: &C) -> Result<Tensor<3>> {
         let [b, s] = ids.dims();
+        if b * s == 0 {
+            return Ok(Tensor::zeros([b, s, self.embedding_dim], &ids.device()));
+        }
         let (lo, hi) = super::int_range(&ids)?;
-        if b * s > 0 && (lo < 0 || hi >= self.num_embeddings as i64) {
+        if lo < 0 || hi >= self.num_embeddings as i64 {
             let bad = if lo < 0 { lo } else { hi };
             return Err(Error::Invalid(format!(
                 "token id {bad} is outside the vocabulary [0, {})",
@@ -136,5 +139,51 @@ impl CustomModule for ParallelEmbedding {
 
     fn save_rank_tensors(&self, prefix: &str, out: &mut StateDict) -> Result<()> {
         save_same(&self.weight, &pname(prefix, "weight"), out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::{tensor_to_f32, LocalCommunicator};
+    use crate::tensor::HostTensor;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn padded_vocab_lookup_and_tied_logits_over_two_ranks() {
+        // Vocab 5, dim 2: row v is (v, 10 v). Rank 0 holds ids 0..3, rank 1 ids 3..5 and one zero row.
+        let full: Vec<f32> = (0..5).flat_map(|v| [v as f32, 10.0 * v as f32]).collect();
+        let full = HostTensor::from_f32(vec![5, 2], &full).unwrap();
+        let comms = LocalCommunicator::group(2).unwrap();
+        let outs: Vec<(Vec<f32>, Vec<usize>, Vec<f32>)> = std::thread::scope(|s| {
+            let hs: Vec<_> = comms
+                .into_iter()
+                .map(|c| {
+                    let full = full.clone();
+                    s.spawn(move || {
+                        let d = Device::default();
+                        let emb = ParallelEmbeddingConfig::new(5, 2).init(c.context(), &d).unwrap();
+                        let mut src = StateDict::new();
+                        let local = crate::create_local_weight_with_padding(&full, 0, 1, 2, c.context().rank).unwrap();
+                        src.insert("e.weight".into(), local);
+                        let emb = emb.load_rank_tensors("e", &src, &d).unwrap();
+                        let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![4i64, 0, 3, 2], [1, 4]), &d);
+                        let (_, rows) = tensor_to_f32(emb.forward(ids, &c).unwrap(), "rows").unwrap();
+                        let x = Tensor::<3>::from_data(TensorData::new(vec![1f32, 0.0], [1, 1, 2]), &d);
+                        let (shape, logits) = tensor_to_f32(emb.attend(x, &c).unwrap(), "logits").unwrap();
+                        let bad = Tensor::<2, Int>::from_data(TensorData::new(vec![5i64], [1, 1]), &d);
+                        assert!(emb.forward(bad, &c).is_err());
+                        (rows, shape, logits)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (rows, shape, logits) in outs {
+            assert_eq!(rows, vec![4., 40., 0., 0., 3., 30., 2., 20.]);
+            // x·Eᵀ with x = (1, 0) is the first column; the padding row is cut off.
+            assert_eq!(shape, vec![1, 1, 5]);
+            assert_eq!(logits, vec![0., 1., 2., 3., 4.]);
+        }
     }
 }

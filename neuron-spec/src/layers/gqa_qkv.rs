@@ -262,7 +262,7 @@ impl GqaQkvColumnParallelLinear {
         }
     }
 
-    /// (name, local rows, whether the parameter is the fused one) for each weight present.
+    /// (name, parameter, local rows) of each weight present.
     fn weights(&self) -> Vec<(&'static str, &Param<Tensor<2>>, usize)> {
         let (q, kv) = (self.q_local(), self.kv_local());
         let mut v = Vec::new();
@@ -279,6 +279,7 @@ impl GqaQkvColumnParallelLinear {
         v
     }
 
+    /// (name, parameter, local rows) of each bias present.
     fn biases(&self) -> Vec<(&'static str, &Param<Tensor<1>>, usize)> {
         let (q, kv) = (self.q_local(), self.kv_local());
         let mut v = Vec::new();
@@ -295,7 +296,7 @@ impl GqaQkvColumnParallelLinear {
         v
     }
 
-    /// The global shape of a sharded parameter with `rows` local rows.
+    /// Global rows of a parameter with `rows` local rows (the fused one is recorded with its local shape).
     fn global_rows(&self, name: &str, rows: usize) -> usize {
         if name.ends_with("_qkv") {
             rows

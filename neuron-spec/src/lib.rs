@@ -27,6 +27,7 @@ pub mod cli;
 pub mod dtype;
 pub mod error;
 pub mod io;
+pub mod layers;
 pub mod llama;
 pub mod metadata;
 pub mod model;

@@ -1,0 +1,238 @@
+//! Running a TP forward pass: one burn model per rank, each on its own thread, joined by a
+//! [`LocalCommunicator`].
+
+use crate::model::LlamaForCausalLM;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use neuron_spec::checkpoint::ShardedCheckpoint;
+use neuron_spec::io::HfCheckpoint;
+use neuron_spec::layers::{Communicator, LocalCommunicator};
+use neuron_spec::llama::LlamaConfig;
+use neuron_spec::model::PlanOptions;
+use neuron_spec::module::{CustomModule, TpContext};
+use neuron_spec::{Error, Result, Spec, TensorSource};
+use std::path::Path;
+
+/// The model configuration: the HF `config.json` fields that shape the weights, plus what the forward pass
+/// needs beyond them.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// Sizes, heads, norms, RoPE base, biases, tying.
+    pub llama: LlamaConfig,
+    /// Mistral's (or Qwen2's, when enabled) sliding window: longer sequences are refused, not windowed.
+    pub sliding_window: Option<usize>,
+}
+
+impl From<LlamaConfig> for ModelConfig {
+    fn from(llama: LlamaConfig) -> Self {
+        Self { llama, sliding_window: None }
+    }
+}
+
+impl ModelConfig {
+    /// Reads `config.json`, refusing what this model does not implement (other activations, RoPE scaling).
+    pub fn read(path: &Path) -> Result<Self> {
+        let llama = LlamaConfig::read(path)?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), reason: e.to_string() })?;
+        let bad = |field: &str, reason: String| Err(Error::spec("config", field, reason));
+        if let Some(act) = v.get("hidden_act").and_then(|a| a.as_str()) {
+            if act != "silu" {
+                return bad("hidden_act", format!("only silu (SwiGLU) is implemented, found {act:?}"));
+            }
+        }
+        match v.get("rope_scaling") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(s) if s.get("rope_type").and_then(|t| t.as_str()) == Some("default") => {}
+            Some(s) => return bad("rope_scaling", format!("RoPE scaling is not implemented, found {s}")),
+        }
+        let window = v.get("sliding_window").and_then(|w| w.as_u64()).map(|w| w as usize);
+        let use_window = v
+            .get("use_sliding_window")
+            .and_then(|u| u.as_bool())
+            .unwrap_or(llama.model_type.as_deref() == Some("mistral"));
+        Ok(Self { llama, sliding_window: window.filter(|_| use_window) })
+    }
+}
+
+/// The outputs of a TP forward pass (rank 0's; every rank computes the same bits).
+#[derive(Debug, Clone)]
+pub struct ForwardOutput {
+    /// Logits, row-major `[batch, seq, vocab]`.
+    pub logits: Vec<f32>,
+    /// `[batch, seq, vocab]`.
+    pub logits_shape: [usize; 3],
+    /// The embedding output, `[batch, seq, hidden]`.
+    pub hidden_0: Vec<f32>,
+    /// The residual stream after decoder layer 0 (`None` without layers).
+    pub hidden_1: Option<Vec<f32>>,
+    /// `[batch, seq, hidden]`.
+    pub hidden_shape: [usize; 3],
+}
+
+/// The rank `tp.rank` model loaded from an HF checkpoint (any dtype; weights are widened to f32).
+pub fn load_hf_rank_model(
+    src: &dyn TensorSource,
+    cfg: &ModelConfig,
+    tp: TpContext,
+    fuse_qkv: bool,
+    device: &Device,
+) -> Result<LlamaForCausalLM> {
+    LlamaForCausalLM::new(&cfg.llama, tp, fuse_qkv, cfg.sliding_window, device)?.load_hf_rank(
+        src,
+        device,
+        PlanOptions::default(),
+    )
+}
+
+/// Runs `tp` ranks on threads over an HF checkpoint: each rank adapts its own slices of `src`.
+pub fn run_tp_forward(
+    src: &(dyn TensorSource + Sync),
+    cfg: &ModelConfig,
+    tp: usize,
+    fuse_qkv: bool,
+    input_ids: &[Vec<i64>],
+) -> Result<ForwardOutput> {
+    run_ranks(tp, input_ids, &|ctx, device| load_hf_rank_model(src, cfg, ctx, fuse_qkv, device))
+}
+
+/// [`run_tp_forward`] on an HF checkpoint directory (`config.json` and `model.safetensors` or an index).
+pub fn run_tp_forward_dir(dir: &Path, tp: usize, fuse_qkv: bool, input_ids: &[Vec<i64>]) -> Result<ForwardOutput> {
+    let cfg = ModelConfig::read(&dir.join("config.json"))?;
+    let ck = HfCheckpoint::open(dir)?;
+    run_tp_forward(&ck, &cfg, tp, fuse_qkv, input_ids)
+}
+
+/// Runs a sharded checkpoint directory (`neuron_spec::checkpoint` layout, with `config.json`): the TP size and
+/// q/k/v layout come from its metadata, and each rank loads its own rank file.
+pub fn run_sharded_forward(dir: &Path, input_ids: &[Vec<i64>]) -> Result<ForwardOutput> {
+    let cfg = ModelConfig::read(&dir.join("config.json"))?;
+    let ck = ShardedCheckpoint::open(dir)?;
+    let fuse_qkv = ck.metadata.specs().any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv));
+    let ck = &ck;
+    let cfg = &cfg;
+    run_ranks(ck.tp, input_ids, &|ctx, device| {
+        let model = LlamaForCausalLM::new(&cfg.llama, ctx, fuse_qkv, cfg.sliding_window, device)?;
+        let ours = model.create_parameter_metadata()?;
+        if ours.model_weight_transformation_specs != ck.metadata.model_weight_transformation_specs {
+            return Err(Error::Metadata {
+                path: ck.dir.join(neuron_spec::checkpoint::METADATA_PATH),
+                reason: "the checkpoint's transformation specs differ from this model's layout (other config or tp?)"
+                    .into(),
+            });
+        }
+        let rank =
+            ck.ranks.get(ctx.rank).ok_or_else(|| Error::Invalid(format!("no rank file for rank {}", ctx.rank)))?;
+        model.load_rank_tensors("", rank, device)
+    })
+}
+
+/// Fails the group's collectives if its rank's thread ends early (error or panic).
+struct AbortGuard<'a> {
+    comm: &'a LocalCommunicator,
+    armed: bool,
+}
+
+impl Drop for AbortGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.comm.abort("the rank stopped before finishing the forward pass");
+        }
+    }
+}
+
+fn ids_tensor(input_ids: &[Vec<i64>], device: &Device) -> Result<Tensor<2, Int>> {
+    let b = input_ids.len();
+    let s = input_ids.first().map_or(0, Vec::len);
+    if b == 0 || s == 0 {
+        return Err(Error::Invalid("input_ids must hold at least one non-empty sequence".into()));
+    }
+    if let Some((i, row)) = input_ids.iter().enumerate().find(|(_, r)| r.len() != s) {
+        return Err(Error::Invalid(format!(
+            "input_ids row {i} has {} tokens, row 0 has {s} (no padding support)",
+            row.len()
+        )));
+    }
+    let flat: Vec<i64> = input_ids.iter().flatten().copied().collect();
+    Ok(Tensor::from_data(TensorData::new(flat, [b, s]), device))
+}
+
+fn rank_forward(
+    ctx: TpContext,
+    comm: &LocalCommunicator,
+    input_ids: &[Vec<i64>],
+    load: &(dyn Fn(TpContext, &Device) -> Result<LlamaForCausalLM> + Sync),
+) -> Result<ForwardOutput> {
+    let device = Device::default();
+    let ids = ids_tensor(input_ids, &device)?;
+    let model = load(ctx, &device)?;
+    let out = model.forward(ids, comm)?;
+    let to_vec = |t: Tensor<3>, what: &str| -> Result<([usize; 3], Vec<f32>)> {
+        let dims = t.dims();
+        let data = t.try_into_data().map_err(|e| Error::Invalid(format!("{what}: {e:?}")))?;
+        Ok((dims, data.try_into_vec::<f32>().map_err(|e| Error::Invalid(format!("{what}: {e:?}")))?))
+    };
+    let (logits_shape, logits) = to_vec(out.logits, "logits")?;
+    let mut hs = out.hidden_states.into_iter();
+    let h0 = hs.next().ok_or_else(|| Error::Invalid("no hidden states".into()))?;
+    let (hidden_shape, hidden_0) = to_vec(h0, "hidden_0")?;
+    let hidden_1 = hs.next().map(|h| to_vec(h, "hidden_1").map(|x| x.1)).transpose()?;
+    Ok(ForwardOutput { logits, logits_shape, hidden_0, hidden_1, hidden_shape })
+}
+
+/// Loads and runs every rank on its own thread; returns rank 0's outputs after checking all ranks agree.
+pub fn run_ranks(
+    tp: usize,
+    input_ids: &[Vec<i64>],
+    load: &(dyn Fn(TpContext, &Device) -> Result<LlamaForCausalLM> + Sync),
+) -> Result<ForwardOutput> {
+    let comms = LocalCommunicator::group(tp)?;
+    let results: Vec<Result<ForwardOutput>> = std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .iter()
+            .map(|comm| {
+                s.spawn(move || {
+                    let mut guard = AbortGuard { comm, armed: true };
+                    let r = rank_forward(comm.context(), comm, input_ids, load);
+                    match &r {
+                        Ok(_) => guard.armed = false,
+                        Err(e) => comm.abort(&e.to_string()),
+                    }
+                    r
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(r, h)| h.join().unwrap_or_else(|_| Err(Error::Invalid(format!("rank {r} panicked")))))
+            .collect()
+    });
+    // Report the root cause: a rank's own error rather than the aborts it caused on the others.
+    let mut outs = Vec::with_capacity(tp);
+    let mut first_err: Option<Error> = None;
+    for r in results {
+        match r {
+            Ok(o) => outs.push(o),
+            Err(e) => {
+                let is_echo = e.to_string().starts_with("collective aborted");
+                if first_err.as_ref().is_none_or(|f| f.to_string().starts_with("collective aborted") && !is_echo) {
+                    first_err = Some(e);
+                }
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let mut outs = outs.into_iter();
+    let first = outs.next().ok_or_else(|| Error::Invalid("no ranks ran".into()))?;
+    for (r, o) in outs.enumerate() {
+        let same = o.logits.len() == first.logits.len()
+            && o.logits.iter().zip(&first.logits).all(|(a, b)| a.to_bits() == b.to_bits());
+        if !same {
+            return Err(Error::Invalid(format!("rank {} computed other logits than rank 0", r + 1)));
+        }
+    }
+    Ok(first)
+}

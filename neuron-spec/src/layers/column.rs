@@ -1,0 +1,273 @@
+//! Column-parallel linear: the output features are split across ranks (HF weight rows, dim 0).
+
+use super::{
+    check_fused, check_last_dim, fused_dims, lazy_zeros, load_linear_weight, load_same, parallel_meta, pname,
+    save_linear_weight, save_same, Communicator,
+};
+use crate::error::{Error, Result};
+use crate::metadata::ParameterMetadata;
+use crate::module::{CustomModule, FusedLinearLayer, TpContext};
+use crate::plan::TensorSource;
+use crate::sharding::per_partition_size;
+use crate::specs::{FuseAxis, FusedLinearsSpec, ModelWeightTransformationSpecs, Spec};
+use crate::tensor::StateDict;
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::{Device, Tensor};
+use indexmap::IndexMap;
+
+/// How to build a [`ColumnParallelLinear`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnParallelLinearConfig {
+    /// Input features.
+    pub in_features: usize,
+    /// Global output features (for a fused layer, the sum of its members).
+    pub out_features: usize,
+    /// Whether the layer has a bias (split like the outputs).
+    pub bias: bool,
+    /// Gather the outputs of all ranks after the matmul (an lm_head), truncating padding.
+    pub gather_output: bool,
+    /// For a layer standing for several fused HF linears: each member's output size, in order.
+    pub fused_dims: Option<Vec<usize>>,
+}
+
+impl ColumnParallelLinearConfig {
+    /// A plain layer without bias whose outputs stay split.
+    pub fn new(in_features: usize, out_features: usize) -> Self {
+        Self { in_features, out_features, bias: false, gather_output: false, fused_dims: None }
+    }
+
+    /// Sets the bias.
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+
+    /// Gathers the outputs (lm_head).
+    pub fn with_gather_output(mut self, gather: bool) -> Self {
+        self.gather_output = gather;
+        self
+    }
+
+    /// Fuses `members` HF linears of equal size (gate_proj + up_proj: 2).
+    pub fn with_fused_members(mut self, members: usize) -> Self {
+        self.fused_dims = Some(self.out_features.checked_div(members).map(|d| vec![d; members]).unwrap_or_default());
+        self
+    }
+
+    /// Fuses HF linears of the given output sizes.
+    pub fn with_fused_dims(mut self, dims: Vec<usize>) -> Self {
+        self.fused_dims = Some(dims);
+        self
+    }
+
+    /// The layer of rank `tp.rank`, with lazily allocated parameters (to be loaded).
+    pub fn init(&self, tp: TpContext, device: &Device) -> Result<ColumnParallelLinear> {
+        let tp = TpContext::new(tp.size, tp.rank)?;
+        let c = "ColumnParallelLinear";
+        if self.in_features == 0 || self.out_features == 0 {
+            return Err(Error::spec(
+                c,
+                "out_features",
+                format!("sizes must be positive, got in {} out {}", self.in_features, self.out_features),
+            ));
+        }
+        let local_out = match &self.fused_dims {
+            Some(d) => {
+                check_fused(c, d, self.out_features, tp.size)?;
+                if self.gather_output {
+                    return Err(Error::spec(
+                        c,
+                        "gather_output",
+                        "a fused layer's gathered outputs would interleave its members",
+                    ));
+                }
+                d.iter().map(|x| x / tp.size).sum()
+            }
+            None => per_partition_size(self.out_features, tp.size),
+        };
+        let linear = Linear {
+            weight: lazy_zeros([self.in_features, local_out], device),
+            bias: self.bias.then(|| lazy_zeros([local_out], device)),
+        };
+        Ok(ColumnParallelLinear {
+            linear,
+            tp,
+            in_features: self.in_features,
+            out_features: self.out_features,
+            local_out_features: local_out,
+            gather_output: self.gather_output,
+            fused_dims: self.fused_dims.clone(),
+        })
+    }
+}
+
+/// `Y = X·Wᵀ + b` with `W`'s rows (outputs) split across ranks; burn's [`Linear`] holds the local
+/// `[in, out_local]` weight.
+#[derive(Module, Debug)]
+pub struct ColumnParallelLinear {
+    /// The rank-local linear.
+    pub linear: Linear,
+    /// TP size and rank.
+    #[module(skip)]
+    pub tp: TpContext,
+    /// Input features.
+    #[module(skip)]
+    pub in_features: usize,
+    /// Global output features, unpadded.
+    #[module(skip)]
+    pub out_features: usize,
+    /// This rank's output features (padded to `ceil(out / tp)` when unfused).
+    #[module(skip)]
+    pub local_out_features: usize,
+    /// Whether the forward pass gathers the outputs.
+    #[module(skip)]
+    pub gather_output: bool,
+    /// Member sizes when the layer fuses several HF linears.
+    #[module(skip)]
+    pub fused_dims: Option<Vec<usize>>,
+}
+
+impl ColumnParallelLinear {
+    /// NxD's `partition_stride`: the number of fused members (their shards interleave), else 1.
+    pub fn partition_stride(&self) -> usize {
+        self.fused_dims.as_ref().map_or(1, |d| d.len().max(1))
+    }
+
+    /// Whether the layer has a bias.
+    pub fn has_bias(&self) -> bool {
+        self.linear.bias.is_some()
+    }
+
+    /// The local outputs, or all outputs (truncated to `out_features`) when `gather_output` is set.
+    pub fn forward<const D: usize, C: Communicator>(&self, x: Tensor<D>, comm: &C) -> Result<Tensor<D>> {
+        check_last_dim(&x, self.in_features, "ColumnParallelLinear input")?;
+        let y = self.linear.forward(x);
+        if !self.gather_output {
+            return Ok(y);
+        }
+        let y = comm.all_gather(y, D - 1)?;
+        let n = y.dims()[D - 1];
+        Ok(if n > self.out_features { y.narrow(D - 1, 0, self.out_features) } else { y })
+    }
+}
+
+impl CustomModule for ColumnParallelLinear {
+    fn collect_specs(&self, _prefix: &str, _out: &mut Vec<ModelWeightTransformationSpecs>) -> Result<()> {
+        Ok(())
+    }
+
+    fn collect_parameter_metadata(&self, prefix: &str, out: &mut IndexMap<String, ParameterMetadata>) -> Result<()> {
+        let s = self.partition_stride();
+        out.insert(
+            pname(prefix, "weight"),
+            parallel_meta(0, s, self.tp.size, vec![self.out_features, self.in_features]),
+        );
+        if self.has_bias() {
+            out.insert(pname(prefix, "bias"), parallel_meta(0, s, self.tp.size, vec![self.out_features]));
+        }
+        Ok(())
+    }
+
+    fn collect_tp_contexts(&self, out: &mut Vec<TpContext>) {
+        out.push(self.tp);
+    }
+
+    fn load_rank_tensors(mut self, prefix: &str, src: &dyn TensorSource, device: &Device) -> Result<Self> {
+        let (o, i) = (self.local_out_features, self.in_features);
+        self.linear.weight = load_linear_weight(src, &pname(prefix, "weight"), &self.linear.weight, o, i, device)?;
+        if let Some(b) = &self.linear.bias {
+            self.linear.bias = Some(load_same(src, &pname(prefix, "bias"), b, [o], device)?);
+        }
+        Ok(self)
+    }
+
+    fn save_rank_tensors(&self, prefix: &str, out: &mut StateDict) -> Result<()> {
+        save_linear_weight(&self.linear.weight, &pname(prefix, "weight"), out)?;
+        if let Some(b) = &self.linear.bias {
+            save_same(b, &pname(prefix, "bias"), out)?;
+        }
+        Ok(())
+    }
+}
+
+impl FusedLinearLayer for ColumnParallelLinear {
+    fn fused_linears_spec(&self, fused_linear_name: &str, linear_names: &[&str]) -> Result<Spec> {
+        let dims = fused_dims(fused_linear_name, self.fused_dims.as_deref(), self.out_features, linear_names.len())?;
+        let spec = FusedLinearsSpec {
+            fused_linear_name: fused_linear_name.to_string(),
+            linear_names: linear_names.iter().map(|s| s.to_string()).collect(),
+            bias: self.has_bias(),
+            fuse_axis: FuseAxis::Column,
+            original_dims: dims,
+            tp_size: self.tp.size,
+            peft_type: None,
+        };
+        spec.validate(self.tp.size)?;
+        Ok(Spec::FusedLinears(spec))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::LocalCommunicator;
+    use crate::tensor::HostTensor;
+
+    #[test]
+    fn loads_hf_out_in_into_burn_in_out_and_saves_it_back() {
+        let d = Device::default();
+        let tp = TpContext::new(1, 0).unwrap();
+        let layer = ColumnParallelLinearConfig::new(3, 2).with_bias(true).init(tp, &d).unwrap();
+        let mut src = StateDict::new();
+        // HF [out=2, in=3]: row o holds the weights of output o.
+        src.insert("p.weight".into(), HostTensor::from_f32(vec![2, 3], &[1., 2., 3., 4., 5., 6.]).unwrap());
+        src.insert("p.bias".into(), HostTensor::from_f32(vec![2], &[0.5, -0.5]).unwrap());
+        let layer = layer.load_rank_tensors("p", &src, &d).unwrap();
+        assert_eq!(layer.linear.weight.val().dims(), [3, 2]);
+        let (_, w) = crate::layers::tensor_to_f32(layer.linear.weight.val(), "w").unwrap();
+        assert_eq!(w, vec![1., 4., 2., 5., 3., 6.]);
+        // y = W x + b with x = [1, 0, 0] picks column 0 of the HF weight.
+        let comm = LocalCommunicator::group(1).unwrap().remove(0);
+        let x = Tensor::<2>::from_data(burn::tensor::TensorData::new(vec![1f32, 0., 0.], [1, 3]), &d);
+        let (_, y) = crate::layers::tensor_to_f32(layer.forward(x, &comm).unwrap(), "y").unwrap();
+        assert_eq!(y, vec![1.5, 3.5]);
+        let mut saved = StateDict::new();
+        layer.save_rank_tensors("p", &mut saved).unwrap();
+        assert_eq!(saved, src);
+    }
+
+    #[test]
+    fn wrong_or_missing_tensors_name_the_tensor_and_shapes() {
+        let d = Device::default();
+        let tp = TpContext::new(2, 1).unwrap();
+        let layer = ColumnParallelLinearConfig::new(4, 6).init(tp, &d).unwrap();
+        let mut src = StateDict::new();
+        src.insert("q.weight".into(), HostTensor::from_f32(vec![2, 4], &[0.; 8]).unwrap());
+        let e = layer.clone().load_rank_tensors("q", &src, &d).unwrap_err().to_string();
+        assert!(e.contains("q.weight") && e.contains("[3, 4]") && e.contains("[2, 4]"), "{e}");
+        let e = layer.load_rank_tensors("r", &src, &d).unwrap_err().to_string();
+        assert!(e.contains("r.weight"), "{e}");
+    }
+
+    #[test]
+    fn fused_layer_has_stride_and_spec() {
+        let d = Device::default();
+        let layer = ColumnParallelLinearConfig::new(8, 12)
+            .with_fused_members(2)
+            .init(TpContext::new(2, 0).unwrap(), &d)
+            .unwrap();
+        let mut m = IndexMap::new();
+        layer.collect_parameter_metadata("mlp.gate_up_proj", &mut m).unwrap();
+        assert_eq!(m["mlp.gate_up_proj.weight"].partition_stride, Some(2));
+        let Spec::FusedLinears(s) = layer.fused_linears_spec("gate_up_proj", &["gate_proj", "up_proj"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.original_dims, vec![6, 6]);
+        // Fused members that tp does not divide are refused.
+        assert!(ColumnParallelLinearConfig::new(8, 6)
+            .with_fused_members(2)
+            .init(TpContext::new(2, 0).unwrap(), &d)
+            .is_err());
+    }
+}

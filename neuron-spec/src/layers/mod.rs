@@ -1,0 +1,200 @@
+//! Tensor-parallel burn layers that know their HF layout: each one implements
+//! [`CustomModule`](crate::module::CustomModule) as a leaf (parameter names, TP attributes, loading and
+//! saving rank-local tensors), and runs its forward pass with a [`Communicator`].
+//!
+//! Conventions shared by every layer:
+//! * the TP size and rank are explicit (`TpContext`, a `#[module(skip)]` field), never global state;
+//! * rank-local tensors are named and oriented as in HF (`prefix.weight`, linear weights `[out, in]`);
+//!   burn holds linear weights as `[in, out]`, so loading and saving transpose ([`transpose_2d`]);
+//! * burn holds f32: bf16/f16 checkpoint tensors are converted when a burn tensor is filled, and saved
+//!   rank tensors are F32;
+//! * where `tp` does not divide a partitioned size, every rank holds `ceil(len / tp)` rows (zero padding at
+//!   the tail) and gathered outputs are truncated to the true size.
+
+mod column;
+mod comm;
+mod embedding;
+mod gqa_qkv;
+mod rms_norm;
+mod row;
+mod store;
+mod transpose;
+
+pub use column::{ColumnParallelLinear, ColumnParallelLinearConfig};
+pub use comm::{Communicator, LocalCommunicator};
+pub use embedding::{ParallelEmbedding, ParallelEmbeddingConfig};
+pub use gqa_qkv::{GqaQkvColumnParallelLinear, GqaQkvColumnParallelLinearConfig, QkvOutput};
+pub use row::{RowParallelLinear, RowParallelLinearConfig};
+pub use store::{HfRankStore, HfRankStoreError};
+pub use transpose::transpose_2d;
+
+use crate::error::{Error, Result};
+use crate::metadata::ParameterMetadata;
+use crate::plan::TensorSource;
+use crate::tensor::{HostTensor, StateDict};
+use burn::module::{Param, ParamId};
+use burn::tensor::{Device, Tensor};
+
+pub(crate) use comm::{f32_tensor, tensor_to_f32};
+
+/// A parameter of `shape` that is only allocated (as zeros) if it is read before being loaded.
+pub(crate) fn lazy_zeros<const D: usize>(shape: [usize; D], device: &Device) -> Param<Tensor<D>> {
+    Param::uninitialized(ParamId::new(), move |d, _| Tensor::zeros(shape, d), device.clone(), false, shape.into())
+}
+
+/// `prefix.name`.
+pub(crate) fn pname(prefix: &str, name: &str) -> String {
+    crate::module::join_path(prefix, name)
+}
+
+/// Reads `name` from `src` as f32 values, checking its shape.
+pub(crate) fn read_f32(src: &dyn TensorSource, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+    let Some(info) = src.info(name) else {
+        let names = src.names();
+        let c: Vec<&str> = names.iter().map(String::as_str).collect();
+        return Err(Error::key_mismatch("rank tensors", vec![name.to_string()], vec![], &c));
+    };
+    if info.shape != expected {
+        return Err(Error::ShapeMismatch {
+            tensor: name.to_string(),
+            expected: expected.to_vec(),
+            found: info.shape,
+            file: None,
+        });
+    }
+    let t = src.tensor(name)?;
+    if !matches!(t.dtype(), crate::DType::F32 | crate::DType::F16 | crate::DType::BF16 | crate::DType::F64) {
+        return Err(Error::DtypeMismatch {
+            tensor: name.to_string(),
+            expected: "a float dtype".into(),
+            found: t.dtype().to_string(),
+            file: None,
+        });
+    }
+    Ok(t.to_f32_vec())
+}
+
+/// A new value for `old`, keeping its id.
+fn replace<const D: usize>(old: &Param<Tensor<D>>, value: Tensor<D>) -> Param<Tensor<D>> {
+    Param::initialized(old.id, value)
+}
+
+/// Loads an HF `[out, in]` linear weight into a burn `[in, out]` parameter.
+pub(crate) fn load_linear_weight(
+    src: &dyn TensorSource,
+    name: &str,
+    old: &Param<Tensor<2>>,
+    out: usize,
+    inp: usize,
+    device: &Device,
+) -> Result<Param<Tensor<2>>> {
+    let v = read_f32(src, name, &[out, inp])?;
+    let t = transpose_2d(&v, out, inp)?;
+    Ok(replace(old, f32_tensor(t, [inp, out], device, name)?))
+}
+
+/// Loads a tensor whose HF and burn layouts agree (biases, norms, embeddings).
+pub(crate) fn load_same<const D: usize>(
+    src: &dyn TensorSource,
+    name: &str,
+    old: &Param<Tensor<D>>,
+    shape: [usize; D],
+    device: &Device,
+) -> Result<Param<Tensor<D>>> {
+    let v = read_f32(src, name, &shape)?;
+    Ok(replace(old, f32_tensor(v, shape, device, name)?))
+}
+
+/// Saves a burn `[in, out]` linear weight as an HF `[out, in]` F32 tensor.
+pub(crate) fn save_linear_weight(p: &Param<Tensor<2>>, name: &str, out: &mut StateDict) -> Result<()> {
+    let (shape, v) = tensor_to_f32(p.val(), name)?;
+    let [inp, o] =
+        <[usize; 2]>::try_from(shape.as_slice()).map_err(|_| Error::Invalid(format!("{name}: not a matrix")))?;
+    let t = transpose_2d(&v, inp, o)?;
+    out.insert(name.to_string(), HostTensor::from_f32(vec![o, inp], &t)?);
+    Ok(())
+}
+
+/// Saves a tensor whose HF and burn layouts agree, as F32.
+pub(crate) fn save_same<const D: usize>(p: &Param<Tensor<D>>, name: &str, out: &mut StateDict) -> Result<()> {
+    let (shape, v) = tensor_to_f32(p.val(), name)?;
+    out.insert(name.to_string(), HostTensor::from_f32(shape, &v)?);
+    Ok(())
+}
+
+/// A sharded parameter's metadata with its global (unpadded) shape.
+pub(crate) fn parallel_meta(dim: usize, stride: usize, tp: usize, global_shape: Vec<usize>) -> ParameterMetadata {
+    ParameterMetadata { shape: Some(global_shape), ..ParameterMetadata::parallel(dim, stride, tp) }
+}
+
+/// A replicated parameter's metadata with its shape.
+pub(crate) fn replicated_meta(shape: Vec<usize>) -> ParameterMetadata {
+    ParameterMetadata { shape: Some(shape), ..ParameterMetadata::replicated() }
+}
+
+/// Checks the last dimension of a layer input, so a wrong input is an error rather than a burn panic.
+pub(crate) fn check_last_dim<const D: usize>(x: &Tensor<D>, expected: usize, what: &str) -> Result<()> {
+    let dims = x.dims();
+    if D == 0 || dims[D - 1] != expected {
+        let mut e = dims.to_vec();
+        if let Some(l) = e.last_mut() {
+            *l = expected;
+        }
+        return Err(Error::ShapeMismatch { tensor: what.to_string(), expected: e, found: dims.to_vec(), file: None });
+    }
+    Ok(())
+}
+
+/// Each member's size along the fuse axis: `configured`, or `total` split equally among `members`.
+pub(crate) fn fused_dims(
+    layer: &str,
+    configured: Option<&[usize]>,
+    total: usize,
+    members: usize,
+) -> Result<Vec<usize>> {
+    if let Some(d) = configured {
+        if d.len() != members {
+            return Err(Error::spec(
+                "FusedLinearsSpec",
+                "linear_names",
+                format!("{layer} fuses {} linears, {members} names given", d.len()),
+            ));
+        }
+        return Ok(d.to_vec());
+    }
+    if total.checked_rem(members) != Some(0) {
+        return Err(Error::spec(
+            "FusedLinearsSpec",
+            "original_dims",
+            format!("{layer}: size {total} cannot be split equally among {members} linears"),
+        ));
+    }
+    Ok(vec![total / members; members])
+}
+
+/// Validates fused member sizes for a layer at `tp`: each must split evenly (fused layers are not padded).
+pub(crate) fn check_fused(layer: &str, dims: &[usize], total: usize, tp: usize) -> Result<()> {
+    if dims.is_empty() || dims.iter().sum::<usize>() != total {
+        return Err(Error::spec(layer, "fused_dims", format!("{dims:?} do not add up to {total}")));
+    }
+    if let Some(d) = dims.iter().find(|d| **d == 0 || **d % tp != 0) {
+        return Err(Error::spec(
+            layer,
+            "fused_dims",
+            format!("member size {d} is not a positive multiple of tp {tp} (fused layers are not padded)"),
+        ));
+    }
+    Ok(())
+}
+
+/// The smallest and largest value of an integer tensor (`(i64::MAX, i64::MIN)` when empty), read back to the host.
+pub(crate) fn int_range<const D: usize>(t: &Tensor<D, burn::tensor::Int>) -> Result<(i64, i64)> {
+    let data = t.try_to_data().map_err(|e| Error::Invalid(format!("reading token ids back failed: {e:?}")))?;
+    let data = if data.dtype() == burn::tensor::DType::I64 {
+        data
+    } else {
+        data.try_cast_as::<i64>().map_err(|e| Error::Invalid(format!("token ids: {e:?}")))?
+    };
+    let v = data.as_slice::<i64>().map_err(|e| Error::Invalid(format!("token ids: {e:?}")))?;
+    Ok(v.iter().fold((i64::MAX, i64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x))))
+}

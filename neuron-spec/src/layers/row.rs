@@ -1,0 +1,237 @@
+//! Row-parallel linear: the input features are split across ranks (HF weight columns, dim 1); the partial
+//! products are summed over ranks.
+
+use super::{
+    check_fused, check_last_dim, fused_dims, lazy_zeros, load_linear_weight, load_same, parallel_meta, pname,
+    replicated_meta, save_linear_weight, save_same, Communicator,
+};
+use crate::error::{Error, Result};
+use crate::metadata::ParameterMetadata;
+use crate::module::{CustomModule, FusedLinearLayer, TpContext};
+use crate::plan::TensorSource;
+use crate::sharding::per_partition_size;
+use crate::specs::{FuseAxis, FusedLinearsSpec, ModelWeightTransformationSpecs, Spec};
+use crate::tensor::StateDict;
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::{Device, Tensor};
+use indexmap::IndexMap;
+
+/// How to build a [`RowParallelLinear`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowParallelLinearConfig {
+    /// Global input features (for a fused layer, the sum of its members).
+    pub in_features: usize,
+    /// Output features.
+    pub out_features: usize,
+    /// Whether the layer has a bias (replicated, added once after the all-reduce).
+    pub bias: bool,
+    /// For a layer standing for several HF linears fused along their inputs: each member's input size.
+    pub fused_dims: Option<Vec<usize>>,
+}
+
+impl RowParallelLinearConfig {
+    /// A layer without bias.
+    pub fn new(in_features: usize, out_features: usize) -> Self {
+        Self { in_features, out_features, bias: false, fused_dims: None }
+    }
+
+    /// Sets the bias.
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+
+    /// Fuses `members` HF linears of equal input size.
+    pub fn with_fused_members(mut self, members: usize) -> Self {
+        self.fused_dims = Some(self.in_features.checked_div(members).map(|d| vec![d; members]).unwrap_or_default());
+        self
+    }
+
+    /// Fuses HF linears of the given input sizes.
+    pub fn with_fused_dims(mut self, dims: Vec<usize>) -> Self {
+        self.fused_dims = Some(dims);
+        self
+    }
+
+    /// The layer of rank `tp.rank`, with lazily allocated parameters (to be loaded).
+    pub fn init(&self, tp: TpContext, device: &Device) -> Result<RowParallelLinear> {
+        let tp = TpContext::new(tp.size, tp.rank)?;
+        let c = "RowParallelLinear";
+        if self.in_features == 0 || self.out_features == 0 {
+            return Err(Error::spec(
+                c,
+                "in_features",
+                format!("sizes must be positive, got in {} out {}", self.in_features, self.out_features),
+            ));
+        }
+        let local_in = match &self.fused_dims {
+            Some(d) => {
+                check_fused(c, d, self.in_features, tp.size)?;
+                if self.bias {
+                    return Err(Error::spec(c, "bias", "a row-fused linear has no per-member bias to split"));
+                }
+                d.iter().map(|x| x / tp.size).sum()
+            }
+            None => per_partition_size(self.in_features, tp.size),
+        };
+        let linear = Linear {
+            weight: lazy_zeros([local_in, self.out_features], device),
+            bias: self.bias.then(|| lazy_zeros([self.out_features], device)),
+        };
+        Ok(RowParallelLinear {
+            linear,
+            tp,
+            in_features: self.in_features,
+            local_in_features: local_in,
+            out_features: self.out_features,
+            fused_dims: self.fused_dims.clone(),
+        })
+    }
+}
+
+/// `Y = Σ_ranks X_r·W_rᵀ + b`: each rank holds the columns of `W` for its slice of the inputs; the bias is
+/// replicated and added once, after the all-reduce.
+#[derive(Module, Debug)]
+pub struct RowParallelLinear {
+    /// The rank-local linear (`[in_local, out]` weight; its bias is the replicated one).
+    pub linear: Linear,
+    /// TP size and rank.
+    #[module(skip)]
+    pub tp: TpContext,
+    /// Global input features, unpadded.
+    #[module(skip)]
+    pub in_features: usize,
+    /// This rank's input features.
+    #[module(skip)]
+    pub local_in_features: usize,
+    /// Output features.
+    #[module(skip)]
+    pub out_features: usize,
+    /// Member sizes when the layer fuses several HF linears along their inputs.
+    #[module(skip)]
+    pub fused_dims: Option<Vec<usize>>,
+}
+
+impl RowParallelLinear {
+    /// NxD's `partition_stride`: the number of fused members, else 1.
+    pub fn partition_stride(&self) -> usize {
+        self.fused_dims.as_ref().map_or(1, |d| d.len().max(1))
+    }
+
+    /// Whether the layer has a bias.
+    pub fn has_bias(&self) -> bool {
+        self.linear.bias.is_some()
+    }
+
+    /// `x` is this rank's slice of the inputs (a column-parallel layer's local outputs).
+    pub fn forward<const D: usize, C: Communicator>(&self, x: Tensor<D>, comm: &C) -> Result<Tensor<D>> {
+        check_last_dim(&x, self.local_in_features, "RowParallelLinear input")?;
+        let partial = burn::tensor::module::linear(x, self.linear.weight.val(), None);
+        let y = comm.all_reduce_sum(partial)?;
+        Ok(match &self.linear.bias {
+            Some(b) => y + b.val().unsqueeze(),
+            None => y,
+        })
+    }
+}
+
+impl CustomModule for RowParallelLinear {
+    fn collect_specs(&self, _prefix: &str, _out: &mut Vec<ModelWeightTransformationSpecs>) -> Result<()> {
+        Ok(())
+    }
+
+    fn collect_parameter_metadata(&self, prefix: &str, out: &mut IndexMap<String, ParameterMetadata>) -> Result<()> {
+        out.insert(
+            pname(prefix, "weight"),
+            parallel_meta(1, self.partition_stride(), self.tp.size, vec![self.out_features, self.in_features]),
+        );
+        if self.has_bias() {
+            out.insert(pname(prefix, "bias"), replicated_meta(vec![self.out_features]));
+        }
+        Ok(())
+    }
+
+    fn collect_tp_contexts(&self, out: &mut Vec<TpContext>) {
+        out.push(self.tp);
+    }
+
+    fn load_rank_tensors(mut self, prefix: &str, src: &dyn TensorSource, device: &Device) -> Result<Self> {
+        let (o, i) = (self.out_features, self.local_in_features);
+        self.linear.weight = load_linear_weight(src, &pname(prefix, "weight"), &self.linear.weight, o, i, device)?;
+        if let Some(b) = &self.linear.bias {
+            self.linear.bias = Some(load_same(src, &pname(prefix, "bias"), b, [o], device)?);
+        }
+        Ok(self)
+    }
+
+    fn save_rank_tensors(&self, prefix: &str, out: &mut StateDict) -> Result<()> {
+        save_linear_weight(&self.linear.weight, &pname(prefix, "weight"), out)?;
+        if let Some(b) = &self.linear.bias {
+            save_same(b, &pname(prefix, "bias"), out)?;
+        }
+        Ok(())
+    }
+}
+
+impl FusedLinearLayer for RowParallelLinear {
+    fn fused_linears_spec(&self, fused_linear_name: &str, linear_names: &[&str]) -> Result<Spec> {
+        let dims = fused_dims(fused_linear_name, self.fused_dims.as_deref(), self.in_features, linear_names.len())?;
+        let spec = FusedLinearsSpec {
+            fused_linear_name: fused_linear_name.to_string(),
+            linear_names: linear_names.iter().map(|s| s.to_string()).collect(),
+            bias: self.has_bias(),
+            fuse_axis: FuseAxis::Row,
+            original_dims: dims,
+            tp_size: self.tp.size,
+            peft_type: None,
+        };
+        spec.validate(self.tp.size)?;
+        Ok(Spec::FusedLinears(spec))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::{tensor_to_f32, LocalCommunicator};
+    use crate::tensor::HostTensor;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn two_ranks_sum_partials_and_add_the_bias_once() {
+        // HF weight [out=2, in=4], bias [2]; x = [1, 2, 3, 4].
+        let w = [1f32, 2., 3., 4., 5., 6., 7., 8.];
+        let full = HostTensor::from_f32(vec![2, 4], &w).unwrap();
+        let bias = HostTensor::from_f32(vec![2], &[100., 200.]).unwrap();
+        let comms = LocalCommunicator::group(2).unwrap();
+        let outs: Vec<Vec<f32>> = std::thread::scope(|s| {
+            let hs: Vec<_> = comms
+                .into_iter()
+                .map(|c| {
+                    let (full, bias) = (full.clone(), bias.clone());
+                    s.spawn(move || {
+                        let d = Device::default();
+                        let r = c.context().rank;
+                        let layer = RowParallelLinearConfig::new(4, 2).with_bias(true).init(c.context(), &d).unwrap();
+                        let mut src = StateDict::new();
+                        src.insert(
+                            "o.weight".into(),
+                            crate::create_local_weight_with_padding(&full, 1, 1, 2, r).unwrap(),
+                        );
+                        src.insert("o.bias".into(), bias);
+                        let layer = layer.load_rank_tensors("o", &src, &d).unwrap();
+                        let xs = [[1f32, 2.], [3., 4.]][r].to_vec();
+                        let x = Tensor::<2>::from_data(TensorData::new(xs, [1, 2]), &d);
+                        tensor_to_f32(layer.forward(x, &c).unwrap(), "y").unwrap().1
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // W·x = [30, 70], + bias once.
+        for o in outs {
+            assert_eq!(o, vec![130., 270.]);
+        }
+    }
+}

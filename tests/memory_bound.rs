@@ -5,6 +5,7 @@ use neuron_spec::synthetic::{generate, Shape};
 use std::process::Command;
 
 /// Runs the CLI and returns its peak resident set in bytes (`wait4` rusage of that child only).
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std does not expose
 fn peak_rss(args: &[&str]) -> u64 {
     let child = Command::new(env!("CARGO_BIN_EXE_neuron-spec")).args(args).arg("--quiet").spawn().unwrap();
     let mut status = 0;

@@ -74,10 +74,12 @@ fn real_main() -> Res<()> {
     let s8 = dir.join("sharded-tp8");
     let back = dir.join("consolidated");
     let s4 = dir.join("resharded-tp4");
-    let mut rows = Vec::new();
-    rows.push(measure("shard hf → tp 8", &files(&hf)?, &["shard", p(&hf), p(&s8), "8"], &s8, &dir)?);
-    rows.push(measure("consolidate tp 8 → hf", &files(&s8)?, &["consolidate", p(&s8), p(&back)], &back, &dir)?);
-    rows.push(measure("reshard tp 8 → 4", &files(&s8)?, &["reshard", p(&s8), p(&s4), "4"], &s4, &dir)?);
+    let shard_row = measure("shard hf → tp 8", &files(&hf)?, &["shard", p(&hf), p(&s8), "8"], &s8, &dir)?;
+    let rows = vec![
+        shard_row,
+        measure("consolidate tp 8 → hf", &files(&s8)?, &["consolidate", p(&s8), p(&back)], &back, &dir)?,
+        measure("reshard tp 8 → 4", &files(&s8)?, &["reshard", p(&s8), p(&s4), "4"], &s4, &dir)?,
+    ];
     // Correctness of what was timed: the consolidated checkpoint equals the input.
     let (a, b) = (HfCheckpoint::open(&hf)?, HfCheckpoint::open(&back)?);
     for n in a.names() {
@@ -187,6 +189,7 @@ struct Row {
 }
 
 /// Runs a child and returns (seconds, peak RSS bytes).
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std does not expose
 fn child(args: &[&str]) -> Res<(f64, u64)> {
     let exe = std::env::current_exe()?;
     let t = Instant::now();
@@ -296,6 +299,7 @@ fn bytes_per_rank(hf_dir: &Path, s: &Shape) -> Res<()> {
     Ok(())
 }
 
+#[allow(clippy::zombie_processes)] // reaped by wait4
 fn python_baseline(s8: &Path, dir: &Path, ours: &Row) -> Res<()> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python_consolidate.py");
     let has_torch = Command::new("python3")

@@ -380,42 +380,39 @@ fn plan_command(dir: &Path, tp: usize, qkv: QkvLayout, json: bool) -> Result<i32
     Ok(EXIT_OK)
 }
 
-fn inspect_command(dir: &Path, json: bool) -> Result<i32> {
-    let (kind, names, total, tp, version, specs): (
-        &str,
-        Vec<(String, String, Vec<usize>)>,
-        usize,
-        usize,
-        Option<u32>,
-        Vec<String>,
-    ) = if is_sharded(dir) {
+/// What `inspect` reports.
+struct Summary {
+    kind: &'static str,
+    tensors: Vec<crate::plan::TensorInfo>,
+    total: usize,
+    tp: usize,
+    version: Option<u32>,
+    specs: Vec<String>,
+}
+
+fn summarize(dir: &Path) -> Result<Summary> {
+    if is_sharded(dir) {
         let ck = ShardedCheckpoint::open(dir)?;
-        let names = ck.ranks[0]
-            .names()
-            .filter_map(|n| ck.ranks[0].info(n))
-            .map(|i| (i.name, i.dtype.to_string(), i.shape))
-            .collect();
-        let total =
-            ck.ranks.iter().map(|r| r.names().filter_map(|n| r.info(n)).map(|i| i.nbytes()).sum::<usize>()).sum();
+        let tensors = ck.ranks[0].names().filter_map(|n| ck.ranks[0].info(n)).collect();
+        let total = ck.ranks.iter().flat_map(|r| r.names().filter_map(|n| r.info(n))).map(|i| i.nbytes()).sum();
         let specs = ck.metadata.specs().map(|(m, s)| format!("{m}: {}", s.class_name())).collect();
-        ("sharded", names, total, ck.tp, ck.metadata.format_version, specs)
+        Ok(Summary { kind: "sharded", tensors, total, tp: ck.tp, version: ck.metadata.format_version, specs })
     } else {
         let hf = HfCheckpoint::open(dir)?;
-        let names = hf
-            .names()
-            .into_iter()
-            .filter_map(|n| hf.info(&n))
-            .map(|i| (i.name, i.dtype.to_string(), i.shape))
-            .collect();
-        ("hf", names, hf.total_bytes(), 1, None, vec![])
-    };
+        let tensors = hf.names().into_iter().filter_map(|n| hf.info(&n)).collect();
+        Ok(Summary { kind: "hf", tensors, total: hf.total_bytes(), tp: 1, version: None, specs: vec![] })
+    }
+}
+
+fn inspect_command(dir: &Path, json: bool) -> Result<i32> {
+    let Summary { kind, tensors, total, tp, version, specs } = summarize(dir)?;
     let mut dtypes: std::collections::BTreeMap<String, usize> = Default::default();
-    for (_, d, _) in &names {
-        *dtypes.entry(d.clone()).or_default() += 1;
+    for t in &tensors {
+        *dtypes.entry(t.dtype.to_string()).or_default() += 1;
     }
     if json {
         let tensors: Vec<serde_json::Value> =
-            names.iter().map(|(n, d, s)| serde_json::json!({"name": n, "dtype": d, "shape": s})).collect();
+            tensors.iter().map(|t| serde_json::json!({"name": t.name, "dtype": t.dtype, "shape": t.shape})).collect();
         json_out(&serde_json::json!({
             "kind": kind, "tp": tp, "format_version": version, "total_bytes": total,
             "dtypes": dtypes, "specs": specs, "tensors": tensors,
@@ -429,7 +426,7 @@ fn inspect_command(dir: &Path, json: bool) -> Result<i32> {
                 version.map_or("none (written by the reference)".to_string(), |v| v.to_string())
             );
         }
-        println!("  tensors{}: {}", if kind == "sharded" { " per rank" } else { "" }, names.len());
+        println!("  tensors{}: {}", if kind == "sharded" { " per rank" } else { "" }, tensors.len());
         println!("  dtypes: {}", dtypes.iter().map(|(d, n)| format!("{d} ×{n}")).collect::<Vec<_>>().join(", "));
         println!("  total size: {}", human(total as u64));
         for s in &specs {
@@ -483,7 +480,7 @@ fn forward_command(
         }
         let diff = gl.to_f32_vec().iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         println!("max_abs_diff {diff:e}");
-        if !(diff <= 1e-4) {
+        if diff.is_nan() || diff > 1e-4 {
             eprintln!("error: max_abs_diff {diff:e} is above 1e-4");
             return Ok(EXIT_MISMATCH);
         }
@@ -523,7 +520,7 @@ fn quickstart(runner: Option<&dyn ForwardRunner>, model: &Path, work_dir: Option
             let g = crate::io::SafetensorsFile::open(&golden)?.tensor("logits")?.to_f32_vec();
             let diff = g.iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             println!("   logits {shape:?}, max_abs_diff {diff:e} (tolerance 1e-4)");
-            if !(diff <= 1e-4) {
+            if diff.is_nan() || diff > 1e-4 {
                 return Ok(EXIT_MISMATCH);
             }
         }

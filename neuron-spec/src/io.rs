@@ -489,7 +489,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
         _ => return Err(Error::Invalid(format!("invalid size {s:?}: unknown unit {unit:?}"))),
     };
     let bytes = v * mult;
-    if !(bytes >= 1.0) {
+    if bytes.is_nan() || bytes < 1.0 {
         return Err(Error::Invalid(format!("invalid size {s:?}: must be at least one byte")));
     }
     Ok(bytes as u64)

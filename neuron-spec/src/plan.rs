@@ -394,7 +394,10 @@ impl ShardPlan {
 }
 
 /// Splits [s, e) into the parts not in `covered` and the parts already in it.
-fn subtract(covered: &[(usize, usize)], s: usize, e: usize) -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+/// Half-open index ranges.
+type Ranges = Vec<(usize, usize)>;
+
+fn subtract(covered: &[(usize, usize)], s: usize, e: usize) -> (Ranges, Ranges) {
     let mut fresh = Vec::new();
     let mut dup = Vec::new();
     let mut cur = s;

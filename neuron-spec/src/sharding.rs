@@ -31,7 +31,7 @@ pub fn partition_plan(
         return Err(Error::Invalid(format!("tensor {}: partition stride 0", src.name)));
     }
     let per = per_partition_size(len, tp);
-    if per % stride != 0 {
+    if !per.is_multiple_of(stride) {
         return Err(Error::Invalid(format!(
             "tensor {}: per-partition size {per} (dim {dim} of length {len} over tp {tp}) is not divisible by stride {stride}",
             src.name

@@ -62,11 +62,7 @@ pub struct GqaQkvColumnParallelLinearSpec {
 
 /// The kv multiplier the reference's layers use: `max(1, tp / kv_heads)`.
 pub fn default_kv_size_multiplier(tp: usize, num_key_value_heads: usize) -> usize {
-    if num_key_value_heads == 0 {
-        1
-    } else {
-        (tp / num_key_value_heads).max(1)
-    }
+    tp.checked_div(num_key_value_heads).map_or(1, |m| m.max(1))
 }
 
 impl GqaQkvColumnParallelLinearSpec {
@@ -121,7 +117,7 @@ impl GqaQkvColumnParallelLinearSpec {
     /// The head size implied by the per-partition sizes.
     pub fn head_dim(&self) -> Result<usize> {
         let rows = self.q_output_size_per_partition * self.tp_size;
-        if self.num_attention_heads == 0 || rows % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !rows.is_multiple_of(self.num_attention_heads) {
             return Err(Error::spec(
                 Self::CLASS_NAME,
                 "q_output_size_per_partition",
@@ -175,7 +171,7 @@ impl GqaQkvColumnParallelLinearSpec {
             ));
         }
         let kv_per_rank = k * m / tp;
-        if (h / tp) % kv_per_rank != 0 || kv_per_rank > k {
+        if !(h / tp).is_multiple_of(kv_per_rank) || kv_per_rank > k {
             return Err(Error::spec(
                 c,
                 "kv_size_multiplier",
@@ -234,7 +230,7 @@ impl GqaQkvColumnParallelLinearSpec {
         }
         let heads_per_rank = h / tp_size;
         let kv_per_rank = k * m / tp_size;
-        if kv_per_rank == 0 || heads_per_rank % kv_per_rank != 0 {
+        if kv_per_rank == 0 || !heads_per_rank.is_multiple_of(kv_per_rank) {
             return Err(Error::spec(
                 c,
                 "kv_size_multiplier",
@@ -251,14 +247,13 @@ impl GqaQkvColumnParallelLinearSpec {
             ));
         }
         // keys_indices = repeat_interleave(arange(k).repeat(m), group_per_rank), chunked in tp pieces.
-        let keys: Vec<usize> =
-            (0..m).flat_map(|_| 0..k).flat_map(|x| std::iter::repeat(x).take(group_per_rank)).collect();
+        let keys: Vec<usize> = (0..m).flat_map(|_| 0..k).flat_map(|x| std::iter::repeat_n(x, group_per_rank)).collect();
         let keys_chunk = chunk(&keys, tp_size, tp_rank)?;
         // shift_within_query_group = repeat_interleave(arange(0, group, group_per_rank), nq_before), chunked.
         let ranks_for_all_kv = k / kv_per_rank;
         let nq_before = ranks_for_all_kv * heads_per_rank;
         let shifts: Vec<usize> =
-            (0..group).step_by(group_per_rank).flat_map(|x| std::iter::repeat(x).take(nq_before)).collect();
+            (0..group).step_by(group_per_rank).flat_map(|x| std::iter::repeat_n(x, nq_before)).collect();
         let shift_chunk = chunk(&shifts, tp_size, tp_rank)?;
         let mut out = Vec::with_capacity(heads_per_rank);
         for idx in 0..kv_per_rank {

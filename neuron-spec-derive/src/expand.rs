@@ -18,68 +18,69 @@ pub(crate) fn expand(s: &Struct) -> TokenStream {
         .map(|w| w.predicates.iter().collect::<Vec<_>>())
         .unwrap_or_default();
     let bounds = field_bounds(s, &live);
+    let trait_ = quote!(::neuron_spec::module::CustomModule);
 
-    // Mixed-site names cannot clash with the user's items (a `const prefix` would turn the parameter
-    // into a pattern); `_` where a struct without HF fields leaves a parameter unused.
-    let used = |name: &str, is_used: bool| {
-        if is_used {
-            Ident::new(name, Span::mixed_site()).into_token_stream()
-        } else {
+    // Parameters and locals are `__`-prefixed because an identifier pattern resolves to a constant of
+    // that name in scope (hygiene does not prevent it): a user's `const prefix` would make the parameter
+    // a pattern. Mixed-site spans keep them apart from the user's own locals.
+    let local = |name: &str| Ident::new(name, Span::mixed_site());
+    let (prefix, out, src, device, specs) = (
+        local("__prefix"),
+        local("__out"),
+        local("__src"),
+        local("__device"),
+        local("__specs"),
+    );
+    // A struct without HF fields uses no parameter; `_` keeps them from being reported unused.
+    let param = |ident: &Ident| {
+        if live.is_empty() {
             quote!(_)
+        } else {
+            ident.to_token_stream()
         }
     };
-    // Spec fields are HF fields, so a struct with specs always uses every parameter.
-    let has_live = !live.is_empty();
-    let prefix = used("prefix", has_live);
-    let out = used("out", has_live);
-    let src = used("src", has_live);
-    let device = used("device", has_live);
-    let prefix_in_children = Ident::new("prefix", Span::mixed_site());
+    let (prefix_param, out_param, src_param, device_param) =
+        (param(&prefix), param(&out), param(&src), param(&device));
 
-    let trait_ = quote!(::neuron_spec::module::CustomModule);
-    let calls = |method: &str,
-                 receiver: &dyn Fn(&Ident) -> TokenStream,
-                 rest: TokenStream|
-     -> Vec<TokenStream> {
+    // `<FieldType as CustomModule>::method(args)`, spanned on the field type so an unsatisfied bound
+    // points at it.
+    let call = |f: &Field, method: &str, receiver: TokenStream, rest: TokenStream| {
+        let (ty, hf) = (f.ty, f.hf_name());
         let method = Ident::new(method, Span::call_site());
-        live.iter()
-            .map(|f| {
-                let ty = f.ty;
-                let hf = f.hf_name();
-                let recv = receiver(f.member);
-                quote_spanned! {ty.span()=>
-                    <#ty as #trait_>::#method(#recv, &::neuron_spec::module::join_path(#prefix_in_children, #hf), #rest)
-                }
-            })
-            .collect()
+        quote_spanned! {ty.span()=>
+            <#ty as #trait_>::#method(#receiver, &::neuron_spec::module::join_path(#prefix, #hf), #rest)
+        }
     };
-    let by_ref = |m: &Ident| quote!(&self.#m);
-    let by_value = |m: &Ident| quote!(self.#m);
-    let out_ident = Ident::new("out", Span::mixed_site());
-    let src_ident = Ident::new("src", Span::mixed_site());
-    let device_ident = Ident::new("device", Span::mixed_site());
-
-    let collect_specs = calls("collect_specs", &by_ref, quote!(#out_ident));
-    let collect_metadata = calls("collect_parameter_metadata", &by_ref, quote!(#out_ident));
-    let save = calls("save_rank_tensors", &by_ref, quote!(#out_ident));
-    let loaded = calls(
-        "load_rank_tensors",
-        &by_value,
-        quote!(#src_ident, #device_ident),
-    );
+    let by_ref = |f: &Field| {
+        let m = f.member;
+        quote!(&self.#m)
+    };
+    let collect_specs = live
+        .iter()
+        .map(|f| call(f, "collect_specs", by_ref(f), quote!(#out)));
+    let collect_metadata = live
+        .iter()
+        .map(|f| call(f, "collect_parameter_metadata", by_ref(f), quote!(#out)));
+    let save = live
+        .iter()
+        .map(|f| call(f, "save_rank_tensors", by_ref(f), quote!(#out)));
     let tp_contexts = live.iter().map(|f| {
         let (ty, m) = (f.ty, f.member);
-        quote_spanned!(ty.span()=> <#ty as #trait_>::collect_tp_contexts(&self.#m, #out_ident))
+        quote_spanned!(ty.span()=> <#ty as #trait_>::collect_tp_contexts(&self.#m, #out))
     });
-    // Fields out of the HF tree are moved over untouched.
+    // HF fields are loaded; the others are moved over untouched.
     let rebuilt = s.fields.iter().map(|f| {
         let m = f.member;
-        match live.iter().position(|l| l.member == m) {
-            Some(i) => {
-                let call = &loaded[i];
-                quote!(#m: #call?)
-            }
-            None => quote!(#m: self.#m),
+        if f.skip.is_some() {
+            quote!(#m: self.#m)
+        } else {
+            let load = call(
+                f,
+                "load_rank_tensors",
+                quote!(self.#m),
+                quote!(#src, #device),
+            );
+            quote!(#m: #load?)
         }
     });
 
@@ -87,11 +88,10 @@ pub(crate) fn expand(s: &Struct) -> TokenStream {
     let push_own = if own_specs.is_empty() {
         quote!()
     } else {
-        let specs = Ident::new("specs", Span::mixed_site());
         quote! {
             let #specs = ::std::vec![#(#own_specs),*];
-            #out_ident.push(::neuron_spec::specs::ModelWeightTransformationSpecs {
-                module_fully_qualified_name: ::std::string::ToString::to_string(#prefix_in_children),
+            #out.push(::neuron_spec::specs::ModelWeightTransformationSpecs {
+                module_fully_qualified_name: ::std::string::ToString::to_string(#prefix),
                 specs: #specs,
             });
         }
@@ -102,8 +102,8 @@ pub(crate) fn expand(s: &Struct) -> TokenStream {
         impl #impl_generics #trait_ for #name #ty_generics where #(#predicates,)* #(#bounds,)* {
             fn collect_specs(
                 &self,
-                #prefix: &str,
-                #out: &mut ::std::vec::Vec<::neuron_spec::specs::ModelWeightTransformationSpecs>,
+                #prefix_param: &str,
+                #out_param: &mut ::std::vec::Vec<::neuron_spec::specs::ModelWeightTransformationSpecs>,
             ) -> ::neuron_spec::Result<()> {
                 #push_own
                 #(#collect_specs?;)*
@@ -112,30 +112,33 @@ pub(crate) fn expand(s: &Struct) -> TokenStream {
 
             fn collect_parameter_metadata(
                 &self,
-                #prefix: &str,
-                #out: &mut ::neuron_spec::__private::IndexMap<::std::string::String, ::neuron_spec::metadata::ParameterMetadata>,
+                #prefix_param: &str,
+                #out_param: &mut ::neuron_spec::__private::IndexMap<
+                    ::std::string::String,
+                    ::neuron_spec::metadata::ParameterMetadata,
+                >,
             ) -> ::neuron_spec::Result<()> {
                 #(#collect_metadata?;)*
                 ::core::result::Result::Ok(())
             }
 
-            fn collect_tp_contexts(&self, #out: &mut ::std::vec::Vec<::neuron_spec::module::TpContext>) {
+            fn collect_tp_contexts(&self, #out_param: &mut ::std::vec::Vec<::neuron_spec::module::TpContext>) {
                 #(#tp_contexts;)*
             }
 
             fn load_rank_tensors(
                 self,
-                #prefix: &str,
-                #src: &dyn ::neuron_spec::plan::TensorSource,
-                #device: &::neuron_spec::__private::Device,
+                #prefix_param: &str,
+                #src_param: &dyn ::neuron_spec::plan::TensorSource,
+                #device_param: &::neuron_spec::__private::Device,
             ) -> ::neuron_spec::Result<Self> {
                 ::core::result::Result::Ok(Self { #(#rebuilt,)* })
             }
 
             fn save_rank_tensors(
                 &self,
-                #prefix: &str,
-                #out: &mut ::neuron_spec::tensor::StateDict,
+                #prefix_param: &str,
+                #out_param: &mut ::neuron_spec::tensor::StateDict,
             ) -> ::neuron_spec::Result<()> {
                 #(#save?;)*
                 ::core::result::Result::Ok(())

@@ -122,7 +122,9 @@ fn parse_spec(attr: &Attribute, errors: &mut Errors) -> syn::Result<Option<SpecA
             attr,
             "#[fused_linears(gate_proj, up_proj)]: the HF names of the fused linears",
         )?;
-        let names = list.parse_args_with(Punctuated::<Ident, Token![,]>::parse_terminated)?;
+        let names = list.parse_args_with(|input: ParseStream| {
+            Punctuated::<Ident, Token![,]>::parse_terminated_with(input, parse_name)
+        })?;
         SpecKind::FusedLinears(names.into_iter().collect())
     } else {
         let list = require_list(
@@ -152,9 +154,22 @@ impl Parse for Entry {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let key = input.parse()?;
         input.parse::<Token![=]>()?;
-        let value = input.parse()?;
+        let value = parse_name(input)?;
         Ok(Entry { key, value })
     }
+}
+
+/// An HF name in a spec attribute: an identifier. A quoted name gets a hint instead of syn's bare
+/// "expected identifier".
+fn parse_name(input: ParseStream) -> syn::Result<Ident> {
+    if input.peek(LitStr) {
+        let lit: LitStr = input.parse()?;
+        return Err(syn::Error::new(
+            lit.span(),
+            "write the HF name as an identifier, without quotes (only #[hf(rename)] takes a string)",
+        ));
+    }
+    input.parse()
 }
 
 /// Assigns `q`/`k`/`v`/`o`, recording unknown, duplicate and missing keys; `None` if any was wrong.

@@ -49,7 +49,7 @@ fn check_specs(s: &Struct, field: &Field, errors: &mut Errors) {
     let Some(first) = field.specs.first() else {
         return;
     };
-    for extra in &field.specs[1..] {
+    for extra in field.specs.iter().skip(1) {
         errors.push(syn::Error::new(
             extra.name.span(),
             format!(
@@ -59,11 +59,15 @@ fn check_specs(s: &Struct, field: &Field, errors: &mut Errors) {
         ));
     }
     if let Some(found) = not_a_layer(field.ty) {
+        let example = match first.kind {
+            SpecKind::FusedLinears(_) => "ColumnParallelLinear",
+            SpecKind::GqaQkv(_) => "GqaQkvColumnParallelLinear",
+        };
         errors.push(syn::Error::new_spanned(
             field.ty,
             format!(
-                "#[{}] must be on a field holding one layer, of a plain path type like `ColumnParallelLinear`; \
-                 found {found}",
+                "#[{}] must be on a field holding exactly one layer, of a plain path type like `{example}`, \
+                 not {found}",
                 first.name
             ),
         ));
@@ -92,9 +96,7 @@ fn not_a_layer(ty: &Type) -> Option<String> {
             let last = p.path.segments.last()?;
             let name = last.ident.to_string();
             if is_container_ident(&name) {
-                Some(format!(
-                    "`{name}<..>`; put the attribute on the layer field inside the element type"
-                ))
+                Some(format!("`{name}<..>`"))
             } else if is_primitive_ident(&name) {
                 Some(format!("the primitive `{name}`"))
             } else {

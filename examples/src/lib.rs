@@ -83,7 +83,6 @@
 
 mod model;
 mod run;
-mod tree_impls;
 
 pub use model::{LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMlp, LlamaModel, LlamaOutput};
 pub use run::{

@@ -12,10 +12,10 @@ use neuron_spec::layers::{
 };
 use neuron_spec::llama::LlamaConfig;
 use neuron_spec::module::TpContext;
-use neuron_spec::{Error, Result};
+use neuron_spec::{CustomModule, Error, Result};
 
 /// Causal LM: the decoder stack and the vocab-parallel head (`None` when tied to `embed_tokens`).
-#[derive(Module, Debug)]
+#[derive(Module, CustomModule, Debug)]
 pub struct LlamaForCausalLM {
     /// The decoder stack.
     pub model: LlamaModel,
@@ -24,7 +24,7 @@ pub struct LlamaForCausalLM {
 }
 
 /// Embeddings, decoder layers and the final norm.
-#[derive(Module, Debug)]
+#[derive(Module, CustomModule, Debug)]
 pub struct LlamaModel {
     /// Vocab-parallel token embeddings.
     pub embed_tokens: ParallelEmbedding,
@@ -35,7 +35,7 @@ pub struct LlamaModel {
 }
 
 /// One pre-norm decoder layer.
-#[derive(Module, Debug)]
+#[derive(Module, CustomModule, Debug)]
 pub struct LlamaDecoderLayer {
     /// Self-attention.
     pub self_attn: LlamaAttention,
@@ -48,9 +48,10 @@ pub struct LlamaDecoderLayer {
 }
 
 /// Eager causal GQA attention with RoPE; q/k/v/o are split by heads across ranks.
-#[derive(Module, Debug)]
+#[derive(Module, CustomModule, Debug)]
 pub struct LlamaAttention {
     /// q/k/v of this rank's heads (the HF q_proj, k_proj, v_proj).
+    #[gqa_qkv(q = q_proj, k = k_proj, v = v_proj, o = o_proj)]
     pub qkv_proj: GqaQkvColumnParallelLinear,
     /// Output projection, row-parallel over the heads.
     pub o_proj: RowParallelLinear,
@@ -61,9 +62,10 @@ pub struct LlamaAttention {
 }
 
 /// SwiGLU MLP with gate_proj and up_proj fused into one column-parallel layer.
-#[derive(Module, Debug)]
+#[derive(Module, CustomModule, Debug)]
 pub struct LlamaMlp {
     /// `[gate_local | up_local]` outputs.
+    #[fused_linears(gate_proj, up_proj)]
     pub gate_up_proj: ColumnParallelLinear,
     /// Row-parallel down projection.
     pub down_proj: RowParallelLinear,

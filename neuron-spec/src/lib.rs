@@ -41,6 +41,18 @@ pub mod staging;
 pub mod synthetic;
 pub mod tensor;
 
+// The derive emits `::neuron_spec::...` paths; this makes them resolve inside this crate too.
+extern crate self as neuron_spec;
+
+pub use neuron_spec_derive::CustomModule;
+
+/// Types the derive's generated code names, so a model crate needs no direct `burn`/`indexmap` dependency.
+#[doc(hidden)]
+pub mod __private {
+    pub use burn::tensor::Device;
+    pub use indexmap::IndexMap;
+}
+
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use metadata::{CheckpointMetadata, ParameterMetadata};

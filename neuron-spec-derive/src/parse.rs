@@ -1,0 +1,320 @@
+//! syn → [`ast`](crate::ast): the grammar of the attributes.
+//!
+//! A shape the derive cannot handle at all (enum, union, tuple struct) stops here. Anything wrong inside
+//! an attribute is recorded and parsing goes on, so `validate` still sees every other field.
+
+use crate::ast::{name_of, Field, GqaQkv, Skip, SpecAttr, SpecKind, Struct};
+use crate::errors::Errors;
+use quote::ToTokens;
+use syn::parse::{Parse, ParseStream, Parser};
+use syn::punctuated::Punctuated;
+use syn::{Attribute, Data, DeriveInput, Expr, ExprLit, Fields, Ident, Lit, LitStr, Meta, MetaList, Token, Type};
+
+/// The attributes this derive owns (declared as helpers on the derive).
+const HELPERS: [&str; 3] = ["fused_linears", "gqa_qkv", "hf"];
+
+/// Parses the input; `Err` only when it is not a struct with named fields (or a unit struct).
+pub(crate) fn parse<'a>(input: &'a DeriveInput, errors: &mut Errors) -> syn::Result<Struct<'a>> {
+    let fields = match &input.data {
+        Data::Struct(data) => match &data.fields {
+            Fields::Named(named) => named.named.iter().collect(),
+            Fields::Unit => Vec::new(),
+            Fields::Unnamed(unnamed) => {
+                return Err(syn::Error::new_spanned(
+                    unnamed,
+                    "#[derive(CustomModule)] needs named fields: HF paths are built from field names, \
+                     and a tuple struct has none",
+                ))
+            }
+        },
+        Data::Enum(data) => {
+            return Err(syn::Error::new(
+                data.enum_token.span,
+                "#[derive(CustomModule)] supports only structs: an enum has no fixed HF module layout",
+            ))
+        }
+        Data::Union(data) => {
+            return Err(syn::Error::new(
+                data.union_token.span,
+                "#[derive(CustomModule)] supports only structs: a union has no fixed HF module layout",
+            ))
+        }
+    };
+
+    for attr in &input.attrs {
+        if HELPERS.iter().any(|h| attr.path().is_ident(h)) {
+            errors.push(syn::Error::new_spanned(
+                attr.path(),
+                "this attribute goes on a field of the struct, not on the struct itself",
+            ));
+        }
+    }
+
+    let fields = fields
+        .into_iter()
+        .filter_map(|field| {
+            // Named fields always have an ident; nothing to report if not.
+            let member = field.ident.as_ref()?;
+            Some(parse_field(member, &field.ty, &field.attrs, errors))
+        })
+        .collect();
+    Ok(Struct { ident: &input.ident, generics: &input.generics, fields })
+}
+
+fn parse_field<'a>(member: &'a Ident, ty: &'a Type, attrs: &[Attribute], errors: &mut Errors) -> Field<'a> {
+    let mut field = Field { member, ty, rename: None, skip: None, specs: Vec::new() };
+    let mut hf_skip = false;
+    for attr in attrs {
+        let path = attr.path();
+        if path.is_ident("fused_linears") || path.is_ident("gqa_qkv") {
+            match parse_spec(attr, errors) {
+                Ok(Some(spec)) => field.specs.push(spec),
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        } else if path.is_ident("hf") {
+            if let Err(e) = parse_hf(attr, &mut field.rename, &mut hf_skip, errors) {
+                errors.push(e);
+            }
+        } else if path.is_ident("module") && has_burn_skip(attr) {
+            field.skip = Some(Skip::Burn);
+        }
+    }
+    if hf_skip {
+        field.skip = Some(Skip::Hf);
+    } else if field.skip.is_none() && is_constant_type(ty) {
+        field.skip = Some(Skip::Constant);
+    }
+    field
+}
+
+/// The attribute's `name(..)` list, or an error showing the expected form.
+fn require_list<'m>(attr: &'m Attribute, expected: &str) -> syn::Result<&'m MetaList> {
+    match &attr.meta {
+        Meta::List(list) => Ok(list),
+        other => Err(syn::Error::new_spanned(other, format!("expected {expected}"))),
+    }
+}
+
+/// `#[fused_linears(a, b)]` or `#[gqa_qkv(q = .., k = .., v = .., o = ..)]`. `Ok(None)` when the
+/// errors are already recorded.
+fn parse_spec(attr: &Attribute, errors: &mut Errors) -> syn::Result<Option<SpecAttr>> {
+    let Some(name) = attr.path().get_ident().cloned() else {
+        return Ok(None);
+    };
+    let kind = if name == "fused_linears" {
+        let list = require_list(attr, "#[fused_linears(gate_proj, up_proj)]: the HF names of the fused linears")?;
+        let names = list.parse_args_with(|input: ParseStream| {
+            Punctuated::<Ident, Token![,]>::parse_terminated_with(input, parse_name)
+        })?;
+        SpecKind::FusedLinears(names.into_iter().collect())
+    } else {
+        let list = require_list(attr, "#[gqa_qkv(q = q_proj, k = k_proj, v = v_proj, o = o_proj)]")?;
+        let entries = list.parse_args_with(Punctuated::<Entry, Token![,]>::parse_terminated)?;
+        match gqa_from_entries(&name, entries, errors) {
+            Some(gqa) => SpecKind::GqaQkv(gqa),
+            None => return Ok(None),
+        }
+    };
+    Ok(Some(SpecAttr { name, meta: attr.meta.to_token_stream(), kind }))
+}
+
+/// `key = value` in #[gqa_qkv], both identifiers.
+struct Entry {
+    key: Ident,
+    value: Ident,
+}
+
+impl Parse for Entry {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let key = input.parse()?;
+        input.parse::<Token![=]>()?;
+        let value = parse_name(input)?;
+        Ok(Entry { key, value })
+    }
+}
+
+/// An HF name in a spec attribute: an identifier. A quoted name gets a hint instead of syn's bare
+/// "expected identifier".
+fn parse_name(input: ParseStream) -> syn::Result<Ident> {
+    if input.peek(LitStr) {
+        let lit: LitStr = input.parse()?;
+        return Err(syn::Error::new(
+            lit.span(),
+            "write the HF name as an identifier, without quotes (only #[hf(rename)] takes a string)",
+        ));
+    }
+    input.parse()
+}
+
+/// Assigns `q`/`k`/`v`/`o`, recording unknown, duplicate and missing keys; `None` if any was wrong.
+fn gqa_from_entries(name: &Ident, entries: Punctuated<Entry, Token![,]>, errors: &mut Errors) -> Option<GqaQkv> {
+    const KEYS: [&str; 4] = ["q", "k", "v", "o"];
+    let mut slots: [Option<Ident>; 4] = Default::default();
+    let mut ok = true;
+    for Entry { key, value } in entries {
+        let key_name = name_of(&key);
+        let Some(i) = KEYS.iter().position(|k| *k == key_name) else {
+            errors.push(syn::Error::new(
+                key.span(),
+                format!("unknown key `{key_name}` in #[gqa_qkv]; expected `q`, `k`, `v` and `o`"),
+            ));
+            ok = false;
+            continue;
+        };
+        if slots[i].is_some() {
+            errors.push(syn::Error::new(key.span(), format!("duplicate key `{key_name}` in #[gqa_qkv]")));
+            ok = false;
+            continue;
+        }
+        slots[i] = Some(value);
+    }
+    let missing: Vec<String> =
+        KEYS.iter().zip(&slots).filter(|(_, s)| s.is_none()).map(|(k, _)| format!("`{k}`")).collect();
+    if !missing.is_empty() {
+        errors.push(syn::Error::new(
+            name.span(),
+            format!(
+                "#[gqa_qkv] is missing {}; it needs all of q, k, v (the HF projections this layer replaces) \
+                 and o (the sibling output projection)",
+                missing.join(", ")
+            ),
+        ));
+        return None;
+    }
+    let [Some(q), Some(k), Some(v), Some(o)] = slots else {
+        return None;
+    };
+    ok.then_some(GqaQkv { q, k, v, o })
+}
+
+/// `#[hf(rename = "..")]`, `#[hf(skip)]` or both options in one list; options may be split over several
+/// `#[hf]` attributes but not repeated.
+fn parse_hf(attr: &Attribute, rename: &mut Option<LitStr>, skip: &mut bool, errors: &mut Errors) -> syn::Result<()> {
+    let list = require_list(attr, "#[hf(rename = \"hf_name\")] or #[hf(skip)]")?;
+    let options = list.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)?;
+    for option in options {
+        let path = option.path();
+        if path.is_ident("skip") {
+            if !matches!(option, Meta::Path(_)) {
+                errors.push(syn::Error::new_spanned(&option, "`skip` takes no value: #[hf(skip)]"));
+            } else if *skip {
+                errors.push(syn::Error::new_spanned(path, "duplicate #[hf] option `skip`"));
+            } else {
+                *skip = true;
+            }
+        } else if path.is_ident("rename") {
+            let lit = match &option {
+                Meta::NameValue(nv) => match &nv.value {
+                    Expr::Lit(ExprLit { lit: Lit::Str(lit), .. }) => Some(lit.clone()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            match lit {
+                None => errors.push(syn::Error::new_spanned(&option, "expected `rename = \"hf_name\"`")),
+                Some(_) if rename.is_some() => {
+                    errors.push(syn::Error::new_spanned(path, "duplicate #[hf] option `rename`"))
+                }
+                Some(lit) => *rename = Some(lit),
+            }
+        } else {
+            errors.push(syn::Error::new_spanned(
+                path,
+                format!("unknown #[hf] option `{}`; expected `rename = \"hf_name\"` or `skip`", path.to_token_stream()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether burn's `#[module(..)]` says `skip`. Malformed content is burn's derive's to report.
+fn has_burn_skip(attr: &Attribute) -> bool {
+    let Meta::List(list) = &attr.meta else {
+        return false;
+    };
+    Punctuated::<Meta, Token![,]>::parse_terminated
+        .parse2(list.tokens.clone())
+        .is_ok_and(|options| options.iter().any(|m| m.path().is_ident("skip")))
+}
+
+/// Primitive names burn's `Module` derive treats as constants.
+pub(crate) fn is_primitive_ident(name: &str) -> bool {
+    matches!(
+        name,
+        "bool"
+            | "char"
+            | "str"
+            | "u8"
+            | "u16"
+            | "u32"
+            | "u64"
+            | "u128"
+            | "usize"
+            | "i8"
+            | "i16"
+            | "i32"
+            | "i64"
+            | "i128"
+            | "isize"
+            | "f32"
+            | "f64"
+            | "String"
+    )
+}
+
+/// Containers that hold several values or an optional one; a spec attribute never sits on one, and
+/// burn treats one of constants as a constant.
+pub(crate) fn is_container_ident(name: &str) -> bool {
+    matches!(
+        name,
+        "Option"
+            | "Result"
+            | "Vec"
+            | "Box"
+            | "Rc"
+            | "Arc"
+            | "Weak"
+            | "HashMap"
+            | "BTreeMap"
+            | "HashSet"
+            | "BTreeSet"
+            | "VecDeque"
+            | "LinkedList"
+            | "BinaryHeap"
+            | "PhantomData"
+            | "Cell"
+            | "RefCell"
+            | "Mutex"
+            | "RwLock"
+    )
+}
+
+/// Whether burn's `Module` derive treats the type as a constant rather than a module (same rule as
+/// burn-derive 0.22: primitives, `String`, and tuples, arrays, references and known containers of them),
+/// so such a field needs no `#[module(skip)]` and is not part of the HF tree either.
+fn is_constant_type(ty: &Type) -> bool {
+    match ty {
+        Type::Path(p) => p.path.segments.last().is_some_and(|seg| {
+            let name = seg.ident.to_string();
+            is_primitive_ident(&name)
+                || match &seg.arguments {
+                    syn::PathArguments::AngleBracketed(args) if is_container_ident(&name) => {
+                        args.args.iter().all(|a| match a {
+                            syn::GenericArgument::Type(t) => is_constant_type(t),
+                            _ => false,
+                        })
+                    }
+                    _ => false,
+                }
+        }),
+        Type::Tuple(t) => t.elems.iter().all(is_constant_type),
+        Type::Array(a) => is_constant_type(&a.elem),
+        Type::Reference(r) => is_constant_type(&r.elem),
+        Type::Ptr(p) => is_constant_type(&p.elem),
+        Type::Paren(p) => is_constant_type(&p.elem),
+        Type::Group(g) => is_constant_type(&g.elem),
+        Type::Slice(s) => is_constant_type(&s.elem),
+        _ => false,
+    }
+}

@@ -1,0 +1,11 @@
+#![allow(dead_code)]
+struct Linear;
+
+#[derive(neuron_spec::CustomModule)]
+struct Mlp {
+    #[fused_linears]
+    gate_up_proj: Linear,
+    down_proj: Linear,
+}
+
+fn main() {}

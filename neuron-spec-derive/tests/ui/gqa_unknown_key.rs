@@ -1,0 +1,12 @@
+#![allow(dead_code)]
+struct Qkv;
+struct Linear;
+
+#[derive(neuron_spec::CustomModule)]
+struct Attention {
+    #[gqa_qkv(q = q_proj, k = k_proj, v = v_proj, o = o_proj, out = o_proj)]
+    qkv_proj: Qkv,
+    o_proj: Linear,
+}
+
+fn main() {}

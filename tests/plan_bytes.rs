@@ -3,13 +3,13 @@
 mod common;
 use common::*;
 use neuron_spec::{adapt_state_dict, HostTensor, PlanOptions, TensorInfo, TensorSource};
-use std::cell::Cell;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Counts the bytes handed out; a whole-tensor read counts the whole tensor.
 struct Counting<S> {
     inner: S,
-    bytes: Cell<usize>,
+    bytes: AtomicUsize,
 }
 
 impl<S: TensorSource> TensorSource for Counting<S> {
@@ -18,7 +18,7 @@ impl<S: TensorSource> TensorSource for Counting<S> {
     }
     fn tensor(&self, name: &str) -> neuron_spec::Result<HostTensor> {
         let t = self.inner.tensor(name)?;
-        self.bytes.set(self.bytes.get() + t.bytes().len());
+        self.bytes.fetch_add(t.bytes().len(), Ordering::Relaxed);
         Ok(t)
     }
     fn names(&self) -> Vec<String> {
@@ -26,7 +26,7 @@ impl<S: TensorSource> TensorSource for Counting<S> {
     }
     fn read_slice(&self, name: &str, dim: usize, offset: usize, len: usize) -> neuron_spec::Result<HostTensor> {
         let t = self.inner.read_slice(name, dim, offset, len)?;
-        self.bytes.set(self.bytes.get() + t.bytes().len());
+        self.bytes.fetch_add(t.bytes().len(), Ordering::Relaxed);
         Ok(t)
     }
 }
@@ -43,13 +43,13 @@ fn plan_json_bytes_equal_the_bytes_sharding_reads() {
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let planned: Vec<usize> =
             v["bytes_read_per_rank"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
-        let src = Counting { inner: hf(dir), bytes: Cell::new(0) };
+        let src = Counting { inner: hf(dir), bytes: AtomicUsize::new(0) };
         let meta = layout(dir, tp, fuse);
         let total = hf(dir).total_bytes();
         for (rank, p) in planned.iter().enumerate() {
-            src.bytes.set(0);
+            src.bytes.store(0, Ordering::Relaxed);
             adapt_state_dict(&meta, &src, tp, rank, PlanOptions::default()).unwrap();
-            assert_eq!(src.bytes.get(), *p, "{dir} tp{tp} rank {rank}");
+            assert_eq!(src.bytes.load(Ordering::Relaxed), *p, "{dir} tp{tp} rank {rank}");
             assert!(*p < total, "a rank reads less than the whole checkpoint");
         }
     }

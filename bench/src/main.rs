@@ -157,22 +157,28 @@ fn run_op(a: &[String]) -> Res<()> {
             generate(&get(1)?, &shape, 50_000_000)?;
         }
         Some("floor") => {
-            // Read every input file once, write `bytes` bytes to one output file.
+            // A plain file copy of every input (`cp`: copy_file_range), then the difference up to `bytes`
+            // output bytes, fsynced like ours.
             let out = get(1)?;
             let bytes: u64 = a.get(2).ok_or("bytes")?.parse()?;
-            let mut buf = vec![0u8; 8 << 20];
-            for f in &a[3..] {
-                let mut r = std::fs::File::open(f)?;
-                while r.read(&mut buf)? > 0 {}
+            std::fs::create_dir_all(&out)?;
+            let mut copied = 0u64;
+            for (i, f) in a[3..].iter().enumerate() {
+                let dst = out.join(format!("{i}.bin"));
+                copied += std::fs::copy(f, &dst)?;
+                std::fs::File::open(&dst)?.sync_all()?;
             }
-            let mut w = std::fs::File::create(&out)?;
-            let mut left = bytes;
-            while left > 0 {
-                let n = left.min(buf.len() as u64) as usize;
-                w.write_all(&buf[..n])?;
-                left -= n as u64;
+            if bytes > copied {
+                let mut w = std::fs::File::create(out.join("extra.bin"))?;
+                let buf = vec![0u8; 8 << 20];
+                let mut left = bytes - copied;
+                while left > 0 {
+                    let n = left.min(buf.len() as u64) as usize;
+                    w.write_all(&buf[..n])?;
+                    left -= n as u64;
+                }
+                w.sync_all()?;
             }
-            w.sync_all()?;
         }
         other => return Err(format!("unknown op {other:?}").into()),
     }
@@ -219,13 +225,13 @@ fn measure(name: &str, inputs: &[PathBuf], op: &[&str], out: &Path, dir: &Path) 
     let (ours_s, rss) = child(op)?;
     let written = dir_bytes(out)?;
     let read: u64 = inputs.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
-    let floor_out = dir.join("floor.bin");
+    let floor_out = dir.join("floor");
     let mut fargs: Vec<String> = vec!["floor".into(), p(&floor_out).into(), written.to_string()];
     fargs.extend(inputs.iter().map(|f| p(f).to_string()));
     warm(inputs)?;
     let fa: Vec<&str> = fargs.iter().map(String::as_str).collect();
     let (floor_s, _) = child(&fa)?;
-    let _ = std::fs::remove_file(&floor_out);
+    let _ = std::fs::remove_dir_all(&floor_out);
     println!("{name}: ours {ours_s:.2}s, floor {floor_s:.2}s, ratio {:.2}, peak RSS {}", ours_s / floor_s, human(rss));
     Ok(Row { name: name.into(), ours_s, floor_s, rss, read, written })
 }

@@ -7,9 +7,13 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::io::{write_file_synced, write_hf_checkpoint, write_safetensors, HfCheckpoint, SafetensorsFile};
+use crate::io::{
+    hf_file_groups, safetensors_order, write_file_synced, write_hf_checkpoint, write_safetensors, HfCheckpoint,
+    SafetensorsFile,
+};
 use crate::metadata::{CheckpointMetadata, RankFileEntry, FORMAT_VERSION};
 use crate::model::{consolidation_plan, plan_shards, PlanOptions};
+use crate::pipeline::with_prefetch;
 use crate::plan::{ShardPlan, TensorInfo, TensorPlan, TensorSource};
 use crate::staging::Staging;
 use std::collections::BTreeMap;
@@ -139,26 +143,43 @@ pub(crate) fn write_sharded(
     meta.rank_files.clear();
     let total: usize = plan.ranks.iter().flatten().map(TensorPlan::nbytes).sum();
     let bar = crate::progress::bytes_bar(progress, total as u64, "writing ranks");
-    for (rank, tensors) in plan.ranks.iter().enumerate() {
-        let path = ranks_dir.join(rank_file_name(rank));
-        let infos: Vec<TensorInfo> = tensors.iter().map(TensorPlan::info).collect();
+    // Every rank file's tensors in the order the writer asks for them, so one helper thread can compute
+    // them one ahead of the writes, across file boundaries.
+    let per_rank: Vec<Vec<TensorInfo>> = plan
+        .ranks
+        .iter()
+        .map(|ts| {
+            let mut infos: Vec<TensorInfo> = ts.iter().map(TensorPlan::info).collect();
+            safetensors_order(&mut infos);
+            infos
+        })
+        .collect();
+    let mut order = Vec::new();
+    for (infos, tensors) in per_rank.iter().zip(&plan.ranks) {
         let by_name: BTreeMap<&str, &TensorPlan> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
-        let w = write_safetensors(&path, &infos, &rank_meta, &mut |info| {
-            let t =
-                by_name.get(info.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", info.name)))?;
-            let out = t.execute(sources)?;
-            bar.inc(out.bytes().len() as u64);
-            Ok(out)
-        })?;
-        report.bytes_written += w.size;
-        meta.rank_files.push(RankFileEntry {
-            file: rank_file_name(rank),
-            size: w.size,
-            xxh3_64: format!("{:016x}", w.xxh3),
-        });
-        report.tensors += infos.len();
-        report.files.push(out_dir.join(RANKS_DIR).join(rank_file_name(rank)));
+        for i in infos {
+            order.push(*by_name.get(i.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", i.name)))?);
+        }
     }
+    with_prefetch(&order, &|t| t.execute(sources), |next| {
+        for (rank, infos) in per_rank.iter().enumerate() {
+            let path = ranks_dir.join(rank_file_name(rank));
+            let w = write_safetensors(&path, infos, &rank_meta, &mut |info| {
+                let out = next(info)?;
+                bar.inc(out.bytes().len() as u64);
+                Ok(out)
+            })?;
+            report.bytes_written += w.size;
+            meta.rank_files.push(RankFileEntry {
+                file: rank_file_name(rank),
+                size: w.size,
+                xxh3_64: format!("{:016x}", w.xxh3),
+            });
+            report.tensors += infos.len();
+            report.files.push(out_dir.join(RANKS_DIR).join(rank_file_name(rank)));
+        }
+        Ok(())
+    })?;
     bar.finish_and_clear();
     write_file_synced(&root.join(METADATA_PATH), meta.to_json()?.as_bytes())?;
     copy_config(config_dir, root)?;
@@ -274,11 +295,18 @@ pub fn consolidate(sharded_dir: &Path, out_dir: &Path, opts: &WriteOptions) -> R
     let by_name: BTreeMap<&str, &TensorPlan> = inverse.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut report = Report { tensors: infos.len(), ..Default::default() };
     let bar = crate::progress::bytes_bar(opts.progress, infos.iter().map(|i| i.nbytes() as u64).sum(), "consolidating");
-    let files = write_hf_checkpoint(staging.path(), &infos, opts.max_shard_size, &mut |info| {
-        let t = by_name.get(info.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", info.name)))?;
-        let out = crate::model::consolidate_tensor(t, &sources, opts.kv_replicas)?;
-        bar.inc(out.bytes().len() as u64);
-        Ok(out)
+    let order = hf_file_groups(&infos, opts.max_shard_size)
+        .into_iter()
+        .flatten()
+        .map(|i| by_name.get(i.name.as_str()).copied().ok_or_else(|| Error::Invalid(format!("no plan for {}", i.name))))
+        .collect::<Result<Vec<_>>>()?;
+    let compute = |t: &TensorPlan| crate::model::consolidate_tensor(t, &sources, opts.kv_replicas);
+    let files = with_prefetch(&order, &compute, |next| {
+        write_hf_checkpoint(staging.path(), &infos, opts.max_shard_size, &mut |info| {
+            let out = next(info)?;
+            bar.inc(out.bytes().len() as u64);
+            Ok(out)
+        })
     })?;
     bar.finish_and_clear();
     report.bytes_written = infos.iter().map(|i| i.nbytes() as u64).sum();

@@ -316,6 +316,29 @@ pub fn safetensors_order(infos: &mut [TensorInfo]) {
     infos.sort_by(|a, b| b.dtype.size().cmp(&a.dtype.size()).then_with(|| a.name.cmp(&b.name)));
 }
 
+/// The tensors of an HF checkpoint grouped into files of at most `max_shard_size` bytes, in the given order,
+/// each file's tensors in safetensors order: the order [`write_hf_checkpoint`] asks for them.
+pub fn hf_file_groups(tensors: &[TensorInfo], max_shard_size: Option<u64>) -> Vec<Vec<TensorInfo>> {
+    let max = max_shard_size.unwrap_or(u64::MAX);
+    let mut shards: Vec<Vec<TensorInfo>> = vec![vec![]];
+    let mut cur = 0u64;
+    for t in tensors {
+        let n = t.nbytes() as u64;
+        if cur > 0 && cur + n > max {
+            shards.push(vec![]);
+            cur = 0;
+        }
+        if let Some(last) = shards.last_mut() {
+            last.push(t.clone());
+        }
+        cur += n;
+    }
+    for s in &mut shards {
+        safetensors_order(s);
+    }
+    shards
+}
+
 /// Size and xxh3-64 checksum of a written file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Written {
@@ -422,24 +445,11 @@ pub fn write_hf_checkpoint(
     max_shard_size: Option<u64>,
     fill: &mut dyn FnMut(&TensorInfo) -> Result<HostTensor>,
 ) -> Result<Vec<PathBuf>> {
-    let max = max_shard_size.unwrap_or(u64::MAX);
-    let mut shards: Vec<Vec<TensorInfo>> = vec![vec![]];
-    let mut cur = 0u64;
-    for t in tensors {
-        let n = t.nbytes() as u64;
-        if cur > 0 && cur + n > max {
-            shards.push(vec![]);
-            cur = 0;
-        }
-        if let Some(last) = shards.last_mut() {
-            last.push(t.clone());
-        }
-        cur += n;
-    }
+    let shards = hf_file_groups(tensors, max_shard_size);
     let meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     if shards.len() == 1 {
         let p = dir.join(SINGLE_FILE);
-        write_safetensors(&p, tensors, &meta, fill)?;
+        write_safetensors(&p, &shards[0], &meta, fill)?;
         return Ok(vec![p]);
     }
     let n = shards.len();

@@ -32,6 +32,7 @@ pub mod llama;
 pub mod metadata;
 pub mod model;
 pub mod module;
+pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod reshard;

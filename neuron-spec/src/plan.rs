@@ -69,8 +69,9 @@ impl TensorInfo {
     }
 }
 
-/// Looks up tensors by name: an HF checkpoint, a rank file, a state dict.
-pub trait TensorSource {
+/// Looks up tensors by name: an HF checkpoint, a rank file, a state dict. `Sync`, so that tensors can be
+/// computed on a helper thread while others are written.
+pub trait TensorSource: Sync {
     /// The tensor's dtype and shape, if present.
     fn info(&self, name: &str) -> Option<TensorInfo>;
     /// The tensor (a zero-copy view where the source is memory-mapped).

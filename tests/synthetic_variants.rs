@@ -67,7 +67,7 @@ fn write_model(dir: &Path, config: serde_json::Value, seed: u64) -> ModelConfig 
     }
     let infos: Vec<TensorInfo> =
         sd.iter().map(|(n, t)| TensorInfo { name: n.clone(), dtype: t.dtype(), shape: t.shape().to_vec() }).collect();
-    write_hf_checkpoint(dir, &infos, None, &mut |i| sd.tensor(&i.name)).unwrap();
+    write_hf_checkpoint(dir, &infos, None, &mut |i| Ok(vec![sd.tensor(&i.name)?])).unwrap();
     cfg
 }
 

@@ -161,12 +161,12 @@ pub(crate) fn write_sharded(
             order.push(*by_name.get(i.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", i.name)))?);
         }
     }
-    with_prefetch(&order, &|t| t.execute(sources), |next| {
+    with_prefetch(&order, &|t| t.pieces(sources), |next| {
         for (rank, infos) in per_rank.iter().enumerate() {
             let path = ranks_dir.join(rank_file_name(rank));
             let w = write_safetensors(&path, infos, &rank_meta, &mut |info| {
                 let out = next(info)?;
-                bar.inc(out.bytes().len() as u64);
+                bar.inc(out.iter().map(|p| p.bytes().len() as u64).sum());
                 Ok(out)
             })?;
             report.bytes_written += w.size;
@@ -300,11 +300,11 @@ pub fn consolidate(sharded_dir: &Path, out_dir: &Path, opts: &WriteOptions) -> R
         .flatten()
         .map(|i| by_name.get(i.name.as_str()).copied().ok_or_else(|| Error::Invalid(format!("no plan for {}", i.name))))
         .collect::<Result<Vec<_>>>()?;
-    let compute = |t: &TensorPlan| crate::model::consolidate_tensor(t, &sources, opts.kv_replicas);
+    let compute = |t: &TensorPlan| crate::model::consolidate_pieces(t, &sources, opts.kv_replicas);
     let files = with_prefetch(&order, &compute, |next| {
         write_hf_checkpoint(staging.path(), &infos, opts.max_shard_size, &mut |info| {
             let out = next(info)?;
-            bar.inc(out.bytes().len() as u64);
+            bar.inc(out.iter().map(|p| p.bytes().len() as u64).sum());
             Ok(out)
         })
     })?;

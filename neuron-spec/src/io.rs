@@ -391,7 +391,7 @@ pub fn write_safetensors(
     path: &Path,
     tensors: &[TensorInfo],
     metadata: &BTreeMap<String, String>,
-    fill: &mut dyn FnMut(&TensorInfo) -> Result<HostTensor>,
+    fill: &mut dyn FnMut(&TensorInfo) -> Result<Vec<HostTensor>>,
 ) -> Result<Written> {
     let mut order = tensors.to_vec();
     safetensors_order(&mut order);
@@ -420,16 +420,21 @@ pub fn write_safetensors(
     w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
     w.write_all(&h).map_err(io)?;
     for t in &order {
-        let x = fill(t)?;
-        if x.dtype() != t.dtype || x.shape() != t.shape.as_slice() {
+        // The tensor arrives as consecutive pieces (views of mapped inputs, or one assembled tensor).
+        let pieces = fill(t)?;
+        let bytes: usize = pieces.iter().map(|p| p.bytes().len()).sum();
+        if pieces.iter().any(|p| p.dtype() != t.dtype) || bytes != t.nbytes() {
             return Err(Error::ShapeMismatch {
                 tensor: t.name.clone(),
                 expected: t.shape.clone(),
-                found: x.shape().to_vec(),
+                found: pieces.first().map(|p| p.shape().to_vec()).unwrap_or_default(),
                 file: Some(path.to_path_buf()),
             });
         }
-        w.write_all(x.bytes()).map_err(io)?;
+        for p in &pieces {
+            w.write_all(p.bytes()).map_err(io)?;
+            p.release();
+        }
     }
     let written = Written { size: w.size, xxh3: w.hasher.digest() };
     let file = w.inner.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
@@ -443,7 +448,7 @@ pub fn write_hf_checkpoint(
     dir: &Path,
     tensors: &[TensorInfo],
     max_shard_size: Option<u64>,
-    fill: &mut dyn FnMut(&TensorInfo) -> Result<HostTensor>,
+    fill: &mut dyn FnMut(&TensorInfo) -> Result<Vec<HostTensor>>,
 ) -> Result<Vec<PathBuf>> {
     let shards = hf_file_groups(tensors, max_shard_size);
     let meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();

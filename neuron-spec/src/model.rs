@@ -261,6 +261,27 @@ pub fn to_original_weights(meta: &CheckpointMetadata, ranks: &[&dyn TensorSource
 /// Runs one tensor's consolidation plan, then checks, ignores or averages its kv replicas.
 pub fn consolidate_tensor(t: &TensorPlan, ranks: &[&dyn TensorSource], replicas: KvReplicas) -> Result<HostTensor> {
     let out = t.execute(ranks)?;
+    check_replicas(t, out, ranks, replicas)
+}
+
+/// One tensor's consolidation as pieces to write: zero-copy views where no replica needs a look.
+pub fn consolidate_pieces(
+    t: &TensorPlan,
+    ranks: &[&dyn TensorSource],
+    replicas: KvReplicas,
+) -> Result<Vec<HostTensor>> {
+    if t.replicas.is_empty() || replicas == KvReplicas::First {
+        return t.pieces(ranks);
+    }
+    Ok(vec![consolidate_tensor(t, ranks, replicas)?])
+}
+
+fn check_replicas(
+    t: &TensorPlan,
+    out: HostTensor,
+    ranks: &[&dyn TensorSource],
+    replicas: KvReplicas,
+) -> Result<HostTensor> {
     match replicas {
         KvReplicas::First => Ok(out),
         KvReplicas::Mean => t.average_replicas(out, ranks),

@@ -10,11 +10,11 @@ use std::sync::mpsc::sync_channel;
 /// by `compute` on a helper thread one step ahead. `next` checks it is asked for the expected tensor.
 pub fn with_prefetch<R>(
     order: &[&TensorPlan],
-    compute: &(dyn Fn(&TensorPlan) -> Result<HostTensor> + Sync),
-    consume: impl FnOnce(&mut dyn FnMut(&TensorInfo) -> Result<HostTensor>) -> Result<R>,
+    compute: &(dyn Fn(&TensorPlan) -> Result<Vec<HostTensor>> + Sync),
+    consume: impl FnOnce(&mut dyn FnMut(&TensorInfo) -> Result<Vec<HostTensor>>) -> Result<R>,
 ) -> Result<R> {
     std::thread::scope(|s| {
-        let (tx, rx) = sync_channel::<Result<HostTensor>>(1);
+        let (tx, rx) = sync_channel::<Result<Vec<HostTensor>>>(1);
         s.spawn(move || {
             for t in order {
                 let r = compute(t);
@@ -26,7 +26,7 @@ pub fn with_prefetch<R>(
             }
         });
         let mut i = 0;
-        let mut next = |info: &TensorInfo| -> Result<HostTensor> {
+        let mut next = |info: &TensorInfo| -> Result<Vec<HostTensor>> {
             let expected = order.get(i).map(|t| t.name.as_str());
             if expected != Some(info.name.as_str()) {
                 return Err(Error::Invalid(format!(

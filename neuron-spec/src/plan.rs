@@ -171,6 +171,37 @@ impl TensorPlan {
         HostTensor::new(self.dtype, self.shape.clone(), out)
     }
 
+    /// The destination as consecutive byte pieces, without assembling it: where the blocks tile the
+    /// destination in order along a leading dimension, each piece is the block's source slice itself (a view of
+    /// a memory-mapped file, written out directly); otherwise one assembled tensor.
+    pub fn pieces(&self, sources: &[&dyn TensorSource]) -> Result<Vec<HostTensor>> {
+        let leading = |b: &Block| self.shape.iter().take(b.dim).all(|s| *s == 1);
+        let mut next = 0;
+        let tiles = self.blocks.iter().all(|b| {
+            let ok = leading(b) && b.dim == self.blocks[0].dim && b.dst_offset == next;
+            next += b.len;
+            ok
+        }) && next == self.shape.get(self.blocks.first().map_or(0, |b| b.dim)).copied().unwrap_or(1);
+        if !tiles || self.blocks.is_empty() {
+            return Ok(vec![self.execute(sources)?]);
+        }
+        self.blocks
+            .iter()
+            .map(|b| {
+                let piece = read_block(sources, b)?;
+                if piece.dtype() != self.dtype {
+                    return Err(Error::DtypeMismatch {
+                        tensor: b.src.name.clone(),
+                        expected: self.dtype.to_string(),
+                        found: piece.dtype().to_string(),
+                        file: None,
+                    });
+                }
+                Ok(piece)
+            })
+            .collect()
+    }
+
     /// The first replica that differs from the copy kept in `out`: `(max_abs_diff, replica rank, kept rank)`.
     pub fn replica_mismatch(
         &self,

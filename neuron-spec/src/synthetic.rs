@@ -78,7 +78,7 @@ pub fn generate(dir: &Path, s: &Shape, max_file_size: u64) -> Result<u64> {
             };
             bytes.extend_from_slice(&bits.to_le_bytes());
         }
-        HostTensor::new(DType::BF16, info.shape.clone(), bytes)
+        Ok(vec![HostTensor::new(DType::BF16, info.shape.clone(), bytes)?])
     })?;
     Ok(params)
 }

@@ -234,7 +234,7 @@ impl ModuleStore for HfRankStore<'_> {
                 .map(|(n, t)| TensorInfo { name: n.clone(), dtype: t.dtype(), shape: t.shape().to_vec() })
                 .collect();
             let meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-            write_safetensors(path, &infos, &meta, &mut |i| out.tensor(&i.name))?;
+            write_safetensors(path, &infos, &meta, &mut |i| Ok(vec![out.tensor(&i.name)?]))?;
         }
         self.saved = out;
         self.cache = None;

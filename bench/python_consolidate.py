@@ -1,7 +1,7 @@
 """Baseline: the reference's consolidation algorithm (optimum-neuron 0.4.5 `to_original_weights`), in torch.
 
 Loads every rank file whole, concatenates and un-permutes as the reference does, and writes one
-safetensors file with `save_file`. Usage: python_consolidate.py <sharded_dir> <out_dir>
+safetensors file with `save_file`, then fsyncs it (as the other timed runs do). Usage: python_consolidate.py <sharded_dir> <out_dir>
 """
 
 import json
@@ -87,7 +87,12 @@ def main(src, out):
         else:
             result[name] = sharded[name][0]
     os.makedirs(out, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in result.items()}, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    path = os.path.join(out, "model.safetensors")
+    save_file({k: v.contiguous() for k, v in result.items()}, path, metadata={"format": "pt"})
+    # Flush to disk, as neuron-spec and the copy floor do, so all three are timed to durable output.
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
 
 
 if __name__ == "__main__":

@@ -220,17 +220,32 @@ fn warm(inputs: &[PathBuf]) -> Res<()> {
     Ok(())
 }
 
+/// Best of `RUNS` runs: the machine is shared, the minimum is the least disturbed.
+const RUNS: usize = 2;
+
+fn best(inputs: &[PathBuf], args: &[&str], out: &Path) -> Res<(f64, u64)> {
+    let mut best = (f64::MAX, 0);
+    for _ in 0..RUNS {
+        let _ = std::fs::remove_dir_all(out);
+        warm(inputs)?;
+        let (s, rss) = child(args)?;
+        if s < best.0 {
+            best = (s, rss);
+        }
+        best.1 = best.1.max(rss);
+    }
+    Ok(best)
+}
+
 fn measure(name: &str, inputs: &[PathBuf], op: &[&str], out: &Path, dir: &Path) -> Res<Row> {
-    warm(inputs)?;
-    let (ours_s, rss) = child(op)?;
+    let (ours_s, rss) = best(inputs, op, out)?;
     let written = dir_bytes(out)?;
     let read: u64 = inputs.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
     let floor_out = dir.join("floor");
     let mut fargs: Vec<String> = vec!["floor".into(), p(&floor_out).into(), written.to_string()];
     fargs.extend(inputs.iter().map(|f| p(f).to_string()));
-    warm(inputs)?;
     let fa: Vec<&str> = fargs.iter().map(String::as_str).collect();
-    let (floor_s, _) = child(&fa)?;
+    let (floor_s, _) = best(inputs, &fa, &floor_out)?;
     let _ = std::fs::remove_dir_all(&floor_out);
     println!("{name}: ours {ours_s:.2}s, floor {floor_s:.2}s, ratio {:.2}, peak RSS {}", ours_s / floor_s, human(rss));
     Ok(Row { name: name.into(), ours_s, floor_s, rss, read, written })

@@ -87,5 +87,6 @@ mod tree_impls;
 
 pub use model::{LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMlp, LlamaModel, LlamaOutput};
 pub use run::{
-    load_hf_rank_model, run_ranks, run_sharded_forward, run_tp_forward, run_tp_forward_dir, ForwardOutput, ModelConfig,
+    load_hf_rank_model, model_metadata, run_ranks, run_sharded_forward, run_sharded_forward_with_adapters,
+    run_tp_forward, run_tp_forward_dir, run_tp_forward_with_adapters, ForwardOutput, ModelConfig,
 };

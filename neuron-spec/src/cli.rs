@@ -121,9 +121,11 @@ impl AdapterArgs {
         let names: Vec<String> = match (self.names.len(), n) {
             (0, 1) => vec!["default".to_string()],
             (k, n) if k == n => self.names.clone(),
-            (k, n) => return Err(Error::Invalid(format!(
+            (k, n) => {
+                return Err(Error::Invalid(format!(
                 "{n} --adapter given with {k} --adapter-name: name every adapter (one --adapter-name each, in order)"
-            ))),
+            )))
+            }
         };
         let modes: Vec<LoraMode> = match self.modes.len() {
             0 => vec![LoraMode::Exact; n],

@@ -111,6 +111,13 @@ pub fn export_adapter(
         }
     }
     let mut out = to_original_peft_config_for_model(base, config)?;
+    if let Some(t) = layout.original_target_modules {
+        let mut orig = out.clone();
+        orig.target_modules = t;
+        if names_exactly(base, &orig, &modules)? {
+            out = orig;
+        }
+    }
     fix_target_modules(base, &mut out, &modules)?;
     fix_patterns(&mut out, &modules)?;
     Ok(ExportedAdapter { config: out, tensors, modules })
@@ -134,6 +141,25 @@ fn last(p: &str) -> &str {
     p.rsplit('.').next().unwrap_or(p)
 }
 
+/// Whether `config.target_modules` targets exactly `modules` among the layout's HF modules.
+fn names_exactly(
+    base: &CheckpointMetadata,
+    config: &LoraConfig,
+    modules: &IndexMap<String, (usize, f64)>,
+) -> Result<bool> {
+    for p in hf_modules(base) {
+        let targeted = match &config.target_modules {
+            // all-linear leaves out the output layer.
+            TargetModules::AllLinear => p != "lm_head",
+            t => t.matches(&p)?,
+        };
+        if targeted != modules.contains_key(&p) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Makes `target_modules` name exactly the exported modules: short names where a name is exported everywhere
 /// it occurs, full paths otherwise. Left as it is when it already does.
 fn fix_target_modules(
@@ -141,22 +167,10 @@ fn fix_target_modules(
     config: &mut LoraConfig,
     modules: &IndexMap<String, (usize, f64)>,
 ) -> Result<()> {
-    let all = hf_modules(base);
-    let mut exact = true;
-    for p in &all {
-        let targeted = match &config.target_modules {
-            // all-linear leaves out the output layer.
-            TargetModules::AllLinear => p != "lm_head",
-            t => t.matches(p)?,
-        };
-        if targeted != modules.contains_key(p) {
-            exact = false;
-            break;
-        }
-    }
-    if exact {
+    if names_exactly(base, config, modules)? {
         return Ok(());
     }
+    let all = hf_modules(base);
     let mut list: Vec<String> = Vec::new();
     for p in modules.keys() {
         let short = last(p);

@@ -350,7 +350,11 @@ pub fn import_adapter(
     let factors = read_factors(adapter)?;
     let mut used: std::collections::HashSet<String> = Default::default();
     let mut tensors = StateDict::new();
-    let mut layout = LoraLayout { mode: opts.mode, modules: IndexMap::new() };
+    let mut layout = LoraLayout {
+        mode: opts.mode,
+        modules: IndexMap::new(),
+        original_target_modules: Some(adapter.config.target_modules.clone()),
+    };
     let mut mean_groups = Vec::new();
     for (module, spec) in base.specs() {
         let (fused, members, _) = lora_group(spec);

@@ -90,6 +90,10 @@ pub struct LoraLayout {
     pub mode: LoraMode,
     /// Per TP module path (`model.layers.0.self_attn.qkv_proj`, `...o_proj`, ...).
     pub modules: IndexMap<String, LoraModule>,
+    /// The imported config's `target_modules`, restored on export when they still name exactly the exported
+    /// modules (the translation itself keeps the meaning, not the order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_target_modules: Option<TargetModules>,
 }
 
 /// One TP module's LoRA: its rank, its scaling, and for a fused layer its members.

@@ -7,7 +7,7 @@ mod fused_linears;
 mod gqa_qkv;
 
 pub use fused_linears::{FuseAxis, FusedLinearsSpec};
-pub use gqa_qkv::GqaQkvColumnParallelLinearSpec;
+pub use gqa_qkv::{GqaQkvColumnParallelLinearSpec, QueryOrOutput};
 
 use crate::error::{Error, Result};
 use crate::plan::{TensorInfo, TensorPlan, TensorSource};

@@ -93,7 +93,7 @@ impl ShardedAdapter {
         for n in f.names() {
             tensors.insert(n.to_string(), f.tensor(n)?);
         }
-        Ok(rank_adapter(&self.name, &self.config, tensors)?)
+        rank_adapter(&self.name, &self.config, tensors)
     }
 
     /// The full-rank factors, consolidated from the ranks.

@@ -87,8 +87,8 @@ pub fn export_adapter(
         for m in &g.members {
             let member = format!("{module}.{}", m.name);
             let own = full.tensor(&format!("{member}.{own_f}.weight"))?;
-            let (own_r, shared_r) = (own.shape()[block_dim], shared.shape()[shared_dim]);
-            if own_r != *rank || shared_r != *rank {
+            let (own_r, shared_r) = (own.shape().get(block_dim), shared.shape().get(shared_dim));
+            if own.shape().len() != 2 || shared.shape().len() != 2 || own_r != Some(rank) || shared_r != Some(rank) {
                 return Err(Error::ShapeMismatch {
                     tensor: format!("{member}.{own_f}.weight"),
                     expected: vec![*rank],
@@ -251,9 +251,12 @@ pub fn write_adapter_dir(dir: &Path, adapter: &ExportedAdapter) -> Result<()> {
     Ok(())
 }
 
-/// `W + scaling · B·A` for every module of `adapter`, keyed by the base weight name (`<module>.weight`):
-/// computed in f32, returned in `w`'s dtype by [`merge_deltas`]'s caller.
-pub fn merge_deltas(adapter: &ExportedAdapter) -> Result<IndexMap<String, (Vec<f32>, [usize; 2])>> {
+/// A weight delta `scaling · B·A` in f32, row-major, with its `[out, in]` shape.
+pub type MergeDelta = (Vec<f32>, [usize; 2]);
+
+/// `scaling · B·A` for every module of `adapter`, keyed by the base weight name (`<module>.weight`), in f32;
+/// [`apply_delta`] adds one to a weight (peft's `merge_and_unload`).
+pub fn merge_deltas(adapter: &ExportedAdapter) -> Result<IndexMap<String, MergeDelta>> {
     let mut out = IndexMap::new();
     for (path, (_, scaling)) in &adapter.modules {
         let a = adapter.tensors.tensor(&peft_key(path, "lora_A"))?;
@@ -285,7 +288,7 @@ pub fn merge_deltas(adapter: &ExportedAdapter) -> Result<IndexMap<String, (Vec<f
 }
 
 /// `w + delta` in `w`'s dtype (the delta from [`merge_deltas`]); `name` for errors.
-pub fn apply_delta(name: &str, w: &HostTensor, delta: &(Vec<f32>, [usize; 2])) -> Result<HostTensor> {
+pub fn apply_delta(name: &str, w: &HostTensor, delta: &MergeDelta) -> Result<HostTensor> {
     if w.shape() != delta.1.as_slice() {
         return Err(Error::ShapeMismatch {
             tensor: format!("{name} (merging a LoRA delta)"),

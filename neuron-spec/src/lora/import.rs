@@ -226,7 +226,8 @@ fn import_group(
     }
     // Member i's sizes: a column group shares A's inputs (B rows are the member's outputs); a row group shares
     // B's outputs (A columns are the member's inputs).
-    let (shared_of, own_of): (fn(&Factors) -> usize, fn(&Factors) -> usize) = match axis {
+    type Size = fn(&Factors) -> usize;
+    let (shared_of, own_of): (Size, Size) = match axis {
         FuseAxis::Column => (|f| f.a.shape()[1], |f| f.b.shape()[0]),
         FuseAxis::Row => (|f| f.b.shape()[0], |f| f.a.shape()[1]),
     };

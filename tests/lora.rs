@@ -344,6 +344,12 @@ fn a_trained_fused_member_exports_at_the_fused_rank_with_rank_and_alpha_patterns
     assert_eq!(c.rank_and_alpha("model.layers.1.self_attn.q_proj").unwrap(), (4, 8.0));
     assert_eq!(c.rank_and_alpha("model.layers.0.self_attn.k_proj").unwrap(), (4, 8.0));
     // The exported factors give the same delta as the full-rank ones: s·B_full·A_full.
+    // Set this to write the exported adapter out and load it with peft (tests/check_peft_adapter.py checks the
+    // untrained one; peft 0.17 resolves this one to r 12 / scaling 2 for layer 0's q_proj, r 4 elsewhere).
+    if let Ok(dir) = std::env::var("NEURON_SPEC_DUMP_TRAINED_ADAPTER") {
+        std::fs::create_dir_all(&dir).unwrap();
+        neuron_spec::lora::write_adapter_dir(std::path::Path::new(&dir), &ex).unwrap();
+    }
     let deltas = neuron_spec::lora::merge_deltas(&ex).unwrap();
     let (d, _) = &deltas["model.layers.0.self_attn.q_proj.weight"];
     let af = a.tensors["model.layers.0.self_attn.qkv_proj.lora_A.weight"].to_f32_vec();

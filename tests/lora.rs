@@ -275,6 +275,16 @@ fn several_adapters_side_by_side_with_hyphenated_names() {
         &fixture("llama-gqa-lora-qv/adapter_model.safetensors"),
     );
     same_bytes(&tmp.path().join("out/adapter_model.safetensors"), &fixture("llama-gqa-lora/adapter_model.safetensors"));
+    // Resharding carries the adapters along: 2 → 4 → consolidate gives them back byte for byte.
+    let r4 = tmp.path().join("tp4");
+    neuron_spec::reshard::reshard(&s, &r4, 4, &WriteOptions::default()).unwrap();
+    let back = tmp.path().join("back");
+    consolidate_with_adapters(&r4, &back, &WriteOptions::default(), &AdapterOptions::default()).unwrap();
+    same_bytes(
+        &back.join("qv-adapter-2/adapter_model.safetensors"),
+        &fixture("llama-gqa-lora-qv/adapter_model.safetensors"),
+    );
+    same_bytes(&back.join("adapter_model.safetensors"), &fixture("llama-gqa-lora/adapter_model.safetensors"));
     let only = tempfile::tempdir().unwrap();
     let o = only.path().join("o");
     let sel = AdapterOptions { only: Some(vec!["qv-adapter-2".into()]), merge: None };

@@ -92,3 +92,97 @@ fn inspect_reports_a_sharded_checkpoint() {
     assert_eq!(v["dtypes"]["BF16"], 19);
     assert_eq!(v["specs"].as_array().unwrap().len(), 4);
 }
+
+#[test]
+fn lora_shard_forward_consolidate_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sharded, out) = (tmp.path().join("s"), tmp.path().join("o"));
+    let lora = fixture("llama-gqa-lora");
+    let qv = fixture("llama-gqa-lora-qv");
+    let golden = lora.join("golden_lora.safetensors");
+    // forward on the HF checkpoint with an adapter prints max_abs_diff.
+    let o = run(&["forward", s(&fixture("llama-gqa")), "--tp", "4", "--adapter", s(&lora), "--golden", s(&golden)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("max_abs_diff"));
+    // Mean mode: one warning, logits off the golden (exit 3).
+    let o = run(&[
+        "forward",
+        s(&fixture("llama-gqa")),
+        "--tp",
+        "2",
+        "--adapter",
+        s(&lora),
+        "--lora-mode",
+        "mean",
+        "--golden",
+        s(&golden),
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("warning:").count(), 1, "{err}");
+    // The q/v adapter needs --lora-partial; the error names k_proj.
+    let o = run(&["shard", s(&fixture("llama-gqa")), s(&sharded), "--tp", "2", "--adapter", s(&qv)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("k_proj"));
+    assert!(!sharded.exists());
+    // Two adapters need two names.
+    let o =
+        run(&["shard", s(&fixture("llama-gqa")), s(&sharded), "--tp", "2", "--adapter", s(&lora), "--adapter", s(&qv)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--adapter-name"));
+    let o = run(&[
+        "shard",
+        s(&fixture("llama-gqa")),
+        s(&sharded),
+        "--tp",
+        "4",
+        "--fuse-qkv",
+        "--adapter",
+        s(&lora),
+        "--adapter-name",
+        "default",
+        "--adapter",
+        s(&qv),
+        "--adapter-name",
+        "qv-2",
+        "--lora-partial",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(sharded.join("adapter_qv-2/shards/mp_metadata_pp_rank_0.json").exists());
+    assert!(sharded.join("adapter_default/adapter_config.json").exists());
+    // consolidate: every adapter as a PEFT dir, byte for byte.
+    let o = run(&["consolidate", s(&sharded), s(&out)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (got, want) in [(out.clone(), lora.clone()), (out.join("qv-2"), qv.clone())] {
+        for f in ["adapter_model.safetensors", "adapter_config.json"] {
+            assert!(std::fs::read(got.join(f)).unwrap() == std::fs::read(want.join(f)).unwrap(), "{f}");
+        }
+    }
+    // --adapter NAME writes only that one; --merge-adapter folds one into the base weights.
+    let only = tmp.path().join("only");
+    assert!(run(&["consolidate", s(&sharded), s(&only), "--adapter", "qv-2"]).status.success());
+    assert!(only.join("qv-2/adapter_model.safetensors").exists() && !only.join("adapter_model.safetensors").exists());
+    let merged = tmp.path().join("merged");
+    let o = run(&["consolidate", s(&sharded), s(&merged), "--merge-adapter", "default"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!merged.join("adapter_model.safetensors").exists());
+    let o = run(&["forward", s(&merged), "--tp", "2", "--golden", s(&golden)]);
+    assert!(o.status.success(), "merged model vs golden_lora: {}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["consolidate", s(&sharded), s(&tmp.path().join("x")), "--merge-adapter", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("qv-2"));
+}
+
+#[test]
+fn forward_on_a_sharded_checkpoint_runs_its_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sharded = tmp.path().join("s");
+    let qv = fixture("llama-gqa-lora-qv");
+    let o = run(&["shard", s(&fixture("llama-gqa")), s(&sharded), "--tp", "8", "--adapter", s(&qv), "--lora-partial"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["forward", s(&sharded), "--golden", s(&qv.join("golden_lora.safetensors"))]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let d: f32 = stdout.lines().find_map(|l| l.strip_prefix("max_abs_diff ")).unwrap().parse().unwrap();
+    assert!(d <= 1e-4, "{stdout}");
+}

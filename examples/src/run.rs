@@ -7,9 +7,11 @@ use neuron_spec::checkpoint::ShardedCheckpoint;
 use neuron_spec::io::HfCheckpoint;
 use neuron_spec::layers::{Communicator, LocalCommunicator};
 use neuron_spec::llama::LlamaConfig;
+use neuron_spec::lora::disk::{imported_rank_adapter, sharded_adapters};
+use neuron_spec::lora::{ImportedAdapter, LoraRankAdapter, LoraRankSource};
 use neuron_spec::model::PlanOptions;
 use neuron_spec::module::{CustomModule, TpContext};
-use neuron_spec::{Error, Result, Spec, TensorSource};
+use neuron_spec::{CheckpointMetadata, Error, Result, Spec, TensorSource};
 use std::path::Path;
 
 /// The model configuration: the HF `config.json` fields that shape the weights, plus what the forward pass
@@ -96,6 +98,45 @@ pub fn run_tp_forward(
     run_ranks(tp, input_ids, &|ctx, device| load_hf_rank_model(src, cfg, ctx, fuse_qkv, device))
 }
 
+/// The TP layout (specs and parameter metadata) of the model at `tp`: what adapters are imported for.
+pub fn model_metadata(cfg: &ModelConfig, tp: usize, fuse_qkv: bool) -> Result<CheckpointMetadata> {
+    let d = Device::default();
+    LlamaForCausalLM::new(&cfg.llama, TpContext::new(tp, 0)?, fuse_qkv, cfg.sliding_window, &d)?
+        .create_parameter_metadata()
+}
+
+/// Loads rank `ctx.rank`'s base tensors from `local` and the adapters' factors, all adapters active.
+fn load_with_adapters(
+    model: LlamaForCausalLM,
+    local: &dyn TensorSource,
+    adapters: Vec<LoraRankAdapter>,
+    device: &Device,
+) -> Result<LlamaForCausalLM> {
+    let src = LoraRankSource::new(local, adapters)?;
+    model.load_rank_tensors("", &src, device)
+}
+
+/// [`run_tp_forward`] with LoRA adapters imported from HF PEFT directories (see
+/// `neuron_spec::lora::import_adapter`); every adapter is active (their deltas add up, as peft's
+/// `set_adapter([...])`).
+pub fn run_tp_forward_with_adapters(
+    src: &(dyn TensorSource + Sync),
+    cfg: &ModelConfig,
+    tp: usize,
+    fuse_qkv: bool,
+    adapters: &[ImportedAdapter],
+    input_ids: &[Vec<i64>],
+) -> Result<ForwardOutput> {
+    run_ranks(tp, input_ids, &|ctx, device| {
+        let model = LlamaForCausalLM::new(&cfg.llama, ctx, fuse_qkv, cfg.sliding_window, device)?;
+        let meta = model.create_parameter_metadata()?;
+        let local = neuron_spec::model::adapt_state_dict(&meta, src, ctx.size, ctx.rank, PlanOptions::default())?;
+        let ras =
+            adapters.iter().map(|a| imported_rank_adapter(&meta, a, ctx.size, ctx.rank)).collect::<Result<Vec<_>>>()?;
+        load_with_adapters(model, &local, ras, device)
+    })
+}
+
 /// [`run_tp_forward`] on an HF checkpoint directory (`config.json` and `model.safetensors` or an index).
 pub fn run_tp_forward_dir(dir: &Path, tp: usize, fuse_qkv: bool, input_ids: &[Vec<i64>]) -> Result<ForwardOutput> {
     let cfg = ModelConfig::read(&dir.join("config.json"))?;
@@ -105,9 +146,21 @@ pub fn run_tp_forward_dir(dir: &Path, tp: usize, fuse_qkv: bool, input_ids: &[Ve
 
 /// Runs a sharded checkpoint directory (`neuron_spec::checkpoint` layout, with `config.json`): the TP size and
 /// q/k/v layout come from its metadata, and each rank loads its own rank file.
+/// Its adapters (`adapter_<name>/`) are loaded too, all active.
 pub fn run_sharded_forward(dir: &Path, input_ids: &[Vec<i64>]) -> Result<ForwardOutput> {
+    run_sharded_forward_with_adapters(dir, &[], input_ids)
+}
+
+/// [`run_sharded_forward`], plus adapters imported from HF PEFT directories (for the checkpoint's layout).
+pub fn run_sharded_forward_with_adapters(
+    dir: &Path,
+    extra: &[ImportedAdapter],
+    input_ids: &[Vec<i64>],
+) -> Result<ForwardOutput> {
     let cfg = ModelConfig::read(&dir.join("config.json"))?;
     let ck = ShardedCheckpoint::open(dir)?;
+    let sharded = sharded_adapters(dir)?;
+    let sharded = &sharded;
     let fuse_qkv = ck.metadata.specs().any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv));
     let ck = &ck;
     let cfg = &cfg;
@@ -123,7 +176,11 @@ pub fn run_sharded_forward(dir: &Path, input_ids: &[Vec<i64>]) -> Result<Forward
         }
         let rank =
             ck.ranks.get(ctx.rank).ok_or_else(|| Error::Invalid(format!("no rank file for rank {}", ctx.rank)))?;
-        model.load_rank_tensors("", rank, device)
+        let mut ras = sharded.iter().map(|a| a.rank_adapter(ctx.rank)).collect::<Result<Vec<_>>>()?;
+        for a in extra {
+            ras.push(imported_rank_adapter(&ours, a, ctx.size, ctx.rank)?);
+        }
+        load_with_adapters(model, rank, ras, device)
     })
 }
 

@@ -81,7 +81,7 @@ fn copy_config(src_dir: &Path, dst_dir: &Path) -> Result<()> {
 }
 
 /// Records each parameter's global (unpadded) shape and dtype in the metadata, from the plan.
-fn with_global_infos(meta: &CheckpointMetadata, plan: &ShardPlan) -> CheckpointMetadata {
+pub(crate) fn with_global_infos(meta: &CheckpointMetadata, plan: &ShardPlan) -> CheckpointMetadata {
     let mut m = meta.clone();
     m.format_version = Some(FORMAT_VERSION);
     m.tp_size = Some(plan.tp);
@@ -115,14 +115,42 @@ pub fn shard(
     tp: usize,
     opts: &WriteOptions,
 ) -> Result<Report> {
+    shard_with_adapters(hf_dir, out_dir, meta, tp, &[], opts)
+}
+
+/// [`shard`], plus each imported LoRA adapter sharded beside the base weights in `out_dir/adapter_<name>/`
+/// (its own rank files, metadata and `adapter_config.json` in the TP model's terms). All or nothing.
+pub fn shard_with_adapters(
+    hf_dir: &Path,
+    out_dir: &Path,
+    meta: &CheckpointMetadata,
+    tp: usize,
+    adapters: &[crate::lora::ImportedAdapter],
+    opts: &WriteOptions,
+) -> Result<Report> {
     let hf = HfCheckpoint::open(hf_dir)?;
     let plan = plan_shards(meta, &hf, tp, PlanOptions { allow_unexpected: opts.allow_unexpected })?;
     let staging = Staging::new(out_dir, opts.force)?;
     let mut report =
         write_sharded(staging.path(), out_dir, &plan, with_global_infos(meta, &plan), &[&hf], hf_dir, opts.progress)?;
     report.unexpected = plan_unexpected(&hf, &plan);
+    for a in adapters {
+        let r = crate::lora::disk::write_sharded_adapter(staging.path(), out_dir, a, tp, opts.progress)?;
+        report.files.extend(r.files);
+        report.tensors += r.tensors;
+        report.bytes_written += r.bytes_written;
+    }
     staging.commit()?;
     Ok(report)
+}
+
+/// Which adapters [`consolidate_with_adapters`] writes, and which one it merges.
+#[derive(Debug, Clone, Default)]
+pub struct AdapterOptions {
+    /// Write only these adapters (all when `None`; none when merging, unless listed).
+    pub only: Option<Vec<String>>,
+    /// Fold this adapter into the base weights (a plain HF checkpoint) instead of writing it.
+    pub merge: Option<String>,
 }
 
 /// Writes the rank files of `plan` (reading `sources`), then the metadata with their checksums and the
@@ -284,11 +312,53 @@ pub fn verify_rank_files(rdir: &Path, entries: &[RankFileEntry], tp: usize) -> R
     Ok(())
 }
 
-/// Consolidates the sharded checkpoint in `sharded_dir` into an HF directory `out_dir`, one tensor at a time.
+/// Consolidates the sharded checkpoint in `sharded_dir` into an HF directory `out_dir`, one tensor at a time,
+/// with its adapters as PEFT directories (see [`consolidate_with_adapters`]).
 pub fn consolidate(sharded_dir: &Path, out_dir: &Path, opts: &WriteOptions) -> Result<Report> {
+    consolidate_with_adapters(sharded_dir, out_dir, opts, &AdapterOptions::default())
+}
+
+/// Consolidates the base weights into `out_dir` and writes each adapter as peft's `save_pretrained` does: the
+/// `default` adapter beside the base weights (`out_dir/adapter_config.json`, `adapter_model.safetensors`), any
+/// other in `out_dir/<name>/`. `adapters.merge` folds one adapter into the base weights instead.
+pub fn consolidate_with_adapters(
+    sharded_dir: &Path,
+    out_dir: &Path,
+    opts: &WriteOptions,
+    adapters: &AdapterOptions,
+) -> Result<Report> {
     let ck = ShardedCheckpoint::open(sharded_dir)?;
     let sources = ck.sources();
     let (_, inverse) = consolidation_plan(&ck.metadata, &sources)?;
+    let all = crate::lora::disk::sharded_adapters(sharded_dir)?;
+    let names: Vec<&str> = all.iter().map(|a| a.name.as_str()).collect();
+    for n in adapters.only.iter().flatten().chain(adapters.merge.iter()) {
+        if !names.contains(&n.as_str()) {
+            return Err(Error::lora(
+                n,
+                format!("{} has no such adapter (it has: {})", sharded_dir.display(), names.join(", ")),
+            ));
+        }
+    }
+    let merged = match &adapters.merge {
+        Some(m) => {
+            let a = all.iter().find(|a| &a.name == m).ok_or_else(|| Error::lora(m, "no such adapter"))?;
+            crate::lora::merge_deltas(&a.export(&ck.metadata, opts.kv_replicas)?)?
+        }
+        None => Default::default(),
+    };
+    let selected: Vec<&crate::lora::disk::ShardedAdapter> = all
+        .iter()
+        .filter(|a| match &adapters.only {
+            Some(only) => only.contains(&a.name),
+            None => adapters.merge.is_none(),
+        })
+        .filter(|a| adapters.merge.as_ref() != Some(&a.name))
+        .collect();
+    let exported: Vec<(String, crate::lora::ExportedAdapter)> = selected
+        .iter()
+        .map(|a| Ok((a.name.clone(), a.export(&ck.metadata, opts.kv_replicas)?)))
+        .collect::<Result<_>>()?;
     let staging = Staging::new(out_dir, opts.force)?;
     let mut infos: Vec<TensorInfo> = inverse.iter().map(TensorPlan::info).collect();
     infos.sort_by(|a, b| natural_cmp(&a.name, &b.name));
@@ -300,7 +370,14 @@ pub fn consolidate(sharded_dir: &Path, out_dir: &Path, opts: &WriteOptions) -> R
         .flatten()
         .map(|i| by_name.get(i.name.as_str()).copied().ok_or_else(|| Error::Invalid(format!("no plan for {}", i.name))))
         .collect::<Result<Vec<_>>>()?;
-    let compute = |t: &TensorPlan| crate::model::consolidate_pieces(t, &sources, opts.kv_replicas);
+    // A tensor with a merged LoRA delta is assembled; every other one is written as pieces.
+    let compute = |t: &TensorPlan| match merged.get(&t.name) {
+        Some(delta) => {
+            let out = crate::model::consolidate_tensor(t, &sources, opts.kv_replicas)?;
+            Ok(vec![crate::lora::export::apply_delta(&t.name, &out, delta)?])
+        }
+        None => crate::model::consolidate_pieces(t, &sources, opts.kv_replicas),
+    };
     let files = with_prefetch(&order, &compute, |next| {
         write_hf_checkpoint(staging.path(), &infos, opts.max_shard_size, &mut |info| {
             let out = next(info)?;
@@ -309,8 +386,25 @@ pub fn consolidate(sharded_dir: &Path, out_dir: &Path, opts: &WriteOptions) -> R
         })
     })?;
     bar.finish_and_clear();
+    if let Some(missing) = merged.keys().find(|k| !by_name.contains_key(k.as_str())) {
+        return Err(Error::lora(
+            adapters.merge.as_deref().unwrap_or_default(),
+            format!("cannot merge: the base checkpoint has no weight {missing}"),
+        ));
+    }
     report.bytes_written = infos.iter().map(|i| i.nbytes() as u64).sum();
     report.files = files.iter().filter_map(|f| f.file_name()).map(|n| out_dir.join(n)).collect();
+    for (name, a) in &exported {
+        let (dir, shown) = if name == "default" {
+            (staging.path().to_path_buf(), out_dir.to_path_buf())
+        } else {
+            (staging.path().join(name), out_dir.join(name))
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        crate::lora::export::write_adapter_dir(&dir, a)?;
+        report.files.push(shown.join(crate::lora::ADAPTER_WEIGHTS));
+        report.tensors += a.tensors.len();
+    }
     copy_config(sharded_dir, staging.path())?;
     staging.commit()?;
     Ok(report)

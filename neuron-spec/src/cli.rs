@@ -1,10 +1,14 @@
 //! The `neuron-spec` command line: shard, consolidate, reshard, plan, inspect, and a `forward` hook that a
 //! model crate fills in (the binary lives next to the model; see `examples/`).
 
-use crate::checkpoint::{consolidate, shard, ShardedCheckpoint, WriteOptions, METADATA_PATH};
+use crate::checkpoint::{
+    consolidate, consolidate_with_adapters, shard, shard_with_adapters, AdapterOptions, ShardedCheckpoint,
+    WriteOptions, METADATA_PATH,
+};
 use crate::error::{Error, Result};
 use crate::io::{parse_size, HfCheckpoint};
 use crate::llama::{llama_layout_with, LlamaConfig, QkvLayout};
+use crate::lora::{import_adapter, ImportedAdapter, LoraImportOptions, LoraMode, PeftAdapter};
 use crate::metadata::CheckpointMetadata;
 use crate::model::{plan_shards, PlanOptions};
 use crate::plan::TensorSource;
@@ -57,6 +61,106 @@ impl LayoutArgs {
     }
 }
 
+/// `--lora-mode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoraModeArg {
+    /// Stacked A, block-diagonal B: the TP model computes exactly what peft computes.
+    Exact,
+    /// The reference's mean of the A matrices (lossy).
+    Mean,
+}
+
+impl From<LoraModeArg> for LoraMode {
+    fn from(a: LoraModeArg) -> Self {
+        match a {
+            LoraModeArg::Exact => LoraMode::Exact,
+            LoraModeArg::Mean => LoraMode::Mean,
+        }
+    }
+}
+
+/// HF PEFT LoRA adapters to import (`shard`, `forward`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct AdapterArgs {
+    /// An HF PEFT adapter directory (adapter_config.json + adapter_model.safetensors); repeatable.
+    #[arg(long = "adapter", value_name = "PEFT_DIR")]
+    pub adapters: Vec<PathBuf>,
+    /// The adapter's name, one per --adapter in order (default: `default` for a single adapter).
+    #[arg(long = "adapter-name", value_name = "NAME")]
+    pub names: Vec<String>,
+    /// How a fused group's LoRA A matrices combine: exact (lossless) or mean (the reference's, lossy). One
+    /// value for every adapter, or one per --adapter.
+    #[arg(long = "lora-mode", value_enum, value_name = "MODE")]
+    pub modes: Vec<LoraModeArg>,
+    /// Accept an adapter that targets only part of a fused group (q/v without k): the rest gets a zero delta.
+    #[arg(long)]
+    pub lora_partial: bool,
+}
+
+/// One adapter to import.
+#[derive(Debug, Clone)]
+pub struct AdapterArg {
+    /// The PEFT directory.
+    pub dir: PathBuf,
+    /// Its name in the TP model.
+    pub name: String,
+    /// Mode and partial-group rule.
+    pub opts: LoraImportOptions,
+}
+
+impl AdapterArgs {
+    /// Pairs each `--adapter` with its name and mode.
+    pub fn resolve(&self) -> Result<Vec<AdapterArg>> {
+        let n = self.adapters.len();
+        if n == 0 {
+            if !self.names.is_empty() || !self.modes.is_empty() {
+                return Err(Error::Invalid("--adapter-name and --lora-mode need an --adapter".into()));
+            }
+            return Ok(vec![]);
+        }
+        let names: Vec<String> = match (self.names.len(), n) {
+            (0, 1) => vec!["default".to_string()],
+            (k, n) if k == n => self.names.clone(),
+            (k, n) => {
+                return Err(Error::Invalid(format!(
+                "{n} --adapter given with {k} --adapter-name: name every adapter (one --adapter-name each, in order)"
+            )))
+            }
+        };
+        let modes: Vec<LoraMode> = match self.modes.len() {
+            0 => vec![LoraMode::Exact; n],
+            1 => vec![self.modes[0].into(); n],
+            k if k == n => self.modes.iter().map(|m| (*m).into()).collect(),
+            k => return Err(Error::Invalid(format!("{n} --adapter given with {k} --lora-mode: give one or one each"))),
+        };
+        Ok(self
+            .adapters
+            .iter()
+            .zip(names)
+            .zip(modes)
+            .map(|((dir, name), mode)| AdapterArg {
+                dir: dir.clone(),
+                name,
+                opts: LoraImportOptions { mode, allow_partial: self.lora_partial },
+            })
+            .collect())
+    }
+}
+
+/// Imports adapters for the TP layout `meta`, printing each import's warnings once (mean mode's loss).
+pub fn import_adapters(meta: &CheckpointMetadata, adapters: &[AdapterArg]) -> Result<Vec<ImportedAdapter>> {
+    adapters
+        .iter()
+        .map(|a| {
+            let imported = import_adapter(meta, &PeftAdapter::open(&a.dir)?, &a.name, a.opts)?;
+            for w in &imported.warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok(imported)
+        })
+        .collect()
+}
+
 /// `--kv-replicas` values.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum KvReplicasArg {
@@ -99,6 +203,9 @@ pub enum Command {
         /// Accept checkpoint tensors that the model does not use.
         #[arg(long)]
         allow_unexpected: bool,
+        /// LoRA adapters, sharded beside the base weights in `<out_dir>/adapter_<name>/`.
+        #[command(flatten)]
+        lora: AdapterArgs,
     },
     /// Consolidate a sharded checkpoint into an HF directory that transformers loads.
     Consolidate {
@@ -115,6 +222,14 @@ pub enum Command {
         /// Replace an existing output, once the new one is complete.
         #[arg(long)]
         force: bool,
+        /// Write only this adapter (repeatable); by default every adapter is written, `default` beside the base
+        /// weights and any other in `<out_dir>/<name>/`.
+        #[arg(long = "adapter", value_name = "NAME")]
+        adapters: Vec<String>,
+        /// Fold this adapter into the base weights (a plain HF checkpoint); no adapter is written then, unless
+        /// named with --adapter.
+        #[arg(long, value_name = "NAME")]
+        merge_adapter: Option<String>,
     },
     /// Convert a TP N checkpoint to TP M directly.
     Reshard {
@@ -167,6 +282,9 @@ pub enum Command {
         /// Golden file with `logits`; prints `max_abs_diff` and fails above 1e-4.
         #[arg(long)]
         golden: Option<PathBuf>,
+        /// LoRA adapters to run with (all active); a sharded checkpoint's own adapters are always loaded.
+        #[command(flatten)]
+        lora: AdapterArgs,
     },
     /// The main job on a tiny checkpoint: shard to tp 4, run forward, consolidate, check the round trip.
     Quickstart {
@@ -184,6 +302,22 @@ pub trait ForwardRunner {
     /// Runs the model on `dir` (HF or sharded) and returns the logits `[batch, seq, vocab]` flattened, with
     /// their shape.
     fn forward(&self, dir: &Path, tp: usize, fuse_qkv: bool, input_ids: &[Vec<i64>]) -> Result<(Vec<f32>, Vec<usize>)>;
+
+    /// [`forward`](Self::forward) with LoRA adapters imported from PEFT directories, all active. The default
+    /// refuses adapters.
+    fn forward_with_adapters(
+        &self,
+        dir: &Path,
+        tp: usize,
+        fuse_qkv: bool,
+        adapters: &[AdapterArg],
+        input_ids: &[Vec<i64>],
+    ) -> Result<(Vec<f32>, Vec<usize>)> {
+        if !adapters.is_empty() {
+            return Err(Error::Invalid("this model's forward does not take LoRA adapters".into()));
+        }
+        self.forward(dir, tp, fuse_qkv, input_ids)
+    }
 }
 
 /// The default input ids (those of the fixtures' golden files).
@@ -248,13 +382,15 @@ fn json_out(v: &serde_json::Value) -> Result<()> {
 fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
     let quiet = cli.quiet;
     match cli.command {
-        Command::Shard { hf_dir, out_dir, tp, layout, force, allow_unexpected } => {
+        Command::Shard { hf_dir, out_dir, tp, layout, force, allow_unexpected, lora } => {
             let meta = hf_layout(&hf_dir, tp, layout.qkv())?;
-            let r = shard(
+            let adapters = import_adapters(&meta, &lora.resolve()?)?;
+            let r = shard_with_adapters(
                 &hf_dir,
                 &out_dir,
                 &meta,
                 tp,
+                &adapters,
                 &WriteOptions { force, allow_unexpected, progress: !quiet, ..Default::default() },
             )?;
             if !quiet {
@@ -272,12 +408,21 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                 if !r.unexpected.is_empty() {
                     println!("  unused input tensors: {}", r.unexpected.join(", "));
                 }
+                for a in &adapters {
+                    println!(
+                        "  adapter {} ({:?} mode): {} LoRA modules → {}",
+                        a.name,
+                        a.layout.mode,
+                        a.layout.modules.len(),
+                        out_dir.join(crate::lora::disk::adapter_dir_name(&a.name)).display()
+                    );
+                }
             }
             Ok(EXIT_OK)
         }
-        Command::Consolidate { sharded_dir, out_dir, max_shard_size, kv_replicas, force } => {
+        Command::Consolidate { sharded_dir, out_dir, max_shard_size, kv_replicas, force, adapters, merge_adapter } => {
             let max = parse_size(&max_shard_size)?;
-            let r = consolidate(
+            let r = consolidate_with_adapters(
                 &sharded_dir,
                 &out_dir,
                 &WriteOptions {
@@ -286,6 +431,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                     kv_replicas: kv_replicas.into(),
                     ..Default::default()
                 },
+                &AdapterOptions { only: (!adapters.is_empty()).then_some(adapters), merge: merge_adapter.clone() },
             )?;
             if !quiet {
                 println!(
@@ -296,6 +442,12 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                     human(r.bytes_written),
                     r.files.len()
                 );
+                if let Some(m) = &merge_adapter {
+                    println!("  adapter {m} merged into the base weights");
+                }
+                for f in r.files.iter().filter(|f| f.ends_with(crate::lora::ADAPTER_WEIGHTS)) {
+                    println!("  adapter written: {}", f.display());
+                }
             }
             Ok(EXIT_OK)
         }
@@ -315,9 +467,9 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
         }
         Command::Plan { dir, tp, layout, json } => plan_command(&dir, tp, layout.qkv(), json),
         Command::Inspect { dir, json } => inspect_command(&dir, json),
-        Command::Forward { dir, tp, fuse_qkv, input_ids, golden } => {
+        Command::Forward { dir, tp, fuse_qkv, input_ids, golden, lora } => {
             let runner = runner.ok_or_else(|| Error::Invalid("this build has no model for `forward`".into()))?;
-            forward_command(runner, &dir, tp, fuse_qkv, input_ids.as_deref(), golden.as_deref())
+            forward_command(runner, &dir, tp, fuse_qkv, &lora.resolve()?, input_ids.as_deref(), golden.as_deref())
         }
         Command::Quickstart { model, work_dir } => quickstart(runner, &model, work_dir.as_deref()),
     }
@@ -458,6 +610,7 @@ fn forward_command(
     dir: &Path,
     tp: usize,
     fuse_qkv: bool,
+    adapters: &[AdapterArg],
     input_ids: Option<&Path>,
     golden: Option<&Path>,
 ) -> Result<i32> {
@@ -465,7 +618,7 @@ fn forward_command(
         Some(p) => read_input_ids(p)?,
         None => DEFAULT_INPUT_IDS.iter().map(|r| r.to_vec()).collect(),
     };
-    let (logits, shape) = runner.forward(dir, tp, fuse_qkv, &ids)?;
+    let (logits, shape) = runner.forward_with_adapters(dir, tp, fuse_qkv, adapters, &ids)?;
     println!("logits shape {shape:?}");
     if let Some(g) = golden {
         let f = crate::io::SafetensorsFile::open(g)?;

@@ -126,6 +126,26 @@ pub enum Error {
         /// The destination.
         path: PathBuf,
     },
+    /// A fused group (q/k/v, gate/up) whose members a LoRA adapter targets only in part (the all-or-none rule).
+    #[error("{module}: the LoRA adapter targets {} but not {}; a fused {spec} group takes LoRA on all of its linears or none (import with partial mode to give {} a zero delta)", .present.join(", "), .missing.join(", "), .missing.join(", "))]
+    PartialLoraGroup {
+        /// The module holding the fused layer, e.g. `model.layers.0.self_attn`.
+        module: String,
+        /// The spec class.
+        spec: String,
+        /// Members the adapter targets.
+        present: Vec<String>,
+        /// Members it does not.
+        missing: Vec<String>,
+    },
+    /// A LoRA adapter (config or tensors) this crate cannot import or export as asked.
+    #[error("LoRA adapter {adapter}: {reason}")]
+    Lora {
+        /// The adapter directory or name.
+        adapter: String,
+        /// What is wrong, naming the module, tensor or field.
+        reason: String,
+    },
     /// Any other invalid argument.
     #[error("{0}")]
     Invalid(String),
@@ -157,6 +177,11 @@ impl Error {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
+    }
+
+    /// A LoRA adapter error.
+    pub fn lora(adapter: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Lora { adapter: adapter.into(), reason: reason.into() }
     }
 
     /// An invalid spec field.

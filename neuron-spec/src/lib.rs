@@ -29,6 +29,7 @@ pub mod error;
 pub mod io;
 pub mod layers;
 pub mod llama;
+pub mod lora;
 pub mod metadata;
 pub mod model;
 pub mod module;

@@ -50,6 +50,16 @@ pub fn plan_rank(
         if !relevant(meta, module, spec) {
             continue;
         }
+        if spec.is_lora() {
+            // A LoRA spec plans the parts of its module whose factors the source holds; a part the metadata
+            // lists but the source lacks is then reported missing by the generic pass below.
+            for t in spec.plan_rank_lora(module, src, 0, tp, rank)? {
+                consumed.extend(t.blocks.iter().map(|b| b.src.name.clone()));
+                produced.insert(t.name.clone());
+                tensors.push(t);
+            }
+            continue;
+        }
         // A spec's missing inputs are collected with the others, so one error lists them all.
         let absent: Vec<String> =
             spec.original_parameter_names(module).into_iter().filter(|n| src.info(n).is_none()).collect();
@@ -162,6 +172,13 @@ pub fn original_infos(meta: &CheckpointMetadata, rank0: &dyn TensorSource, tp: u
     let mut produced: IndexSet<String> = IndexSet::new();
     for (module, spec) in meta.specs() {
         if !relevant(meta, module, spec) {
+            continue;
+        }
+        if spec.is_lora() {
+            for i in spec.lora_original_infos(module, rank0, tp)? {
+                out.insert(i.name.clone(), i);
+            }
+            produced.extend(spec.local_parameter_names(module).into_iter().filter(|n| rank0.info(n).is_some()));
             continue;
         }
         for i in spec.original_infos(module, rank0, tp)? {

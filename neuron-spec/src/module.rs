@@ -5,6 +5,7 @@
 //! needs (head counts, sizes, biases) is read from the layer instances.
 
 use crate::error::{Error, Result};
+use crate::lora::{LoraImportOptions, PeftConfigs};
 use crate::metadata::{CheckpointMetadata, ParameterMetadata, FORMAT_VERSION};
 use crate::model::{self, PlanOptions};
 use crate::plan::TensorSource;
@@ -79,21 +80,28 @@ pub trait CustomModule: Sized {
     }
 
     /// The specs with module paths and PEFT types set (reference: `specialize_transformation_specs_for_model`).
-    /// Paths are set as they are collected; a LoRA layer reports `peft_type = "lora"` in its spec.
+    /// Paths are set as they are collected; a layer that carries LoRA adapters reports `peft_type = "lora"` in
+    /// its spec (the reference's `guess_peft_type`).
     fn specialize_transformation_specs_for_model(&self) -> Result<Vec<ModelWeightTransformationSpecs>> {
         self.transformation_specs()
     }
 
-    /// The checkpoint metadata: parameters with TP attributes and the specs (reference: `create_parameter_metadata`).
+    /// The checkpoint metadata of the base weights: parameters with TP attributes and the specs (reference:
+    /// `create_parameter_metadata`). Adapters are stored apart, each with its own metadata
+    /// ([`crate::lora::adapter_metadata_for_tp`]), so the specs here carry no PEFT type.
     fn create_parameter_metadata(&self) -> Result<CheckpointMetadata> {
         let mut parameters = IndexMap::new();
         self.collect_parameter_metadata("", &mut parameters)?;
         parameters.sort_keys();
+        let mut specs = self.specialize_transformation_specs_for_model()?;
+        for s in specs.iter_mut().flat_map(|m| m.specs.iter_mut()) {
+            s.set_peft_type(None);
+        }
         Ok(CheckpointMetadata {
             format_version: Some(FORMAT_VERSION),
             tp_size: Some(self.tp_context()?.size),
             parameters,
-            model_weight_transformation_specs: self.specialize_transformation_specs_for_model()?,
+            model_weight_transformation_specs: specs,
             rank_files: vec![],
         })
     }
@@ -115,15 +123,15 @@ pub trait CustomModule: Sized {
         self.load_rank_tensors("", &local, device)
     }
 
-    /// The PEFT hook (reference: `adapt_peft_config`): each spec rewrites the config for the custom
-    /// modules. Identity until the LoRA semantics land.
-    fn adapt_peft_config(&self, config: serde_json::Value) -> Result<serde_json::Value> {
-        Ok(config)
+    /// The PEFT config (one, or a map from adapter name to config) in this model's terms: every spec rewrites
+    /// `target_modules` for its fused layer (reference: `adapt_peft_config_for_model`).
+    fn adapt_peft_config<C: PeftConfigs>(&self, configs: &C, opts: &LoraImportOptions) -> Result<C> {
+        crate::lora::adapt_peft_config_for_model(&self.create_parameter_metadata()?, configs, opts)
     }
 
-    /// The inverse PEFT hook (reference: `to_original_peft_config`).
-    fn to_original_peft_config(&self, config: serde_json::Value) -> Result<serde_json::Value> {
-        Ok(config)
+    /// The inverse: the config in the HF model's terms (reference: `to_original_peft_config_for_model`).
+    fn to_original_peft_config<C: PeftConfigs>(&self, configs: &C) -> Result<C> {
+        crate::lora::to_original_peft_config_for_model(&self.create_parameter_metadata()?, configs)
     }
 }
 

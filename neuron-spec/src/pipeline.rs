@@ -26,7 +26,8 @@ pub fn with_prefetch<R>(
             }
         });
         let mut i = 0;
-        let mut next = |info: &TensorInfo| -> Result<Vec<HostTensor>> {
+        // `move`: the closure owns the receiver, so dropping it below unblocks a producer still sending.
+        let mut next = move |info: &TensorInfo| -> Result<Vec<HostTensor>> {
             let expected = order.get(i).map(|t| t.name.as_str());
             if expected != Some(info.name.as_str()) {
                 return Err(Error::Invalid(format!(
@@ -38,7 +39,45 @@ pub fn with_prefetch<R>(
             rx.recv().map_err(|_| Error::Invalid(format!("tensor {}: the producer stopped", info.name)))?
         };
         let out = consume(&mut next);
+        // Close the channel before the scope joins the producer.
         drop(next);
         out
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::DType;
+
+    fn plan(name: &str) -> TensorPlan {
+        TensorPlan { name: name.into(), dtype: DType::F32, shape: vec![1], blocks: vec![], replicas: vec![] }
+    }
+
+    #[test]
+    fn a_consumer_that_stops_early_does_not_hang_the_producer() {
+        let plans: Vec<TensorPlan> = (0..5).map(|i| plan(&i.to_string())).collect();
+        let order: Vec<&TensorPlan> = plans.iter().collect();
+        let compute = |_: &TensorPlan| Ok(vec![HostTensor::zeros(DType::F32, vec![1])]);
+        let r: Result<()> = with_prefetch(&order, &compute, |next| {
+            next(&plans[0].info())?;
+            Err(Error::Invalid("disk full".into()))
+        });
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn tensors_arrive_in_order_and_out_of_order_requests_fail() {
+        let plans: Vec<TensorPlan> = (0..3).map(|i| plan(&i.to_string())).collect();
+        let order: Vec<&TensorPlan> = plans.iter().collect();
+        let compute = |_: &TensorPlan| Ok(vec![HostTensor::zeros(DType::F32, vec![1])]);
+        assert!(with_prefetch(&order, &compute, |next| {
+            for p in &plans {
+                next(&p.info())?;
+            }
+            Ok(())
+        })
+        .is_ok());
+        assert!(with_prefetch(&order, &compute, |next| next(&plans[1].info()).map(|_| ())).is_err());
+    }
 }

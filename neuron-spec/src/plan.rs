@@ -86,6 +86,17 @@ pub trait TensorSource: Sync {
             other => other,
         })
     }
+    /// The LoRA adapters whose rank-local factors this source holds under adapter-named keys
+    /// (`<module>.lora_A.<adapter>.weight`); plain checkpoints hold none. This is how a layer's
+    /// `load_rank_tensors` learns which adapters to attach, without a tree walk of its own
+    /// (see [`crate::lora::LoraRankSource`]).
+    fn lora_adapters(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The scaling of `adapter`'s factors on the module at `module` (its rank-local path).
+    fn lora_scaling(&self, _adapter: &str, _module: &str) -> Option<f64> {
+        None
+    }
 }
 
 /// Reads a block's source slice from the source set it names.

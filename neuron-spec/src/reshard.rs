@@ -99,7 +99,19 @@ pub fn reshard(src_dir: &std::path::Path, out_dir: &std::path::Path, tp: usize, 
     let ck = ShardedCheckpoint::open(src_dir)?;
     let (plan, meta) = reshard_plan(&ck, tp)?;
     let staging = Staging::new(out_dir, opts.force)?;
-    let report = write_sharded(staging.path(), out_dir, &plan, meta, &ck.sources(), src_dir, opts.progress)?;
+    let mut report = write_sharded(staging.path(), out_dir, &plan, meta, &ck.sources(), src_dir, opts.progress)?;
+    // Adapters are resharded with the base weights, each from its own rank files.
+    for a in crate::lora::disk::sharded_adapters(src_dir)? {
+        let (plan, meta) = reshard_plan(&a.checkpoint, tp)?;
+        let name = crate::lora::disk::adapter_dir_name(&a.name);
+        let dir = staging.path().join(&name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let r = write_sharded(&dir, &out_dir.join(&name), &plan, meta, &a.checkpoint.sources(), &dir, opts.progress)?;
+        crate::io::write_file_synced(&dir.join(crate::lora::ADAPTER_CONFIG), a.config.to_json()?.as_bytes())?;
+        report.files.extend(r.files);
+        report.tensors += r.tensors;
+        report.bytes_written += r.bytes_written;
+    }
     staging.commit()?;
     Ok(report)
 }

@@ -92,6 +92,7 @@ impl ColumnParallelLinearConfig {
         };
         Ok(ColumnParallelLinear {
             linear,
+            lora: Vec::new(),
             tp,
             in_features: self.in_features,
             out_features: self.out_features,
@@ -108,6 +109,8 @@ impl ColumnParallelLinearConfig {
 pub struct ColumnParallelLinear {
     /// The rank-local linear.
     pub linear: Linear,
+    /// LoRA adapters (A replicated, B split like the outputs), attached by `load_rank_tensors`.
+    pub lora: Vec<super::LoraBranch>,
     /// TP size and rank.
     #[module(skip)]
     pub tp: TpContext,
@@ -142,7 +145,10 @@ impl ColumnParallelLinear {
     /// The local outputs, or all outputs (truncated to `out_features`) when `gather_output` is set.
     pub fn forward<const D: usize, C: Communicator>(&self, x: Tensor<D>, comm: &C) -> Result<Tensor<D>> {
         check_last_dim(&x, self.in_features, "ColumnParallelLinear input")?;
-        let y = self.linear.forward(x);
+        let mut y = self.linear.forward(x.clone());
+        for b in &self.lora {
+            y = y + b.forward(x.clone());
+        }
         if !self.gather_output {
             return Ok(y);
         }
@@ -179,6 +185,7 @@ impl CustomModule for ColumnParallelLinear {
         if let Some(b) = &self.linear.bias {
             self.linear.bias = Some(load_same(src, &pname(prefix, "bias"), b, [o], device)?);
         }
+        self.lora = super::lora::load_branches(src, prefix, i, o, device)?;
         Ok(self)
     }
 
@@ -187,7 +194,7 @@ impl CustomModule for ColumnParallelLinear {
         if let Some(b) = &self.linear.bias {
             save_same(b, &pname(prefix, "bias"), out)?;
         }
-        Ok(())
+        super::lora::save_branches(&self.lora, prefix, out)
     }
 }
 
@@ -201,7 +208,8 @@ impl FusedLinearLayer for ColumnParallelLinear {
             fuse_axis: FuseAxis::Column,
             original_dims: dims,
             tp_size: self.tp.size,
-            peft_type: None,
+            // guess_peft_type: the layer carries LoRA.
+            peft_type: (!self.lora.is_empty()).then(|| crate::lora::PEFT_TYPE_LORA.to_string()),
         };
         spec.validate(self.tp.size)?;
         Ok(Spec::FusedLinears(spec))

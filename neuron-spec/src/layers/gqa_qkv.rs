@@ -106,6 +106,7 @@ impl GqaQkvColumnParallelLinearConfig {
             bias_q: None,
             bias_k: None,
             bias_v: None,
+            lora: Vec::new(),
             tp,
             hidden_size: self.hidden_size,
             num_attention_heads: self.num_attention_heads,
@@ -166,6 +167,8 @@ pub struct GqaQkvColumnParallelLinear {
     pub bias_k: Option<Param<Tensor<1>>>,
     /// Value bias.
     pub bias_v: Option<Param<Tensor<1>>>,
+    /// LoRA adapters (A replicated, B rows laid out like the weights), attached by `load_rank_tensors`.
+    pub lora: Vec<super::GqaLoraBranch>,
     /// TP size and rank.
     #[module(skip)]
     pub tp: TpContext,
@@ -236,7 +239,8 @@ impl GqaQkvColumnParallelLinear {
             tp_size: self.tp.size,
             qkv_bias: (qkv_bias != self.o_bias).then_some(qkv_bias),
             o_bias: (qkv_bias != self.o_bias).then_some(self.o_bias),
-            peft_type: None,
+            // guess_peft_type: the layer carries LoRA.
+            peft_type: (!self.lora.is_empty()).then(|| crate::lora::PEFT_TYPE_LORA.to_string()),
         };
         s.validate(self.tp.size)?;
         Ok(s)
@@ -251,14 +255,24 @@ impl GqaQkvColumnParallelLinear {
             Ok(burn::tensor::module::linear(x.clone(), w.val(), b.as_ref().map(|b| b.val())))
         };
         if self.fuse_qkv {
-            let y = lin(&self.weight_qkv, &self.bias_qkv, "weight_qkv")?;
+            let mut y = lin(&self.weight_qkv, &self.bias_qkv, "weight_qkv")?;
+            for br in &self.lora {
+                y = y + br.up(br.down(x.clone()), &br.b_qkv, "b_qkv")?;
+            }
             Ok(QkvOutput { q: y.clone().narrow(2, 0, q), k: y.clone().narrow(2, q, kv), v: y.narrow(2, q + kv, kv) })
         } else {
-            Ok(QkvOutput {
+            let mut out = QkvOutput {
                 q: lin(&self.weight_q, &self.bias_q, "weight_q")?,
                 k: lin(&self.weight_k, &self.bias_k, "weight_k")?,
                 v: lin(&self.weight_v, &self.bias_v, "weight_v")?,
-            })
+            };
+            for br in &self.lora {
+                let h = br.down(x.clone());
+                out.q = out.q + br.up(h.clone(), &br.b_q, "b_q")?;
+                out.k = out.k + br.up(h.clone(), &br.b_k, "b_k")?;
+                out.v = out.v + br.up(h, &br.b_v, "b_v")?;
+            }
+            Ok(out)
         }
     }
 
@@ -351,6 +365,8 @@ impl CustomModule for GqaQkvColumnParallelLinear {
         self.bias_q = b(&self.bias_q, "bias_q", q)?;
         self.bias_k = b(&self.bias_k, "bias_k", kv)?;
         self.bias_v = b(&self.bias_v, "bias_v", kv)?;
+        let rows: Vec<(&str, usize)> = self.weights().into_iter().map(|(n, _, r)| (n, r)).collect();
+        self.lora = super::lora::load_gqa_branches(src, prefix, h, &rows, device)?;
         Ok(self)
     }
 
@@ -361,7 +377,7 @@ impl CustomModule for GqaQkvColumnParallelLinear {
         for (n, p, _) in self.biases() {
             save_same(p, &pname(prefix, n), out)?;
         }
-        Ok(())
+        super::lora::save_gqa_branches(&self.lora, prefix, out)
     }
 }
 

@@ -81,6 +81,7 @@ impl RowParallelLinearConfig {
         };
         Ok(RowParallelLinear {
             linear,
+            lora: Vec::new(),
             tp,
             in_features: self.in_features,
             local_in_features: local_in,
@@ -96,6 +97,8 @@ impl RowParallelLinearConfig {
 pub struct RowParallelLinear {
     /// The rank-local linear (`[in_local, out]` weight; its bias is the replicated one).
     pub linear: Linear,
+    /// LoRA adapters (A split like the inputs, B replicated), attached by `load_rank_tensors`.
+    pub lora: Vec<super::LoraBranch>,
     /// TP size and rank.
     #[module(skip)]
     pub tp: TpContext,
@@ -127,7 +130,10 @@ impl RowParallelLinear {
     /// `x` is this rank's slice of the inputs (a column-parallel layer's local outputs).
     pub fn forward<const D: usize, C: Communicator>(&self, x: Tensor<D>, comm: &C) -> Result<Tensor<D>> {
         check_last_dim(&x, self.local_in_features, "RowParallelLinear input")?;
-        let partial = burn::tensor::module::linear(x, self.linear.weight.val(), None);
+        let mut partial = burn::tensor::module::linear(x.clone(), self.linear.weight.val(), None);
+        for b in &self.lora {
+            partial = partial + b.forward(x.clone());
+        }
         let y = comm.all_reduce_sum(partial)?;
         Ok(match &self.linear.bias {
             Some(b) => y + b.val().unsqueeze(),
@@ -162,6 +168,7 @@ impl CustomModule for RowParallelLinear {
         if let Some(b) = &self.linear.bias {
             self.linear.bias = Some(load_same(src, &pname(prefix, "bias"), b, [o], device)?);
         }
+        self.lora = super::lora::load_branches(src, prefix, i, o, device)?;
         Ok(self)
     }
 
@@ -170,7 +177,7 @@ impl CustomModule for RowParallelLinear {
         if let Some(b) = &self.linear.bias {
             save_same(b, &pname(prefix, "bias"), out)?;
         }
-        Ok(())
+        super::lora::save_branches(&self.lora, prefix, out)
     }
 }
 
@@ -184,7 +191,8 @@ impl FusedLinearLayer for RowParallelLinear {
             fuse_axis: FuseAxis::Row,
             original_dims: dims,
             tp_size: self.tp.size,
-            peft_type: None,
+            // guess_peft_type: the layer carries LoRA.
+            peft_type: (!self.lora.is_empty()).then(|| crate::lora::PEFT_TYPE_LORA.to_string()),
         };
         spec.validate(self.tp.size)?;
         Ok(Spec::FusedLinears(spec))

@@ -74,6 +74,10 @@ impl ModuleVisitor for Walker {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        // LoRA factors are not HF checkpoint weights: adapters load through `load_rank_tensors`.
+        if self.containers.iter().any(|c| c == "Struct:LoraBranch" || c == "Struct:GqaLoraBranch") {
+            return;
+        }
         let (shape, values) = if self.read_values {
             match tensor_to_f32(param.val(), &self.path.join(".")) {
                 Ok((s, v)) => (s, Some(v)),

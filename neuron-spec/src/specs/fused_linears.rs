@@ -173,6 +173,87 @@ impl FusedLinearsSpec {
         Ok(plans)
     }
 
+    /// `<module>.<fused>.lora_A.weight` and `.lora_B.weight`.
+    pub fn lora_local_parameter_names(&self, module: &str) -> Vec<String> {
+        let f = &self.fused_linear_name;
+        vec![format!("{module}.{f}.lora_A.weight"), format!("{module}.{f}.lora_B.weight")]
+    }
+
+    /// The full-rank factors: a column group's shared A and each member's B rows (a row group: each member's A
+    /// columns and the shared B).
+    pub fn lora_original_parameter_names(&self, module: &str) -> Vec<String> {
+        let f = &self.fused_linear_name;
+        let (shared, own) = self.lora_factors();
+        let mut v = vec![format!("{module}.{f}.{shared}.weight")];
+        v.extend(self.linear_names.iter().map(|l| format!("{module}.{l}.{own}.weight")));
+        v
+    }
+
+    /// (shared factor, per-member factor): the member factor is the one along the fused axis.
+    fn lora_factors(&self) -> (&'static str, &'static str) {
+        match self.fuse_axis {
+            FuseAxis::Column => ("lora_A", "lora_B"),
+            FuseAxis::Row => ("lora_B", "lora_A"),
+        }
+    }
+
+    /// Rank `rank`'s LoRA factors: the shared factor whole (replicated), the members' factors sharded and fused
+    /// exactly like the weight (B's rows for a column group, A's columns for a row group).
+    pub fn plan_rank_lora(
+        &self,
+        module: &str,
+        src: &dyn TensorSource,
+        part: usize,
+        tp: usize,
+        rank: usize,
+    ) -> Result<Vec<TensorPlan>> {
+        self.validate(tp)?;
+        let f = &self.fused_linear_name;
+        let (shared, own) = self.lora_factors();
+        let shared_name = format!("{module}.{f}.{shared}.weight");
+        let Some(shared_info) = src.info(&shared_name) else { return Ok(vec![]) };
+        let dim = self.fuse_axis.axis();
+        let mut members = Vec::new();
+        for (l, d) in self.linear_names.iter().zip(&self.original_dims) {
+            let info = require(src, &format!("{module}.{l}.{own}.weight"))?;
+            if info.shape.get(dim) != Some(d) {
+                return Err(Error::spec(
+                    Self::CLASS_NAME,
+                    "original_dims",
+                    format!("{} is {:?}, but original_dims says {d} along dim {dim}", info.name, info.shape),
+                ));
+            }
+            members.push(info);
+        }
+        let fused = fused_plan(&format!("{module}.{f}.{own}.weight"), &members, part, dim, dim, tp, rank)?;
+        Ok(vec![TensorPlan::whole(&shared_name, &shared_info, part), fused])
+    }
+
+    /// The full-rank factors' shapes from one rank's LoRA factors.
+    pub fn lora_original_infos(&self, module: &str, local: &dyn TensorSource, tp: usize) -> Result<Vec<TensorInfo>> {
+        self.validate(tp)?;
+        let f = &self.fused_linear_name;
+        let (shared, own) = self.lora_factors();
+        let Some(s) = local.info(&format!("{module}.{f}.{shared}.weight")) else { return Ok(vec![]) };
+        let fused = require(local, &format!("{module}.{f}.{own}.weight"))?;
+        let dim = self.fuse_axis.axis();
+        let expected: usize = self.original_dims.iter().sum::<usize>() / tp;
+        if fused.shape.len() != 2 || fused.shape[dim] != expected {
+            let mut e = fused.shape.clone();
+            if let Some(x) = e.get_mut(dim) {
+                *x = expected;
+            }
+            return Err(Error::ShapeMismatch { tensor: fused.name, expected: e, found: fused.shape, file: None });
+        }
+        let mut out = vec![s];
+        for (l, d) in self.linear_names.iter().zip(&self.original_dims) {
+            let mut shape = fused.shape.clone();
+            shape[dim] = *d;
+            out.push(TensorInfo { name: format!("{module}.{l}.{own}.weight"), dtype: fused.dtype, shape });
+        }
+        Ok(out)
+    }
+
     /// The members' shapes, from one rank's fused tensor; its size must be `sum(original_dims) / tp`.
     pub fn original_infos(&self, module: &str, local: &dyn TensorSource, tp: usize) -> Result<Vec<TensorInfo>> {
         self.validate(tp)?;

@@ -416,69 +416,14 @@ impl GqaQkvColumnParallelLinearSpec {
         self.validate(tp)?;
         check_tp(tp, rank)?;
         let hd = self.head_dim()?;
-        let idx = Self::compute_query_indices_for_rank(
-            tp,
-            rank,
-            self.num_attention_heads,
-            self.num_key_value_heads,
-            self.kv_size_multiplier,
-        )?;
+        let idx = self.query_indices(tp, rank)?;
         let mut plans = Vec::new();
         for p in self.qkv_params() {
             let [qn, kn, vn, _] = self.names(module, p);
-            let q = require(src, &qn)?;
-            let k = require(src, &kn)?;
-            let v = require(src, &vn)?;
-            self.check_rows(&q, self.num_attention_heads * hd)?;
-            self.check_rows(&k, self.num_key_value_heads * hd)?;
-            self.check_rows(&v, self.num_key_value_heads * hd)?;
-            let qp = heads_plan("q", &q, part, 0, self.num_attention_heads, &idx, 0, Some(hd))?;
-            let kv_out = self.kv_output_size_per_partition;
-            let kp = kv_plan("k", &k, part, self.kv_size_multiplier, kv_out, 0, tp, rank)?;
-            let vp = kv_plan("v", &v, part, self.kv_size_multiplier, kv_out, 0, tp, rank)?;
-            let names = self.local_qkv_names(module, p);
-            if self.fuse_qkv {
-                for t in [&k, &v] {
-                    if t.dtype != q.dtype {
-                        return Err(Error::DtypeMismatch {
-                            tensor: t.name.clone(),
-                            expected: q.dtype.to_string(),
-                            found: t.dtype.to_string(),
-                            file: None,
-                        });
-                    }
-                }
-                let mut shape = q.shape.clone();
-                shape[0] = qp.shape[0] + 2 * kv_out;
-                let mut blocks = qp.blocks;
-                let mut off = self.q_output_size_per_partition;
-                for sub in [kp, vp] {
-                    for b in sub.blocks {
-                        push_block(&mut blocks, Block { dst_offset: b.dst_offset + off, ..b });
-                    }
-                    off += kv_out;
-                }
-                plans.push(TensorPlan { name: names[0].clone(), dtype: q.dtype, shape, blocks, replicas: vec![] });
-            } else {
-                for (sub, n) in [qp, kp, vp].into_iter().zip(names) {
-                    plans.push(TensorPlan { name: n, ..sub });
-                }
-            }
+            plans.extend(self.plan_qkv([qn, kn, vn], self.local_qkv_names(module, p), src, part, tp, rank, &idx)?);
         }
         let on = format!("{module}.{}.weight", self.output_projection_name);
-        let o = require(src, &on)?;
-        if o.shape.get(1) != Some(&(self.num_attention_heads * hd)) {
-            return Err(Error::ShapeMismatch {
-                tensor: on,
-                expected: vec![o.shape.first().copied().unwrap_or(0), self.num_attention_heads * hd],
-                found: o.shape,
-                file: None,
-            });
-        }
-        plans.push(TensorPlan {
-            name: on.clone(),
-            ..heads_plan(&on, &o, part, 1, self.num_attention_heads, &idx, 0, Some(hd))?
-        });
+        plans.push(self.plan_output_columns(&on, src, part, &idx, hd)?);
         if self.has_o_bias() {
             let bn = format!("{module}.{}.bias", self.output_projection_name);
             let b = require(src, &bn)?;
@@ -486,6 +431,212 @@ impl GqaQkvColumnParallelLinearSpec {
             plans.push(TensorPlan::whole(&bn, &b, part));
         }
         Ok(plans)
+    }
+
+    fn query_indices(&self, tp: usize, rank: usize) -> Result<Vec<usize>> {
+        Self::compute_query_indices_for_rank(
+            tp,
+            rank,
+            self.num_attention_heads,
+            self.num_key_value_heads,
+            self.kv_size_multiplier,
+        )
+    }
+
+    /// The o columns (heads along dim 1) of the query heads `idx`, read from `name` into `name`.
+    fn plan_output_columns(
+        &self,
+        name: &str,
+        src: &dyn TensorSource,
+        part: usize,
+        idx: &[usize],
+        hd: usize,
+    ) -> Result<TensorPlan> {
+        let o = require(src, name)?;
+        if o.shape.get(1) != Some(&(self.num_attention_heads * hd)) {
+            return Err(Error::ShapeMismatch {
+                tensor: name.to_string(),
+                expected: vec![o.shape.first().copied().unwrap_or(0), self.num_attention_heads * hd],
+                found: o.shape,
+                file: None,
+            });
+        }
+        Ok(TensorPlan {
+            name: name.to_string(),
+            ..heads_plan(name, &o, part, 1, self.num_attention_heads, idx, 0, Some(hd))?
+        })
+    }
+
+    /// Rank `rank`'s q, k and v rows of the tensors `[q, k, v]`, as one fused tensor or three.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_qkv(
+        &self,
+        [qn, kn, vn]: [String; 3],
+        names: Vec<String>,
+        src: &dyn TensorSource,
+        part: usize,
+        tp: usize,
+        rank: usize,
+        idx: &[usize],
+    ) -> Result<Vec<TensorPlan>> {
+        let hd = self.head_dim()?;
+        let q = require(src, &qn)?;
+        let k = require(src, &kn)?;
+        let v = require(src, &vn)?;
+        self.check_rows(&q, self.num_attention_heads * hd)?;
+        self.check_rows(&k, self.num_key_value_heads * hd)?;
+        self.check_rows(&v, self.num_key_value_heads * hd)?;
+        let qp = heads_plan("q", &q, part, 0, self.num_attention_heads, idx, 0, Some(hd))?;
+        let kv_out = self.kv_output_size_per_partition;
+        let kp = kv_plan("k", &k, part, self.kv_size_multiplier, kv_out, 0, tp, rank)?;
+        let vp = kv_plan("v", &v, part, self.kv_size_multiplier, kv_out, 0, tp, rank)?;
+        let mut plans = Vec::new();
+        if self.fuse_qkv {
+            for t in [&k, &v] {
+                if t.dtype != q.dtype {
+                    return Err(Error::DtypeMismatch {
+                        tensor: t.name.clone(),
+                        expected: q.dtype.to_string(),
+                        found: t.dtype.to_string(),
+                        file: None,
+                    });
+                }
+            }
+            let mut shape = q.shape.clone();
+            shape[0] = qp.shape[0] + 2 * kv_out;
+            let mut blocks = qp.blocks;
+            let mut off = self.q_output_size_per_partition;
+            for sub in [kp, vp] {
+                for b in sub.blocks {
+                    push_block(&mut blocks, Block { dst_offset: b.dst_offset + off, ..b });
+                }
+                off += kv_out;
+            }
+            let name = names.into_iter().next().unwrap_or_default();
+            plans.push(TensorPlan { name, dtype: q.dtype, shape, blocks, replicas: vec![] });
+        } else {
+            for (sub, n) in [qp, kp, vp].into_iter().zip(names) {
+                plans.push(TensorPlan { name: n, ..sub });
+            }
+        }
+        Ok(plans)
+    }
+
+    /// `qkv_proj.lora_A.weight`, `qkv_proj.lora_B.weight_qkv` (or `_q/_k/_v`) and `o_proj.lora_A.weight` (whose
+    /// columns follow the query heads); `o_proj.lora_B.weight` is a plain replicated parameter.
+    pub fn lora_local_parameter_names(&self, module: &str) -> Vec<String> {
+        let mut v = vec![format!("{module}.{}.lora_A.weight", self.gqa_qkv_projection_name)];
+        v.extend(self.local_qkv_names(module, "lora_B.weight"));
+        v.push(format!("{module}.{}.lora_A.weight", self.output_projection_name));
+        v
+    }
+
+    /// The full-rank factors: the shared A of q/k/v, each one's B, and o's A.
+    pub fn lora_original_parameter_names(&self, module: &str) -> Vec<String> {
+        let mut v = vec![format!("{module}.{}.lora_A.weight", self.gqa_qkv_projection_name)];
+        let [q, k, vv, o] = self.names(module, "lora_B.weight");
+        v.extend([q, k, vv]);
+        v.push(o.replace(".lora_B.", ".lora_A."));
+        v
+    }
+
+    /// Rank `rank`'s LoRA factors: q/k/v's A whole; their B rows planned exactly like the weights' rows (query
+    /// permutation, kv tiling); o's A columns like o's weight columns. Only the parts `src` holds.
+    pub fn plan_rank_lora(
+        &self,
+        module: &str,
+        src: &dyn TensorSource,
+        part: usize,
+        tp: usize,
+        rank: usize,
+    ) -> Result<Vec<TensorPlan>> {
+        self.validate(tp)?;
+        check_tp(tp, rank)?;
+        let hd = self.head_dim()?;
+        let idx = self.query_indices(tp, rank)?;
+        let mut plans = Vec::new();
+        let a = format!("{module}.{}.lora_A.weight", self.gqa_qkv_projection_name);
+        if let Some(info) = src.info(&a) {
+            plans.push(TensorPlan::whole(&a, &info, part));
+            let [q, k, v, _] = self.names(module, "lora_B.weight");
+            plans.extend(self.plan_qkv(
+                [q, k, v],
+                self.local_qkv_names(module, "lora_B.weight"),
+                src,
+                part,
+                tp,
+                rank,
+                &idx,
+            )?);
+        }
+        let oa = format!("{module}.{}.lora_A.weight", self.output_projection_name);
+        if src.info(&oa).is_some() {
+            plans.push(self.plan_output_columns(&oa, src, part, &idx, hd)?);
+        }
+        Ok(plans)
+    }
+
+    /// The full-rank factors' shapes from one rank's LoRA factors.
+    pub fn lora_original_infos(&self, module: &str, local: &dyn TensorSource, tp: usize) -> Result<Vec<TensorInfo>> {
+        self.validate(tp)?;
+        let hd = self.head_dim()?;
+        let mut out = Vec::new();
+        let a = format!("{module}.{}.lora_A.weight", self.gqa_qkv_projection_name);
+        if let Some(info) = local.info(&a) {
+            out.push(info);
+            let [q, k, v, _] = self.names(module, "lora_B.weight");
+            out.extend(self.qkv_original_infos(module, "lora_B.weight", [q, k, v], local)?);
+        }
+        let oa = format!("{module}.{}.lora_A.weight", self.output_projection_name);
+        if let Some(o) = local.info(&oa) {
+            let mut shape = o.shape.clone();
+            if shape.len() != 2 || shape[1] != self.q_output_size_per_partition {
+                return Err(Error::ShapeMismatch {
+                    tensor: oa,
+                    expected: vec![shape.first().copied().unwrap_or(0), self.q_output_size_per_partition],
+                    found: o.shape,
+                    file: None,
+                });
+            }
+            shape[1] = self.num_attention_heads * hd;
+            out.push(TensorInfo { name: oa, dtype: o.dtype, shape });
+        }
+        Ok(out)
+    }
+
+    /// The HF q/k/v shapes of parameter `p` from one rank's local q/k/v tensors.
+    fn qkv_original_infos(
+        &self,
+        module: &str,
+        p: &str,
+        originals: [String; 3],
+        local: &dyn TensorSource,
+    ) -> Result<Vec<TensorInfo>> {
+        let hd = self.head_dim()?;
+        let (qo, kvo) = (self.q_output_size_per_partition, self.kv_output_size_per_partition);
+        let names = self.local_qkv_names(module, p);
+        let first_name = names.first().cloned().unwrap_or_default();
+        let first = require(local, &first_name)?;
+        let expected_rows = if self.fuse_qkv { qo + 2 * kvo } else { qo };
+        if first.shape.first() != Some(&expected_rows) {
+            let mut e = first.shape.clone();
+            if let Some(x) = e.first_mut() {
+                *x = expected_rows;
+            }
+            return Err(Error::ShapeMismatch { tensor: first.name, expected: e, found: first.shape, file: None });
+        }
+        let [qn, kn, vn] = originals;
+        let mut out = Vec::new();
+        for (n, rows) in [
+            (qn, self.num_attention_heads * hd),
+            (kn, self.num_key_value_heads * hd),
+            (vn, self.num_key_value_heads * hd),
+        ] {
+            let mut shape = first.shape.clone();
+            shape[0] = rows;
+            out.push(TensorInfo { name: n, dtype: first.dtype, shape });
+        }
+        Ok(out)
     }
 
     fn check_rows(&self, t: &TensorInfo, rows: usize) -> Result<()> {
@@ -510,29 +661,11 @@ impl GqaQkvColumnParallelLinearSpec {
     pub fn original_infos(&self, module: &str, local: &dyn TensorSource, tp: usize) -> Result<Vec<TensorInfo>> {
         self.validate(tp)?;
         let hd = self.head_dim()?;
-        let (qo, kvo) = (self.q_output_size_per_partition, self.kv_output_size_per_partition);
+        let qo = self.q_output_size_per_partition;
         let mut out = Vec::new();
         for p in self.qkv_params() {
-            let names = self.local_qkv_names(module, p);
-            let first = require(local, &names[0])?;
-            let expected_rows = if self.fuse_qkv { qo + 2 * kvo } else { qo };
-            if first.shape.first() != Some(&expected_rows) {
-                let mut e = first.shape.clone();
-                if let Some(x) = e.first_mut() {
-                    *x = expected_rows;
-                }
-                return Err(Error::ShapeMismatch { tensor: first.name, expected: e, found: first.shape, file: None });
-            }
             let [qn, kn, vn, _] = self.names(module, p);
-            for (n, rows) in [
-                (qn, self.num_attention_heads * hd),
-                (kn, self.num_key_value_heads * hd),
-                (vn, self.num_key_value_heads * hd),
-            ] {
-                let mut shape = first.shape.clone();
-                shape[0] = rows;
-                out.push(TensorInfo { name: n, dtype: first.dtype, shape });
-            }
+            out.extend(self.qkv_original_infos(module, p, [qn, kn, vn], local)?);
         }
         let on = format!("{module}.{}.weight", self.output_projection_name);
         let o = require(local, &on)?;

@@ -7,7 +7,7 @@ mod fused_linears;
 mod gqa_qkv;
 
 pub use fused_linears::{FuseAxis, FusedLinearsSpec};
-pub use gqa_qkv::GqaQkvColumnParallelLinearSpec;
+pub use gqa_qkv::{GqaQkvColumnParallelLinearSpec, QueryOrOutput};
 
 use crate::error::{Error, Result};
 use crate::plan::{TensorInfo, TensorPlan, TensorSource};
@@ -91,19 +91,68 @@ impl Spec {
         v
     }
 
-    /// The rank-local parameters this spec produces.
-    pub fn local_parameter_names(&self, module: &str) -> Vec<String> {
+    /// The PEFT type of the module (`"lora"` when it carries LoRA adapters; reference: `peft_type`).
+    pub fn peft_type(&self) -> Option<&str> {
         match self {
-            Spec::FusedLinears(s) => s.local_parameter_names(module),
-            Spec::GqaQkv(s) => s.local_parameter_names(module),
+            Spec::FusedLinears(s) => s.peft_type.as_deref(),
+            Spec::GqaQkv(s) => s.peft_type.as_deref(),
         }
     }
 
-    /// The HF parameters this spec consumes.
-    pub fn original_parameter_names(&self, module: &str) -> Vec<String> {
+    /// Sets the PEFT type: a `"lora"` spec plans the module's LoRA factors instead of its weights.
+    pub fn set_peft_type(&mut self, peft_type: Option<String>) {
         match self {
-            Spec::FusedLinears(s) => s.original_parameter_names(module),
-            Spec::GqaQkv(s) => s.original_parameter_names(module),
+            Spec::FusedLinears(s) => s.peft_type = peft_type,
+            Spec::GqaQkv(s) => s.peft_type = peft_type,
+        }
+    }
+
+    /// Whether the spec plans LoRA factors (`peft_type == "lora"`).
+    pub fn is_lora(&self) -> bool {
+        self.peft_type() == Some(crate::lora::PEFT_TYPE_LORA)
+    }
+
+    /// The rank-local parameters this spec produces (its LoRA factors for a LoRA spec).
+    pub fn local_parameter_names(&self, module: &str) -> Vec<String> {
+        match (self, self.is_lora()) {
+            (Spec::FusedLinears(s), false) => s.local_parameter_names(module),
+            (Spec::GqaQkv(s), false) => s.local_parameter_names(module),
+            (Spec::FusedLinears(s), true) => s.lora_local_parameter_names(module),
+            (Spec::GqaQkv(s), true) => s.lora_local_parameter_names(module),
+        }
+    }
+
+    /// The HF parameters this spec consumes (the full-rank LoRA factors for a LoRA spec; see [`crate::lora`]).
+    pub fn original_parameter_names(&self, module: &str) -> Vec<String> {
+        match (self, self.is_lora()) {
+            (Spec::FusedLinears(s), false) => s.original_parameter_names(module),
+            (Spec::GqaQkv(s), false) => s.original_parameter_names(module),
+            (Spec::FusedLinears(s), true) => s.lora_original_parameter_names(module),
+            (Spec::GqaQkv(s), true) => s.lora_original_parameter_names(module),
+        }
+    }
+
+    /// Plans of rank `rank`'s LoRA factors, for the parts of the module whose full-rank factors `src` holds
+    /// (reference: `_lora_adapt_state_dict`, exact instead of averaged).
+    pub fn plan_rank_lora(
+        &self,
+        module: &str,
+        src: &dyn TensorSource,
+        part: usize,
+        tp: usize,
+        rank: usize,
+    ) -> Result<Vec<TensorPlan>> {
+        match self {
+            Spec::FusedLinears(s) => s.plan_rank_lora(module, src, part, tp, rank),
+            Spec::GqaQkv(s) => s.plan_rank_lora(module, src, part, tp, rank),
+        }
+    }
+
+    /// Shapes of the full-rank LoRA factors, from one rank's LoRA tensors (the parts that rank holds).
+    pub fn lora_original_infos(&self, module: &str, local: &dyn TensorSource, tp: usize) -> Result<Vec<TensorInfo>> {
+        match self {
+            Spec::FusedLinears(s) => s.lora_original_infos(module, local, tp),
+            Spec::GqaQkv(s) => s.lora_original_infos(module, local, tp),
         }
     }
 

@@ -1,15 +1,12 @@
 //! Column-parallel linear: the output features are split across ranks (HF weight rows, dim 0).
 
-use super::{
-    check_fused, check_last_dim, fused_dims, lazy_zeros, load_linear_weight, load_same, parallel_meta, pname,
-    save_linear_weight, save_same, Communicator,
-};
+use super::{check_fused, check_last_dim, lazy_zeros, parallel_meta, pname, Communicator};
 use crate::error::{Error, Result};
 use crate::metadata::ParameterMetadata;
 use crate::module::{CustomModule, FusedLinearLayer, TpContext};
 use crate::plan::TensorSource;
 use crate::sharding::per_partition_size;
-use crate::specs::{FuseAxis, FusedLinearsSpec, ModelWeightTransformationSpecs, Spec};
+use crate::specs::{FuseAxis, ModelWeightTransformationSpecs, Spec};
 use crate::tensor::StateDict;
 use burn::module::Module;
 use burn::nn::Linear;
@@ -180,39 +177,26 @@ impl CustomModule for ColumnParallelLinear {
     }
 
     fn load_rank_tensors(mut self, prefix: &str, src: &dyn TensorSource, device: &Device) -> Result<Self> {
-        let (o, i) = (self.local_out_features, self.in_features);
-        self.linear.weight = load_linear_weight(src, &pname(prefix, "weight"), &self.linear.weight, o, i, device)?;
-        if let Some(b) = &self.linear.bias {
-            self.linear.bias = Some(load_same(src, &pname(prefix, "bias"), b, [o], device)?);
-        }
-        self.lora = super::lora::load_branches(src, prefix, i, o, device)?;
+        (self.linear, self.lora) =
+            super::load_linear_and_lora(self.linear, prefix, src, (self.local_out_features, self.in_features), device)?;
         Ok(self)
     }
 
     fn save_rank_tensors(&self, prefix: &str, out: &mut StateDict) -> Result<()> {
-        save_linear_weight(&self.linear.weight, &pname(prefix, "weight"), out)?;
-        if let Some(b) = &self.linear.bias {
-            save_same(b, &pname(prefix, "bias"), out)?;
-        }
-        super::lora::save_branches(&self.lora, prefix, out)
+        super::save_linear_and_lora(&self.linear, &self.lora, prefix, out)
     }
 }
 
 impl FusedLinearLayer for ColumnParallelLinear {
     fn fused_linears_spec(&self, fused_linear_name: &str, linear_names: &[&str]) -> Result<Spec> {
-        let dims = fused_dims(fused_linear_name, self.fused_dims.as_deref(), self.out_features, linear_names.len())?;
-        let spec = FusedLinearsSpec {
-            fused_linear_name: fused_linear_name.to_string(),
-            linear_names: linear_names.iter().map(|s| s.to_string()).collect(),
-            bias: self.has_bias(),
-            fuse_axis: FuseAxis::Column,
-            original_dims: dims,
-            tp_size: self.tp.size,
-            // guess_peft_type: the layer carries LoRA.
-            peft_type: (!self.lora.is_empty()).then(|| crate::lora::PEFT_TYPE_LORA.to_string()),
-        };
-        spec.validate(self.tp.size)?;
-        Ok(Spec::FusedLinears(spec))
+        super::fused_linears_spec(
+            fused_linear_name,
+            linear_names,
+            (self.has_bias(), !self.lora.is_empty()),
+            FuseAxis::Column,
+            (self.fused_dims.as_deref(), self.out_features),
+            self.tp.size,
+        )
     }
 }
 

@@ -200,3 +200,57 @@ pub(crate) fn int_range<const D: usize>(t: &Tensor<D, burn::tensor::Int>) -> Res
     let v = data.as_slice::<i64>().map_err(|e| Error::Invalid(format!("token ids: {e:?}")))?;
     Ok(v.iter().fold((i64::MAX, i64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x))))
 }
+
+/// Loads a burn `Linear` from HF-oriented `prefix.weight` ([out, in]) and `prefix.bias`, plus the LoRA
+/// branches named under `prefix`: the shared body of the column- and row-parallel layers.
+pub(crate) fn load_linear_and_lora(
+    mut linear: burn::nn::Linear,
+    prefix: &str,
+    src: &dyn TensorSource,
+    (out_local, in_local): (usize, usize),
+    device: &Device,
+) -> Result<(burn::nn::Linear, Vec<lora::LoraBranch>)> {
+    linear.weight = load_linear_weight(src, &pname(prefix, "weight"), &linear.weight, out_local, in_local, device)?;
+    if let Some(b) = &linear.bias {
+        linear.bias = Some(load_same(src, &pname(prefix, "bias"), b, [out_local], device)?);
+    }
+    let branches = lora::load_branches(src, prefix, in_local, out_local, device)?;
+    Ok((linear, branches))
+}
+
+/// Saves what [`load_linear_and_lora`] loads.
+pub(crate) fn save_linear_and_lora(
+    linear: &burn::nn::Linear,
+    branches: &[lora::LoraBranch],
+    prefix: &str,
+    out: &mut StateDict,
+) -> Result<()> {
+    save_linear_weight(&linear.weight, &pname(prefix, "weight"), out)?;
+    if let Some(b) = &linear.bias {
+        save_same(b, &pname(prefix, "bias"), out)?;
+    }
+    lora::save_branches(branches, prefix, out)
+}
+
+/// The `FusedLinearsSpec` of a column- or row-parallel layer fusing `linear_names` along `axis`.
+pub(crate) fn fused_linears_spec(
+    fused_linear_name: &str,
+    linear_names: &[&str],
+    (bias, has_lora): (bool, bool),
+    axis: crate::specs::FuseAxis,
+    (configured, total): (Option<&[usize]>, usize),
+    tp: usize,
+) -> Result<crate::specs::Spec> {
+    let spec = crate::specs::FusedLinearsSpec {
+        fused_linear_name: fused_linear_name.to_string(),
+        linear_names: linear_names.iter().map(|s| s.to_string()).collect(),
+        bias,
+        fuse_axis: axis,
+        original_dims: fused_dims(fused_linear_name, configured, total, linear_names.len())?,
+        tp_size: tp,
+        // guess_peft_type: the layer carries LoRA.
+        peft_type: has_lora.then(|| crate::lora::PEFT_TYPE_LORA.to_string()),
+    };
+    spec.validate(tp)?;
+    Ok(crate::specs::Spec::FusedLinears(spec))
+}

@@ -392,8 +392,11 @@ impl ShardPlan {
     }
 }
 
+/// Half-open index ranges `[start, end)`.
+type Intervals = Vec<(usize, usize)>;
+
 /// Splits [s, e) into the parts not in `covered` and the parts already in it.
-fn subtract(covered: &[(usize, usize)], s: usize, e: usize) -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+fn subtract(covered: &[(usize, usize)], s: usize, e: usize) -> (Intervals, Intervals) {
     let mut fresh = Vec::new();
     let mut dup = Vec::new();
     let mut cur = s;

@@ -16,7 +16,7 @@ fn gqa_config() -> impl Strategy<Value = (usize, usize, usize, usize)> {
         let kv = 1usize << kv_pow;
         // heads = kv × group, scaled so that tp divides heads.
         let mut heads = kv * group;
-        while heads % tp != 0 {
+        while heads.checked_rem(tp) != Some(0) {
             heads += kv;
         }
         (heads, kv, hd, tp)
@@ -125,7 +125,7 @@ proptest! {
         let (mut sd, meta) = model(heads, kv, hd, tp, fuse, &[tp], true);
         // Tag each weight row and bias element with the same value: row i of projection p holds tag+i.
         for (p, rows, tag) in [("q", heads * hd, 1000.0), ("k", kv * hd, 2000.0), ("v", kv * hd, 3000.0)] {
-            let w: Vec<f32> = (0..rows).flat_map(|i| std::iter::repeat(tag + i as f32).take(6)).collect();
+            let w: Vec<f32> = (0..rows).flat_map(|i| std::iter::repeat_n(tag + i as f32, 6)).collect();
             let b: Vec<f32> = (0..rows).map(|i| tag + i as f32).collect();
             sd.insert(format!("m.attn.{p}_proj.weight"), HostTensor::from_f32(vec![rows, 6], &w).unwrap());
             sd.insert(format!("m.attn.{p}_proj.bias"), HostTensor::from_f32(vec![rows], &b).unwrap());
@@ -161,8 +161,8 @@ proptest! {
             num_attention_heads: heads,
             num_key_value_heads: kv,
             kv_size_multiplier: mult,
-            q_output_size_per_partition: if tp == 0 { 0 } else { heads * hd / tp },
-            kv_output_size_per_partition: if tp == 0 { 0 } else { kv * mult * hd / tp },
+            q_output_size_per_partition: (heads * hd).checked_div(tp).unwrap_or(0),
+            kv_output_size_per_partition: (kv * mult * hd).checked_div(tp).unwrap_or(0),
             fuse_qkv: true,
             bias: false,
             tp_size: tp,

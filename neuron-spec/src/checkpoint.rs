@@ -59,7 +59,7 @@ pub struct WriteOptions {
     pub kv_replicas: KvReplicas,
     /// Replace an existing destination (only once the new output is complete).
     pub force: bool,
-    /// Accept input tensors no parameter uses.
+    /// Accept input tensors no parameter uses (left out of the output).
     pub allow_unexpected: bool,
     /// Largest HF output file, in bytes (consolidation).
     pub max_shard_size: Option<u64>,
@@ -174,37 +174,30 @@ pub struct ShardedCheckpoint {
 }
 
 impl ShardedCheckpoint {
-    /// Opens `dir`, checking that exactly the rank files of its TP size are present.
+    /// Opens `dir`, checking that exactly the rank files of its TP size are present and, when the metadata
+    /// records them, that their sizes and checksums match (before any header is parsed).
     pub fn open(dir: &Path) -> Result<Self> {
         let mpath = dir.join(METADATA_PATH);
         let metadata = CheckpointMetadata::read(&mpath)?;
         let tp = metadata.tp_size(&mpath)?;
         let rdir = dir.join(RANKS_DIR);
-        let mut missing = Vec::new();
-        let mut ranks = Vec::new();
-        for r in 0..tp {
-            let p = rdir.join(rank_file_name(r));
-            if p.exists() {
-                ranks.push(SafetensorsFile::open(&p)?);
-            } else {
-                missing.push(rank_file_name(r));
+        let mut present = std::collections::BTreeSet::new();
+        for e in std::fs::read_dir(&rdir).map_err(|e| Error::io(&rdir, e))? {
+            let name = e.map_err(|e| Error::io(&rdir, e))?.file_name().to_string_lossy().to_string();
+            if name.ends_with(".safetensors") {
+                present.insert(name);
             }
         }
+        let expected: Vec<String> = (0..tp).map(rank_file_name).collect();
+        let missing: Vec<&str> = expected.iter().filter(|n| !present.contains(*n)).map(String::as_str).collect();
         if !missing.is_empty() {
             return Err(Error::RankFiles {
                 dir: rdir,
                 reason: format!("metadata says tp {tp}, missing rank files: {}", missing.join(", ")),
             });
         }
-        let mut extra = Vec::new();
-        for e in std::fs::read_dir(&rdir).map_err(|e| Error::io(&rdir, e))? {
-            let name = e.map_err(|e| Error::io(&rdir, e))?.file_name().to_string_lossy().to_string();
-            if name.ends_with(".safetensors") && !(0..tp).any(|r| rank_file_name(r) == name) {
-                extra.push(name);
-            }
-        }
+        let extra: Vec<&str> = present.iter().filter(|n| !expected.contains(n)).map(String::as_str).collect();
         if !extra.is_empty() {
-            extra.sort();
             return Err(Error::RankFiles {
                 dir: rdir,
                 reason: format!(
@@ -214,12 +207,29 @@ impl ShardedCheckpoint {
             });
         }
         verify_rank_files(&rdir, &metadata.rank_files, tp)?;
+        let ranks = expected.iter().map(|n| SafetensorsFile::open(&rdir.join(n))).collect::<Result<Vec<_>>>()?;
         Ok(Self { dir: dir.to_path_buf(), metadata, tp, ranks })
     }
 
     /// The rank files as tensor sources.
     pub fn sources(&self) -> Vec<&dyn TensorSource> {
         self.ranks.iter().map(|r| r as &dyn TensorSource).collect()
+    }
+
+    /// Fails, naming the file and the tensors, when a rank file holds tensors the metadata does not describe:
+    /// consolidating or resharding would silently leave them out (`allow_unexpected` accepts that).
+    pub fn check_all_described(&self, forward: &ShardPlan) -> Result<()> {
+        let sources = self.sources();
+        for (rank, names) in crate::model::undescribed_rank_tensors(forward, &sources).into_iter().enumerate() {
+            if !names.is_empty() {
+                let context = format!(
+                    "{} holds tensors the metadata does not describe, which the output would lack (--allow-unexpected drops them)",
+                    self.ranks[rank].path().display()
+                );
+                return Err(Error::key_mismatch(context, vec![], names, &[]));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -258,7 +268,10 @@ pub fn verify_rank_files(rdir: &Path, entries: &[RankFileEntry], tp: usize) -> R
 pub fn consolidate(sharded_dir: &Path, out_dir: &Path, opts: &WriteOptions) -> Result<Report> {
     let ck = ShardedCheckpoint::open(sharded_dir)?;
     let sources = ck.sources();
-    let (_, inverse) = consolidation_plan(&ck.metadata, &sources)?;
+    let (forward, inverse) = consolidation_plan(&ck.metadata, &sources)?;
+    if !opts.allow_unexpected {
+        ck.check_all_described(&forward)?;
+    }
     let staging = Staging::new(out_dir, opts.force)?;
     let mut infos: Vec<TensorInfo> =
         inverse.iter().map(|t| TensorInfo { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }).collect();

@@ -115,6 +115,9 @@ pub enum Command {
         /// Replace an existing output, once the new one is complete.
         #[arg(long)]
         force: bool,
+        /// Leave out rank-file tensors that the metadata does not describe (refused otherwise).
+        #[arg(long)]
+        allow_unexpected: bool,
     },
     /// Convert a TP N checkpoint to TP M directly.
     Reshard {
@@ -128,6 +131,9 @@ pub enum Command {
         /// Replace an existing output, once the new one is complete.
         #[arg(long)]
         force: bool,
+        /// Leave out rank-file tensors that the metadata does not describe (refused otherwise).
+        #[arg(long)]
+        allow_unexpected: bool,
     },
     /// Dry run: what each rank would read and write, and every validation result. Writes nothing.
     Plan {
@@ -270,17 +276,12 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
-        Command::Consolidate { sharded_dir, out_dir, max_shard_size, kv_replicas, force } => {
+        Command::Consolidate { sharded_dir, out_dir, max_shard_size, kv_replicas, force, allow_unexpected } => {
             let max = parse_size(&max_shard_size)?;
             let r = consolidate(
                 &sharded_dir,
                 &out_dir,
-                &WriteOptions {
-                    force,
-                    max_shard_size: Some(max),
-                    kv_replicas: kv_replicas.into(),
-                    ..Default::default()
-                },
+                &WriteOptions { force, allow_unexpected, max_shard_size: Some(max), kv_replicas: kv_replicas.into() },
             )?;
             if !quiet {
                 println!(
@@ -294,8 +295,9 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
-        Command::Reshard { sharded_dir, out_dir, tp, force } => {
-            let r = reshard(&sharded_dir, &out_dir, tp, &WriteOptions { force, ..Default::default() })?;
+        Command::Reshard { sharded_dir, out_dir, tp, force, allow_unexpected } => {
+            let r =
+                reshard(&sharded_dir, &out_dir, tp, &WriteOptions { force, allow_unexpected, ..Default::default() })?;
             if !quiet {
                 println!(
                     "resharded {} into {} at tp {tp}: {} tensors, {} written",
@@ -374,15 +376,11 @@ fn plan_command(dir: &Path, tp: usize, qkv: QkvLayout, json: bool) -> Result<i32
     Ok(EXIT_OK)
 }
 
+/// What `inspect` reports: kind, (name, dtype, shape) per tensor, total bytes, tp, metadata version, specs.
+type Summary = (&'static str, Vec<(String, String, Vec<usize>)>, usize, usize, Option<u32>, Vec<String>);
+
 fn inspect_command(dir: &Path, json: bool) -> Result<i32> {
-    let (kind, names, total, tp, version, specs): (
-        &str,
-        Vec<(String, String, Vec<usize>)>,
-        usize,
-        usize,
-        Option<u32>,
-        Vec<String>,
-    ) = if is_sharded(dir) {
+    let (kind, names, total, tp, version, specs): Summary = if is_sharded(dir) {
         let ck = ShardedCheckpoint::open(dir)?;
         let names = ck.ranks[0]
             .names()
@@ -477,7 +475,7 @@ fn forward_command(
         }
         let diff = gl.to_f32_vec().iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         println!("max_abs_diff {diff:e}");
-        if !(diff <= 1e-4) {
+        if diff.is_nan() || diff > 1e-4 {
             eprintln!("error: max_abs_diff {diff:e} is above 1e-4");
             return Ok(EXIT_MISMATCH);
         }
@@ -517,7 +515,7 @@ fn quickstart(runner: Option<&dyn ForwardRunner>, model: &Path, work_dir: Option
             let g = crate::io::SafetensorsFile::open(&golden)?.tensor("logits")?.to_f32_vec();
             let diff = g.iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             println!("   logits {shape:?}, max_abs_diff {diff:e} (tolerance 1e-4)");
-            if !(diff <= 1e-4) {
+            if diff.is_nan() || diff > 1e-4 {
                 return Ok(EXIT_MISMATCH);
             }
         }

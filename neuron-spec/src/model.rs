@@ -247,6 +247,20 @@ pub fn consolidation_plan(
     Ok((forward, inverse))
 }
 
+/// Per rank, the tensors of `ranks` that no rank-local parameter of the consolidation's `forward` plan
+/// describes: consolidation leaves them out.
+pub fn undescribed_rank_tensors(forward: &ShardPlan, ranks: &[&dyn TensorSource]) -> Vec<Vec<String>> {
+    forward
+        .ranks
+        .iter()
+        .zip(ranks)
+        .map(|(plans, src)| {
+            let described: IndexSet<&str> = plans.iter().map(|t| t.name.as_str()).collect();
+            src.names().into_iter().filter(|n| !described.contains(n.as_str())).collect()
+        })
+        .collect()
+}
+
 /// All ranks' tensors → HF tensors (reference: `to_original_weights`), in memory. The on-disk path
 /// ([`crate::checkpoint::consolidate`]) streams the same plan one tensor at a time.
 pub fn to_original_weights(meta: &CheckpointMetadata, ranks: &[&dyn TensorSource]) -> Result<StateDict> {

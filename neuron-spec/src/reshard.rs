@@ -98,6 +98,10 @@ pub fn reshard_plan(ck: &ShardedCheckpoint, tp: usize) -> Result<(ShardPlan, Che
 pub fn reshard(src_dir: &std::path::Path, out_dir: &std::path::Path, tp: usize, opts: &WriteOptions) -> Result<Report> {
     let ck = ShardedCheckpoint::open(src_dir)?;
     let (plan, meta) = reshard_plan(&ck, tp)?;
+    if !opts.allow_unexpected {
+        let (forward, _) = consolidation_plan(&ck.metadata, &ck.sources())?;
+        ck.check_all_described(&forward)?;
+    }
     let staging = Staging::new(out_dir, opts.force)?;
     let report = write_sharded(staging.path(), out_dir, &plan, meta, &ck.sources(), src_dir)?;
     staging.commit()?;

@@ -23,16 +23,19 @@ fn sibling(dest: &Path, tag: &str) -> Result<PathBuf> {
 }
 
 impl Staging {
-    /// Refuses an existing `dest` unless `force`; creates the temporary directory.
+    /// Refuses an existing `dest` unless `force`; removes the temporary directories of writers of `dest` that
+    /// were killed (see [`remove_stale_partials`]); creates the temporary directory.
     pub fn new(dest: &Path, force: bool) -> Result<Self> {
         if dest.exists() && !force {
             return Err(Error::DestinationExists { path: dest.to_path_buf() });
         }
         let tmp = sibling(dest, "partial")?;
+        remove_stale_partials(dest);
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
-        fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        // Errors name the destination the user gave, not the hidden temporary directory.
+        fs::create_dir_all(&tmp).map_err(|e| Error::io(dest, e))?;
         Ok(Self { dest: dest.to_path_buf(), tmp, force, committed: false })
     }
 
@@ -69,6 +72,36 @@ impl Drop for Staging {
     fn drop(&mut self) {
         if !self.committed {
             let _ = fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// Removes the `.<name>.partial-<pid>` siblings of `dest` whose process no longer runs: what a writer killed
+/// mid-way (`kill -9`, power loss) leaves behind. Such a directory is hidden and never becomes `dest` (only a
+/// completed write is renamed into place), so removing it loses nothing.
+///
+/// Liveness is read from `/proc/<pid>`, so this only acts where `/proc` exists (Linux). A directory is left
+/// alone when its pid is alive, is this process, or is not a plain number, and symlinks are never followed.
+/// Caveat: a writer in another pid namespace (another container) sharing this directory looks dead; two
+/// containers must not write the same destination at the same time (they would race on it anyway).
+pub fn remove_stale_partials(dest: &Path) {
+    let proc_root = Path::new("/proc");
+    if !proc_root.join("self").exists() {
+        return;
+    }
+    let Some(name) = dest.file_name().and_then(|n| n.to_str()) else { return };
+    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let prefix = format!(".{name}.partial-");
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for e in entries.flatten() {
+        let file_name = e.file_name();
+        let Some(pid) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
+        let Ok(pid_n) = pid.parse::<u32>() else { continue };
+        if pid_n.to_string() != pid || pid_n == std::process::id() || proc_root.join(pid).exists() {
+            continue;
+        }
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = fs::remove_dir_all(e.path());
         }
     }
 }

@@ -30,6 +30,7 @@ pub mod io;
 pub mod llama;
 pub mod metadata;
 pub mod model;
+#[cfg(feature = "burn")]
 pub mod module;
 pub mod plan;
 pub mod reshard;

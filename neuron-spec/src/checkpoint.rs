@@ -110,9 +110,11 @@ pub fn shard(
     opts: &WriteOptions,
 ) -> Result<Report> {
     let hf = HfCheckpoint::open(hf_dir)?;
-    let plan = plan_shards(meta, &hf, tp, PlanOptions { allow_unexpected: opts.allow_unexpected })?;
+    let plan = plan_shards(meta, &hf, tp, PlanOptions { allow_unexpected: opts.allow_unexpected })
+        .map_err(|e| e.in_checkpoint(hf_dir))?;
     let staging = Staging::new(out_dir, opts.force)?;
-    let mut report = write_sharded(staging.path(), out_dir, &plan, with_global_infos(meta, &plan), &[&hf], hf_dir)?;
+    let mut report = write_sharded(staging.path(), out_dir, &plan, with_global_infos(meta, &plan), &[&hf], hf_dir)
+        .map_err(|e| staging.describe(e))?;
     report.unexpected = plan_unexpected(&hf, &plan);
     staging.commit()?;
     Ok(report)
@@ -281,10 +283,11 @@ pub fn consolidate(sharded_dir: &Path, out_dir: &Path, opts: &WriteOptions) -> R
     let files = write_hf_checkpoint(staging.path(), &infos, opts.max_shard_size, &mut |info| {
         let t = by_name.get(info.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", info.name)))?;
         crate::model::consolidate_tensor(t, &sources, opts.kv_replicas)
-    })?;
+    })
+    .map_err(|e| staging.describe(e))?;
     report.bytes_written = infos.iter().map(|i| i.nbytes() as u64).sum();
     report.files = files.iter().filter_map(|f| f.file_name()).map(|n| out_dir.join(n)).collect();
-    copy_config(sharded_dir, staging.path())?;
+    copy_config(sharded_dir, staging.path()).map_err(|e| staging.describe(e))?;
     staging.commit()?;
     Ok(report)
 }

@@ -332,7 +332,7 @@ fn plan_command(dir: &Path, tp: usize, qkv: QkvLayout, json: bool) -> Result<i32
             s.validate(tp)?;
             v.push(format!("{m}: {} valid at tp {tp}", s.class_name()));
         }
-        let plan = plan_shards(&meta, &hf, tp, PlanOptions::default())?;
+        let plan = plan_shards(&meta, &hf, tp, PlanOptions::default()).map_err(|e| e.in_checkpoint(dir))?;
         v.push("no missing and no unexpected tensors".to_string());
         (plan, "HF checkpoint".to_string(), v)
     };

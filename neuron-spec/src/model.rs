@@ -54,6 +54,8 @@ pub fn plan_rank(
         let absent: Vec<String> =
             spec.original_parameter_names(module).into_iter().filter(|n| src.info(n).is_none()).collect();
         if !absent.is_empty() {
+            // The inputs that are present are expected, not unexpected: only the absent ones are reported.
+            consumed.extend(spec.original_parameter_names(module).into_iter().filter(|n| !absent.contains(n)));
             missing.extend(absent);
             produced.extend(spec.local_parameter_names(module));
             continue;

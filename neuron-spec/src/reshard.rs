@@ -103,7 +103,8 @@ pub fn reshard(src_dir: &std::path::Path, out_dir: &std::path::Path, tp: usize, 
         ck.check_all_described(&forward)?;
     }
     let staging = Staging::new(out_dir, opts.force)?;
-    let report = write_sharded(staging.path(), out_dir, &plan, meta, &ck.sources(), src_dir)?;
+    let report =
+        write_sharded(staging.path(), out_dir, &plan, meta, &ck.sources(), src_dir).map_err(|e| staging.describe(e))?;
     staging.commit()?;
     Ok(report)
 }

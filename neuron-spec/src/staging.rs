@@ -44,6 +44,17 @@ impl Staging {
         &self.tmp
     }
 
+    /// `e` with paths inside the temporary directory shown under the destination, the name the user gave.
+    pub fn describe(&self, e: Error) -> Error {
+        match e {
+            Error::Io { path, source } => match path.strip_prefix(&self.tmp) {
+                Ok(rel) => Error::Io { path: self.dest.join(rel), source },
+                Err(_) => Error::Io { path, source },
+            },
+            other => other,
+        }
+    }
+
     /// Flushes the directory tree and renames it to the destination (replacing it only now, with force).
     pub fn commit(mut self) -> Result<()> {
         sync_tree(&self.tmp)?;

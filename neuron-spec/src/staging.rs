@@ -64,7 +64,11 @@ impl Staging {
             }
             let old = sibling(&self.dest, "old")?;
             fs::rename(&self.dest, &old).map_err(|e| Error::io(&self.dest, e))?;
-            fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+            if let Err(e) = fs::rename(&self.tmp, &self.dest) {
+                // Put the previous output back rather than leave it under a hidden name.
+                let _ = fs::rename(&old, &self.dest);
+                return Err(Error::io(&self.dest, e));
+            }
             let _ = if old.is_dir() { fs::remove_dir_all(&old) } else { fs::remove_file(&old) };
         } else {
             fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;

@@ -132,3 +132,42 @@ fn sync_tree(dir: &Path) -> Result<()> {
     }
     fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| Error::io(dir, e))
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_dead_writers_partials_are_removed() {
+        if !Path::new("/proc/self").exists() {
+            return;
+        }
+        let root = std::env::temp_dir().join(format!("neuron-spec-staging-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        let dead = root.join(".out.partial-4294967294");
+        let alive = root.join(".out.partial-1"); // init: alive
+        let own = root.join(format!(".out.partial-{}", std::process::id()));
+        let odd = [".out.partial-0042", ".out.partial-x", ".outx.partial-4294967293", "out.partial-4294967292"];
+        for d in [&dead, &alive, &own] {
+            fs::create_dir(d).unwrap();
+        }
+        for d in odd {
+            fs::create_dir(root.join(d)).unwrap();
+        }
+        // A symlink named like a dead writer's directory: neither it nor its target is touched.
+        let target = root.join("precious");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink(&target, root.join(".out.partial-4294967291")).unwrap();
+
+        remove_stale_partials(&root.join("out"));
+        assert!(!dead.exists(), "a dead writer's directory is removed");
+        assert!(alive.exists() && own.exists());
+        for d in odd {
+            assert!(root.join(d).exists(), "{d} is not ours to remove");
+        }
+        assert!(target.join("f").exists());
+        fs::remove_dir_all(&root).unwrap();
+    }
+}

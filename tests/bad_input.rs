@@ -429,6 +429,31 @@ fn metadata_of_another_tp_size() {
 }
 
 #[test]
+fn metadata_of_a_larger_tp_size_lists_a_few_missing_files() {
+    let (tmp, dir) = sharded(2, true);
+    edit_json(&dir.join(METADATA_PATH), |m| {
+        m["tp_size"] = json!(64);
+        for p in m["parameters"].as_object_mut().unwrap().values_mut() {
+            if p.get("num_partitions").is_some() {
+                p["num_partitions"] = json!(64);
+            }
+        }
+        for module in m["model_weight_transformation_specs"].as_array_mut().unwrap() {
+            for spec in module["specs"].as_array_mut().unwrap() {
+                spec[1]["tp_size"] = json!(64);
+            }
+        }
+    });
+    let out = tmp.path().join("out");
+    let msg = fails(
+        &mut consolidate_cmd(&dir, &out),
+        &out,
+        &["metadata says tp 64", "missing rank files", &rank_file_name(2), "and 54 more"],
+    );
+    assert!(!msg.contains(&rank_file_name(63)), "{msg}");
+}
+
+#[test]
 fn metadata_with_absurd_tp_size() {
     let (tmp, dir) = sharded(2, true);
     edit_json(&dir.join(METADATA_PATH), |m| {

@@ -195,16 +195,17 @@ impl ShardedCheckpoint {
         if !missing.is_empty() {
             return Err(Error::RankFiles {
                 dir: rdir,
-                reason: format!("metadata says tp {tp}, missing rank files: {}", missing.join(", ")),
+                reason: format!("metadata says tp {tp}, missing rank files: {}", list(&missing)),
             });
         }
-        let extra: Vec<&str> = present.iter().filter(|n| !expected.contains(n)).map(String::as_str).collect();
+        let wanted: std::collections::HashSet<&str> = expected.iter().map(String::as_str).collect();
+        let extra: Vec<&str> = present.iter().map(String::as_str).filter(|n| !wanted.contains(n)).collect();
         if !extra.is_empty() {
             return Err(Error::RankFiles {
                 dir: rdir,
                 reason: format!(
                     "metadata says tp {tp}, but extra rank files are present (another tp size?): {}",
-                    extra.join(", ")
+                    list(&extra)
                 ),
             });
         }
@@ -232,6 +233,16 @@ impl ShardedCheckpoint {
             }
         }
         Ok(())
+    }
+}
+
+/// `a, b, c`, or the first eight and how many more.
+fn list(names: &[&str]) -> String {
+    const SHOWN: usize = 8;
+    if names.len() <= SHOWN {
+        names.join(", ")
+    } else {
+        format!("{} and {} more", names[..SHOWN].join(", "), names.len() - SHOWN)
     }
 }
 

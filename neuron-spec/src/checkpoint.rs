@@ -65,7 +65,7 @@ pub struct WriteOptions {
     pub progress: bool,
     /// Replace an existing destination (only once the new output is complete).
     pub force: bool,
-    /// Accept input tensors no parameter uses.
+    /// Accept input tensors no parameter uses (left out of the output).
     pub allow_unexpected: bool,
     /// Largest HF output file, in bytes (consolidation).
     pub max_shard_size: Option<u64>,
@@ -129,10 +129,12 @@ pub fn shard_with_adapters(
     opts: &WriteOptions,
 ) -> Result<Report> {
     let hf = HfCheckpoint::open(hf_dir)?;
-    let plan = plan_shards(meta, &hf, tp, PlanOptions { allow_unexpected: opts.allow_unexpected })?;
+    let plan = plan_shards(meta, &hf, tp, PlanOptions { allow_unexpected: opts.allow_unexpected })
+        .map_err(|e| e.in_checkpoint(hf_dir))?;
     let staging = Staging::new(out_dir, opts.force)?;
     let mut report =
-        write_sharded(staging.path(), out_dir, &plan, with_global_infos(meta, &plan), &[&hf], hf_dir, opts.progress)?;
+        write_sharded(staging.path(), out_dir, &plan, with_global_infos(meta, &plan), &[&hf], hf_dir, opts.progress)
+            .map_err(|e| staging.describe(e))?;
     report.unexpected = plan_unexpected(&hf, &plan);
     for a in adapters {
         let r = crate::lora::disk::write_sharded_adapter(staging.path(), out_dir, a, tp, opts.progress)?;
@@ -232,52 +234,73 @@ pub struct ShardedCheckpoint {
 }
 
 impl ShardedCheckpoint {
-    /// Opens `dir`, checking that exactly the rank files of its TP size are present.
+    /// Opens `dir`, checking that exactly the rank files of its TP size are present and, when the metadata
+    /// records them, that their sizes and checksums match (before any header is parsed).
     pub fn open(dir: &Path) -> Result<Self> {
         let mpath = dir.join(METADATA_PATH);
         let metadata = CheckpointMetadata::read(&mpath)?;
         let tp = metadata.tp_size(&mpath)?;
         let rdir = dir.join(RANKS_DIR);
-        let mut missing = Vec::new();
-        let mut ranks = Vec::new();
-        for r in 0..tp {
-            let p = rdir.join(rank_file_name(r));
-            if p.exists() {
-                ranks.push(SafetensorsFile::open(&p)?);
-            } else {
-                missing.push(rank_file_name(r));
+        let mut present = std::collections::BTreeSet::new();
+        for e in std::fs::read_dir(&rdir).map_err(|e| Error::io(&rdir, e))? {
+            let name = e.map_err(|e| Error::io(&rdir, e))?.file_name().to_string_lossy().to_string();
+            if name.ends_with(".safetensors") {
+                present.insert(name);
             }
         }
+        let expected: Vec<String> = (0..tp).map(rank_file_name).collect();
+        let missing: Vec<&str> = expected.iter().filter(|n| !present.contains(*n)).map(String::as_str).collect();
         if !missing.is_empty() {
             return Err(Error::RankFiles {
                 dir: rdir,
-                reason: format!("metadata says tp {tp}, missing rank files: {}", missing.join(", ")),
+                reason: format!("metadata says tp {tp}, missing rank files: {}", list(&missing)),
             });
         }
-        let mut extra = Vec::new();
-        for e in std::fs::read_dir(&rdir).map_err(|e| Error::io(&rdir, e))? {
-            let name = e.map_err(|e| Error::io(&rdir, e))?.file_name().to_string_lossy().to_string();
-            if name.ends_with(".safetensors") && !(0..tp).any(|r| rank_file_name(r) == name) {
-                extra.push(name);
-            }
-        }
+        let wanted: std::collections::HashSet<&str> = expected.iter().map(String::as_str).collect();
+        let extra: Vec<&str> = present.iter().map(String::as_str).filter(|n| !wanted.contains(n)).collect();
         if !extra.is_empty() {
-            extra.sort();
             return Err(Error::RankFiles {
                 dir: rdir,
                 reason: format!(
                     "metadata says tp {tp}, but extra rank files are present (another tp size?): {}",
-                    extra.join(", ")
+                    list(&extra)
                 ),
             });
         }
         verify_rank_files(&rdir, &metadata.rank_files, tp)?;
+        let ranks = expected.iter().map(|n| SafetensorsFile::open(&rdir.join(n))).collect::<Result<Vec<_>>>()?;
         Ok(Self { dir: dir.to_path_buf(), metadata, tp, ranks })
     }
 
     /// The rank files as tensor sources.
     pub fn sources(&self) -> Vec<&dyn TensorSource> {
         self.ranks.iter().map(|r| r as &dyn TensorSource).collect()
+    }
+
+    /// Fails, naming the file and the tensors, when a rank file holds tensors the metadata does not describe:
+    /// consolidating or resharding would silently leave them out (`allow_unexpected` accepts that).
+    pub fn check_all_described(&self, forward: &ShardPlan) -> Result<()> {
+        let sources = self.sources();
+        for (rank, names) in crate::model::undescribed_rank_tensors(forward, &sources).into_iter().enumerate() {
+            if !names.is_empty() {
+                let context = format!(
+                    "{} holds tensors the metadata does not describe, which the output would lack (--allow-unexpected drops them)",
+                    self.ranks[rank].path().display()
+                );
+                return Err(Error::key_mismatch(context, vec![], names, &[]));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `a, b, c`, or the first eight and how many more.
+fn list(names: &[&str]) -> String {
+    const SHOWN: usize = 8;
+    if names.len() <= SHOWN {
+        names.join(", ")
+    } else {
+        format!("{} and {} more", names[..SHOWN].join(", "), names.len() - SHOWN)
     }
 }
 
@@ -329,7 +352,10 @@ pub fn consolidate_with_adapters(
 ) -> Result<Report> {
     let ck = ShardedCheckpoint::open(sharded_dir)?;
     let sources = ck.sources();
-    let (_, inverse) = consolidation_plan(&ck.metadata, &sources)?;
+    let (forward, inverse) = consolidation_plan(&ck.metadata, &sources)?;
+    if !opts.allow_unexpected {
+        ck.check_all_described(&forward)?;
+    }
     let all = crate::lora::disk::sharded_adapters(sharded_dir)?;
     let names: Vec<&str> = all.iter().map(|a| a.name.as_str()).collect();
     for n in adapters.only.iter().flatten().chain(adapters.merge.iter()) {
@@ -384,7 +410,8 @@ pub fn consolidate_with_adapters(
             bar.inc(out.iter().map(|p| p.bytes().len() as u64).sum());
             Ok(out)
         })
-    })?;
+    })
+    .map_err(|e| staging.describe(e))?;
     bar.finish_and_clear();
     if let Some(missing) = merged.keys().find(|k| !by_name.contains_key(k.as_str())) {
         return Err(Error::lora(
@@ -405,7 +432,7 @@ pub fn consolidate_with_adapters(
         report.files.push(shown.join(crate::lora::ADAPTER_WEIGHTS));
         report.tensors += a.tensors.len();
     }
-    copy_config(sharded_dir, staging.path())?;
+    copy_config(sharded_dir, staging.path()).map_err(|e| staging.describe(e))?;
     staging.commit()?;
     Ok(report)
 }

@@ -230,6 +230,9 @@ pub enum Command {
         /// named with --adapter.
         #[arg(long, value_name = "NAME")]
         merge_adapter: Option<String>,
+        /// Leave out rank-file tensors that the metadata does not describe (refused otherwise).
+        #[arg(long)]
+        allow_unexpected: bool,
     },
     /// Convert a TP N checkpoint to TP M directly.
     Reshard {
@@ -243,6 +246,9 @@ pub enum Command {
         /// Replace an existing output, once the new one is complete.
         #[arg(long)]
         force: bool,
+        /// Leave out rank-file tensors that the metadata does not describe (refused otherwise).
+        #[arg(long)]
+        allow_unexpected: bool,
     },
     /// Dry run: what each rank would read and write, and every validation result. Writes nothing.
     Plan {
@@ -420,7 +426,16 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
-        Command::Consolidate { sharded_dir, out_dir, max_shard_size, kv_replicas, force, adapters, merge_adapter } => {
+        Command::Consolidate {
+            sharded_dir,
+            out_dir,
+            max_shard_size,
+            kv_replicas,
+            force,
+            adapters,
+            merge_adapter,
+            allow_unexpected,
+        } => {
             let max = parse_size(&max_shard_size)?;
             let r = consolidate_with_adapters(
                 &sharded_dir,
@@ -429,7 +444,8 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                     force,
                     max_shard_size: Some(max),
                     kv_replicas: kv_replicas.into(),
-                    ..Default::default()
+                    allow_unexpected,
+                    progress: !quiet,
                 },
                 &AdapterOptions { only: (!adapters.is_empty()).then_some(adapters), merge: merge_adapter.clone() },
             )?;
@@ -451,9 +467,13 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
-        Command::Reshard { sharded_dir, out_dir, tp, force } => {
-            let r =
-                reshard(&sharded_dir, &out_dir, tp, &WriteOptions { force, progress: !quiet, ..Default::default() })?;
+        Command::Reshard { sharded_dir, out_dir, tp, force, allow_unexpected } => {
+            let r = reshard(
+                &sharded_dir,
+                &out_dir,
+                tp,
+                &WriteOptions { force, allow_unexpected, progress: !quiet, ..Default::default() },
+            )?;
             if !quiet {
                 println!(
                     "resharded {} into {} at tp {tp}: {} tensors, {} written",
@@ -488,7 +508,7 @@ fn plan_command(dir: &Path, tp: usize, qkv: QkvLayout, json: bool) -> Result<i32
             s.validate(tp)?;
             v.push(format!("{m}: {} valid at tp {tp}", s.class_name()));
         }
-        let plan = plan_shards(&meta, &hf, tp, PlanOptions::default())?;
+        let plan = plan_shards(&meta, &hf, tp, PlanOptions::default()).map_err(|e| e.in_checkpoint(dir))?;
         v.push("no missing and no unexpected tensors".to_string());
         (plan, "HF checkpoint".to_string(), v)
     };
@@ -545,7 +565,11 @@ struct Summary {
 fn summarize(dir: &Path) -> Result<Summary> {
     if is_sharded(dir) {
         let ck = ShardedCheckpoint::open(dir)?;
-        let tensors = ck.ranks[0].names().filter_map(|n| ck.ranks[0].info(n)).collect();
+        let rank0 = ck.ranks.first().ok_or_else(|| Error::RankFiles {
+            dir: dir.join(crate::checkpoint::RANKS_DIR),
+            reason: "no rank files".into(),
+        })?;
+        let tensors = rank0.names().filter_map(|n| rank0.info(n)).collect();
         let total = ck.ranks.iter().flat_map(|r| r.names().filter_map(|n| r.info(n))).map(|i| i.nbytes()).sum();
         let specs = ck.metadata.specs().map(|(m, s)| format!("{m}: {}", s.class_name())).collect();
         Ok(Summary { kind: "sharded", tensors, total, tp: ck.tp, version: ck.metadata.format_version, specs })

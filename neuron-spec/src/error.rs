@@ -174,6 +174,16 @@ fn key_mismatch_message(context: &str, missing: &[(String, Option<String>)], une
 }
 
 impl Error {
+    /// Names the checkpoint directory in a missing/unexpected-tensors error that only said "checkpoint".
+    pub fn in_checkpoint(self, dir: &std::path::Path) -> Self {
+        match self {
+            Error::KeyMismatch { context, missing, unexpected } if context == "checkpoint" => {
+                Error::KeyMismatch { context: dir.display().to_string(), missing, unexpected }
+            }
+            other => other,
+        }
+    }
+
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }

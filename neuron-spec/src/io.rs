@@ -1,5 +1,8 @@
 //! safetensors in and out: memory-mapped reads that touch a tensor's bytes only when used, streaming writes
 //! that hold one tensor at a time, and HF checkpoint directories (single file or index + shards).
+//!
+//! Two environment variables exist for fault-injection tests only: [`FAIL_AFTER_BYTES_ENV`] (a disk that
+//! fills up) and [`SLOW_WRITE_MS_ENV`] (a slow disk, to kill a write midway).
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -12,6 +15,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Single-file HF checkpoint name.
@@ -39,98 +43,125 @@ fn st_err(path: &Path, reason: impl Into<String>) -> Error {
     Error::Safetensors { path: path.to_path_buf(), reason: reason.into() }
 }
 
+/// A parsed and validated safetensors header.
+struct Header {
+    tensors: IndexMap<String, Entry>,
+    metadata: BTreeMap<String, String>,
+}
+
+/// Parses and validates the header of the safetensors file whose bytes are `bytes` (`path` names it in
+/// errors): dtypes, shapes whose sizes fit in memory, and data offsets that tile the data section exactly.
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
+    let len = bytes.len();
+    let Some(n8) = bytes.get(..8) else {
+        return Err(st_err(path, format!("file is {len} bytes, shorter than the 8-byte header length")));
+    };
+    let mut a = [0u8; 8];
+    a.copy_from_slice(n8);
+    let n = u64::from_le_bytes(a);
+    if n > MAX_HEADER as u64 || 8 + n as usize > len {
+        return Err(st_err(path, format!("header length {n} goes beyond the file ({len} bytes)")));
+    }
+    let n = n as usize;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + n])
+        .map_err(|e| st_err(path, format!("header is not a JSON object: {e}")))?;
+    let data_start = 8 + n;
+    let data_len = len - data_start;
+    let mut metadata = BTreeMap::new();
+    let mut entries: Vec<(String, Entry)> = Vec::new();
+    for (name, v) in header {
+        if name == "__metadata__" {
+            if let Some(o) = v.as_object() {
+                for (k, val) in o {
+                    metadata.insert(k.clone(), val.as_str().map(str::to_string).unwrap_or_else(|| val.to_string()));
+                }
+            }
+            continue;
+        }
+        let ctx = format!("{}: tensor {name}", path.display());
+        let dtype_s =
+            v.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| st_err(path, format!("tensor {name}: no dtype")))?;
+        let dtype = DType::parse(dtype_s, &ctx)?;
+        let shape: Vec<usize> = v
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|a| {
+                a.iter().map(|x| x.as_u64().and_then(|u| usize::try_from(u).ok())).collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| st_err(path, format!("tensor {name}: shape is not a list of sizes")))?;
+        let offs: Vec<usize> = v
+            .get("data_offsets")
+            .and_then(|s| s.as_array())
+            .and_then(|a| {
+                a.iter().map(|x| x.as_u64().and_then(|u| usize::try_from(u).ok())).collect::<Option<Vec<_>>>()
+            })
+            .filter(|o| o.len() == 2)
+            .ok_or_else(|| st_err(path, format!("tensor {name}: data_offsets is not a pair")))?;
+        // Every partial product of the dims must fit (a zero dim must not hide an overflowing rest).
+        let overflow = || st_err(path, format!("tensor {name}: shape {shape:?} overflows"));
+        shape.iter().try_fold(dtype.size(), |a, s| a.checked_mul((*s).max(1))).ok_or_else(overflow)?;
+        let nbytes = shape.iter().try_fold(dtype.size(), |a, s| a.checked_mul(*s)).ok_or_else(overflow)?;
+        if offs[1] < offs[0] || offs[1] - offs[0] != nbytes {
+            return Err(st_err(
+                path,
+                format!(
+                    "tensor {name}: data_offsets {offs:?} hold {} bytes, {dtype} {shape:?} needs {nbytes}",
+                    offs[1].wrapping_sub(offs[0])
+                ),
+            ));
+        }
+        if offs[1] > data_len {
+            return Err(st_err(
+                path,
+                format!("tensor {name}: data_offsets {offs:?} go beyond the data ({data_len} bytes)"),
+            ));
+        }
+        entries.push((name, Entry { dtype, shape, range: data_start + offs[0]..data_start + offs[1] }));
+    }
+    entries.sort_by_key(|(_, e)| (e.range.start, e.range.end));
+    let mut end = data_start;
+    for (name, e) in &entries {
+        if e.range.start != end && !(e.range.is_empty() && e.range.start <= end) {
+            return Err(st_err(
+                path,
+                format!(
+                    "tensor {name}: data starts at {} but the previous tensor ends at {} (overlap or gap)",
+                    e.range.start - data_start,
+                    end - data_start
+                ),
+            ));
+        }
+        end = end.max(e.range.end);
+    }
+    if end != len {
+        return Err(st_err(
+            path,
+            format!("tensors end at byte {end} but the file has {len} (truncated or trailing bytes)"),
+        ));
+    }
+    Ok(Header { tensors: entries.into_iter().collect(), metadata })
+}
+
+/// Validates the safetensors file held in `bytes` without mapping a file (what [`SafetensorsFile::open`]
+/// checks): each tensor's dtype and shape, and the byte range of its data within `bytes`.
+pub fn parse_safetensors(bytes: &[u8]) -> Result<Vec<(TensorInfo, Range<usize>)>> {
+    let h = parse_header(Path::new("<bytes>"), bytes)?;
+    Ok(h.tensors.into_iter().map(|(name, e)| (TensorInfo { name, dtype: e.dtype, shape: e.shape }, e.range)).collect())
+}
+
 impl SafetensorsFile {
     /// Maps `path` and validates its header: dtypes, shapes, and offsets that tile the data exactly.
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len() as usize;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len < 8 {
             return Err(st_err(path, format!("file is {len} bytes, shorter than the 8-byte header length")));
         }
         // SAFETY: the file is opened read-only; like every mmap reader we rely on it not being truncated
         // while mapped.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let mut n8 = [0u8; 8];
-        n8.copy_from_slice(&map[..8]);
-        let n = u64::from_le_bytes(n8);
-        if n > MAX_HEADER as u64 || 8 + n as usize > len {
-            return Err(st_err(path, format!("header length {n} goes beyond the file ({len} bytes)")));
-        }
-        let n = n as usize;
-        let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&map[8..8 + n])
-            .map_err(|e| st_err(path, format!("header is not a JSON object: {e}")))?;
-        let data_start = 8 + n;
-        let data_len = len - data_start;
-        let mut metadata = BTreeMap::new();
-        let mut entries: Vec<(String, Entry)> = Vec::new();
-        for (name, v) in header {
-            if name == "__metadata__" {
-                if let Some(o) = v.as_object() {
-                    for (k, val) in o {
-                        metadata.insert(k.clone(), val.as_str().map(str::to_string).unwrap_or_else(|| val.to_string()));
-                    }
-                }
-                continue;
-            }
-            let ctx = format!("{}: tensor {name}", path.display());
-            let dtype_s = v
-                .get("dtype")
-                .and_then(|d| d.as_str())
-                .ok_or_else(|| st_err(path, format!("tensor {name}: no dtype")))?;
-            let dtype = DType::parse(dtype_s, &ctx)?;
-            let shape: Vec<usize> = v
-                .get("shape")
-                .and_then(|s| s.as_array())
-                .and_then(|a| a.iter().map(|x| x.as_u64().map(|u| u as usize)).collect::<Option<Vec<_>>>())
-                .ok_or_else(|| st_err(path, format!("tensor {name}: shape is not a list of sizes")))?;
-            let offs: Vec<usize> = v
-                .get("data_offsets")
-                .and_then(|s| s.as_array())
-                .and_then(|a| a.iter().map(|x| x.as_u64().map(|u| u as usize)).collect::<Option<Vec<_>>>())
-                .filter(|o| o.len() == 2)
-                .ok_or_else(|| st_err(path, format!("tensor {name}: data_offsets is not a pair")))?;
-            let nbytes = shape
-                .iter()
-                .try_fold(dtype.size(), |a, s| a.checked_mul(*s))
-                .ok_or_else(|| st_err(path, format!("tensor {name}: shape {shape:?} overflows")))?;
-            if offs[1] < offs[0] || offs[1] - offs[0] != nbytes {
-                return Err(st_err(
-                    path,
-                    format!(
-                        "tensor {name}: data_offsets {offs:?} hold {} bytes, {dtype} {shape:?} needs {nbytes}",
-                        offs[1].wrapping_sub(offs[0])
-                    ),
-                ));
-            }
-            if offs[1] > data_len {
-                return Err(st_err(
-                    path,
-                    format!("tensor {name}: data_offsets {offs:?} go beyond the data ({data_len} bytes)"),
-                ));
-            }
-            entries.push((name, Entry { dtype, shape, range: data_start + offs[0]..data_start + offs[1] }));
-        }
-        entries.sort_by_key(|(_, e)| (e.range.start, e.range.end));
-        let mut end = data_start;
-        for (name, e) in &entries {
-            if e.range.start != end && !(e.range.is_empty() && e.range.start <= end) {
-                return Err(st_err(
-                    path,
-                    format!(
-                        "tensor {name}: data starts at {} but the previous tensor ends at {end} (overlap or gap)",
-                        e.range.start - data_start
-                    ),
-                ));
-            }
-            end = end.max(e.range.end);
-        }
-        if end != len {
-            return Err(st_err(
-                path,
-                format!("tensors end at byte {end} but the file has {len} (truncated or trailing bytes)"),
-            ));
-        }
-        Ok(Self { path: path.to_path_buf(), map: Arc::new(map), tensors: entries.into_iter().collect(), metadata })
+        let Header { tensors, metadata } = parse_header(path, &map)?;
+        Ok(Self { path: path.to_path_buf(), map: Arc::new(map), tensors, metadata })
     }
 
     /// The file path.
@@ -183,40 +214,44 @@ pub struct HfCheckpoint {
     index: IndexMap<String, usize>,
 }
 
+/// Parses the text of an HF index (`model.safetensors.index.json`; `index_path` names it in errors): its
+/// `weight_map`, tensor name → file name, in index order. Every file name must be a plain file name in the
+/// index's directory.
+pub fn parse_index(text: &str, index_path: &Path) -> Result<IndexMap<String, String>> {
+    let json_err = |reason: String| Error::Json { path: index_path.to_path_buf(), reason };
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| json_err(e.to_string()))?;
+    let wm = v.get("weight_map").and_then(|w| w.as_object()).ok_or_else(|| json_err("no weight_map object".into()))?;
+    let mut out = IndexMap::with_capacity(wm.len());
+    for (name, f) in wm {
+        let f = f.as_str().ok_or_else(|| json_err(format!("weight_map[{name}] is not a file name")))?;
+        if f.is_empty() || f == "." || f == ".." || f.contains('/') || f.contains('\\') || f.contains('\0') {
+            return Err(json_err(format!("weight_map[{name}] = {f:?} is not a file in this directory")));
+        }
+        out.insert(name.clone(), f.to_string());
+    }
+    Ok(out)
+}
+
 impl HfCheckpoint {
     /// Opens the checkpoint in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         let index_path = dir.join(INDEX_FILE);
         if index_path.exists() {
             let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| Error::Json { path: index_path.clone(), reason: e.to_string() })?;
-            let wm = v
-                .get("weight_map")
-                .and_then(|w| w.as_object())
-                .ok_or_else(|| Error::Json { path: index_path.clone(), reason: "no weight_map object".into() })?;
+            let wm = parse_index(&text, &index_path)?;
             let mut file_ids: IndexMap<String, usize> = IndexMap::new();
             let mut files = Vec::new();
             let mut index = IndexMap::new();
-            for (name, f) in wm {
-                let f = f.as_str().ok_or_else(|| Error::Json {
-                    path: index_path.clone(),
-                    reason: format!("weight_map[{name}] is not a file name"),
-                })?;
-                if f.contains('/') || f.contains('\\') || f == ".." {
-                    return Err(Error::Json {
-                        path: index_path.clone(),
-                        reason: format!("weight_map[{name}] = {f:?} is not a file in this directory"),
-                    });
-                }
+            for (name, f) in &wm {
+                let f = f.as_str();
                 let id = match file_ids.get(f) {
                     Some(id) => *id,
                     None => {
                         let p = dir.join(f);
-                        if !p.exists() {
+                        if !p.is_file() {
                             return Err(Error::Json {
                                 path: index_path.clone(),
-                                reason: format!("weight_map names {f}, which does not exist"),
+                                reason: format!("weight_map names {f}, which does not exist (or is not a file)"),
                             });
                         }
                         files.push(SafetensorsFile::open(&p)?);
@@ -348,16 +383,43 @@ pub struct Written {
     pub xxh3: u64,
 }
 
-/// A writer that hashes what passes through it.
+/// Test hook: when set to N, safetensors writes fail with a "No space left on device" error once this
+/// process has written N bytes of safetensors files in total (a disk that fills up mid-write).
+pub const FAIL_AFTER_BYTES_ENV: &str = "NEURON_SPEC_FAIL_AFTER_BYTES";
+/// Test hook: when set to N, safetensors writes sleep N milliseconds before each tensor (a slow disk, so
+/// that a test can kill the process mid-write).
+pub const SLOW_WRITE_MS_ENV: &str = "NEURON_SPEC_SLOW_WRITE_MS";
+
+/// Bytes of safetensors files written by this process, for [`FAIL_AFTER_BYTES_ENV`].
+static SAFETENSORS_BYTES_WRITTEN: AtomicU64 = AtomicU64::new(0);
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.trim().parse().ok()
+}
+
+/// A writer that hashes what passes through it (and honours [`FAIL_AFTER_BYTES_ENV`]).
 struct HashWriter<W> {
     inner: W,
     hasher: xxhash_rust::xxh3::Xxh3,
     size: u64,
+    fail_after: Option<u64>,
 }
 
 impl<W: Write> Write for HashWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut buf = buf;
+        if let Some(limit) = self.fail_after {
+            let room = limit.saturating_sub(SAFETENSORS_BYTES_WRITTEN.load(Ordering::Relaxed));
+            if room == 0 && !buf.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!("No space left on device (simulated by {FAIL_AFTER_BYTES_ENV}={limit})"),
+                ));
+            }
+            buf = &buf[..buf.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
+        }
         let n = self.inner.write(buf)?;
+        SAFETENSORS_BYTES_WRITTEN.fetch_add(n as u64, Ordering::Relaxed);
         self.hasher.update(&buf[..n]);
         self.size += n as u64;
         Ok(n)
@@ -414,16 +476,33 @@ pub fn write_safetensors(
         h.push(b' ');
     }
     let file = File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut w =
-        HashWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: xxhash_rust::xxh3::Xxh3::new(), size: 0 };
+    let mut w = HashWriter {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hasher: xxhash_rust::xxh3::Xxh3::new(),
+        size: 0,
+        fail_after: env_u64(FAIL_AFTER_BYTES_ENV),
+    };
+    let slow = env_u64(SLOW_WRITE_MS_ENV).map(std::time::Duration::from_millis);
     let io = |e| Error::io(path, e);
     w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
     w.write_all(&h).map_err(io)?;
     for t in &order {
+        if let Some(d) = slow {
+            w.flush().map_err(io)?;
+            std::thread::sleep(d);
+        }
         // The tensor arrives as consecutive pieces (views of mapped inputs, or one assembled tensor).
         let pieces = fill(t)?;
+        if let Some(p) = pieces.iter().find(|p| p.dtype() != t.dtype) {
+            return Err(Error::DtypeMismatch {
+                tensor: t.name.clone(),
+                expected: t.dtype.to_string(),
+                found: p.dtype().to_string(),
+                file: Some(path.to_path_buf()),
+            });
+        }
         let bytes: usize = pieces.iter().map(|p| p.bytes().len()).sum();
-        if pieces.iter().any(|p| p.dtype() != t.dtype) || bytes != t.nbytes() {
+        if bytes != t.nbytes() {
             return Err(Error::ShapeMismatch {
                 tensor: t.name.clone(),
                 expected: t.shape.clone(),

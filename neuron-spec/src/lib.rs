@@ -27,11 +27,13 @@ pub mod cli;
 pub mod dtype;
 pub mod error;
 pub mod io;
+#[cfg(feature = "burn")]
 pub mod layers;
 pub mod llama;
 pub mod lora;
 pub mod metadata;
 pub mod model;
+#[cfg(feature = "burn")]
 pub mod module;
 pub mod pipeline;
 pub mod plan;
@@ -50,6 +52,7 @@ pub use neuron_spec_derive::CustomModule;
 
 /// Types the derive's generated code names, so a model crate needs no direct `burn`/`indexmap` dependency.
 #[doc(hidden)]
+#[cfg(feature = "burn")]
 pub mod __private {
     pub use burn::tensor::Device;
     pub use indexmap::IndexMap;

@@ -82,6 +82,9 @@ impl LlamaConfig {
     }
 }
 
+/// The largest `num_hidden_layers` accepted (the layout lists every layer's parameters up front).
+pub const MAX_LAYERS: usize = 1 << 14;
+
 /// How the attention projections are laid out on the ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QkvLayout {
@@ -113,8 +116,13 @@ pub fn llama_layout(cfg: &LlamaConfig, tp: usize, fuse_qkv: bool) -> Result<Chec
 /// Specs and parameter metadata of the custom Llama at TP size `tp`.
 pub fn llama_layout_with(cfg: &LlamaConfig, tp: usize, qkv: QkvLayout) -> Result<CheckpointMetadata> {
     let fuse_qkv = qkv == QkvLayout::Fused;
-    if tp == 0 {
-        return Err(Error::spec("config", "tp_size", "must be at least 1"));
+    crate::sharding::check_tp(tp, 0)?;
+    if cfg.num_hidden_layers > MAX_LAYERS {
+        return Err(Error::spec(
+            "config",
+            "num_hidden_layers",
+            format!("{} is above the supported maximum {MAX_LAYERS}", cfg.num_hidden_layers),
+        ));
     }
     let mut parameters = IndexMap::new();
     let mut specs = Vec::new();

@@ -2,6 +2,7 @@
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::sharding::MAX_TP;
 use crate::specs::ModelWeightTransformationSpecs;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
@@ -130,6 +131,12 @@ impl CheckpointMetadata {
             return Err(Error::Metadata {
                 path: path.to_path_buf(),
                 reason: format!("inconsistent tp sizes {first} and {other}"),
+            });
+        }
+        if first == 0 || first > MAX_TP {
+            return Err(Error::Metadata {
+                path: path.to_path_buf(),
+                reason: format!("tp size {first} is out of range (1 to {MAX_TP})"),
             });
         }
         Ok(first)

@@ -64,6 +64,8 @@ pub fn plan_rank(
         let absent: Vec<String> =
             spec.original_parameter_names(module).into_iter().filter(|n| src.info(n).is_none()).collect();
         if !absent.is_empty() {
+            // The inputs that are present are expected, not unexpected: only the absent ones are reported.
+            consumed.extend(spec.original_parameter_names(module).into_iter().filter(|n| !absent.contains(n)));
             missing.extend(absent);
             produced.extend(spec.local_parameter_names(module));
             continue;
@@ -262,6 +264,20 @@ pub fn consolidation_plan(
     }
     let inverse = forward.invert()?;
     Ok((forward, inverse))
+}
+
+/// Per rank, the tensors of `ranks` that no rank-local parameter of the consolidation's `forward` plan
+/// describes: consolidation leaves them out.
+pub fn undescribed_rank_tensors(forward: &ShardPlan, ranks: &[&dyn TensorSource]) -> Vec<Vec<String>> {
+    forward
+        .ranks
+        .iter()
+        .zip(ranks)
+        .map(|(plans, src)| {
+            let described: IndexSet<&str> = plans.iter().map(|t| t.name.as_str()).collect();
+            src.names().into_iter().filter(|n| !described.contains(n.as_str())).collect()
+        })
+        .collect()
 }
 
 /// All ranks' tensors → HF tensors (reference: `to_original_weights`), in memory. The on-disk path

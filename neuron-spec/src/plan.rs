@@ -436,11 +436,11 @@ impl ShardPlan {
     }
 }
 
-/// Splits [s, e) into the parts not in `covered` and the parts already in it.
-/// Half-open index ranges.
-type Ranges = Vec<(usize, usize)>;
+/// Half-open index ranges `[start, end)`.
+type Intervals = Vec<(usize, usize)>;
 
-fn subtract(covered: &[(usize, usize)], s: usize, e: usize) -> (Ranges, Ranges) {
+/// Splits [s, e) into the parts not in `covered` and the parts already in it.
+fn subtract(covered: &[(usize, usize)], s: usize, e: usize) -> (Intervals, Intervals) {
     let mut fresh = Vec::new();
     let mut dup = Vec::new();
     let mut cur = s;

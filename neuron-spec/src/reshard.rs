@@ -98,8 +98,13 @@ pub fn reshard_plan(ck: &ShardedCheckpoint, tp: usize) -> Result<(ShardPlan, Che
 pub fn reshard(src_dir: &std::path::Path, out_dir: &std::path::Path, tp: usize, opts: &WriteOptions) -> Result<Report> {
     let ck = ShardedCheckpoint::open(src_dir)?;
     let (plan, meta) = reshard_plan(&ck, tp)?;
+    if !opts.allow_unexpected {
+        let (forward, _) = consolidation_plan(&ck.metadata, &ck.sources())?;
+        ck.check_all_described(&forward)?;
+    }
     let staging = Staging::new(out_dir, opts.force)?;
-    let mut report = write_sharded(staging.path(), out_dir, &plan, meta, &ck.sources(), src_dir, opts.progress)?;
+    let mut report = write_sharded(staging.path(), out_dir, &plan, meta, &ck.sources(), src_dir, opts.progress)
+        .map_err(|e| staging.describe(e))?;
     // Adapters are resharded with the base weights, each from its own rank files.
     for a in crate::lora::disk::sharded_adapters(src_dir)? {
         let (plan, meta) = reshard_plan(&a.checkpoint, tp)?;

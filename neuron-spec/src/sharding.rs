@@ -39,7 +39,9 @@ pub fn partition_plan(
     }
     let piece = per / stride;
     let mut blocks = Vec::new();
-    for k in 0..stride {
+    // An empty dimension has nothing to copy (and a hostile stride must not make this loop long).
+    let pieces = if piece == 0 { 0 } else { stride };
+    for k in 0..pieces {
         let j = rank + k * tp;
         let start = j * piece;
         let end = ((j + 1) * piece).min(len);
@@ -165,10 +167,17 @@ pub fn create_local_fused_weight(
     plan.execute(&[&members])
 }
 
-/// Checks `tp >= 1` and `rank < tp`.
+/// The largest TP size accepted: far above any real tensor-parallel group, low enough that per-rank loops
+/// and allocations stay bounded for hostile input.
+pub const MAX_TP: usize = 1 << 12;
+
+/// Checks `1 <= tp <= MAX_TP` and `rank < tp`.
 pub fn check_tp(tp: usize, rank: usize) -> Result<()> {
     if tp == 0 {
         return Err(Error::spec("config", "tp_size", "must be at least 1"));
+    }
+    if tp > MAX_TP {
+        return Err(Error::spec("config", "tp_size", format!("tp {tp} is above the supported maximum {MAX_TP}")));
     }
     if rank >= tp {
         return Err(Error::spec("config", "tp_rank", format!("rank {rank} is out of range for tp size {tp}")));

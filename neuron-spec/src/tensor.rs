@@ -131,7 +131,7 @@ impl HostTensor {
         if offset.checked_add(len).is_none_or(|e| e > full) {
             return Err(Error::Invalid(format!(
                 "indices {offset}..{} out of range for dim {dim} of shape {:?}",
-                offset + len,
+                offset.saturating_add(len),
                 self.shape
             )));
         }

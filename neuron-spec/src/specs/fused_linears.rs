@@ -261,13 +261,24 @@ impl FusedLinearsSpec {
         for p in self.param_names() {
             let dim = self.dim_for(p, None)?;
             let fused = require(local, &format!("{module}.{}.{p}", self.fused_linear_name))?;
-            let expected: usize = self.original_dims.iter().sum::<usize>() / tp;
-            if fused.shape.get(dim) != Some(&expected) {
+            let dims = &self.original_dims;
+            let sum = dims.iter().try_fold(0usize, |a, d| a.checked_add(*d));
+            let expected = sum.map(|s| s / tp);
+            if expected.is_none() || fused.shape.get(dim) != expected.as_ref() {
                 let mut e = fused.shape.clone();
-                if let Some(x) = e.get_mut(dim) {
-                    *x = expected;
+                if let (Some(x), Some(v)) = (e.get_mut(dim), expected) {
+                    *x = v;
                 }
-                return Err(Error::ShapeMismatch { tensor: fused.name, expected: e, found: fused.shape, file: None });
+                return Err(Error::spec(
+                    Self::CLASS_NAME,
+                    "original_dims",
+                    format!(
+                        "{dims:?} sum to {}, so at tp {tp} each rank's {} should be {e:?}, found {:?}",
+                        sum.map_or("an overflowing size".to_string(), |s| s.to_string()),
+                        fused.name,
+                        fused.shape
+                    ),
+                ));
             }
             for (l, d) in self.linear_names.iter().zip(&self.original_dims) {
                 let mut shape = fused.shape.clone();

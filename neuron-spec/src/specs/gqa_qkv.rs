@@ -103,20 +103,33 @@ impl GqaQkvColumnParallelLinearSpec {
     }
 
     fn with_head_dim(mut self, head_dim: usize, tp: usize) -> Result<Self> {
-        if tp == 0 {
-            return Err(Error::spec(Self::CLASS_NAME, "tp_size", "must be at least 1"));
-        }
+        let c = Self::CLASS_NAME;
+        check_spec_tp(c, tp, tp)?;
+        check_heads(self.num_attention_heads, self.num_key_value_heads)?;
         self.tp_size = tp;
         self.kv_size_multiplier = default_kv_size_multiplier(tp, self.num_key_value_heads);
-        self.q_output_size_per_partition = self.num_attention_heads * head_dim / tp;
-        self.kv_output_size_per_partition = self.num_key_value_heads * head_dim * self.kv_size_multiplier / tp;
+        let too_big = |what: &str| Error::spec(c, "head_dim", format!("{head_dim} × {what} overflows"));
+        self.q_output_size_per_partition =
+            self.num_attention_heads.checked_mul(head_dim).ok_or_else(|| too_big("num_attention_heads"))? / tp;
+        self.kv_output_size_per_partition = self
+            .num_key_value_heads
+            .checked_mul(head_dim)
+            .and_then(|x| x.checked_mul(self.kv_size_multiplier))
+            .ok_or_else(|| too_big("num_key_value_heads × kv_size_multiplier"))?
+            / tp;
         self.validate(tp)?;
         Ok(self)
     }
 
     /// The head size implied by the per-partition sizes.
     pub fn head_dim(&self) -> Result<usize> {
-        let rows = self.q_output_size_per_partition * self.tp_size;
+        let rows = self.q_output_size_per_partition.checked_mul(self.tp_size).ok_or_else(|| {
+            Error::spec(
+                Self::CLASS_NAME,
+                "q_output_size_per_partition",
+                format!("{} × tp {} overflows", self.q_output_size_per_partition, self.tp_size),
+            )
+        })?;
         if self.num_attention_heads == 0 || !rows.is_multiple_of(self.num_attention_heads) {
             return Err(Error::spec(
                 Self::CLASS_NAME,
@@ -151,16 +164,18 @@ impl GqaQkvColumnParallelLinearSpec {
         let c = Self::CLASS_NAME;
         check_spec_tp(c, self.tp_size, tp)?;
         let (h, k, m) = (self.num_attention_heads, self.num_key_value_heads, self.kv_size_multiplier);
-        if h == 0 {
-            return Err(Error::spec(c, "num_attention_heads", "must be at least 1"));
-        }
-        if k == 0 || h % k != 0 {
-            return Err(Error::spec(c, "num_key_value_heads", format!("{k} does not divide num_attention_heads {h}")));
-        }
+        check_heads(h, k)?;
         if h % tp != 0 {
             return Err(Error::spec(c, "num_attention_heads", format!("{h} heads are not divisible by tp {tp}")));
         }
-        if m == 0 || (k * m) % tp != 0 || k * m < tp {
+        let km = k.checked_mul(m).ok_or_else(|| {
+            Error::spec(
+                c,
+                "kv_size_multiplier",
+                format!("{m} × {k} kv heads overflows (expected {})", default_kv_size_multiplier(tp, k)),
+            )
+        })?;
+        if m == 0 || km % tp != 0 || km < tp {
             return Err(Error::spec(
                 c,
                 "kv_size_multiplier",
@@ -170,7 +185,7 @@ impl GqaQkvColumnParallelLinearSpec {
                 ),
             ));
         }
-        let kv_per_rank = k * m / tp;
+        let kv_per_rank = km / tp;
         if !(h / tp).is_multiple_of(kv_per_rank) || kv_per_rank > k {
             return Err(Error::spec(
                 c,
@@ -179,16 +194,28 @@ impl GqaQkvColumnParallelLinearSpec {
             ));
         }
         let hd = self.head_dim()?;
-        if self.kv_output_size_per_partition != k * m * hd / tp {
+        if hd == 0 {
+            return Err(Error::spec(c, "q_output_size_per_partition", "must be positive (head_dim 0)"));
+        }
+        let kv_expected = km.checked_mul(hd).map(|x| x / tp);
+        if Some(self.kv_output_size_per_partition) != kv_expected {
             return Err(Error::spec(
                 c,
                 "kv_output_size_per_partition",
                 format!(
                     "is {}, expected {} (kv heads {k} × multiplier {m} × head_dim {hd} / tp {tp})",
                     self.kv_output_size_per_partition,
-                    k * m * hd / tp
+                    kv_expected.map_or("an overflowing size".to_string(), |x| x.to_string())
                 ),
             ));
+        }
+        if self
+            .kv_output_size_per_partition
+            .checked_mul(2)
+            .and_then(|x| x.checked_add(self.q_output_size_per_partition))
+            .is_none()
+        {
+            return Err(Error::spec(c, "q_output_size_per_partition", "the fused q/k/v rows overflow"));
         }
         // Every query head lands on exactly one rank, next to its own kv head.
         let mut seen = vec![false; h];
@@ -221,7 +248,8 @@ impl GqaQkvColumnParallelLinearSpec {
         check_tp(tp_size, tp_rank)?;
         let c = Self::CLASS_NAME;
         let (h, k, m) = (num_attention_heads, num_key_value_heads, kv_size_multiplier);
-        if h == 0 || k == 0 || m == 0 || h % tp_size != 0 || h % k != 0 {
+        check_heads(h, k)?;
+        if m == 0 || h % tp_size != 0 {
             return Err(Error::spec(
                 c,
                 "num_attention_heads",
@@ -229,8 +257,8 @@ impl GqaQkvColumnParallelLinearSpec {
             ));
         }
         let heads_per_rank = h / tp_size;
-        let kv_per_rank = k * m / tp_size;
-        if kv_per_rank == 0 || !heads_per_rank.is_multiple_of(kv_per_rank) {
+        let kv_per_rank = k.saturating_mul(m) / tp_size;
+        if heads_per_rank.checked_rem(kv_per_rank) != Some(0) {
             return Err(Error::spec(
                 c,
                 "kv_size_multiplier",
@@ -239,7 +267,7 @@ impl GqaQkvColumnParallelLinearSpec {
         }
         let group = h / k;
         let group_per_rank = heads_per_rank / kv_per_rank;
-        if group_per_rank == 0 || group % group_per_rank != 0 {
+        if group.checked_rem(group_per_rank) != Some(0) {
             return Err(Error::spec(
                 c,
                 "kv_size_multiplier",
@@ -689,6 +717,25 @@ impl GqaQkvColumnParallelLinearSpec {
     }
 }
 
+/// The largest head count accepted: far above any real model, low enough that the per-head checks and
+/// index lists stay small for hostile metadata.
+pub const MAX_HEADS: usize = 1 << 12;
+
+/// Heads and kv heads: at least one, at most [`MAX_HEADS`], kv heads dividing heads.
+fn check_heads(h: usize, k: usize) -> Result<()> {
+    let c = GqaQkvColumnParallelLinearSpec::CLASS_NAME;
+    if h == 0 {
+        return Err(Error::spec(c, "num_attention_heads", "must be at least 1"));
+    }
+    if h > MAX_HEADS {
+        return Err(Error::spec(c, "num_attention_heads", format!("{h} is above the supported maximum {MAX_HEADS}")));
+    }
+    if h.checked_rem(k) != Some(0) {
+        return Err(Error::spec(c, "num_key_value_heads", format!("{k} does not divide num_attention_heads {h}")));
+    }
+    Ok(())
+}
+
 /// Torch's `chunk(v, n)[i]`: pieces of `ceil(len / n)`.
 fn chunk(v: &[usize], n: usize, i: usize) -> Result<&[usize]> {
     let size = v.len().div_ceil(n.max(1)).max(1);
@@ -768,7 +815,7 @@ fn kv_plan(
         .shape
         .get(dim)
         .ok_or_else(|| Error::Invalid(format!("tensor {}: no dim {dim} in {:?}", src.name, src.shape)))?;
-    if rows == 0 || out == 0 || (rank + 1) * out > rows * multiplier {
+    if rows == 0 || out == 0 || (rank + 1).saturating_mul(out) > rows.saturating_mul(multiplier) {
         return Err(Error::spec(
             GqaQkvColumnParallelLinearSpec::CLASS_NAME,
             "kv_output_size_per_partition",

@@ -7,7 +7,7 @@ mod fused_linears;
 mod gqa_qkv;
 
 pub use fused_linears::{FuseAxis, FusedLinearsSpec};
-pub use gqa_qkv::{GqaQkvColumnParallelLinearSpec, QueryOrOutput};
+pub use gqa_qkv::{GqaQkvColumnParallelLinearSpec, QueryOrOutput, MAX_HEADS};
 
 use crate::error::{Error, Result};
 use crate::plan::{TensorInfo, TensorPlan, TensorSource};
@@ -203,6 +203,13 @@ pub(crate) fn require(src: &dyn TensorSource, name: &str) -> Result<TensorInfo> 
 pub(crate) fn check_spec_tp(class: &str, spec_tp: usize, tp: usize) -> Result<()> {
     if tp == 0 {
         return Err(Error::spec(class, "tp_size", "must be at least 1"));
+    }
+    if tp > crate::sharding::MAX_TP {
+        return Err(Error::spec(
+            class,
+            "tp_size",
+            format!("tp {tp} is above the supported maximum {}", crate::sharding::MAX_TP),
+        ));
     }
     if spec_tp != tp {
         return Err(Error::spec(class, "tp_size", format!("the spec was built for tp {spec_tp}, asked for tp {tp}")));

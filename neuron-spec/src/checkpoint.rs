@@ -322,6 +322,9 @@ pub fn verify_rank_files(rdir: &Path, entries: &[RankFileEntry], tp: usize) -> R
                 reason: format!("metadata lists {} as rank {r}", e.file),
             });
         }
+    }
+    // Hash the files on both cores: even ranks on one thread, odd on the other; the first damage found wins.
+    let check = |e: &RankFileEntry| -> Result<()> {
         let path = rdir.join(&e.file);
         let w = crate::io::file_xxh3(&path)?;
         if w.size != e.size {
@@ -331,8 +334,16 @@ pub fn verify_rank_files(rdir: &Path, entries: &[RankFileEntry], tp: usize) -> R
         if found != e.xxh3_64 {
             return Err(Error::Checksum { path, reason: format!("expected xxh3-64 {}, found {found}", e.xxh3_64) });
         }
-    }
-    Ok(())
+        Ok(())
+    };
+    let odd: Vec<&RankFileEntry> = entries.iter().skip(1).step_by(2).collect();
+    let (even_result, odd_result) = std::thread::scope(|s| {
+        let h = s.spawn(|| odd.iter().try_for_each(|e| check(e)));
+        let even = entries.iter().step_by(2).try_for_each(check);
+        (even, h.join())
+    });
+    even_result?;
+    odd_result.map_err(|_| Error::Invalid("checksum thread failed".into()))?
 }
 
 /// Consolidates the sharded checkpoint in `sharded_dir` into an HF directory `out_dir`, one tensor at a time,

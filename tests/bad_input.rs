@@ -890,3 +890,25 @@ fn kill_9_in_the_middle_of_a_consolidation() {
     assert!(!partial.exists(), "the dead process's partial directory is cleaned up");
     assert!(partials_in(tmp.path()).is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Bad LoRA adapters.
+
+#[test]
+fn adapter_whose_r_disagrees_with_its_tensors() {
+    let (tmp, adapter) = copy_fixture("llama-gqa-lora");
+    edit_json(&adapter.join("adapter_config.json"), |v| v["r"] = Value::from(8));
+    let out = tmp.path().join("out");
+    let mut cmd = cli(["shard", s(&fixture("llama-gqa")), s(&out), "--tp", "2", "--adapter", s(&adapter)]);
+    fails(&mut cmd, &out, &["lora_A", "8"]);
+}
+
+#[test]
+fn adapter_for_another_model() {
+    // An adapter trained on llama-gqa (hidden 64), applied to llama-mha-tied (hidden 32).
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let adapter = fixture("llama-gqa-lora");
+    let mut cmd = cli(["shard", s(&fixture("llama-mha-tied")), s(&out), "--tp", "2", "--adapter", s(&adapter)]);
+    fails(&mut cmd, &out, &["lora_A", "64", "32"]);
+}

@@ -17,7 +17,7 @@ fn dir() -> &'static PathBuf {
         let d = std::env::temp_dir().join(format!("neuron-spec-fuzz-index-{}", std::process::id()));
         std::fs::create_dir_all(&d).expect("scratch dir");
         let info = |n: &str, shape: Vec<usize>| TensorInfo { name: n.into(), dtype: DType::F32, shape };
-        let fill = &mut |i: &TensorInfo| Ok(HostTensor::zeros(i.dtype, i.shape.clone()));
+        let fill = &mut |i: &TensorInfo| Ok(vec![HostTensor::zeros(i.dtype, i.shape.clone())]);
         let meta = BTreeMap::new();
         write_safetensors(&d.join("a.safetensors"), &[info("x", vec![2, 3]), info("y", vec![4])], &meta, fill)
             .expect("a.safetensors");

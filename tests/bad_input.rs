@@ -653,6 +653,24 @@ fn kv_replicas_that_differ() {
     }
 }
 
+#[test]
+fn kv_replicas_that_differ_stop_a_reshard() {
+    let (tmp, dir) = sharded(4, true);
+    let f = dir.join(RANKS_DIR).join(rank_file_name(2));
+    let (h, mut data) = read_st(&f);
+    // weight_qkv of rank 2 at tp 4: 16 query rows, then its k rows (a replica of rank 0's kv head).
+    let a =
+        h["model.layers.0.self_attn.qkv_proj.weight_qkv"]["data_offsets"][0].as_u64().unwrap() as usize + 16 * 64 * 4;
+    let x = f32::from_le_bytes(data[a..a + 4].try_into().unwrap());
+    data[a..a + 4].copy_from_slice(&(x + 0.25).to_le_bytes());
+    write_st(&f, &h, &data);
+    refresh_checksum(&dir, 2);
+    let out = tmp.path().join("out");
+    fails(&mut cli(["reshard", s(&dir), s(&out), "--tp", "2"]), &out, &["k_proj.weight", "rank 2", "rank 0"]);
+    let o = cli(["reshard", s(&dir), s(&out), "--tp", "2", "--kv-replicas", "first"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Bad arguments and configs.
 

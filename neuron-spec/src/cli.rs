@@ -249,6 +249,9 @@ pub enum Command {
         /// Leave out rank-file tensors that the metadata does not describe (refused otherwise).
         #[arg(long)]
         allow_unexpected: bool,
+        /// Replicated kv heads: fail if copies differ (check) or keep the lowest rank's (first).
+        #[arg(long, value_enum, default_value_t = KvReplicasArg::Check)]
+        kv_replicas: KvReplicasArg,
     },
     /// Dry run: what each rank would read and write, and every validation result. Writes nothing.
     Plan {
@@ -467,12 +470,18 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
-        Command::Reshard { sharded_dir, out_dir, tp, force, allow_unexpected } => {
+        Command::Reshard { sharded_dir, out_dir, tp, force, allow_unexpected, kv_replicas } => {
             let r = reshard(
                 &sharded_dir,
                 &out_dir,
                 tp,
-                &WriteOptions { force, allow_unexpected, progress: !quiet, ..Default::default() },
+                &WriteOptions {
+                    force,
+                    allow_unexpected,
+                    kv_replicas: kv_replicas.into(),
+                    progress: !quiet,
+                    ..Default::default()
+                },
             )?;
             if !quiet {
                 println!(

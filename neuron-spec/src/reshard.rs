@@ -98,9 +98,22 @@ pub fn reshard_plan(ck: &ShardedCheckpoint, tp: usize) -> Result<(ShardPlan, Che
 pub fn reshard(src_dir: &std::path::Path, out_dir: &std::path::Path, tp: usize, opts: &WriteOptions) -> Result<Report> {
     let ck = ShardedCheckpoint::open(src_dir)?;
     let (plan, meta) = reshard_plan(&ck, tp)?;
+    let sources = ck.sources();
+    let (forward, inverse) = consolidation_plan(&ck.metadata, &sources)?;
     if !opts.allow_unexpected {
-        let (forward, _) = consolidation_plan(&ck.metadata, &ck.sources())?;
         ck.check_all_described(&forward)?;
+    }
+    // The composed plan reads each kv head from its lowest rank: check first that the other replicas agree
+    // (as consolidation does), unless told to keep the first copy.
+    if opts.kv_replicas == crate::checkpoint::KvReplicas::Mean {
+        return Err(Error::Invalid(
+            "reshard copies one replica of each kv head; to average them, consolidate with --kv-replicas mean and shard the result".into(),
+        ));
+    }
+    if opts.kv_replicas != crate::checkpoint::KvReplicas::First {
+        for t in inverse.iter().filter(|t| !t.replicas.is_empty()) {
+            crate::model::consolidate_tensor(t, &sources, crate::checkpoint::KvReplicas::Check)?;
+        }
     }
     let staging = Staging::new(out_dir, opts.force)?;
     let mut report = write_sharded(staging.path(), out_dir, &plan, meta, &ck.sources(), src_dir, opts.progress)

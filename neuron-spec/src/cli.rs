@@ -505,7 +505,8 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
 }
 
 fn plan_command(dir: &Path, tp: usize, qkv: QkvLayout, json: bool) -> Result<i32> {
-    let (plan, source_kind, validation) = if is_sharded(dir) {
+    let sharded = is_sharded(dir);
+    let (plan, source_kind, validation) = if sharded {
         let ck = ShardedCheckpoint::open(dir)?;
         let (plan, _) = reshard_plan(&ck, tp)?;
         (plan, format!("sharded checkpoint at tp {}", ck.tp), vec!["rank files and metadata consistent".to_string()])
@@ -543,7 +544,7 @@ fn plan_command(dir: &Path, tp: usize, qkv: QkvLayout, json: bool) -> Result<i32
                     .blocks
                     .iter()
                     .map(|b| {
-                        let part = if is_sharded(dir) { format!("rank{}:", b.src.part) } else { String::new() };
+                        let part = if sharded { format!("rank{}:", b.src.part) } else { String::new() };
                         format!(
                             "{part}{}[dim{} {}..{}]→{}..",
                             b.src.name,

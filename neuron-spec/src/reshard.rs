@@ -86,37 +86,47 @@ pub fn compose(forward: &ShardPlan, inverse: &[TensorPlan]) -> Result<ShardPlan>
 
 /// The reshard plan of a sharded checkpoint to TP size `tp`, and the new metadata.
 pub fn reshard_plan(ck: &ShardedCheckpoint, tp: usize) -> Result<(ShardPlan, CheckpointMetadata)> {
+    let (_, inverse) = consolidation_plan(&ck.metadata, &ck.sources())?;
+    compose_for_tp(ck, &inverse, tp)
+}
+
+/// The sharding plan at TP size `tp` composed with the checkpoint's consolidation plan `inverse`.
+fn compose_for_tp(
+    ck: &ShardedCheckpoint,
+    inverse: &[TensorPlan],
+    tp: usize,
+) -> Result<(ShardPlan, CheckpointMetadata)> {
     let sources = ck.sources();
-    let (_, inverse) = consolidation_plan(&ck.metadata, &sources)?;
-    let originals = original_infos(&ck.metadata, sources[0], ck.tp)?;
+    let rank0 = sources.first().ok_or_else(|| Error::Invalid("a sharded checkpoint without rank files".into()))?;
+    let originals = original_infos(&ck.metadata, *rank0, ck.tp)?;
     let new_meta = metadata_for_tp(&ck.metadata, tp)?;
     let forward = plan_shards(&new_meta, &Infos(originals), tp, PlanOptions::default())?;
-    Ok((compose(&forward, &inverse)?, new_meta))
+    Ok((compose(&forward, inverse)?, new_meta))
 }
 
 /// Writes the checkpoint in `src_dir` at TP size `tp` into `out_dir`.
 pub fn reshard(src_dir: &std::path::Path, out_dir: &std::path::Path, tp: usize, opts: &WriteOptions) -> Result<Report> {
-    let ck = ShardedCheckpoint::open(src_dir)?;
-    let (plan, meta) = reshard_plan(&ck, tp)?;
-    let sources = ck.sources();
-    let (forward, inverse) = consolidation_plan(&ck.metadata, &sources)?;
-    if !opts.allow_unexpected {
-        ck.check_all_described(&forward)?;
-    }
-    // The composed plan reads each kv head from its lowest rank: check first that the other replicas agree
-    // (as consolidation does), unless told to keep the first copy.
     if opts.kv_replicas == crate::checkpoint::KvReplicas::Mean {
         return Err(Error::Invalid(
             "reshard copies one replica of each kv head; to average them, consolidate with --kv-replicas mean and shard the result".into(),
         ));
     }
+    let ck = ShardedCheckpoint::open(src_dir)?;
+    let sources = ck.sources();
+    let (forward, inverse) = consolidation_plan(&ck.metadata, &sources)?;
+    let (plan, meta) = compose_for_tp(&ck, &inverse, tp)?;
+    if !opts.allow_unexpected {
+        ck.check_all_described(&forward)?;
+    }
+    // The composed plan reads each kv head from its lowest rank: check first that the other replicas agree
+    // (as consolidation does), unless told to keep the first copy.
     if opts.kv_replicas != crate::checkpoint::KvReplicas::First {
         for t in inverse.iter().filter(|t| !t.replicas.is_empty()) {
             crate::model::consolidate_tensor(t, &sources, crate::checkpoint::KvReplicas::Check)?;
         }
     }
     let staging = Staging::new(out_dir, opts.force)?;
-    let mut report = write_sharded(staging.path(), out_dir, &plan, meta, &ck.sources(), src_dir, opts.progress)
+    let mut report = write_sharded(staging.path(), out_dir, &plan, meta, &sources, src_dir, opts.progress)
         .map_err(|e| staging.describe(e))?;
     // Adapters are resharded with the base weights, each from its own rank files.
     for a in crate::lora::disk::sharded_adapters(src_dir)? {

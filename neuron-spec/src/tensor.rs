@@ -7,6 +7,10 @@ use memmap2::Mmap;
 use std::ops::Range;
 use std::sync::Arc;
 
+/// The span that [`HostTensor::release`] rounds out to: one page table (2 MiB on x86-64 and arm64 with 4 KiB
+/// pages), the most a single fault maps, whether by fault-around or by mapping a whole large folio.
+pub const RELEASE_ALIGN: usize = 2 << 20;
+
 /// An ordered name → tensor map, in insertion order.
 pub type StateDict = IndexMap<String, HostTensor>;
 
@@ -111,12 +115,21 @@ impl HostTensor {
 
     /// Drops this view's pages from the process (they stay in the page cache), so that streaming through a
     /// large memory-mapped checkpoint does not grow the resident set. No effect on owned tensors.
+    ///
+    /// The range is widened to [`RELEASE_ALIGN`] boundaries: a page fault also maps neighbouring pages (the
+    /// kernel's fault-around, or the rest of a large folio), and pages mapped that way outside this view would
+    /// otherwise stay resident for good once their own view has been released.
     pub fn release(&self) {
         if let Bytes::Mapped(m, r) = &self.data {
             if !r.is_empty() {
+                // Windows are aligned in the address space, not in the file.
+                let base = m.as_ptr() as usize;
+                let start = r.start.saturating_sub((base + r.start) % RELEASE_ALIGN);
+                let end_addr = (base + r.end).div_ceil(RELEASE_ALIGN).saturating_mul(RELEASE_ALIGN);
+                let end = (end_addr - base).min(m.len());
                 // SAFETY: the mapping is a read-only shared file mapping; after MADV_DONTNEED, reads fault the
-                // same file bytes back in, so no view observes a change.
-                let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, r.start, r.len()) };
+                // same file bytes back in, so no view (this one or a neighbour) observes a change.
+                let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
             }
         }
     }

@@ -95,5 +95,14 @@ def main(src, out):
     os.close(fd)
 
 
+def vm_hwm():
+    """This process's own peak RSS: VmHWM (getrusage's ru_maxrss also counts the parent's RSS at spawn)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    print(f"VmHWM {vm_hwm()}")

@@ -3,8 +3,8 @@
 //! `reshard` 8 → 4 against the copy floor (read the same input, write the same number of bytes), and the
 //! reference's consolidation algorithm in Python (torch + safetensors) when torch is installed.
 //!
-//! Each operation runs in a child process (this binary re-executed) so that its peak RSS (VmHWM, from
-//! `wait4`'s rusage) is its own. Before each timed run the input files are read once, so ours and the floor
+//! Each operation runs in a child process (this binary re-executed) that prints its own peak RSS (VmHWM from
+//! `/proc/self/status`; `wait4`'s `ru_maxrss` would also count this parent's RSS at the time of the spawn). Before each timed run the input files are read once, so ours and the floor
 //! start with the same warm page cache.
 
 use neuron_spec::checkpoint::{consolidate, shard, WriteOptions};
@@ -152,9 +152,9 @@ fn run_op(a: &[String]) -> Res<()> {
             reshard(&get(1)?, &get(2)?, tp, &opts)?;
         }
         Some("generate") => {
-            // A checkpoint like the memory test's (about 210 MB), for looking at memory by hand.
-            let shape = Shape { hidden: 1024, layers: 8, heads: 16, kv: 4, inter: 2816, vocab: 8192 };
-            generate(&get(1)?, &shape, 50_000_000)?;
+            // The memory test's larger checkpoint (about 200 MB), for looking at memory by hand.
+            let shape = Shape { hidden: 512, layers: 34, heads: 8, kv: 2, inter: 1408, vocab: 4096 };
+            generate(&get(1)?, &shape, 25_000_000)?;
         }
         Some("floor") => {
             // A plain file copy of every input (`cp`: copy_file_range), then the difference up to `bytes`
@@ -182,7 +182,22 @@ fn run_op(a: &[String]) -> Res<()> {
         }
         other => return Err(format!("unknown op {other:?}").into()),
     }
+    println!("VmHWM {}", vm_hwm()?);
     Ok(())
+}
+
+/// This process's peak resident set in bytes.
+fn vm_hwm() -> Res<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).ok_or("no VmHWM in /proc/self/status")?;
+    Ok(kb.trim().trim_end_matches("kB").trim().parse::<u64>()? * 1024)
+}
+
+/// The `VmHWM <bytes>` line a child printed.
+fn reported_hwm(stdout: &[u8]) -> Res<u64> {
+    let text = String::from_utf8_lossy(stdout);
+    let v = text.lines().rev().find_map(|l| l.strip_prefix("VmHWM ")).ok_or("the child printed no VmHWM")?;
+    Ok(v.trim().parse()?)
 }
 
 struct Row {
@@ -194,21 +209,22 @@ struct Row {
     written: u64,
 }
 
-/// Runs a child and returns (seconds, peak RSS bytes).
-#[allow(clippy::zombie_processes)] // reaped by wait4, which std does not expose
-fn child(args: &[&str]) -> Res<(f64, u64)> {
-    let exe = std::env::current_exe()?;
+/// Runs `cmd` to completion and returns (seconds, the peak RSS it reported).
+fn timed(mut cmd: Command) -> Res<(f64, u64)> {
     let t = Instant::now();
-    let c = Command::new(exe).arg("op").args(args).spawn()?;
-    let mut status = 0;
-    // SAFETY: plain libc call on our own child's pid with valid out-pointers.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(c.id() as i32, &mut status, 0, &mut ru) };
+    let out = cmd.stderr(std::process::Stdio::inherit()).output()?;
     let secs = t.elapsed().as_secs_f64();
-    if pid < 0 || status != 0 {
-        return Err(format!("child {args:?} failed (status {status})").into());
+    if !out.status.success() {
+        return Err(format!("{cmd:?} failed ({})", out.status).into());
     }
-    Ok((secs, ru.ru_maxrss as u64 * 1024))
+    Ok((secs, reported_hwm(&out.stdout)?))
+}
+
+/// Runs one operation of this binary in a child; returns (seconds, peak RSS bytes).
+fn child(args: &[&str]) -> Res<(f64, u64)> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("op").args(args);
+    timed(cmd)
 }
 
 fn warm(inputs: &[PathBuf]) -> Res<()> {
@@ -320,7 +336,6 @@ fn bytes_per_rank(hf_dir: &Path, s: &Shape) -> Res<()> {
     Ok(())
 }
 
-#[allow(clippy::zombie_processes)] // reaped by wait4
 fn python_baseline(s8: &Path, dir: &Path, ours: &Row) -> Res<()> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python_consolidate.py");
     let has_torch = Command::new("python3")
@@ -335,17 +350,9 @@ fn python_baseline(s8: &Path, dir: &Path, ours: &Row) -> Res<()> {
     }
     warm(&files(s8)?)?;
     let out = dir.join("py-out");
-    let t = Instant::now();
-    let c = Command::new("python3").arg(&script).arg(s8).arg(&out).spawn()?;
-    let mut status = 0;
-    // SAFETY: as in `child`.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(c.id() as i32, &mut status, 0, &mut ru) };
-    let secs = t.elapsed().as_secs_f64();
-    if pid < 0 || status != 0 {
-        return Err(format!("python baseline failed (status {status})").into());
-    }
-    let rss = ru.ru_maxrss as u64 * 1024;
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).arg(s8).arg(&out);
+    let (secs, rss) = timed(cmd)?;
     // Same output as ours, tensor for tensor.
     let (a, b) = (HfCheckpoint::open(&dir.join("consolidated"))?, HfCheckpoint::open(&out)?);
     for n in a.names() {

@@ -235,8 +235,17 @@ pub struct ShardedCheckpoint {
 
 impl ShardedCheckpoint {
     /// Opens `dir`, checking that exactly the rank files of its TP size are present and, when the metadata
-    /// records them, that their sizes and checksums match (before any header is parsed).
+    /// records them, that their sizes and checksums match.
     pub fn open(dir: &Path) -> Result<Self> {
+        let ck = Self::open_unverified(dir)?;
+        ck.verify(2)?;
+        Ok(ck)
+    }
+
+    /// [`ShardedCheckpoint::open`] without hashing the rank files, for callers that verify them while they
+    /// work ([`ShardedCheckpoint::while_verifying`]). A rank file whose header does not parse is still checked
+    /// against its recorded checksum, so that damage is reported as damage.
+    pub fn open_unverified(dir: &Path) -> Result<Self> {
         let mpath = dir.join(METADATA_PATH);
         let metadata = CheckpointMetadata::read(&mpath)?;
         let tp = metadata.tp_size(&mpath)?;
@@ -267,9 +276,61 @@ impl ShardedCheckpoint {
                 ),
             });
         }
-        verify_rank_files(&rdir, &metadata.rank_files, tp)?;
-        let ranks = expected.iter().map(|n| SafetensorsFile::open(&rdir.join(n))).collect::<Result<Vec<_>>>()?;
+        check_rank_entries(&rdir, &metadata.rank_files, tp)?;
+        let ranks = expected
+            .iter()
+            .enumerate()
+            .map(|(r, n)| {
+                let path = rdir.join(n);
+                SafetensorsFile::open(&path).map_err(|e| match metadata.rank_files.get(r) {
+                    // A header that does not parse is most likely damage: say so when the checksum agrees.
+                    Some(entry) => match crate::io::file_xxh3(&path).and_then(|w| check_rank_file(&path, entry, w)) {
+                        Err(damage @ Error::Checksum { .. }) => damage,
+                        _ => e,
+                    },
+                    None => e,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self { dir: dir.to_path_buf(), metadata, tp, ranks })
+    }
+
+    /// Checks each rank file's size and xxh3-64 against the metadata (when it records them), on up to `threads`
+    /// threads; the first damage found wins.
+    pub fn verify(&self, threads: usize) -> Result<()> {
+        let entries = &self.metadata.rank_files;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let check = |r: usize| -> Result<()> {
+            let (file, entry) = (&self.ranks[r], &entries[r]);
+            check_rank_file(file.path(), entry, file.xxh3())
+        };
+        let threads = threads.clamp(1, self.ranks.len().max(1));
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (1..threads)
+                .map(|t| s.spawn(move || (t..self.ranks.len()).step_by(threads).try_for_each(check)))
+                .collect();
+            let first = (0..self.ranks.len()).step_by(threads).try_for_each(check);
+            handles.into_iter().try_fold(first, |acc, h| {
+                let r = h.join().map_err(|_| Error::Invalid("checksum thread failed".into()))?;
+                Ok(acc.and(r))
+            })?
+        })
+    }
+
+    /// Runs `work` while one helper thread verifies the rank files (the other core writes); damage found by
+    /// the check wins over `work`'s own result, so nothing built from a damaged file is ever returned.
+    pub fn while_verifying<R>(&self, work: impl FnOnce() -> Result<R>) -> Result<R> {
+        std::thread::scope(|s| {
+            let check = s.spawn(|| self.verify(1));
+            let out = work();
+            match check.join() {
+                Ok(Ok(())) => out,
+                Ok(Err(damage)) => Err(damage),
+                Err(_) => Err(Error::Invalid("checksum thread failed".into())),
+            }
+        })
     }
 
     /// The rank files as tensor sources.
@@ -304,8 +365,8 @@ fn list(names: &[&str]) -> String {
     }
 }
 
-/// Checks each rank file's size and xxh3-64 against the metadata (when it records them).
-pub fn verify_rank_files(rdir: &Path, entries: &[RankFileEntry], tp: usize) -> Result<()> {
+/// The metadata's list of rank files: one per rank of `tp`, in rank order (when it records them).
+fn check_rank_entries(rdir: &Path, entries: &[RankFileEntry], tp: usize) -> Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
@@ -323,27 +384,20 @@ pub fn verify_rank_files(rdir: &Path, entries: &[RankFileEntry], tp: usize) -> R
             });
         }
     }
-    // Hash the files on both cores: even ranks on one thread, odd on the other; the first damage found wins.
-    let check = |e: &RankFileEntry| -> Result<()> {
-        let path = rdir.join(&e.file);
-        let w = crate::io::file_xxh3(&path)?;
-        if w.size != e.size {
-            return Err(Error::Checksum { path, reason: format!("expected {} bytes, found {}", e.size, w.size) });
-        }
-        let found = format!("{:016x}", w.xxh3);
-        if found != e.xxh3_64 {
-            return Err(Error::Checksum { path, reason: format!("expected xxh3-64 {}, found {found}", e.xxh3_64) });
-        }
-        Ok(())
-    };
-    let odd: Vec<&RankFileEntry> = entries.iter().skip(1).step_by(2).collect();
-    let (even_result, odd_result) = std::thread::scope(|s| {
-        let h = s.spawn(|| odd.iter().try_for_each(|e| check(e)));
-        let even = entries.iter().step_by(2).try_for_each(check);
-        (even, h.join())
-    });
-    even_result?;
-    odd_result.map_err(|_| Error::Invalid("checksum thread failed".into()))?
+    Ok(())
+}
+
+/// `found` (a rank file's size and hash) against what the metadata recorded for it.
+fn check_rank_file(path: &Path, e: &RankFileEntry, found: crate::io::Written) -> Result<()> {
+    let path = path.to_path_buf();
+    if found.size != e.size {
+        return Err(Error::Checksum { path, reason: format!("expected {} bytes, found {}", e.size, found.size) });
+    }
+    let hex = format!("{:016x}", found.xxh3);
+    if hex != e.xxh3_64 {
+        return Err(Error::Checksum { path, reason: format!("expected xxh3-64 {}, found {hex}", e.xxh3_64) });
+    }
+    Ok(())
 }
 
 /// Consolidates the sharded checkpoint in `sharded_dir` into an HF directory `out_dir`, one tensor at a time,
@@ -361,7 +415,20 @@ pub fn consolidate_with_adapters(
     opts: &WriteOptions,
     adapters: &AdapterOptions,
 ) -> Result<Report> {
-    let ck = ShardedCheckpoint::open(sharded_dir)?;
+    let ck = ShardedCheckpoint::open_unverified(sharded_dir)?;
+    let (report, staging) = ck.while_verifying(|| consolidate_staged(&ck, sharded_dir, out_dir, opts, adapters))?;
+    staging.commit()?;
+    Ok(report)
+}
+
+/// Everything [`consolidate_with_adapters`] writes, in a staging directory not yet committed.
+fn consolidate_staged(
+    ck: &ShardedCheckpoint,
+    sharded_dir: &Path,
+    out_dir: &Path,
+    opts: &WriteOptions,
+    adapters: &AdapterOptions,
+) -> Result<(Report, Staging)> {
     let sources = ck.sources();
     let (forward, inverse) = consolidation_plan(&ck.metadata, &sources)?;
     if !opts.allow_unexpected {
@@ -444,8 +511,7 @@ pub fn consolidate_with_adapters(
         report.tensors += a.tensors.len();
     }
     copy_config(sharded_dir, staging.path()).map_err(|e| staging.describe(e))?;
-    staging.commit()?;
-    Ok(report)
+    Ok((report, staging))
 }
 
 /// Orders names as people read them: `layers.2` before `layers.10`.

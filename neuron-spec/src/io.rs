@@ -7,7 +7,7 @@
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::plan::{TensorInfo, TensorSource};
-use crate::tensor::{numel, HostTensor};
+use crate::tensor::{numel, HostTensor, MappedFile};
 use indexmap::IndexMap;
 use memmap2::Mmap;
 use std::collections::BTreeMap;
@@ -34,7 +34,7 @@ struct Entry {
 /// One memory-mapped safetensors file with a validated header.
 pub struct SafetensorsFile {
     path: PathBuf,
-    map: Arc<Mmap>,
+    map: Arc<MappedFile>,
     tensors: IndexMap<String, Entry>,
     metadata: BTreeMap<String, String>,
 }
@@ -161,7 +161,7 @@ impl SafetensorsFile {
         // while mapped.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let Header { tensors, metadata } = parse_header(path, &map)?;
-        Ok(Self { path: path.to_path_buf(), map: Arc::new(map), tensors, metadata })
+        Ok(Self { path: path.to_path_buf(), map: Arc::new(MappedFile { map, file }), tensors, metadata })
     }
 
     /// The file path.
@@ -184,6 +184,26 @@ impl SafetensorsFile {
         self.tensors.get(name).map(|e| TensorInfo { name: name.to_string(), dtype: e.dtype, shape: e.shape.clone() })
     }
 
+    /// Size and xxh3-64 of the whole file, read through the mapping a few MiB at a time (populated in one call,
+    /// dropped after): no copy of the file and no growth of the resident set.
+    pub fn xxh3(&self) -> Written {
+        const CHUNK: usize = 8 << 20;
+        let len = self.map.map.len();
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for start in (0..len).step_by(CHUNK) {
+            let view = HostTensor::mapped(
+                DType::U8,
+                vec![CHUNK.min(len - start)],
+                self.map.clone(),
+                start..(start + CHUNK).min(len),
+            );
+            view.prefault();
+            hasher.update(view.bytes());
+            view.release();
+        }
+        Written { size: len as u64, xxh3: hasher.digest() }
+    }
+
     /// A zero-copy view of `name`.
     pub fn tensor(&self, name: &str) -> Result<HostTensor> {
         let e = self.tensors.get(name).ok_or_else(|| {
@@ -203,6 +223,11 @@ impl TensorSource for SafetensorsFile {
     }
     fn names(&self) -> Vec<String> {
         self.tensors.keys().cloned().collect()
+    }
+    fn release(&self, name: &str) {
+        if let Ok(t) = SafetensorsFile::tensor(self, name) {
+            t.release();
+        }
     }
 }
 
@@ -344,6 +369,11 @@ impl TensorSource for HfCheckpoint {
     fn names(&self) -> Vec<String> {
         self.index.keys().cloned().collect()
     }
+    fn release(&self, name: &str) {
+        if let Some(i) = self.index.get(name) {
+            TensorSource::release(&self.files[*i], name);
+        }
+    }
 }
 
 /// The order safetensors writers use: larger dtypes first, then by name.
@@ -379,8 +409,17 @@ pub fn hf_file_groups(tensors: &[TensorInfo], max_shard_size: Option<u64>) -> Ve
 pub struct Written {
     /// Bytes.
     pub size: u64,
-    /// xxh3-64 of the whole file.
+    /// xxh3-64 of the whole file (0 when the writer was asked not to hash).
     pub xxh3: u64,
+}
+
+/// Whether a safetensors writer computes the file's checksum (rank files record it; HF outputs do not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    /// Hash every byte written.
+    Xxh3,
+    /// Skip hashing.
+    None,
 }
 
 /// Test hook: when set to N, safetensors writes fail with a "No space left on device" error once this
@@ -397,15 +436,16 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok()?.trim().parse().ok()
 }
 
-/// A writer that hashes what passes through it (and honours [`FAIL_AFTER_BYTES_ENV`]).
-struct HashWriter<W> {
+/// A writer that counts what passes through it (and honours [`FAIL_AFTER_BYTES_ENV`]).
+struct CountingWriter<W> {
     inner: W,
-    hasher: xxhash_rust::xxh3::Xxh3,
     size: u64,
     fail_after: Option<u64>,
+    /// Bytes already handed to the kernel's writeback (see [`CountingWriter::start_writeback`]).
+    kicked: u64,
 }
 
-impl<W: Write> Write for HashWriter<W> {
+impl<W: Write> Write for CountingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut buf = buf;
         if let Some(limit) = self.fail_after {
@@ -420,13 +460,94 @@ impl<W: Write> Write for HashWriter<W> {
         }
         let n = self.inner.write(buf)?;
         SAFETENSORS_BYTES_WRITTEN.fetch_add(n as u64, Ordering::Relaxed);
-        self.hasher.update(&buf[..n]);
         self.size += n as u64;
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// Pieces smaller than this go through the buffer; larger views of mapped files are copied in the kernel.
+const KERNEL_COPY_MIN: usize = 64 << 10;
+
+impl CountingWriter<BufWriter<File>> {
+    /// Appends `piece`. A large view of a mapped file is copied file to file by `copy_file_range`, as a plain
+    /// file copy does, rather than faulted in through the mapping and copied from user memory; anything
+    /// else (owned bytes, small pieces, filesystems that refuse the call) is written from its bytes.
+    fn append(&mut self, piece: &HostTensor) -> std::io::Result<()> {
+        let Some((src, offset, len)) = piece.file_range().filter(|(_, _, len)| *len >= KERNEL_COPY_MIN) else {
+            return self.write_all(piece.bytes());
+        };
+        if self.fail_after.is_some() {
+            return self.write_all(piece.bytes());
+        }
+        self.inner.flush()?;
+        let copied = copy_file_range_all(src, offset, self.inner.get_ref(), len)?;
+        SAFETENSORS_BYTES_WRITTEN.fetch_add(copied as u64, Ordering::Relaxed);
+        self.size += copied as u64;
+        // Whatever the kernel did not copy (nothing, when the filesystem refuses the call) goes through memory.
+        self.write_all(piece.bytes().get(copied..).unwrap_or_default())
+    }
+
+    /// Starts the disk writes of what has been written so far, every few MiB, without waiting for them, so
+    /// that the disk works while this thread goes on and the final fsync finds little left to do (the
+    /// kernel would otherwise hold the dirty pages until the fsync, then write them all while we wait).
+    fn start_writeback(&mut self) -> std::io::Result<()> {
+        const STEP: u64 = 16 << 20;
+        if self.size - self.kicked < STEP {
+            return Ok(());
+        }
+        self.inner.flush()?;
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let (start, len) = (self.kicked as i64, (self.size - self.kicked) as i64);
+            // SAFETY: a valid open descriptor; the flag only initiates writeback. A failure changes nothing
+            // but timing (the fsync that follows reports real I/O errors), so it is ignored.
+            let _ = unsafe {
+                libc::sync_file_range(self.inner.get_ref().as_raw_fd(), start, len, libc::SYNC_FILE_RANGE_WRITE)
+            };
+        }
+        self.kicked = self.size;
+        Ok(())
+    }
+}
+
+/// Copies up to `len` bytes of `src` from `offset` to the current position of `dst` in the kernel; returns
+/// how many it copied: `len`, or fewer where the kernel declines (other filesystem, no support) so that the
+/// caller writes the rest itself.
+#[cfg(not(target_os = "linux"))]
+fn copy_file_range_all(_src: &File, _offset: u64, _dst: &File, _len: usize) -> std::io::Result<usize> {
+    Ok(0)
+}
+
+/// See above; Linux's `copy_file_range(2)`.
+#[cfg(target_os = "linux")]
+fn copy_file_range_all(src: &File, offset: u64, dst: &File, len: usize) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut off_in = i64::try_from(offset).map_err(|_| std::io::Error::other("offset beyond i64"))?;
+    let mut done = 0;
+    while done < len {
+        // SAFETY: valid open descriptors; `off_in` is a valid pointer and the output uses the file position.
+        let n = unsafe {
+            libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), std::ptr::null_mut(), len - done, 0)
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP | libc::EPERM) => Ok(done),
+                _ => Err(e),
+            };
+        }
+        if n == 0 {
+            // The source ended early (truncated under us): let the caller's copy through the mapping report it.
+            return Ok(done);
+        }
+        done += n as usize;
+    }
+    Ok(done)
 }
 
 /// xxh3-64 of a file's bytes, read in 1 MiB chunks (a mapping would grow the resident set by the file size).
@@ -455,6 +576,17 @@ pub fn write_safetensors(
     metadata: &BTreeMap<String, String>,
     fill: &mut dyn FnMut(&TensorInfo) -> Result<Vec<HostTensor>>,
 ) -> Result<Written> {
+    write_safetensors_with(path, tensors, metadata, fill, Checksum::Xxh3)
+}
+
+/// [`write_safetensors`], hashing the file or not.
+pub fn write_safetensors_with(
+    path: &Path,
+    tensors: &[TensorInfo],
+    metadata: &BTreeMap<String, String>,
+    fill: &mut dyn FnMut(&TensorInfo) -> Result<Vec<HostTensor>>,
+    checksum: Checksum,
+) -> Result<Written> {
     let mut order = tensors.to_vec();
     safetensors_order(&mut order);
     let mut header = serde_json::Map::new();
@@ -476,49 +608,90 @@ pub fn write_safetensors(
         h.push(b' ');
     }
     let file = File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut w = HashWriter {
+    let mut w = CountingWriter {
         inner: BufWriter::with_capacity(1 << 20, file),
-        hasher: xxhash_rust::xxh3::Xxh3::new(),
         size: 0,
         fail_after: env_u64(FAIL_AFTER_BYTES_ENV),
+        kicked: 0,
     };
     let slow = env_u64(SLOW_WRITE_MS_ENV).map(std::time::Duration::from_millis);
     let io = |e| Error::io(path, e);
-    w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
-    w.write_all(&h).map_err(io)?;
-    for t in &order {
-        if let Some(d) = slow {
-            w.flush().map_err(io)?;
-            std::thread::sleep(d);
+    // The checksum is computed on a helper thread from the same pieces, in file order, while this thread
+    // writes; the helper drops mapped pages once hashed (this thread's kernel copies never map them).
+    std::thread::scope(|s| {
+        let (tx, hasher) = match checksum {
+            Checksum::Xxh3 => {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<HostTensor>(2);
+                let hasher = s.spawn(move || {
+                    let mut h = xxhash_rust::xxh3::Xxh3::new();
+                    for piece in rx {
+                        piece.prefault();
+                        h.update(piece.bytes());
+                        piece.release();
+                    }
+                    h.digest()
+                });
+                (Some(tx), Some(hasher))
+            }
+            Checksum::None => (None, None),
+        };
+        let hash = |piece: HostTensor| -> Result<()> {
+            match &tx {
+                Some(tx) => tx
+                    .send(piece)
+                    .map_err(|_| Error::Invalid(format!("{}: the checksum thread stopped", path.display()))),
+                None => {
+                    piece.release();
+                    Ok(())
+                }
+            }
+        };
+        let mut prefix = (h.len() as u64).to_le_bytes().to_vec();
+        prefix.extend_from_slice(&h);
+        w.write_all(&prefix).map_err(io)?;
+        hash(HostTensor::new(DType::U8, vec![prefix.len()], prefix)?)?;
+        for t in &order {
+            if let Some(d) = slow {
+                w.flush().map_err(io)?;
+                std::thread::sleep(d);
+            }
+            // The tensor arrives as consecutive pieces (views of mapped inputs, or one assembled tensor).
+            let pieces = fill(t)?;
+            if let Some(p) = pieces.iter().find(|p| p.dtype() != t.dtype) {
+                return Err(Error::DtypeMismatch {
+                    tensor: t.name.clone(),
+                    expected: t.dtype.to_string(),
+                    found: p.dtype().to_string(),
+                    file: Some(path.to_path_buf()),
+                });
+            }
+            let bytes: usize = pieces.iter().map(|p| p.bytes().len()).sum();
+            if bytes != t.nbytes() {
+                return Err(Error::ShapeMismatch {
+                    tensor: t.name.clone(),
+                    expected: t.shape.clone(),
+                    found: pieces.first().map(|p| p.shape().to_vec()).unwrap_or_default(),
+                    file: Some(path.to_path_buf()),
+                });
+            }
+            for p in pieces {
+                w.append(&p).map_err(io)?;
+                hash(p)?;
+            }
+            w.start_writeback().map_err(io)?;
         }
-        // The tensor arrives as consecutive pieces (views of mapped inputs, or one assembled tensor).
-        let pieces = fill(t)?;
-        if let Some(p) = pieces.iter().find(|p| p.dtype() != t.dtype) {
-            return Err(Error::DtypeMismatch {
-                tensor: t.name.clone(),
-                expected: t.dtype.to_string(),
-                found: p.dtype().to_string(),
-                file: Some(path.to_path_buf()),
-            });
-        }
-        let bytes: usize = pieces.iter().map(|p| p.bytes().len()).sum();
-        if bytes != t.nbytes() {
-            return Err(Error::ShapeMismatch {
-                tensor: t.name.clone(),
-                expected: t.shape.clone(),
-                found: pieces.first().map(|p| p.shape().to_vec()).unwrap_or_default(),
-                file: Some(path.to_path_buf()),
-            });
-        }
-        for p in &pieces {
-            w.write_all(p.bytes()).map_err(io)?;
-            p.release();
-        }
-    }
-    let written = Written { size: w.size, xxh3: w.hasher.digest() };
-    let file = w.inner.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
-    file.sync_all().map_err(io)?;
-    Ok(written)
+        drop(tx);
+        let xxh3 = match hasher {
+            Some(hh) => {
+                hh.join().map_err(|_| Error::Invalid(format!("{}: the checksum thread failed", path.display())))?
+            }
+            None => 0,
+        };
+        let size = w.size;
+        let file = w.inner.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        Ok(Written { size, xxh3 })
+    })
 }
 
 /// Writes an HF checkpoint into `dir`: one `model.safetensors` when everything fits in `max_shard_size`
@@ -533,7 +706,7 @@ pub fn write_hf_checkpoint(
     let meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     if shards.len() == 1 {
         let p = dir.join(SINGLE_FILE);
-        write_safetensors(&p, &shards[0], &meta, fill)?;
+        write_safetensors_with(&p, &shards[0], &meta, fill, Checksum::None)?;
         return Ok(vec![p]);
     }
     let n = shards.len();
@@ -543,7 +716,7 @@ pub fn write_hf_checkpoint(
     for (k, shard) in shards.iter().enumerate() {
         let fname = format!("model-{:05}-of-{:05}.safetensors", k + 1, n);
         let p = dir.join(&fname);
-        write_safetensors(&p, shard, &meta, fill)?;
+        write_safetensors_with(&p, shard, &meta, fill, Checksum::None)?;
         for t in shard {
             weight_map.insert(t.name.clone(), serde_json::Value::String(fname.clone()));
         }

@@ -86,6 +86,10 @@ pub trait TensorSource: Sync {
             other => other,
         })
     }
+    /// Drops the resident pages of `name` where the source is memory-mapped (its bytes stay readable): plans
+    /// call it once a tensor's blocks are all copied, so that strided reads do not fault the same pages in
+    /// block after block. No effect elsewhere.
+    fn release(&self, _name: &str) {}
     /// The LoRA adapters whose rank-local factors this source holds under adapter-named keys
     /// (`<module>.lora_A.<adapter>.weight`); plain checkpoints hold none. This is how a layer's
     /// `load_rank_tensors` learns which adapters to attach, without a tree walk of its own
@@ -132,6 +136,11 @@ impl TensorSource for crate::tensor::StateDict {
     fn names(&self) -> Vec<String> {
         self.keys().cloned().collect()
     }
+    fn release(&self, name: &str) {
+        if let Some(t) = self.get(name) {
+            t.release();
+        }
+    }
 }
 
 impl TensorPlan {
@@ -173,12 +182,13 @@ impl TensorPlan {
     /// Runs the plan: reads each block's slice from `sources[block.src.part]` and copies it into place.
     pub fn execute(&self, sources: &[&dyn TensorSource]) -> Result<HostTensor> {
         let mut out = vec![0u8; self.nbytes()];
-        for b in &self.blocks {
+        let copied = self.blocks.iter().try_for_each(|b| {
             let piece = read_block(sources, b)?;
             let local = Block { src_offset: 0, ..b.clone() };
-            copy_block(&piece, &b.src.name, &local, &mut out, &self.shape, self.dtype, &self.name)?;
-            piece.release();
-        }
+            copy_block(&piece, &b.src.name, &local, &mut out, &self.shape, self.dtype, &self.name)
+        });
+        release_sources(sources, &self.blocks);
+        copied?;
         HostTensor::new(self.dtype, self.shape.clone(), out)
     }
 
@@ -222,7 +232,9 @@ impl TensorPlan {
         for b in &self.replicas {
             let piece = read_block(sources, b)?;
             let kept = out.narrow(b.dim, b.dst_offset, b.len)?;
-            if piece.bytes() != kept.bytes() {
+            let same = piece.bytes() == kept.bytes();
+            release_sources(sources, std::slice::from_ref(b));
+            if !same {
                 let mut diff = 0f32;
                 let values = out.to_f32_vec();
                 let p = piece.to_f32_vec();
@@ -248,6 +260,7 @@ impl TensorPlan {
         let mut count = vec![1u32; sum.len()];
         for b in &self.replicas {
             let p = read_block(sources, b)?.to_f32_vec();
+            release_sources(sources, std::slice::from_ref(b));
             region_indices(&self.shape, b.dim, b.dst_offset, b.len, |i, j| {
                 sum[i] += f64::from(p[j]);
                 count[i] += 1;
@@ -255,6 +268,20 @@ impl TensorPlan {
         }
         let mean: Vec<f32> = sum.iter().zip(&count).map(|(s, c)| (s / f64::from(*c)) as f32).collect();
         HostTensor::from_f32_as(self.dtype, self.shape.clone(), &mean)
+    }
+}
+
+/// Releases every source tensor `blocks` read, once each.
+fn release_sources(sources: &[&dyn TensorSource], blocks: &[Block]) {
+    let mut done: Vec<(usize, &str)> = Vec::new();
+    for b in blocks {
+        let key = (b.src.part, b.src.name.as_str());
+        if !done.contains(&key) {
+            if let Some(src) = sources.get(b.src.part) {
+                src.release(&b.src.name);
+            }
+            done.push(key);
+        }
     }
 }
 

@@ -111,10 +111,23 @@ pub fn reshard(src_dir: &std::path::Path, out_dir: &std::path::Path, tp: usize, 
             "reshard copies one replica of each kv head; to average them, consolidate with --kv-replicas mean and shard the result".into(),
         ));
     }
-    let ck = ShardedCheckpoint::open(src_dir)?;
+    let ck = ShardedCheckpoint::open_unverified(src_dir)?;
+    let (report, staging) = ck.while_verifying(|| reshard_staged(&ck, src_dir, out_dir, tp, opts))?;
+    staging.commit()?;
+    Ok(report)
+}
+
+/// Everything [`reshard`] writes, in a staging directory not yet committed.
+fn reshard_staged(
+    ck: &ShardedCheckpoint,
+    src_dir: &std::path::Path,
+    out_dir: &std::path::Path,
+    tp: usize,
+    opts: &WriteOptions,
+) -> Result<(Report, Staging)> {
     let sources = ck.sources();
     let (forward, inverse) = consolidation_plan(&ck.metadata, &sources)?;
-    let (plan, meta) = compose_for_tp(&ck, &inverse, tp)?;
+    let (plan, meta) = compose_for_tp(ck, &inverse, tp)?;
     if !opts.allow_unexpected {
         ck.check_all_described(&forward)?;
     }
@@ -140,6 +153,5 @@ pub fn reshard(src_dir: &std::path::Path, out_dir: &std::path::Path, tp: usize, 
         report.tensors += r.tensors;
         report.bytes_written += r.bytes_written;
     }
-    staging.commit()?;
-    Ok(report)
+    Ok((report, staging))
 }

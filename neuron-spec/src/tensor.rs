@@ -14,11 +14,19 @@ pub const RELEASE_ALIGN: usize = 2 << 20;
 /// An ordered name → tensor map, in insertion order.
 pub type StateDict = IndexMap<String, HostTensor>;
 
+/// A read-only memory-mapped file that keeps its file open, so that a writer can copy a view's bytes file to
+/// file in the kernel (`copy_file_range`) instead of through the mapping.
+#[derive(Debug)]
+pub(crate) struct MappedFile {
+    pub(crate) map: Mmap,
+    pub(crate) file: std::fs::File,
+}
+
 /// Where a tensor's bytes live: owned, or a range of a memory-mapped file (touched only when read).
 #[derive(Clone, Debug)]
 enum Bytes {
     Owned(Arc<Vec<u8>>, Range<usize>),
-    Mapped(Arc<Mmap>, Range<usize>),
+    Mapped(Arc<MappedFile>, Range<usize>),
 }
 
 /// A dense, row-major tensor of raw little-endian bytes with its dtype and shape.
@@ -55,7 +63,7 @@ impl HostTensor {
     }
 
     /// A tensor viewing `range` of a mapped file; the caller has checked the range against the header.
-    pub(crate) fn mapped(dtype: DType, shape: Vec<usize>, map: Arc<Mmap>, range: Range<usize>) -> Self {
+    pub(crate) fn mapped(dtype: DType, shape: Vec<usize>, map: Arc<MappedFile>, range: Range<usize>) -> Self {
         Self { dtype, shape, data: Bytes::Mapped(map, range) }
     }
 
@@ -109,7 +117,15 @@ impl HostTensor {
         match &self.data {
             // Ranges are validated when the view is made (header parsing, `narrow`).
             Bytes::Owned(v, r) => v.get(r.clone()).unwrap_or(&[]),
-            Bytes::Mapped(m, r) => m.get(r.clone()).unwrap_or(&[]),
+            Bytes::Mapped(m, r) => m.map.get(r.clone()).unwrap_or(&[]),
+        }
+    }
+
+    /// For a view of a mapped file: the file and the byte range (the mapping starts at offset 0).
+    pub(crate) fn file_range(&self) -> Option<(&std::fs::File, u64, usize)> {
+        match &self.data {
+            Bytes::Mapped(m, r) => Some((&m.file, r.start as u64, r.len())),
+            Bytes::Owned(..) => None,
         }
     }
 
@@ -123,6 +139,7 @@ impl HostTensor {
         if let Bytes::Mapped(m, r) = &self.data {
             if !r.is_empty() {
                 // Windows are aligned in the address space, not in the file.
+                let m = &m.map;
                 let base = m.as_ptr() as usize;
                 let start = r.start.saturating_sub((base + r.start) % RELEASE_ALIGN);
                 let end_addr = (base + r.end).div_ceil(RELEASE_ALIGN).saturating_mul(RELEASE_ALIGN);
@@ -130,6 +147,16 @@ impl HostTensor {
                 // SAFETY: the mapping is a read-only shared file mapping; after MADV_DONTNEED, reads fault the
                 // same file bytes back in, so no view (this one or a neighbour) observes a change.
                 let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+            }
+        }
+    }
+
+    /// Maps this view's pages in one call before a full read (fewer page faults); no effect on owned tensors.
+    pub fn prefault(&self) {
+        if let Bytes::Mapped(m, r) = &self.data {
+            if !r.is_empty() {
+                // Older kernels lack MADV_POPULATE_READ: then the reads fault the pages in as usual.
+                let _ = m.map.advise_range(memmap2::Advice::PopulateRead, r.start, r.len());
             }
         }
     }
@@ -172,8 +199,8 @@ impl HostTensor {
             let s0 = o * full * inner + offset * inner;
             out.extend_from_slice(&src[s0..s0 + run]);
         }
-        // The strided gather touched pages across the whole source; drop them from the resident set.
-        self.release();
+        // The strided gather touched pages across the whole source; the caller releases it once it has read
+        // every slice it needs (`TensorSource::release`), rather than fault it in again slice after slice.
         HostTensor::new(self.dtype, new_shape, out)
     }
 

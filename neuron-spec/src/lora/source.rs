@@ -64,6 +64,12 @@ impl TensorSource for LoraRankSource<'_> {
         }
         v
     }
+    fn release(&self, name: &str) {
+        match self.split(name) {
+            Some((a, bare)) => a.tensors.release(&bare),
+            None => self.base.release(name),
+        }
+    }
     fn lora_adapters(&self) -> Vec<String> {
         self.adapters.iter().map(|a| a.name.clone()).collect()
     }

@@ -90,15 +90,22 @@ fn real_main() -> Res<()> {
     println!("consolidated output verified byte-identical to the input ({} tensors)", a.names().len());
 
     println!();
-    println!("| operation | ours s | floor s | ours/floor | peak RSS ours | read | written |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    // The floor of each operation is also taken at the best copy rate seen anywhere in this run (the same
+    // disk moving the same number of bytes), so that a floor run that met a slow disk cannot flatter a ratio.
+    let best_rate = rows.iter().map(|r| r.floor_s / (r.read + r.written) as f64).fold(f64::MAX, f64::min);
+    let strict = |r: &Row| best_rate * (r.read + r.written) as f64;
+    println!(
+        "| operation | ours s | floor s (own runs) | floor s (best rate) | ours / floor (best rate) | peak RSS ours | read | written |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in &rows {
         println!(
-            "| {} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
             r.name,
             r.ours_s,
             r.floor_s,
-            r.ours_s / r.floor_s,
+            strict(r),
+            r.ours_s / strict(r),
             human(r.rss),
             human(r.read),
             human(r.written)
@@ -106,11 +113,11 @@ fn real_main() -> Res<()> {
     }
     bytes_per_rank(&hf, &shape)?;
     python_baseline(&s8, &dir, &rows[1])?;
-    let max_ratio = rows.iter().map(|r| r.ours_s / r.floor_s).fold(0.0, f64::max);
+    let max_ratio = rows.iter().map(|r| r.ours_s / strict(r)).fold(0.0, f64::max);
     let max_rss = rows.iter().map(|r| r.rss).max().unwrap_or(0);
     println!();
     println!(
-        "targets: every ratio ≤ 1.5: {} (max {max_ratio:.2}); peak RSS ≤ 512 MiB: {} (max {})",
+        "targets: every ratio ≤ 1.5 (against the best-rate floor): {} (max {max_ratio:.2}); peak RSS ≤ 512 MiB: {} (max {})",
         ok(max_ratio <= 1.5),
         ok(max_rss <= 512 << 20),
         human(max_rss)
@@ -237,33 +244,50 @@ fn warm(inputs: &[PathBuf]) -> Res<()> {
 }
 
 /// Best of `RUNS` runs: the machine is shared, the minimum is the least disturbed.
-const RUNS: usize = 2;
+const RUNS: usize = 3;
 
-fn best(inputs: &[PathBuf], args: &[&str], out: &Path) -> Res<(f64, u64)> {
-    let mut best = (f64::MAX, 0);
-    for _ in 0..RUNS {
-        let _ = std::fs::remove_dir_all(out);
-        warm(inputs)?;
-        let (s, rss) = child(args)?;
-        if s < best.0 {
-            best = (s, rss);
-        }
-        best.1 = best.1.max(rss);
-    }
-    Ok(best)
+/// The same starting state for every timed run: the previous output removed, every dirty page and pending
+/// discard flushed (`sync`), the clean page cache dropped where we may (root), so that no run pays for
+/// reclaiming another's pages, and then the inputs read once (a warm page cache).
+fn settle(inputs: &[PathBuf], out: &Path) -> Res<()> {
+    let _ = std::fs::remove_dir_all(out);
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+    warm(inputs)
 }
 
+/// Runs ours and the floor alternately, `RUNS` times each, so that both meet the same disk and machine
+/// conditions (a shared machine's disk slows down and speeds up over minutes); keeps the best time of each.
 fn measure(name: &str, inputs: &[PathBuf], op: &[&str], out: &Path, dir: &Path) -> Res<Row> {
-    let (ours_s, rss) = best(inputs, op, out)?;
-    let written = dir_bytes(out)?;
     let read: u64 = inputs.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
     let floor_out = dir.join("floor");
-    let mut fargs: Vec<String> = vec!["floor".into(), p(&floor_out).into(), written.to_string()];
-    fargs.extend(inputs.iter().map(|f| p(f).to_string()));
-    let fa: Vec<&str> = fargs.iter().map(String::as_str).collect();
-    let (floor_s, _) = best(inputs, &fa, &floor_out)?;
+    let (mut ours, mut floor, mut rss) = (Vec::new(), Vec::new(), 0);
+    let mut written = 0;
+    for _ in 0..RUNS {
+        settle(inputs, out)?;
+        let (s, r) = child(op)?;
+        ours.push(s);
+        rss = rss.max(r);
+        // The floor writes as many bytes as ours did.
+        written = dir_bytes(out)?;
+        let mut fargs: Vec<String> = vec!["floor".into(), p(&floor_out).into(), written.to_string()];
+        fargs.extend(inputs.iter().map(|f| p(f).to_string()));
+        let fa: Vec<&str> = fargs.iter().map(String::as_str).collect();
+        settle(inputs, &floor_out)?;
+        floor.push(child(&fa)?.0);
+    }
     let _ = std::fs::remove_dir_all(&floor_out);
-    println!("{name}: ours {ours_s:.2}s, floor {floor_s:.2}s, ratio {:.2}, peak RSS {}", ours_s / floor_s, human(rss));
+    let min = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
+    let (ours_s, floor_s) = (min(&ours), min(&floor));
+    let list = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ");
+    println!(
+        "{name}: ours {ours_s:.2}s, floor {floor_s:.2}s, ratio {:.2}, peak RSS {} (runs, alternating: ours {}; floor {})",
+        ours_s / floor_s,
+        human(rss),
+        list(&ours),
+        list(&floor)
+    );
     Ok(Row { name: name.into(), ours_s, floor_s, rss, read, written })
 }
 
@@ -348,11 +372,16 @@ fn python_baseline(s8: &Path, dir: &Path, ours: &Row) -> Res<()> {
         println!("python baseline skipped: torch and safetensors are not installed (pip install torch safetensors)");
         return Ok(());
     }
-    warm(&files(s8)?)?;
     let out = dir.join("py-out");
-    let mut cmd = Command::new("python3");
-    cmd.arg(&script).arg(s8).arg(&out);
-    let (secs, rss) = timed(cmd)?;
+    let (mut secs, mut rss) = (f64::MAX, 0);
+    for _ in 0..RUNS {
+        settle(&files(s8)?, &out)?;
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script).arg(s8).arg(&out);
+        let (s, r) = timed(cmd)?;
+        secs = secs.min(s);
+        rss = rss.max(r);
+    }
     // Same output as ours, tensor for tensor.
     let (a, b) = (HfCheckpoint::open(&dir.join("consolidated"))?, HfCheckpoint::open(&out)?);
     for n in a.names() {

@@ -2,10 +2,12 @@
 //! check on generated checkpoints of about 50 MB and 200 MB, run in child processes (not a timing). The
 //! resident set must stay under a bound well below the smaller checkpoint and must not grow with the model.
 //!
-//! At most two copies of a checkpoint are on disk at once, in whichever of the temp dir and `/dev/shm` has
-//! more room (CI machines can be short of disk).
+//! The smaller one must also come back byte for byte. At most two copies of the larger one are on disk at once,
+//! in whichever of the temp dir and `/dev/shm` has more room (CI machines can be short of disk).
 
+use neuron_spec::io::HfCheckpoint;
 use neuron_spec::synthetic::{generate, Shape};
+use neuron_spec::TensorSource;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -33,9 +35,11 @@ fn free_bytes(dir: &Path) -> u64 {
     st.f_bavail as u64 * st.f_frsize as u64
 }
 
-/// Generates a checkpoint of `layers` layers, shards it to tp 2, removes it, consolidates the shards; returns
-/// (checkpoint bytes, peak RSS of shard, peak RSS of consolidate).
-fn run(root: &Path, layers: usize) -> (u64, u64, u64) {
+/// Generates a checkpoint of `layers` layers, shards it to tp 2, consolidates the shards; returns (checkpoint
+/// bytes, peak RSS of shard, peak RSS of consolidate). With `compare`, the consolidated tensors must equal the
+/// generated ones byte for byte (their slices are large enough to take the kernel-copy path); otherwise the
+/// checkpoint is removed before consolidating, to keep two copies at most on disk.
+fn run(root: &Path, layers: usize, compare: bool) -> (u64, u64, u64) {
     let tmp = tempfile::tempdir_in(root).unwrap();
     let (hf, s, out) = (tmp.path().join("hf"), tmp.path().join("s"), tmp.path().join("out"));
     // 5.6 MB per layer; the largest tensor is the 4096 × 512 bf16 embedding, 4 MiB.
@@ -43,8 +47,25 @@ fn run(root: &Path, layers: usize) -> (u64, u64, u64) {
     generate(&hf, &shape, 25_000_000).unwrap();
     let size: u64 = std::fs::read_dir(&hf).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
     let shard = peak_rss(&["shard".as_ref(), &hf, &s, "--tp".as_ref(), "2".as_ref(), "--fuse-qkv".as_ref()]);
-    std::fs::remove_dir_all(&hf).unwrap();
+    if !compare {
+        std::fs::remove_dir_all(&hf).unwrap();
+    }
     let cons = peak_rss(&["consolidate".as_ref(), &s, &out, "--max-shard-size".as_ref(), "30MB".as_ref()]);
+    if compare {
+        let (a, b) = (HfCheckpoint::open(&hf).unwrap(), HfCheckpoint::open(&out).unwrap());
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        assert_eq!(sorted(a.names()), sorted(b.names()));
+        for n in a.names() {
+            let (x, y) = (a.tensor(&n).unwrap(), b.tensor(&n).unwrap());
+            assert!(x.bytes() == y.bytes(), "{n} differs after the round trip");
+            // Keep this process small: the next children's rusage includes its peak (see `peak_rss`).
+            x.release();
+            y.release();
+        }
+    }
     let files = std::fs::read_dir(&out)
         .unwrap()
         .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "safetensors"));
@@ -58,10 +79,10 @@ fn peak_rss_is_bounded_by_the_largest_tensor_not_the_checkpoint() {
     let roots: Vec<PathBuf> =
         [std::env::temp_dir(), PathBuf::from("/dev/shm")].into_iter().filter(|d| d.is_dir()).collect();
     let root = roots.iter().max_by_key(|d| free_bytes(d)).unwrap();
-    let (small_size, small_shard, small_cons) = run(root, 8);
+    let (small_size, small_shard, small_cons) = run(root, 8, true);
     // 34 layers is about 200 MB; fall back to 20 (about 120 MB) where neither place has room for two copies.
     let big_layers = if free_bytes(root) > 600_000_000 { 34 } else { 20 };
-    let (big_size, big_shard, big_cons) = run(root, big_layers);
+    let (big_size, big_shard, big_cons) = run(root, big_layers, false);
     assert!(small_size > 45_000_000 && big_size > 2 * small_size, "checkpoints of {small_size} and {big_size} bytes");
     // The process alone takes about 13 MiB and the tensors in flight a few MiB more; holding even the small
     // checkpoint would take more than 45 MB.

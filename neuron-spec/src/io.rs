@@ -761,3 +761,51 @@ pub fn parse_size(s: &str) -> Result<u64> {
     }
     Ok(bytes as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A large mapped slice takes the kernel-copy path and a small one the buffer: both land byte for byte,
+    /// and the checksum computed on the helper thread is the written file's.
+    #[test]
+    fn mapped_pieces_are_copied_exactly_and_hashed_in_file_order() {
+        let dir = std::env::temp_dir().join(format!("neuron-spec-io-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let n = 100_000usize;
+        let big: Vec<u8> = (0..n * 2).map(|i| (i * 7 % 251) as u8).collect();
+        let small: Vec<u8> = (0..64).collect();
+        let infos = vec![
+            TensorInfo { name: "big".into(), dtype: DType::BF16, shape: vec![n] },
+            TensorInfo { name: "small".into(), dtype: DType::U8, shape: vec![64] },
+        ];
+        let meta = BTreeMap::new();
+        let src_path = dir.join("src.safetensors");
+        write_safetensors(&src_path, &infos, &meta, &mut |i| {
+            Ok(vec![match i.name.as_str() {
+                "big" => HostTensor::new(DType::BF16, vec![n], big.clone())?,
+                _ => HostTensor::new(DType::U8, vec![64], small.clone())?,
+            }])
+        })
+        .unwrap();
+        let src = SafetensorsFile::open(&src_path).unwrap();
+        assert_eq!(src.xxh3(), file_xxh3(&src_path).unwrap());
+        // `big` as two mapped views: 140 002 bytes (kernel copy) then 59 998 (buffered).
+        let t = src.tensor("big").unwrap();
+        let split = 70_001;
+        assert!(split * 2 >= KERNEL_COPY_MIN && (n - split) * 2 < KERNEL_COPY_MIN);
+        let out_path = dir.join("out.safetensors");
+        let w = write_safetensors(&out_path, &infos, &meta, &mut |i| {
+            Ok(match i.name.as_str() {
+                "big" => vec![t.narrow(0, 0, split)?, t.narrow(0, split, n - split)?],
+                _ => vec![src.tensor("small")?],
+            })
+        })
+        .unwrap();
+        assert_eq!(w, file_xxh3(&out_path).unwrap());
+        let out = SafetensorsFile::open(&out_path).unwrap();
+        assert_eq!(out.tensor("big").unwrap().bytes(), &big[..]);
+        assert_eq!(out.tensor("small").unwrap().bytes(), &small[..]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -184,24 +184,9 @@ impl SafetensorsFile {
         self.tensors.get(name).map(|e| TensorInfo { name: name.to_string(), dtype: e.dtype, shape: e.shape.clone() })
     }
 
-    /// Size and xxh3-64 of the whole file, read through the mapping a few MiB at a time (populated in one call,
-    /// dropped after): no copy of the file and no growth of the resident set.
+    /// Size and xxh3-64 of the whole file (see [`file_xxh3`]).
     pub fn xxh3(&self) -> Written {
-        const CHUNK: usize = 8 << 20;
-        let len = self.map.map.len();
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        for start in (0..len).step_by(CHUNK) {
-            let view = HostTensor::mapped(
-                DType::U8,
-                vec![CHUNK.min(len - start)],
-                self.map.clone(),
-                start..(start + CHUNK).min(len),
-            );
-            view.prefault();
-            hasher.update(view.bytes());
-            view.release();
-        }
-        Written { size: len as u64, xxh3: hasher.digest() }
+        mapped_xxh3(&self.map)
     }
 
     /// A zero-copy view of `name`.
@@ -550,22 +535,28 @@ fn copy_file_range_all(src: &File, offset: u64, dst: &File, len: usize) -> std::
     Ok(done)
 }
 
-/// xxh3-64 of a file's bytes, read in 1 MiB chunks (a mapping would grow the resident set by the file size).
+/// xxh3-64 of a file's bytes (any file: the header is not parsed), hashed like [`SafetensorsFile::xxh3`].
 pub fn file_xxh3(path: &Path) -> Result<Written> {
-    use std::io::Read;
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: read-only, as in `SafetensorsFile::open`.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    Ok(mapped_xxh3(&Arc::new(MappedFile { map, file })))
+}
+
+/// Size and xxh3-64 of a whole mapping, read a few MiB at a time (populated in one call, dropped after): no
+/// copy of the file and no growth of the resident set.
+fn mapped_xxh3(m: &Arc<MappedFile>) -> Written {
+    const CHUNK: usize = 8 << 20;
+    let len = m.map.len();
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
+    for start in (0..len).step_by(CHUNK) {
+        let end = (start + CHUNK).min(len);
+        let view = HostTensor::mapped(DType::U8, vec![end - start], m.clone(), start..end);
+        view.prefault();
+        hasher.update(view.bytes());
+        view.release();
     }
-    Ok(Written { size, xxh3: hasher.digest() })
+    Written { size: len as u64, xxh3: hasher.digest() }
 }
 
 /// Writes a safetensors file, asking `fill` for one tensor at a time, so memory holds one tensor.
@@ -806,6 +797,9 @@ mod tests {
         let out = SafetensorsFile::open(&out_path).unwrap();
         assert_eq!(out.tensor("big").unwrap().bytes(), &big[..]);
         assert_eq!(out.tensor("small").unwrap().bytes(), &small[..]);
+        let empty = dir.join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        assert_eq!(file_xxh3(&empty).unwrap(), Written { size: 0, xxh3: xxhash_rust::xxh3::xxh3_64(b"") });
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -36,9 +36,9 @@ fn golden(dir: &str) -> (Vec<Vec<i64>>, Vec<f32>) {
     (ids, f.tensor("logits").unwrap().to_f32_vec())
 }
 
+/// NaN- and Inf-aware: any non-finite value on either side fails the test.
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    neuron_spec::compare::max_abs_diff(a, b).unwrap_or_else(|m| panic!("{m}"))
 }
 
 fn opts(mode: LoraMode, allow_partial: bool) -> LoraImportOptions {

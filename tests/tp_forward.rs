@@ -30,9 +30,9 @@ fn golden(dir: &str) -> Golden {
     }
 }
 
+/// NaN- and Inf-aware: any non-finite value on either side fails the test.
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    neuron_spec::compare::max_abs_diff(a, b).unwrap_or_else(|m| panic!("{m}"))
 }
 
 /// Checks logits and both hidden states within `TOL`; returns the logits' max abs diff.

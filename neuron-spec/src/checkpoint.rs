@@ -61,8 +61,8 @@ pub enum KvReplicas {
 pub struct WriteOptions {
     /// Replica handling on consolidation.
     pub kv_replicas: KvReplicas,
-    /// Show a progress bar on a terminal.
-    pub progress: bool,
+    /// Where written bytes are reported (nothing by default).
+    pub progress: crate::progress::ProgressSink,
     /// Replace an existing destination (only once the new output is complete).
     pub force: bool,
     /// Accept input tensors no parameter uses (left out of the output).
@@ -133,11 +133,11 @@ pub fn shard_with_adapters(
         .map_err(|e| e.in_checkpoint(hf_dir))?;
     let staging = Staging::new(out_dir, opts.force)?;
     let mut report =
-        write_sharded(staging.path(), out_dir, &plan, with_global_infos(meta, &plan), &[&hf], hf_dir, opts.progress)
+        write_sharded(staging.path(), out_dir, &plan, with_global_infos(meta, &plan), &[&hf], hf_dir, &opts.progress)
             .map_err(|e| staging.describe(e))?;
     report.unexpected = plan_unexpected(&hf, &plan);
     for a in adapters {
-        let r = crate::lora::disk::write_sharded_adapter(staging.path(), out_dir, a, tp, opts.progress)?;
+        let r = crate::lora::disk::write_sharded_adapter(staging.path(), out_dir, a, tp, &opts.progress)?;
         report.files.extend(r.files);
         report.tensors += r.tensors;
         report.bytes_written += r.bytes_written;
@@ -164,7 +164,7 @@ pub(crate) fn write_sharded(
     mut meta: CheckpointMetadata,
     sources: &[&dyn TensorSource],
     config_dir: &Path,
-    progress: bool,
+    progress: &crate::progress::ProgressSink,
 ) -> Result<Report> {
     let ranks_dir = root.join(RANKS_DIR);
     std::fs::create_dir_all(&ranks_dir).map_err(|e| Error::io(&ranks_dir, e))?;
@@ -172,7 +172,8 @@ pub(crate) fn write_sharded(
     let rank_meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     meta.rank_files.clear();
     let total: usize = plan.ranks.iter().flatten().map(TensorPlan::nbytes).sum();
-    let bar = crate::progress::bytes_bar(progress, total as u64, "writing ranks");
+    let bar = progress;
+    bar.start("writing ranks", total as u64);
     // Every rank file's tensors in the order the writer asks for them, so one helper thread can compute
     // them one ahead of the writes, across file boundaries.
     let per_rank: Vec<Vec<TensorInfo>> = plan
@@ -210,7 +211,7 @@ pub(crate) fn write_sharded(
         }
         Ok(())
     })?;
-    bar.finish_and_clear();
+    bar.finish();
     write_file_synced(&root.join(METADATA_PATH), meta.to_json()?.as_bytes())?;
     copy_config(config_dir, root)?;
     Ok(report)
@@ -470,7 +471,8 @@ fn consolidate_staged(
     infos.sort_by(|a, b| natural_cmp(&a.name, &b.name));
     let by_name: BTreeMap<&str, &TensorPlan> = inverse.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut report = Report { tensors: infos.len(), ..Default::default() };
-    let bar = crate::progress::bytes_bar(opts.progress, infos.iter().map(|i| i.nbytes() as u64).sum(), "consolidating");
+    let bar = &opts.progress;
+    bar.start("consolidating", infos.iter().map(|i| i.nbytes() as u64).sum());
     let order = hf_file_groups(&infos, opts.max_shard_size)
         .into_iter()
         .flatten()
@@ -492,7 +494,7 @@ fn consolidate_staged(
         })
     })
     .map_err(|e| staging.describe(e))?;
-    bar.finish_and_clear();
+    bar.finish();
     if let Some(missing) = merged.keys().find(|k| !by_name.contains_key(k.as_str())) {
         return Err(Error::lora(
             adapters.merge.as_deref().unwrap_or_default(),

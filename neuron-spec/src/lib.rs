@@ -23,7 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
-pub mod cli;
+pub mod compare;
 pub mod dtype;
 pub mod error;
 pub mod io;

@@ -1,19 +1,52 @@
-//! Progress bars for long commands: shown on a terminal, hidden when stderr is not one or with `--quiet`.
+//! Progress reporting for long operations. The library only counts bytes; a front end (the CLI's
+//! indicatif bar, a log line, nothing) decides how to show them.
 
-use indicatif::{ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
+use std::sync::Arc;
 
-/// A byte-counting bar titled `what`, or a hidden one.
-pub fn bytes_bar(show: bool, total: u64, what: &str) -> ProgressBar {
-    if !show || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
+/// Receives the bytes an operation has written so far.
+pub trait Progress: Send + Sync {
+    /// A new phase named `what` starts, with `total` bytes to write.
+    fn start(&self, what: &str, total: u64);
+    /// `bytes` more were written.
+    fn inc(&self, bytes: u64);
+    /// The phase is done.
+    fn finish(&self);
+}
+
+/// An optional, shareable progress sink (what the option structs hold; `None` reports nothing).
+#[derive(Clone, Default)]
+pub struct ProgressSink(pub Option<Arc<dyn Progress>>);
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "ProgressSink(Some)" } else { "ProgressSink(None)" })
     }
-    let bar = ProgressBar::new(total);
-    if let Ok(style) =
-        ProgressStyle::with_template("{msg:12} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-    {
-        bar.set_style(style.progress_chars("=> "));
+}
+
+impl ProgressSink {
+    /// A sink that forwards to `p`.
+    pub fn new(p: Arc<dyn Progress>) -> Self {
+        Self(Some(p))
     }
-    bar.set_message(what.to_string());
-    bar
+
+    /// Starts a phase.
+    pub fn start(&self, what: &str, total: u64) {
+        if let Some(p) = &self.0 {
+            p.start(what, total)
+        }
+    }
+
+    /// Counts written bytes.
+    pub fn inc(&self, bytes: u64) {
+        if let Some(p) = &self.0 {
+            p.inc(bytes)
+        }
+    }
+
+    /// Ends a phase.
+    pub fn finish(&self) {
+        if let Some(p) = &self.0 {
+            p.finish()
+        }
+    }
 }

@@ -139,7 +139,7 @@ fn reshard_staged(
         }
     }
     let staging = Staging::new(out_dir, opts.force)?;
-    let mut report = write_sharded(staging.path(), out_dir, &plan, meta, &sources, src_dir, opts.progress)
+    let mut report = write_sharded(staging.path(), out_dir, &plan, meta, &sources, src_dir, &opts.progress)
         .map_err(|e| staging.describe(e))?;
     // Adapters are resharded with the base weights, each from its own rank files.
     for a in crate::lora::disk::sharded_adapters(src_dir)? {
@@ -147,7 +147,7 @@ fn reshard_staged(
         let name = crate::lora::disk::adapter_dir_name(&a.name);
         let dir = staging.path().join(&name);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let r = write_sharded(&dir, &out_dir.join(&name), &plan, meta, &a.checkpoint.sources(), &dir, opts.progress)?;
+        let r = write_sharded(&dir, &out_dir.join(&name), &plan, meta, &a.checkpoint.sources(), &dir, &opts.progress)?;
         crate::io::write_file_synced(&dir.join(crate::lora::ADAPTER_CONFIG), a.config.to_json()?.as_bytes())?;
         report.files.extend(r.files);
         report.tensors += r.tensors;

@@ -26,7 +26,7 @@ pub fn write_sharded_adapter(
     out_dir: &Path,
     adapter: &ImportedAdapter,
     tp: usize,
-    progress: bool,
+    progress: &crate::progress::ProgressSink,
 ) -> Result<Report> {
     let plan = plan_shards(&adapter.metadata, &adapter.tensors, tp, PlanOptions::default())?;
     let dir = root.join(adapter_dir_name(&adapter.name));

@@ -1,7 +1,10 @@
 //! The `neuron-spec` command line, with the example Llama model behind `forward`.
 
 use neuron_spec::checkpoint::{ShardedCheckpoint, METADATA_PATH};
-use neuron_spec::cli::{import_adapters, main_with, AdapterArg, ForwardRunner};
+mod cli;
+mod progress_bar;
+
+use cli::{import_adapters, main_with, AdapterArg, ForwardRunner};
 use neuron_spec::{Result, Spec};
 use neuron_spec_examples::{
     model_metadata, run_sharded_forward_with_adapters, run_tp_forward_with_adapters, ModelConfig,

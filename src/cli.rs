@@ -1,20 +1,24 @@
 //! The `neuron-spec` command line: shard, consolidate, reshard, plan, inspect, and a `forward` hook that a
 //! model crate fills in (the binary lives next to the model; see `examples/`).
 
-use crate::checkpoint::{
+use neuron_spec::checkpoint::{
     consolidate, consolidate_with_adapters, shard, shard_with_adapters, AdapterOptions, ShardedCheckpoint,
     WriteOptions, METADATA_PATH,
 };
-use crate::error::{Error, Result};
-use crate::io::{parse_size, HfCheckpoint};
-use crate::llama::{llama_layout_with, LlamaConfig, QkvLayout};
-use crate::lora::{import_adapter, ImportedAdapter, LoraImportOptions, LoraMode, PeftAdapter};
-use crate::metadata::CheckpointMetadata;
-use crate::model::{plan_shards, PlanOptions};
-use crate::plan::TensorSource;
-use crate::reshard::{reshard, reshard_plan};
+use neuron_spec::error::{Error, Result};
+use neuron_spec::io::{parse_size, HfCheckpoint};
+use neuron_spec::llama::{llama_layout_with, LlamaConfig, QkvLayout};
+use neuron_spec::lora::{import_adapter, ImportedAdapter, LoraImportOptions, LoraMode, PeftAdapter};
+use neuron_spec::metadata::CheckpointMetadata;
+use neuron_spec::model::{plan_shards, PlanOptions};
+use neuron_spec::plan::TensorSource;
+use neuron_spec::reshard::{reshard, reshard_plan};
 use clap::{Args, Parser, Subcommand};
+use neuron_spec::compare::max_abs_diff;
 use std::path::{Path, PathBuf};
+
+/// The largest |logit - golden| that `forward --golden` and `quickstart` accept.
+pub const GOLDEN_TOL: f32 = 1e-4;
 
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
@@ -172,7 +176,7 @@ pub enum KvReplicasArg {
     Mean,
 }
 
-impl From<KvReplicasArg> for crate::checkpoint::KvReplicas {
+impl From<KvReplicasArg> for neuron_spec::checkpoint::KvReplicas {
     fn from(a: KvReplicasArg) -> Self {
         match a {
             KvReplicasArg::Check => Self::Check,
@@ -400,7 +404,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                 &meta,
                 tp,
                 &adapters,
-                &WriteOptions { force, allow_unexpected, progress: !quiet, ..Default::default() },
+                &WriteOptions { force, allow_unexpected, progress: crate::progress_bar::sink(!quiet), ..Default::default() },
             )?;
             if !quiet {
                 println!(
@@ -423,7 +427,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                         a.name,
                         a.layout.mode,
                         a.layout.modules.len(),
-                        out_dir.join(crate::lora::disk::adapter_dir_name(&a.name)).display()
+                        out_dir.join(neuron_spec::lora::disk::adapter_dir_name(&a.name)).display()
                     );
                 }
             }
@@ -448,7 +452,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                     max_shard_size: Some(max),
                     kv_replicas: kv_replicas.into(),
                     allow_unexpected,
-                    progress: !quiet,
+                    progress: crate::progress_bar::sink(!quiet),
                 },
                 &AdapterOptions { only: (!adapters.is_empty()).then_some(adapters), merge: merge_adapter.clone() },
             )?;
@@ -464,7 +468,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                 if let Some(m) = &merge_adapter {
                     println!("  adapter {m} merged into the base weights");
                 }
-                for f in r.files.iter().filter(|f| f.ends_with(crate::lora::ADAPTER_WEIGHTS)) {
+                for f in r.files.iter().filter(|f| f.ends_with(neuron_spec::lora::ADAPTER_WEIGHTS)) {
                     println!("  adapter written: {}", f.display());
                 }
             }
@@ -479,7 +483,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                     force,
                     allow_unexpected,
                     kv_replicas: kv_replicas.into(),
-                    progress: !quiet,
+                    progress: crate::progress_bar::sink(!quiet),
                     ..Default::default()
                 },
             )?;
@@ -565,7 +569,7 @@ fn plan_command(dir: &Path, tp: usize, qkv: QkvLayout, json: bool) -> Result<i32
 /// What `inspect` reports.
 struct Summary {
     kind: &'static str,
-    tensors: Vec<crate::plan::TensorInfo>,
+    tensors: Vec<neuron_spec::plan::TensorInfo>,
     total: usize,
     tp: usize,
     version: Option<u32>,
@@ -576,7 +580,7 @@ fn summarize(dir: &Path) -> Result<Summary> {
     if is_sharded(dir) {
         let ck = ShardedCheckpoint::open(dir)?;
         let rank0 = ck.ranks.first().ok_or_else(|| Error::RankFiles {
-            dir: dir.join(crate::checkpoint::RANKS_DIR),
+            dir: dir.join(neuron_spec::checkpoint::RANKS_DIR),
             reason: "no rank files".into(),
         })?;
         let tensors = rank0.names().filter_map(|n| rank0.info(n)).collect();
@@ -624,7 +628,7 @@ fn inspect_command(dir: &Path, json: bool) -> Result<i32> {
 
 /// Reads `input_ids` ([batch, seq], I64/I32) from a safetensors file.
 pub fn read_input_ids(path: &Path) -> Result<Vec<Vec<i64>>> {
-    let f = crate::io::SafetensorsFile::open(path)?;
+    let f = neuron_spec::io::SafetensorsFile::open(path)?;
     let t = f.tensor("input_ids")?;
     let shape = t.shape().to_vec();
     if shape.len() != 2 {
@@ -655,7 +659,7 @@ fn forward_command(
     let (logits, shape) = runner.forward_with_adapters(dir, tp, fuse_qkv, adapters, &ids)?;
     println!("logits shape {shape:?}");
     if let Some(g) = golden {
-        let f = crate::io::SafetensorsFile::open(g)?;
+        let f = neuron_spec::io::SafetensorsFile::open(g)?;
         let gl = f.tensor("logits")?;
         if gl.shape() != shape.as_slice() {
             return Err(Error::ShapeMismatch {
@@ -665,11 +669,18 @@ fn forward_command(
                 file: Some(g.to_path_buf()),
             });
         }
-        let diff = gl.to_f32_vec().iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        println!("max_abs_diff {diff:e}");
-        if diff.is_nan() || diff > 1e-4 {
-            eprintln!("error: max_abs_diff {diff:e} is above 1e-4");
-            return Ok(EXIT_MISMATCH);
+        match max_abs_diff(&logits, &gl.to_f32_vec()) {
+            Ok(diff) => {
+                println!("max_abs_diff {diff:e}");
+                if diff > GOLDEN_TOL {
+                    eprintln!("error: max_abs_diff {diff:e} is above {GOLDEN_TOL:e}");
+                    return Ok(EXIT_MISMATCH);
+                }
+            }
+            Err(m) => {
+                eprintln!("error: logits against {}: {m}", g.display());
+                return Ok(EXIT_MISMATCH);
+            }
         }
     }
     Ok(EXIT_OK)
@@ -704,11 +715,19 @@ fn quickstart(runner: Option<&dyn ForwardRunner>, model: &Path, work_dir: Option
         };
         let (logits, shape) = runner.forward(&sharded, tp, true, &ids)?;
         if golden.exists() {
-            let g = crate::io::SafetensorsFile::open(&golden)?.tensor("logits")?.to_f32_vec();
-            let diff = g.iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            println!("   logits {shape:?}, max_abs_diff {diff:e} (tolerance 1e-4)");
-            if diff.is_nan() || diff > 1e-4 {
-                return Ok(EXIT_MISMATCH);
+            let g = neuron_spec::io::SafetensorsFile::open(&golden)?.tensor("logits")?.to_f32_vec();
+            match max_abs_diff(&logits, &g) {
+                Ok(diff) => {
+                    println!("   logits {shape:?}, max_abs_diff {diff:e} (tolerance {GOLDEN_TOL:e})");
+                    if diff > GOLDEN_TOL {
+                        eprintln!("error: max_abs_diff {diff:e} is above {GOLDEN_TOL:e}");
+                        return Ok(EXIT_MISMATCH);
+                    }
+                }
+                Err(m) => {
+                    eprintln!("error: logits against {}: {m}", golden.display());
+                    return Ok(EXIT_MISMATCH);
+                }
             }
         }
     }

@@ -11,6 +11,7 @@
 //! * where `tp` does not divide a partitioned size, every rank holds `ceil(len / tp)` rows (zero padding at
 //!   the tail) and gathered outputs are truncated to the true size.
 
+mod burn_leaves;
 mod column;
 mod comm;
 mod embedding;

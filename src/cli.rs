@@ -7,12 +7,12 @@ use neuron_spec::checkpoint::{
 };
 use neuron_spec::error::{Error, Result};
 use neuron_spec::io::{parse_size, HfCheckpoint};
-use neuron_spec::llama::{llama_layout_with, LlamaConfig, QkvLayout};
 use neuron_spec::lora::{import_adapter, ImportedAdapter, LoraImportOptions, LoraMode, PeftAdapter};
 use neuron_spec::metadata::CheckpointMetadata;
 use neuron_spec::model::{plan_shards, PlanOptions};
 use neuron_spec::plan::TensorSource;
 use neuron_spec::reshard::{reshard, reshard_plan};
+use neuron_spec_examples::QkvLayout;
 use clap::{Args, Parser, Subcommand};
 use neuron_spec::compare::max_abs_diff;
 use std::path::{Path, PathBuf};
@@ -363,9 +363,10 @@ pub fn main_with(runner: Option<&dyn ForwardRunner>) -> i32 {
     }
 }
 
+/// The layout of an HF checkpoint: its `config.json`'s family (by `model_type`), read off the same model that
+/// runs `forward`; unknown model types and unimplemented fields are refused.
 fn hf_layout(dir: &Path, tp: usize, qkv: QkvLayout) -> Result<CheckpointMetadata> {
-    let cfg = LlamaConfig::read(&dir.join("config.json"))?;
-    llama_layout_with(&cfg, tp, qkv)
+    neuron_spec_examples::layout_of_dir(dir, tp, qkv)
 }
 
 fn is_sharded(dir: &Path) -> bool {

@@ -1,4 +1,5 @@
-//! The `neuron-spec` command line, with the example Llama model behind `forward`.
+//! The `neuron-spec` command line, with the example model families behind `forward` (dispatched on the
+//! config's `model_type`).
 
 use neuron_spec::checkpoint::{ShardedCheckpoint, METADATA_PATH};
 mod cli;
@@ -11,7 +12,7 @@ use neuron_spec_examples::{
 };
 use std::path::Path;
 
-/// Runs the example Llama-family model: an HF directory at `tp`, or a sharded checkpoint at its own tp (with
+/// Runs the example model of the config's family: an HF directory at `tp`, or a sharded checkpoint at its own tp (with
 /// its adapters).
 struct Llama;
 

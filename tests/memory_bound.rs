@@ -6,7 +6,8 @@
 //! in whichever of the temp dir and `/dev/shm` has more room (CI machines can be short of disk).
 
 use neuron_spec::io::HfCheckpoint;
-use neuron_spec::synthetic::{generate, Shape};
+use neuron_spec::synthetic::Shape;
+use neuron_spec_examples::synthetic::generate;
 use neuron_spec::TensorSource;
 use std::path::{Path, PathBuf};
 use std::process::Command;

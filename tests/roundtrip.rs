@@ -4,7 +4,7 @@ mod common;
 use common::*;
 use neuron_spec::checkpoint::{consolidate, shard, ShardedCheckpoint, WriteOptions};
 use neuron_spec::io::{HfCheckpoint, SafetensorsFile};
-use neuron_spec::llama::{llama_layout_with, LlamaConfig, QkvLayout};
+use neuron_spec_examples::{layout_of_dir, QkvLayout};
 use neuron_spec::{DType, TensorSource};
 
 fn roundtrip(dir: &str, tp: usize, fuse: bool) -> (tempfile::TempDir, HfCheckpoint) {
@@ -56,11 +56,10 @@ fn uneven_vocab_is_padded_on_ranks_and_stripped_on_output() {
         let sharded = tmp.path().join("sharded");
         // 4 heads cannot be split over 8 ranks: at tp 8 the attention uses the plain (padded) layout.
         let qkv = if tp == 8 { QkvLayout::Plain } else { QkvLayout::Fused };
-        let cfg = LlamaConfig::read(&fixture("llama-mha-tied").join("config.json")).unwrap();
         shard(
             &fixture("llama-mha-tied"),
             &sharded,
-            &llama_layout_with(&cfg, tp, qkv).unwrap(),
+            &layout_of_dir(&fixture("llama-mha-tied"), tp, qkv).unwrap(),
             tp,
             &WriteOptions::default(),
         )
@@ -135,7 +134,6 @@ fn tiny_max_shard_size_writes_several_files_and_an_index() {
 
 #[test]
 fn heads_not_divisible_by_tp_is_a_spec_error() {
-    let cfg = LlamaConfig::read(&fixture("llama-mha-tied").join("config.json")).unwrap();
-    let e = llama_layout_with(&cfg, 8, QkvLayout::Fused).unwrap_err().to_string();
+    let e = layout_of_dir(&fixture("llama-mha-tied"), 8, QkvLayout::Fused).unwrap_err().to_string();
     assert!(e.contains("num_attention_heads") && e.contains("not divisible by tp 8"), "{e}");
 }

@@ -9,10 +9,11 @@
 
 use neuron_spec::checkpoint::{consolidate, shard, WriteOptions};
 use neuron_spec::io::HfCheckpoint;
-use neuron_spec::llama::{llama_layout, LlamaConfig};
 use neuron_spec::model::{plan_shards, PlanOptions};
 use neuron_spec::reshard::reshard;
-use neuron_spec::synthetic::{generate, Shape};
+use neuron_spec::synthetic::Shape;
+use neuron_spec_examples::synthetic::generate;
+use neuron_spec_examples::{layout_of_dir, QkvLayout};
 use neuron_spec::TensorSource;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -148,8 +149,7 @@ fn run_op(a: &[String]) -> Res<()> {
         Some("shard") => {
             let (src, dst) = (get(1)?, get(2)?);
             let tp: usize = a.get(3).ok_or("tp")?.parse()?;
-            let cfg = LlamaConfig::read(&src.join("config.json"))?;
-            shard(&src, &dst, &llama_layout(&cfg, tp, true)?, tp, &opts)?;
+            shard(&src, &dst, &layout_of_dir(&src, tp, QkvLayout::Fused)?, tp, &opts)?;
         }
         Some("consolidate") => {
             consolidate(&get(1)?, &get(2)?, &opts)?;
@@ -330,9 +330,8 @@ fn human(b: u64) -> String {
 /// Bytes each rank reads at tp 8 against its share plus the replicated tensors.
 fn bytes_per_rank(hf_dir: &Path, s: &Shape) -> Res<()> {
     let hf = HfCheckpoint::open(hf_dir)?;
-    let cfg = LlamaConfig::read(&hf_dir.join("config.json"))?;
     let tp = 8;
-    let meta = llama_layout(&cfg, tp, true)?;
+    let meta = layout_of_dir(hf_dir, tp, QkvLayout::Fused)?;
     let plan = plan_shards(&meta, &hf, tp, PlanOptions::default())?;
     let mut replicated = 0usize;
     let mut sharded = 0usize;

@@ -1,5 +1,8 @@
-//! A Llama-family model (Llama, Mistral, Qwen2) on `neuron_spec`'s tensor-parallel burn layers, loaded rank by
-//! rank straight from an HF checkpoint (or from a sharded checkpoint) and run on threads.
+//! Model families on `neuron_spec`'s tensor-parallel burn layers, loaded rank by rank straight from an HF
+//! checkpoint (or from a sharded checkpoint) and run on threads: Llama / Mistral / Qwen2 (`llama.rs`), Qwen3
+//! (`qwen3.rs`), Granite (`granite.rs`) and Qwen3-MoE (`qwen3_moe.rs`) on the shared decoder of `model.rs`, with
+//! the RoPE variants of `rope.rs`. `family.rs` reads `config.json`, refuses what is not implemented, and gives
+//! the layout `shard`/`plan` use: the metadata of the same (lazily built) model that runs `forward`.
 //!
 //! GQA (including MQA, whose single kv head every rank replicates), tied embeddings (the logits use the
 //! vocab-parallel embedding weight), RMSNorm, RoPE with HF's `rotate_half` convention, SwiGLU MLP, causal
@@ -81,11 +84,26 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 #![warn(missing_docs)]
 
+pub mod family;
+pub mod granite;
+pub mod llama;
 mod model;
+pub mod qwen3;
+pub mod qwen3_moe;
+pub mod rope;
 mod run;
+pub mod synthetic;
 
-pub use model::{LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMlp, LlamaModel, LlamaOutput};
+pub use family::{hf_tensor_infos, layout, layout_of_dir, Family, ModelConfig, MODEL_TYPES};
+pub use granite::GraniteScales;
+pub use llama::LlamaConfig;
+pub use model::{
+    DecoderOptions, FeedForward, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMlp, LlamaModel,
+    LlamaOutput, PlainAttention, QkvLayout, SelfAttention, MAX_LAYERS,
+};
+pub use qwen3_moe::{MoeConfig, Qwen3MoeSparseMoeBlock};
+pub use rope::{RopeConfig, RopeScaling};
 pub use run::{
     load_hf_rank_model, model_metadata, run_ranks, run_sharded_forward, run_sharded_forward_with_adapters,
-    run_tp_forward, run_tp_forward_dir, run_tp_forward_with_adapters, ForwardOutput, ModelConfig,
+    run_tp_forward, run_tp_forward_dir, run_tp_forward_with_adapters, ForwardOutput,
 };

@@ -1,18 +1,69 @@
-//! The Llama-family model (Llama, Mistral, Qwen2) built from the parallel layers. Field names follow the HF
-//! module names, so burn paths are HF paths (see `neuron_spec::layers::HfRankStore` for the exceptions).
+//! The decoder every family here shares, built from the parallel layers. Field names follow the HF module
+//! names, so burn paths are HF paths (see `neuron_spec::layers::HfRankStore` for the exceptions). What the
+//! families add is chosen from the config: Qwen3's `q_norm`/`k_norm`, Granite's multipliers, Qwen3-MoE's
+//! sparse blocks (`qwen3_moe.rs`), the RoPE variant (`rope.rs`).
 
+use crate::family::{Family, ModelConfig};
+use crate::llama::LlamaConfig;
+use crate::qwen3_moe::Qwen3MoeSparseMoeBlock;
+use crate::rope::{Rope, RopeConfig};
 use burn::module::Module;
-use burn::nn::{RmsNorm, RmsNormConfig};
+use burn::nn::{LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use indexmap::IndexMap;
 use neuron_spec::layers::{
     ColumnParallelLinear, ColumnParallelLinearConfig, Communicator, GqaQkvColumnParallelLinear,
     GqaQkvColumnParallelLinearConfig, ParallelEmbedding, ParallelEmbeddingConfig, RowParallelLinear,
     RowParallelLinearConfig,
 };
-use neuron_spec::llama::LlamaConfig;
+use neuron_spec::metadata::ParameterMetadata;
 use neuron_spec::module::TpContext;
-use neuron_spec::{CustomModule, Error, Result};
+use neuron_spec::specs::{ModelWeightTransformationSpecs, MAX_HEADS};
+use neuron_spec::{CustomModule, Error, Result, StateDict, TensorSource};
+
+/// The largest `num_hidden_layers` accepted (the layout lists every layer's parameters up front).
+pub const MAX_LAYERS: usize = 1 << 14;
+
+/// How the attention projections are laid out on the ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkvLayout {
+    /// GQA spec, one `qkv_proj.weight_qkv` per rank.
+    Fused,
+    /// GQA spec, `qkv_proj.weight_q/_k/_v`.
+    Separate,
+    /// No spec: q/k/v column-parallel and o row-parallel under their HF names, zero-padded where tp does
+    /// not divide them. A storage layout for any tp (heads may straddle ranks), not a runnable one.
+    Plain,
+}
+
+impl QkvLayout {
+    /// `Fused` or `Separate`.
+    pub fn gqa(fuse_qkv: bool) -> Self {
+        if fuse_qkv {
+            QkvLayout::Fused
+        } else {
+            QkvLayout::Separate
+        }
+    }
+}
+
+/// The constants of the forward pass (not part of the HF tree).
+#[derive(Debug, Clone)]
+pub struct DecoderOptions {
+    /// RoPE.
+    pub rope: RopeConfig,
+    /// Longest sequence attended over in full (an active sliding window); longer inputs are refused.
+    pub sliding_window: Option<usize>,
+    /// Granite's `embedding_multiplier` (1 elsewhere).
+    pub embedding_multiplier: f64,
+    /// Granite's `residual_multiplier` (1 elsewhere).
+    pub residual_multiplier: f64,
+    /// The softmax scale (`1/√head_dim`, or Granite's `attention_multiplier`).
+    pub attention_scale: f64,
+    /// Granite's `logits_scaling` (1 elsewhere).
+    pub logits_scaling: f64,
+}
 
 /// Causal LM: the decoder stack and the vocab-parallel head (`None` when tied to `embed_tokens`).
 #[derive(Module, CustomModule, Debug)]
@@ -21,6 +72,9 @@ pub struct LlamaForCausalLM {
     pub model: LlamaModel,
     /// The lm_head, column-parallel over the vocabulary with gathered outputs; absent when tied.
     pub lm_head: Option<ColumnParallelLinear>,
+    /// Forward-pass constants.
+    #[module(skip)]
+    pub options: DecoderOptions,
 }
 
 /// Embeddings, decoder layers and the final norm.
@@ -38,9 +92,9 @@ pub struct LlamaModel {
 #[derive(Module, CustomModule, Debug)]
 pub struct LlamaDecoderLayer {
     /// Self-attention.
-    pub self_attn: LlamaAttention,
-    /// SwiGLU MLP.
-    pub mlp: LlamaMlp,
+    pub self_attn: SelfAttention,
+    /// SwiGLU MLP, or a sparse MoE block.
+    pub mlp: FeedForward,
     /// Norm before attention.
     pub input_layernorm: RmsNorm,
     /// Norm before the MLP.
@@ -55,10 +109,37 @@ pub struct LlamaAttention {
     pub qkv_proj: GqaQkvColumnParallelLinear,
     /// Output projection, row-parallel over the heads.
     pub o_proj: RowParallelLinear,
-    /// RoPE base.
-    pub rope_theta: f64,
-    /// Longest sequence the model attends over in full (Mistral's sliding window); longer inputs are refused.
-    pub sliding_window: Option<usize>,
+    /// Qwen3: RMSNorm over head_dim of every query head, before RoPE (replicated).
+    pub q_norm: Option<RmsNorm>,
+    /// Qwen3: the same for the key heads.
+    pub k_norm: Option<RmsNorm>,
+}
+
+/// q/k/v/o as plain column/row-parallel tensors under their HF names (`--plain-attention`): a storage
+/// layout for a tp that does not divide the heads; it does not run.
+#[derive(Module, CustomModule, Debug)]
+pub struct PlainAttention {
+    /// HF q_proj, split by rows.
+    pub q_proj: ColumnParallelLinear,
+    /// HF k_proj, split by rows.
+    pub k_proj: ColumnParallelLinear,
+    /// HF v_proj, split by rows.
+    pub v_proj: ColumnParallelLinear,
+    /// HF o_proj, split by columns.
+    pub o_proj: RowParallelLinear,
+    /// Qwen3's q_norm (replicated).
+    pub q_norm: Option<RmsNorm>,
+    /// Qwen3's k_norm (replicated).
+    pub k_norm: Option<RmsNorm>,
+}
+
+/// The attention of a layer, in one of the layouts of [`QkvLayout`].
+#[derive(Module, Debug)]
+pub enum SelfAttention {
+    /// The GQA layer (fused or separate q/k/v).
+    Gqa(LlamaAttention),
+    /// Plain column/row-parallel q/k/v/o.
+    Plain(PlainAttention),
 }
 
 /// SwiGLU MLP with gate_proj and up_proj fused into one column-parallel layer.
@@ -71,6 +152,45 @@ pub struct LlamaMlp {
     pub down_proj: RowParallelLinear,
 }
 
+/// The MLP of a layer.
+#[derive(Module, Debug)]
+pub enum FeedForward {
+    /// A dense SwiGLU MLP.
+    Dense(LlamaMlp),
+    /// Qwen3-MoE's router and experts.
+    Sparse(Qwen3MoeSparseMoeBlock),
+}
+
+/// `CustomModule` for an enum of nodes: every method goes to the variant present.
+macro_rules! delegate_custom_module {
+    ($ty:ident { $($v:ident),* }) => {
+        impl neuron_spec::module::CustomModule for $ty {
+            fn collect_specs(&self, prefix: &str, out: &mut Vec<ModelWeightTransformationSpecs>) -> Result<()> {
+                match self { $($ty::$v(m) => m.collect_specs(prefix, out),)* }
+            }
+            fn collect_parameter_metadata(
+                &self,
+                prefix: &str,
+                out: &mut IndexMap<String, ParameterMetadata>,
+            ) -> Result<()> {
+                match self { $($ty::$v(m) => m.collect_parameter_metadata(prefix, out),)* }
+            }
+            fn collect_tp_contexts(&self, out: &mut Vec<TpContext>) {
+                match self { $($ty::$v(m) => m.collect_tp_contexts(out),)* }
+            }
+            fn load_rank_tensors(self, prefix: &str, src: &dyn TensorSource, device: &Device) -> Result<Self> {
+                Ok(match self { $($ty::$v(m) => $ty::$v(m.load_rank_tensors(prefix, src, device)?),)* })
+            }
+            fn save_rank_tensors(&self, prefix: &str, out: &mut StateDict) -> Result<()> {
+                match self { $($ty::$v(m) => m.save_rank_tensors(prefix, out),)* }
+            }
+        }
+    };
+}
+
+delegate_custom_module!(SelfAttention { Gqa, Plain });
+delegate_custom_module!(FeedForward { Dense, Sparse });
+
 /// The outputs of one forward pass on one rank.
 #[derive(Debug, Clone)]
 pub struct LlamaOutput {
@@ -81,7 +201,7 @@ pub struct LlamaOutput {
     pub hidden_states: Vec<Tensor<3>>,
 }
 
-/// Checks what the model supports, naming the config field.
+/// Checks what the model supports, naming the config field; sizes are bounded so that no product overflows.
 fn check_config(cfg: &LlamaConfig) -> Result<()> {
     let bad = |field: &str, reason: String| Err(Error::spec("config", field, reason));
     if cfg.hidden_size == 0 || cfg.intermediate_size == 0 || cfg.vocab_size == 0 {
@@ -89,6 +209,23 @@ fn check_config(cfg: &LlamaConfig) -> Result<()> {
     }
     if cfg.num_attention_heads == 0 || cfg.kv_heads() == 0 || cfg.head_dim() == 0 {
         return bad("num_attention_heads", "heads, kv heads and head_dim must be positive".into());
+    }
+    if cfg.num_attention_heads > MAX_HEADS || cfg.kv_heads() > MAX_HEADS {
+        return bad("num_attention_heads", format!("{} is above the supported maximum {MAX_HEADS}", cfg.num_attention_heads.max(cfg.kv_heads())));
+    }
+    if cfg.num_hidden_layers > MAX_LAYERS {
+        return bad("num_hidden_layers", format!("{} is above the supported maximum {MAX_LAYERS}", cfg.num_hidden_layers));
+    }
+    const MAX_DIM: usize = 1 << 24;
+    for (f, v) in [
+        ("hidden_size", cfg.hidden_size),
+        ("intermediate_size", cfg.intermediate_size),
+        ("head_dim", cfg.head_dim()),
+        ("vocab_size", cfg.vocab_size),
+    ] {
+        if v > MAX_DIM {
+            return bad(f, format!("{v} is above the supported maximum {MAX_DIM}"));
+        }
     }
     if cfg.head_dim() % 2 == 1 {
         return bad("head_dim", format!("RoPE needs an even head_dim, got {}", cfg.head_dim()));
@@ -107,8 +244,8 @@ fn rms_norm(d: usize, eps: f64, device: &Device) -> RmsNorm {
 }
 
 impl LlamaForCausalLM {
-    /// The rank `tp.rank` model with lazily allocated weights (load them with `load_hf_rank` or
-    /// `load_rank_tensors`). `fuse_qkv` picks the `weight_qkv` or `weight_q/_k/_v` layout.
+    /// A Llama (default RoPE from `rope_theta`) at rank `tp.rank`, with lazily allocated weights (load them with
+    /// `load_hf_rank` or `load_rank_tensors`). `fuse_qkv` picks the `weight_qkv` or `weight_q/_k/_v` layout.
     pub fn new(
         cfg: &LlamaConfig,
         tp: TpContext,
@@ -116,45 +253,94 @@ impl LlamaForCausalLM {
         sliding_window: Option<usize>,
         device: &Device,
     ) -> Result<Self> {
-        check_config(cfg)?;
-        let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps);
-        let layer = || -> Result<LlamaDecoderLayer> {
-            let qkv = GqaQkvColumnParallelLinearConfig::new(h, cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim())
-                .with_fuse_qkv(fuse_qkv)
-                .with_biases(cfg.qkv_bias(), cfg.o_bias());
+        let cfg = ModelConfig { sliding_window, ..ModelConfig::from(cfg.clone()) };
+        Self::from_config(&cfg, tp, QkvLayout::gqa(fuse_qkv), device)
+    }
+
+    /// The model of any family at rank `tp.rank`, weights lazily allocated (a layout costs no weight memory).
+    pub fn from_config(cfg: &ModelConfig, tp: TpContext, qkv: QkvLayout, device: &Device) -> Result<Self> {
+        let c = &cfg.llama;
+        check_config(c)?;
+        cfg.rope.validate()?;
+        let (h, i, eps, hd) = (c.hidden_size, c.intermediate_size, c.rms_norm_eps, c.head_dim());
+        let (heads, kv) = (c.num_attention_heads, c.kv_heads());
+        let head_norms = matches!(cfg.family, Family::Qwen3 | Family::Qwen3Moe);
+        let norm = || head_norms.then(|| rms_norm(hd, eps, device));
+        let dense = |i: usize| -> Result<LlamaMlp> {
+            Ok(LlamaMlp {
+                gate_up_proj: ColumnParallelLinearConfig::new(h, 2 * i)
+                    .with_bias(c.mlp_bias)
+                    .with_fused_dims(vec![i, i])
+                    .init(tp, device)?,
+                down_proj: RowParallelLinearConfig::new(i, h).with_bias(c.mlp_bias).init(tp, device)?,
+            })
+        };
+        let layer = |l: usize| -> Result<LlamaDecoderLayer> {
+            let o_proj = RowParallelLinearConfig::new(heads * hd, h).with_bias(c.o_bias()).init(tp, device)?;
+            let self_attn = match qkv {
+                QkvLayout::Plain => {
+                    let col = |out: usize| {
+                        ColumnParallelLinearConfig::new(h, out).with_bias(c.qkv_bias()).init(tp, device)
+                    };
+                    SelfAttention::Plain(PlainAttention {
+                        q_proj: col(heads * hd)?,
+                        k_proj: col(kv * hd)?,
+                        v_proj: col(kv * hd)?,
+                        o_proj,
+                        q_norm: norm(),
+                        k_norm: norm(),
+                    })
+                }
+                _ => SelfAttention::Gqa(LlamaAttention {
+                    qkv_proj: GqaQkvColumnParallelLinearConfig::new(h, heads, kv, hd)
+                        .with_fuse_qkv(qkv == QkvLayout::Fused)
+                        .with_biases(c.qkv_bias(), c.o_bias())
+                        .init(tp, device)?,
+                    o_proj,
+                    q_norm: norm(),
+                    k_norm: norm(),
+                }),
+            };
+            let mlp = match &cfg.moe {
+                Some(m) if m.sparse_layers.get(l).copied().unwrap_or(false) => {
+                    FeedForward::Sparse(Qwen3MoeSparseMoeBlock {
+                        gate: LinearConfig::new(h, m.num_experts).with_bias(false).init(device),
+                        experts: (0..m.num_experts).map(|_| dense(m.moe_intermediate_size)).collect::<Result<_>>()?,
+                        top_k: m.num_experts_per_tok,
+                        norm_topk_prob: m.norm_topk_prob,
+                    })
+                }
+                _ => FeedForward::Dense(dense(i)?),
+            };
             Ok(LlamaDecoderLayer {
-                self_attn: LlamaAttention {
-                    qkv_proj: qkv.init(tp, device)?,
-                    o_proj: RowParallelLinearConfig::new(cfg.num_attention_heads * cfg.head_dim(), h)
-                        .with_bias(cfg.o_bias())
-                        .init(tp, device)?,
-                    rope_theta: cfg.rope_theta,
-                    sliding_window,
-                },
-                mlp: LlamaMlp {
-                    gate_up_proj: ColumnParallelLinearConfig::new(h, 2 * i)
-                        .with_bias(cfg.mlp_bias)
-                        .with_fused_dims(vec![i, i])
-                        .init(tp, device)?,
-                    down_proj: RowParallelLinearConfig::new(i, h).with_bias(cfg.mlp_bias).init(tp, device)?,
-                },
+                self_attn,
+                mlp,
                 input_layernorm: rms_norm(h, eps, device),
                 post_attention_layernorm: rms_norm(h, eps, device),
             })
         };
-        let layers = (0..cfg.num_hidden_layers).map(|_| layer()).collect::<Result<Vec<_>>>()?;
-        let lm_head = if cfg.tie_word_embeddings {
+        let layers = (0..c.num_hidden_layers).map(layer).collect::<Result<Vec<_>>>()?;
+        let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(ColumnParallelLinearConfig::new(h, cfg.vocab_size).with_gather_output(true).init(tp, device)?)
+            Some(ColumnParallelLinearConfig::new(h, c.vocab_size).with_gather_output(true).init(tp, device)?)
         };
+        let s = &cfg.scales;
         Ok(Self {
             model: LlamaModel {
-                embed_tokens: ParallelEmbeddingConfig::new(cfg.vocab_size, h).init(tp, device)?,
+                embed_tokens: ParallelEmbeddingConfig::new(c.vocab_size, h).init(tp, device)?,
                 layers,
                 norm: rms_norm(h, eps, device),
             },
             lm_head,
+            options: DecoderOptions {
+                rope: cfg.rope.clone(),
+                sliding_window: cfg.sliding_window,
+                embedding_multiplier: s.embedding_multiplier,
+                residual_multiplier: s.residual_multiplier,
+                attention_scale: s.attention_multiplier.unwrap_or(1.0 / (hd as f64).sqrt()),
+                logits_scaling: s.logits_scaling,
+            },
         })
     }
 
@@ -165,24 +351,34 @@ impl LlamaForCausalLM {
         if seq == 0 {
             return Err(Error::Invalid("empty sequence".into()));
         }
+        let o = &self.options;
+        if let Some(w) = o.sliding_window {
+            if seq > w {
+                return Err(Error::Invalid(format!(
+                    "sequence of {seq} tokens is longer than the sliding window ({w}), which this model does not apply"
+                )));
+            }
+        }
         let device = input_ids.device();
         let mut x = self.model.embed_tokens.forward(input_ids, comm)?;
-        let rope = match self.model.layers.first() {
-            Some(l) => Some(Rope::new(seq, l.self_attn.qkv_proj.head_dim, l.self_attn.rope_theta, &device)?),
-            None => None,
-        };
+        if o.embedding_multiplier != 1.0 {
+            x = x * o.embedding_multiplier;
+        }
+        let rope = Rope::new(&o.rope, seq, &device)?;
         let mask = causal_mask(seq, &device);
         let mut hidden_states = vec![x.clone()];
-        for (layer, rope) in self.model.layers.iter().zip(std::iter::repeat(rope.as_ref())) {
-            let rope = rope.ok_or_else(|| Error::Invalid("RoPE tables".into()))?;
-            x = layer.forward(x, rope, &mask, comm)?;
+        for layer in &self.model.layers {
+            x = layer.forward(x, &rope, &mask, o, comm)?;
             hidden_states.push(x.clone());
         }
         let x = self.model.norm.forward(x);
-        let logits = match &self.lm_head {
+        let mut logits = match &self.lm_head {
             Some(head) => head.forward(x, comm)?,
             None => self.model.embed_tokens.attend(x, comm)?,
         };
+        if o.logits_scaling != 1.0 {
+            logits = logits / o.logits_scaling;
+        }
         Ok(LlamaOutput { logits, hidden_states })
     }
 }
@@ -193,48 +389,26 @@ impl LlamaDecoderLayer {
         x: Tensor<3>,
         rope: &Rope,
         mask: &Tensor<2, Bool>,
+        o: &DecoderOptions,
         comm: &C,
     ) -> Result<Tensor<3>> {
-        let h = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, mask, comm)?;
-        let x = x + h;
-        let h = self.mlp.forward(self.post_attention_layernorm.forward(x.clone()), comm)?;
-        Ok(x + h)
-    }
-}
-
-/// RoPE tables `[seq, head_dim]` for positions `0..seq`, with HF's layout (`cat(freqs, freqs)`).
-struct Rope {
-    cos: Tensor<2>,
-    sin: Tensor<2>,
-}
-
-impl Rope {
-    fn new(seq: usize, head_dim: usize, theta: f64, device: &Device) -> Result<Self> {
-        let half = head_dim / 2;
-        // As HF computes them in f32: inv_freq = 1 / theta^(2i / d), freqs = pos · inv_freq.
-        let inv: Vec<f32> = (0..half).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
-        let mut cos = Vec::with_capacity(seq * head_dim);
-        let mut sin = Vec::with_capacity(seq * head_dim);
-        for p in 0..seq {
-            for j in 0..head_dim {
-                let f = p as f32 * inv[j % half];
-                cos.push(f.cos());
-                sin.push(f.sin());
+        let scale = |h: Tensor<3>| if o.residual_multiplier != 1.0 { h * o.residual_multiplier } else { h };
+        let attn = match &self.self_attn {
+            SelfAttention::Gqa(a) => a,
+            SelfAttention::Plain(_) => {
+                return Err(Error::Invalid(
+                    "the plain q/k/v layout stores weights for any tp and does not run; shard with the GQA layout".into(),
+                ))
             }
-        }
-        Ok(Self {
-            cos: Tensor::from_data(TensorData::new(cos, [seq, head_dim]), device),
-            sin: Tensor::from_data(TensorData::new(sin, [seq, head_dim]), device),
-        })
-    }
-
-    /// `x·cos + rotate_half(x)·sin` for `x: [batch, heads, seq, head_dim]`.
-    fn apply(&self, x: Tensor<4>) -> Tensor<4> {
-        let [_, _, _, d] = x.dims();
-        let x1 = x.clone().narrow(3, 0, d / 2);
-        let x2 = x.clone().narrow(3, d / 2, d / 2);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * self.cos.clone().unsqueeze::<4>() + rotated * self.sin.clone().unsqueeze::<4>()
+        };
+        let h = attn.forward(self.input_layernorm.forward(x.clone()), rope, mask, o.attention_scale, comm)?;
+        let x = x + scale(h);
+        let y = self.post_attention_layernorm.forward(x.clone());
+        let h = match &self.mlp {
+            FeedForward::Dense(m) => m.forward(y, comm)?,
+            FeedForward::Sparse(m) => m.forward(y, comm)?,
+        };
+        Ok(x + scale(h))
     }
 }
 
@@ -250,16 +424,10 @@ impl LlamaAttention {
         x: Tensor<3>,
         rope: &Rope,
         mask: &Tensor<2, Bool>,
+        scale: f64,
         comm: &C,
     ) -> Result<Tensor<3>> {
         let [b, s, _] = x.dims();
-        if let Some(w) = self.sliding_window {
-            if s > w {
-                return Err(Error::Invalid(format!(
-                    "sequence of {s} tokens is longer than the sliding window ({w}), which this model does not apply"
-                )));
-            }
-        }
         let p = &self.qkv_proj;
         let (hq, hkv, hd) = (p.local_heads(), p.local_kv_heads(), p.head_dim);
         if hkv == 0 || hq % hkv != 0 {
@@ -267,14 +435,18 @@ impl LlamaAttention {
         }
         let qkv = p.forward(x)?;
         let heads = |t: Tensor<3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
-        let q = rope.apply(heads(qkv.q, hq));
-        let k = rope.apply(heads(qkv.k, hkv));
+        let norm = |t: Tensor<4>, n: &Option<RmsNorm>| match n {
+            Some(n) => n.forward(t),
+            None => t,
+        };
+        let q = rope.apply(norm(heads(qkv.q, hq), &self.q_norm));
+        let k = rope.apply(norm(heads(qkv.k, hkv), &self.k_norm));
         let v = heads(qkv.v, hkv);
         // Local kv head j serves the consecutive local query heads [j·g, (j+1)·g).
         let g = hq / hkv;
         let expand = |t: Tensor<4>| t.unsqueeze_dim::<5>(2).expand([b, hkv, g, s, hd]).reshape([b, hq, s, hd]);
         let (k, v) = (expand(k), expand(v));
-        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+        let scores = q.matmul(k.swap_dims(2, 3)) * scale;
         let scores = scores.mask_fill(mask.clone().unsqueeze::<4>().expand([b, hq, s, s]), f32::NEG_INFINITY);
         let out = softmax(scores, 3).matmul(v);
         let out = out.swap_dims(1, 2).reshape([b, s, hq * hd]);
@@ -283,7 +455,8 @@ impl LlamaAttention {
 }
 
 impl LlamaMlp {
-    fn forward<C: Communicator>(&self, x: Tensor<3>, comm: &C) -> Result<Tensor<3>> {
+    /// `down(silu(gate(x)) · up(x))`.
+    pub fn forward<C: Communicator>(&self, x: Tensor<3>, comm: &C) -> Result<Tensor<3>> {
         let tp = self.gate_up_proj.tp.size;
         let local: Vec<usize> = match &self.gate_up_proj.fused_dims {
             Some(d) if d.len() == 2 => d.iter().map(|x| x / tp).collect(),

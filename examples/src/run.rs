@@ -1,61 +1,18 @@
 //! Running a TP forward pass: one burn model per rank, each on its own thread, joined by a
 //! [`LocalCommunicator`].
 
-use crate::model::LlamaForCausalLM;
+use crate::family::ModelConfig;
+use crate::model::{LlamaForCausalLM, QkvLayout};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use neuron_spec::checkpoint::ShardedCheckpoint;
 use neuron_spec::io::HfCheckpoint;
 use neuron_spec::layers::{Communicator, LocalCommunicator};
-use neuron_spec::llama::LlamaConfig;
 use neuron_spec::lora::disk::{imported_rank_adapter, sharded_adapters};
 use neuron_spec::lora::{ImportedAdapter, LoraRankAdapter, LoraRankSource};
 use neuron_spec::model::PlanOptions;
 use neuron_spec::module::{CustomModule, TpContext};
 use neuron_spec::{CheckpointMetadata, Error, Result, Spec, TensorSource};
 use std::path::Path;
-
-/// The model configuration: the HF `config.json` fields that shape the weights, plus what the forward pass
-/// needs beyond them.
-#[derive(Debug, Clone)]
-pub struct ModelConfig {
-    /// Sizes, heads, norms, RoPE base, biases, tying.
-    pub llama: LlamaConfig,
-    /// Mistral's (or Qwen2's, when enabled) sliding window: longer sequences are refused, not windowed.
-    pub sliding_window: Option<usize>,
-}
-
-impl From<LlamaConfig> for ModelConfig {
-    fn from(llama: LlamaConfig) -> Self {
-        Self { llama, sliding_window: None }
-    }
-}
-
-impl ModelConfig {
-    /// Reads `config.json`, refusing what this model does not implement (other activations, RoPE scaling).
-    pub fn read(path: &Path) -> Result<Self> {
-        let llama = LlamaConfig::read(path)?;
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), reason: e.to_string() })?;
-        let bad = |field: &str, reason: String| Err(Error::spec("config", field, reason));
-        if let Some(act) = v.get("hidden_act").and_then(|a| a.as_str()) {
-            if act != "silu" {
-                return bad("hidden_act", format!("only silu (SwiGLU) is implemented, found {act:?}"));
-            }
-        }
-        match v.get("rope_scaling") {
-            None | Some(serde_json::Value::Null) => {}
-            Some(s) if s.get("rope_type").and_then(|t| t.as_str()) == Some("default") => {}
-            Some(s) => return bad("rope_scaling", format!("RoPE scaling is not implemented, found {s}")),
-        }
-        let window = v.get("sliding_window").and_then(|w| w.as_u64()).map(|w| w as usize);
-        let use_window = v
-            .get("use_sliding_window")
-            .and_then(|u| u.as_bool())
-            .unwrap_or(llama.model_type.as_deref() == Some("mistral"));
-        Ok(Self { llama, sliding_window: window.filter(|_| use_window) })
-    }
-}
 
 /// The outputs of a TP forward pass (rank 0's; every rank computes the same bits).
 #[derive(Debug, Clone)]
@@ -80,7 +37,7 @@ pub fn load_hf_rank_model(
     fuse_qkv: bool,
     device: &Device,
 ) -> Result<LlamaForCausalLM> {
-    LlamaForCausalLM::new(&cfg.llama, tp, fuse_qkv, cfg.sliding_window, device)?.load_hf_rank(
+    LlamaForCausalLM::from_config(cfg, tp, QkvLayout::gqa(fuse_qkv), device)?.load_hf_rank(
         src,
         device,
         PlanOptions::default(),
@@ -100,9 +57,7 @@ pub fn run_tp_forward(
 
 /// The TP layout (specs and parameter metadata) of the model at `tp`: what adapters are imported for.
 pub fn model_metadata(cfg: &ModelConfig, tp: usize, fuse_qkv: bool) -> Result<CheckpointMetadata> {
-    let d = Device::default();
-    LlamaForCausalLM::new(&cfg.llama, TpContext::new(tp, 0)?, fuse_qkv, cfg.sliding_window, &d)?
-        .create_parameter_metadata()
+    crate::family::layout(cfg, tp, QkvLayout::gqa(fuse_qkv))
 }
 
 /// Loads rank `ctx.rank`'s base tensors from `local` and the adapters' factors, all adapters active.
@@ -128,7 +83,7 @@ pub fn run_tp_forward_with_adapters(
     input_ids: &[Vec<i64>],
 ) -> Result<ForwardOutput> {
     run_ranks(tp, input_ids, &|ctx, device| {
-        let model = LlamaForCausalLM::new(&cfg.llama, ctx, fuse_qkv, cfg.sliding_window, device)?;
+        let model = LlamaForCausalLM::from_config(cfg, ctx, QkvLayout::gqa(fuse_qkv), device)?;
         let meta = model.create_parameter_metadata()?;
         let local = neuron_spec::model::adapt_state_dict(&meta, src, ctx.size, ctx.rank, PlanOptions::default())?;
         let ras =
@@ -165,7 +120,7 @@ pub fn run_sharded_forward_with_adapters(
     let ck = &ck;
     let cfg = &cfg;
     run_ranks(ck.tp, input_ids, &|ctx, device| {
-        let model = LlamaForCausalLM::new(&cfg.llama, ctx, fuse_qkv, cfg.sliding_window, device)?;
+        let model = LlamaForCausalLM::from_config(cfg, ctx, QkvLayout::gqa(fuse_qkv), device)?;
         let ours = model.create_parameter_metadata()?;
         if ours.model_weight_transformation_specs != ck.metadata.model_weight_transformation_specs {
             return Err(Error::Metadata {

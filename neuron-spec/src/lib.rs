@@ -5,14 +5,14 @@
 //!
 //! ```no_run
 //! use neuron_spec::io::HfCheckpoint;
-//! use neuron_spec::llama::{llama_layout, LlamaConfig};
-//! use neuron_spec::{adapt_state_dict, PlanOptions};
+//! use neuron_spec::{adapt_state_dict, CheckpointMetadata, PlanOptions};
 //! use std::path::Path;
 //!
 //! # fn main() -> neuron_spec::Result<()> {
 //! let dir = Path::new("tests/fixtures/llama-gqa");
-//! let cfg = LlamaConfig::read(&dir.join("config.json"))?;
-//! let meta = llama_layout(&cfg, 4, true)?; // specs + parameter metadata at tp 4, fused qkv
+//! // Specs + parameter metadata at tp 4: a model's `create_parameter_metadata()` (see the examples crate's
+//! // `layout`), here read back from a sharded checkpoint's metadata file.
+//! let meta = CheckpointMetadata::read(Path::new("tests/fixtures/tp-ref/llama-gqa/tp4/metadata_fused.json"))?;
 //! let hf = HfCheckpoint::open(dir)?; // memory-mapped: model.safetensors or the index
 //! let rank1 = adapt_state_dict(&meta, &hf, 4, 1, PlanOptions::default())?; // tp and rank are arguments
 //! assert!(rank1.contains_key("model.layers.0.self_attn.qkv_proj.weight_qkv"));
@@ -29,7 +29,6 @@ pub mod error;
 pub mod io;
 #[cfg(feature = "burn")]
 pub mod layers;
-pub mod llama;
 pub mod lora;
 pub mod metadata;
 pub mod model;

@@ -1,5 +1,5 @@
-//! Synthetic Llama-shaped checkpoints for benchmarks and memory tests: random bf16 weights in HF multi-file
-//! form, generated one tensor at a time.
+//! Synthetic checkpoints for benchmarks and memory tests: random bf16 weights in HF multi-file form, generated
+//! one tensor at a time, for a tensor list the caller derives from its model.
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -25,41 +25,29 @@ pub struct Shape {
     pub vocab: usize,
 }
 
-/// Writes `config.json` and the weights into `dir`; returns the parameter count. Weights are random bf16 weights N(0, ~0.02)-ish, norms near 1, HF multi-file form.
-pub fn generate(dir: &Path, s: &Shape, max_file_size: u64) -> Result<u64> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let hd = s.hidden / s.heads;
-    let cfg = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": s.hidden,
-        "intermediate_size": s.inter, "num_attention_heads": s.heads, "num_key_value_heads": s.kv,
-        "num_hidden_layers": s.layers, "vocab_size": s.vocab, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "tie_word_embeddings": false, "head_dim": hd, "dtype": "bfloat16"
-    });
-    let text = serde_json::to_string_pretty(&cfg).map_err(|e| Error::Invalid(e.to_string()))?;
-    crate::io::write_file_synced(&dir.join("config.json"), text.as_bytes())?;
-    let mut infos = vec![TensorInfo {
-        name: "model.embed_tokens.weight".into(),
-        dtype: DType::BF16,
-        shape: vec![s.vocab, s.hidden],
-    }];
-    for l in 0..s.layers {
-        let p = format!("model.layers.{l}");
-        for (n, shape) in [
-            ("self_attn.q_proj.weight", vec![s.heads * hd, s.hidden]),
-            ("self_attn.k_proj.weight", vec![s.kv * hd, s.hidden]),
-            ("self_attn.v_proj.weight", vec![s.kv * hd, s.hidden]),
-            ("self_attn.o_proj.weight", vec![s.hidden, s.heads * hd]),
-            ("mlp.gate_proj.weight", vec![s.inter, s.hidden]),
-            ("mlp.up_proj.weight", vec![s.inter, s.hidden]),
-            ("mlp.down_proj.weight", vec![s.hidden, s.inter]),
-            ("input_layernorm.weight", vec![s.hidden]),
-            ("post_attention_layernorm.weight", vec![s.hidden]),
-        ] {
-            infos.push(TensorInfo { name: format!("{p}.{n}"), dtype: DType::BF16, shape });
-        }
+impl Shape {
+    /// The HF `config.json` of a Llama with these dimensions (bf16, untied).
+    pub fn llama_config(&self) -> serde_json::Value {
+        let s = self;
+        serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": s.hidden,
+            "intermediate_size": s.inter, "num_attention_heads": s.heads, "num_key_value_heads": s.kv,
+            "num_hidden_layers": s.layers, "vocab_size": s.vocab, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+            "tie_word_embeddings": false, "head_dim": s.hidden / s.heads.max(1), "dtype": "bfloat16"
+        })
     }
-    infos.push(TensorInfo { name: "model.norm.weight".into(), dtype: DType::BF16, shape: vec![s.hidden] });
-    infos.push(TensorInfo { name: "lm_head.weight".into(), dtype: DType::BF16, shape: vec![s.vocab, s.hidden] });
+}
+
+/// Writes `config` as `config.json` and random bf16 weights for `tensors` into `dir` (HF multi-file form, one
+/// tensor at a time); returns the parameter count. The tensor list comes from the model's own layout (the
+/// examples crate's `hf_tensor_infos`), so this module keeps no list of names. Weights are N(0, ~0.02)-ish,
+/// 1-D tensors (norms) in [1, 2).
+pub fn generate(dir: &Path, config: &serde_json::Value, tensors: &[TensorInfo], max_file_size: u64) -> Result<u64> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let text = serde_json::to_string_pretty(config).map_err(|e| Error::Invalid(e.to_string()))?;
+    crate::io::write_file_synced(&dir.join("config.json"), text.as_bytes())?;
+    let infos: Vec<TensorInfo> =
+        tensors.iter().map(|i| TensorInfo { name: i.name.clone(), dtype: DType::BF16, shape: i.shape.clone() }).collect();
     let params: u64 = infos.iter().map(|i| i.shape.iter().product::<usize>() as u64).sum();
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     write_hf_checkpoint(dir, &infos, Some(max_file_size), &mut |info| {

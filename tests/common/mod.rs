@@ -1,6 +1,6 @@
 #![allow(dead_code)]
 use neuron_spec::io::{HfCheckpoint, SafetensorsFile};
-use neuron_spec::llama::{llama_layout, LlamaConfig};
+use neuron_spec_examples::{layout_of_dir, QkvLayout};
 use neuron_spec::{CheckpointMetadata, TensorSource};
 use std::path::PathBuf;
 
@@ -9,8 +9,7 @@ pub fn fixture(rel: &str) -> PathBuf {
 }
 
 pub fn layout(dir: &str, tp: usize, fuse: bool) -> CheckpointMetadata {
-    let cfg = LlamaConfig::read(&fixture(dir).join("config.json")).unwrap();
-    llama_layout(&cfg, tp, fuse).unwrap()
+    layout_of_dir(&fixture(dir), tp, QkvLayout::gqa(fuse)).unwrap()
 }
 
 pub fn hf(dir: &str) -> HfCheckpoint {

@@ -1,0 +1,7 @@
+//! The Qwen3 family (`model_type` qwen3): the decoder of `model.rs` whose attention adds `q_norm` and `k_norm`,
+//! an RMSNorm over head_dim applied to every query and key head before RoPE (replicated on every rank, like
+//! the other norms). `head_dim` is explicit (q_proj's output need not be the hidden size; Qwen3Config's
+//! default is 128), `attention_bias` puts a bias on q, k, v and o, and the MLP has no bias.
+
+/// The fields a Qwen3 config may hold beyond `FIELDS_ANY_FAMILY`.
+pub const QWEN3_FIELDS: &[&str] = &["sliding_window", "use_sliding_window", "max_window_layers"];

@@ -359,3 +359,23 @@ fn burn_linear_layer_norm_and_embedding_are_replicated_leaves_with_hf_names() {
     m.save_rank_tensors("", &mut out).unwrap();
     assert_same_tensors(&out, &src, "leaves");
 }
+
+#[test]
+fn burn_store_loads_the_moe_model_through_its_enums_and_router() {
+    use burn_store::ModuleSnapshot;
+    use neuron_spec::layers::HfRankStore;
+    use neuron_spec::module::TpContext;
+    let (c, src, d) = (cfg("qwen3-moe"), hf("qwen3-moe"), Device::default());
+    let ctx = TpContext::new(2, 1).unwrap();
+    let mut model = neuron_spec_examples::LlamaForCausalLM::from_config(&c, ctx, QkvLayout::Fused, &d).unwrap();
+    let mut store = HfRankStore::for_model(&model, &src).unwrap();
+    let result = model.load_from(&mut store).unwrap();
+    assert!(result.errors.is_empty() && result.missing.is_empty(), "{result}");
+    let mut via_store = StateDict::new();
+    model.save_rank_tensors("", &mut via_store).unwrap();
+    let direct = neuron_spec_examples::load_hf_rank_model(&src, &c, ctx, true, &d).unwrap();
+    let mut expected = StateDict::new();
+    direct.save_rank_tensors("", &mut expected).unwrap();
+    assert!(expected.contains_key("model.layers.0.mlp.gate.weight"));
+    assert_same_tensors(&via_store, &expected, "qwen3-moe through burn-store");
+}

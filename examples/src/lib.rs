@@ -39,8 +39,8 @@
 //!
 //! #[derive(Module, Debug, CustomModule)]
 //! pub struct LlamaDecoderLayer {
-//!     pub self_attn: LlamaAttention,
-//!     pub mlp: LlamaMlp,
+//!     pub self_attn: SelfAttention, // enum: Gqa(LlamaAttention) | Plain(PlainAttention)
+//!     pub mlp: FeedForward,         // enum: Dense(LlamaMlp) | Sparse(Qwen3MoeSparseMoeBlock)
 //!     pub input_layernorm: RmsNorm,
 //!     pub post_attention_layernorm: RmsNorm,
 //! }
@@ -51,9 +51,10 @@
 //!     #[gqa_qkv(q = q_proj, k = k_proj, v = v_proj, o = o_proj)]
 //!     pub qkv_proj: GqaQkvColumnParallelLinear,
 //!     pub o_proj: RowParallelLinear,
-//!     /// Constants are not part of the HF tree.
-//!     pub rope_theta: f64,
-//!     pub sliding_window: Option<usize>,
+//!     /// Qwen3's per-head norms (`None` for Llama); RoPE and the other constants live in
+//!     /// `LlamaForCausalLM::options` (`#[module(skip)]`, not part of the HF tree).
+//!     pub q_norm: Option<RmsNorm>,
+//!     pub k_norm: Option<RmsNorm>,
 //! }
 //!
 //! #[derive(Module, Debug, CustomModule)]
@@ -68,7 +69,7 @@
 //! Loading and running (one model per rank; [`run_tp_forward`] does this on threads):
 //!
 //! ```ignore
-//! let model = LlamaForCausalLM::new(&cfg.llama, TpContext::new(tp, rank)?, fuse_qkv, None, &device)?
+//! let model = LlamaForCausalLM::from_config(&cfg, TpContext::new(tp, rank)?, QkvLayout::Fused, &device)?
 //!     .load_hf_rank(&checkpoint, &device, PlanOptions::default())?;
 //! let out = model.forward(input_ids, &communicator)?;
 //! ```

@@ -104,6 +104,13 @@ fn walk<M: ModuleSnapshot>(module: &M, read_values: bool) -> Result<Vec<Visited>
 
 /// The HF name of a burn parameter, and whether its data is transposed between the two.
 pub(crate) fn hf_name(path: &[String], containers: &[String]) -> (String, bool) {
+    // A burn enum module adds its variant name as a path segment; HF paths have none.
+    let (path, containers): (Vec<String>, Vec<String>) = path
+        .iter()
+        .zip(containers)
+        .filter(|(_, c)| !c.starts_with("Enum:"))
+        .map(|(p, c)| (p.clone(), c.clone()))
+        .unzip();
     let n = path.len();
     let owner = containers.last().map(String::as_str).unwrap_or("");
     let parent = if n >= 2 { containers.get(n - 2).map(String::as_str).unwrap_or("") } else { "" };
@@ -118,9 +125,11 @@ pub(crate) fn hf_name(path: &[String], containers: &[String]) -> (String, bool) 
             transpose = param == "weight";
         }
         "Struct:GqaQkvColumnParallelLinear" => transpose = param.starts_with("weight_"),
-        "Struct:RmsNorm" if param == "gamma" => {
+        "Struct:RmsNorm" | "Struct:LayerNorm" | "Struct:GroupNorm" | "Struct:InstanceNorm" | "Struct:PRelu"
+            if matches!(param, "gamma" | "beta" | "alpha") =>
+        {
             if let Some(l) = p.last_mut() {
-                *l = "weight";
+                *l = if param == "beta" { "bias" } else { "weight" };
             }
         }
         _ => {}

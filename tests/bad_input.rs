@@ -694,7 +694,8 @@ fn reshard_to_an_absurd_tp() {
     // Plain attention has no GQA spec to reject the tp size first.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("in");
-    let meta = neuron_spec_examples::layout_of_dir(&fixture("llama-gqa"), 2, neuron_spec_examples::QkvLayout::Plain).unwrap();
+    let meta =
+        neuron_spec_examples::layout_of_dir(&fixture("llama-gqa"), 2, neuron_spec_examples::QkvLayout::Plain).unwrap();
     shard(&fixture("llama-gqa"), &dir, &meta, 2, &WriteOptions::default()).unwrap();
     let out = tmp.path().join("out");
     fails(&mut cli(["reshard", s(&dir), s(&out), "--tp", "1000000000000000000"]), &out, &["tp", "1000000000000000000"]);

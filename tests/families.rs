@@ -92,7 +92,11 @@ fn round_trips(dir: &str, tp: usize, to: usize) {
         }
         assert_eq!(rb.metadata.model_weight_transformation_specs, rd.metadata.model_weight_transformation_specs);
         if fuse {
-            check(&run_sharded_forward(&b, &golden(dir).input_ids).unwrap(), &golden(dir), &format!("{dir} resharded to {to}"));
+            check(
+                &run_sharded_forward(&b, &golden(dir).input_ids).unwrap(),
+                &golden(dir),
+                &format!("{dir} resharded to {to}"),
+            );
         }
     }
 }
@@ -157,7 +161,8 @@ fn qwen3_layout_has_replicated_head_norms_and_moe_layout_has_router_and_experts(
     assert!(m.parameters["model.layers.0.mlp.experts.3.gate_up_proj.weight"].tensor_model_parallel);
     assert!(m.parameters.contains_key("model.layers.1.mlp.gate_up_proj.weight"), "layer 1 is dense");
     assert!(!m.parameters.contains_key("model.layers.1.mlp.gate.weight"));
-    let modules: Vec<&str> = m.model_weight_transformation_specs.iter().map(|s| s.module_fully_qualified_name.as_str()).collect();
+    let modules: Vec<&str> =
+        m.model_weight_transformation_specs.iter().map(|s| s.module_fully_qualified_name.as_str()).collect();
     assert!(modules.contains(&"model.layers.0.mlp.experts.0"), "{modules:?}");
 }
 
@@ -217,7 +222,10 @@ fn assert_names(e: &str, words: &[&str]) {
 
 #[test]
 fn an_unknown_model_type_is_refused_naming_it() {
-    assert_names(&config_error("llama-gqa", |c| c["model_type"] = "mixtral".into()), &["model_type", "\"mixtral\"", "not implemented"]);
+    assert_names(
+        &config_error("llama-gqa", |c| c["model_type"] = "mixtral".into()),
+        &["model_type", "\"mixtral\"", "not implemented"],
+    );
     assert_names(
         &config_error("llama-gqa", |c| {
             c.as_object_mut().unwrap().remove("model_type");
@@ -270,7 +278,10 @@ fn shard_and_plan_refuse_what_is_not_implemented_too() {
     let e = layout_of_dir(&dir, 2, QkvLayout::Fused).unwrap_err().to_string();
     assert_names(&e, &["model_type", "gpt_neox"]);
     let out = tmp.path().join("out");
-    for args in [vec!["shard", dir.to_str().unwrap(), out.to_str().unwrap(), "--tp", "2"], vec!["plan", dir.to_str().unwrap(), "--tp", "2"]] {
+    for args in [
+        vec!["shard", dir.to_str().unwrap(), out.to_str().unwrap(), "--tp", "2"],
+        vec!["plan", dir.to_str().unwrap(), "--tp", "2"],
+    ] {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_neuron-spec")).args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
@@ -296,7 +307,12 @@ fn the_cli_runs_each_family_from_its_config() {
             .args(["forward", out.to_str().unwrap(), "--golden", golden.to_str().unwrap()])
             .output()
             .unwrap();
-        assert!(o.status.success(), "{dir}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{dir}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 }
 

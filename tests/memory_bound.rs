@@ -7,8 +7,8 @@
 
 use neuron_spec::io::HfCheckpoint;
 use neuron_spec::synthetic::Shape;
-use neuron_spec_examples::synthetic::generate;
 use neuron_spec::TensorSource;
+use neuron_spec_examples::synthetic::generate;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

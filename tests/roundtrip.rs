@@ -4,8 +4,8 @@ mod common;
 use common::*;
 use neuron_spec::checkpoint::{consolidate, shard, ShardedCheckpoint, WriteOptions};
 use neuron_spec::io::{HfCheckpoint, SafetensorsFile};
-use neuron_spec_examples::{layout_of_dir, QkvLayout};
 use neuron_spec::{DType, TensorSource};
+use neuron_spec_examples::{layout_of_dir, QkvLayout};
 
 fn roundtrip(dir: &str, tp: usize, fuse: bool) -> (tempfile::TempDir, HfCheckpoint) {
     let tmp = tempfile::tempdir().unwrap();

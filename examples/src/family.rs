@@ -66,20 +66,77 @@ impl Family {
 /// training-only knobs such as dropout and initialisation).
 pub const FIELDS_ANY_FAMILY: &[&str] = &[
     // read by every family
-    "model_type", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
-    "num_hidden_layers", "vocab_size", "rms_norm_eps", "rope_theta", "rope_scaling", "tie_word_embeddings",
-    "attention_bias", "hidden_act", "max_position_embeddings", "layer_types", "original_max_position_embeddings",
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "num_hidden_layers",
+    "vocab_size",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "tie_word_embeddings",
+    "attention_bias",
+    "hidden_act",
+    "max_position_embeddings",
+    "layer_types",
+    "original_max_position_embeddings",
     // no effect on the weights or the eval-mode forward pass
-    "architectures", "_name_or_path", "dtype", "torch_dtype", "transformers_version", "use_cache",
-    "initializer_range", "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id",
-    "decoder_start_token_id", "id2label", "label2id", "problem_type", "finetuning_task", "tokenizer_class",
-    "prefix", "task_specific_params", "return_dict", "output_hidden_states", "output_attentions", "torchscript",
-    "use_bfloat16", "tf_legacy_loss", "is_decoder", "cross_attention_hidden_size", "bad_words_ids",
-    "begin_suppress_tokens", "suppress_tokens", "diversity_penalty", "do_sample", "early_stopping",
-    "encoder_no_repeat_ngram_size", "exponential_decay_length_penalty", "forced_bos_token_id",
-    "forced_eos_token_id", "length_penalty", "max_length", "min_length", "no_repeat_ngram_size",
-    "num_beam_groups", "num_beams", "num_return_sequences", "output_scores", "remove_invalid_values",
-    "repetition_penalty", "return_dict_in_generate", "temperature", "top_k", "top_p", "typical_p",
+    "architectures",
+    "_name_or_path",
+    "dtype",
+    "torch_dtype",
+    "transformers_version",
+    "use_cache",
+    "initializer_range",
+    "attention_dropout",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "sep_token_id",
+    "decoder_start_token_id",
+    "id2label",
+    "label2id",
+    "problem_type",
+    "finetuning_task",
+    "tokenizer_class",
+    "prefix",
+    "task_specific_params",
+    "return_dict",
+    "output_hidden_states",
+    "output_attentions",
+    "torchscript",
+    "use_bfloat16",
+    "tf_legacy_loss",
+    "is_decoder",
+    "cross_attention_hidden_size",
+    "bad_words_ids",
+    "begin_suppress_tokens",
+    "suppress_tokens",
+    "diversity_penalty",
+    "do_sample",
+    "early_stopping",
+    "encoder_no_repeat_ngram_size",
+    "exponential_decay_length_penalty",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "length_penalty",
+    "max_length",
+    "min_length",
+    "no_repeat_ngram_size",
+    "num_beam_groups",
+    "num_beams",
+    "num_return_sequences",
+    "output_scores",
+    "remove_invalid_values",
+    "repetition_penalty",
+    "return_dict_in_generate",
+    "temperature",
+    "top_k",
+    "top_p",
+    "typical_p",
 ];
 
 /// Fields accepted only at the value that leaves the math unchanged.
@@ -111,7 +168,9 @@ pub fn check_fields(v: &Value, path: &Path, allowed: &[&[&str]]) -> Result<()> {
                 return Err(Error::spec(
                     &file,
                     k,
-                    format!("not implemented for model_type {ty:?} (refused rather than ignored: it may change the math)"),
+                    format!(
+                        "not implemented for model_type {ty:?} (refused rather than ignored: it may change the math)"
+                    ),
                 ));
             }
         }
@@ -174,7 +233,8 @@ impl ModelConfig {
             llama.head_dim = Some(128); // Qwen3Config's default, not hidden / heads
         }
         let scales = if family == Family::Granite { GraniteScales::read(&v, path)? } else { GraniteScales::default() };
-        let moe = if family == Family::Qwen3Moe { Some(MoeConfig::read(&v, path, llama.num_hidden_layers)?) } else { None };
+        let moe =
+            if family == Family::Qwen3Moe { Some(MoeConfig::read(&v, path, llama.num_hidden_layers)?) } else { None };
         let rope = RopeConfig {
             theta: llama.rope_theta,
             dim: llama.head_dim(),
@@ -188,7 +248,9 @@ impl ModelConfig {
             .and_then(Value::as_array)
             .is_some_and(|t| t.iter().any(|t| t.as_str() == Some("sliding_attention")));
         let use_window = sliding_layers
-            || v.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(llama.model_type.as_deref() == Some("mistral"));
+            || v.get("use_sliding_window")
+                .and_then(Value::as_bool)
+                .unwrap_or(llama.model_type.as_deref() == Some("mistral"));
         Ok(Self { llama, family, rope, sliding_window: window.filter(|_| use_window), scales, moe })
     }
 

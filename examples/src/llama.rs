@@ -87,7 +87,8 @@ impl LlamaConfig {
 }
 
 /// The fields a Llama/Mistral/Qwen2 config may hold beyond [`FIELDS_ANY_FAMILY`].
-pub const LLAMA_FIELDS: &[&str] = &["mlp_bias", "pretraining_tp", "sliding_window", "use_sliding_window", "max_window_layers"];
+pub const LLAMA_FIELDS: &[&str] =
+    &["mlp_bias", "pretraining_tp", "sliding_window", "use_sliding_window", "max_window_layers"];
 
 /// Checks a Llama-family config: every field is known, and those that change the math are implemented.
 pub fn check_llama(v: &Value, path: &Path) -> Result<()> {

@@ -134,6 +134,7 @@ pub struct PlainAttention {
 }
 
 /// The attention of a layer, in one of the layouts of [`QkvLayout`].
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum SelfAttention {
     /// The GQA layer (fused or separate q/k/v).
@@ -153,6 +154,8 @@ pub struct LlamaMlp {
 }
 
 /// The MLP of a layer.
+// One per layer, built once: boxing would buy nothing (and burn's Module is not implemented for Box).
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum FeedForward {
     /// A dense SwiGLU MLP.
@@ -211,10 +214,16 @@ fn check_config(cfg: &LlamaConfig) -> Result<()> {
         return bad("num_attention_heads", "heads, kv heads and head_dim must be positive".into());
     }
     if cfg.num_attention_heads > MAX_HEADS || cfg.kv_heads() > MAX_HEADS {
-        return bad("num_attention_heads", format!("{} is above the supported maximum {MAX_HEADS}", cfg.num_attention_heads.max(cfg.kv_heads())));
+        return bad(
+            "num_attention_heads",
+            format!("{} is above the supported maximum {MAX_HEADS}", cfg.num_attention_heads.max(cfg.kv_heads())),
+        );
     }
     if cfg.num_hidden_layers > MAX_LAYERS {
-        return bad("num_hidden_layers", format!("{} is above the supported maximum {MAX_LAYERS}", cfg.num_hidden_layers));
+        return bad(
+            "num_hidden_layers",
+            format!("{} is above the supported maximum {MAX_LAYERS}", cfg.num_hidden_layers),
+        );
     }
     const MAX_DIM: usize = 1 << 24;
     for (f, v) in [
@@ -279,9 +288,8 @@ impl LlamaForCausalLM {
             let o_proj = RowParallelLinearConfig::new(heads * hd, h).with_bias(c.o_bias()).init(tp, device)?;
             let self_attn = match qkv {
                 QkvLayout::Plain => {
-                    let col = |out: usize| {
-                        ColumnParallelLinearConfig::new(h, out).with_bias(c.qkv_bias()).init(tp, device)
-                    };
+                    let col =
+                        |out: usize| ColumnParallelLinearConfig::new(h, out).with_bias(c.qkv_bias()).init(tp, device);
                     SelfAttention::Plain(PlainAttention {
                         q_proj: col(heads * hd)?,
                         k_proj: col(kv * hd)?,
@@ -397,7 +405,8 @@ impl LlamaDecoderLayer {
             SelfAttention::Gqa(a) => a,
             SelfAttention::Plain(_) => {
                 return Err(Error::Invalid(
-                    "the plain q/k/v layout stores weights for any tp and does not run; shard with the GQA layout".into(),
+                    "the plain q/k/v layout stores weights for any tp and does not run; shard with the GQA layout"
+                        .into(),
                 ))
             }
         };

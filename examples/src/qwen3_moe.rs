@@ -61,7 +61,9 @@ impl MoeConfig {
         let int = |k: &str, default: u64| -> Result<usize> {
             match v.get(k) {
                 None | Some(Value::Null) => Ok(default as usize),
-                Some(x) => x.as_u64().map(|n| n as usize).ok_or_else(|| bad(k, format!("must be an integer, found {x}"))),
+                Some(x) => {
+                    x.as_u64().map(|n| n as usize).ok_or_else(|| bad(k, format!("must be an integer, found {x}")))
+                }
             }
         };
         let num_experts = int("num_experts", 128)?;
@@ -91,8 +93,7 @@ impl MoeConfig {
                 .and_then(|a| a.iter().map(|i| i.as_u64().map(|i| i as usize)).collect::<Option<Vec<_>>>())
                 .ok_or_else(|| bad("mlp_only_layers", format!("must be a list of layer indices, found {x}")))?,
         };
-        let sparse_layers =
-            (0..layers).map(|i| !only.contains(&i) && num_experts > 0 && (i + 1) % step == 0).collect();
+        let sparse_layers = (0..layers).map(|i| !only.contains(&i) && num_experts > 0 && (i + 1) % step == 0).collect();
         Ok(Self { num_experts, num_experts_per_tok: k, moe_intermediate_size: moe_i, norm_topk_prob, sparse_layers })
     }
 }
@@ -126,7 +127,11 @@ impl Qwen3MoeSparseMoeBlock {
             .try_into_vec::<f32>()
             .map_err(|e| Error::Invalid(format!("router probabilities: {e:?}")))?;
         if probs.len() != n * e || self.top_k == 0 || self.top_k > e {
-            return Err(Error::Invalid(format!("router: {} probabilities for {n} tokens, {e} experts, top {}", probs.len(), self.top_k)));
+            return Err(Error::Invalid(format!(
+                "router: {} probabilities for {n} tokens, {e} experts, top {}",
+                probs.len(),
+                self.top_k
+            )));
         }
         // Dense routing weights [n, e]: zero where an expert is not among a token's top k.
         let mut weights = vec![0f32; n * e];

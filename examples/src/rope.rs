@@ -106,30 +106,33 @@ impl RopeScaling {
                 "original_max_position_embeddings",
                 "truncate",
             ],
-            "longrope" => &["short_factor", "long_factor", "factor", "attention_factor", "original_max_position_embeddings"],
+            "longrope" => {
+                &["short_factor", "long_factor", "factor", "attention_factor", "original_max_position_embeddings"]
+            }
             "llama3" => &["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"],
             other => {
                 return Err(bad(
                     "rope_scaling.rope_type",
                     format!(
-                        "rope_type {other:?} is not implemented (default, linear, dynamic, yarn, longrope and llama3 are)"
-                    ),
+                    "rope_type {other:?} is not implemented (default, linear, dynamic, yarn, longrope and llama3 are)"
+                ),
                 ))
             }
         };
-        if let Some(k) = m.keys().find(|k| !matches!(k.as_str(), "rope_type" | "type") && !allowed.contains(&k.as_str())) {
+        if let Some(k) =
+            m.keys().find(|k| !matches!(k.as_str(), "rope_type" | "type") && !allowed.contains(&k.as_str()))
+        {
             return Err(bad(&format!("rope_scaling.{k}"), format!("not implemented for rope_type {ty:?}")));
         }
-        let num = |k: &str| -> Result<Option<f64>> {
-            match m.get(k) {
-                None | Some(Value::Null) => Ok(None),
-                Some(x) => x
-                    .as_f64()
-                    .filter(|f| f.is_finite())
-                    .map(Some)
-                    .ok_or_else(|| bad(&format!("rope_scaling.{k}"), format!("must be a finite number, found {x}"))),
-            }
-        };
+        let num =
+            |k: &str| -> Result<Option<f64>> {
+                match m.get(k) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(x) => x.as_f64().filter(|f| f.is_finite()).map(Some).ok_or_else(|| {
+                        bad(&format!("rope_scaling.{k}"), format!("must be a finite number, found {x}"))
+                    }),
+                }
+            };
         let req = |k: &str| -> Result<f64> {
             num(k)?.ok_or_else(|| bad(&format!("rope_scaling.{k}"), format!("required for rope_type {ty:?}")))
         };
@@ -145,9 +148,7 @@ impl RopeScaling {
                 bad(&format!("rope_scaling.{k}"), format!("a list of numbers is required for rope_type {ty:?}"))
             })?;
             a.iter()
-                .map(|x| {
-                    x.as_f64().ok_or_else(|| bad(&format!("rope_scaling.{k}"), format!("not a number: {x}")))
-                })
+                .map(|x| x.as_f64().ok_or_else(|| bad(&format!("rope_scaling.{k}"), format!("not a number: {x}"))))
                 .collect()
         };
         Ok(match ty {
@@ -331,6 +332,8 @@ impl RopeConfig {
                         let scaled = if wavelen > low_wavelen { inv / f } else { inv };
                         let smooth = (old as f32 / wavelen - lo as f32) / (hi - lo) as f32;
                         let smoothed = (1.0 - smooth) * scaled / f + smooth * scaled;
+                        // transformers' `~(wavelen < high) * ~(wavelen > low)`, NaN included.
+                        #[allow(clippy::neg_cmp_op_on_partial_ord)]
                         let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
                         if medium {
                             smoothed

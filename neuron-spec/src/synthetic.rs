@@ -46,8 +46,10 @@ pub fn generate(dir: &Path, config: &serde_json::Value, tensors: &[TensorInfo], 
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let text = serde_json::to_string_pretty(config).map_err(|e| Error::Invalid(e.to_string()))?;
     crate::io::write_file_synced(&dir.join("config.json"), text.as_bytes())?;
-    let infos: Vec<TensorInfo> =
-        tensors.iter().map(|i| TensorInfo { name: i.name.clone(), dtype: DType::BF16, shape: i.shape.clone() }).collect();
+    let infos: Vec<TensorInfo> = tensors
+        .iter()
+        .map(|i| TensorInfo { name: i.name.clone(), dtype: DType::BF16, shape: i.shape.clone() })
+        .collect();
     let params: u64 = infos.iter().map(|i| i.shape.iter().product::<usize>() as u64).sum();
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     write_hf_checkpoint(dir, &infos, Some(max_file_size), &mut |info| {

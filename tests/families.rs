@@ -129,6 +129,18 @@ fn qwen3_moe_matches_golden_at_tp_1_2_4_8() {
 }
 
 #[test]
+fn qwen3_moe_6_heads_without_norm_topk_prob_matches_golden_at_tp_1_3_6() {
+    // Our fixture (tests/fixtures/qwen3-moe-h6/make.py): 6 heads / 3 kv heads, layer 0 dense and layer 1 sparse
+    // (decoder_sparse_step 2), top-2 weights not renormalised; tp 6 replicates each kv head twice (tp 2: 3 kv heads do not split).
+    let c = cfg("qwen3-moe-h6");
+    let moe = c.moe.as_ref().unwrap();
+    assert_eq!(moe.sparse_layers, vec![false, true]);
+    assert!(!moe.norm_topk_prob);
+    forward_matches("qwen3-moe-h6", Family::Qwen3Moe, &[1, 3, 6]);
+    round_trips("qwen3-moe-h6", 3, 6);
+}
+
+#[test]
 fn qwen3_moe_without_norm_topk_prob_changes_the_answer() {
     // No golden exists for norm_topk_prob false: this shows the flag is read, not ignored.
     let mut c = cfg("qwen3-moe");

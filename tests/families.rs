@@ -407,3 +407,58 @@ fn burn_store_loads_the_moe_model_through_its_enums_and_router() {
     assert!(expected.contains_key("model.layers.0.mlp.gate.weight"));
     assert_same_tensors(&via_store, &expected, "qwen3-moe through burn-store");
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// A new family with a PEFT LoRA adapter, end to end (tests/fixtures/qwen3-lora/make.py).
+
+fn qwen3_lora(tp: usize, fuse: bool) -> neuron_spec::lora::ImportedAdapter {
+    use neuron_spec::lora::{import_adapter, LoraImportOptions, LoraMode, PeftAdapter};
+    let meta = layout(&cfg("qwen3"), tp, QkvLayout::gqa(fuse)).unwrap();
+    let o = LoraImportOptions { mode: LoraMode::Exact, allow_partial: false };
+    import_adapter(&meta, &PeftAdapter::open(&fixture("qwen3-lora")).unwrap(), "default", o).unwrap()
+}
+
+#[test]
+fn qwen3_with_a_lora_adapter_matches_peft_at_tp_1_2_4_8() {
+    let f = SafetensorsFile::open(&fixture("qwen3-lora/golden_lora.safetensors")).unwrap();
+    let g = Golden {
+        input_ids: f.tensor("input_ids").unwrap().to_i64_vec().unwrap().chunks(7).map(<[i64]>::to_vec).collect(),
+        logits: f.tensor("logits").unwrap().to_f32_vec(),
+        hidden_0: f.tensor("hidden_0").unwrap().to_f32_vec(),
+        hidden_1: f.tensor("hidden_1").unwrap().to_f32_vec(),
+    };
+    // The adapter moves the logits far from the base model's: a dropped adapter cannot pass.
+    assert!(diff(&golden("qwen3").logits, &g.logits) > 0.1);
+    for tp in [1, 2, 4, 8] {
+        for fuse in [true, false] {
+            let a = qwen3_lora(tp, fuse);
+            let out = neuron_spec_examples::run_tp_forward_with_adapters(
+                &hf("qwen3"),
+                &cfg("qwen3"),
+                tp,
+                fuse,
+                &[a],
+                &g.input_ids,
+            )
+            .unwrap();
+            check(&out, &g, &format!("qwen3-lora tp {tp} fuse_qkv {fuse}"));
+        }
+    }
+}
+
+#[test]
+fn qwen3_lora_shard_consolidate_gives_the_adapter_back_byte_for_byte() {
+    use neuron_spec::checkpoint::{consolidate_with_adapters, shard_with_adapters, AdapterOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, out) = (tmp.path().join("sharded"), tmp.path().join("out"));
+    let meta = layout(&cfg("qwen3"), 4, QkvLayout::Fused).unwrap();
+    shard_with_adapters(&fixture("qwen3"), &s, &meta, 4, &[qwen3_lora(4, true)], &WriteOptions::default()).unwrap();
+    consolidate_with_adapters(&s, &out, &WriteOptions::default(), &AdapterOptions::default()).unwrap();
+    // The default adapter sits beside the base weights or in its own folder, depending on the export layout.
+    let dir = if out.join("adapter_model.safetensors").exists() { out.clone() } else { out.join("default") };
+    let same = |a: &std::path::Path, b: &std::path::Path| {
+        assert!(std::fs::read(a).unwrap() == std::fs::read(b).unwrap(), "{} differs", a.display())
+    };
+    same(&dir.join("adapter_model.safetensors"), &fixture("qwen3-lora/adapter_model.safetensors"));
+    assert_same_tensors(&HfCheckpoint::open(&out).unwrap(), &hf("qwen3"), "qwen3 base weights");
+}

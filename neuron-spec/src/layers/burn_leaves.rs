@@ -112,3 +112,42 @@ impl CustomModule for Linear {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::nn::{GroupNormConfig, PReluConfig};
+
+    fn round_trip<M: CustomModule>(m: M, src: &StateDict) -> StateDict {
+        let d = Device::default();
+        let m = m.load_rank_tensors("m", src, &d).unwrap();
+        let mut out = StateDict::new();
+        m.save_rank_tensors("m", &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn conv_group_norm_and_prelu_keep_their_torch_names_and_layout() {
+        let d = Device::default();
+        let conv = Conv2dConfig::new([2, 3], [1, 1]).init(&d);
+        let mut meta = IndexMap::new();
+        conv.collect_parameter_metadata("m", &mut meta).unwrap();
+        assert_eq!(meta["m.weight"].shape.as_deref(), Some(&[3, 2, 1, 1][..]));
+        assert!(meta.contains_key("m.bias") && !meta["m.weight"].tensor_model_parallel);
+        let mut src = StateDict::new();
+        let w: Vec<f32> = (0..6).map(|i| i as f32).collect();
+        src.insert("m.weight".into(), crate::HostTensor::from_f32(vec![3, 2, 1, 1], &w).unwrap());
+        src.insert("m.bias".into(), crate::HostTensor::from_f32(vec![3], &[1., 2., 3.]).unwrap());
+        assert_eq!(round_trip(conv, &src), src);
+        let gn = GroupNormConfig::new(1, 2).init(&d);
+        let mut src = StateDict::new();
+        src.insert("m.weight".into(), crate::HostTensor::from_f32(vec![2], &[2., 3.]).unwrap());
+        src.insert("m.bias".into(), crate::HostTensor::from_f32(vec![2], &[0.5, 0.25]).unwrap());
+        assert_eq!(round_trip(gn, &src), src);
+        let prelu = PReluConfig::new().init(&d);
+        let mut src = StateDict::new();
+        src.insert("m.weight".into(), crate::HostTensor::from_f32(vec![1], &[0.2]).unwrap());
+        assert_eq!(round_trip(prelu, &src), src);
+    }
+}

@@ -1,7 +1,12 @@
 //! The `neuron-spec` command line, with the example Llama model behind `forward`.
 
 use neuron_spec::checkpoint::{ShardedCheckpoint, METADATA_PATH};
+#[macro_use]
+mod out;
 mod cli;
+mod inspect_cmd;
+mod plan_cmd;
+mod plan_svg;
 mod progress_bar;
 
 use cli::{import_adapters, main_with, AdapterArg, ForwardRunner};

@@ -483,12 +483,18 @@ pub fn hf_layout(dir: &Path, tp: usize, qkv: QkvLayout) -> Result<CheckpointMeta
 /// The layout in `file` (the JSON of `create_parameter_metadata()`, written at any tp) for TP size `tp`.
 pub fn layout_from_file(file: &Path, tp: usize) -> Result<CheckpointMetadata> {
     let meta = CheckpointMetadata::read(file)?;
-    let mut m = neuron_spec::reshard::metadata_for_tp(&meta, tp)?;
-    m.rank_files.clear();
-    for (module, s) in m.specs() {
-        s.validate(tp).map_err(|e| Error::Invalid(format!("{}: {module}: {e}", file.display())))?;
-    }
-    Ok(m)
+    let at = |t: usize| -> Result<CheckpointMetadata> {
+        let mut m = neuron_spec::reshard::metadata_for_tp(&meta, t)?;
+        m.rank_files.clear();
+        for (module, s) in m.specs() {
+            s.validate(t).map_err(|e| Error::Invalid(format!("{module}: {e}")))?;
+        }
+        Ok(m)
+    };
+    at(tp).map_err(|e| {
+        let fits: Vec<String> = (1..=256).filter(|t| at(*t).is_ok()).map(|t| t.to_string()).collect();
+        Error::Invalid(format!("{}: {e}; valid tp sizes for this layout: {}", file.display(), fits.join(", ")))
+    })
 }
 
 /// Whether `dir` is a sharded checkpoint (it has the metadata file).
@@ -660,11 +666,11 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                     (None, false) => None,
                 };
                 if let Some(w) = which {
-                    return Err(Error::Invalid(format!(
+                    return usage(format!(
                         "{w}: {} is a sharded checkpoint, which runs at its own tp and qkv layout; leave {w} out \
                          (or `neuron-spec reshard` it to another tp first)",
                         dir.display()
-                    )));
+                    ));
                 }
             }
             let tp = tp.unwrap_or(1);
@@ -672,9 +678,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
         }
         Command::Quickstart { model, work_dir, force } => {
             if quiet {
-                return Err(Error::Invalid(
-                    "-q/--quiet does not apply to quickstart: it exists to show its steps".into(),
-                ));
+                return usage("-q/--quiet does not apply to quickstart: it exists to show its steps".into());
             }
             quickstart(runner, &model, work_dir.as_deref(), force)
         }
@@ -688,6 +692,12 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             Ok(EXIT_OK)
         }
     }
+}
+
+/// A usage error found after parsing (an option that does not apply to this input): one line, exit 2.
+pub fn usage(msg: String) -> Result<i32> {
+    errln!("error: {msg}");
+    Ok(EXIT_USAGE)
 }
 
 /// One line listing the non-weight files carried over.

@@ -71,13 +71,6 @@ fn evaluate(a: &PlanArgs) -> std::result::Result<Outcome, Error> {
     let dir = &a.dir;
     let mut checks = Vec::new();
     if is_sharded(dir) {
-        if a.layout.fuse_qkv || a.layout.plain_attention || a.layout_file.is_some() {
-            return Err(Error::Invalid(format!(
-                "--fuse-qkv, --plain-attention and --layout describe an HF checkpoint's layout; {} is a sharded \
-                 checkpoint, whose metadata records its own",
-                dir.display()
-            )));
-        }
         let Some(ck) = check(&mut checks, "rank files and metadata", ShardedCheckpoint::open(dir), |ck| {
             format!("tp {}, {} rank files, sizes and checksums as recorded", ck.tp, ck.ranks.len())
         }) else {
@@ -142,6 +135,13 @@ fn evaluate(a: &PlanArgs) -> std::result::Result<Outcome, Error> {
 
 /// Runs `plan`; with `--json` the output is JSON also when the arguments or a check fail.
 pub fn plan_command(a: &PlanArgs) -> Result<i32> {
+    if is_sharded(&a.dir) && (a.layout.fuse_qkv || a.layout.plain_attention || a.layout_file.is_some()) {
+        return crate::cli::usage(format!(
+            "--fuse-qkv, --plain-attention and --layout describe an HF checkpoint's layout; {} is a sharded \
+             checkpoint, whose metadata records its own",
+            a.dir.display()
+        ));
+    }
     let o = match evaluate(a) {
         Ok(o) => o,
         Err(e) if a.json => {

@@ -74,19 +74,27 @@ pub fn render(plan: &ShardPlan, meta: &CheckpointMetadata) -> String {
     let prefix = first_layer(plan).unwrap_or_default();
     let hds = head_dims(meta);
     let head_dim = |src: &str| hds.iter().find(|(k, _)| src.starts_with(k.as_str())).map(|(_, v)| *v);
+    let originals: BTreeMap<&str, &Vec<usize>> = plan.originals.iter().map(|o| (o.name.as_str(), &o.shape)).collect();
     // Tensor names of the layer (rank 0's order), weights only (biases follow their rows).
     let names: Vec<String> = plan
         .ranks
         .first()
         .into_iter()
         .flatten()
-        .filter(|t| t.name.starts_with(&prefix) && (t.name.ends_with("weight") || t.name.contains("weight_")))
+        // The layer, and the tensors outside every layer (embedding, lm_head: where vocab padding shows).
+        .filter(|t| t.name.starts_with(&prefix) || !t.name.contains(".layers."))
+        .filter(|t| t.name.ends_with("weight") || t.name.contains("weight_"))
         // Sharded tensors only: a replicated one (a norm) is the same picture on every rank.
-        .filter(|t| plan.tp == 1 || t.blocks.len() != 1 || t.blocks[0].len < t.shape.get(t.blocks[0].dim).copied().unwrap_or(0) || t.blocks[0].src_offset > 0)
+        .filter(|t| {
+            plan.tp == 1
+                || t.blocks.iter().any(|b| {
+                    originals.get(b.src.name.as_str()).and_then(|s| s.get(b.dim)).is_some_and(|n| b.len < *n)
+                })
+        })
         .map(|t| t.name.clone())
         .collect();
     let rows = names.len().max(1) as f64;
-    let width = LEFT * 2.0 + COL_W * plan.tp as f64 + 160.0;
+    let width = LEFT * 2.0 + COL_W * plan.tp as f64 + 280.0;
     let height = TOP + rows * (BAR_H + 60.0) + 40.0;
     let mut s = String::new();
     let _ = write!(
@@ -183,6 +191,23 @@ fn draw_tensor(
             let suffix = if replica { " (replica)" } else { "" };
             let _ = writeln!(s, r#"<text x="{}" y="{}">{}</text>"#, x + 4.0, by + bh / 2.0 + 4.0, esc(&format!("{label}{suffix}")));
         }
+    }
+    // Rows (or columns) no block fills: zero padding.
+    let mut covered: Vec<(usize, usize)> = t.blocks.iter().map(|b| (b.dst_offset, b.dst_offset + b.len)).collect();
+    covered.sort();
+    let mut at = 0;
+    for (a, e) in covered.into_iter().chain([(extent, extent)]) {
+        if a > at {
+            let (py, ph) = (y + at as f64 * scale, (a - at) as f64 * scale);
+            let _ = writeln!(
+                s,
+                r##"<text x="{}" y="{}" fill="#a00">padding {axis} {at}–{} (zeros)</text>"##,
+                x + 4.0,
+                py + (ph / 2.0).max(6.0) + 4.0,
+                a - 1
+            );
+        }
+        at = at.max(e);
     }
     let _ = writeln!(
         s,

@@ -78,7 +78,7 @@ pub struct WriteOptions {
     /// Largest HF output file, in bytes (consolidation).
     pub max_shard_size: Option<u64>,
     /// Consolidation: cast floating-point tensors to this dtype (round to nearest even, as torch's `.to()`;
-    /// integer tensors are kept), and record it as `torch_dtype` in `config.json`.
+    /// integer tensors are kept), and record it as `dtype` / `torch_dtype` in `config.json`.
     pub dtype: Option<crate::DType>,
     /// Consolidation: write only the base tensors whose name this matches (a search, like grep).
     pub only: Option<regex::Regex>,
@@ -622,8 +622,8 @@ pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     key(a).cmp(&key(b))
 }
 
-/// `config.json` with `torch_dtype` set to `dtype` (torch's name) when one is given and differs; byte for byte
-/// otherwise.
+/// `config.json` with its `dtype` / `torch_dtype` (transformers 4.56+ writes `dtype`, older versions
+/// `torch_dtype`) set to `dtype`'s torch name, the rest of the text kept byte for byte; unchanged without one.
 fn set_config_dtype(bytes: &[u8], dtype: Option<crate::DType>) -> Result<Vec<u8>> {
     let Some(d) = dtype else { return Ok(bytes.to_vec()) };
     let name = match d {
@@ -633,14 +633,18 @@ fn set_config_dtype(bytes: &[u8], dtype: Option<crate::DType>) -> Result<Vec<u8>
         crate::DType::F64 => "float64",
         other => return Err(Error::Invalid(format!("--dtype {other}: only floating-point dtypes"))),
     };
-    let mut v: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| Error::Json { path: PathBuf::from("config.json"), reason: e.to_string() })?;
-    let Some(obj) = v.as_object_mut() else { return Ok(bytes.to_vec()) };
-    if obj.get("torch_dtype").and_then(|x| x.as_str()) == Some(name) {
-        return Ok(bytes.to_vec());
+    let bad = |reason: String| Error::Json { path: PathBuf::from("config.json"), reason };
+    let text = std::str::from_utf8(bytes).map_err(|e| bad(e.to_string()))?;
+    let mut v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let re = regex::Regex::new(r#"("(?:torch_)?dtype"\s*:\s*)"[^"]*""#).map_err(|e| bad(e.to_string()))?;
+    let replaced = re.replace_all(text, |c: &regex::Captures| format!("{}\"{name}\"", &c[1]));
+    if replaced != text || re.is_match(text) {
+        return Ok(replaced.into_owned().into_bytes());
     }
-    obj.insert("torch_dtype".into(), serde_json::Value::String(name.into()));
-    let mut out = serde_json::to_string_pretty(&v).map_err(|e| Error::Invalid(format!("config.json: {e}")))?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("dtype".into(), serde_json::Value::String(name.into()));
+    }
+    let mut out = serde_json::to_string_pretty(&v).map_err(|e| bad(e.to_string()))?;
     out.push('\n');
     Ok(out.into_bytes())
 }

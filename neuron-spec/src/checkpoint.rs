@@ -96,7 +96,7 @@ fn is_weight_or_adapter_file(name: &str) -> bool {
 
 /// Sub-directories of an HF model folder that hold non-weight files and travel whole (transformers' extra
 /// chat templates).
-const SIDE_DIRS: [&str; 1] = ["additional_chat_templates"];
+pub const SIDE_DIRS: [&str; 1] = ["additional_chat_templates"];
 
 /// The non-weight files of an HF model folder or a sharded checkpoint (`config.json`, `tokenizer*.json`,
 /// `tokenizer.model`, `special_tokens_map.json`, `generation_config.json`, chat templates, model card, ...),

@@ -370,7 +370,7 @@ fn well_formed(svg: &str) -> Result<usize, String> {
         } else if !tag.ends_with('/') {
             stack.push(tag.split_whitespace().next().unwrap_or_default().to_string());
         }
-        if tag.matches('"').count() % 2 != 0 {
+        if !tag.matches('"').count().is_multiple_of(2) {
             return Err(format!("unbalanced quotes in <{tag}>"));
         }
     }

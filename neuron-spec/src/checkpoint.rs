@@ -126,12 +126,15 @@ pub fn side_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Rewrites `config.json`'s bytes (consolidation to another dtype).
+pub(crate) type ConfigEdit<'a> = &'a dyn Fn(&[u8]) -> Result<Vec<u8>>;
+
 /// Copies the [`side_files`] of `src_dir` into `dst_dir` byte for byte; `config_edit` may rewrite
 /// `config.json` (consolidation to another dtype). Returns the files copied (relative paths).
 pub(crate) fn copy_side_files(
     src_dir: &Path,
     dst_dir: &Path,
-    config_edit: Option<&dyn Fn(&[u8]) -> Result<Vec<u8>>>,
+    config_edit: Option<ConfigEdit<'_>>,
 ) -> Result<Vec<PathBuf>> {
     if src_dir == dst_dir {
         return Ok(vec![]);

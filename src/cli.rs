@@ -1,10 +1,12 @@
 //! The `neuron-spec` command line: shard, consolidate, reshard, plan, inspect, and a `forward` hook that a
 //! model crate fills in (the binary lives next to the model; see `examples/`).
 
+use crate::out::human;
+use clap::{Args, Parser, Subcommand};
 use neuron_spec::checkpoint::{
-    consolidate, consolidate_with_adapters, shard, shard_with_adapters, AdapterOptions,
-    WriteOptions, METADATA_PATH,
+    consolidate, consolidate_with_adapters, shard, shard_with_adapters, AdapterOptions, WriteOptions, METADATA_PATH,
 };
+use neuron_spec::compare::max_abs_diff;
 use neuron_spec::error::{Error, Result};
 use neuron_spec::io::{parse_size, HfCheckpoint};
 use neuron_spec::llama::{llama_layout_with, LlamaConfig, QkvLayout};
@@ -12,9 +14,6 @@ use neuron_spec::lora::{import_adapter, ImportedAdapter, LoraImportOptions, Lora
 use neuron_spec::metadata::CheckpointMetadata;
 use neuron_spec::plan::TensorSource;
 use neuron_spec::reshard::reshard;
-use crate::out::human;
-use clap::{Args, Parser, Subcommand};
-use neuron_spec::compare::max_abs_diff;
 use std::path::{Path, PathBuf};
 
 /// `--tp`: a TP size from 1 to 4096 (a usage error otherwise: exit 2).
@@ -546,7 +545,12 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                 &meta,
                 tp,
                 &adapters,
-                &WriteOptions { force, allow_unexpected, progress: crate::progress_bar::sink(!quiet), ..Default::default() },
+                &WriteOptions {
+                    force,
+                    allow_unexpected,
+                    progress: crate::progress_bar::sink(!quiet),
+                    ..Default::default()
+                },
             )?;
             if !quiet {
                 out!(
@@ -652,9 +656,17 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
-        Command::Plan { dir, tp, layout, layout_file, json, tensors, svg } => crate::plan_cmd::plan_command(
-            &crate::plan_cmd::PlanArgs { dir, tp, layout, layout_file, json, tensors, svg },
-        ),
+        Command::Plan { dir, tp, layout, layout_file, json, tensors, svg } => {
+            crate::plan_cmd::plan_command(&crate::plan_cmd::PlanArgs {
+                dir,
+                tp,
+                layout,
+                layout_file,
+                json,
+                tensors,
+                svg,
+            })
+        }
         Command::Inspect { dir, json } => crate::inspect_cmd::inspect_command(&dir, json),
         Command::Forward { dir, tp, fuse_qkv, input_ids, golden, lora } => {
             let runner = runner.ok_or_else(|| Error::Invalid("this build has no model for `forward`".into()))?;

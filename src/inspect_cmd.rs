@@ -6,9 +6,9 @@ use crate::out::human;
 use neuron_spec::checkpoint::{side_files, ShardedCheckpoint, RANKS_DIR};
 use neuron_spec::error::{Error, Result};
 use neuron_spec::io::HfCheckpoint;
-use neuron_spec::plan::TensorSource;
 use neuron_spec::lora::{LoraConfig, PeftAdapter, ADAPTER_CONFIG};
 use neuron_spec::plan::TensorInfo;
+use neuron_spec::plan::TensorSource;
 use neuron_spec::Spec;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -63,10 +63,10 @@ fn summarize(dir: &Path) -> Result<Value> {
     let files: Vec<String> = side_files(dir)?.iter().map(|p| p.display().to_string()).collect();
     if is_sharded(dir) {
         let ck = ShardedCheckpoint::open(dir)?; // verifies sizes and checksums
-        let rank0 = ck.ranks.first().ok_or_else(|| Error::RankFiles {
-            dir: dir.join(RANKS_DIR),
-            reason: "no rank files".into(),
-        })?;
+        let rank0 = ck
+            .ranks
+            .first()
+            .ok_or_else(|| Error::RankFiles { dir: dir.join(RANKS_DIR), reason: "no rank files".into() })?;
         let tensors: Vec<TensorInfo> = rank0.names().filter_map(|n| rank0.info(n)).collect();
         let total: usize = ck.ranks.iter().flat_map(|r| r.names().filter_map(|n| r.info(n))).map(|i| i.nbytes()).sum();
         let specs: Vec<String> = ck.metadata.specs().map(|(m, s)| format!("{m}: {}", s.class_name())).collect();
@@ -154,10 +154,8 @@ pub fn inspect_command(dir: &Path, json: bool) -> Result<i32> {
     } else {
         out!("  tensors: {count}");
     }
-    let dtypes: Vec<String> = v["dtypes"]
-        .as_object()
-        .map(|m| m.iter().map(|(d, n)| format!("{d} ×{n}")).collect())
-        .unwrap_or_default();
+    let dtypes: Vec<String> =
+        v["dtypes"].as_object().map(|m| m.iter().map(|(d, n)| format!("{d} ×{n}")).collect()).unwrap_or_default();
     out!("  dtypes: {}", dtypes.join(", "));
     out!(
         "  total size{}: {}",

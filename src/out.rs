@@ -18,7 +18,6 @@ macro_rules! errln {
     };
 }
 
-
 /// The path errors name for stdout.
 pub const STDOUT: &str = "<stdout>";
 

@@ -241,7 +241,14 @@ fn print_tensors(plan: &ShardPlan, sharded: bool) -> Result<()> {
                 .iter()
                 .map(|b| {
                     let part = if sharded { format!("rank{}:", b.src.part) } else { String::new() };
-                    format!("{part}{}[dim{} {}..{}]→{}..", b.src.name, b.dim, b.src_offset, b.src_offset + b.len, b.dst_offset)
+                    format!(
+                        "{part}{}[dim{} {}..{}]→{}..",
+                        b.src.name,
+                        b.dim,
+                        b.src_offset,
+                        b.src_offset + b.len,
+                        b.dst_offset
+                    )
                 })
                 .collect();
             out!("  {} {:?} {} ← {}", t.name, t.shape, t.dtype, srcs.join(", "));
@@ -249,4 +256,3 @@ fn print_tensors(plan: &ShardPlan, sharded: bool) -> Result<()> {
     }
     Ok(())
 }
-

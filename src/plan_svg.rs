@@ -54,7 +54,8 @@ fn head_dims(meta: &CheckpointMetadata) -> BTreeMap<String, usize> {
                 continue;
             }
             let hd = g.q_output_size_per_partition / per_rank;
-            for p in [&g.query_projection_name, &g.key_projection_name, &g.value_projection_name, &g.output_projection_name]
+            for p in
+                [&g.query_projection_name, &g.key_projection_name, &g.value_projection_name, &g.output_projection_name]
             {
                 out.insert(format!("{module}.{p}."), hd);
             }
@@ -87,9 +88,9 @@ pub fn render(plan: &ShardPlan, meta: &CheckpointMetadata) -> String {
         // Sharded tensors only: a replicated one (a norm) is the same picture on every rank.
         .filter(|t| {
             plan.tp == 1
-                || t.blocks.iter().any(|b| {
-                    originals.get(b.src.name.as_str()).and_then(|s| s.get(b.dim)).is_some_and(|n| b.len < *n)
-                })
+                || t.blocks
+                    .iter()
+                    .any(|b| originals.get(b.src.name.as_str()).and_then(|s| s.get(b.dim)).is_some_and(|n| b.len < *n))
         })
         .map(|t| t.name.clone())
         .collect();
@@ -189,7 +190,13 @@ fn draw_tensor(
         }
         if bh >= 11.0 {
             let suffix = if replica { " (replica)" } else { "" };
-            let _ = writeln!(s, r#"<text x="{}" y="{}">{}</text>"#, x + 4.0, by + bh / 2.0 + 4.0, esc(&format!("{label}{suffix}")));
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}">{}</text>"#,
+                x + 4.0,
+                by + bh / 2.0 + 4.0,
+                esc(&format!("{label}{suffix}"))
+            );
         }
     }
     // Rows (or columns) no block fills: zero padding.

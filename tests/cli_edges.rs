@@ -61,7 +61,11 @@ fn a_closed_stdout_ends_quietly_and_a_full_one_is_an_error() {
     // `| head -1` through a shell.
     let o = Command::new("sh")
         .arg("-c")
-        .arg(format!("'{}' plan '{}' --tp 4 --tensors | head -1", env!("CARGO_BIN_EXE_neuron-spec"), s(&fixture("llama-gqa"))))
+        .arg(format!(
+            "'{}' plan '{}' --tp 4 --tensors | head -1",
+            env!("CARGO_BIN_EXE_neuron-spec"),
+            s(&fixture("llama-gqa"))
+        ))
         .output()
         .unwrap();
     assert!(o.status.success() && !text(&o.stderr).contains("panicked"), "{}", text(&o.stderr));
@@ -155,10 +159,18 @@ fn hints_name_the_command_that_fits() {
     let sharded = tmp.path().join("s");
     shard_to(&sharded, "2", &[]);
     let out = tmp.path().join("o");
-    exits(&run(&["consolidate", s(&fixture("llama-gqa")), s(&out)]), 1, &["not a sharded checkpoint", "neuron-spec shard"]);
+    exits(
+        &run(&["consolidate", s(&fixture("llama-gqa")), s(&out)]),
+        1,
+        &["not a sharded checkpoint", "neuron-spec shard"],
+    );
     exits(&run(&["reshard", s(&fixture("llama-gqa")), s(&out), "--tp", "2"]), 1, &["neuron-spec shard"]);
     exits(&run(&["shard", s(&sharded), s(&out), "--tp", "4"]), 1, &["is a sharded checkpoint", "neuron-spec reshard"]);
-    exits(&run(&["shard", s(&fixture("llama-gqa")), s(&out), "--tp", "16"]), 1, &["valid tp sizes for this model: 1, 2, 4, 8"]);
+    exits(
+        &run(&["shard", s(&fixture("llama-gqa")), s(&out), "--tp", "16"]),
+        1,
+        &["valid tp sizes for this model: 1, 2, 4, 8"],
+    );
     assert!(!out.exists());
     // quickstart outside the repository: pass the model.
     let o = bin().arg("quickstart").current_dir(tmp.path()).output().unwrap();
@@ -190,7 +202,10 @@ fn completions_for_bash_zsh_and_fish() {
         let o = run(&["completions", shell]);
         exits(&o, 0, &[]);
         let out = text(&o.stdout);
-        assert!(out.contains("neuron-spec") && out.contains("consolidate") && out.contains("max-shard-size"), "{shell}");
+        assert!(
+            out.contains("neuron-spec") && out.contains("consolidate") && out.contains("max-shard-size"),
+            "{shell}"
+        );
     }
 }
 
@@ -204,11 +219,15 @@ fn consolidate_writes_the_base_at_the_top_and_each_adapter_in_its_folder_and_ins
     exits(&o, 0, &[]);
     let report = text(&o.stdout);
     // Weight files counted apart from the index, adapter tensors apart from the base's, binary units.
-    let weights = fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "safetensors")).count();
+    let weights = fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "safetensors"))
+        .count();
     assert!(report.contains(&format!("21 tensors, 353.2 KiB in {weights} weight file(s) + index")), "{report}");
     assert!(report.contains("adapters: 28 tensors"), "{report}");
     assert!(!out.join("adapter_config.json").exists());
-    let c: serde_json::Value = serde_json::from_slice(&fs::read(out.join("default/adapter_config.json")).unwrap()).unwrap();
+    let c: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("default/adapter_config.json")).unwrap()).unwrap();
     assert_eq!(c["base_model_name_or_path"], s(&std::path::absolute(&out).unwrap()));
     // inspect: the sharded checkpoint's layout, kv multiplier, checksums and adapter; the output's adapter; a PEFT folder.
     let v: serde_json::Value = serde_json::from_slice(&run(&["inspect", s(&sharded), "--json"]).stdout).unwrap();
@@ -283,7 +302,8 @@ fn non_weight_files_travel_byte_for_byte_and_nothing_else_is_mixed_in() {
             assert!(!dir.join(f).exists(), "{f} mixed into {}", dir.display());
         }
     }
-    let mut names: Vec<String> = fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    let mut names: Vec<String> =
+        fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
     names.sort();
     assert_eq!(names.len(), SIDE.len() - 1 + 1 + 1, "{names:?}"); // the side files (one dir) + model.safetensors
     assert_same_tensors(&neuron_spec::io::HfCheckpoint::open(&out).unwrap(), &hf("llama-gqa"), "weights");
@@ -324,7 +344,11 @@ fn consolidate_dtype_is_torchs_rounding_and_only_writes_a_subset() {
         assert!(n.contains("layers.0.mlp"));
         assert!(f.tensor(n).unwrap() == src.tensor(n).unwrap(), "{n}");
     }
-    exits(&run(&["consolidate", s(&sharded), s(&tmp.path().join("none")), "--only", "nothing-matches"]), 1, &["--only"]);
+    exits(
+        &run(&["consolidate", s(&sharded), s(&tmp.path().join("none")), "--only", "nothing-matches"]),
+        1,
+        &["--only"],
+    );
 }
 
 #[test]
@@ -346,7 +370,20 @@ fn layout_file_shards_like_the_built_in_layout() {
     let o = run(&["plan", s(&fixture("llama-gqa")), "--tp", "8", "--layout", s(&file), "--json"]);
     exits(&o, 0, &[]);
     exits(&run(&["plan", s(&fixture("llama-gqa")), "--tp", "16", "--layout", s(&file)]), 1, &["valid tp sizes"]);
-    exits(&run(&["shard", s(&fixture("llama-gqa")), s(&tmp.path().join("c")), "--tp", "4", "--layout", s(&file), "--fuse-qkv"]), 2, &[]);
+    exits(
+        &run(&[
+            "shard",
+            s(&fixture("llama-gqa")),
+            s(&tmp.path().join("c")),
+            "--tp",
+            "4",
+            "--layout",
+            s(&file),
+            "--fuse-qkv",
+        ]),
+        2,
+        &[],
+    );
 }
 
 /// Tags open and close in order (a small well-formedness check; no XML crate needed).

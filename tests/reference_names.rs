@@ -24,15 +24,18 @@ fn tp_attributes_equal_the_reference_metadata_for_every_parameter() {
         for (fuse, file) in [(true, "metadata_fused.json"), (false, "metadata_unfused.json")] {
             let reference = CheckpointMetadata::read(&fixture(&format!("tp-ref/llama-gqa/tp{tp}/{file}"))).unwrap();
             let model =
-                LlamaForCausalLM::new(&cfg().llama, TpContext::new(tp, 0).unwrap(), fuse, None, &Device::default()).unwrap();
+                LlamaForCausalLM::new(&cfg().llama, TpContext::new(tp, 0).unwrap(), fuse, None, &Device::default())
+                    .unwrap();
             for (name, want) in &reference.parameters {
                 let got = get_tensor_model_parallel_attributes(&model, name).unwrap();
                 assert_eq!(&got, want, "{name} at tp {tp}, fuse {fuse}");
             }
         }
     }
-    let model = LlamaForCausalLM::new(&cfg().llama, TpContext::new(2, 0).unwrap(), true, None, &Device::default()).unwrap();
-    let e = get_tensor_model_parallel_attributes(&model, "model.layers.0.mlp.gate_proj.weight").unwrap_err().to_string();
+    let model =
+        LlamaForCausalLM::new(&cfg().llama, TpContext::new(2, 0).unwrap(), true, None, &Device::default()).unwrap();
+    let e =
+        get_tensor_model_parallel_attributes(&model, "model.layers.0.mlp.gate_proj.weight").unwrap_err().to_string();
     assert!(e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("gate_up_proj"), "{e}");
 }
 
@@ -64,7 +67,12 @@ fn guess_peft_type_is_lora_exactly_where_a_layer_carries_an_adapter() {
     for g in &specs {
         for sp in &g.specs {
             let want = g.module_fully_qualified_name.ends_with("self_attn").then(|| "lora".to_string());
-            assert_eq!(guess_peft_type(sp, &with, &g.module_fully_qualified_name).unwrap(), want, "{}", g.module_fully_qualified_name);
+            assert_eq!(
+                guess_peft_type(sp, &with, &g.module_fully_qualified_name).unwrap(),
+                want,
+                "{}",
+                g.module_fully_qualified_name
+            );
         }
     }
     let e = guess_peft_type(&specs[0].specs[0], &with, "model.layers.9.self_attn").unwrap_err().to_string();

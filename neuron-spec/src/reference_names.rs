@@ -21,7 +21,11 @@ fn fused_layer_name(spec: &Spec) -> &str {
 /// `ModelWeightTransformationSpec.guess_peft_type(model, module_fully_qualified_name)`): `Some("lora")` when
 /// that layer carries LoRA adapters, `None` otherwise. Fails, naming the path, when the model has no such
 /// layer.
-pub fn guess_peft_type<M: CustomModule>(spec: &Spec, model: &M, module_fully_qualified_name: &str) -> Result<Option<String>> {
+pub fn guess_peft_type<M: CustomModule>(
+    spec: &Spec,
+    model: &M,
+    module_fully_qualified_name: &str,
+) -> Result<Option<String>> {
     let mut groups = Vec::new();
     model.collect_specs("", &mut groups)?;
     let name = fused_layer_name(spec);

@@ -1,21 +1,43 @@
 //! The `neuron-spec` command line: shard, consolidate, reshard, plan, inspect, and a `forward` hook that a
 //! model crate fills in (the binary lives next to the model; see `examples/`).
 
+use crate::out::human;
+use clap::{Args, Parser, Subcommand};
 use neuron_spec::checkpoint::{
-    consolidate, consolidate_with_adapters, shard, shard_with_adapters, AdapterOptions, ShardedCheckpoint,
-    WriteOptions, METADATA_PATH,
+    consolidate, consolidate_with_adapters, shard, shard_with_adapters, AdapterOptions, WriteOptions, METADATA_PATH,
 };
+use neuron_spec::compare::max_abs_diff;
 use neuron_spec::error::{Error, Result};
 use neuron_spec::io::{parse_size, HfCheckpoint};
 use neuron_spec::lora::{import_adapter, ImportedAdapter, LoraImportOptions, LoraMode, PeftAdapter};
 use neuron_spec::metadata::CheckpointMetadata;
-use neuron_spec::model::{plan_shards, PlanOptions};
 use neuron_spec::plan::TensorSource;
-use neuron_spec::reshard::{reshard, reshard_plan};
+use neuron_spec::reshard::reshard;
 use neuron_spec_examples::QkvLayout;
-use clap::{Args, Parser, Subcommand};
-use neuron_spec::compare::max_abs_diff;
 use std::path::{Path, PathBuf};
+
+/// `--tp`: a TP size from 1 to 4096 (a usage error otherwise: exit 2).
+pub fn parse_tp(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(t @ 1..=4096) => Ok(t),
+        Ok(t) => Err(format!("tp must be between 1 and 4096, got {t}")),
+        Err(_) => Err(format!("expected a TP size (a whole number from 1 to 4096), got {s:?}")),
+    }
+}
+
+/// `--max-shard-size`: HF units (5GB, 500MB, 20KB, 1GiB) or bytes, above zero.
+pub fn parse_shard_size(s: &str) -> std::result::Result<u64, String> {
+    match parse_size(s) {
+        Ok(0) => Err("the size must be above zero".into()),
+        Ok(v) => Ok(v),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `--only`: a regular expression (Rust `regex` syntax).
+pub fn parse_regex(s: &str) -> std::result::Result<regex::Regex, String> {
+    regex::Regex::new(s).map_err(|e| e.to_string())
+}
 
 /// The largest |logit - golden| that `forward --golden` and `quickstart` accept.
 pub const GOLDEN_TOL: f32 = 1e-4;
@@ -56,7 +78,7 @@ pub struct LayoutArgs {
 }
 
 impl LayoutArgs {
-    fn qkv(&self) -> QkvLayout {
+    pub fn qkv(&self) -> QkvLayout {
         if self.plain_attention {
             QkvLayout::Plain
         } else {
@@ -158,7 +180,7 @@ pub fn import_adapters(meta: &CheckpointMetadata, adapters: &[AdapterArg]) -> Re
         .map(|a| {
             let imported = import_adapter(meta, &PeftAdapter::open(&a.dir)?, &a.name, a.opts)?;
             for w in &imported.warnings {
-                eprintln!("warning: {w}");
+                errln!("warning: {w}");
             }
             Ok(imported)
         })
@@ -186,6 +208,45 @@ impl From<KvReplicasArg> for neuron_spec::checkpoint::KvReplicas {
     }
 }
 
+/// `reshard --kv-replicas` values (reshard copies one replica; averaging is consolidation's).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ReshardKvReplicasArg {
+    /// Fail when replicas differ.
+    Check,
+    /// Keep the first replica.
+    First,
+}
+
+impl From<ReshardKvReplicasArg> for neuron_spec::checkpoint::KvReplicas {
+    fn from(a: ReshardKvReplicasArg) -> Self {
+        match a {
+            ReshardKvReplicasArg::Check => Self::Check,
+            ReshardKvReplicasArg::First => Self::First,
+        }
+    }
+}
+
+/// `consolidate --dtype` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DtypeArg {
+    /// bfloat16.
+    Bf16,
+    /// IEEE half.
+    F16,
+    /// 32-bit float.
+    F32,
+}
+
+impl From<DtypeArg> for neuron_spec::DType {
+    fn from(a: DtypeArg) -> Self {
+        match a {
+            DtypeArg::Bf16 => Self::BF16,
+            DtypeArg::F16 => Self::F16,
+            DtypeArg::F32 => Self::F32,
+        }
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -195,8 +256,8 @@ pub enum Command {
         hf_dir: PathBuf,
         /// Output directory (must not exist unless --force).
         out_dir: PathBuf,
-        /// TP size.
-        #[arg(long)]
+        /// TP size (1 to 4096).
+        #[arg(long, value_parser = parse_tp)]
         tp: usize,
         /// Attention layout.
         #[command(flatten)]
@@ -210,6 +271,10 @@ pub enum Command {
         /// LoRA adapters, sharded beside the base weights in `<out_dir>/adapter_<name>/`.
         #[command(flatten)]
         lora: AdapterArgs,
+        /// The model's layout (the JSON of `create_parameter_metadata()`, at any tp) instead of the one derived
+        /// from `config.json`: any annotated model.
+        #[arg(long = "layout", value_name = "FILE", conflicts_with_all = ["fuse_qkv", "plain_attention"])]
+        layout_file: Option<PathBuf>,
     },
     /// Consolidate a sharded checkpoint into an HF directory that transformers loads.
     Consolidate {
@@ -217,17 +282,17 @@ pub enum Command {
         sharded_dir: PathBuf,
         /// Output HF directory.
         out_dir: PathBuf,
-        /// Largest output file (HF units: 5GB, 500MB, 20KB).
-        #[arg(long, default_value = "5GB")]
-        max_shard_size: String,
+        /// Largest output file (HF units: 5GB, 500MB, 20KB, 1GiB).
+        #[arg(long, default_value = "5GB", value_parser = parse_shard_size)]
+        max_shard_size: u64,
         /// Replicated kv heads: fail if copies differ (check), keep rank order's first (first), or average (mean).
         #[arg(long, value_enum, default_value_t = KvReplicasArg::Check)]
         kv_replicas: KvReplicasArg,
         /// Replace an existing output, once the new one is complete.
         #[arg(long)]
         force: bool,
-        /// Write only this adapter (repeatable); by default every adapter is written, `default` beside the base
-        /// weights and any other in `<out_dir>/<name>/`.
+        /// Write only this adapter (repeatable); by default every adapter is written, each in `<out_dir>/<name>/`
+        /// (`default` included), so that `<out_dir>` itself loads as the base model.
         #[arg(long = "adapter", value_name = "NAME")]
         adapters: Vec<String>,
         /// Fold this adapter into the base weights (a plain HF checkpoint); no adapter is written then, unless
@@ -237,6 +302,13 @@ pub enum Command {
         /// Leave out rank-file tensors that the metadata does not describe (refused otherwise).
         #[arg(long)]
         allow_unexpected: bool,
+        /// Cast floating-point tensors on export (round to nearest even, as torch's `.to()`); `config.json`'s
+        /// `torch_dtype` follows.
+        #[arg(long, value_enum)]
+        dtype: Option<DtypeArg>,
+        /// Write only the base tensors whose name matches this regular expression (a search, like grep).
+        #[arg(long, value_name = "REGEX", value_parser = parse_regex)]
+        only: Option<regex::Regex>,
     },
     /// Convert a TP N checkpoint to TP M directly.
     Reshard {
@@ -244,8 +316,8 @@ pub enum Command {
         sharded_dir: PathBuf,
         /// Output directory.
         out_dir: PathBuf,
-        /// New TP size.
-        #[arg(long)]
+        /// New TP size (1 to 4096).
+        #[arg(long, value_parser = parse_tp)]
         tp: usize,
         /// Replace an existing output, once the new one is complete.
         #[arg(long)]
@@ -253,23 +325,33 @@ pub enum Command {
         /// Leave out rank-file tensors that the metadata does not describe (refused otherwise).
         #[arg(long)]
         allow_unexpected: bool,
-        /// Replicated kv heads: fail if copies differ (check) or keep the lowest rank's (first).
-        #[arg(long, value_enum, default_value_t = KvReplicasArg::Check)]
-        kv_replicas: KvReplicasArg,
+        /// Replicated kv heads: fail if copies differ (check) or keep the lowest rank's (first). To average
+        /// them, consolidate with `--kv-replicas mean` and shard the result.
+        #[arg(long, value_enum, default_value_t = ReshardKvReplicasArg::Check)]
+        kv_replicas: ReshardKvReplicasArg,
     },
     /// Dry run: what each rank would read and write, and every validation result. Writes nothing.
     Plan {
         /// HF checkpoint or sharded checkpoint directory.
         dir: PathBuf,
-        /// TP size.
-        #[arg(long)]
-        tp: usize,
-        /// Attention layout.
+        /// TP size (for a sharded checkpoint: the tp to reshard to; its own by default).
+        #[arg(long, value_parser = parse_tp)]
+        tp: Option<usize>,
+        /// Attention layout (HF input only).
         #[command(flatten)]
         layout: LayoutArgs,
-        /// Machine-readable output.
+        /// The model's layout (the JSON of `create_parameter_metadata()`) instead of the one from `config.json`.
+        #[arg(long = "layout", value_name = "FILE", conflicts_with_all = ["fuse_qkv", "plain_attention"])]
+        layout_file: Option<PathBuf>,
+        /// Machine-readable output (always valid JSON, also when a check fails).
         #[arg(long)]
         json: bool,
+        /// The per-tensor table (every rank tensor and its blocks) after the summary.
+        #[arg(long)]
+        tensors: bool,
+        /// Draw where one layer's HF rows and heads land on the ranks, as an SVG file.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
     },
     /// Summarize an HF or sharded checkpoint.
     Inspect {
@@ -283,10 +365,10 @@ pub enum Command {
     Forward {
         /// HF or sharded checkpoint directory.
         dir: PathBuf,
-        /// TP size (HF input only; a sharded checkpoint has its own).
-        #[arg(long, default_value_t = 1)]
-        tp: usize,
-        /// Fused qkv layout.
+        /// TP size (HF input only, default 1; a sharded checkpoint has its own).
+        #[arg(long, value_parser = parse_tp)]
+        tp: Option<usize>,
+        /// Fused qkv layout (HF input only; a sharded checkpoint has its own).
         #[arg(long)]
         fuse_qkv: bool,
         /// safetensors file with `input_ids` (I64 [batch, seq]).
@@ -301,14 +383,26 @@ pub enum Command {
     },
     /// The main job on a tiny checkpoint: shard to tp 4, run forward, consolidate, check the round trip.
     Quickstart {
-        /// HF checkpoint directory to use.
-        #[arg(long, default_value = "tests/fixtures/llama-gqa")]
+        /// HF checkpoint directory to use (the repository's fixture by default).
+        #[arg(long, default_value = QUICKSTART_MODEL)]
         model: PathBuf,
-        /// Where to write (a temporary directory if absent).
+        /// Where to write, kept afterwards (a temporary directory, removed at the end, if absent).
         #[arg(long)]
         work_dir: Option<PathBuf>,
+        /// Replace the contents of an existing --work-dir.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a shell completion script (e.g. `neuron-spec completions bash > /etc/bash_completion.d/neuron-spec`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
+
+/// `quickstart`'s default model: the repository's fixture (relative to the working directory).
+pub const QUICKSTART_MODEL: &str = "tests/fixtures/llama-gqa";
 
 /// What a model crate provides for `forward`.
 pub trait ForwardRunner {
@@ -341,10 +435,12 @@ pub fn run(cli: Cli, runner: Option<&dyn ForwardRunner>) -> i32 {
     let verbose = cli.verbose;
     match dispatch(cli, runner) {
         Ok(code) => code,
+        // The reader of stdout went away (`| head -1`): nothing left to say to anyone.
+        Err(e) if crate::out::is_closed_stdout(&e) => EXIT_OK,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             if verbose {
-                eprintln!("{e:#?}");
+                errln!("{e:#?}");
             }
             EXIT_ERROR
         }
@@ -364,40 +460,93 @@ pub fn main_with(runner: Option<&dyn ForwardRunner>) -> i32 {
 }
 
 /// The layout of an HF checkpoint: its `config.json`'s family (by `model_type`), read off the same model that
-/// runs `forward`; unknown model types and unimplemented fields are refused.
-fn hf_layout(dir: &Path, tp: usize, qkv: QkvLayout) -> Result<CheckpointMetadata> {
-    neuron_spec_examples::layout_of_dir(dir, tp, qkv)
+/// runs `forward`; unknown model types and unimplemented fields are refused. When `tp` does not fit the model,
+/// the error names the tp sizes that do (and `--plain-attention`'s).
+pub fn hf_layout(dir: &Path, tp: usize, qkv: QkvLayout) -> Result<CheckpointMetadata> {
+    neuron_spec_examples::layout_of_dir(dir, tp, qkv).map_err(|e| {
+        if neuron_spec_examples::layout_of_dir(dir, 1, qkv).is_err() {
+            return e; // not a tp problem: the config itself is refused
+        }
+        let heads = std::fs::read_to_string(dir.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("num_attention_heads").and_then(|h| h.as_u64()))
+            .unwrap_or(64)
+            .clamp(1, 256) as usize;
+        let fits = |q: QkvLayout| -> Vec<String> {
+            (1..=heads)
+                .filter(|t| neuron_spec_examples::layout_of_dir(dir, *t, q).is_ok())
+                .map(|t| t.to_string())
+                .collect()
+        };
+        let (gqa, plain) = (fits(qkv), fits(QkvLayout::Plain));
+        let mut hint = format!("{e}; valid tp sizes for this model: {}", gqa.join(", "));
+        if qkv != QkvLayout::Plain && plain != gqa && !plain.is_empty() {
+            hint += &format!(" (with --plain-attention, storage only: {})", plain.join(", "));
+        }
+        Error::Invalid(hint)
+    })
 }
 
-fn is_sharded(dir: &Path) -> bool {
+/// The layout in `file` (the JSON of `create_parameter_metadata()`, written at any tp) for TP size `tp`.
+pub fn layout_from_file(file: &Path, tp: usize) -> Result<CheckpointMetadata> {
+    let meta = CheckpointMetadata::read(file)?;
+    let at = |t: usize| -> Result<CheckpointMetadata> {
+        let mut m = neuron_spec::reshard::metadata_for_tp(&meta, t)?;
+        m.rank_files.clear();
+        for (module, s) in m.specs() {
+            s.validate(t).map_err(|e| Error::Invalid(format!("{module}: {e}")))?;
+        }
+        Ok(m)
+    };
+    at(tp).map_err(|e| {
+        let fits: Vec<String> = (1..=256).filter(|t| at(*t).is_ok()).map(|t| t.to_string()).collect();
+        Error::Invalid(format!("{}: {e}; valid tp sizes for this layout: {}", file.display(), fits.join(", ")))
+    })
+}
+
+/// Whether `dir` is a sharded checkpoint (it has the metadata file).
+pub fn is_sharded(dir: &Path) -> bool {
     dir.join(METADATA_PATH).exists()
 }
 
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u + 1 < UNITS.len() {
-        v /= 1000.0;
-        u += 1;
+/// Fails with a hint when `dir` is a sharded checkpoint where an HF folder is expected.
+fn expect_hf(dir: &Path, command: &str) -> Result<()> {
+    if is_sharded(dir) {
+        return Err(Error::Invalid(format!(
+            "{} is a sharded checkpoint ({METADATA_PATH}), not an HF folder: `{command}` takes an HF checkpoint; use \
+             `neuron-spec reshard` for another tp size or `neuron-spec consolidate` to get the HF folder back",
+            dir.display()
+        )));
     }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    Ok(())
 }
 
-fn json_out(v: &serde_json::Value) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v).map_err(|e| Error::Invalid(e.to_string()))?);
+/// Fails with a hint when `dir` is not a sharded checkpoint.
+fn expect_sharded(dir: &Path, command: &str) -> Result<()> {
+    if !is_sharded(dir) {
+        let hint = if dir.join("config.json").exists() || dir.join(neuron_spec::lora::ADAPTER_CONFIG).exists() {
+            "it looks like an HF folder: use `neuron-spec shard` to make a sharded checkpoint from it"
+        } else {
+            "is this the right directory?"
+        };
+        return Err(Error::Invalid(format!(
+            "{} is not a sharded checkpoint (no {METADATA_PATH}): `{command}` takes one; {hint}",
+            dir.display()
+        )));
+    }
     Ok(())
 }
 
 fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
     let quiet = cli.quiet;
     match cli.command {
-        Command::Shard { hf_dir, out_dir, tp, layout, force, allow_unexpected, lora } => {
-            let meta = hf_layout(&hf_dir, tp, layout.qkv())?;
+        Command::Shard { hf_dir, out_dir, tp, layout, force, allow_unexpected, lora, layout_file } => {
+            expect_hf(&hf_dir, "shard")?;
+            let meta = match &layout_file {
+                Some(f) => layout_from_file(f, tp)?,
+                None => hf_layout(&hf_dir, tp, layout.qkv())?,
+            };
             let adapters = import_adapters(&meta, &lora.resolve()?)?;
             let r = shard_with_adapters(
                 &hf_dir,
@@ -405,10 +554,15 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                 &meta,
                 tp,
                 &adapters,
-                &WriteOptions { force, allow_unexpected, progress: crate::progress_bar::sink(!quiet), ..Default::default() },
+                &WriteOptions {
+                    force,
+                    allow_unexpected,
+                    progress: crate::progress_bar::sink(!quiet),
+                    ..Default::default()
+                },
             )?;
             if !quiet {
-                println!(
+                out!(
                     "sharded {} into {} at tp {tp}: {} rank files, {} tensors, {} written",
                     hf_dir.display(),
                     out_dir.display(),
@@ -417,19 +571,23 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                     human(r.bytes_written)
                 );
                 for (rank, b) in r.bytes_read_per_rank.iter().enumerate() {
-                    println!("  rank {rank}: read {}", human(*b as u64));
+                    out!("  rank {rank}: read {}", human(*b as u64));
                 }
                 if !r.unexpected.is_empty() {
-                    println!("  unused input tensors: {}", r.unexpected.join(", "));
+                    out!("  unused input tensors: {}", r.unexpected.join(", "));
                 }
+                side_files_line(&r.side_files)?;
                 for a in &adapters {
-                    println!(
+                    out!(
                         "  adapter {} ({:?} mode): {} LoRA modules → {}",
                         a.name,
                         a.layout.mode,
                         a.layout.modules.len(),
                         out_dir.join(neuron_spec::lora::disk::adapter_dir_name(&a.name)).display()
                     );
+                }
+                if !adapters.is_empty() {
+                    out!("  adapters: {} tensors, {} written", r.adapter_tensors, human(r.adapter_bytes));
                 }
             }
             Ok(EXIT_OK)
@@ -443,188 +601,133 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             adapters,
             merge_adapter,
             allow_unexpected,
+            dtype,
+            only,
         } => {
-            let max = parse_size(&max_shard_size)?;
+            expect_sharded(&sharded_dir, "consolidate")?;
             let r = consolidate_with_adapters(
                 &sharded_dir,
                 &out_dir,
                 &WriteOptions {
                     force,
-                    max_shard_size: Some(max),
+                    max_shard_size: Some(max_shard_size),
                     kv_replicas: kv_replicas.into(),
                     allow_unexpected,
                     progress: crate::progress_bar::sink(!quiet),
+                    dtype: dtype.map(Into::into),
+                    only,
                 },
                 &AdapterOptions { only: (!adapters.is_empty()).then_some(adapters), merge: merge_adapter.clone() },
             )?;
             if !quiet {
-                println!(
-                    "consolidated {} into {}: {} tensors, {} in {} file(s)",
+                let weights = r.files.iter().filter(|f| f.extension().is_some_and(|e| e == "safetensors")).count();
+                let index = if r.files.len() > weights { " + index" } else { "" };
+                out!(
+                    "consolidated {} into {}: {} tensors, {} in {weights} weight file(s){index}",
                     sharded_dir.display(),
                     out_dir.display(),
                     r.tensors,
                     human(r.bytes_written),
-                    r.files.len()
                 );
+                side_files_line(&r.side_files)?;
                 if let Some(m) = &merge_adapter {
-                    println!("  adapter {m} merged into the base weights");
+                    out!("  adapter {m} merged into the base weights");
                 }
-                for f in r.files.iter().filter(|f| f.ends_with(neuron_spec::lora::ADAPTER_WEIGHTS)) {
-                    println!("  adapter written: {}", f.display());
+                for f in &r.adapter_files {
+                    out!("  adapter written: {}", f.display());
+                }
+                if !r.adapter_files.is_empty() {
+                    out!("  adapters: {} tensors, {} written", r.adapter_tensors, human(r.adapter_bytes));
                 }
             }
             Ok(EXIT_OK)
         }
         Command::Reshard { sharded_dir, out_dir, tp, force, allow_unexpected, kv_replicas } => {
-            let r = reshard(
-                &sharded_dir,
-                &out_dir,
-                tp,
-                &WriteOptions {
-                    force,
-                    allow_unexpected,
-                    kv_replicas: kv_replicas.into(),
-                    progress: crate::progress_bar::sink(!quiet),
-                    ..Default::default()
-                },
-            )?;
+            expect_sharded(&sharded_dir, "reshard")?;
+            let opts = WriteOptions {
+                force,
+                allow_unexpected,
+                kv_replicas: kv_replicas.into(),
+                progress: crate::progress_bar::sink(!quiet),
+                ..Default::default()
+            };
+            let r = reshard(&sharded_dir, &out_dir, tp, &opts)?;
             if !quiet {
-                println!(
-                    "resharded {} into {} at tp {tp}: {} tensors, {} written",
+                out!(
+                    "resharded {} into {} at tp {tp}: {} rank files, {} tensors, {} written",
                     sharded_dir.display(),
                     out_dir.display(),
+                    r.files.len(),
                     r.tensors,
                     human(r.bytes_written)
                 );
+                side_files_line(&r.side_files)?;
             }
             Ok(EXIT_OK)
         }
-        Command::Plan { dir, tp, layout, json } => plan_command(&dir, tp, layout.qkv(), json),
-        Command::Inspect { dir, json } => inspect_command(&dir, json),
+        Command::Plan { dir, tp, layout, layout_file, json, tensors, svg } => {
+            crate::plan_cmd::plan_command(&crate::plan_cmd::PlanArgs {
+                dir,
+                tp,
+                layout,
+                layout_file,
+                json,
+                tensors,
+                svg,
+            })
+        }
+        Command::Inspect { dir, json } => crate::inspect_cmd::inspect_command(&dir, json),
         Command::Forward { dir, tp, fuse_qkv, input_ids, golden, lora } => {
             let runner = runner.ok_or_else(|| Error::Invalid("this build has no model for `forward`".into()))?;
+            if is_sharded(&dir) {
+                let which = match (tp, fuse_qkv) {
+                    (Some(_), true) => Some("--tp and --fuse-qkv"),
+                    (Some(_), false) => Some("--tp"),
+                    (None, true) => Some("--fuse-qkv"),
+                    (None, false) => None,
+                };
+                if let Some(w) = which {
+                    return usage(format!(
+                        "{w}: {} is a sharded checkpoint, which runs at its own tp and qkv layout; leave {w} out \
+                         (or `neuron-spec reshard` it to another tp first)",
+                        dir.display()
+                    ));
+                }
+            }
+            let tp = tp.unwrap_or(1);
             forward_command(runner, &dir, tp, fuse_qkv, &lora.resolve()?, input_ids.as_deref(), golden.as_deref())
         }
-        Command::Quickstart { model, work_dir } => quickstart(runner, &model, work_dir.as_deref()),
-    }
-}
-
-fn plan_command(dir: &Path, tp: usize, qkv: QkvLayout, json: bool) -> Result<i32> {
-    let sharded = is_sharded(dir);
-    let (plan, source_kind, validation) = if sharded {
-        let ck = ShardedCheckpoint::open(dir)?;
-        let (plan, _) = reshard_plan(&ck, tp)?;
-        (plan, format!("sharded checkpoint at tp {}", ck.tp), vec!["rank files and metadata consistent".to_string()])
-    } else {
-        let hf = HfCheckpoint::open(dir)?;
-        let meta = hf_layout(dir, tp, qkv)?;
-        let mut v = Vec::new();
-        for (m, s) in meta.specs() {
-            s.validate(tp)?;
-            v.push(format!("{m}: {} valid at tp {tp}", s.class_name()));
-        }
-        let plan = plan_shards(&meta, &hf, tp, PlanOptions::default()).map_err(|e| e.in_checkpoint(dir))?;
-        v.push("no missing and no unexpected tensors".to_string());
-        (plan, "HF checkpoint".to_string(), v)
-    };
-    let read = plan.bytes_read_per_rank();
-    if json {
-        let v = serde_json::json!({
-            "source": source_kind,
-            "tp": tp,
-            "bytes_read_per_rank": read,
-            "validation": validation,
-            "ranks": plan.ranks,
-        });
-        json_out(&v)?;
-    } else {
-        println!("plan for {} ({source_kind}) at tp {tp}", dir.display());
-        for line in &validation {
-            println!("  ok: {line}");
-        }
-        for (r, tensors) in plan.ranks.iter().enumerate() {
-            println!("rank {r}: {} tensors, reads {}", tensors.len(), human(read[r] as u64));
-            for t in tensors {
-                let srcs: Vec<String> = t
-                    .blocks
-                    .iter()
-                    .map(|b| {
-                        let part = if sharded { format!("rank{}:", b.src.part) } else { String::new() };
-                        format!(
-                            "{part}{}[dim{} {}..{}]→{}..",
-                            b.src.name,
-                            b.dim,
-                            b.src_offset,
-                            b.src_offset + b.len,
-                            b.dst_offset
-                        )
-                    })
-                    .collect();
-                println!("  {} {:?} {} ← {}", t.name, t.shape, t.dtype, srcs.join(", "));
+        Command::Quickstart { model, work_dir, force } => {
+            if quiet {
+                return usage("-q/--quiet does not apply to quickstart: it exists to show its steps".into());
             }
+            quickstart(runner, &model, work_dir.as_deref(), force)
         }
-    }
-    Ok(EXIT_OK)
-}
-
-/// What `inspect` reports.
-struct Summary {
-    kind: &'static str,
-    tensors: Vec<neuron_spec::plan::TensorInfo>,
-    total: usize,
-    tp: usize,
-    version: Option<u32>,
-    specs: Vec<String>,
-}
-
-fn summarize(dir: &Path) -> Result<Summary> {
-    if is_sharded(dir) {
-        let ck = ShardedCheckpoint::open(dir)?;
-        let rank0 = ck.ranks.first().ok_or_else(|| Error::RankFiles {
-            dir: dir.join(neuron_spec::checkpoint::RANKS_DIR),
-            reason: "no rank files".into(),
-        })?;
-        let tensors = rank0.names().filter_map(|n| rank0.info(n)).collect();
-        let total = ck.ranks.iter().flat_map(|r| r.names().filter_map(|n| r.info(n))).map(|i| i.nbytes()).sum();
-        let specs = ck.metadata.specs().map(|(m, s)| format!("{m}: {}", s.class_name())).collect();
-        Ok(Summary { kind: "sharded", tensors, total, tp: ck.tp, version: ck.metadata.format_version, specs })
-    } else {
-        let hf = HfCheckpoint::open(dir)?;
-        let tensors = hf.names().into_iter().filter_map(|n| hf.info(&n)).collect();
-        Ok(Summary { kind: "hf", tensors, total: hf.total_bytes(), tp: 1, version: None, specs: vec![] })
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "neuron-spec", &mut buf);
+            use std::io::Write;
+            let mut o = std::io::stdout().lock();
+            o.write_all(&buf).and_then(|_| o.flush()).map_err(|e| Error::io(crate::out::STDOUT, e))?;
+            Ok(EXIT_OK)
+        }
     }
 }
 
-fn inspect_command(dir: &Path, json: bool) -> Result<i32> {
-    let Summary { kind, tensors, total, tp, version, specs } = summarize(dir)?;
-    let mut dtypes: std::collections::BTreeMap<String, usize> = Default::default();
-    for t in &tensors {
-        *dtypes.entry(t.dtype.to_string()).or_default() += 1;
+/// A usage error found after parsing (an option that does not apply to this input): one line, exit 2.
+pub fn usage(msg: String) -> Result<i32> {
+    errln!("error: {msg}");
+    Ok(EXIT_USAGE)
+}
+
+/// One line listing the non-weight files carried over.
+fn side_files_line(files: &[PathBuf]) -> Result<()> {
+    if !files.is_empty() {
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        out!("  non-weight files kept: {}", names.join(", "));
     }
-    if json {
-        let tensors: Vec<serde_json::Value> =
-            tensors.iter().map(|t| serde_json::json!({"name": t.name, "dtype": t.dtype, "shape": t.shape})).collect();
-        json_out(&serde_json::json!({
-            "kind": kind, "tp": tp, "format_version": version, "total_bytes": total,
-            "dtypes": dtypes, "specs": specs, "tensors": tensors,
-        }))?;
-    } else {
-        println!("{} ({kind} checkpoint)", dir.display());
-        println!("  tp: {tp}");
-        if kind == "sharded" {
-            println!(
-                "  metadata format_version: {}",
-                version.map_or("none (written by the reference)".to_string(), |v| v.to_string())
-            );
-        }
-        println!("  tensors{}: {}", if kind == "sharded" { " per rank" } else { "" }, tensors.len());
-        println!("  dtypes: {}", dtypes.iter().map(|(d, n)| format!("{d} ×{n}")).collect::<Vec<_>>().join(", "));
-        println!("  total size: {}", human(total as u64));
-        for s in &specs {
-            println!("  spec {s}");
-        }
-    }
-    Ok(EXIT_OK)
+    Ok(())
 }
 
 /// Reads `input_ids` ([batch, seq], I64/I32) from a safetensors file.
@@ -658,7 +761,7 @@ fn forward_command(
         None => DEFAULT_INPUT_IDS.iter().map(|r| r.to_vec()).collect(),
     };
     let (logits, shape) = runner.forward_with_adapters(dir, tp, fuse_qkv, adapters, &ids)?;
-    println!("logits shape {shape:?}");
+    out!("logits shape {shape:?}");
     if let Some(g) = golden {
         let f = neuron_spec::io::SafetensorsFile::open(g)?;
         let gl = f.tensor("logits")?;
@@ -672,14 +775,14 @@ fn forward_command(
         }
         match max_abs_diff(&logits, &gl.to_f32_vec()) {
             Ok(diff) => {
-                println!("max_abs_diff {diff:e}");
+                out!("max_abs_diff {diff:e}");
                 if diff > GOLDEN_TOL {
-                    eprintln!("error: max_abs_diff {diff:e} is above {GOLDEN_TOL:e}");
+                    errln!("error: max_abs_diff {diff:e} is above {GOLDEN_TOL:e}");
                     return Ok(EXIT_MISMATCH);
                 }
             }
             Err(m) => {
-                eprintln!("error: logits against {}: {m}", g.display());
+                errln!("error: logits against {}: {m}", g.display());
                 return Ok(EXIT_MISMATCH);
             }
         }
@@ -687,28 +790,61 @@ fn forward_command(
     Ok(EXIT_OK)
 }
 
-fn quickstart(runner: Option<&dyn ForwardRunner>, model: &Path, work_dir: Option<&Path>) -> Result<i32> {
-    let tmp;
+/// A directory removed when dropped (quickstart's temporary work directory).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn quickstart(runner: Option<&dyn ForwardRunner>, model: &Path, work_dir: Option<&Path>, force: bool) -> Result<i32> {
+    if !model.join("config.json").exists() {
+        let hint = if model == Path::new(QUICKSTART_MODEL) {
+            format!(
+                "the default model {QUICKSTART_MODEL} is relative to the repository: run from the repository's root, \
+                 or pass an HF checkpoint with --model <dir>"
+            )
+        } else {
+            "pass an HF checkpoint directory (config.json + model.safetensors) with --model <dir>".to_string()
+        };
+        return Err(Error::Invalid(format!("{}: no config.json; {hint}", model.display())));
+    }
+    let _cleanup;
     let work = match work_dir {
-        Some(w) => w.to_path_buf(),
+        Some(w) => {
+            let non_empty = std::fs::read_dir(w).map(|mut d| d.next().is_some()).unwrap_or(false);
+            if non_empty && !force {
+                return Err(Error::Invalid(format!(
+                    "{} exists and is not empty: pass --force to replace quickstart's outputs there, or another --work-dir",
+                    w.display()
+                )));
+            }
+            w.to_path_buf()
+        }
         None => {
-            tmp = std::env::temp_dir().join(format!("neuron-spec-quickstart-{}", std::process::id()));
+            let tmp = std::env::temp_dir().join(format!("neuron-spec-quickstart-{}", std::process::id()));
+            _cleanup = RemoveOnDrop(tmp.clone());
             tmp
         }
     };
     std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+    if work_dir.is_none() {
+        out!("(working in {}, removed at the end; --work-dir DIR keeps the outputs)", work.display());
+    }
     let sharded = work.join("sharded-tp4");
     let out = work.join("consolidated");
     let tp = 4;
     let meta = hf_layout(model, tp, QkvLayout::Fused)?;
-    println!("1. shard {} at tp {tp} (fused qkv) → {}", model.display(), sharded.display());
+    out!("1. shard {} at tp {tp} (fused qkv) → {}", model.display(), sharded.display());
     let r = shard(model, &sharded, &meta, tp, &WriteOptions { force: true, ..Default::default() })?;
     for (rank, b) in r.bytes_read_per_rank.iter().enumerate() {
-        println!("   rank {rank}: read {}, file {}", human(*b as u64), r.files[rank].display());
+        out!("   rank {rank}: read {}, file {}", human(*b as u64), r.files[rank].display());
     }
     if let Some(runner) = runner {
         let golden = model.join("golden.safetensors");
-        println!("2. forward: 4 ranks on threads, logits vs {}", golden.display());
+        out!("2. forward: 4 ranks on threads, logits vs {}", golden.display());
         let ids = if golden.exists() {
             read_input_ids(&golden)?
         } else {
@@ -719,20 +855,20 @@ fn quickstart(runner: Option<&dyn ForwardRunner>, model: &Path, work_dir: Option
             let g = neuron_spec::io::SafetensorsFile::open(&golden)?.tensor("logits")?.to_f32_vec();
             match max_abs_diff(&logits, &g) {
                 Ok(diff) => {
-                    println!("   logits {shape:?}, max_abs_diff {diff:e} (tolerance {GOLDEN_TOL:e})");
+                    out!("   logits {shape:?}, max_abs_diff {diff:e} (tolerance {GOLDEN_TOL:e})");
                     if diff > GOLDEN_TOL {
-                        eprintln!("error: max_abs_diff {diff:e} is above {GOLDEN_TOL:e}");
+                        errln!("error: max_abs_diff {diff:e} is above {GOLDEN_TOL:e}");
                         return Ok(EXIT_MISMATCH);
                     }
                 }
                 Err(m) => {
-                    eprintln!("error: logits against {}: {m}", golden.display());
+                    errln!("error: logits against {}: {m}", golden.display());
                     return Ok(EXIT_MISMATCH);
                 }
             }
         }
     }
-    println!("3. consolidate → {}", out.display());
+    out!("3. consolidate → {}", out.display());
     let c = consolidate(&sharded, &out, &WriteOptions { force: true, ..Default::default() })?;
     let a = HfCheckpoint::open(model)?;
     let b = HfCheckpoint::open(&out)?;
@@ -747,6 +883,6 @@ fn quickstart(runner: Option<&dyn ForwardRunner>, model: &Path, work_dir: Option
     if b.names().len() != same {
         return Err(Error::Invalid("round trip added tensors".into()));
     }
-    println!("   {} tensors, {}: all {same} byte-identical to the input", c.tensors, human(c.bytes_written));
+    out!("   {} tensors, {}: all {same} byte-identical to the input", c.tensors, human(c.bytes_written));
     Ok(EXIT_OK)
 }

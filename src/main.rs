@@ -2,7 +2,12 @@
 //! config's `model_type`).
 
 use neuron_spec::checkpoint::{ShardedCheckpoint, METADATA_PATH};
+#[macro_use]
+mod out;
 mod cli;
+mod inspect_cmd;
+mod plan_cmd;
+mod plan_svg;
 mod progress_bar;
 
 use cli::{import_adapters, main_with, AdapterArg, ForwardRunner};

@@ -81,6 +81,20 @@ fn fails(cmd: &mut Command, dest: &Path, words: &[&str]) -> String {
     err.trim_end().to_string()
 }
 
+/// A value clap's parsers refuse: exit 2 (a usage error), the cause named on the first line, nothing written.
+fn usage_fails(cmd: &mut Command, dest: &Path, words: &[&str]) {
+    let o = cmd.output().expect("run neuron-spec");
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert_eq!(o.status.code(), Some(2), "exit status {:?} (not 2); stderr: {err}", o.status);
+    let first = err.lines().next().unwrap_or_default();
+    assert!(first.starts_with("error: "), "{err}");
+    for w in words {
+        assert!(first.contains(w), "the message should name {w:?}: {err}");
+    }
+    assert!(!dest.exists(), "destination {} appeared", dest.display());
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Building bad inputs.
 
@@ -678,7 +692,7 @@ fn kv_replicas_that_differ_stop_a_reshard() {
 fn tp_zero() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    fails(&mut shard_cmd(&fixture("llama-gqa"), &out, "0"), &out, &["tp_size", "at least 1"]);
+    usage_fails(&mut shard_cmd(&fixture("llama-gqa"), &out, "0"), &out, &["--tp", "between 1 and 4096"]);
 }
 
 #[test]
@@ -686,7 +700,7 @@ fn absurd_tp() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let mut c = cli(["shard", s(&fixture("llama-gqa")), s(&out), "--tp", "1000000000000000000", "--plain-attention"]);
-    fails(&mut c, &out, &["tp", "1000000000000000000"]);
+    usage_fails(&mut c, &out, &["tp", "1000000000000000000"]);
 }
 
 #[test]
@@ -698,7 +712,7 @@ fn reshard_to_an_absurd_tp() {
         neuron_spec_examples::layout_of_dir(&fixture("llama-gqa"), 2, neuron_spec_examples::QkvLayout::Plain).unwrap();
     shard(&fixture("llama-gqa"), &dir, &meta, 2, &WriteOptions::default()).unwrap();
     let out = tmp.path().join("out");
-    fails(&mut cli(["reshard", s(&dir), s(&out), "--tp", "1000000000000000000"]), &out, &["tp", "1000000000000000000"]);
+    usage_fails(&mut cli(["reshard", s(&dir), s(&out), "--tp", "1000000000000000000"]), &out, &["tp", "1000000000000000000"]);
 }
 
 #[test]
@@ -720,7 +734,7 @@ fn invalid_max_shard_size() {
     let (tmp, dir) = sharded(2, true);
     let out = tmp.path().join("out");
     let mut c = cli(["consolidate", s(&dir), s(&out), "--max-shard-size", "5 parsecs"]);
-    fails(&mut c, &out, &["invalid size", "5 parsecs"]);
+    usage_fails(&mut c, &out, &["invalid size", "5 parsecs"]);
 }
 
 #[test]

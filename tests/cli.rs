@@ -153,15 +153,16 @@ fn lora_shard_forward_consolidate_from_the_command_line() {
     // consolidate: every adapter as a PEFT dir, byte for byte.
     let o = run(&["consolidate", s(&sharded), s(&out)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for (got, want) in [(out.clone(), lora.clone()), (out.join("qv-2"), qv.clone())] {
-        for f in ["adapter_model.safetensors", "adapter_config.json"] {
-            assert!(std::fs::read(got.join(f)).unwrap() == std::fs::read(want.join(f)).unwrap(), "{f}");
-        }
+    for (got, want) in [(out.join("default"), lora.clone()), (out.join("qv-2"), qv.clone())] {
+        let f = "adapter_model.safetensors";
+        assert!(std::fs::read(got.join(f)).unwrap() == std::fs::read(want.join(f)).unwrap(), "{f}");
+        let c: serde_json::Value = serde_json::from_slice(&std::fs::read(got.join("adapter_config.json")).unwrap()).unwrap();
+        assert_eq!(c["base_model_name_or_path"], std::path::absolute(&out).unwrap().to_str().unwrap());
     }
     // --adapter NAME writes only that one; --merge-adapter folds one into the base weights.
     let only = tmp.path().join("only");
     assert!(run(&["consolidate", s(&sharded), s(&only), "--adapter", "qv-2"]).status.success());
-    assert!(only.join("qv-2/adapter_model.safetensors").exists() && !only.join("adapter_model.safetensors").exists());
+    assert!(only.join("qv-2/adapter_model.safetensors").exists() && !only.join("default").exists());
     let merged = tmp.path().join("merged");
     let o = run(&["consolidate", s(&sharded), s(&merged), "--merge-adapter", "default"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -205,18 +205,34 @@ fn same_bytes(a: &std::path::Path, b: &std::path::Path) {
     assert!(std::fs::read(a).unwrap() == std::fs::read(b).unwrap(), "{} differs from {}", a.display(), b.display());
 }
 
+/// The exported `adapter_config.json` in `out/<name>/` equals the fixture's byte for byte, except that
+/// `base_model_name_or_path` is `out`'s absolute path (so that the adapter finds its base offline).
+fn same_config_but_base(out: &std::path::Path, name: &str, fixture_dir: &str) {
+    let got = std::fs::read_to_string(out.join(name).join("adapter_config.json")).unwrap();
+    let want = std::fs::read_to_string(fixture(fixture_dir).join("adapter_config.json")).unwrap();
+    let base = std::path::absolute(out).unwrap();
+    let field = |v: &str| format!("\"base_model_name_or_path\": {}", serde_json::to_string(v).unwrap());
+    let orig: serde_json::Value = serde_json::from_str(&want).unwrap();
+    let orig_base = orig["base_model_name_or_path"].as_str().unwrap();
+    assert!(got.contains(&field(base.to_str().unwrap())), "{got}");
+    assert_eq!(got.replace(&field(base.to_str().unwrap()), &field(orig_base)), want);
+}
+
 #[test]
 fn exact_import_shard_consolidate_gives_the_adapter_back_byte_for_byte() {
     for (tp, fuse) in [(2, true), (4, false), (8, true)] {
         let e = opts(LoraMode::Exact, false);
         let tmp = shard_and_consolidate(tp, fuse, &[("llama-gqa-lora", "default", e)], AdapterOptions::default());
         let out = tmp.path().join("out");
-        same_bytes(&out.join("adapter_model.safetensors"), &fixture("llama-gqa-lora/adapter_model.safetensors"));
-        // The config keeps its meaning (here even its bytes).
-        let back = LoraConfig::read(&out).unwrap();
+        // The base model at the top of OUT, every adapter in OUT/<name>/ (default included).
+        assert!(!out.join("adapter_config.json").exists() && !out.join("adapter_model.safetensors").exists());
+        same_bytes(&out.join("default/adapter_model.safetensors"), &fixture("llama-gqa-lora/adapter_model.safetensors"));
+        // The config keeps its meaning and its bytes, pointing at OUT as its base model.
+        let mut back = LoraConfig::read(&out.join("default")).unwrap();
         let orig = LoraConfig::read(&fixture("llama-gqa-lora")).unwrap();
+        back.base_model_name_or_path = orig.base_model_name_or_path.clone();
         assert_eq!(back, orig);
-        same_bytes(&out.join("adapter_config.json"), &fixture("llama-gqa-lora/adapter_config.json"));
+        same_config_but_base(&out, "default", "llama-gqa-lora");
         assert_same_tensors(&HfCheckpoint::open(&out).unwrap(), &hf("llama-gqa"), "base weights");
     }
 }
@@ -227,7 +243,10 @@ fn merge_on_export_matches_the_golden_lora_logits_as_a_plain_model() {
     let merge = AdapterOptions { only: None, merge: Some("default".into()) };
     let tmp = shard_and_consolidate(4, true, &[("llama-gqa-lora", "default", e)], merge);
     let out = tmp.path().join("out");
-    assert!(!out.join("adapter_config.json").exists(), "a merged adapter is not written");
+    assert!(
+        !out.join("adapter_config.json").exists() && !out.join("default").exists(),
+        "a merged adapter is not written"
+    );
     let (ids, g) = golden("llama-gqa-lora");
     for tp in [1, 2] {
         let o = run_tp_forward(&HfCheckpoint::open(&out).unwrap(), &cfg(), tp, true, &ids).unwrap();
@@ -254,10 +273,10 @@ fn qv_adapter_all_or_none_names_k_proj_and_partial_mode_matches_its_golden() {
     let p = opts(LoraMode::Exact, true);
     let tmp = shard_and_consolidate(4, false, &[("llama-gqa-lora-qv", "default", p)], AdapterOptions::default());
     same_bytes(
-        &tmp.path().join("out/adapter_model.safetensors"),
+        &tmp.path().join("out/default/adapter_model.safetensors"),
         &fixture("llama-gqa-lora-qv/adapter_model.safetensors"),
     );
-    same_bytes(&tmp.path().join("out/adapter_config.json"), &fixture("llama-gqa-lora-qv/adapter_config.json"));
+    same_config_but_base(&tmp.path().join("out"), "default", "llama-gqa-lora-qv");
 }
 
 #[test]
@@ -274,7 +293,10 @@ fn several_adapters_side_by_side_with_hyphenated_names() {
         &tmp.path().join("out/qv-adapter-2/adapter_model.safetensors"),
         &fixture("llama-gqa-lora-qv/adapter_model.safetensors"),
     );
-    same_bytes(&tmp.path().join("out/adapter_model.safetensors"), &fixture("llama-gqa-lora/adapter_model.safetensors"));
+    same_bytes(
+        &tmp.path().join("out/default/adapter_model.safetensors"),
+        &fixture("llama-gqa-lora/adapter_model.safetensors"),
+    );
     // Resharding carries the adapters along: 2 → 4 → consolidate gives them back byte for byte.
     let r4 = tmp.path().join("tp4");
     neuron_spec::reshard::reshard(&s, &r4, 4, &WriteOptions::default()).unwrap();
@@ -284,12 +306,12 @@ fn several_adapters_side_by_side_with_hyphenated_names() {
         &back.join("qv-adapter-2/adapter_model.safetensors"),
         &fixture("llama-gqa-lora-qv/adapter_model.safetensors"),
     );
-    same_bytes(&back.join("adapter_model.safetensors"), &fixture("llama-gqa-lora/adapter_model.safetensors"));
+    same_bytes(&back.join("default/adapter_model.safetensors"), &fixture("llama-gqa-lora/adapter_model.safetensors"));
     let only = tempfile::tempdir().unwrap();
     let o = only.path().join("o");
     let sel = AdapterOptions { only: Some(vec!["qv-adapter-2".into()]), merge: None };
     consolidate_with_adapters(&s, &o, &WriteOptions::default(), &sel).unwrap();
-    assert!(o.join("qv-adapter-2/adapter_model.safetensors").exists() && !o.join("adapter_model.safetensors").exists());
+    assert!(o.join("qv-adapter-2/adapter_model.safetensors").exists() && !o.join("default").exists());
     // In the model, both adapters' factors carry their names, and save back to the same rank tensors.
     let meta = model_metadata(&cfg(), 2, true).unwrap();
     let ck = neuron_spec::checkpoint::ShardedCheckpoint::open(&s).unwrap();

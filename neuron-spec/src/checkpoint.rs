@@ -42,6 +42,14 @@ pub struct Report {
     pub bytes_read_per_rank: Vec<usize>,
     /// Input tensors left unused.
     pub unexpected: Vec<String>,
+    /// Adapter files written (final paths), not counted in `files`.
+    pub adapter_files: Vec<PathBuf>,
+    /// Adapter tensors written, not counted in `tensors`.
+    pub adapter_tensors: usize,
+    /// Bytes of adapter tensor data written, not counted in `bytes_written`.
+    pub adapter_bytes: u64,
+    /// Non-weight files carried over ([`side_files`]), relative to the output directory.
+    pub side_files: Vec<PathBuf>,
 }
 
 /// What consolidation does with replicated kv heads (kv_size_multiplier > 1).
@@ -69,15 +77,82 @@ pub struct WriteOptions {
     pub allow_unexpected: bool,
     /// Largest HF output file, in bytes (consolidation).
     pub max_shard_size: Option<u64>,
+    /// Consolidation: cast floating-point tensors to this dtype (round to nearest even, as torch's `.to()`;
+    /// integer tensors are kept), and record it as `dtype` / `torch_dtype` in `config.json`.
+    pub dtype: Option<crate::DType>,
+    /// Consolidation: write only the base tensors whose name this matches (a search, like grep).
+    pub only: Option<regex::Regex>,
 }
 
-fn copy_config(src_dir: &Path, dst_dir: &Path) -> Result<()> {
-    let c = src_dir.join("config.json");
-    if c.exists() {
-        let bytes = std::fs::read(&c).map_err(|e| Error::io(&c, e))?;
-        write_file_synced(&dst_dir.join("config.json"), &bytes)?;
+/// Is `name` a weight file or index (any format), an adapter's file or hidden? Those never travel as side files.
+fn is_weight_or_adapter_file(name: &str) -> bool {
+    const WEIGHT_SUFFIXES: [&str; 11] =
+        [".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".npz", ".index.json"];
+    name.starts_with('.')
+        || WEIGHT_SUFFIXES.iter().any(|s| name.ends_with(s))
+        || name == crate::lora::ADAPTER_CONFIG
+        || name.starts_with("adapter_model.")
+}
+
+/// Sub-directories of an HF model folder that hold non-weight files and travel whole (transformers' extra
+/// chat templates).
+pub const SIDE_DIRS: [&str; 1] = ["additional_chat_templates"];
+
+/// The non-weight files of an HF model folder or a sharded checkpoint (`config.json`, `tokenizer*.json`,
+/// `tokenizer.model`, `special_tokens_map.json`, `generation_config.json`, chat templates, model card, ...),
+/// relative to `dir`: every top-level regular file (symlinks followed, as in the HF cache) except weight files
+/// and indexes of any format (so goldens and stray checkpoints are never mixed in), adapter files and hidden
+/// files, plus the files of [`SIDE_DIRS`].
+pub fn side_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let e = e.map_err(|e| Error::io(dir, e))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        let is_file = std::fs::metadata(e.path()).map(|m| m.is_file()).unwrap_or(false);
+        if is_file && !is_weight_or_adapter_file(&name) {
+            out.push(PathBuf::from(name));
+        } else if SIDE_DIRS.contains(&name.as_str()) && e.path().is_dir() {
+            let sub = e.path();
+            for f in std::fs::read_dir(&sub).map_err(|e| Error::io(&sub, e))? {
+                let f = f.map_err(|e| Error::io(&sub, e))?;
+                let n = f.file_name().to_string_lossy().to_string();
+                if !n.starts_with('.') && std::fs::metadata(f.path()).map(|m| m.is_file()).unwrap_or(false) {
+                    out.push(Path::new(&name).join(n));
+                }
+            }
+        }
     }
-    Ok(())
+    out.sort();
+    Ok(out)
+}
+
+/// Rewrites `config.json`'s bytes (consolidation to another dtype).
+pub(crate) type ConfigEdit<'a> = &'a dyn Fn(&[u8]) -> Result<Vec<u8>>;
+
+/// Copies the [`side_files`] of `src_dir` into `dst_dir` byte for byte; `config_edit` may rewrite
+/// `config.json` (consolidation to another dtype). Returns the files copied (relative paths).
+pub(crate) fn copy_side_files(
+    src_dir: &Path,
+    dst_dir: &Path,
+    config_edit: Option<ConfigEdit<'_>>,
+) -> Result<Vec<PathBuf>> {
+    if src_dir == dst_dir {
+        return Ok(vec![]);
+    }
+    let files = side_files(src_dir)?;
+    for rel in &files {
+        let src = src_dir.join(rel);
+        let mut bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+        if let (Some(edit), true) = (config_edit, rel == Path::new("config.json")) {
+            bytes = edit(&bytes)?;
+        }
+        let dst = dst_dir.join(rel);
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        write_file_synced(&dst, &bytes)?;
+    }
+    Ok(files)
 }
 
 /// Records each parameter's global (unpadded) shape and dtype in the metadata, from the plan.
@@ -138,9 +213,9 @@ pub fn shard_with_adapters(
     report.unexpected = plan_unexpected(&hf, &plan);
     for a in adapters {
         let r = crate::lora::disk::write_sharded_adapter(staging.path(), out_dir, a, tp, &opts.progress)?;
-        report.files.extend(r.files);
-        report.tensors += r.tensors;
-        report.bytes_written += r.bytes_written;
+        report.adapter_files.extend(r.files);
+        report.adapter_tensors += r.tensors;
+        report.adapter_bytes += r.bytes_written;
     }
     staging.commit()?;
     Ok(report)
@@ -213,7 +288,7 @@ pub(crate) fn write_sharded(
     })?;
     bar.finish();
     write_file_synced(&root.join(METADATA_PATH), meta.to_json()?.as_bytes())?;
-    copy_config(config_dir, root)?;
+    report.side_files = copy_side_files(config_dir, root, None)?;
     Ok(report)
 }
 
@@ -466,8 +541,23 @@ fn consolidate_staged(
         .iter()
         .map(|a| Ok((a.name.clone(), a.export(&ck.metadata, opts.kv_replicas)?)))
         .collect::<Result<_>>()?;
+    let inverse: Vec<TensorPlan> = match &opts.only {
+        Some(re) => {
+            let kept: Vec<TensorPlan> = inverse.into_iter().filter(|t| re.is_match(&t.name)).collect();
+            if kept.is_empty() {
+                return Err(Error::Invalid(format!("--only {}: no tensor of {} matches", re.as_str(), sharded_dir.display())));
+            }
+            kept
+        }
+        None => inverse,
+    };
+    let cast_to = |d: crate::DType| match opts.dtype {
+        Some(t) if d.is_float() => t,
+        _ => d,
+    };
     let staging = Staging::new(out_dir, opts.force)?;
-    let mut infos: Vec<TensorInfo> = inverse.iter().map(TensorPlan::info).collect();
+    let mut infos: Vec<TensorInfo> =
+        inverse.iter().map(|t| TensorInfo { dtype: cast_to(t.dtype), ..t.info() }).collect();
     infos.sort_by(|a, b| natural_cmp(&a.name, &b.name));
     let by_name: BTreeMap<&str, &TensorPlan> = inverse.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut report = Report { tensors: infos.len(), ..Default::default() };
@@ -478,13 +568,17 @@ fn consolidate_staged(
         .flatten()
         .map(|i| by_name.get(i.name.as_str()).copied().ok_or_else(|| Error::Invalid(format!("no plan for {}", i.name))))
         .collect::<Result<Vec<_>>>()?;
-    // A tensor with a merged LoRA delta is assembled; every other one is written as pieces.
-    let compute = |t: &TensorPlan| match merged.get(&t.name) {
-        Some(delta) => {
+    // A tensor with a merged LoRA delta or a cast is assembled; every other one is written as pieces.
+    let compute = |t: &TensorPlan| match (merged.get(&t.name), cast_to(t.dtype)) {
+        (Some(delta), to) => {
             let out = crate::model::consolidate_tensor(t, &sources, opts.kv_replicas)?;
-            Ok(vec![crate::lora::export::apply_delta(&t.name, &out, delta)?])
+            Ok(vec![crate::dtype::cast(&crate::lora::export::apply_delta(&t.name, &out, delta)?, to)?])
         }
-        None => crate::model::consolidate_pieces(t, &sources, opts.kv_replicas),
+        (None, to) if to != t.dtype => {
+            let out = crate::model::consolidate_tensor(t, &sources, opts.kv_replicas)?;
+            Ok(vec![crate::dtype::cast(&out, to)?])
+        }
+        (None, _) => crate::model::consolidate_pieces(t, &sources, opts.kv_replicas),
     };
     let files = with_prefetch(&order, &compute, |next| {
         write_hf_checkpoint(staging.path(), &infos, opts.max_shard_size, &mut |info| {
@@ -495,7 +589,7 @@ fn consolidate_staged(
     })
     .map_err(|e| staging.describe(e))?;
     bar.finish();
-    if let Some(missing) = merged.keys().find(|k| !by_name.contains_key(k.as_str())) {
+    if let Some(missing) = merged.keys().find(|k| opts.only.is_none() && !by_name.contains_key(k.as_str())) {
         return Err(Error::lora(
             adapters.merge.as_deref().unwrap_or_default(),
             format!("cannot merge: the base checkpoint has no weight {missing}"),
@@ -503,18 +597,23 @@ fn consolidate_staged(
     }
     report.bytes_written = infos.iter().map(|i| i.nbytes() as u64).sum();
     report.files = files.iter().filter_map(|f| f.file_name()).map(|n| out_dir.join(n)).collect();
+    // Every adapter in its own folder, so that transformers loads OUT as the base model; its
+    // `base_model_name_or_path` is OUT's absolute path (peft resolves a relative one against the working
+    // directory, not the adapter's folder).
+    let base_path = std::path::absolute(out_dir).map_err(|e| Error::io(out_dir, e))?;
     for (name, a) in &exported {
-        let (dir, shown) = if name == "default" {
-            (staging.path().to_path_buf(), out_dir.to_path_buf())
-        } else {
-            (staging.path().join(name), out_dir.join(name))
-        };
+        let (dir, shown) = (staging.path().join(name), out_dir.join(name));
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        crate::lora::export::write_adapter_dir(&dir, a)?;
-        report.files.push(shown.join(crate::lora::ADAPTER_WEIGHTS));
-        report.tensors += a.tensors.len();
+        let mut a = a.clone();
+        a.config.base_model_name_or_path = Some(base_path.to_string_lossy().into_owned());
+        crate::lora::export::write_adapter_dir(&dir, &a)?;
+        report.adapter_files.push(shown.join(crate::lora::ADAPTER_WEIGHTS));
+        report.adapter_tensors += a.tensors.len();
+        report.adapter_bytes += a.tensors.iter().map(|(_, t)| t.bytes().len() as u64).sum::<u64>();
     }
-    copy_config(sharded_dir, staging.path()).map_err(|e| staging.describe(e))?;
+    let edit = |bytes: &[u8]| -> Result<Vec<u8>> { set_config_dtype(bytes, opts.dtype) };
+    report.side_files =
+        copy_side_files(sharded_dir, staging.path(), Some(&edit)).map_err(|e| staging.describe(e))?;
     Ok((report, staging))
 }
 
@@ -524,4 +623,31 @@ pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
         s.split('.').map(|p| p.parse::<u64>().map_or((u64::MAX, p.to_string()), |n| (n, String::new()))).collect()
     };
     key(a).cmp(&key(b))
+}
+
+/// `config.json` with its `dtype` / `torch_dtype` (transformers 4.56+ writes `dtype`, older versions
+/// `torch_dtype`) set to `dtype`'s torch name, the rest of the text kept byte for byte; unchanged without one.
+fn set_config_dtype(bytes: &[u8], dtype: Option<crate::DType>) -> Result<Vec<u8>> {
+    let Some(d) = dtype else { return Ok(bytes.to_vec()) };
+    let name = match d {
+        crate::DType::BF16 => "bfloat16",
+        crate::DType::F16 => "float16",
+        crate::DType::F32 => "float32",
+        crate::DType::F64 => "float64",
+        other => return Err(Error::Invalid(format!("--dtype {other}: only floating-point dtypes"))),
+    };
+    let bad = |reason: String| Error::Json { path: PathBuf::from("config.json"), reason };
+    let text = std::str::from_utf8(bytes).map_err(|e| bad(e.to_string()))?;
+    let mut v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let re = regex::Regex::new(r#"("(?:torch_)?dtype"\s*:\s*)"[^"]*""#).map_err(|e| bad(e.to_string()))?;
+    let replaced = re.replace_all(text, |c: &regex::Captures| format!("{}\"{name}\"", &c[1]));
+    if replaced != text || re.is_match(text) {
+        return Ok(replaced.into_owned().into_bytes());
+    }
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("dtype".into(), serde_json::Value::String(name.into()));
+    }
+    let mut out = serde_json::to_string_pretty(&v).map_err(|e| bad(e.to_string()))?;
+    out.push('\n');
+    Ok(out.into_bytes())
 }

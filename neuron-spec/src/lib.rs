@@ -1,7 +1,90 @@
-//! neuron-spec: move model weights between the Hugging Face layout and tensor-parallel modules.
+//! neuron-spec: move model weights between the Hugging Face layout and tensor-parallel (TP) modules.
 //!
-//! Specs ([`specs`]) describe how a custom module's weights relate to the HF ones; for a TP size and rank
-//! they compile into [`plan`]s of raw-byte block copies, which sharding, consolidation and reports all run.
+//! Built on burn `=0.22.1` with `default-features = false` and the features `std` and `ndarray` (add
+//! `autodiff` and `optim` to train); loading through burn-store (`=0.22.1`, features `std`, `safetensors`).
+//! This crate's own feature `burn` (on by default) holds the module contract ([`module`]) and the parallel
+//! layers ([`layers`]); without it the crate is the I/O, spec and plan runtime alone.
+//!
+//! # From an annotated model to rank files and back
+//!
+//! 1. **Annotate** a burn model: `#[derive(Module, CustomModule)]` on each struct, field names as HF module
+//!    names, and on each fused layer the HF linears it replaces (`#[fused_linears(..)]`, `#[gqa_qkv(..)]`,
+//!    `#[hf(rename = "..")]`, `#[hf(skip)]`: the attributes are documented on the derive,
+//!    [`CustomModule`](derive@CustomModule)). Every number (heads, sizes, TP size and rank) is read from the
+//!    layers.
+//! 2. **Build one rank**: each layer gets a [`TpContext`](module::TpContext) (an explicit value, no globals).
+//! 3. **Ask the model**: `transformation_specs()` (the reference's specs, by module path) and
+//!    `create_parameter_metadata()` (what a sharded checkpoint records; its JSON is what
+//!    `neuron-spec shard --layout FILE` takes).
+//! 4. **Load a rank** from an HF checkpoint (`load_hf_rank`, the reference's `adapt_state_dict` then a load),
+//!    or through burn-store: `model.load_from(&mut HfRankStore::for_model(&model, &hf)?)`.
+//! 5. **Save**: `save_rank_tensors` gives the rank's tensors by HF name; [`checkpoint::shard`] writes every
+//!    rank of an HF folder to disk with the model's metadata, [`checkpoint::consolidate`] writes the HF folder
+//!    back and [`reshard::reshard`] changes the TP size.
+//!
+//! ```
+//! use burn::module::Module;
+//! use neuron_spec::prelude::*;
+//! use neuron_spec::{HostTensor, StateDict, TensorSource};
+//!
+//! #[derive(Module, CustomModule, Debug)]
+//! pub struct Mlp {
+//!     #[fused_linears(gate_proj, up_proj)]
+//!     pub gate_up_proj: ColumnParallelLinear,
+//!     pub down_proj: RowParallelLinear,
+//! }
+//!
+//! #[derive(Module, CustomModule, Debug)]
+//! pub struct Model {
+//!     pub mlp: Mlp, // HF path `mlp.gate_proj`, `mlp.up_proj`, `mlp.down_proj`
+//! }
+//!
+//! # fn main() -> neuron_spec::Result<()> {
+//! let device = burn::tensor::Device::default();
+//! let tp = TpContext::new(2, 1)?; // tp 2, rank 1
+//! let model = Model {
+//!     mlp: Mlp {
+//!         gate_up_proj: ColumnParallelLinearConfig::new(8, 32).with_fused_members(2).init(tp, &device)?,
+//!         down_proj: RowParallelLinearConfig::new(16, 8).init(tp, &device)?,
+//!     },
+//! };
+//! let specs = model.transformation_specs()?;
+//! assert_eq!(specs[0].module_fully_qualified_name, "mlp");
+//! let meta = model.create_parameter_metadata()?; // meta.to_json()? is a `--layout` file
+//! assert!(meta.parameters["mlp.down_proj.weight"].tensor_model_parallel);
+//!
+//! // An HF checkpoint: here in memory; `neuron_spec::io::HfCheckpoint::open(dir)?` maps a folder.
+//! let mut hf = StateDict::new();
+//! for (name, shape) in [("mlp.gate_proj.weight", [16, 8]), ("mlp.up_proj.weight", [16, 8]), ("mlp.down_proj.weight", [8, 16])] {
+//!     hf.insert(name.to_string(), HostTensor::from_f32(shape.to_vec(), &[0.5; 128])?);
+//! }
+//! let model = model.load_hf_rank(&hf, &device, PlanOptions::default())?;
+//! let mut rank = StateDict::new();
+//! model.save_rank_tensors("", &mut rank)?; // rank 1's tensors by HF name
+//! assert_eq!(rank.tensor("mlp.gate_up_proj.weight")?.shape(), &[16, 8]); // 8 rows of gate, 8 of up
+//! assert_eq!(rank.tensor("mlp.down_proj.weight")?.shape(), &[8, 8]);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! On disk, every rank at once (what `neuron-spec shard` does with a built-in layout):
+//!
+//! ```no_run
+//! # use neuron_spec::prelude::*;
+//! # fn main() -> neuron_spec::Result<()> {
+//! # let meta: neuron_spec::CheckpointMetadata = todo!();
+//! use neuron_spec::checkpoint::{consolidate, shard, ShardedCheckpoint, WriteOptions};
+//! use std::path::Path;
+//! shard(Path::new("hf_model"), Path::new("sharded"), &meta, 2, &WriteOptions::default())?;
+//! let ck = ShardedCheckpoint::open(Path::new("sharded"))?; // checksums verified
+//! let rank1 = &ck.ranks[1]; // a TensorSource: `model.load_rank_tensors("", rank1, &device)?`
+//! # let _ = rank1;
+//! consolidate(Path::new("sharded"), Path::new("hf_again"), &WriteOptions::default())?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Without a model, the Llama-family layout comes from `config.json`:
 //!
 //! ```no_run
 //! use neuron_spec::io::HfCheckpoint;
@@ -36,7 +119,11 @@ pub mod model;
 pub mod module;
 pub mod pipeline;
 pub mod plan;
+#[cfg(feature = "burn")]
+pub mod prelude;
 pub mod progress;
+#[cfg(feature = "burn")]
+pub mod reference_names;
 pub mod reshard;
 pub mod sharding;
 pub mod specs;

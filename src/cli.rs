@@ -1,10 +1,12 @@
 //! The `neuron-spec` command line: shard, consolidate, reshard, plan, inspect, and a `forward` hook that a
 //! model crate fills in (the binary lives next to the model; see `examples/`).
 
+use clap::{Args, Parser, Subcommand};
 use neuron_spec::checkpoint::{
     consolidate, consolidate_with_adapters, shard, shard_with_adapters, AdapterOptions, ShardedCheckpoint,
     WriteOptions, METADATA_PATH,
 };
+use neuron_spec::compare::max_abs_diff;
 use neuron_spec::error::{Error, Result};
 use neuron_spec::io::{parse_size, HfCheckpoint};
 use neuron_spec::llama::{llama_layout_with, LlamaConfig, QkvLayout};
@@ -13,8 +15,6 @@ use neuron_spec::metadata::CheckpointMetadata;
 use neuron_spec::model::{plan_shards, PlanOptions};
 use neuron_spec::plan::TensorSource;
 use neuron_spec::reshard::{reshard, reshard_plan};
-use clap::{Args, Parser, Subcommand};
-use neuron_spec::compare::max_abs_diff;
 use std::path::{Path, PathBuf};
 
 /// The largest |logit - golden| that `forward --golden` and `quickstart` accept.
@@ -295,6 +295,9 @@ pub enum Command {
         /// Golden file with `logits`; prints `max_abs_diff` and fails above 1e-4.
         #[arg(long)]
         golden: Option<PathBuf>,
+        /// Writes `logits` (and `hidden_0`, `hidden_1` where the model exposes them) as F32 safetensors.
+        #[arg(long)]
+        output: Option<PathBuf>,
         /// LoRA adapters to run with (all active); a sharded checkpoint's own adapters are always loaded.
         #[command(flatten)]
         lora: AdapterArgs,
@@ -331,6 +334,30 @@ pub trait ForwardRunner {
         }
         self.forward(dir, tp, fuse_qkv, input_ids)
     }
+
+    /// [`forward_with_adapters`](Self::forward_with_adapters) with every output the model exposes, `logits`
+    /// first (then e.g. `hidden_0`, `hidden_1`). The default returns the logits only.
+    fn forward_outputs(
+        &self,
+        dir: &Path,
+        tp: usize,
+        fuse_qkv: bool,
+        adapters: &[AdapterArg],
+        input_ids: &[Vec<i64>],
+    ) -> Result<Vec<NamedOutput>> {
+        let (values, shape) = self.forward_with_adapters(dir, tp, fuse_qkv, adapters, input_ids)?;
+        Ok(vec![NamedOutput { name: "logits".into(), values, shape }])
+    }
+}
+
+/// One output of a forward run: row-major f32 values and their shape.
+pub struct NamedOutput {
+    /// `logits`, `hidden_0`, ...
+    pub name: String,
+    /// Row-major values.
+    pub values: Vec<f32>,
+    /// Their shape.
+    pub shape: Vec<usize>,
 }
 
 /// The default input ids (those of the fixtures' golden files).
@@ -404,7 +431,12 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                 &meta,
                 tp,
                 &adapters,
-                &WriteOptions { force, allow_unexpected, progress: crate::progress_bar::sink(!quiet), ..Default::default() },
+                &WriteOptions {
+                    force,
+                    allow_unexpected,
+                    progress: crate::progress_bar::sink(!quiet),
+                    ..Default::default()
+                },
             )?;
             if !quiet {
                 println!(
@@ -500,9 +532,11 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
         }
         Command::Plan { dir, tp, layout, json } => plan_command(&dir, tp, layout.qkv(), json),
         Command::Inspect { dir, json } => inspect_command(&dir, json),
-        Command::Forward { dir, tp, fuse_qkv, input_ids, golden, lora } => {
+        Command::Forward { dir, tp, fuse_qkv, input_ids, golden, output, lora } => {
             let runner = runner.ok_or_else(|| Error::Invalid("this build has no model for `forward`".into()))?;
-            forward_command(runner, &dir, tp, fuse_qkv, &lora.resolve()?, input_ids.as_deref(), golden.as_deref())
+            let files =
+                ForwardFiles { input_ids: input_ids.as_deref(), golden: golden.as_deref(), output: output.as_deref() };
+            forward_command(runner, &dir, tp, fuse_qkv, &lora.resolve()?, &files)
         }
         Command::Quickstart { model, work_dir } => quickstart(runner, &model, work_dir.as_deref()),
     }
@@ -643,20 +677,61 @@ pub fn read_input_ids(path: &Path) -> Result<Vec<Vec<i64>>> {
     Ok(v.chunks(shape[1].max(1)).map(<[i64]>::to_vec).collect())
 }
 
+/// The files `forward` reads and writes besides the checkpoint.
+struct ForwardFiles<'a> {
+    input_ids: Option<&'a Path>,
+    golden: Option<&'a Path>,
+    output: Option<&'a Path>,
+}
+
+/// Writes `outputs` as one F32 safetensors file, through a temporary sibling renamed into place.
+fn write_outputs(path: &Path, outputs: &[NamedOutput]) -> Result<()> {
+    use neuron_spec::tensor::HostTensor;
+    let tensors = outputs
+        .iter()
+        .map(|o| Ok((o.name.clone(), HostTensor::from_f32(o.shape.clone(), &o.values)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let infos: Vec<_> = tensors
+        .iter()
+        .map(|(n, t)| neuron_spec::TensorInfo { name: n.clone(), dtype: t.dtype(), shape: t.shape().to_vec() })
+        .collect();
+    let name = path.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a file name", path.display())))?;
+    let tmp = path.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    let written = neuron_spec::io::write_safetensors(&tmp, &infos, &Default::default(), &mut |info| {
+        Ok(tensors.iter().filter(|(n, _)| *n == info.name).map(|(_, t)| t.clone()).collect())
+    });
+    let renamed = written.and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if renamed.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    renamed
+}
+
 fn forward_command(
     runner: &dyn ForwardRunner,
     dir: &Path,
     tp: usize,
     fuse_qkv: bool,
     adapters: &[AdapterArg],
-    input_ids: Option<&Path>,
-    golden: Option<&Path>,
+    files: &ForwardFiles<'_>,
 ) -> Result<i32> {
-    let ids = match input_ids.or(golden) {
+    let golden = files.golden;
+    let ids = match files.input_ids.or(golden) {
         Some(p) => read_input_ids(p)?,
         None => DEFAULT_INPUT_IDS.iter().map(|r| r.to_vec()).collect(),
     };
-    let (logits, shape) = runner.forward_with_adapters(dir, tp, fuse_qkv, adapters, &ids)?;
+    let outputs = runner.forward_outputs(dir, tp, fuse_qkv, adapters, &ids)?;
+    if let Some(path) = files.output {
+        write_outputs(path, &outputs)?;
+        println!(
+            "wrote {} to {}",
+            outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", "),
+            path.display()
+        );
+    }
+    let Some(NamedOutput { values: logits, shape, .. }) = outputs.into_iter().find(|o| o.name == "logits") else {
+        return Err(Error::Invalid("the model's forward returned no logits".into()));
+    };
     println!("logits shape {shape:?}");
     if let Some(g) = golden {
         let f = neuron_spec::io::SafetensorsFile::open(g)?;

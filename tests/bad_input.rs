@@ -497,7 +497,11 @@ fn metadata_with_absurd_tp_size() {
         m["model_weight_transformation_specs"] = json!([]);
     });
     let out = tmp.path().join("out");
-    fails(&mut consolidate_cmd(&dir, &out), &out, &["mp_metadata_pp_rank_0.json", "tp size 1152921504606846976 is out of range (1 to 4096)"]);
+    fails(
+        &mut consolidate_cmd(&dir, &out),
+        &out,
+        &["mp_metadata_pp_rank_0.json", "tp size 1152921504606846976 is out of range (1 to 4096)"],
+    );
 }
 
 #[test]
@@ -610,7 +614,11 @@ fn rank_file_missing_a_tensor() {
     let out = tmp.path().join("out");
     fails(&mut consolidate_cmd(&dir, &out), &out, &["rank 1: missing tensors: model.norm.weight"]);
     let out2 = tmp.path().join("out2");
-    fails(&mut cli(["reshard", s(&dir), s(&out2), "--tp", "4"]), &out2, &["rank 1", "missing tensors: model.norm.weight"]);
+    fails(
+        &mut cli(["reshard", s(&dir), s(&out2), "--tp", "4"]),
+        &out2,
+        &["rank 1", "missing tensors: model.norm.weight"],
+    );
 }
 
 #[test]
@@ -741,7 +749,11 @@ fn reshard_to_an_absurd_tp() {
     let meta = neuron_spec::llama::llama_layout_with(&cfg, 2, neuron_spec::llama::QkvLayout::Plain).unwrap();
     shard(&fixture("llama-gqa"), &dir, &meta, 2, &WriteOptions::default()).unwrap();
     let out = tmp.path().join("out");
-    fails(&mut cli(["reshard", s(&dir), s(&out), "--tp", "1000000000000000000"]), &out, &["tp_size", "tp 1000000000000000000 is above the supported maximum 4096"]);
+    fails(
+        &mut cli(["reshard", s(&dir), s(&out), "--tp", "1000000000000000000"]),
+        &out,
+        &["tp_size", "tp 1000000000000000000 is above the supported maximum 4096"],
+    );
 }
 
 #[test]
@@ -755,7 +767,11 @@ fn heads_not_divisible_by_tp() {
 fn reshard_to_a_tp_size_heads_do_not_divide() {
     let (tmp, dir) = sharded(2, true);
     let out = tmp.path().join("out");
-    fails(&mut cli(["reshard", s(&dir), s(&out), "--tp", "3"]), &out, &["num_attention_heads", "8 heads are not divisible by tp 3"]);
+    fails(
+        &mut cli(["reshard", s(&dir), s(&out), "--tp", "3"]),
+        &out,
+        &["num_attention_heads", "8 heads are not divisible by tp 3"],
+    );
 }
 
 #[test]
@@ -1031,7 +1047,8 @@ fn tp_limit_is_4096() {
     let out = tmp.path().join("out");
     let gqa = fixture("llama-gqa");
     // At 4096 the tp check passes and the next one (the 96-row MLP does not split 4096 ways) speaks.
-    let msg = fails(&mut cli(["shard", s(&gqa), s(&out), "--tp", "4096", "--plain-attention"]), &out, &["original_dims"]);
+    let msg =
+        fails(&mut cli(["shard", s(&gqa), s(&out), "--tp", "4096", "--plain-attention"]), &out, &["original_dims"]);
     assert!(!msg.contains("maximum"), "{msg}");
     fails(
         &mut cli(["shard", s(&gqa), s(&out), "--tp", "4097", "--plain-attention"]),
@@ -1066,7 +1083,8 @@ fn layers_limit_is_16384() {
     let out = tmp.path().join("out");
     edit_json(&dir.join("config.json"), |c| c["num_hidden_layers"] = json!(16384));
     // Accepted by the limit (and quickly): layers 2.. are then missing from the checkpoint.
-    let msg = fails(&mut shard_cmd(&dir, &out, "2"), &out, &["missing tensors: model.layers.2.self_attn.q_proj.weight"]);
+    let msg =
+        fails(&mut shard_cmd(&dir, &out, "2"), &out, &["missing tensors: model.layers.2.self_attn.q_proj.weight"]);
     assert!(!msg.contains("maximum"), "{msg}");
     edit_json(&dir.join("config.json"), |c| c["num_hidden_layers"] = json!(16385));
     fails(&mut shard_cmd(&dir, &out, "2"), &out, &["num_hidden_layers", "16385 is above the supported maximum 16384"]);
@@ -1083,7 +1101,8 @@ fn kill_at(args: &[&str], dest: &Path, delay: Duration, complete: &dyn Fn(&Path)
     let name = dest.file_name().unwrap().to_str().unwrap();
     let before = dest.exists().then(|| snapshot(dest));
     let listing = |d: &Path| -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        let mut v: Vec<String> =
+            fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
         v.sort();
         v
     };
@@ -1103,7 +1122,9 @@ fn kill_at(args: &[&str], dest: &Path, delay: Duration, complete: &dyn Fn(&Path)
     // The early points must catch the writer midway (slow writes make it last well over a second).
     assert!(delay > Duration::from_millis(400) || status.code().is_none(), "{what}: finished before the kill");
     match (&before, dest.exists()) {
-        (Some(old), true) => assert!(snapshot(dest) == *old || complete(dest), "{what}: neither the old nor a complete output"),
+        (Some(old), true) => {
+            assert!(snapshot(dest) == *old || complete(dest), "{what}: neither the old nor a complete output")
+        }
         (Some(_), false) => panic!("{what}: the old destination is gone"),
         (None, true) => assert!(complete(dest), "{what}: an incomplete destination"),
         (None, false) => {}
@@ -1153,7 +1174,12 @@ fn kill_9_at_several_points_of_shard() {
     for ms in KILL_POINTS_MS {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("out");
-        kill_at(&["shard", s(&fixture("llama-gqa")), s(&out), "--tp", "2"], &out, Duration::from_millis(ms), &sharded_complete(2));
+        kill_at(
+            &["shard", s(&fixture("llama-gqa")), s(&out), "--tp", "2"],
+            &out,
+            Duration::from_millis(ms),
+            &sharded_complete(2),
+        );
     }
 }
 
@@ -1196,7 +1222,8 @@ fn read_only_bind_mount_destination() {
     let tmp = tempfile::tempdir().unwrap();
     let ro = tmp.path().join("ro");
     fs::create_dir(&ro).unwrap();
-    let mount = |args: &[&str]| Command::new("mount").args(args).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let mount =
+        |args: &[&str]| Command::new("mount").args(args).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
     if !(mount(&["--bind", s(&ro), s(&ro)]) && mount(&["-o", "remount,ro,bind", s(&ro)])) {
         let _ = Command::new("umount").arg(&ro).status();
         eprintln!("SKIPPED read_only_bind_mount_destination: `mount --bind` / `remount,ro` is not permitted here (needs root with CAP_SYS_ADMIN); destination_parent_is_a_file covers an unwritable destination instead");

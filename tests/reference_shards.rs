@@ -106,7 +106,10 @@ fn bf16_rank_tensors_equal_the_reference_rounded_to_bf16() {
                     assert_eq!(t.shape(), r.shape(), "tp{tp} rank{rank} {name} shape");
                     let want: Vec<u8> =
                         r.to_f32_vec().iter().flat_map(|v| half::bf16::from_f32(*v).to_bits().to_le_bytes()).collect();
-                    assert!(t.bytes() == want.as_slice(), "tp{tp} rank{rank} fuse={fuse} {name}: not the rounded reference");
+                    assert!(
+                        t.bytes() == want.as_slice(),
+                        "tp{tp} rank{rank} fuse={fuse} {name}: not the rounded reference"
+                    );
                 }
             }
         }

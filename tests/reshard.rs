@@ -95,8 +95,11 @@ fn the_reference_shards_reshard_to_the_reference_shards() {
         let src = tmp.path().join("ref");
         std::fs::create_dir_all(src.join(neuron_spec::checkpoint::RANKS_DIR)).unwrap();
         std::fs::copy(fixture("llama-gqa/config.json"), src.join("config.json")).unwrap();
-        std::fs::copy(fixture(&format!("tp-ref/llama-gqa/tp2/{file}")), src.join(neuron_spec::checkpoint::METADATA_PATH))
-            .unwrap();
+        std::fs::copy(
+            fixture(&format!("tp-ref/llama-gqa/tp2/{file}")),
+            src.join(neuron_spec::checkpoint::METADATA_PATH),
+        )
+        .unwrap();
         for r in 0..2 {
             std::fs::copy(
                 fixture(&format!("tp-ref/llama-gqa/tp2/rank{r}.safetensors")),

@@ -309,16 +309,16 @@ fn expected_refusal(h: usize, k: usize, m: usize, tp: usize, hd: usize) -> Optio
     if h == 0 || h > 4096 {
         return Some("num_attention_heads");
     }
-    if k == 0 || h % k != 0 {
+    if k == 0 || !h.is_multiple_of(k) {
         return Some("num_key_value_heads");
     }
-    if h % tp != 0 {
+    if !h.is_multiple_of(tp) {
         return Some("num_attention_heads");
     }
     let km = k * m;
     // kv_output_size_per_partition = km·hd/tp rows must be whole kv heads, at least one per rank, and a rank
     // never holds the same kv head twice.
-    if m == 0 || km % tp != 0 || km < tp || km / tp > k || (h / tp) % (km / tp) != 0 {
+    if m == 0 || !km.is_multiple_of(tp) || km < tp || km / tp > k || !(h / tp).is_multiple_of(km / tp) {
         return Some("kv_size_multiplier");
     }
     if hd == 0 {

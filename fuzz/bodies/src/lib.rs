@@ -7,8 +7,11 @@ pub mod metadata_json;
 pub mod safetensors_header;
 pub mod spec_plan;
 
+/// A target's body: panics on a finding.
+pub type Body = fn(&[u8]);
+
 /// Every body by target name.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("hf_index", hf_index::run),
     ("metadata_json", metadata_json::run),
     ("safetensors_header", safetensors_header::run),

@@ -377,6 +377,9 @@ pub enum Command {
         /// Golden file with `logits`; prints `max_abs_diff` and fails above 1e-4.
         #[arg(long)]
         golden: Option<PathBuf>,
+        /// Writes `logits` (and `hidden_0`, `hidden_1` where the model exposes them) as F32 safetensors.
+        #[arg(long)]
+        output: Option<PathBuf>,
         /// LoRA adapters to run with (all active); a sharded checkpoint's own adapters are always loaded.
         #[command(flatten)]
         lora: AdapterArgs,
@@ -425,6 +428,30 @@ pub trait ForwardRunner {
         }
         self.forward(dir, tp, fuse_qkv, input_ids)
     }
+
+    /// [`forward_with_adapters`](Self::forward_with_adapters) with every output the model exposes, `logits`
+    /// first (then e.g. `hidden_0`, `hidden_1`). The default returns the logits only.
+    fn forward_outputs(
+        &self,
+        dir: &Path,
+        tp: usize,
+        fuse_qkv: bool,
+        adapters: &[AdapterArg],
+        input_ids: &[Vec<i64>],
+    ) -> Result<Vec<NamedOutput>> {
+        let (values, shape) = self.forward_with_adapters(dir, tp, fuse_qkv, adapters, input_ids)?;
+        Ok(vec![NamedOutput { name: "logits".into(), values, shape }])
+    }
+}
+
+/// One output of a forward run: row-major f32 values and their shape.
+pub struct NamedOutput {
+    /// `logits`, `hidden_0`, ...
+    pub name: String,
+    /// Row-major values.
+    pub values: Vec<f32>,
+    /// Their shape.
+    pub shape: Vec<usize>,
 }
 
 /// The default input ids (those of the fixtures' golden files).
@@ -677,7 +704,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             })
         }
         Command::Inspect { dir, json } => crate::inspect_cmd::inspect_command(&dir, json),
-        Command::Forward { dir, tp, fuse_qkv, input_ids, golden, lora } => {
+        Command::Forward { dir, tp, fuse_qkv, input_ids, golden, output, lora } => {
             let runner = runner.ok_or_else(|| Error::Invalid("this build has no model for `forward`".into()))?;
             if is_sharded(&dir) {
                 let which = match (tp, fuse_qkv) {
@@ -695,7 +722,9 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                 }
             }
             let tp = tp.unwrap_or(1);
-            forward_command(runner, &dir, tp, fuse_qkv, &lora.resolve()?, input_ids.as_deref(), golden.as_deref())
+            let files =
+                ForwardFiles { input_ids: input_ids.as_deref(), golden: golden.as_deref(), output: output.as_deref() };
+            forward_command(runner, &dir, tp, fuse_qkv, &lora.resolve()?, &files)
         }
         Command::Quickstart { model, work_dir, force } => {
             if quiet {
@@ -747,20 +776,61 @@ pub fn read_input_ids(path: &Path) -> Result<Vec<Vec<i64>>> {
     Ok(v.chunks(shape[1].max(1)).map(<[i64]>::to_vec).collect())
 }
 
+/// The files `forward` reads and writes besides the checkpoint.
+struct ForwardFiles<'a> {
+    input_ids: Option<&'a Path>,
+    golden: Option<&'a Path>,
+    output: Option<&'a Path>,
+}
+
+/// Writes `outputs` as one F32 safetensors file, through a temporary sibling renamed into place.
+fn write_outputs(path: &Path, outputs: &[NamedOutput]) -> Result<()> {
+    use neuron_spec::tensor::HostTensor;
+    let tensors = outputs
+        .iter()
+        .map(|o| Ok((o.name.clone(), HostTensor::from_f32(o.shape.clone(), &o.values)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let infos: Vec<_> = tensors
+        .iter()
+        .map(|(n, t)| neuron_spec::TensorInfo { name: n.clone(), dtype: t.dtype(), shape: t.shape().to_vec() })
+        .collect();
+    let name = path.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a file name", path.display())))?;
+    let tmp = path.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    let written = neuron_spec::io::write_safetensors(&tmp, &infos, &Default::default(), &mut |info| {
+        Ok(tensors.iter().filter(|(n, _)| *n == info.name).map(|(_, t)| t.clone()).collect())
+    });
+    let renamed = written.and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if renamed.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    renamed
+}
+
 fn forward_command(
     runner: &dyn ForwardRunner,
     dir: &Path,
     tp: usize,
     fuse_qkv: bool,
     adapters: &[AdapterArg],
-    input_ids: Option<&Path>,
-    golden: Option<&Path>,
+    files: &ForwardFiles<'_>,
 ) -> Result<i32> {
-    let ids = match input_ids.or(golden) {
+    let golden = files.golden;
+    let ids = match files.input_ids.or(golden) {
         Some(p) => read_input_ids(p)?,
         None => DEFAULT_INPUT_IDS.iter().map(|r| r.to_vec()).collect(),
     };
-    let (logits, shape) = runner.forward_with_adapters(dir, tp, fuse_qkv, adapters, &ids)?;
+    let outputs = runner.forward_outputs(dir, tp, fuse_qkv, adapters, &ids)?;
+    if let Some(path) = files.output {
+        write_outputs(path, &outputs)?;
+        out!(
+            "wrote {} to {}",
+            outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", "),
+            path.display()
+        );
+    }
+    let Some(NamedOutput { values: logits, shape, .. }) = outputs.into_iter().find(|o| o.name == "logits") else {
+        return Err(Error::Invalid("the model's forward returned no logits".into()));
+    };
     out!("logits shape {shape:?}");
     if let Some(g) = golden {
         let f = neuron_spec::io::SafetensorsFile::open(g)?;

@@ -10,7 +10,7 @@ mod plan_cmd;
 mod plan_svg;
 mod progress_bar;
 
-use cli::{import_adapters, main_with, AdapterArg, ForwardRunner};
+use cli::{import_adapters, main_with, AdapterArg, ForwardRunner, NamedOutput};
 use neuron_spec::{Result, Spec};
 use neuron_spec_examples::{
     model_metadata, run_sharded_forward_with_adapters, run_tp_forward_with_adapters, ModelConfig,
@@ -34,6 +34,19 @@ impl ForwardRunner for Llama {
         adapters: &[AdapterArg],
         input_ids: &[Vec<i64>],
     ) -> Result<(Vec<f32>, Vec<usize>)> {
+        let mut outs = self.forward_outputs(dir, tp, fuse_qkv, adapters, input_ids)?.into_iter();
+        let logits = outs.next().ok_or_else(|| neuron_spec::Error::Invalid("no logits".into()))?;
+        Ok((logits.values, logits.shape))
+    }
+
+    fn forward_outputs(
+        &self,
+        dir: &Path,
+        tp: usize,
+        fuse_qkv: bool,
+        adapters: &[AdapterArg],
+        input_ids: &[Vec<i64>],
+    ) -> Result<Vec<NamedOutput>> {
         let cfg = ModelConfig::read(&dir.join("config.json"))?;
         let out = if dir.join(METADATA_PATH).exists() {
             let ck = ShardedCheckpoint::open(dir)?;
@@ -45,10 +58,26 @@ impl ForwardRunner for Llama {
             let ck = neuron_spec::io::HfCheckpoint::open(dir)?;
             run_tp_forward_with_adapters(&ck, &cfg, tp, fuse_qkv, &imported, input_ids)?
         };
-        Ok((out.logits, out.logits_shape.to_vec()))
+        let hidden_shape = out.hidden_shape.to_vec();
+        let mut named = vec![
+            NamedOutput { name: "logits".into(), values: out.logits, shape: out.logits_shape.to_vec() },
+            NamedOutput { name: "hidden_0".into(), values: out.hidden_0, shape: hidden_shape.clone() },
+        ];
+        if let Some(h) = out.hidden_1 {
+            named.push(NamedOutput { name: "hidden_1".into(), values: h, shape: hidden_shape });
+        }
+        Ok(named)
     }
 }
 
 fn main() {
-    std::process::exit(main_with(Some(&Llama)));
+    let code = main_with(Some(&Llama));
+    // For tests/memory_bound.rs: this process's own peak RSS (wait4's rusage would count the parent's too).
+    if std::env::var_os("NEURON_SPEC_REPORT_VMHWM").is_some() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        if let Some(v) = status.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
+            eprintln!("neuron-spec: VmHWM {}", v.trim());
+        }
+    }
+    std::process::exit(code);
 }

@@ -56,13 +56,46 @@ fn partials_in(dir: &Path) -> Vec<String> {
     }
 }
 
+/// No bad input may keep the binary busy longer than this (a missing size limit once made a case run 7 minutes).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Runs `cmd` to completion, killing it and failing the test when it runs longer than `limit`.
+fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run neuron-spec");
+    let mut pipes = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = pipes.0.read_to_end(&mut v);
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = pipes.1.read_to_end(&mut v);
+        v
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still ran after {limit:?}: killed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::process::Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
 /// Runs `cmd` and asserts the four properties of a clean failure: exit code 1, one `error: ...` line on
 /// stderr containing every word of `words`, `dest` as it was before (absent, or untouched) with no temporary
 /// directory next to it, and no panic. Returns the message.
 fn fails(cmd: &mut Command, dest: &Path, words: &[&str]) -> String {
     let before = snapshot(dest);
     let existed = dest.exists();
-    let o = cmd.output().expect("run neuron-spec");
+    let o = output_within(cmd, COMMAND_TIMEOUT);
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     eprintln!("{}", err.trim_end()); // shown with --nocapture: the messages users get
     assert!(!err.contains("panicked"), "panic: {err}");
@@ -478,7 +511,11 @@ fn metadata_with_absurd_tp_size() {
         m["model_weight_transformation_specs"] = json!([]);
     });
     let out = tmp.path().join("out");
-    fails(&mut consolidate_cmd(&dir, &out), &out, &["mp_metadata_pp_rank_0.json", "tp", "1152921504606846976"]);
+    fails(
+        &mut consolidate_cmd(&dir, &out),
+        &out,
+        &["mp_metadata_pp_rank_0.json", "tp size 1152921504606846976 is out of range (1 to 4096)"],
+    );
 }
 
 #[test]
@@ -497,9 +534,10 @@ fn metadata_with_tp_size_zero() {
     }
     // `inspect` reads rank 0's tensors: it must not index an empty list of ranks.
     let missing = tmp.path().join("nothing");
-    fails(&mut cli(["inspect", s(&dir)]), &missing, &["mp_metadata_pp_rank_0.json", "tp"]);
+    let words = ["mp_metadata_pp_rank_0.json", "tp size 0 is out of range (1 to 4096)"];
+    fails(&mut cli(["inspect", s(&dir)]), &missing, &words);
     let out = tmp.path().join("out");
-    fails(&mut consolidate_cmd(&dir, &out), &out, &["mp_metadata_pp_rank_0.json", "tp"]);
+    fails(&mut consolidate_cmd(&dir, &out), &out, &words);
 }
 
 #[test]
@@ -531,7 +569,7 @@ fn metadata_that_does_not_parse() {
     let text = fs::read_to_string(&m).unwrap();
     fs::write(&m, text.replace("\"parameters\"", "\"parameters\" ::")).unwrap();
     let out = tmp.path().join("out");
-    fails(&mut consolidate_cmd(&dir, &out), &out, &["mp_metadata_pp_rank_0.json", "line"]);
+    fails(&mut consolidate_cmd(&dir, &out), &out, &["mp_metadata_pp_rank_0.json", "expected value at line 4 column"]);
 }
 
 #[test]
@@ -580,13 +618,21 @@ fn rank_file_of_another_tp_size() {
 }
 
 #[test]
-fn rank_file_with_a_tensor_the_metadata_does_not_describe() {
+fn rank_file_missing_a_tensor() {
+    // A renamed tensor: the missing one is named (a tensor the metadata does not describe is
+    // rank_file_with_an_extra_tensor_is_not_dropped_silently).
     let (tmp, dir) = sharded(2, true);
     let f = dir.join(RANKS_DIR).join(rank_file_name(1));
     edit_header(&f, |h| rename_tensor(h, "model.norm.weight", "model.norm.weight_extra"));
     refresh_checksum(&dir, 1);
     let out = tmp.path().join("out");
-    fails(&mut consolidate_cmd(&dir, &out), &out, &["rank 1", "model.norm.weight"]);
+    fails(&mut consolidate_cmd(&dir, &out), &out, &["rank 1: missing tensors: model.norm.weight"]);
+    let out2 = tmp.path().join("out2");
+    fails(
+        &mut cli(["reshard", s(&dir), s(&out2), "--tp", "4"]),
+        &out2,
+        &["rank 1", "missing tensors: model.norm.weight"],
+    );
 }
 
 #[test]
@@ -683,6 +729,11 @@ fn kv_replicas_that_differ_stop_a_reshard() {
     fails(&mut cli(["reshard", s(&dir), s(&out), "--tp", "2"]), &out, &["k_proj.weight", "rank 2", "rank 0"]);
     let o = cli(["reshard", s(&dir), s(&out), "--tp", "2", "--kv-replicas", "first"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // "first" keeps rank 0's copy, the untouched one: the resharded checkpoint is the original model's tp 2.
+    let hf_out = tmp.path().join("hf");
+    let o = consolidate_cmd(&out, &hf_out).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_tensors(&neuron_spec::io::HfCheckpoint::open(&hf_out).unwrap(), &hf("llama-gqa"), "reshard first");
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -700,7 +751,7 @@ fn absurd_tp() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let mut c = cli(["shard", s(&fixture("llama-gqa")), s(&out), "--tp", "1000000000000000000", "--plain-attention"]);
-    usage_fails(&mut c, &out, &["tp", "1000000000000000000"]);
+    usage_fails(&mut c, &out, &["--tp", "between 1 and 4096", "1000000000000000000"]);
 }
 
 #[test]
@@ -712,7 +763,7 @@ fn reshard_to_an_absurd_tp() {
         neuron_spec_examples::layout_of_dir(&fixture("llama-gqa"), 2, neuron_spec_examples::QkvLayout::Plain).unwrap();
     shard(&fixture("llama-gqa"), &dir, &meta, 2, &WriteOptions::default()).unwrap();
     let out = tmp.path().join("out");
-    usage_fails(&mut cli(["reshard", s(&dir), s(&out), "--tp", "1000000000000000000"]), &out, &["tp", "1000000000000000000"]);
+    usage_fails(&mut cli(["reshard", s(&dir), s(&out), "--tp", "1000000000000000000"]), &out, &["--tp", "between 1 and 4096", "1000000000000000000"]);
 }
 
 #[test]
@@ -726,7 +777,11 @@ fn heads_not_divisible_by_tp() {
 fn reshard_to_a_tp_size_heads_do_not_divide() {
     let (tmp, dir) = sharded(2, true);
     let out = tmp.path().join("out");
-    fails(&mut cli(["reshard", s(&dir), s(&out), "--tp", "3"]), &out, &["num_attention_heads", "tp 3"]);
+    fails(
+        &mut cli(["reshard", s(&dir), s(&out), "--tp", "3"]),
+        &out,
+        &["num_attention_heads", "8 heads are not divisible by tp 3"],
+    );
 }
 
 #[test]
@@ -788,7 +843,7 @@ fn config_with_absurd_sizes() {
         c["head_dim"] = json!(1u64 << 40);
     });
     let out = tmp.path().join("out");
-    fails(&mut shard_cmd(&dir, &out, "2"), &out, &["num_attention_heads"]);
+    fails(&mut shard_cmd(&dir, &out, "2"), &out, &["num_attention_heads", "is above the supported maximum 4096"]);
 }
 
 #[test]
@@ -796,7 +851,7 @@ fn config_with_absurd_layer_count() {
     let (tmp, dir) = copy_fixture("llama-gqa");
     edit_json(&dir.join("config.json"), |c| c["num_hidden_layers"] = json!(1u64 << 50));
     let out = tmp.path().join("out");
-    fails(&mut shard_cmd(&dir, &out, "2"), &out, &["num_hidden_layers"]);
+    fails(&mut shard_cmd(&dir, &out, "2"), &out, &["num_hidden_layers", "is above the supported maximum 16384"]);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -813,13 +868,15 @@ fn destination_exists() {
 
 #[test]
 fn failed_forced_write_keeps_the_old_destination() {
-    let (tmp, dir) = copy_fixture("llama-gqa");
-    fs::write(dir.join(MODEL), b"not a safetensors file").unwrap();
+    // Valid input; the forced write fails midway (rank 1 meets a full disk) after rank 0 was written.
+    let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     fs::create_dir(&out).unwrap();
     fs::write(out.join("keep"), b"precious").unwrap();
-    let mut c = cli(["shard", s(&dir), s(&out), "--tp", "2", "--force"]);
-    fails(&mut c, &out, &[MODEL]);
+    let mut c = cli(["shard", s(&fixture("llama-gqa")), s(&out), "--tp", "2", "--force"]);
+    c.env("NEURON_SPEC_FAIL_AFTER_BYTES", "300000");
+    fails(&mut c, &out, &[&rank_file_name(1), "No space left on device"]);
+    assert_eq!(fs::read(out.join("keep")).unwrap(), b"precious");
 }
 
 /// Whether this process can write into `dir` despite its permissions (root can).
@@ -943,4 +1000,251 @@ fn adapter_for_another_model() {
     let adapter = fixture("llama-gqa-lora");
     let mut cmd = cli(["shard", s(&fixture("llama-mha-tied")), s(&out), "--tp", "2", "--adapter", s(&adapter)]);
     fails(&mut cmd, &out, &["lora_A", "64", "32"]);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Checksums and rank_files.
+
+#[test]
+fn damaged_rank_file_fails_forward_consolidate_and_reshard_naming_it() {
+    let (tmp, dir) = sharded(2, true);
+    let f = dir.join(RANKS_DIR).join(rank_file_name(1));
+    let mut bytes = fs::read(&f).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x01;
+    fs::write(&f, bytes).unwrap();
+    let words = [s(&f), "damaged rank file", "xxh3-64"];
+    let nothing = tmp.path().join("nothing");
+    fails(&mut cli(["forward", s(&dir)]), &nothing, &words);
+    let out = tmp.path().join("out");
+    fails(&mut consolidate_cmd(&dir, &out), &out, &words);
+    fails(&mut cli(["reshard", s(&dir), s(&out), "--tp", "4"]), &out, &words);
+}
+
+#[test]
+fn metadata_without_rank_files_is_an_error_not_a_skipped_check() {
+    // Our metadata (format_version 1) always records rank_files: without them nothing could be verified.
+    let (tmp, dir) = sharded(2, true);
+    edit_json(&dir.join(METADATA_PATH), |m| {
+        m.as_object_mut().unwrap().remove("rank_files");
+    });
+    let ranks = dir.join(RANKS_DIR);
+    let words = [s(&ranks), "records no rank_files", "checksums"];
+    let nothing = tmp.path().join("nothing");
+    fails(&mut cli(["forward", s(&dir)]), &nothing, &words);
+    let out = tmp.path().join("out");
+    fails(&mut consolidate_cmd(&dir, &out), &out, &words);
+    fails(&mut cli(["reshard", s(&dir), s(&out), "--tp", "4"]), &out, &words);
+}
+
+#[test]
+fn metadata_missing_one_rank_files_entry() {
+    let (tmp, dir) = sharded(2, true);
+    edit_json(&dir.join(METADATA_PATH), |m| {
+        m["rank_files"].as_array_mut().unwrap().pop();
+    });
+    let out = tmp.path().join("out");
+    fails(&mut consolidate_cmd(&dir, &out), &out, &["metadata lists 1 rank files for tp 2"]);
+    fails(&mut cli(["reshard", s(&dir), s(&out), "--tp", "4"]), &out, &["metadata lists 1 rank files for tp 2"]);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Size limits, pinned at the boundary: the limit passes the limit check, limit + 1 fails it.
+
+#[test]
+fn tp_limit_is_4096() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let gqa = fixture("llama-gqa");
+    // At 4096 the tp check passes and the next one (the 96-row MLP does not split 4096 ways) speaks.
+    let msg =
+        fails(&mut cli(["shard", s(&gqa), s(&out), "--tp", "4096", "--plain-attention"]), &out, &["original_dims"]);
+    assert!(!msg.contains("maximum"), "{msg}");
+    fails(
+        &mut cli(["shard", s(&gqa), s(&out), "--tp", "4097", "--plain-attention"]),
+        &out,
+        &["tp_size", "tp 4097 is above the supported maximum 4096"],
+    );
+}
+
+#[test]
+fn heads_limit_is_4096() {
+    let (tmp, dir) = copy_fixture("llama-gqa");
+    let out = tmp.path().join("out");
+    for (heads, limit_hit) in [(4096u64, false), (4097, true)] {
+        edit_json(&dir.join("config.json"), |c| {
+            c["num_attention_heads"] = json!(heads);
+            c["num_key_value_heads"] = json!(heads);
+        });
+        let mut c = shard_cmd(&dir, &out, "1");
+        if limit_hit {
+            fails(&mut c, &out, &["num_attention_heads", "4097 is above the supported maximum 4096"]);
+        } else {
+            // Accepted by the limit; the checkpoint's 64-row q_proj then does not match 4096 heads of 8.
+            let msg = fails(&mut c, &out, &["model.layers.0.self_attn.q_proj.weight", "expected shape [32768, 64]"]);
+            assert!(!msg.contains("maximum"), "{msg}");
+        }
+    }
+}
+
+#[test]
+fn layers_limit_is_16384() {
+    let (tmp, dir) = copy_fixture("llama-gqa");
+    let out = tmp.path().join("out");
+    edit_json(&dir.join("config.json"), |c| c["num_hidden_layers"] = json!(16384));
+    // Accepted by the limit (and quickly): layers 2.. are then missing from the checkpoint.
+    let msg =
+        fails(&mut shard_cmd(&dir, &out, "2"), &out, &["missing tensors: model.layers.2.self_attn.q_proj.weight"]);
+    assert!(!msg.contains("maximum"), "{msg}");
+    edit_json(&dir.join("config.json"), |c| c["num_hidden_layers"] = json!(16385));
+    fails(&mut shard_cmd(&dir, &out, "2"), &out, &["num_hidden_layers", "16385 is above the supported maximum 16384"]);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// kill -9 at several points of every writing command.
+
+/// Runs `args` with slow tensor writes, kills it (SIGKILL) `delay` after its `.<dest>.partial-<pid>` directory
+/// appears, then checks that `dest` is as it was before (`before`, when it existed) or complete (`complete`),
+/// that nothing but the dead writer's hidden partial directory was left, and that a rerun cleans up and succeeds.
+fn kill_at(args: &[&str], dest: &Path, delay: Duration, complete: &dyn Fn(&Path) -> bool) {
+    let parent = dest.parent().unwrap();
+    let name = dest.file_name().unwrap().to_str().unwrap();
+    let before = dest.exists().then(|| snapshot(dest));
+    let listing = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> =
+            fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        v.sort();
+        v
+    };
+    let others_before: Vec<String> = listing(parent).into_iter().filter(|n| n != name).collect();
+    let mut child =
+        cli(args).env("NEURON_SPEC_SLOW_WRITE_MS", "30").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let partial = parent.join(format!(".{name}.partial-{}", child.id()));
+    let started = Instant::now();
+    while !partial.exists() && child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(60), "{args:?} never started writing");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(delay);
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let what = format!("{args:?} killed {delay:?} in ({status:?})");
+    // The early points must catch the writer midway (slow writes make it last well over a second).
+    assert!(delay > Duration::from_millis(400) || status.code().is_none(), "{what}: finished before the kill");
+    match (&before, dest.exists()) {
+        (Some(old), true) => {
+            assert!(snapshot(dest) == *old || complete(dest), "{what}: neither the old nor a complete output")
+        }
+        (Some(_), false) => panic!("{what}: the old destination is gone"),
+        (None, true) => assert!(complete(dest), "{what}: an incomplete destination"),
+        (None, false) => {}
+    }
+    for n in listing(parent) {
+        assert!(
+            n == name || others_before.contains(&n) || n == format!(".{name}.partial-{}", child.id()),
+            "{what}: {n} left behind"
+        );
+    }
+    // The rerun (another pid) removes the dead writer's directory and succeeds.
+    let mut rerun = cli(args);
+    if !args.contains(&"--force") {
+        rerun.arg("--force");
+    }
+    let o = output_within(&mut rerun, COMMAND_TIMEOUT);
+    assert!(o.status.success(), "{what}: rerun: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(complete(dest), "{what}: rerun output incomplete");
+    assert!(!partial.exists() && partials_in(parent).is_empty(), "{what}: partial directories not cleaned up");
+}
+
+const KILL_POINTS_MS: [u64; 4] = [0, 120, 400, 900];
+
+fn sharded_complete(tp: usize) -> impl Fn(&Path) -> bool {
+    move |d: &Path| {
+        neuron_spec::checkpoint::ShardedCheckpoint::open(d).is_ok_and(|ck| {
+            ck.tp == tp && {
+                let t = tempfile::tempdir().unwrap();
+                let hf_out = t.path().join("hf");
+                neuron_spec::checkpoint::consolidate(d, &hf_out, &WriteOptions::default()).is_ok()
+                    && same_as_llama_gqa(&hf_out)
+            }
+        })
+    }
+}
+
+fn same_as_llama_gqa(d: &Path) -> bool {
+    let (Ok(a), b) = (neuron_spec::io::HfCheckpoint::open(d), hf("llama-gqa")) else { return false };
+    let (mut an, mut bn) = (a.names(), b.names());
+    an.sort();
+    bn.sort();
+    an == bn && an.iter().all(|n| a.tensor(n).unwrap() == b.tensor(n).unwrap())
+}
+
+#[test]
+fn kill_9_at_several_points_of_shard() {
+    for ms in KILL_POINTS_MS {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        kill_at(
+            &["shard", s(&fixture("llama-gqa")), s(&out), "--tp", "2"],
+            &out,
+            Duration::from_millis(ms),
+            &sharded_complete(2),
+        );
+    }
+}
+
+#[test]
+fn kill_9_at_several_points_of_consolidate() {
+    for ms in KILL_POINTS_MS {
+        let (tmp, dir) = sharded(4, true);
+        let out = tmp.path().join("out");
+        kill_at(&["consolidate", s(&dir), s(&out)], &out, Duration::from_millis(ms), &same_as_llama_gqa);
+    }
+}
+
+#[test]
+fn kill_9_at_several_points_of_reshard() {
+    for ms in KILL_POINTS_MS {
+        let (tmp, dir) = sharded(2, true);
+        let out = tmp.path().join("out");
+        kill_at(&["reshard", s(&dir), s(&out), "--tp", "4"], &out, Duration::from_millis(ms), &sharded_complete(4));
+    }
+}
+
+#[test]
+fn kill_9_at_several_points_of_a_forced_replacement() {
+    // The destination holds a valid tp 8 checkpoint; `reshard --tp 4 --force` is killed at every point, up to
+    // past its end: the destination is always the old checkpoint or the complete new one.
+    for ms in KILL_POINTS_MS.iter().copied().chain([1500, 2500]) {
+        let (tmp, dir) = sharded(2, true);
+        let out = tmp.path().join("out");
+        shard(&fixture("llama-gqa"), &out, &layout("llama-gqa", 8, true), 8, &WriteOptions::default()).unwrap();
+        let args = ["reshard", s(&dir), s(&out), "--tp", "4", "--force"];
+        kill_at(&args, &out, Duration::from_millis(ms), &sharded_complete(4));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// A read-only destination that root cannot write either.
+
+#[test]
+fn read_only_bind_mount_destination() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ro = tmp.path().join("ro");
+    fs::create_dir(&ro).unwrap();
+    let mount =
+        |args: &[&str]| Command::new("mount").args(args).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !(mount(&["--bind", s(&ro), s(&ro)]) && mount(&["-o", "remount,ro,bind", s(&ro)])) {
+        let _ = Command::new("umount").arg(&ro).status();
+        eprintln!("SKIPPED read_only_bind_mount_destination: `mount --bind` / `remount,ro` is not permitted here (needs root with CAP_SYS_ADMIN); destination_parent_is_a_file covers an unwritable destination instead");
+        return;
+    }
+    let out = ro.join("out");
+    let r = std::panic::catch_unwind(|| {
+        fails(&mut shard_cmd(&fixture("llama-gqa"), &out, "2"), &out, &[s(&out), "Read-only file system"]);
+    });
+    let _ = Command::new("umount").arg(&ro).status();
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
 }

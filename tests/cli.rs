@@ -63,8 +63,38 @@ fn usage_errors_exit_two() {
 
 #[test]
 fn plan_writes_nothing_and_reports_bytes_per_rank() {
-    let o = run(&["plan", s(&fixture("llama-gqa")), "--tp", "4", "--json"]);
+    // On a copy of the checkpoint, run from inside a scratch directory: afterwards both hold exactly what they
+    // held before, byte for byte.
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, cwd) = (tmp.path().join("m"), tmp.path().join("cwd"));
+    std::fs::create_dir_all(&cwd).unwrap();
+    std::fs::create_dir(&model).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("llama-gqa").join(f), model.join(f)).unwrap();
+    }
+    let snapshot = |d: &Path| {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = snapshot(&model);
+    let o = Command::new(env!("CARGO_BIN_EXE_neuron-spec"))
+        .args(["plan", s(&model), "--tp", "4", "--json"])
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(snapshot(&model) == before, "plan changed the checkpoint directory");
+    assert!(snapshot(&cwd).is_empty(), "plan wrote into the working directory");
+    let mut top: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    top.sort();
+    assert_eq!(top, ["cwd", "m"], "plan wrote beside the checkpoint");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let read: Vec<u64> = v["bytes_read_per_rank"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
     assert_eq!(read.len(), 4);
@@ -186,4 +216,110 @@ fn forward_on_a_sharded_checkpoint_runs_its_adapter() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     let d: f32 = stdout.lines().find_map(|l| l.strip_prefix("max_abs_diff ")).unwrap().parse().unwrap();
     assert!(d <= 1e-4, "{stdout}");
+}
+
+/// A copy of the safetensors file `src` at `dst` with element `index` of tensor `name` (F32) set to `value`.
+fn patch_f32(src: &Path, dst: &Path, name: &str, index: usize, value: f32) {
+    let mut bytes = std::fs::read(src).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    assert_eq!(header[name]["dtype"], "F32", "{name} in {}", src.display());
+    let start = header[name]["data_offsets"][0].as_u64().unwrap() as usize + 8 + n + 4 * index;
+    bytes[start..start + 4].copy_from_slice(&value.to_le_bytes());
+    std::fs::write(dst, bytes).unwrap();
+}
+
+#[test]
+fn forward_golden_with_a_nan_logit_in_the_golden_exits_3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let golden = tmp.path().join("golden.safetensors");
+    patch_f32(&fixture("llama-gqa/golden.safetensors"), &golden, "logits", 1234, f32::NAN);
+    let o = run(&["forward", s(&fixture("llama-gqa")), "--tp", "2", "--golden", s(&golden)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("non-finite") && err.contains("1234"), "{err}");
+    // The untouched golden passes, so the NaN is what failed the run.
+    let o = run(&[
+        "forward",
+        s(&fixture("llama-gqa")),
+        "--tp",
+        "2",
+        "--golden",
+        s(&fixture("llama-gqa/golden.safetensors")),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn forward_golden_with_a_nan_in_the_computed_logits_exits_3() {
+    // A NaN in one lm_head weight element makes the logits of that vocabulary row NaN at every position.
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::copy(fixture("llama-gqa/config.json"), model.join("config.json")).unwrap();
+    patch_f32(&fixture("llama-gqa/model.safetensors"), &model.join("model.safetensors"), "lm_head.weight", 0, f32::NAN);
+    let out = tmp.path().join("out.safetensors");
+    let o = run(&[
+        "forward",
+        s(&model),
+        "--tp",
+        "2",
+        "--golden",
+        s(&fixture("llama-gqa/golden.safetensors")),
+        "--output",
+        s(&out),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("non-finite") && err.contains("computed NaN"), "{err}");
+    // What was computed is written anyway, for inspection: the NaN is in it.
+    let f = neuron_spec::io::SafetensorsFile::open(&out).unwrap();
+    assert!(f.tensor("logits").unwrap().to_f32_vec().iter().any(|v| v.is_nan()));
+}
+
+#[test]
+fn forward_output_writes_logits_and_hidden_states_that_match_the_golden() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.safetensors");
+    let golden = fixture("llama-gqa/golden.safetensors");
+    let o = run(&[
+        "forward",
+        s(&fixture("llama-gqa")),
+        "--tp",
+        "4",
+        "--fuse-qkv",
+        "--golden",
+        s(&golden),
+        "--output",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ours = neuron_spec::io::SafetensorsFile::open(&out).unwrap();
+    let g = neuron_spec::io::SafetensorsFile::open(&golden).unwrap();
+    let mut names: Vec<&str> = ours.names().collect();
+    names.sort();
+    assert_eq!(names, ["hidden_0", "hidden_1", "logits"]);
+    for n in names {
+        let (a, b) = (ours.tensor(n).unwrap(), g.tensor(n).unwrap());
+        assert_eq!(a.dtype(), neuron_spec::DType::F32, "{n}");
+        assert_eq!(a.shape(), b.shape(), "{n}");
+        neuron_spec::compare::check_close(n, &a.to_f32_vec(), &b.to_f32_vec(), 1e-4).unwrap();
+    }
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, [std::ffi::OsString::from("out.safetensors")], "no temporary file left");
+}
+
+#[test]
+fn quickstart_runs_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("w");
+    let o = run(&["quickstart", "--model", s(&fixture("llama-gqa")), "--work-dir", s(&work)]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("max_abs_diff") && stdout.contains("all 21 byte-identical"), "{stdout}");
+    assert_same_tensors(
+        &neuron_spec::io::HfCheckpoint::open(&work.join("consolidated")).unwrap(),
+        &hf("llama-gqa"),
+        "quickstart",
+    );
 }

@@ -12,17 +12,24 @@ use neuron_spec_examples::synthetic::generate;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Runs the CLI and returns its peak resident set in bytes (`wait4`'s rusage of that child). Linux counts the
-/// spawning process's own peak in it too, so this is an upper bound: it can only make the test stricter.
-#[allow(clippy::zombie_processes)] // reaped by wait4, which std does not expose
+/// Runs the CLI and returns its own peak resident set in bytes: the VmHWM it reads from /proc/self/status just
+/// before exiting (`NEURON_SPEC_REPORT_VMHWM`). `wait4`'s `ru_maxrss` is not used: Linux carries the
+/// parent's peak into it across fork + exec, so a growing test process would mask a regression.
 fn peak_rss(args: &[&Path]) -> u64 {
-    let child = Command::new(env!("CARGO_BIN_EXE_neuron-spec")).args(args).arg("--quiet").spawn().unwrap();
-    let mut status = 0;
-    // SAFETY: waits for our own child with valid out-pointers.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
-    assert!(pid > 0 && status == 0, "{args:?} failed with status {status}");
-    ru.ru_maxrss as u64 * 1024
+    let o = Command::new(env!("CARGO_BIN_EXE_neuron-spec"))
+        .args(args)
+        .arg("--quiet")
+        .env("NEURON_SPEC_REPORT_VMHWM", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{args:?} failed: {err}");
+    let kb = err
+        .lines()
+        .find_map(|l| l.strip_prefix("neuron-spec: VmHWM "))
+        .and_then(|v| v.strip_suffix(" kB"))
+        .unwrap_or_else(|| panic!("{args:?} reported no VmHWM: {err}"));
+    kb.trim().parse::<u64>().unwrap() * 1024
 }
 
 /// Free bytes on the filesystem holding `dir` (0 when it cannot be read).
@@ -36,11 +43,11 @@ fn free_bytes(dir: &Path) -> u64 {
     st.f_bavail as u64 * st.f_frsize as u64
 }
 
-/// Generates a checkpoint of `layers` layers, shards it to tp 2, consolidates the shards; returns (checkpoint
-/// bytes, peak RSS of shard, peak RSS of consolidate). With `compare`, the consolidated tensors must equal the
+/// Generates a checkpoint of `layers` layers, shards it to tp 2, reshards that to tp 4, consolidates the tp 2
+/// shards; returns (checkpoint bytes, peak RSS of shard, of consolidate, of reshard). With `compare`, the consolidated tensors must equal the
 /// generated ones byte for byte (their slices are large enough to take the kernel-copy path); otherwise the
 /// checkpoint is removed before consolidating, to keep two copies at most on disk.
-fn run(root: &Path, layers: usize, compare: bool) -> (u64, u64, u64) {
+fn run(root: &Path, layers: usize, compare: bool) -> (u64, u64, u64, u64) {
     let tmp = tempfile::tempdir_in(root).unwrap();
     let (hf, s, out) = (tmp.path().join("hf"), tmp.path().join("s"), tmp.path().join("out"));
     // 5.6 MB per layer; the largest tensor is the 4096 × 512 bf16 embedding, 4 MiB.
@@ -51,6 +58,12 @@ fn run(root: &Path, layers: usize, compare: bool) -> (u64, u64, u64) {
     if !compare {
         std::fs::remove_dir_all(&hf).unwrap();
     }
+    let r4 = tmp.path().join("r4");
+    let reshard = peak_rss(&["reshard".as_ref(), &s, &r4, "--tp".as_ref(), "4".as_ref()]);
+    let ck = neuron_spec::checkpoint::ShardedCheckpoint::open(&r4).unwrap();
+    assert_eq!(ck.tp, 4);
+    drop(ck);
+    std::fs::remove_dir_all(&r4).unwrap();
     let cons = peak_rss(&["consolidate".as_ref(), &s, &out, "--max-shard-size".as_ref(), "30MB".as_ref()]);
     if compare {
         let (a, b) = (HfCheckpoint::open(&hf).unwrap(), HfCheckpoint::open(&out).unwrap());
@@ -71,8 +84,8 @@ fn run(root: &Path, layers: usize, compare: bool) -> (u64, u64, u64) {
         .unwrap()
         .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "safetensors"));
     assert!(files.count() > 1, "expected several output files under --max-shard-size 30MB");
-    println!("{layers} layers, checkpoint {size} bytes: peak RSS shard {shard}, consolidate {cons}");
-    (size, shard, cons)
+    println!("{layers} layers, checkpoint {size} bytes: peak RSS shard {shard}, consolidate {cons}, reshard {reshard}");
+    (size, shard, cons, reshard)
 }
 
 #[test]
@@ -80,19 +93,23 @@ fn peak_rss_is_bounded_by_the_largest_tensor_not_the_checkpoint() {
     let roots: Vec<PathBuf> =
         [std::env::temp_dir(), PathBuf::from("/dev/shm")].into_iter().filter(|d| d.is_dir()).collect();
     let root = roots.iter().max_by_key(|d| free_bytes(d)).unwrap();
-    let (small_size, small_shard, small_cons) = run(root, 8, true);
+    let (small_size, small_shard, small_cons, small_reshard) = run(root, 8, true);
     // 34 layers is about 200 MB; fall back to 20 (about 120 MB) where neither place has room for two copies.
     let big_layers = if free_bytes(root) > 600_000_000 { 34 } else { 20 };
-    let (big_size, big_shard, big_cons) = run(root, big_layers, false);
+    let (big_size, big_shard, big_cons, big_reshard) = run(root, big_layers, false);
     assert!(small_size > 45_000_000 && big_size > 2 * small_size, "checkpoints of {small_size} and {big_size} bytes");
     // The process alone takes about 13 MiB and the tensors in flight a few MiB more; holding even the small
     // checkpoint would take more than 45 MB.
     let bound = 40 << 20;
-    for (what, rss) in [("shard", big_shard), ("consolidate", big_cons)] {
+    for (what, rss) in [("shard", big_shard), ("consolidate", big_cons), ("reshard", big_reshard)] {
         assert!(rss < bound, "{what} peak RSS {rss} ≥ {bound}");
     }
     // Going from 50 MB to 120–200 MB of weights adds no more than page-table slack.
     let slack = 6 << 20;
     assert!(big_shard < small_shard + slack, "shard peak RSS grew with the model: {small_shard} → {big_shard}");
     assert!(big_cons < small_cons + slack, "consolidate peak RSS grew with the model: {small_cons} → {big_cons}");
+    assert!(
+        big_reshard < small_reshard + slack,
+        "reshard peak RSS grew with the model: {small_reshard} → {big_reshard}"
+    );
 }

@@ -91,3 +91,30 @@ fn reference_files_and_metadata_consolidate_to_the_hf_checkpoint() {
         }
     }
 }
+
+#[test]
+fn bf16_rank_tensors_equal_the_reference_rounded_to_bf16() {
+    // llama-gqa-bf16 is llama-gqa's f32 weights through torch's `.to(bfloat16)` (round to nearest even), so its
+    // rank tensors must be the reference's f32 rank tensors rounded the same way, bit for bit.
+    let src = hf("llama-gqa-bf16");
+    for tp in [2, 4, 8] {
+        for fuse in [true, false] {
+            let meta = layout("llama-gqa-bf16", tp, fuse);
+            for rank in 0..tp {
+                let ours = adapt_state_dict(&meta, &src, tp, rank, PlanOptions::default()).unwrap();
+                let reference = open(&format!("tp-ref/llama-gqa/tp{tp}/rank{rank}.safetensors"));
+                for (name, t) in &ours {
+                    let r = reference.tensor(name).unwrap();
+                    assert_eq!(t.dtype(), neuron_spec::DType::BF16, "{name}");
+                    assert_eq!(t.shape(), r.shape(), "tp{tp} rank{rank} {name} shape");
+                    let want: Vec<u8> =
+                        r.to_f32_vec().iter().flat_map(|v| half::bf16::from_f32(*v).to_bits().to_le_bytes()).collect();
+                    assert!(
+                        t.bytes() == want.as_slice(),
+                        "tp{tp} rank{rank} fuse={fuse} {name}: not the rounded reference"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -352,7 +352,7 @@ impl ShardedCheckpoint {
                 ),
             });
         }
-        check_rank_entries(&rdir, &metadata.rank_files, tp)?;
+        check_rank_entries(&rdir, &metadata, tp)?;
         let ranks = expected
             .iter()
             .enumerate()
@@ -381,7 +381,11 @@ impl ShardedCheckpoint {
         let check = |r: usize| -> Result<()> {
             match (self.ranks.get(r), entries.get(r)) {
                 (Some(file), Some(entry)) => check_rank_file(file.path(), entry, file.xxh3()),
-                _ => Ok(()),
+                (Some(file), None) => Err(Error::RankFiles {
+                    dir: self.dir.join(RANKS_DIR),
+                    reason: format!("the metadata records no checksum for {}", file.path().display()),
+                }),
+                (None, _) => Ok(()),
             }
         };
         let threads = threads.clamp(1, self.ranks.len().max(1));
@@ -443,9 +447,20 @@ fn list(names: &[&str]) -> String {
     }
 }
 
-/// The metadata's list of rank files: one per rank of `tp`, in rank order (when it records them).
-fn check_rank_entries(rdir: &Path, entries: &[RankFileEntry], tp: usize) -> Result<()> {
+/// The metadata's list of rank files: one per rank of `tp`, in rank order. Metadata written by this crate
+/// (with a `format_version`) always records them, so an empty list there is an error, never a skipped check;
+/// the reference's metadata (no `format_version`) has no checksums to verify.
+fn check_rank_entries(rdir: &Path, metadata: &CheckpointMetadata, tp: usize) -> Result<()> {
+    let entries = &metadata.rank_files;
     if entries.is_empty() {
+        if let Some(v) = metadata.format_version {
+            return Err(Error::RankFiles {
+                dir: rdir.to_path_buf(),
+                reason: format!(
+                    "the metadata (format_version {v}) records no rank_files, so the rank files' sizes and checksums cannot be verified (edited or truncated metadata?)"
+                ),
+            });
+        }
         return Ok(());
     }
     if entries.len() != tp {

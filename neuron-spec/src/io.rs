@@ -160,6 +160,10 @@ impl SafetensorsFile {
         // SAFETY: the file is opened read-only; like every mmap reader we rely on it not being truncated
         // while mapped.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        // No read-around on page faults: a rank reads slices (column slices touch one page in several), and
+        // the kernel's mmap read-around would read the rest of each tensor from disk. Full reads ask for their
+        // pages explicitly (`HostTensor::prefault`, MADV_POPULATE_READ). Advice only; ignored where refused.
+        let _ = map.advise(memmap2::Advice::Random);
         let Header { tensors, metadata } = parse_header(path, &map)?;
         Ok(Self { path: path.to_path_buf(), map: Arc::new(MappedFile { map, file }), tensors, metadata })
     }

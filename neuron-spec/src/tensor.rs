@@ -155,6 +155,9 @@ impl HostTensor {
     pub fn prefault(&self) {
         if let Bytes::Mapped(m, r) = &self.data {
             if !r.is_empty() {
+                // The file is mapped MADV_RANDOM (no read-around, for slices): ask for the whole range in large
+                // reads first (MADV_WILLNEED starts readahead of exactly this range), then map it.
+                let _ = m.map.advise_range(memmap2::Advice::WillNeed, r.start, r.len());
                 // Older kernels lack MADV_POPULATE_READ: then the reads fault the pages in as usual.
                 let _ = m.map.advise_range(memmap2::Advice::PopulateRead, r.start, r.len());
             }

@@ -65,7 +65,7 @@
 //! #             fuse_axis: FuseAxis::Column,
 //! #             original_dims: vec![16; linears.len()],
 //! #             tp_size: 1,
-//! #             peft_type: None,
+//! #             peft_type: None, packed_linear_name: None,
 //! #         }))
 //! #     }
 //! # }

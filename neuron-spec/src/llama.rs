@@ -182,6 +182,7 @@ pub fn llama_layout_with(cfg: &LlamaConfig, tp: usize, qkv: QkvLayout) -> Result
             original_dims: vec![cfg.intermediate_size, cfg.intermediate_size],
             tp_size: tp,
             peft_type: None,
+            packed_linear_name: None,
         };
         fused.validate(tp)?;
         specs.push(ModelWeightTransformationSpecs {

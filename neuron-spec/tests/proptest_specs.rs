@@ -69,6 +69,7 @@ fn model(
         original_dims: inter.to_vec(),
         tp_size: tp,
         peft_type: None,
+        packed_linear_name: None,
     };
     let mut parameters = IndexMap::new();
     for n in gqa.local_parameter_names("m.attn") {
@@ -169,13 +170,14 @@ proptest! {
             qkv_bias: None,
             o_bias: None,
             peft_type: None,
+            packed_projection_name: None,
         };
         let _ = spec.validate(tp);
         let _ = GqaQkvColumnParallelLinearSpec::compute_query_indices_for_rank(tp, rank, heads, kv, mult);
         let _ = GqaQkvColumnParallelLinearSpec::new(heads, kv, hd, true, false, false, tp);
         let fused = FusedLinearsSpec {
             fused_linear_name: "f".into(), linear_names: vec!["a".into(), "b".into()], bias: false,
-            fuse_axis: FuseAxis::Column, original_dims: vec![heads, kv], tp_size: tp, peft_type: None,
+            fuse_axis: FuseAxis::Column, original_dims: vec![heads, kv], tp_size: tp, peft_type: None, packed_linear_name: None,
         };
         let _ = fused.validate(tp);
         // A spec that validates also plans every rank of a checkpoint of matching shapes.
@@ -199,6 +201,7 @@ fn fused_dims_that_do_not_sum_are_rejected() {
         original_dims: vec![4, 4],
         tp_size: 2,
         peft_type: None,
+        packed_linear_name: None,
     };
     let mut local = StateDict::new();
     local.insert("m.gate_up.weight".into(), tensor(vec![5, 3], 0.0));

@@ -250,6 +250,7 @@ pub(crate) fn fused_linears_spec(
         tp_size: tp,
         // guess_peft_type: the layer carries LoRA.
         peft_type: has_lora.then(|| crate::lora::PEFT_TYPE_LORA.to_string()),
+        packed_linear_name: None,
     };
     spec.validate(tp)?;
     Ok(crate::specs::Spec::FusedLinears(spec))

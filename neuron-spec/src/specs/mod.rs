@@ -5,6 +5,7 @@
 
 mod fused_linears;
 mod gqa_qkv;
+pub mod layout;
 
 pub use fused_linears::{FuseAxis, FusedLinearsSpec};
 pub use gqa_qkv::{GqaQkvColumnParallelLinearSpec, QueryOrOutput, MAX_HEADS};
@@ -112,24 +113,23 @@ impl Spec {
         self.peft_type() == Some(crate::lora::PEFT_TYPE_LORA)
     }
 
+    /// The spec's rank-local tensors as data (its LoRA factors for a LoRA spec), for its own TP size: what
+    /// every name, plan and shape below is derived from.
+    pub fn layout(&self, module: &str) -> layout::Layout {
+        match self {
+            Spec::FusedLinears(s) => s.layout(module),
+            Spec::GqaQkv(s) => s.layout(module),
+        }
+    }
+
     /// The rank-local parameters this spec produces (its LoRA factors for a LoRA spec).
     pub fn local_parameter_names(&self, module: &str) -> Vec<String> {
-        match (self, self.is_lora()) {
-            (Spec::FusedLinears(s), false) => s.local_parameter_names(module),
-            (Spec::GqaQkv(s), false) => s.local_parameter_names(module),
-            (Spec::FusedLinears(s), true) => s.lora_local_parameter_names(module),
-            (Spec::GqaQkv(s), true) => s.lora_local_parameter_names(module),
-        }
+        self.layout(module).local_names()
     }
 
     /// The HF parameters this spec consumes (the full-rank LoRA factors for a LoRA spec; see [`crate::lora`]).
     pub fn original_parameter_names(&self, module: &str) -> Vec<String> {
-        match (self, self.is_lora()) {
-            (Spec::FusedLinears(s), false) => s.original_parameter_names(module),
-            (Spec::GqaQkv(s), false) => s.original_parameter_names(module),
-            (Spec::FusedLinears(s), true) => s.lora_original_parameter_names(module),
-            (Spec::GqaQkv(s), true) => s.lora_original_parameter_names(module),
-        }
+        self.layout(module).original_names()
     }
 
     /// Plans of rank `rank`'s LoRA factors, for the parts of the module whose full-rank factors `src` holds
@@ -142,18 +142,13 @@ impl Spec {
         tp: usize,
         rank: usize,
     ) -> Result<Vec<TensorPlan>> {
-        match self {
-            Spec::FusedLinears(s) => s.plan_rank_lora(module, src, part, tp, rank),
-            Spec::GqaQkv(s) => s.plan_rank_lora(module, src, part, tp, rank),
-        }
+        self.validate(tp)?;
+        self.layout(module).plan(self.class_name(), src, part, tp, rank)
     }
 
     /// Shapes of the full-rank LoRA factors, from one rank's LoRA tensors (the parts that rank holds).
     pub fn lora_original_infos(&self, module: &str, local: &dyn TensorSource, tp: usize) -> Result<Vec<TensorInfo>> {
-        match self {
-            Spec::FusedLinears(s) => s.lora_original_infos(module, local, tp),
-            Spec::GqaQkv(s) => s.lora_original_infos(module, local, tp),
-        }
+        self.original_infos(module, local, tp)
     }
 
     /// Plans of rank `rank`'s local tensors, reading the originals from `src` (source set `part`).
@@ -166,18 +161,17 @@ impl Spec {
         tp: usize,
         rank: usize,
     ) -> Result<Vec<TensorPlan>> {
-        match self {
-            Spec::FusedLinears(s) => s.plan_rank(module, src, part, partition_dim, tp, rank),
-            Spec::GqaQkv(s) => s.plan_rank(module, src, part, tp, rank),
+        self.validate(tp)?;
+        if let Spec::FusedLinears(s) = self {
+            s.check_partition_dim(partition_dim)?;
         }
+        self.layout(module).plan(self.class_name(), src, part, tp, rank)
     }
 
     /// Dtypes and shapes of the original tensors, inferred from one rank's local tensors.
     pub fn original_infos(&self, module: &str, local: &dyn TensorSource, tp: usize) -> Result<Vec<TensorInfo>> {
-        match self {
-            Spec::FusedLinears(s) => s.original_infos(module, local, tp),
-            Spec::GqaQkv(s) => s.original_infos(module, local, tp),
-        }
+        self.validate(tp)?;
+        self.layout(module).original_infos(self.class_name(), local, tp)
     }
 }
 

@@ -122,6 +122,54 @@ impl Spec {
         }
     }
 
+    /// The same spec reading its members from one packed HF tensor `packed` (Phi-3's `qkv_proj`,
+    /// `gate_up_proj`), in member order along the fuse axis. The member names become `packed`: it is the one HF
+    /// module (and PEFT target) left. A fused-linears spec built with no names gets one per member this way.
+    pub fn with_packed_source(self, packed: &str) -> Result<Spec> {
+        if packed.is_empty() || packed.contains('.') {
+            return Err(Error::spec(self.class_name(), "packed", format!("{packed:?} is not a module name")));
+        }
+        Ok(match self {
+            Spec::FusedLinears(mut s) => {
+                s.linear_names = vec![packed.to_string(); s.original_dims.len()];
+                s.packed_linear_name = Some(packed.to_string());
+                s.validate(s.tp_size)?;
+                Spec::FusedLinears(s)
+            }
+            Spec::GqaQkv(mut s) => {
+                s.query_projection_name = packed.to_string();
+                s.key_projection_name = packed.to_string();
+                s.value_projection_name = packed.to_string();
+                s.packed_projection_name = Some(packed.to_string());
+                Spec::GqaQkv(s)
+            }
+        })
+    }
+
+    /// The PEFT target group: the fused layer's name, the HF modules it replaces with their sizes along the fuse
+    /// axis (one packed module, or the members), and the axis. Derived from the layout's weight parts.
+    pub fn lora_group(&self) -> (&str, Vec<(String, usize)>, FuseAxis) {
+        let (fused, axis) = match self {
+            Spec::FusedLinears(s) => (s.fused_linear_name.as_str(), s.fuse_axis),
+            Spec::GqaQkv(s) => (s.gqa_qkv_projection_name.as_str(), FuseAxis::Column),
+        };
+        let mut plain = self.clone();
+        plain.set_peft_type(None);
+        let mut members: Vec<(String, usize)> = Vec::new();
+        let own = format!("{fused}.");
+        for t in plain.layout("").groups.iter().flat_map(|g| &g.tensors).filter(|t| t.name.starts_with(&own)) {
+            for p in &t.parts {
+                let Some(module) = p.original.strip_suffix(".weight") else { continue };
+                let len = p.map.member_len().unwrap_or(0);
+                let len = p.packing.map_or(len, |k| k.total);
+                if !members.iter().any(|(m, _)| m == module) {
+                    members.push((module.to_string(), len));
+                }
+            }
+        }
+        (fused, members, axis)
+    }
+
     /// The rank-local parameters this spec produces (its LoRA factors for a LoRA spec).
     pub fn local_parameter_names(&self, module: &str) -> Vec<String> {
         self.layout(module).local_names()
@@ -210,3 +258,41 @@ pub(crate) fn check_spec_tp(class: &str, spec_tp: usize, tp: usize) -> Result<()
     }
     Ok(())
 }
+
+/// The concrete specs' own entry points, all through [`Spec`] (and so through their layout).
+macro_rules! delegate_to_spec {
+    ($ty:ty, $variant:ident) => {
+        impl $ty {
+            /// The rank-local parameters (see [`Spec::local_parameter_names`]).
+            pub fn local_parameter_names(&self, module: &str) -> Vec<String> {
+                self.layout(module).local_names()
+            }
+            /// The HF parameters (see [`Spec::original_parameter_names`]).
+            pub fn original_parameter_names(&self, module: &str) -> Vec<String> {
+                self.layout(module).original_names()
+            }
+            /// The originals' shapes from one rank's tensors (see [`Spec::original_infos`]).
+            pub fn original_infos(
+                &self,
+                module: &str,
+                local: &dyn TensorSource,
+                tp: usize,
+            ) -> Result<Vec<TensorInfo>> {
+                Spec::$variant(self.clone()).original_infos(module, local, tp)
+            }
+            /// Rank `rank`'s plans (see [`Spec::plan_rank`]).
+            pub fn plan_rank(
+                &self,
+                module: &str,
+                src: &dyn TensorSource,
+                part: usize,
+                tp: usize,
+                rank: usize,
+            ) -> Result<Vec<TensorPlan>> {
+                Spec::$variant(self.clone()).plan_rank(module, src, part, None, tp, rank)
+            }
+        }
+    };
+}
+delegate_to_spec!(FusedLinearsSpec, FusedLinears);
+delegate_to_spec!(GqaQkvColumnParallelLinearSpec, GqaQkv);

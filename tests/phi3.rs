@@ -46,10 +46,10 @@ fn diff(a: &[f32], b: &[f32]) -> f32 {
 fn the_layout_reads_the_packed_tensors() {
     let m = meta(4, true);
     let (_, spec) = m.specs().find(|(p, _)| *p == "model.layers.0.self_attn").unwrap();
-    assert_eq!(spec.original_parameter_names("model.layers.0.self_attn"), [
-        "model.layers.0.self_attn.qkv_proj.weight",
-        "model.layers.0.self_attn.o_proj.weight"
-    ]);
+    assert_eq!(
+        spec.original_parameter_names("model.layers.0.self_attn"),
+        ["model.layers.0.self_attn.qkv_proj.weight", "model.layers.0.self_attn.o_proj.weight"]
+    );
     let (_, mlp) = m.specs().find(|(p, _)| *p == "model.layers.0.mlp").unwrap();
     assert!(matches!(mlp, Spec::FusedLinears(f) if f.packed_linear_name.as_deref() == Some("gate_up_proj")));
     assert_eq!(mlp.original_parameter_names("model.layers.0.mlp"), ["model.layers.0.mlp.gate_up_proj.weight"]);

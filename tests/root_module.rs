@@ -63,15 +63,15 @@ fn hf(prefix: &str, tensors: &[(&str, [usize; 2])]) -> StateDict {
 
 const MLP: &[(&str, [usize; 2])] =
     &[("gate_proj.weight", [8, 16]), ("up_proj.weight", [8, 16]), ("down_proj.weight", [16, 8])];
-const ATTN: &[(&str, [usize; 2])] = &[
-    ("q_proj.weight", [16, 16]),
-    ("k_proj.weight", [8, 16]),
-    ("v_proj.weight", [8, 16]),
-    ("o_proj.weight", [16, 16]),
-];
+const ATTN: &[(&str, [usize; 2])] =
+    &[("q_proj.weight", [16, 16]), ("k_proj.weight", [8, 16]), ("v_proj.weight", [8, 16]), ("o_proj.weight", [16, 16])];
 
 /// Loads every rank both ways, checks they agree, and consolidates the saved ranks back to `src`.
-fn check<M: neuron_spec::module::CustomModule + ModuleSnapshot>(make: &dyn Fn(TpContext) -> M, src: &StateDict, what: &str) {
+fn check<M: neuron_spec::module::CustomModule + ModuleSnapshot>(
+    make: &dyn Fn(TpContext) -> M,
+    src: &StateDict,
+    what: &str,
+) {
     let d = Device::default();
     for tp in [1, 2] {
         let meta = make(TpContext::new(tp, 0).unwrap()).create_parameter_metadata().unwrap();

@@ -86,7 +86,10 @@ mod phi3;
 mod run;
 
 pub use model::{LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMlp, LlamaModel, LlamaOutput};
-pub use phi3::{run_phi3_forward, run_phi3_ranks, Phi3Attention, Phi3Config, Phi3DecoderLayer, Phi3ForCausalLM, Phi3Forward, Phi3Mlp, Phi3Model, Phi3Output};
+pub use phi3::{
+    run_phi3_forward, run_phi3_ranks, Phi3Attention, Phi3Config, Phi3DecoderLayer, Phi3ForCausalLM, Phi3Forward,
+    Phi3Mlp, Phi3Model, Phi3Output,
+};
 pub use run::{
     load_hf_rank_model, model_metadata, run_ranks, run_sharded_forward, run_sharded_forward_with_adapters,
     run_tp_forward, run_tp_forward_dir, run_tp_forward_with_adapters, ForwardOutput, ModelConfig,

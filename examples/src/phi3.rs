@@ -14,8 +14,8 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use neuron_spec::layers::{
     ColumnParallelLinear, ColumnParallelLinearConfig, Communicator, GqaQkvColumnParallelLinear,
-    GqaQkvColumnParallelLinearConfig, LocalCommunicator, ParallelEmbedding, ParallelEmbeddingConfig,
-    RowParallelLinear, RowParallelLinearConfig,
+    GqaQkvColumnParallelLinearConfig, LocalCommunicator, ParallelEmbedding, ParallelEmbeddingConfig, RowParallelLinear,
+    RowParallelLinearConfig,
 };
 use neuron_spec::lora::{ImportedAdapter, LoraRankSource};
 use neuron_spec::module::{CustomModule as _, TpContext};
@@ -67,7 +67,11 @@ impl Phi3Config {
         let field = |k: &str| v.get(k).filter(|x| !x.is_null());
         let int = |k: &str| -> Result<Option<usize>> {
             field(k)
-                .map(|x| x.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| at(format!("{k} must be a non-negative integer, found {x}"))))
+                .map(|x| {
+                    x.as_u64()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .ok_or_else(|| at(format!("{k} must be a non-negative integer, found {x}")))
+                })
                 .transpose()
         };
         let need = |k: &str| -> Result<usize> { int(k)?.ok_or_else(|| at(format!("missing {k}"))) };
@@ -226,7 +230,9 @@ impl Phi3ForCausalLM {
                     sliding_window: cfg.sliding_window,
                 },
                 mlp: Phi3Mlp {
-                    gate_up_proj: ColumnParallelLinearConfig::new(h, 2 * i).with_fused_dims(vec![i, i]).init(tp, device)?,
+                    gate_up_proj: ColumnParallelLinearConfig::new(h, 2 * i)
+                        .with_fused_dims(vec![i, i])
+                        .init(tp, device)?,
                     down_proj: RowParallelLinearConfig::new(i, h).init(tp, device)?,
                 },
                 input_layernorm: rms_norm(h, eps, device),
@@ -316,7 +322,13 @@ fn causal_mask(seq: usize, device: &Device) -> Tensor<2, Bool> {
 }
 
 impl Phi3Attention {
-    fn forward<C: Communicator>(&self, x: Tensor<3>, rope: &Rope, mask: &Tensor<2, Bool>, comm: &C) -> Result<Tensor<3>> {
+    fn forward<C: Communicator>(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        mask: &Tensor<2, Bool>,
+        comm: &C,
+    ) -> Result<Tensor<3>> {
         let [b, s, _] = x.dims();
         if let Some(w) = self.sliding_window.filter(|w| s > *w) {
             return Err(Error::spec(

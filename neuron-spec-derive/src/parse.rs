@@ -238,12 +238,8 @@ fn gqa_from_entries(name: &Ident, entries: Punctuated<Entry, Token![,]>, errors:
         };
         return ok.then_some(GqaQkv { qkv: Qkv::Packed(p), o });
     }
-    let missing: Vec<String> = KEYS[..4]
-        .iter()
-        .zip([&q, &k, &v, &o])
-        .filter(|(_, s)| s.is_none())
-        .map(|(k, _)| format!("`{k}`"))
-        .collect();
+    let missing: Vec<String> =
+        KEYS[..4].iter().zip([&q, &k, &v, &o]).filter(|(_, s)| s.is_none()).map(|(k, _)| format!("`{k}`")).collect();
     if !missing.is_empty() {
         errors.push(syn::Error::new(
             name.span(),

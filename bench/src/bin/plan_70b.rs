@@ -40,7 +40,8 @@ fn peak_rss_mib() -> f64 {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let tp = args.iter().position(|a| a == "--tp").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(32);
+    let tp =
+        args.iter().position(|a| a == "--tp").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(32);
     let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
         "model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672, "num_attention_heads": 64,
         "num_key_value_heads": 8, "num_hidden_layers": 80, "vocab_size": 128256, "rope_theta": 500000.0
@@ -90,7 +91,11 @@ fn main() -> Result<()> {
     let blocks: usize = plan.ranks.iter().flatten().map(|t| t.blocks.len()).sum();
     let local_bytes: usize = plan.ranks.iter().flatten().map(|t| t.nbytes()).sum();
 
-    println!("70B-shaped Llama ({:.1}B parameters, bf16 {:.1} GiB) at tp {tp}", params as f64 / 1e9, (params * 2) as f64 / (1u64 << 30) as f64);
+    println!(
+        "70B-shaped Llama ({:.1}B parameters, bf16 {:.1} GiB) at tp {tp}",
+        params as f64 / 1e9,
+        (params * 2) as f64 / (1u64 << 30) as f64
+    );
     println!("| step | time | peak RSS after |");
     println!("| --- | --- | --- |");
     println!("| start (shapes only) | | {rss0:.1} MiB |");
@@ -102,7 +107,12 @@ fn main() -> Result<()> {
         local_bytes as f64 / (1u64 << 30) as f64,
         planning.as_secs_f64() * 1e3
     );
-    println!("| invert (consolidation plan, {} tensors) | {:.1} ms | {:.1} MiB |", inverse.len(), inverting.as_secs_f64() * 1e3, peak_rss_mib());
+    println!(
+        "| invert (consolidation plan, {} tensors) | {:.1} ms | {:.1} MiB |",
+        inverse.len(),
+        inverting.as_secs_f64() * 1e3,
+        peak_rss_mib()
+    );
     let total = build + layout + planning + inverting;
     println!("total {:.3} s, peak RSS {:.1} MiB", total.as_secs_f64(), peak_rss_mib());
     Ok(())

@@ -257,7 +257,8 @@ mod tests {
         };
         assert_eq!(s.original_dims, vec![6, 6]);
         // Fused members that tp does not divide are padded per member: 3 rows each become 2 per rank.
-        let padded = ColumnParallelLinearConfig::new(8, 6).with_fused_members(2).init(TpContext::new(2, 0).unwrap(), &d);
+        let padded =
+            ColumnParallelLinearConfig::new(8, 6).with_fused_members(2).init(TpContext::new(2, 0).unwrap(), &d);
         assert_eq!(padded.unwrap().local_out_features, 4);
     }
 }

@@ -362,12 +362,7 @@ fn tensor_original_infos(class: &str, t: &LocalTensor, local: &dyn TensorSource,
     };
     // A whole part takes what the sized parts leave (at most one per tensor).
     let whole = have.checked_sub(fixed);
-    let ok = match (whole_parts, whole) {
-        (0, Some(0)) => true,
-        (1, Some(_)) => true,
-        _ => false,
-    };
-    if !ok || whole_parts > 1 {
+    if !matches!((whole_parts, whole), (0, Some(0)) | (1, Some(_))) {
         return Err(Error::spec(
             class,
             "original_dims",

@@ -272,12 +272,7 @@ macro_rules! delegate_to_spec {
                 self.layout(module).original_names()
             }
             /// The originals' shapes from one rank's tensors (see [`Spec::original_infos`]).
-            pub fn original_infos(
-                &self,
-                module: &str,
-                local: &dyn TensorSource,
-                tp: usize,
-            ) -> Result<Vec<TensorInfo>> {
+            pub fn original_infos(&self, module: &str, local: &dyn TensorSource, tp: usize) -> Result<Vec<TensorInfo>> {
                 Spec::$variant(self.clone()).original_infos(module, local, tp)
             }
             /// Rank `rank`'s plans (see [`Spec::plan_rank`]).

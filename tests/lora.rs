@@ -449,6 +449,7 @@ fn row_fused_group_imports_exactly_and_exports_back() {
         original_dims: vec![4, 6],
         tp_size: tp,
         peft_type: None,
+        packed_linear_name: None,
     };
     let mut parameters = indexmap::IndexMap::new();
     parameters.insert("m.xy_proj.weight".to_string(), ParameterMetadata::parallel(1, 2, tp));

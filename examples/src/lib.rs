@@ -89,6 +89,7 @@ pub mod family;
 pub mod granite;
 pub mod llama;
 mod model;
+mod phi3;
 pub mod qwen3;
 pub mod qwen3_moe;
 pub mod rope;
@@ -104,6 +105,10 @@ pub use model::{
 };
 pub use qwen3_moe::{MoeConfig, Qwen3MoeSparseMoeBlock};
 pub use rope::{RopeConfig, RopeScaling};
+pub use phi3::{
+    run_phi3_forward, run_phi3_ranks, Phi3Attention, Phi3Config, Phi3DecoderLayer, Phi3ForCausalLM, Phi3Forward,
+    Phi3Mlp, Phi3Model, Phi3Output,
+};
 pub use run::{
     load_hf_rank_model, model_metadata, run_ranks, run_sharded_forward, run_sharded_forward_with_adapters,
     run_tp_forward, run_tp_forward_dir, run_tp_forward_with_adapters, ForwardOutput,

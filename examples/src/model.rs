@@ -468,7 +468,7 @@ impl LlamaMlp {
     pub fn forward<C: Communicator>(&self, x: Tensor<3>, comm: &C) -> Result<Tensor<3>> {
         let tp = self.gate_up_proj.tp.size;
         let local: Vec<usize> = match &self.gate_up_proj.fused_dims {
-            Some(d) if d.len() == 2 => d.iter().map(|x| x / tp).collect(),
+            Some(d) if d.len() == 2 => d.iter().map(|x| x.div_ceil(tp)).collect(), // members padded per rank
             _ => return Err(Error::Invalid("gate_up_proj must fuse exactly gate_proj and up_proj".into())),
         };
         let y = self.gate_up_proj.forward(x, comm)?;

@@ -78,22 +78,33 @@ pub(crate) struct SpecAttr {
 pub(crate) enum SpecKind {
     /// The HF names of the linears the field replaces, in fusing order.
     FusedLinears(Vec<Ident>),
+    /// `#[fused_linears(packed = name)]`: the HF checkpoint stores the members as one tensor `name`.
+    FusedPacked(Ident),
     /// The HF names of the q/k/v projections the field replaces and of the sibling output projection.
     GqaQkv(GqaQkv),
 }
 
-/// `#[gqa_qkv(q = .., k = .., v = .., o = ..)]`, every key present.
+/// `#[gqa_qkv(q = .., k = .., v = .., o = ..)]` or `#[gqa_qkv(packed = .., o = ..)]`.
 pub(crate) struct GqaQkv {
-    pub q: Ident,
-    pub k: Ident,
-    pub v: Ident,
+    pub qkv: Qkv,
     pub o: Ident,
+}
+
+/// Where q, k and v come from in the HF checkpoint.
+pub(crate) enum Qkv {
+    /// Three linears.
+    Separate { q: Ident, k: Ident, v: Ident },
+    /// One packed tensor (q rows, then k, then v).
+    Packed(Ident),
 }
 
 impl GqaQkv {
     /// The keys and their values, in the attribute's canonical order.
-    pub fn entries(&self) -> [(&'static str, &Ident); 4] {
-        [("q", &self.q), ("k", &self.k), ("v", &self.v), ("o", &self.o)]
+    pub fn entries(&self) -> Vec<(&'static str, &Ident)> {
+        match &self.qkv {
+            Qkv::Separate { q, k, v } => vec![("q", q), ("k", k), ("v", v), ("o", &self.o)],
+            Qkv::Packed(p) => vec![("packed", p), ("o", &self.o)],
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! `collect_specs` pushes the struct's own entry before its children's, so a model lists
 //! `model.layers.0.self_attn` before anything nested under it.
 
-use crate::ast::{name_of, Field, SpecKind, Struct};
+use crate::ast::{name_of, Field, Qkv, SpecKind, Struct};
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
@@ -141,10 +141,33 @@ fn own_specs(live: &[&Field]) -> Vec<TokenStream> {
                         <#ty as ::neuron_spec::module::FusedLinearLayer>::fused_linears_spec(&self.#m, #hf, &[#(#names),*])?
                     }
                 }
-                SpecKind::GqaQkv(gqa) => {
-                    let [q, k, v, o] = gqa.entries().map(|(_, ident)| name_of(ident));
+                SpecKind::FusedPacked(p) => {
+                    let p = name_of(p);
                     quote_spanned! {ty.span()=>
-                        <#ty as ::neuron_spec::module::GqaQkvLayer>::gqa_qkv_spec(&self.#m, #hf, #q, #k, #v, #o)?
+                        ::neuron_spec::specs::Spec::with_packed_source(
+                            <#ty as ::neuron_spec::module::FusedLinearLayer>::fused_linears_spec(&self.#m, #hf, &[])?,
+                            #p,
+                        )?
+                    }
+                }
+                SpecKind::GqaQkv(gqa) => {
+                    let o = name_of(&gqa.o);
+                    match &gqa.qkv {
+                        Qkv::Separate { q, k, v } => {
+                            let [q, k, v] = [q, k, v].map(name_of);
+                            quote_spanned! {ty.span()=>
+                                <#ty as ::neuron_spec::module::GqaQkvLayer>::gqa_qkv_spec(&self.#m, #hf, #q, #k, #v, #o)?
+                            }
+                        }
+                        Qkv::Packed(p) => {
+                            let p = name_of(p);
+                            quote_spanned! {ty.span()=>
+                                ::neuron_spec::specs::Spec::with_packed_source(
+                                    <#ty as ::neuron_spec::module::GqaQkvLayer>::gqa_qkv_spec(&self.#m, #hf, #p, #p, #p, #o)?,
+                                    #p,
+                                )?
+                            }
+                        }
                     }
                 }
             }
@@ -166,7 +189,9 @@ fn field_bounds(s: &Struct, live: &[&Field]) -> Vec<TokenStream> {
         bounds.push(quote!(#ty: ::neuron_spec::module::CustomModule));
         for spec in &f.specs {
             bounds.push(match spec.kind {
-                SpecKind::FusedLinears(_) => quote!(#ty: ::neuron_spec::module::FusedLinearLayer),
+                SpecKind::FusedLinears(_) | SpecKind::FusedPacked(_) => {
+                    quote!(#ty: ::neuron_spec::module::FusedLinearLayer)
+                }
                 SpecKind::GqaQkv(_) => quote!(#ty: ::neuron_spec::module::GqaQkvLayer),
             });
         }

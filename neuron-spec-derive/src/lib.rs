@@ -11,6 +11,10 @@
 //! - `#[gqa_qkv(q = q_proj, k = k_proj, v = v_proj, o = o_proj)]`: the field is a GQA q/k/v layer
 //!   replacing the HF `q`/`k`/`v` projections; `o` is the HF name of the sibling field holding the output
 //!   projection. All four keys are required, each once. Its type implements `GqaQkvLayer`.
+//! - `#[gqa_qkv(packed = qkv_proj, o = o_proj)]`: the same layer where the HF checkpoint stores q, k and v as
+//!   one tensor (Phi-3's `qkv_proj`: q rows, then k, then v).
+//! - `#[fused_linears(packed = gate_up_proj)]`: the HF checkpoint stores the members as one tensor, in order
+//!   along the fuse axis; their number and sizes come from the layer (`with_fused_dims`).
 //! - `#[hf(rename = "self_attn")]`: the field's HF path segment when it differs from the Rust name
 //!   (one segment: non-empty, no `.`).
 //! - `#[hf(skip)]`: the field is not part of the HF tree.
@@ -65,7 +69,7 @@
 //! #             fuse_axis: FuseAxis::Column,
 //! #             original_dims: vec![16; linears.len()],
 //! #             tp_size: 1,
-//! #             peft_type: None,
+//! #             peft_type: None, packed_linear_name: None,
 //! #         }))
 //! #     }
 //! # }

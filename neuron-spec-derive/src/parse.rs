@@ -3,7 +3,7 @@
 //! A shape the derive cannot handle at all (enum, union, tuple struct) stops here. Anything wrong inside
 //! an attribute is recorded and parsing goes on, so `validate` still sees every other field.
 
-use crate::ast::{name_of, Field, GqaQkv, Skip, SpecAttr, SpecKind, Struct};
+use crate::ast::{name_of, Field, GqaQkv, Qkv, Skip, SpecAttr, SpecKind, Struct};
 use crate::errors::Errors;
 use quote::ToTokens;
 use syn::parse::{Parse, ParseStream, Parser};
@@ -104,10 +104,18 @@ fn parse_spec(attr: &Attribute, errors: &mut Errors) -> syn::Result<Option<SpecA
     };
     let kind = if name == "fused_linears" {
         let list = require_list(attr, "#[fused_linears(gate_proj, up_proj)]: the HF names of the fused linears")?;
-        let names = list.parse_args_with(|input: ParseStream| {
-            Punctuated::<Ident, Token![,]>::parse_terminated_with(input, parse_name)
-        })?;
-        SpecKind::FusedLinears(names.into_iter().collect())
+        if is_packed_entry(list) {
+            let entries = list.parse_args_with(Punctuated::<Entry, Token![,]>::parse_terminated)?;
+            match fused_packed_from_entries(entries, errors) {
+                Some(p) => SpecKind::FusedPacked(p),
+                None => return Ok(None),
+            }
+        } else {
+            let names = list.parse_args_with(|input: ParseStream| {
+                Punctuated::<Ident, Token![,]>::parse_terminated_with(input, parse_name)
+            })?;
+            SpecKind::FusedLinears(names.into_iter().collect())
+        }
     } else {
         let list = require_list(attr, "#[gqa_qkv(q = q_proj, k = k_proj, v = v_proj, o = o_proj)]")?;
         let entries = list.parse_args_with(Punctuated::<Entry, Token![,]>::parse_terminated)?;
@@ -117,6 +125,41 @@ fn parse_spec(attr: &Attribute, errors: &mut Errors) -> syn::Result<Option<SpecA
         }
     };
     Ok(Some(SpecAttr { name, meta: attr.meta.to_token_stream(), kind }))
+}
+
+/// Whether a #[fused_linears] list starts with `key =` (the packed form).
+fn is_packed_entry(list: &MetaList) -> bool {
+    list.parse_args_with(|input: ParseStream| {
+        let ok = input.peek(Ident) && input.peek2(Token![=]);
+        input.parse::<proc_macro2::TokenStream>()?;
+        Ok(ok)
+    })
+    .unwrap_or(false)
+}
+
+/// `#[fused_linears(packed = name)]`: exactly the one key.
+fn fused_packed_from_entries(entries: Punctuated<Entry, Token![,]>, errors: &mut Errors) -> Option<Ident> {
+    let mut packed: Option<Ident> = None;
+    let mut ok = true;
+    for Entry { key, value } in entries {
+        let key_name = name_of(&key);
+        if key_name != "packed" {
+            errors.push(syn::Error::new(
+                key.span(),
+                format!(
+                    "unknown key `{key_name}` in #[fused_linears]; it takes the HF names of the linears, \
+                     or `packed = name` for one HF tensor holding them all"
+                ),
+            ));
+            ok = false;
+        } else if packed.is_some() {
+            errors.push(syn::Error::new(key.span(), "duplicate key `packed` in #[fused_linears]"));
+            ok = false;
+        } else {
+            packed = Some(value);
+        }
+    }
+    packed.filter(|_| ok)
 }
 
 /// `key = value` in #[gqa_qkv], both identifiers.
@@ -147,17 +190,19 @@ fn parse_name(input: ParseStream) -> syn::Result<Ident> {
     input.parse()
 }
 
-/// Assigns `q`/`k`/`v`/`o`, recording unknown, duplicate and missing keys; `None` if any was wrong.
+/// Assigns `q`/`k`/`v`/`o` (or `packed`/`o`), recording unknown, duplicate and missing keys; `None` if any was
+/// wrong.
 fn gqa_from_entries(name: &Ident, entries: Punctuated<Entry, Token![,]>, errors: &mut Errors) -> Option<GqaQkv> {
-    const KEYS: [&str; 4] = ["q", "k", "v", "o"];
-    let mut slots: [Option<Ident>; 4] = Default::default();
+    const KEYS: [&str; 5] = ["q", "k", "v", "o", "packed"];
+    let mut slots: [Option<Ident>; 5] = Default::default();
+    let mut keys: [Option<Ident>; 5] = Default::default();
     let mut ok = true;
     for Entry { key, value } in entries {
         let key_name = name_of(&key);
         let Some(i) = KEYS.iter().position(|k| *k == key_name) else {
             errors.push(syn::Error::new(
                 key.span(),
-                format!("unknown key `{key_name}` in #[gqa_qkv]; expected `q`, `k`, `v` and `o`"),
+                format!("unknown key `{key_name}` in #[gqa_qkv]; expected `q`, `k`, `v` and `o` (or `packed` and `o`)"),
             ));
             ok = false;
             continue;
@@ -168,9 +213,33 @@ fn gqa_from_entries(name: &Ident, entries: Punctuated<Entry, Token![,]>, errors:
             continue;
         }
         slots[i] = Some(value);
+        keys[i] = Some(key);
+    }
+    let [q, k, v, o, packed] = slots;
+    if let (Some(p), Some(pkey)) = (packed, &keys[4]) {
+        let given: Vec<String> =
+            KEYS[..3].iter().zip(&keys[..3]).filter(|(_, s)| s.is_some()).map(|(k, _)| format!("`{k}`")).collect();
+        if !given.is_empty() {
+            errors.push(syn::Error::new(
+                pkey.span(),
+                format!(
+                    "`packed` names one HF tensor holding q, k and v; drop {} (or drop `packed` and name all three)",
+                    given.join(", ")
+                ),
+            ));
+            return None;
+        }
+        let Some(o) = o else {
+            errors.push(syn::Error::new(
+                name.span(),
+                "#[gqa_qkv(packed = ..)] is missing `o`, the sibling output projection",
+            ));
+            return None;
+        };
+        return ok.then_some(GqaQkv { qkv: Qkv::Packed(p), o });
     }
     let missing: Vec<String> =
-        KEYS.iter().zip(&slots).filter(|(_, s)| s.is_none()).map(|(k, _)| format!("`{k}`")).collect();
+        KEYS[..4].iter().zip([&q, &k, &v, &o]).filter(|(_, s)| s.is_none()).map(|(k, _)| format!("`{k}`")).collect();
     if !missing.is_empty() {
         errors.push(syn::Error::new(
             name.span(),
@@ -182,10 +251,10 @@ fn gqa_from_entries(name: &Ident, entries: Punctuated<Entry, Token![,]>, errors:
         ));
         return None;
     }
-    let [Some(q), Some(k), Some(v), Some(o)] = slots else {
+    let (Some(q), Some(k), Some(v), Some(o)) = (q, k, v, o) else {
         return None;
     };
-    ok.then_some(GqaQkv { q, k, v, o })
+    ok.then_some(GqaQkv { qkv: Qkv::Separate { q, k, v }, o })
 }
 
 /// `#[hf(rename = "..")]`, `#[hf(skip)]` or both options in one list; options may be split over several

@@ -52,7 +52,7 @@ fn check_specs(s: &Struct, field: &Field, errors: &mut Errors) {
     }
     if let Some(found) = not_a_layer(field.ty) {
         let example = match first.kind {
-            SpecKind::FusedLinears(_) => "ColumnParallelLinear",
+            SpecKind::FusedLinears(_) | SpecKind::FusedPacked(_) => "ColumnParallelLinear",
             SpecKind::GqaQkv(_) => "GqaQkvColumnParallelLinear",
         };
         errors.push(syn::Error::new_spanned(
@@ -72,6 +72,7 @@ fn check_specs(s: &Struct, field: &Field, errors: &mut Errors) {
     for spec in &field.specs {
         match &spec.kind {
             SpecKind::FusedLinears(names) => check_fused(spec, names, errors),
+            SpecKind::FusedPacked(_) => {}
             SpecKind::GqaQkv(gqa) => check_gqa(s, field, gqa, errors),
         }
     }
@@ -121,7 +122,7 @@ fn check_gqa(s: &Struct, field: &Field, gqa: &GqaQkv, errors: &mut Errors) {
         if let Some((earlier, _)) = entries[..i].iter().find(|(_, v)| name_of(v) == n) {
             errors.push(syn::Error::new(
                 value.span(),
-                format!("`{key} = {n}` repeats `{earlier} = {n}`; q, k, v and o are four different linears"),
+                format!("`{key} = {n}` repeats `{earlier} = {n}`; q, k, v and o are four different linears (packed and o two)"),
             ));
         }
     }

@@ -53,7 +53,8 @@ pub fn plan_rank(
         if spec.is_lora() {
             // A LoRA spec plans the parts of its module whose factors the source holds; a part the metadata
             // lists but the source lacks is then reported missing by the generic pass below.
-            for t in spec.plan_rank_lora(module, src, 0, tp, rank)? {
+            // Validated above: the layout is planned directly.
+            for t in spec.layout(module).plan(spec.class_name(), src, 0, tp, rank)? {
                 consumed.extend(t.blocks.iter().map(|b| b.src.name.clone()));
                 produced.insert(t.name.clone());
                 tensors.push(t);
@@ -75,7 +76,10 @@ pub fn plan_rank(
             .first()
             .and_then(|n| meta.parameters.get(n))
             .and_then(|p| p.partition_dim);
-        for t in spec.plan_rank(module, src, 0, pdim, tp, rank)? {
+        if let crate::specs::Spec::FusedLinears(f) = spec {
+            f.check_partition_dim(pdim)?;
+        }
+        for t in spec.layout(module).plan(spec.class_name(), src, 0, tp, rank)? {
             produced.insert(t.name.clone());
             tensors.push(t);
         }

@@ -392,21 +392,23 @@ impl ShardPlan {
     /// as `replicas` for checking. Padding regions of rank tensors are never read.
     pub fn invert(&self) -> Result<Vec<TensorPlan>> {
         let mut out = Vec::with_capacity(self.originals.len());
-        for orig in &self.originals {
-            let mut candidates: Vec<Block> = Vec::new();
-            for (rank, tensors) in self.ranks.iter().enumerate() {
-                for t in tensors {
-                    for b in t.blocks.iter().filter(|b| b.src.name == orig.name) {
-                        candidates.push(Block {
-                            src: Source { part: rank, name: t.name.clone() },
-                            dim: b.dim,
-                            src_offset: b.dst_offset,
-                            dst_offset: b.src_offset,
-                            len: b.len,
-                        });
-                    }
+        // Every block by the original it reads, in rank, tensor and block order (the lowest rank comes first).
+        let mut by_original: std::collections::HashMap<&str, Vec<Block>> = std::collections::HashMap::new();
+        for (rank, tensors) in self.ranks.iter().enumerate() {
+            for t in tensors {
+                for b in &t.blocks {
+                    by_original.entry(b.src.name.as_str()).or_default().push(Block {
+                        src: Source { part: rank, name: t.name.clone() },
+                        dim: b.dim,
+                        src_offset: b.dst_offset,
+                        dst_offset: b.src_offset,
+                        len: b.len,
+                    });
                 }
             }
+        }
+        for orig in &self.originals {
+            let candidates = by_original.remove(orig.name.as_str()).unwrap_or_default();
             let dim = candidates.first().map_or(0, |b| b.dim);
             if candidates.iter().any(|b| b.dim != dim) {
                 return Err(Error::Invalid(format!(

@@ -69,6 +69,7 @@ fn model(
         original_dims: inter.to_vec(),
         tp_size: tp,
         peft_type: None,
+        packed_linear_name: None,
     };
     let mut parameters = IndexMap::new();
     for n in gqa.local_parameter_names("m.attn") {
@@ -169,6 +170,7 @@ proptest! {
             qkv_bias: None,
             o_bias: None,
             peft_type: None,
+            packed_projection_name: None,
         };
         let expected = expected_refusal(heads, kv, mult, tp, hd);
         match (spec.validate(tp), expected) {
@@ -193,7 +195,7 @@ proptest! {
         }
         let fused = FusedLinearsSpec {
             fused_linear_name: "f".into(), linear_names: vec!["a".into(), "b".into()], bias: false,
-            fuse_axis: FuseAxis::Column, original_dims: vec![heads, kv], tp_size: tp, peft_type: None,
+            fuse_axis: FuseAxis::Column, original_dims: vec![heads, kv], tp_size: tp, peft_type: None, packed_linear_name: None,
         };
         match fused.validate(tp) {
             // Uneven dims may be accepted once padded (see uneven_fused_dims_are_refused_or_padded_never_wrong).
@@ -277,6 +279,7 @@ fn uneven_fused_dims_are_refused_or_padded_never_wrong() {
         original_dims: vec![6, 10],
         tp_size: 4,
         peft_type: None,
+        packed_linear_name: None,
     };
     match spec.validate(4) {
         Err(Error::InvalidSpec { field, reason, .. }) => {
@@ -492,6 +495,7 @@ fn fused_dims_that_do_not_sum_are_rejected() {
         original_dims: vec![4, 4],
         tp_size: 2,
         peft_type: None,
+        packed_linear_name: None,
     };
     let mut local = StateDict::new();
     local.insert("m.gate_up.weight".into(), tensor(vec![5, 3], 0.0));

@@ -106,6 +106,7 @@ fn raw_gqa(g: &Gqa) -> GqaQkvColumnParallelLinearSpec {
         qkv_bias: g.qkv_bias,
         o_bias: g.o_bias,
         peft_type: None,
+        packed_projection_name: None,
     }
 }
 
@@ -137,6 +138,7 @@ pub fn run(data: &[u8]) {
                 original_dims: f.members.iter().map(|(_, d)| us(*d)).collect(),
                 tp_size: us(f.tp_size),
                 peft_type: None,
+                packed_linear_name: None,
             });
             (us(*tp), *hidden, gqa.as_ref().map(raw_gqa), fused)
         }
@@ -157,6 +159,7 @@ pub fn run(data: &[u8]) {
                 original_dims: f.members.iter().take(4).map(|d| (usize::from(d % 4) + 1) * tp).collect(),
                 tp_size: tp,
                 peft_type: None,
+                packed_linear_name: None,
             });
             (tp, *hidden, gqa, fused)
         }

@@ -78,6 +78,7 @@ impl FusedLinearLayer for Linear {
             original_dims: vec![16; linear_names.len()],
             tp_size: self.tp.size,
             peft_type: None,
+            packed_linear_name: None,
         }))
     }
 }

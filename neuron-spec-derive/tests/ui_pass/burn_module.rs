@@ -54,6 +54,7 @@ impl FusedLinearLayer for BurnLinear {
             original_dims: vec![2; linear_names.len()],
             tp_size: self.tp.size,
             peft_type: None,
+            packed_linear_name: None,
         }))
     }
 }

@@ -79,7 +79,7 @@ impl ColumnParallelLinearConfig {
                         "a fused layer's gathered outputs would interleave its members",
                     ));
                 }
-                d.iter().map(|x| x / tp.size).sum()
+                d.iter().map(|x| x.div_ceil(tp.size)).sum()
             }
             None => per_partition_size(self.out_features, tp.size),
         };
@@ -256,10 +256,9 @@ mod tests {
             panic!()
         };
         assert_eq!(s.original_dims, vec![6, 6]);
-        // Fused members that tp does not divide are refused.
-        assert!(ColumnParallelLinearConfig::new(8, 6)
-            .with_fused_members(2)
-            .init(TpContext::new(2, 0).unwrap(), &d)
-            .is_err());
+        // Fused members that tp does not divide are padded per member: 3 rows each become 2 per rank.
+        let padded =
+            ColumnParallelLinearConfig::new(8, 6).with_fused_members(2).init(TpContext::new(2, 0).unwrap(), &d);
+        assert_eq!(padded.unwrap().local_out_features, 4);
     }
 }

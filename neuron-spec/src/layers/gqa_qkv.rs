@@ -241,6 +241,7 @@ impl GqaQkvColumnParallelLinear {
             o_bias: (qkv_bias != self.o_bias).then_some(self.o_bias),
             // guess_peft_type: the layer carries LoRA.
             peft_type: (!self.lora.is_empty()).then(|| crate::lora::PEFT_TYPE_LORA.to_string()),
+            packed_projection_name: None,
         };
         s.validate(self.tp.size)?;
         Ok(s)

@@ -156,6 +156,10 @@ pub(crate) fn fused_dims(
     members: usize,
 ) -> Result<Vec<usize>> {
     if let Some(d) = configured {
+        // No names (a packed source, see `Spec::with_packed_source`): one member per configured size.
+        if members == 0 {
+            return Ok(d.to_vec());
+        }
         if d.len() != members {
             return Err(Error::spec(
                 "FusedLinearsSpec",
@@ -164,6 +168,13 @@ pub(crate) fn fused_dims(
             ));
         }
         return Ok(d.to_vec());
+    }
+    if members == 0 {
+        return Err(Error::spec(
+            "FusedLinearsSpec",
+            "packed",
+            format!("{layer}: a packed source needs the layer's member sizes (with_fused_dims or with_fused_members)"),
+        ));
     }
     if total.checked_rem(members) != Some(0) {
         return Err(Error::spec(
@@ -175,17 +186,14 @@ pub(crate) fn fused_dims(
     Ok(vec![total / members; members])
 }
 
-/// Validates fused member sizes for a layer at `tp`: each must split evenly (fused layers are not padded).
-pub(crate) fn check_fused(layer: &str, dims: &[usize], total: usize, tp: usize) -> Result<()> {
+/// Validates fused member sizes for a layer: positive, adding up to `total`. Where `tp` does not divide a
+/// member, each rank holds `ceil(d / tp)` of it, zero-padded (like the vocabulary).
+pub(crate) fn check_fused(layer: &str, dims: &[usize], total: usize, _tp: usize) -> Result<()> {
     if dims.is_empty() || dims.iter().sum::<usize>() != total {
         return Err(Error::spec(layer, "fused_dims", format!("{dims:?} do not add up to {total}")));
     }
-    if let Some(d) = dims.iter().find(|d| **d == 0 || **d % tp != 0) {
-        return Err(Error::spec(
-            layer,
-            "fused_dims",
-            format!("member size {d} is not a positive multiple of tp {tp} (fused layers are not padded)"),
-        ));
+    if dims.contains(&0) {
+        return Err(Error::spec(layer, "fused_dims", format!("{dims:?}: a member of size 0")));
     }
     Ok(())
 }
@@ -251,7 +259,11 @@ pub(crate) fn fused_linears_spec(
         tp_size: tp,
         // guess_peft_type: the layer carries LoRA.
         peft_type: has_lora.then(|| crate::lora::PEFT_TYPE_LORA.to_string()),
+        packed_linear_name: None,
     };
-    spec.validate(tp)?;
+    // No names: the members come from one packed tensor, named by `Spec::with_packed_source`, which validates.
+    if !linear_names.is_empty() {
+        spec.validate(tp)?;
+    }
     Ok(crate::specs::Spec::FusedLinears(spec))
 }

@@ -68,7 +68,7 @@ impl RowParallelLinearConfig {
                 if self.bias {
                     return Err(Error::spec(c, "bias", "a row-fused linear has no per-member bias to split"));
                 }
-                d.iter().map(|x| x / tp.size).sum()
+                d.iter().map(|x| x.div_ceil(tp.size)).sum()
             }
             None => per_partition_size(self.in_features, tp.size),
         };

@@ -182,13 +182,7 @@ pub(crate) fn mean(ts: &[&HostTensor]) -> Result<HostTensor> {
 
 /// The member sizes of a spec's group along its fuse axis (outputs of a column group, inputs of a row group).
 fn member_dims(spec: &Spec) -> Result<Vec<usize>> {
-    Ok(match spec {
-        Spec::FusedLinears(s) => s.original_dims.clone(),
-        Spec::GqaQkv(s) => {
-            let hd = s.head_dim()?;
-            vec![s.num_attention_heads * hd, s.num_key_value_heads * hd, s.num_key_value_heads * hd]
-        }
-    })
+    Ok(spec.lora_group().1.into_iter().map(|(_, d)| d).collect())
 }
 
 /// Builds a fused group's full-rank factors into `out`; returns its layout entry.

@@ -8,18 +8,11 @@ use crate::metadata::CheckpointMetadata;
 use crate::specs::{FuseAxis, Spec};
 use indexmap::IndexMap;
 
-/// The fused layer of a spec: its name, its members' HF names and its fuse axis.
-pub fn lora_group(spec: &Spec) -> (&str, Vec<&str>, FuseAxis) {
-    match spec {
-        Spec::FusedLinears(s) => {
-            (s.fused_linear_name.as_str(), s.linear_names.iter().map(String::as_str).collect(), s.fuse_axis)
-        }
-        Spec::GqaQkv(s) => (
-            s.gqa_qkv_projection_name.as_str(),
-            vec![s.query_projection_name.as_str(), s.key_projection_name.as_str(), s.value_projection_name.as_str()],
-            FuseAxis::Column,
-        ),
-    }
+/// The fused layer of a spec: its name, the HF modules it replaces (its members, or the one packed module)
+/// and its fuse axis (see [`Spec::lora_group`]).
+pub fn lora_group(spec: &Spec) -> (&str, Vec<String>, FuseAxis) {
+    let (fused, members, axis) = spec.lora_group();
+    (fused, members.into_iter().map(|(m, _)| m).collect(), axis)
 }
 
 /// One config or a map from adapter name to config (the reference accepts both).
@@ -67,7 +60,7 @@ fn rewrite_to_fused(spec: &Spec, module: &str, list: &[String]) -> Vec<String> {
     let (fused, members, _) = lora_group(spec);
     let mut out: Vec<String> = Vec::with_capacity(list.len());
     for e in list {
-        let hit = members.iter().find(|m| suffix_match(e, &format!("{module}.{m}")) && e.ends_with(*m));
+        let hit = members.iter().find(|m| suffix_match(e, &format!("{module}.{m}")) && e.ends_with(m.as_str()));
         let entry = match hit {
             Some(m) => format!("{}{fused}", &e[..e.len() - m.len()]),
             None => e.clone(),

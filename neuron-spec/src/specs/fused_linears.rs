@@ -1,9 +1,8 @@
 //! `FusedLinearsSpec`: several linears (gate_proj, up_proj) fused into one (gate_up_proj).
 
-use super::{check_spec_tp, require};
+use super::check_spec_tp;
+use super::layout::{join, Group, IndexMap, Layout, LocalTensor, Packing, Part};
 use crate::error::{Error, Result};
-use crate::plan::{TensorInfo, TensorPlan, TensorSource};
-use crate::sharding::fused_plan;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// The fuse axis: column (0, outputs concatenated) or row (1, inputs concatenated).
@@ -65,6 +64,10 @@ pub struct FusedLinearsSpec {
     /// `"lora"` when the module carries LoRA adapters.
     #[serde(default)]
     pub peft_type: Option<String>,
+    /// The HF checkpoint's own fused tensor (Phi-3's `gate_up_proj`), when the members are its ranges along the
+    /// fuse axis, in order, instead of separate linears.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packed_linear_name: Option<String>,
 }
 
 impl FusedLinearsSpec {
@@ -94,16 +97,13 @@ impl FusedLinearsSpec {
             ));
         }
         for (n, d) in self.linear_names.iter().zip(&self.original_dims) {
-            if d % tp != 0 || *d == 0 {
-                return Err(Error::spec(
-                    c,
-                    "original_dims",
-                    format!("{n} has size {d}, not a positive multiple of tp {tp}"),
-                ));
+            // A size tp does not divide is padded per member, like the vocabulary.
+            if *d == 0 {
+                return Err(Error::spec(c, "original_dims", format!("{n} has size 0")));
             }
         }
         let mut seen = std::collections::HashSet::new();
-        for n in &self.linear_names {
+        for n in self.linear_names.iter().filter(|_| self.packed_linear_name.is_none()) {
             if !seen.insert(n) {
                 return Err(Error::spec(c, "linear_names", format!("{n} is listed twice")));
             }
@@ -114,79 +114,70 @@ impl FusedLinearsSpec {
         Ok(())
     }
 
-    /// `<module>.<fused>.weight` (and `.bias`).
-    pub fn local_parameter_names(&self, module: &str) -> Vec<String> {
-        self.param_names().iter().map(|p| format!("{module}.{}.{p}", self.fused_linear_name)).collect()
-    }
-
-    /// `<module>.<linear>.weight` (and `.bias`) for every member.
-    pub fn original_parameter_names(&self, module: &str) -> Vec<String> {
-        self.param_names()
-            .iter()
-            .flat_map(|p| self.linear_names.iter().map(move |l| format!("{module}.{l}.{p}")))
-            .collect()
-    }
-
-    fn dim_for(&self, param: &str, partition_dim: Option<usize>) -> Result<usize> {
+    /// The rank-local tensors as data: each member's shard (zero-padded where tp does not divide it), read from
+    /// the member linear or from its range of the packed HF tensor, concatenated along the fuse axis. For a LoRA
+    /// spec, its factors: the shared one whole, the members' own factors sharded like the weight.
+    pub fn layout(&self, module: &str) -> Layout {
+        let f = &self.fused_linear_name;
         let axis = self.fuse_axis.axis();
-        match (param, partition_dim) {
-            // A bias is 1-D: it only exists for column fusing, along axis 0.
-            ("bias", _) => Ok(0),
-            (_, Some(d)) if d != axis => Err(Error::spec(
+        let total: usize = self.original_dims.iter().fold(0usize, |a, d| a.saturating_add(*d));
+        // Member `i` of parameter `p`: its own tensor, or its rows (columns) of the packed one.
+        let member = |i: usize, p: &str, map_len: usize| -> Part {
+            match &self.packed_linear_name {
+                Some(k) => Part {
+                    original: join(module, &format!("{k}.{p}")),
+                    packing: Some(Packing { offset: self.original_dims[..i].iter().sum(), total }),
+                    map: IndexMap::Split { len: map_len },
+                },
+                None => {
+                    Part::new(join(module, &format!("{}.{p}", self.linear_names[i])), IndexMap::Split { len: map_len })
+                }
+            }
+        };
+        let members = |p: &str| -> Vec<Part> {
+            self.original_dims.iter().enumerate().take(self.linear_names.len()).map(|(i, d)| member(i, p, *d)).collect()
+        };
+        if self.is_lora() {
+            let (shared, own) = self.lora_factors();
+            let shared_name = join(module, &format!("{f}.{shared}.weight"));
+            let tensors = vec![
+                LocalTensor { name: shared_name.clone(), dim: 0, parts: vec![Part::new(shared_name, IndexMap::Whole)] },
+                LocalTensor {
+                    name: join(module, &format!("{f}.{own}.weight")),
+                    dim: axis,
+                    parts: members(&format!("{own}.weight")),
+                },
+            ];
+            return Layout { groups: vec![Group { tensors, optional: true }] };
+        }
+        let tensors = self
+            .param_names()
+            .iter()
+            .map(|p| LocalTensor {
+                name: join(module, &format!("{f}.{p}")),
+                // A bias is 1-D: it only exists for column fusing, along axis 0.
+                dim: if *p == "bias" { 0 } else { axis },
+                parts: members(p),
+            })
+            .collect();
+        Layout { groups: vec![Group { tensors, optional: false }] }
+    }
+
+    fn is_lora(&self) -> bool {
+        self.peft_type.as_deref() == Some(crate::lora::PEFT_TYPE_LORA)
+    }
+
+    /// Checks the fused parameter's partition dim against the fuse axis.
+    pub(crate) fn check_partition_dim(&self, partition_dim: Option<usize>) -> Result<()> {
+        let axis = self.fuse_axis.axis();
+        match partition_dim {
+            Some(d) if d != axis => Err(Error::spec(
                 Self::CLASS_NAME,
                 "fuse_axis",
                 format!("fuse axis {axis} differs from the fused parameter's partition_dim {d}"),
             )),
-            _ => Ok(axis),
+            _ => Ok(()),
         }
-    }
-
-    /// Plans of rank `rank`'s fused tensors.
-    pub fn plan_rank(
-        &self,
-        module: &str,
-        src: &dyn TensorSource,
-        part: usize,
-        partition_dim: Option<usize>,
-        tp: usize,
-        rank: usize,
-    ) -> Result<Vec<TensorPlan>> {
-        self.validate(tp)?;
-        let mut plans = Vec::new();
-        for p in self.param_names() {
-            let dim = self.dim_for(p, partition_dim)?;
-            let mut members = Vec::new();
-            for (l, d) in self.linear_names.iter().zip(&self.original_dims) {
-                let info = require(src, &format!("{module}.{l}.{p}"))?;
-                if info.shape.get(dim) != Some(d) {
-                    return Err(Error::spec(
-                        Self::CLASS_NAME,
-                        "original_dims",
-                        format!("{} is {:?}, but original_dims says {d} along dim {dim}", info.name, info.shape),
-                    ));
-                }
-                members.push(info);
-            }
-            let name = format!("{module}.{}.{p}", self.fused_linear_name);
-            plans.push(fused_plan(&name, &members, part, dim, dim, tp, rank)?);
-        }
-        Ok(plans)
-    }
-
-    /// `<module>.<fused>.lora_A.weight` and `.lora_B.weight`.
-    pub fn lora_local_parameter_names(&self, module: &str) -> Vec<String> {
-        let f = &self.fused_linear_name;
-        vec![format!("{module}.{f}.lora_A.weight"), format!("{module}.{f}.lora_B.weight")]
-    }
-
-    /// The full-rank factors: a column group's shared A and each member's B rows (a row group: each member's A
-    /// columns and the shared B).
-    pub fn lora_original_parameter_names(&self, module: &str) -> Vec<String> {
-        let f = &self.fused_linear_name;
-        let (shared, own) = self.lora_factors();
-        let mut v = vec![format!("{module}.{f}.{shared}.weight")];
-        v.extend(self.linear_names.iter().map(|l| format!("{module}.{l}.{own}.weight")));
-        v
     }
 
     /// (shared factor, per-member factor): the member factor is the one along the fused axis.
@@ -195,97 +186,5 @@ impl FusedLinearsSpec {
             FuseAxis::Column => ("lora_A", "lora_B"),
             FuseAxis::Row => ("lora_B", "lora_A"),
         }
-    }
-
-    /// Rank `rank`'s LoRA factors: the shared factor whole (replicated), the members' factors sharded and fused
-    /// exactly like the weight (B's rows for a column group, A's columns for a row group).
-    pub fn plan_rank_lora(
-        &self,
-        module: &str,
-        src: &dyn TensorSource,
-        part: usize,
-        tp: usize,
-        rank: usize,
-    ) -> Result<Vec<TensorPlan>> {
-        self.validate(tp)?;
-        let f = &self.fused_linear_name;
-        let (shared, own) = self.lora_factors();
-        let shared_name = format!("{module}.{f}.{shared}.weight");
-        let Some(shared_info) = src.info(&shared_name) else { return Ok(vec![]) };
-        let dim = self.fuse_axis.axis();
-        let mut members = Vec::new();
-        for (l, d) in self.linear_names.iter().zip(&self.original_dims) {
-            let info = require(src, &format!("{module}.{l}.{own}.weight"))?;
-            if info.shape.get(dim) != Some(d) {
-                return Err(Error::spec(
-                    Self::CLASS_NAME,
-                    "original_dims",
-                    format!("{} is {:?}, but original_dims says {d} along dim {dim}", info.name, info.shape),
-                ));
-            }
-            members.push(info);
-        }
-        let fused = fused_plan(&format!("{module}.{f}.{own}.weight"), &members, part, dim, dim, tp, rank)?;
-        Ok(vec![TensorPlan::whole(&shared_name, &shared_info, part), fused])
-    }
-
-    /// The full-rank factors' shapes from one rank's LoRA factors.
-    pub fn lora_original_infos(&self, module: &str, local: &dyn TensorSource, tp: usize) -> Result<Vec<TensorInfo>> {
-        self.validate(tp)?;
-        let f = &self.fused_linear_name;
-        let (shared, own) = self.lora_factors();
-        let Some(s) = local.info(&format!("{module}.{f}.{shared}.weight")) else { return Ok(vec![]) };
-        let fused = require(local, &format!("{module}.{f}.{own}.weight"))?;
-        let dim = self.fuse_axis.axis();
-        let expected: usize = self.original_dims.iter().sum::<usize>() / tp;
-        if fused.shape.len() != 2 || fused.shape[dim] != expected {
-            let mut e = fused.shape.clone();
-            if let Some(x) = e.get_mut(dim) {
-                *x = expected;
-            }
-            return Err(Error::ShapeMismatch { tensor: fused.name, expected: e, found: fused.shape, file: None });
-        }
-        let mut out = vec![s];
-        for (l, d) in self.linear_names.iter().zip(&self.original_dims) {
-            let mut shape = fused.shape.clone();
-            shape[dim] = *d;
-            out.push(TensorInfo { name: format!("{module}.{l}.{own}.weight"), dtype: fused.dtype, shape });
-        }
-        Ok(out)
-    }
-
-    /// The members' shapes, from one rank's fused tensor; its size must be `sum(original_dims) / tp`.
-    pub fn original_infos(&self, module: &str, local: &dyn TensorSource, tp: usize) -> Result<Vec<TensorInfo>> {
-        self.validate(tp)?;
-        let mut out = Vec::new();
-        for p in self.param_names() {
-            let dim = self.dim_for(p, None)?;
-            let fused = require(local, &format!("{module}.{}.{p}", self.fused_linear_name))?;
-            let dims = &self.original_dims;
-            let sum = dims.iter().try_fold(0usize, |a, d| a.checked_add(*d));
-            let expected = sum.map(|s| s / tp);
-            if expected.is_none() || fused.shape.get(dim) != expected.as_ref() {
-                let mut e = fused.shape.clone();
-                if let (Some(x), Some(v)) = (e.get_mut(dim), expected) {
-                    *x = v;
-                }
-                return Err(Error::spec(
-                    Self::CLASS_NAME,
-                    "original_dims",
-                    format!(
-                        "{dims:?} sum to {}, so at tp {tp} each rank's {} should be {e:?}, found {:?}",
-                        sum.map_or("an overflowing size".to_string(), |s| s.to_string()),
-                        fused.name,
-                        fused.shape
-                    ),
-                ));
-            }
-            for (l, d) in self.linear_names.iter().zip(&self.original_dims) {
-                let mut shape = fused.shape.clone();
-                shape[dim] = *d;
-                out.push(TensorInfo { name: format!("{module}.{l}.{p}"), dtype: fused.dtype, shape });
-            }
-        }
-        Ok(out)
     }
 }

@@ -1,9 +1,10 @@
 //! `GQAQKVColumnParallelLinearSpec`: q/k/v projections as one GQA column-parallel layer with kv-head
 //! replication, and the row-parallel output projection that follows the same query-head permutation.
 
-use super::{check_spec_tp, require};
+use super::check_spec_tp;
+use super::layout::{join, Group, IndexMap, Layout, LocalTensor, Packing, Part};
 use crate::error::{Error, Result};
-use crate::plan::{push_block, Block, Source, TensorInfo, TensorPlan, TensorSource};
+use crate::plan::{TensorInfo, TensorSource};
 use crate::sharding::check_tp;
 use crate::tensor::{single, HostTensor, StateDict};
 use serde::{Deserialize, Serialize};
@@ -58,6 +59,10 @@ pub struct GqaQkvColumnParallelLinearSpec {
     /// `"lora"` when the module carries LoRA adapters.
     #[serde(default)]
     pub peft_type: Option<String>,
+    /// The HF checkpoint's own fused q/k/v tensor (Phi-3's `qkv_proj`: q, k, v rows in that order), when the
+    /// checkpoint has no separate q/k/v projections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packed_projection_name: Option<String>,
 }
 
 /// The kv multiplier the reference's layers use: `max(1, tp / kv_heads)`.
@@ -98,6 +103,7 @@ impl GqaQkvColumnParallelLinearSpec {
             qkv_bias: (qkv_bias != o_bias).then_some(qkv_bias),
             o_bias: (qkv_bias != o_bias).then_some(o_bias),
             peft_type: None,
+            packed_projection_name: None,
         };
         s.with_head_dim(head_dim, tp)
     }
@@ -309,9 +315,10 @@ impl GqaQkvColumnParallelLinearSpec {
         tp_size: usize,
         tp_rank: usize,
     ) -> Result<HostTensor> {
-        let info = TensorInfo { name: "kv".into(), dtype: weight.dtype(), shape: weight.shape().to_vec() };
-        let plan = kv_plan("local", &info, 0, kv_size_multiplier, output_size_per_partition, 0, tp_size, tp_rank)?;
-        plan.execute(&[&single("kv", weight)])
+        let len = weight.shape().first().copied().unwrap_or(0);
+        let map = IndexMap::Tiled { len, multiplier: kv_size_multiplier, per_rank: output_size_per_partition };
+        let t = LocalTensor { name: "local".into(), dim: 0, parts: vec![Part::new("kv".into(), map)] };
+        t.plan(Self::CLASS_NAME, &single("kv", weight), 0, tp_size, tp_rank)?.execute(&[&single("kv", weight)])
     }
 
     /// Rank `tp_rank`'s query rows (or output columns) of the heads `compute_query_indices_for_rank` gives.
@@ -324,20 +331,17 @@ impl GqaQkvColumnParallelLinearSpec {
         tp_size: usize,
         tp_rank: usize,
     ) -> Result<HostTensor> {
-        let idx = Self::compute_query_indices_for_rank(
-            tp_size,
-            tp_rank,
+        let t = heads_tensor(
+            "local",
+            "w",
+            weight.shape(),
+            query_or_output,
             num_attention_heads,
             num_key_value_heads,
             kv_size_multiplier,
         )?;
-        let info = TensorInfo { name: "w".into(), dtype: weight.dtype(), shape: weight.shape().to_vec() };
-        let dim = match query_or_output {
-            QueryOrOutput::Query => 0,
-            QueryOrOutput::Output => 1,
-        };
-        let plan = heads_plan("local", &info, 0, dim, num_attention_heads, &idx, 0, None)?;
-        plan.execute(&[&single("w", weight)])
+        let src = single("w", weight);
+        t.plan(Self::CLASS_NAME, &src, 0, tp_size, tp_rank)?.execute(&[&src])
     }
 
     /// The HF query (or output) weight from the concatenation of all ranks' local ones: undoes the
@@ -361,15 +365,18 @@ impl GqaQkvColumnParallelLinearSpec {
             .ok_or_else(|| Error::Invalid(format!("weight of shape {:?} has no dim {dim}", info.shape)))?;
         let per_rank = len / tp_size.max(1);
         let mut ranks = Vec::new();
+        let src = single("hf", full_weight);
         for r in 0..tp_size {
-            let idx = Self::compute_query_indices_for_rank(
-                tp_size,
-                r,
+            let t = heads_tensor(
+                &r.to_string(),
+                "hf",
+                full_weight.shape(),
+                query_or_output,
                 num_attention_heads,
                 num_key_value_heads,
                 kv_size_multiplier,
             )?;
-            ranks.push(vec![heads_plan(&format!("{r}"), &info, 0, dim, num_attention_heads, &idx, 0, None)?]);
+            ranks.push(vec![t.plan(Self::CLASS_NAME, &src, 0, tp_size, r)?]);
         }
         let plan = crate::plan::ShardPlan { tp: tp_size, originals: vec![info], ranks };
         let inv = plan.invert()?;
@@ -382,13 +389,84 @@ impl GqaQkvColumnParallelLinearSpec {
         p.execute(&sources)
     }
 
-    fn names(&self, module: &str, param: &str) -> [String; 4] {
-        [
-            format!("{module}.{}.{param}", self.query_projection_name),
-            format!("{module}.{}.{param}", self.key_projection_name),
-            format!("{module}.{}.{param}", self.value_projection_name),
-            format!("{module}.{}.{param}", self.output_projection_name),
-        ]
+    /// The map of the query heads (rows of q, columns of o).
+    fn query_map(&self) -> IndexMap {
+        IndexMap::QueryHeads {
+            num_heads: self.num_attention_heads,
+            num_kv_heads: self.num_key_value_heads,
+            multiplier: self.kv_size_multiplier,
+            head_dim: self.head_dim().unwrap_or(0),
+        }
+    }
+
+    /// q, k and v of parameter `param` (`weight`, `bias`, `lora_B.weight`) as parts: the query heads of the
+    /// rank, the kv heads tiled; read from the q/k/v tensors or from their rows of the packed one.
+    fn qkv_parts(&self, module: &str, param: &str) -> [Part; 3] {
+        let hd = self.head_dim().unwrap_or(0);
+        let (q, kv) = (self.num_attention_heads.saturating_mul(hd), self.num_key_value_heads.saturating_mul(hd));
+        let tiled = IndexMap::Tiled {
+            len: kv,
+            multiplier: self.kv_size_multiplier,
+            per_rank: self.kv_output_size_per_partition,
+        };
+        let maps = [self.query_map(), tiled.clone(), tiled];
+        let names = [&self.query_projection_name, &self.key_projection_name, &self.value_projection_name];
+        let offsets = [0, q, q.saturating_add(kv)];
+        let total = q.saturating_add(kv.saturating_mul(2));
+        let part = |i: usize, map: IndexMap| match &self.packed_projection_name {
+            Some(k) => Part {
+                original: join(module, &format!("{k}.{param}")),
+                packing: Some(Packing { offset: offsets[i], total }),
+                map,
+            },
+            None => Part::new(join(module, &format!("{}.{param}", names[i])), map),
+        };
+        let [m0, m1, m2] = maps;
+        [part(0, m0), part(1, m1), part(2, m2)]
+    }
+
+    /// The rank-local q/k/v tensors of `param`: one `<param>_qkv` or `<param>_q/_k/_v`.
+    fn qkv_tensors(&self, module: &str, param: &str) -> Vec<LocalTensor> {
+        let g = &self.gqa_qkv_projection_name;
+        let parts = self.qkv_parts(module, param);
+        if self.fuse_qkv {
+            vec![LocalTensor { name: join(module, &format!("{g}.{param}_qkv")), dim: 0, parts: parts.to_vec() }]
+        } else {
+            parts
+                .into_iter()
+                .zip(["q", "k", "v"])
+                .map(|(p, s)| LocalTensor { name: join(module, &format!("{g}.{param}_{s}")), dim: 0, parts: vec![p] })
+                .collect()
+        }
+    }
+
+    /// The rank-local tensors as data. Weights: `qkv_proj.weight_qkv` (or `_q/_k/_v`), biases alike, `o_proj`'s
+    /// columns of the rank's query heads and its bias whole (a row-parallel bias is added once, after the
+    /// all-reduce). LoRA: q/k/v's shared A whole and their B rows like the weight's rows; o's A columns like o's
+    /// weight columns (o's B is a plain replicated parameter).
+    pub fn layout(&self, module: &str) -> Layout {
+        let (g, o) = (&self.gqa_qkv_projection_name, &self.output_projection_name);
+        let whole =
+            |name: String| LocalTensor { name: name.clone(), dim: 0, parts: vec![Part::new(name, IndexMap::Whole)] };
+        let o_cols =
+            |name: String| LocalTensor { name: name.clone(), dim: 1, parts: vec![Part::new(name, self.query_map())] };
+        if self.peft_type.as_deref() == Some(crate::lora::PEFT_TYPE_LORA) {
+            let mut qkv = vec![whole(join(module, &format!("{g}.lora_A.weight")))];
+            qkv.extend(self.qkv_tensors(module, "lora_B.weight"));
+            return Layout {
+                groups: vec![
+                    Group { tensors: qkv, optional: true },
+                    Group { tensors: vec![o_cols(join(module, &format!("{o}.lora_A.weight")))], optional: true },
+                ],
+            };
+        }
+        let mut tensors: Vec<LocalTensor> =
+            self.qkv_params().iter().flat_map(|p| self.qkv_tensors(module, p)).collect();
+        tensors.push(o_cols(join(module, &format!("{o}.weight"))));
+        if self.has_o_bias() {
+            tensors.push(whole(join(module, &format!("{o}.bias"))));
+        }
+        Layout { groups: vec![Group { tensors, optional: false }] }
     }
 
     fn qkv_params(&self) -> Vec<&'static str> {
@@ -397,323 +475,6 @@ impl GqaQkvColumnParallelLinearSpec {
         } else {
             vec!["weight"]
         }
-    }
-
-    fn local_qkv_names(&self, module: &str, param: &str) -> Vec<String> {
-        let g = &self.gqa_qkv_projection_name;
-        if self.fuse_qkv {
-            vec![format!("{module}.{g}.{param}_qkv")]
-        } else {
-            ["q", "k", "v"].iter().map(|s| format!("{module}.{g}.{param}_{s}")).collect()
-        }
-    }
-
-    /// `qkv_proj.weight_qkv` (or `_q/_k/_v`), biases named alike, and `o_proj.weight` (+ `.bias`).
-    pub fn local_parameter_names(&self, module: &str) -> Vec<String> {
-        let mut v: Vec<String> = self.qkv_params().iter().flat_map(|p| self.local_qkv_names(module, p)).collect();
-        v.push(format!("{module}.{}.weight", self.output_projection_name));
-        if self.has_o_bias() {
-            v.push(format!("{module}.{}.bias", self.output_projection_name));
-        }
-        v
-    }
-
-    /// The HF q/k/v/o weights and biases.
-    pub fn original_parameter_names(&self, module: &str) -> Vec<String> {
-        let mut v = Vec::new();
-        for p in self.qkv_params() {
-            let [q, k, vv, _] = self.names(module, p);
-            v.extend([q, k, vv]);
-        }
-        v.push(format!("{module}.{}.weight", self.output_projection_name));
-        if self.has_o_bias() {
-            v.push(format!("{module}.{}.bias", self.output_projection_name));
-        }
-        v
-    }
-
-    /// Plans of rank `rank`'s q/k/v and o tensors.
-    pub fn plan_rank(
-        &self,
-        module: &str,
-        src: &dyn TensorSource,
-        part: usize,
-        tp: usize,
-        rank: usize,
-    ) -> Result<Vec<TensorPlan>> {
-        self.validate(tp)?;
-        check_tp(tp, rank)?;
-        let hd = self.head_dim()?;
-        let idx = self.query_indices(tp, rank)?;
-        let mut plans = Vec::new();
-        for p in self.qkv_params() {
-            let [qn, kn, vn, _] = self.names(module, p);
-            plans.extend(self.plan_qkv([qn, kn, vn], self.local_qkv_names(module, p), src, part, tp, rank, &idx)?);
-        }
-        let on = format!("{module}.{}.weight", self.output_projection_name);
-        plans.push(self.plan_output_columns(&on, src, part, &idx, hd)?);
-        if self.has_o_bias() {
-            let bn = format!("{module}.{}.bias", self.output_projection_name);
-            let b = require(src, &bn)?;
-            // A row-parallel bias is added once after the all-reduce: every rank keeps it whole.
-            plans.push(TensorPlan::whole(&bn, &b, part));
-        }
-        Ok(plans)
-    }
-
-    fn query_indices(&self, tp: usize, rank: usize) -> Result<Vec<usize>> {
-        Self::compute_query_indices_for_rank(
-            tp,
-            rank,
-            self.num_attention_heads,
-            self.num_key_value_heads,
-            self.kv_size_multiplier,
-        )
-    }
-
-    /// The o columns (heads along dim 1) of the query heads `idx`, read from `name` into `name`.
-    fn plan_output_columns(
-        &self,
-        name: &str,
-        src: &dyn TensorSource,
-        part: usize,
-        idx: &[usize],
-        hd: usize,
-    ) -> Result<TensorPlan> {
-        let o = require(src, name)?;
-        if o.shape.get(1) != Some(&(self.num_attention_heads * hd)) {
-            return Err(Error::ShapeMismatch {
-                tensor: name.to_string(),
-                expected: vec![o.shape.first().copied().unwrap_or(0), self.num_attention_heads * hd],
-                found: o.shape,
-                file: None,
-            });
-        }
-        Ok(TensorPlan {
-            name: name.to_string(),
-            ..heads_plan(name, &o, part, 1, self.num_attention_heads, idx, 0, Some(hd))?
-        })
-    }
-
-    /// Rank `rank`'s q, k and v rows of the tensors `[q, k, v]`, as one fused tensor or three.
-    #[allow(clippy::too_many_arguments)]
-    fn plan_qkv(
-        &self,
-        [qn, kn, vn]: [String; 3],
-        names: Vec<String>,
-        src: &dyn TensorSource,
-        part: usize,
-        tp: usize,
-        rank: usize,
-        idx: &[usize],
-    ) -> Result<Vec<TensorPlan>> {
-        let hd = self.head_dim()?;
-        let q = require(src, &qn)?;
-        let k = require(src, &kn)?;
-        let v = require(src, &vn)?;
-        self.check_rows(&q, self.num_attention_heads * hd)?;
-        self.check_rows(&k, self.num_key_value_heads * hd)?;
-        self.check_rows(&v, self.num_key_value_heads * hd)?;
-        let qp = heads_plan("q", &q, part, 0, self.num_attention_heads, idx, 0, Some(hd))?;
-        let kv_out = self.kv_output_size_per_partition;
-        let kp = kv_plan("k", &k, part, self.kv_size_multiplier, kv_out, 0, tp, rank)?;
-        let vp = kv_plan("v", &v, part, self.kv_size_multiplier, kv_out, 0, tp, rank)?;
-        let mut plans = Vec::new();
-        if self.fuse_qkv {
-            for t in [&k, &v] {
-                if t.dtype != q.dtype {
-                    return Err(Error::DtypeMismatch {
-                        tensor: t.name.clone(),
-                        expected: q.dtype.to_string(),
-                        found: t.dtype.to_string(),
-                        file: None,
-                    });
-                }
-            }
-            let mut shape = q.shape.clone();
-            shape[0] = qp.shape[0] + 2 * kv_out;
-            let mut blocks = qp.blocks;
-            let mut off = self.q_output_size_per_partition;
-            for sub in [kp, vp] {
-                for b in sub.blocks {
-                    push_block(&mut blocks, Block { dst_offset: b.dst_offset + off, ..b });
-                }
-                off += kv_out;
-            }
-            let name = names.into_iter().next().unwrap_or_default();
-            plans.push(TensorPlan { name, dtype: q.dtype, shape, blocks, replicas: vec![] });
-        } else {
-            for (sub, n) in [qp, kp, vp].into_iter().zip(names) {
-                plans.push(TensorPlan { name: n, ..sub });
-            }
-        }
-        Ok(plans)
-    }
-
-    /// `qkv_proj.lora_A.weight`, `qkv_proj.lora_B.weight_qkv` (or `_q/_k/_v`) and `o_proj.lora_A.weight` (whose
-    /// columns follow the query heads); `o_proj.lora_B.weight` is a plain replicated parameter.
-    pub fn lora_local_parameter_names(&self, module: &str) -> Vec<String> {
-        let mut v = vec![format!("{module}.{}.lora_A.weight", self.gqa_qkv_projection_name)];
-        v.extend(self.local_qkv_names(module, "lora_B.weight"));
-        v.push(format!("{module}.{}.lora_A.weight", self.output_projection_name));
-        v
-    }
-
-    /// The full-rank factors: the shared A of q/k/v, each one's B, and o's A.
-    pub fn lora_original_parameter_names(&self, module: &str) -> Vec<String> {
-        let mut v = vec![format!("{module}.{}.lora_A.weight", self.gqa_qkv_projection_name)];
-        let [q, k, vv, o] = self.names(module, "lora_B.weight");
-        v.extend([q, k, vv]);
-        v.push(o.replace(".lora_B.", ".lora_A."));
-        v
-    }
-
-    /// Rank `rank`'s LoRA factors: q/k/v's A whole; their B rows planned exactly like the weights' rows (query
-    /// permutation, kv tiling); o's A columns like o's weight columns. Only the parts `src` holds.
-    pub fn plan_rank_lora(
-        &self,
-        module: &str,
-        src: &dyn TensorSource,
-        part: usize,
-        tp: usize,
-        rank: usize,
-    ) -> Result<Vec<TensorPlan>> {
-        self.validate(tp)?;
-        check_tp(tp, rank)?;
-        let hd = self.head_dim()?;
-        let idx = self.query_indices(tp, rank)?;
-        let mut plans = Vec::new();
-        let a = format!("{module}.{}.lora_A.weight", self.gqa_qkv_projection_name);
-        if let Some(info) = src.info(&a) {
-            plans.push(TensorPlan::whole(&a, &info, part));
-            let [q, k, v, _] = self.names(module, "lora_B.weight");
-            plans.extend(self.plan_qkv(
-                [q, k, v],
-                self.local_qkv_names(module, "lora_B.weight"),
-                src,
-                part,
-                tp,
-                rank,
-                &idx,
-            )?);
-        }
-        let oa = format!("{module}.{}.lora_A.weight", self.output_projection_name);
-        if src.info(&oa).is_some() {
-            plans.push(self.plan_output_columns(&oa, src, part, &idx, hd)?);
-        }
-        Ok(plans)
-    }
-
-    /// The full-rank factors' shapes from one rank's LoRA factors.
-    pub fn lora_original_infos(&self, module: &str, local: &dyn TensorSource, tp: usize) -> Result<Vec<TensorInfo>> {
-        self.validate(tp)?;
-        let hd = self.head_dim()?;
-        let mut out = Vec::new();
-        let a = format!("{module}.{}.lora_A.weight", self.gqa_qkv_projection_name);
-        if let Some(info) = local.info(&a) {
-            out.push(info);
-            let [q, k, v, _] = self.names(module, "lora_B.weight");
-            out.extend(self.qkv_original_infos(module, "lora_B.weight", [q, k, v], local)?);
-        }
-        let oa = format!("{module}.{}.lora_A.weight", self.output_projection_name);
-        if let Some(o) = local.info(&oa) {
-            let mut shape = o.shape.clone();
-            if shape.len() != 2 || shape[1] != self.q_output_size_per_partition {
-                return Err(Error::ShapeMismatch {
-                    tensor: oa,
-                    expected: vec![shape.first().copied().unwrap_or(0), self.q_output_size_per_partition],
-                    found: o.shape,
-                    file: None,
-                });
-            }
-            shape[1] = self.num_attention_heads * hd;
-            out.push(TensorInfo { name: oa, dtype: o.dtype, shape });
-        }
-        Ok(out)
-    }
-
-    /// The HF q/k/v shapes of parameter `p` from one rank's local q/k/v tensors.
-    fn qkv_original_infos(
-        &self,
-        module: &str,
-        p: &str,
-        originals: [String; 3],
-        local: &dyn TensorSource,
-    ) -> Result<Vec<TensorInfo>> {
-        let hd = self.head_dim()?;
-        let (qo, kvo) = (self.q_output_size_per_partition, self.kv_output_size_per_partition);
-        let names = self.local_qkv_names(module, p);
-        let first_name = names.first().cloned().unwrap_or_default();
-        let first = require(local, &first_name)?;
-        let expected_rows = if self.fuse_qkv { qo + 2 * kvo } else { qo };
-        if first.shape.first() != Some(&expected_rows) {
-            let mut e = first.shape.clone();
-            if let Some(x) = e.first_mut() {
-                *x = expected_rows;
-            }
-            return Err(Error::ShapeMismatch { tensor: first.name, expected: e, found: first.shape, file: None });
-        }
-        let [qn, kn, vn] = originals;
-        let mut out = Vec::new();
-        for (n, rows) in [
-            (qn, self.num_attention_heads * hd),
-            (kn, self.num_key_value_heads * hd),
-            (vn, self.num_key_value_heads * hd),
-        ] {
-            let mut shape = first.shape.clone();
-            shape[0] = rows;
-            out.push(TensorInfo { name: n, dtype: first.dtype, shape });
-        }
-        Ok(out)
-    }
-
-    fn check_rows(&self, t: &TensorInfo, rows: usize) -> Result<()> {
-        if t.shape.first() != Some(&rows) {
-            let mut e = t.shape.clone();
-            if e.is_empty() {
-                e.push(rows);
-            } else {
-                e[0] = rows;
-            }
-            return Err(Error::ShapeMismatch {
-                tensor: t.name.clone(),
-                expected: e,
-                found: t.shape.clone(),
-                file: None,
-            });
-        }
-        Ok(())
-    }
-
-    /// The HF q/k/v/o shapes from one rank's local tensors.
-    pub fn original_infos(&self, module: &str, local: &dyn TensorSource, tp: usize) -> Result<Vec<TensorInfo>> {
-        self.validate(tp)?;
-        let hd = self.head_dim()?;
-        let qo = self.q_output_size_per_partition;
-        let mut out = Vec::new();
-        for p in self.qkv_params() {
-            let [qn, kn, vn, _] = self.names(module, p);
-            out.extend(self.qkv_original_infos(module, p, [qn, kn, vn], local)?);
-        }
-        let on = format!("{module}.{}.weight", self.output_projection_name);
-        let o = require(local, &on)?;
-        let mut shape = o.shape.clone();
-        if shape.len() != 2 || shape[1] != qo {
-            return Err(Error::ShapeMismatch {
-                tensor: on,
-                expected: vec![shape.first().copied().unwrap_or(0), qo],
-                found: o.shape,
-                file: None,
-            });
-        }
-        shape[1] = self.num_attention_heads * hd;
-        out.push(TensorInfo { name: on, dtype: o.dtype, shape });
-        if self.has_o_bias() {
-            let bn = format!("{module}.{}.bias", self.output_projection_name);
-            let b = require(local, &bn)?;
-            out.push(TensorInfo { name: bn, ..b });
-        }
-        Ok(out)
     }
 }
 
@@ -750,100 +511,32 @@ fn chunk(v: &[usize], n: usize, i: usize) -> Result<&[usize]> {
     Ok(&v[start..(start + size).min(v.len())])
 }
 
-/// Rows (dim 0) or columns (dim 1) of the heads `indices`, in that order. `head_dim` defaults to
-/// `len / num_heads`.
-#[allow(clippy::too_many_arguments)]
-fn heads_plan(
+/// One tensor holding the query rows (or output columns) of a rank's heads, read from `original`.
+fn heads_tensor(
     name: &str,
-    src: &TensorInfo,
-    part: usize,
-    dim: usize,
+    original: &str,
+    shape: &[usize],
+    query_or_output: QueryOrOutput,
     num_heads: usize,
-    indices: &[usize],
-    dst_start: usize,
-    head_dim: Option<usize>,
-) -> Result<TensorPlan> {
-    let len = *src
-        .shape
-        .get(dim)
-        .ok_or_else(|| Error::Invalid(format!("tensor {}: no dim {dim} in {:?}", src.name, src.shape)))?;
-    let hd = head_dim.unwrap_or(len / num_heads.max(1));
-    if hd == 0 || hd * num_heads != len {
+    num_kv_heads: usize,
+    multiplier: usize,
+) -> Result<LocalTensor> {
+    let dim = match query_or_output {
+        QueryOrOutput::Query => 0,
+        QueryOrOutput::Output => 1,
+    };
+    let len = *shape.get(dim).ok_or_else(|| Error::Invalid(format!("weight of shape {shape:?} has no dim {dim}")))?;
+    let head_dim = len / num_heads.max(1);
+    if head_dim == 0 || head_dim * num_heads != len {
+        let mut e = shape.to_vec();
+        e[dim] = num_heads * head_dim.max(1);
         return Err(Error::ShapeMismatch {
-            tensor: src.name.clone(),
-            expected: {
-                let mut e = src.shape.clone();
-                e[dim] = num_heads * hd.max(1);
-                e
-            },
-            found: src.shape.clone(),
+            tensor: original.to_string(),
+            expected: e,
+            found: shape.to_vec(),
             file: None,
         });
     }
-    let mut blocks = Vec::new();
-    for (j, h) in indices.iter().enumerate() {
-        push_block(
-            &mut blocks,
-            Block {
-                src: Source { part, name: src.name.clone() },
-                dim,
-                src_offset: h * hd,
-                dst_offset: dst_start + j * hd,
-                len: hd,
-            },
-        );
-    }
-    let mut shape = src.shape.clone();
-    shape[dim] = indices.len() * hd;
-    Ok(TensorPlan { name: name.to_string(), dtype: src.dtype, shape, blocks, replicas: vec![] })
-}
-
-/// Rows `[rank·out, (rank+1)·out)` of the kv weight tiled `multiplier` times, as blocks of the untiled one.
-#[allow(clippy::too_many_arguments)]
-fn kv_plan(
-    name: &str,
-    src: &TensorInfo,
-    part: usize,
-    multiplier: usize,
-    out: usize,
-    dim: usize,
-    tp: usize,
-    rank: usize,
-) -> Result<TensorPlan> {
-    check_tp(tp, rank)?;
-    let rows = *src
-        .shape
-        .get(dim)
-        .ok_or_else(|| Error::Invalid(format!("tensor {}: no dim {dim} in {:?}", src.name, src.shape)))?;
-    if rows == 0 || out == 0 || (rank + 1).saturating_mul(out) > rows.saturating_mul(multiplier) {
-        return Err(Error::spec(
-            GqaQkvColumnParallelLinearSpec::CLASS_NAME,
-            "kv_output_size_per_partition",
-            format!(
-                "{out} rows per rank at rank {rank} exceed {} rows × multiplier {multiplier} of {}",
-                rows, src.name
-            ),
-        ));
-    }
-    let mut blocks = Vec::new();
-    let mut t = rank * out;
-    let end = t + out;
-    while t < end {
-        let r = t % rows;
-        let n = (rows - r).min(end - t);
-        push_block(
-            &mut blocks,
-            Block {
-                src: Source { part, name: src.name.clone() },
-                dim,
-                src_offset: r,
-                dst_offset: t - rank * out,
-                len: n,
-            },
-        );
-        t += n;
-    }
-    let mut shape = src.shape.clone();
-    shape[dim] = out;
-    Ok(TensorPlan { name: name.to_string(), dtype: src.dtype, shape, blocks, replicas: vec![] })
+    let map = IndexMap::QueryHeads { num_heads, num_kv_heads, multiplier, head_dim };
+    Ok(LocalTensor { name: name.to_string(), dim, parts: vec![Part::new(original.to_string(), map)] })
 }

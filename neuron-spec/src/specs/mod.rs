@@ -5,6 +5,7 @@
 
 mod fused_linears;
 mod gqa_qkv;
+pub mod layout;
 
 pub use fused_linears::{FuseAxis, FusedLinearsSpec};
 pub use gqa_qkv::{GqaQkvColumnParallelLinearSpec, QueryOrOutput, MAX_HEADS};
@@ -112,24 +113,71 @@ impl Spec {
         self.peft_type() == Some(crate::lora::PEFT_TYPE_LORA)
     }
 
+    /// The spec's rank-local tensors as data (its LoRA factors for a LoRA spec), for its own TP size: what
+    /// every name, plan and shape below is derived from.
+    pub fn layout(&self, module: &str) -> layout::Layout {
+        match self {
+            Spec::FusedLinears(s) => s.layout(module),
+            Spec::GqaQkv(s) => s.layout(module),
+        }
+    }
+
+    /// The same spec reading its members from one packed HF tensor `packed` (Phi-3's `qkv_proj`,
+    /// `gate_up_proj`), in member order along the fuse axis. The member names become `packed`: it is the one HF
+    /// module (and PEFT target) left. A fused-linears spec built with no names gets one per member this way.
+    pub fn with_packed_source(self, packed: &str) -> Result<Spec> {
+        if packed.is_empty() || packed.contains('.') {
+            return Err(Error::spec(self.class_name(), "packed", format!("{packed:?} is not a module name")));
+        }
+        Ok(match self {
+            Spec::FusedLinears(mut s) => {
+                s.linear_names = vec![packed.to_string(); s.original_dims.len()];
+                s.packed_linear_name = Some(packed.to_string());
+                s.validate(s.tp_size)?;
+                Spec::FusedLinears(s)
+            }
+            Spec::GqaQkv(mut s) => {
+                s.query_projection_name = packed.to_string();
+                s.key_projection_name = packed.to_string();
+                s.value_projection_name = packed.to_string();
+                s.packed_projection_name = Some(packed.to_string());
+                Spec::GqaQkv(s)
+            }
+        })
+    }
+
+    /// The PEFT target group: the fused layer's name, the HF modules it replaces with their sizes along the fuse
+    /// axis (one packed module, or the members), and the axis. Derived from the layout's weight parts.
+    pub fn lora_group(&self) -> (&str, Vec<(String, usize)>, FuseAxis) {
+        let (fused, axis) = match self {
+            Spec::FusedLinears(s) => (s.fused_linear_name.as_str(), s.fuse_axis),
+            Spec::GqaQkv(s) => (s.gqa_qkv_projection_name.as_str(), FuseAxis::Column),
+        };
+        let mut plain = self.clone();
+        plain.set_peft_type(None);
+        let mut members: Vec<(String, usize)> = Vec::new();
+        let own = format!("{fused}.");
+        for t in plain.layout("").groups.iter().flat_map(|g| &g.tensors).filter(|t| t.name.starts_with(&own)) {
+            for p in &t.parts {
+                let Some(module) = p.original.strip_suffix(".weight") else { continue };
+                let len = p.map.member_len().unwrap_or(0);
+                let len = p.packing.map_or(len, |k| k.total);
+                if !members.iter().any(|(m, _)| m == module) {
+                    members.push((module.to_string(), len));
+                }
+            }
+        }
+        (fused, members, axis)
+    }
+
     /// The rank-local parameters this spec produces (its LoRA factors for a LoRA spec).
     pub fn local_parameter_names(&self, module: &str) -> Vec<String> {
-        match (self, self.is_lora()) {
-            (Spec::FusedLinears(s), false) => s.local_parameter_names(module),
-            (Spec::GqaQkv(s), false) => s.local_parameter_names(module),
-            (Spec::FusedLinears(s), true) => s.lora_local_parameter_names(module),
-            (Spec::GqaQkv(s), true) => s.lora_local_parameter_names(module),
-        }
+        self.layout(module).local_names()
     }
 
     /// The HF parameters this spec consumes (the full-rank LoRA factors for a LoRA spec; see [`crate::lora`]).
     pub fn original_parameter_names(&self, module: &str) -> Vec<String> {
-        match (self, self.is_lora()) {
-            (Spec::FusedLinears(s), false) => s.original_parameter_names(module),
-            (Spec::GqaQkv(s), false) => s.original_parameter_names(module),
-            (Spec::FusedLinears(s), true) => s.lora_original_parameter_names(module),
-            (Spec::GqaQkv(s), true) => s.lora_original_parameter_names(module),
-        }
+        self.layout(module).original_names()
     }
 
     /// Plans of rank `rank`'s LoRA factors, for the parts of the module whose full-rank factors `src` holds
@@ -142,18 +190,13 @@ impl Spec {
         tp: usize,
         rank: usize,
     ) -> Result<Vec<TensorPlan>> {
-        match self {
-            Spec::FusedLinears(s) => s.plan_rank_lora(module, src, part, tp, rank),
-            Spec::GqaQkv(s) => s.plan_rank_lora(module, src, part, tp, rank),
-        }
+        self.validate(tp)?;
+        self.layout(module).plan(self.class_name(), src, part, tp, rank)
     }
 
     /// Shapes of the full-rank LoRA factors, from one rank's LoRA tensors (the parts that rank holds).
     pub fn lora_original_infos(&self, module: &str, local: &dyn TensorSource, tp: usize) -> Result<Vec<TensorInfo>> {
-        match self {
-            Spec::FusedLinears(s) => s.lora_original_infos(module, local, tp),
-            Spec::GqaQkv(s) => s.lora_original_infos(module, local, tp),
-        }
+        self.original_infos(module, local, tp)
     }
 
     /// Plans of rank `rank`'s local tensors, reading the originals from `src` (source set `part`).
@@ -166,18 +209,17 @@ impl Spec {
         tp: usize,
         rank: usize,
     ) -> Result<Vec<TensorPlan>> {
-        match self {
-            Spec::FusedLinears(s) => s.plan_rank(module, src, part, partition_dim, tp, rank),
-            Spec::GqaQkv(s) => s.plan_rank(module, src, part, tp, rank),
+        self.validate(tp)?;
+        if let Spec::FusedLinears(s) = self {
+            s.check_partition_dim(partition_dim)?;
         }
+        self.layout(module).plan(self.class_name(), src, part, tp, rank)
     }
 
     /// Dtypes and shapes of the original tensors, inferred from one rank's local tensors.
     pub fn original_infos(&self, module: &str, local: &dyn TensorSource, tp: usize) -> Result<Vec<TensorInfo>> {
-        match self {
-            Spec::FusedLinears(s) => s.original_infos(module, local, tp),
-            Spec::GqaQkv(s) => s.original_infos(module, local, tp),
-        }
+        self.validate(tp)?;
+        self.layout(module).original_infos(self.class_name(), local, tp)
     }
 }
 
@@ -216,3 +258,36 @@ pub(crate) fn check_spec_tp(class: &str, spec_tp: usize, tp: usize) -> Result<()
     }
     Ok(())
 }
+
+/// The concrete specs' own entry points, all through [`Spec`] (and so through their layout).
+macro_rules! delegate_to_spec {
+    ($ty:ty, $variant:ident) => {
+        impl $ty {
+            /// The rank-local parameters (see [`Spec::local_parameter_names`]).
+            pub fn local_parameter_names(&self, module: &str) -> Vec<String> {
+                self.layout(module).local_names()
+            }
+            /// The HF parameters (see [`Spec::original_parameter_names`]).
+            pub fn original_parameter_names(&self, module: &str) -> Vec<String> {
+                self.layout(module).original_names()
+            }
+            /// The originals' shapes from one rank's tensors (see [`Spec::original_infos`]).
+            pub fn original_infos(&self, module: &str, local: &dyn TensorSource, tp: usize) -> Result<Vec<TensorInfo>> {
+                Spec::$variant(self.clone()).original_infos(module, local, tp)
+            }
+            /// Rank `rank`'s plans (see [`Spec::plan_rank`]).
+            pub fn plan_rank(
+                &self,
+                module: &str,
+                src: &dyn TensorSource,
+                part: usize,
+                tp: usize,
+                rank: usize,
+            ) -> Result<Vec<TensorPlan>> {
+                Spec::$variant(self.clone()).plan_rank(module, src, part, None, tp, rank)
+            }
+        }
+    };
+}
+delegate_to_spec!(FusedLinearsSpec, FusedLinears);
+delegate_to_spec!(GqaQkvColumnParallelLinearSpec, GqaQkv);

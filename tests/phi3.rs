@@ -1,0 +1,144 @@
+//! Phi-3, whose HF checkpoint stores q/k/v and gate/up already fused (`qkv_proj`, `gate_up_proj`): the TP
+//! forward equals transformers' golden at every tp the heads allow, fused and separate rank-local q/k/v; shard →
+//! consolidate and reshard are byte-exact; a peft adapter on the packed modules imports, runs and exports
+//! exactly.
+
+mod common;
+use burn::tensor::Device;
+use common::*;
+use neuron_spec::checkpoint::{
+    consolidate, consolidate_with_adapters, shard, shard_with_adapters, AdapterOptions, ShardedCheckpoint, WriteOptions,
+};
+use neuron_spec::io::{HfCheckpoint, SafetensorsFile};
+use neuron_spec::lora::{import_adapter, LoraImportOptions, LoraMode, PeftAdapter};
+use neuron_spec::module::{CustomModule, TpContext};
+use neuron_spec::reshard::reshard;
+use neuron_spec::{CheckpointMetadata, Spec};
+use neuron_spec_examples::{run_phi3_forward, Phi3Config, Phi3ForCausalLM};
+
+const TOL: f32 = 1e-4;
+
+fn cfg() -> Phi3Config {
+    Phi3Config::read(&fixture("phi3/config.json")).unwrap()
+}
+
+fn meta(tp: usize, fuse: bool) -> CheckpointMetadata {
+    Phi3ForCausalLM::new(&cfg(), TpContext::new(tp, 0).unwrap(), fuse, &Device::default())
+        .unwrap()
+        .create_parameter_metadata()
+        .unwrap()
+}
+
+fn ids_and(file: &str, names: &[&str]) -> (Vec<Vec<i64>>, Vec<Vec<f32>>) {
+    let f = SafetensorsFile::open(&fixture(file)).unwrap();
+    let ids = f.tensor("input_ids").unwrap();
+    let s = ids.shape()[1];
+    let ids = ids.to_i64_vec().unwrap().chunks(s).map(<[i64]>::to_vec).collect();
+    (ids, names.iter().map(|n| f.tensor(n).unwrap().to_f32_vec()).collect())
+}
+
+fn diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    neuron_spec::compare::max_abs_diff(a, b).unwrap_or_else(|m| panic!("{m}"))
+}
+
+#[test]
+fn the_layout_reads_the_packed_tensors() {
+    let m = meta(4, true);
+    let (_, spec) = m.specs().find(|(p, _)| *p == "model.layers.0.self_attn").unwrap();
+    assert_eq!(
+        spec.original_parameter_names("model.layers.0.self_attn"),
+        ["model.layers.0.self_attn.qkv_proj.weight", "model.layers.0.self_attn.o_proj.weight"]
+    );
+    let (_, mlp) = m.specs().find(|(p, _)| *p == "model.layers.0.mlp").unwrap();
+    assert!(matches!(mlp, Spec::FusedLinears(f) if f.packed_linear_name.as_deref() == Some("gate_up_proj")));
+    assert_eq!(mlp.original_parameter_names("model.layers.0.mlp"), ["model.layers.0.mlp.gate_up_proj.weight"]);
+}
+
+#[test]
+fn forward_matches_the_golden_at_tp_1_2_4_8_fused_and_separate_qkv() {
+    let (ids, g) = ids_and("phi3/golden.safetensors", &["logits", "hidden_0", "hidden_1"]);
+    let src = hf("phi3");
+    for tp in [1, 2, 4, 8] {
+        for fuse in [true, false] {
+            let out = run_phi3_forward(&src, &cfg(), tp, fuse, &[], &ids).unwrap();
+            let (dl, d0, d1) = (diff(&out.logits, &g[0]), diff(&out.hidden_0, &g[1]), diff(&out.hidden_1, &g[2]));
+            eprintln!("phi3 tp {tp} fuse_qkv {fuse}: max |Δ| logits {dl:.2e}, hidden_0 {d0:.2e}, hidden_1 {d1:.2e}");
+            assert!(dl <= TOL && d0 <= TOL && d1 <= TOL, "tp {tp} fuse {fuse}: {dl} {d0} {d1}");
+        }
+    }
+}
+
+#[test]
+fn shard_consolidate_is_byte_exact_and_reshard_equals_direct_sharding() {
+    for (n, m, fuse) in [(2, 4, true), (8, 2, false), (1, 8, true), (4, 1, false)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b, out, direct) =
+            (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("hf"), tmp.path().join("direct"));
+        shard(&fixture("phi3"), &a, &meta(n, fuse), n, &WriteOptions::default()).unwrap();
+        consolidate(&a, &out, &WriteOptions::default()).unwrap();
+        assert_same_tensors(&HfCheckpoint::open(&out).unwrap(), &hf("phi3"), &format!("phi3 tp {n}"));
+        reshard(&a, &b, m, &WriteOptions::default()).unwrap();
+        shard(&fixture("phi3"), &direct, &meta(m, fuse), m, &WriteOptions::default()).unwrap();
+        let (rb, rd) = (ShardedCheckpoint::open(&b).unwrap(), ShardedCheckpoint::open(&direct).unwrap());
+        for r in 0..m {
+            assert_same_tensors(&rb.ranks[r], &rd.ranks[r], &format!("phi3 {n}->{m} rank {r}"));
+        }
+    }
+}
+
+fn exact() -> LoraImportOptions {
+    LoraImportOptions { mode: LoraMode::Exact, allow_partial: false }
+}
+
+#[test]
+fn peft_adapter_on_the_packed_modules_matches_its_golden_and_exports_byte_for_byte() {
+    let (ids, g) = ids_and("phi3-lora/golden_lora.safetensors", &["logits"]);
+    let peft = PeftAdapter::open(&fixture("phi3-lora")).unwrap();
+    let src = hf("phi3");
+    for tp in [1, 2, 4, 8] {
+        for fuse in [true, false] {
+            let a = import_adapter(&meta(tp, fuse), &peft, "default", exact()).unwrap();
+            let out = run_phi3_forward(&src, &cfg(), tp, fuse, &[a], &ids).unwrap();
+            let d = diff(&out.logits, &g[0]);
+            eprintln!("phi3-lora tp {tp} fuse_qkv {fuse}: max |Δ| logits {d:.2e}");
+            assert!(d <= TOL, "tp {tp} fuse {fuse}: {d}");
+        }
+    }
+    for (tp, fuse) in [(2, true), (4, false), (8, true)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = meta(tp, fuse);
+        let a = import_adapter(&m, &peft, "default", exact()).unwrap();
+        let (s, out) = (tmp.path().join("sharded"), tmp.path().join("out"));
+        shard_with_adapters(&fixture("phi3"), &s, &m, tp, &[a], &WriteOptions::default()).unwrap();
+        consolidate_with_adapters(&s, &out, &WriteOptions::default(), &AdapterOptions::default()).unwrap();
+        let exported = std::fs::read(out.join("adapter_model.safetensors"))
+            .or_else(|_| std::fs::read(out.join("default/adapter_model.safetensors")))
+            .unwrap();
+        assert!(
+            exported == std::fs::read(fixture("phi3-lora/adapter_model.safetensors")).unwrap(),
+            "tp {tp}: the exported adapter differs from peft's"
+        );
+        assert_same_tensors(&HfCheckpoint::open(&out).unwrap(), &hf("phi3"), "phi3 base weights");
+    }
+}
+
+#[test]
+fn unimplemented_config_fields_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("phi3/config.json")).unwrap()).unwrap();
+    for (field, value) in [
+        ("rope_scaling", serde_json::json!({"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]})),
+        ("partial_rotary_factor", serde_json::json!(0.5)),
+        ("hidden_act", serde_json::json!("gelu")),
+        ("model_type", serde_json::json!("llama")),
+    ] {
+        let mut c = base.clone();
+        c[field] = value;
+        let p = tmp.path().join("config.json");
+        std::fs::write(&p, c.to_string()).unwrap();
+        let e = Phi3Config::read(&p).unwrap_err().to_string();
+        assert!(e.contains(field), "{field}: {e}");
+    }
+}

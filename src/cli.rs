@@ -298,6 +298,13 @@ pub enum Command {
         /// LoRA adapters to run with (all active); a sharded checkpoint's own adapters are always loaded.
         #[command(flatten)]
         lora: AdapterArgs,
+        /// Where the ranks run: threads of this process, or one MPI process per rank (under mpirun/srun; tp is
+        /// the number of processes).
+        #[arg(long, value_enum, default_value_t = Comm::Threads)]
+        comm: Comm,
+        /// Write the logits (F32 `logits`, [batch, seq, vocab]) to this safetensors file (rank 0 under MPI).
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
     /// The main job on a tiny checkpoint: shard to tp 4, run forward, consolidate, check the round trip.
     Quickstart {
@@ -310,8 +317,35 @@ pub enum Command {
     },
 }
 
+/// Where `forward` runs its ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Comm {
+    /// One thread per rank in this process.
+    Threads,
+    /// One MPI process per rank (a build with the `mpi` feature, launched by mpirun or srun).
+    Mpi,
+}
+
+/// What rank 0 does with the logits of an MPI forward (print, compare, write); returns the exit code.
+pub type FinishLogits<'a> = dyn FnMut(&[f32], &[usize]) -> Result<i32> + 'a;
+
 /// What a model crate provides for `forward`.
 pub trait ForwardRunner {
+    /// `forward --comm mpi`: this process runs its MPI rank; rank 0 calls `finish` with the logits, and its
+    /// exit code is every rank's. A failing rank ends the job (MPI_Abort) with its error; this returns only
+    /// on success. The default refuses (a build without the `mpi` feature).
+    fn forward_mpi(
+        &self,
+        _dir: &Path,
+        _tp: usize,
+        _fuse_qkv: bool,
+        _adapters: &[AdapterArg],
+        _input_ids: &[Vec<i64>],
+        _finish: &mut FinishLogits<'_>,
+    ) -> Result<i32> {
+        Err(Error::Invalid("--comm mpi: this build has no MPI support (build with `--features mpi`)".into()))
+    }
+
     /// Runs the model on `dir` (HF or sharded) and returns the logits `[batch, seq, vocab]` flattened, with
     /// their shape.
     fn forward(&self, dir: &Path, tp: usize, fuse_qkv: bool, input_ids: &[Vec<i64>]) -> Result<(Vec<f32>, Vec<usize>)>;
@@ -500,9 +534,10 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
         }
         Command::Plan { dir, tp, layout, json } => plan_command(&dir, tp, layout.qkv(), json),
         Command::Inspect { dir, json } => inspect_command(&dir, json),
-        Command::Forward { dir, tp, fuse_qkv, input_ids, golden, lora } => {
+        Command::Forward { dir, tp, fuse_qkv, input_ids, golden, lora, comm, output } => {
             let runner = runner.ok_or_else(|| Error::Invalid("this build has no model for `forward`".into()))?;
-            forward_command(runner, &dir, tp, fuse_qkv, &lora.resolve()?, input_ids.as_deref(), golden.as_deref())
+            let io = ForwardIo { input_ids: input_ids.as_deref(), golden: golden.as_deref(), output: output.as_deref() };
+            forward_command(runner, &dir, tp, fuse_qkv, &lora.resolve()?, comm, io)
         }
         Command::Quickstart { model, work_dir } => quickstart(runner, &model, work_dir.as_deref()),
     }
@@ -643,21 +678,57 @@ pub fn read_input_ids(path: &Path) -> Result<Vec<Vec<i64>>> {
     Ok(v.chunks(shape[1].max(1)).map(<[i64]>::to_vec).collect())
 }
 
+/// `forward`'s files.
+struct ForwardIo<'a> {
+    input_ids: Option<&'a Path>,
+    golden: Option<&'a Path>,
+    output: Option<&'a Path>,
+}
+
 fn forward_command(
     runner: &dyn ForwardRunner,
     dir: &Path,
     tp: usize,
     fuse_qkv: bool,
     adapters: &[AdapterArg],
-    input_ids: Option<&Path>,
-    golden: Option<&Path>,
+    comm: Comm,
+    io: ForwardIo<'_>,
 ) -> Result<i32> {
-    let ids = match input_ids.or(golden) {
+    let ids = match io.input_ids.or(io.golden) {
         Some(p) => read_input_ids(p)?,
         None => DEFAULT_INPUT_IDS.iter().map(|r| r.to_vec()).collect(),
     };
-    let (logits, shape) = runner.forward_with_adapters(dir, tp, fuse_qkv, adapters, &ids)?;
+    let mut finish = |logits: &[f32], shape: &[usize]| finish_logits(logits, shape, io.golden, io.output);
+    match comm {
+        Comm::Threads => {
+            let (logits, shape) = runner.forward_with_adapters(dir, tp, fuse_qkv, adapters, &ids)?;
+            finish(&logits, &shape)
+        }
+        Comm::Mpi => runner.forward_mpi(dir, tp, fuse_qkv, adapters, &ids, &mut finish),
+    }
+}
+
+/// Writes `logits` as an F32 safetensors file: staged in a hidden sibling, fsynced, then renamed into place.
+fn write_logits(path: &Path, logits: &[f32], shape: &[usize]) -> Result<()> {
+    let name = path.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a file name", path.display())))?;
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = parent.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    let t = neuron_spec::HostTensor::from_f32(shape.to_vec(), logits)?;
+    let info = neuron_spec::TensorInfo { name: "logits".into(), dtype: t.dtype(), shape: shape.to_vec() };
+    let written = neuron_spec::io::write_safetensors(&tmp, &[info], &Default::default(), &mut |_| Ok(vec![t.clone()]))
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+fn finish_logits(logits: &[f32], shape: &[usize], golden: Option<&Path>, output: Option<&Path>) -> Result<i32> {
+    let shape = shape.to_vec();
     println!("logits shape {shape:?}");
+    if let Some(o) = output {
+        write_logits(o, logits, &shape)?;
+    }
     if let Some(g) = golden {
         let f = neuron_spec::io::SafetensorsFile::open(g)?;
         let gl = f.tensor("logits")?;
@@ -669,7 +740,7 @@ fn forward_command(
                 file: Some(g.to_path_buf()),
             });
         }
-        match max_abs_diff(&logits, &gl.to_f32_vec()) {
+        match max_abs_diff(logits, &gl.to_f32_vec()) {
             Ok(diff) => {
                 println!("max_abs_diff {diff:e}");
                 if diff > GOLDEN_TOL {

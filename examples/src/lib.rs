@@ -82,6 +82,8 @@
 #![warn(missing_docs)]
 
 mod model;
+#[cfg(feature = "mpi")]
+pub mod mpi_run;
 mod run;
 
 pub use model::{LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMlp, LlamaModel, LlamaOutput};

@@ -16,8 +16,8 @@
 //!   ([`LocalCommunicator::abort`] is this crate's version of it).
 //!
 //! burn 0.22's `burn::tensor::distributed` all-reduce only has CUDA and Remote arms (it panics on
-//! ndarray), and burn-collective 0.21 does not build against burn 0.22, which is why this crate ships
-//! only the in-process implementation.
+//! ndarray), and burn-collective 0.21 does not build against burn 0.22. Besides the in-process
+//! implementation this crate ships `MpiCommunicator` (feature `mpi`): one process per rank over MPI.
 
 use crate::error::{Error, Result};
 use crate::module::TpContext;

@@ -536,7 +536,8 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
         Command::Inspect { dir, json } => inspect_command(&dir, json),
         Command::Forward { dir, tp, fuse_qkv, input_ids, golden, lora, comm, output } => {
             let runner = runner.ok_or_else(|| Error::Invalid("this build has no model for `forward`".into()))?;
-            let io = ForwardIo { input_ids: input_ids.as_deref(), golden: golden.as_deref(), output: output.as_deref() };
+            let io =
+                ForwardIo { input_ids: input_ids.as_deref(), golden: golden.as_deref(), output: output.as_deref() };
             forward_command(runner, &dir, tp, fuse_qkv, &lora.resolve()?, comm, io)
         }
         Command::Quickstart { model, work_dir } => quickstart(runner, &model, work_dir.as_deref()),

@@ -54,7 +54,12 @@ fn mpirun(np: usize, args: &[&str]) -> (Output, Duration) {
 
 fn ok(out: &Output, what: &str) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{what}: {:?}\nstdout:\n{stdout}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what}: {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
@@ -85,7 +90,8 @@ fn bytes_per_rank(stdout: &str, np: usize) -> Vec<usize> {
 }
 
 fn planned_bytes(dir: &Path, tp: usize) -> Vec<usize> {
-    let out = Command::new(BIN).args(["plan", s(dir), "--tp", &tp.to_string(), "--fuse-qkv", "--json"]).output().unwrap();
+    let out =
+        Command::new(BIN).args(["plan", s(dir), "--tp", &tp.to_string(), "--fuse-qkv", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(ok(&out, "plan").as_bytes()).unwrap();
     v["bytes_read_per_rank"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
 }
@@ -128,8 +134,7 @@ fn mpi_forward_equals_threads_bit_for_bit_and_reads_only_each_ranks_bytes() {
             let f = sharded.join(format!("shards/model/dp_rank_00_tp_rank_{r:02}_pp_rank_00.safetensors"));
             assert!(stdout.contains(s(&f)), "rank {r} names its own file:\n{stdout}");
             let file = neuron_spec::io::SafetensorsFile::open(&f).unwrap();
-            let payload: usize =
-                file.names().map(|n| file.tensor(n).unwrap().bytes().len()).sum();
+            let payload: usize = file.names().map(|n| file.tensor(n).unwrap().bytes().len()).sum();
             assert_eq!(b, payload, "rank {r} read exactly its rank file's tensors");
         }
     }

@@ -118,8 +118,9 @@ pub fn mpi_forward(
             if ours.model_weight_transformation_specs != ck.metadata.model_weight_transformation_specs {
                 return Err(Error::Metadata {
                     path: ck.dir.join(METADATA_PATH),
-                    reason: "the checkpoint's transformation specs differ from this model's layout (other config or tp?)"
-                        .into(),
+                    reason:
+                        "the checkpoint's transformation specs differ from this model's layout (other config or tp?)"
+                            .into(),
                 });
             }
             let mut ras = own_sharded_adapters(dir, ctx.rank)?;

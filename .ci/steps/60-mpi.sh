@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # forward over MPI (issue 12): installs Open MPI and libclang (rsmpi's bindgen) from Debian when missing, then
-# runs tests/mpi.rs (mpirun -np 2 and 4 as root). Builds only the CLI package's binary and that test with
-# `--features mpi`; burn is shared with step 20's build, so the extra compile is neuron-spec and the CLI.
+# runs tests/mpi.rs and neuron-spec/tests/mpi_collectives.rs (mpirun -np 2 and 4 as root). Selecting the whole
+# workspace keeps burn's features unified as in step 20, so burn is not rebuilt: only the crates that gain the
+# feature (neuron-spec, the examples, the CLI) and these two test targets are compiled.
 set -euo pipefail
 need=()
 command -v mpirun >/dev/null || need+=(openmpi-bin)
@@ -13,4 +14,4 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq "${need[@]}"
 fi
-cargo test -p neuron-spec-cli --features mpi --test mpi
+cargo test --workspace --features neuron-spec-cli/mpi --test mpi --test mpi_collectives

@@ -14,7 +14,7 @@ const VALS: [f32; NP] = [1.0e8, 1.0, -1.0e8, 3.0e-3];
 
 fn values<const D: usize>(t: Tensor<D>) -> (Vec<usize>, Vec<f32>) {
     let shape = t.dims().to_vec();
-    (shape, t.into_data().to_vec::<f32>().unwrap())
+    (shape, t.into_data().try_into_vec::<f32>().unwrap())
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {

@@ -377,12 +377,17 @@ pub enum Command {
         /// Golden file with `logits`; prints `max_abs_diff` and fails above 1e-4.
         #[arg(long)]
         golden: Option<PathBuf>,
-        /// Writes `logits` (and `hidden_0`, `hidden_1` where the model exposes them) as F32 safetensors.
+        /// Writes `logits` (and `hidden_0`, `hidden_1` where the model exposes them; logits only under MPI,
+        /// by rank 0) as F32 safetensors.
         #[arg(long)]
         output: Option<PathBuf>,
         /// LoRA adapters to run with (all active); a sharded checkpoint's own adapters are always loaded.
         #[command(flatten)]
         lora: AdapterArgs,
+        /// Where the ranks run: threads of this process, or one MPI process per rank (under mpirun/srun; tp is
+        /// the number of processes).
+        #[arg(long, value_enum, default_value_t = Comm::Threads)]
+        comm: Comm,
     },
     /// The main job on a tiny checkpoint: shard to tp 4, run forward, consolidate, check the round trip.
     Quickstart {
@@ -406,9 +411,35 @@ pub enum Command {
 
 /// `quickstart`'s default model: the repository's fixture (relative to the working directory).
 pub const QUICKSTART_MODEL: &str = "tests/fixtures/llama-gqa";
+/// Where `forward` runs its ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Comm {
+    /// One thread per rank in this process.
+    Threads,
+    /// One MPI process per rank (a build with the `mpi` feature, launched by mpirun or srun).
+    Mpi,
+}
+
+/// What rank 0 does with the logits of an MPI forward (print, compare, write); returns the exit code.
+pub type FinishLogits<'a> = dyn FnMut(&[f32], &[usize]) -> Result<i32> + 'a;
 
 /// What a model crate provides for `forward`.
 pub trait ForwardRunner {
+    /// `forward --comm mpi`: this process runs its MPI rank; rank 0 calls `finish` with the logits, and its
+    /// exit code is every rank's. A failing rank ends the job (MPI_Abort) with its error; this returns only
+    /// on success. The default refuses (a build without the `mpi` feature).
+    fn forward_mpi(
+        &self,
+        _dir: &Path,
+        _tp: usize,
+        _fuse_qkv: bool,
+        _adapters: &[AdapterArg],
+        _input_ids: &[Vec<i64>],
+        _finish: &mut FinishLogits<'_>,
+    ) -> Result<i32> {
+        Err(Error::Invalid("--comm mpi: this build has no MPI support (build with `--features mpi`)".into()))
+    }
+
     /// Runs the model on `dir` (HF or sharded) and returns the logits `[batch, seq, vocab]` flattened, with
     /// their shape.
     fn forward(&self, dir: &Path, tp: usize, fuse_qkv: bool, input_ids: &[Vec<i64>]) -> Result<(Vec<f32>, Vec<usize>)>;
@@ -704,7 +735,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             })
         }
         Command::Inspect { dir, json } => crate::inspect_cmd::inspect_command(&dir, json),
-        Command::Forward { dir, tp, fuse_qkv, input_ids, golden, output, lora } => {
+        Command::Forward { dir, tp, fuse_qkv, input_ids, golden, lora, comm, output } => {
             let runner = runner.ok_or_else(|| Error::Invalid("this build has no model for `forward`".into()))?;
             if is_sharded(&dir) {
                 let which = match (tp, fuse_qkv) {
@@ -724,7 +755,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             let tp = tp.unwrap_or(1);
             let files =
                 ForwardFiles { input_ids: input_ids.as_deref(), golden: golden.as_deref(), output: output.as_deref() };
-            forward_command(runner, &dir, tp, fuse_qkv, &lora.resolve()?, &files)
+            forward_command(runner, &dir, tp, fuse_qkv, &lora.resolve()?, comm, &files)
         }
         Command::Quickstart { model, work_dir, force } => {
             if quiet {
@@ -812,26 +843,46 @@ fn forward_command(
     tp: usize,
     fuse_qkv: bool,
     adapters: &[AdapterArg],
+    comm: Comm,
     files: &ForwardFiles<'_>,
 ) -> Result<i32> {
-    let golden = files.golden;
-    let ids = match files.input_ids.or(golden) {
+    let ids = match files.input_ids.or(files.golden) {
         Some(p) => read_input_ids(p)?,
         None => DEFAULT_INPUT_IDS.iter().map(|r| r.to_vec()).collect(),
     };
-    let outputs = runner.forward_outputs(dir, tp, fuse_qkv, adapters, &ids)?;
-    if let Some(path) = files.output {
-        write_outputs(path, &outputs)?;
+    match comm {
+        Comm::Threads => {
+            let outputs = runner.forward_outputs(dir, tp, fuse_qkv, adapters, &ids)?;
+            let Some(l) = outputs.iter().find(|o| o.name == "logits") else {
+                return Err(Error::Invalid("the model's forward returned no logits".into()));
+            };
+            finish_logits(&l.values, &l.shape, files.golden, files.output.map(|p| (p, &outputs[..])))
+        }
+        // Rank 0 gets the gathered logits (the hidden states stay on the ranks).
+        Comm::Mpi => runner.forward_mpi(dir, tp, fuse_qkv, adapters, &ids, &mut |logits: &[f32], shape: &[usize]| {
+            let outputs = [NamedOutput { name: "logits".into(), values: logits.to_vec(), shape: shape.to_vec() }];
+            finish_logits(logits, shape, files.golden, files.output.map(|p| (p, &outputs[..])))
+        }),
+    }
+}
+
+/// Prints the logits' shape, writes `output` (a file and what goes in it) and compares with `golden`.
+fn finish_logits(
+    logits: &[f32],
+    shape: &[usize],
+    golden: Option<&Path>,
+    output: Option<(&Path, &[NamedOutput])>,
+) -> Result<i32> {
+    let shape = shape.to_vec();
+    out!("logits shape {shape:?}");
+    if let Some((path, outputs)) = output {
+        write_outputs(path, outputs)?;
         out!(
             "wrote {} to {}",
             outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", "),
             path.display()
         );
     }
-    let Some(NamedOutput { values: logits, shape, .. }) = outputs.into_iter().find(|o| o.name == "logits") else {
-        return Err(Error::Invalid("the model's forward returned no logits".into()));
-    };
-    out!("logits shape {shape:?}");
     if let Some(g) = golden {
         let f = neuron_spec::io::SafetensorsFile::open(g)?;
         let gl = f.tensor("logits")?;
@@ -843,7 +894,7 @@ fn forward_command(
                 file: Some(g.to_path_buf()),
             });
         }
-        match max_abs_diff(&logits, &gl.to_f32_vec()) {
+        match max_abs_diff(logits, &gl.to_f32_vec()) {
             Ok(diff) => {
                 out!("max_abs_diff {diff:e}");
                 if diff > GOLDEN_TOL {

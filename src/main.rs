@@ -68,6 +68,99 @@ impl ForwardRunner for Llama {
         }
         Ok(named)
     }
+
+    #[cfg(feature = "mpi")]
+    fn forward_mpi(
+        &self,
+        dir: &Path,
+        tp: usize,
+        fuse_qkv: bool,
+        adapters: &[AdapterArg],
+        input_ids: &[Vec<i64>],
+        finish: &mut cli::FinishLogits<'_>,
+    ) -> Result<i32> {
+        mpi_forward::run(dir, tp, fuse_qkv, adapters, input_ids, finish)
+    }
+}
+
+/// `forward --comm mpi`: this process is one rank; any error ends the whole job with that rank's message.
+#[cfg(feature = "mpi")]
+mod mpi_forward {
+    use crate::cli::{import_adapters, AdapterArg, FinishLogits};
+    use neuron_spec::checkpoint::METADATA_PATH;
+    use neuron_spec::layers::{Communicator, MpiCommunicator};
+    use neuron_spec::{Error, Result, Spec};
+    use neuron_spec_examples::mpi_run::mpi_forward;
+    use neuron_spec_examples::{model_metadata, ModelConfig};
+    use std::path::Path;
+
+    pub fn run(
+        dir: &Path,
+        tp: usize,
+        fuse_qkv: bool,
+        adapters: &[AdapterArg],
+        input_ids: &[Vec<i64>],
+        finish: &mut FinishLogits<'_>,
+    ) -> Result<i32> {
+        let comm = MpiCommunicator::init()?;
+        let ctx = comm.context();
+        let code = match rank(&comm, dir, tp, fuse_qkv, adapters, input_ids, finish) {
+            Ok(code) => code,
+            Err(e) => comm.abort(&e),
+        };
+        // Rank 0's exit code (a golden mismatch) is every rank's, so mpirun reports it whichever rank ends first.
+        let mut bytes = if ctx.rank == 0 { vec![code as u8] } else { Vec::new() };
+        if let Err(e) = comm.broadcast_bytes(&mut bytes, 0) {
+            comm.abort(&e);
+        }
+        Ok(bytes.first().map_or(code, |c| i32::from(*c)))
+    }
+
+    fn rank(
+        comm: &MpiCommunicator,
+        dir: &Path,
+        tp: usize,
+        fuse_qkv: bool,
+        adapters: &[AdapterArg],
+        input_ids: &[Vec<i64>],
+        finish: &mut FinishLogits<'_>,
+    ) -> Result<i32> {
+        let ctx = comm.context();
+        if tp != 1 && tp != ctx.size {
+            return Err(Error::Invalid(format!(
+                "--tp {tp} with --comm mpi, but {} processes were started (the tp is the number of processes)",
+                ctx.size
+            )));
+        }
+        let cfg = ModelConfig::read(&dir.join("config.json"))?;
+        let imported = if adapters.is_empty() {
+            Vec::new()
+        } else {
+            let fused = if dir.join(METADATA_PATH).exists() {
+                neuron_spec::CheckpointMetadata::read(&dir.join(METADATA_PATH))?
+                    .specs()
+                    .any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv))
+            } else {
+                fuse_qkv
+            };
+            import_adapters(&model_metadata(&cfg, ctx.size, fused)?, adapters)?
+        };
+        let run = mpi_forward(comm, dir, fuse_qkv, &imported, input_ids)?;
+        println!(
+            "rank {}/{}: read {} bytes of {} (pid {})",
+            ctx.rank,
+            ctx.size,
+            run.bytes_read,
+            run.source.display(),
+            std::process::id()
+        );
+        // Every rank has finished its forward pass (the logits check above was a collective): rank 0 writes.
+        if ctx.rank == 0 {
+            finish(&run.output.logits, &run.output.logits_shape)
+        } else {
+            Ok(0)
+        }
+    }
 }
 
 fn main() {

@@ -61,7 +61,7 @@ pub fn model_metadata(cfg: &ModelConfig, tp: usize, fuse_qkv: bool) -> Result<Ch
 }
 
 /// Loads rank `ctx.rank`'s base tensors from `local` and the adapters' factors, all adapters active.
-fn load_with_adapters(
+pub(crate) fn load_with_adapters(
     model: LlamaForCausalLM,
     local: &dyn TensorSource,
     adapters: Vec<LoraRankAdapter>,
@@ -169,9 +169,10 @@ fn ids_tensor(input_ids: &[Vec<i64>], device: &Device) -> Result<Tensor<2, Int>>
     Ok(Tensor::from_data(TensorData::new(flat, [b, s]), device))
 }
 
-fn rank_forward(
+/// One rank's forward pass with any communicator (threads here, processes in `mpi_run`).
+pub(crate) fn rank_forward<C: Communicator>(
     ctx: TpContext,
-    comm: &LocalCommunicator,
+    comm: &C,
     input_ids: &[Vec<i64>],
     load: &(dyn Fn(TpContext, &Device) -> Result<LlamaForCausalLM> + Sync),
 ) -> Result<ForwardOutput> {

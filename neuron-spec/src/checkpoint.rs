@@ -447,6 +447,49 @@ fn list(names: &[&str]) -> String {
     }
 }
 
+/// One rank's view of a sharded checkpoint: the metadata and that rank's file only, for a process that runs
+/// one rank (MPI). Other ranks' files are never opened, so they may live on other hosts.
+pub struct RankCheckpoint {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The metadata.
+    pub metadata: CheckpointMetadata,
+    /// The TP size.
+    pub tp: usize,
+    /// This rank.
+    pub rank: usize,
+    /// This rank's file, verified against the metadata's size and xxh3-64 when recorded.
+    pub file: SafetensorsFile,
+}
+
+impl RankCheckpoint {
+    /// Opens rank `rank`'s file of the checkpoint in `dir` and verifies it; fails when `rank` is not below the
+    /// checkpoint's tp.
+    pub fn open(dir: &Path, rank: usize) -> Result<Self> {
+        let mpath = dir.join(METADATA_PATH);
+        let metadata = CheckpointMetadata::read(&mpath)?;
+        let tp = metadata.tp_size(&mpath)?;
+        let rdir = dir.join(RANKS_DIR);
+        if rank >= tp {
+            return Err(Error::RankFiles { dir: rdir, reason: format!("metadata says tp {tp}, no rank {rank}") });
+        }
+        check_rank_entries(&rdir, &metadata, tp)?;
+        let path = rdir.join(rank_file_name(rank));
+        let entry = metadata.rank_files.get(rank);
+        let file = SafetensorsFile::open(&path).map_err(|e| match entry {
+            Some(entry) => match crate::io::file_xxh3(&path).and_then(|w| check_rank_file(&path, entry, w)) {
+                Err(damage @ Error::Checksum { .. }) => damage,
+                _ => e,
+            },
+            None => e,
+        })?;
+        if let Some(entry) = entry {
+            check_rank_file(&path, entry, file.xxh3())?;
+        }
+        Ok(Self { dir: dir.to_path_buf(), metadata, tp, rank, file })
+    }
+}
+
 /// The metadata's list of rank files: one per rank of `tp`, in rank order. Metadata written by this crate
 /// (with a `format_version`) always records them, so an empty list there is an error, never a skipped check;
 /// the reference's metadata (no `format_version`) has no checksums to verify.

@@ -16,8 +16,8 @@
 //!   ([`LocalCommunicator::abort`] is this crate's version of it).
 //!
 //! burn 0.22's `burn::tensor::distributed` all-reduce only has CUDA and Remote arms (it panics on
-//! ndarray), and burn-collective 0.21 does not build against burn 0.22, which is why this crate ships
-//! only the in-process implementation.
+//! ndarray), and burn-collective 0.21 does not build against burn 0.22. Besides the in-process
+//! implementation this crate ships `MpiCommunicator` (feature `mpi`): one process per rank over MPI.
 
 use crate::error::{Error, Result};
 use crate::module::TpContext;
@@ -34,6 +34,26 @@ pub trait Communicator: Send + Sync {
 
     /// The concatenation of every rank's `t` along `dim`, in rank order.
     fn all_gather<const D: usize>(&self, t: Tensor<D>, dim: usize) -> Result<Tensor<D>>;
+
+    /// Rank `root`'s `t` on every rank (every rank passes a tensor of the same shape). The default gathers
+    /// along dim 0 and keeps `root`'s part; a communicator with a native broadcast overrides it.
+    fn broadcast<const D: usize>(&self, t: Tensor<D>, root: usize) -> Result<Tensor<D>> {
+        let size = self.context().size;
+        if root >= size {
+            return Err(Error::Invalid(format!("broadcast root {root} is not a rank of a group of {size}")));
+        }
+        if size == 1 || D == 0 {
+            return Ok(t);
+        }
+        let rows = t.dims()[0];
+        Ok(self.all_gather(t, 0)?.narrow(0, root * rows, rows))
+    }
+
+    /// Returns once every rank has called it. The default is an all-reduce of one value.
+    fn barrier(&self) -> Result<()> {
+        let t = Tensor::<1>::zeros([1], &burn::tensor::Device::default());
+        self.all_reduce_sum(t).map(|_| ())
+    }
 }
 
 /// One rank's contribution to a collective.

@@ -17,6 +17,8 @@ mod comm;
 mod embedding;
 mod gqa_qkv;
 mod lora;
+#[cfg(feature = "mpi")]
+mod mpi_comm;
 mod rms_norm;
 mod row;
 mod store;
@@ -27,6 +29,8 @@ pub use comm::{Communicator, LocalCommunicator};
 pub use embedding::{ParallelEmbedding, ParallelEmbeddingConfig};
 pub use gqa_qkv::{GqaQkvColumnParallelLinear, GqaQkvColumnParallelLinearConfig, QkvOutput};
 pub use lora::{GqaLoraBranch, LoraBranch};
+#[cfg(feature = "mpi")]
+pub use mpi_comm::MpiCommunicator;
 pub use row::{RowParallelLinear, RowParallelLinearConfig};
 pub use store::{HfRankStore, HfRankStoreError};
 pub use transpose::transpose_2d;

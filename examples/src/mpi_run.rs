@@ -1,0 +1,167 @@
+//! Ranks as MPI processes (feature `mpi`): this process runs the one TP rank MPI gave it, reading only that
+//! rank's bytes of an HF checkpoint, or only its own rank file of a sharded checkpoint.
+
+use crate::model::LlamaForCausalLM;
+use crate::run::{load_with_adapters, rank_forward, ForwardOutput, ModelConfig};
+use neuron_spec::checkpoint::{RankCheckpoint, METADATA_PATH};
+use neuron_spec::io::HfCheckpoint;
+use neuron_spec::layers::{Communicator, MpiCommunicator};
+use neuron_spec::lora::disk::{imported_rank_adapter, rank_adapter};
+use neuron_spec::lora::{ImportedAdapter, LoraConfig, LoraRankAdapter, ADAPTER_CONFIG};
+use neuron_spec::model::PlanOptions;
+use neuron_spec::module::CustomModule;
+use neuron_spec::tensor::StateDict;
+use neuron_spec::{Error, HostTensor, Result, Spec, TensorInfo, TensorSource};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// What this process's rank computed and read.
+#[derive(Debug, Clone)]
+pub struct RankRun {
+    /// The forward outputs (every rank holds the same bits; checked across ranks).
+    pub output: ForwardOutput,
+    /// Tensor bytes this process read from the checkpoint (its slices, or its rank file).
+    pub bytes_read: usize,
+    /// What it read them from (the HF directory or its rank file).
+    pub source: PathBuf,
+}
+
+/// A source that counts the bytes it hands out (a whole-tensor read counts the whole tensor).
+struct Counting<'a> {
+    inner: &'a dyn TensorSource,
+    bytes: AtomicUsize,
+}
+
+impl TensorSource for Counting<'_> {
+    fn info(&self, name: &str) -> Option<TensorInfo> {
+        self.inner.info(name)
+    }
+    fn tensor(&self, name: &str) -> Result<HostTensor> {
+        let t = self.inner.tensor(name)?;
+        self.bytes.fetch_add(t.bytes().len(), Ordering::Relaxed);
+        Ok(t)
+    }
+    fn names(&self) -> Vec<String> {
+        self.inner.names()
+    }
+    fn read_slice(&self, name: &str, dim: usize, offset: usize, len: usize) -> Result<HostTensor> {
+        let t = self.inner.read_slice(name, dim, offset, len)?;
+        self.bytes.fetch_add(t.bytes().len(), Ordering::Relaxed);
+        Ok(t)
+    }
+    fn release(&self, name: &str) {
+        self.inner.release(name)
+    }
+    fn lora_adapters(&self) -> Vec<String> {
+        self.inner.lora_adapters()
+    }
+    fn lora_scaling(&self, adapter: &str, module: &str) -> Option<f64> {
+        self.inner.lora_scaling(adapter, module)
+    }
+}
+
+/// This rank's factors of every `adapter_<name>/` of a sharded checkpoint, from its own rank file of each.
+fn own_sharded_adapters(dir: &Path, rank: usize) -> Result<Vec<LoraRankAdapter>> {
+    let mut dirs: Vec<(String, PathBuf)> = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let e = e.map_err(|e| Error::io(dir, e))?;
+        let n = e.file_name().to_string_lossy().to_string();
+        if let Some(name) = n.strip_prefix("adapter_") {
+            if e.path().is_dir() {
+                dirs.push((name.to_string(), e.path()));
+            }
+        }
+    }
+    dirs.sort();
+    dirs.into_iter()
+        .map(|(name, p)| {
+            let config = LoraConfig::read(&p.join(ADAPTER_CONFIG))?;
+            let ck = RankCheckpoint::open(&p, rank)?;
+            let mut tensors = StateDict::new();
+            for n in ck.file.names() {
+                tensors.insert(n.to_string(), ck.file.tensor(n)?);
+            }
+            rank_adapter(&name, &config, tensors)
+        })
+        .collect()
+}
+
+/// Runs this process's rank of the model in `dir` (HF at the world size, or a sharded checkpoint at its own
+/// tp, which must equal the world size) with `adapters` (imported PEFT adapters) active, and checks that every
+/// rank computed the same logits.
+pub fn mpi_forward(
+    comm: &MpiCommunicator,
+    dir: &Path,
+    fuse_qkv: bool,
+    adapters: &[ImportedAdapter],
+    input_ids: &[Vec<i64>],
+) -> Result<RankRun> {
+    let ctx = comm.context();
+    let cfg = ModelConfig::read(&dir.join("config.json"))?;
+    let (run, source) = if dir.join(METADATA_PATH).exists() {
+        let ck = RankCheckpoint::open(dir, ctx.rank)?;
+        if ck.tp != ctx.size {
+            return Err(Error::Invalid(format!(
+                "{} is sharded at tp {}, but {} MPI processes run it (start one per rank: mpirun -np {})",
+                dir.display(),
+                ck.tp,
+                ctx.size,
+                ck.tp
+            )));
+        }
+        let fused = ck.metadata.specs().any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv));
+        let counting = Counting { inner: &ck.file, bytes: AtomicUsize::new(0) };
+        let out = rank_forward(ctx, comm, input_ids, &|ctx, device| {
+            let model = LlamaForCausalLM::new(&cfg.llama, ctx, fused, cfg.sliding_window, device)?;
+            let ours = model.create_parameter_metadata()?;
+            if ours.model_weight_transformation_specs != ck.metadata.model_weight_transformation_specs {
+                return Err(Error::Metadata {
+                    path: ck.dir.join(METADATA_PATH),
+                    reason:
+                        "the checkpoint's transformation specs differ from this model's layout (other config or tp?)"
+                            .into(),
+                });
+            }
+            let mut ras = own_sharded_adapters(dir, ctx.rank)?;
+            for a in adapters {
+                ras.push(imported_rank_adapter(&ours, a, ctx.size, ctx.rank)?);
+            }
+            load_with_adapters(model, &counting, ras, device)
+        })?;
+        ((out, counting.bytes.load(Ordering::Relaxed)), ck.file.path().to_path_buf())
+    } else {
+        let hf = HfCheckpoint::open(dir)?;
+        let counting = Counting { inner: &hf, bytes: AtomicUsize::new(0) };
+        let out = rank_forward(ctx, comm, input_ids, &|ctx, device| {
+            let model = LlamaForCausalLM::new(&cfg.llama, ctx, fuse_qkv, cfg.sliding_window, device)?;
+            let meta = model.create_parameter_metadata()?;
+            let local =
+                neuron_spec::model::adapt_state_dict(&meta, &counting, ctx.size, ctx.rank, PlanOptions::default())?;
+            let ras = adapters
+                .iter()
+                .map(|a| imported_rank_adapter(&meta, a, ctx.size, ctx.rank))
+                .collect::<Result<Vec<_>>>()?;
+            load_with_adapters(model, &local, ras, device)
+        })?;
+        ((out, counting.bytes.load(Ordering::Relaxed)), dir.to_path_buf())
+    };
+    let (output, bytes_read) = run;
+    check_same_logits(comm, &output.logits)?;
+    Ok(RankRun { output, bytes_read, source })
+}
+
+/// Fails on every rank when some rank's logits differ (bit for bit) from rank 0's.
+fn check_same_logits(comm: &MpiCommunicator, logits: &[f32]) -> Result<()> {
+    // SipHash with fixed keys: the same function in every process of the job.
+    let mut h = std::hash::DefaultHasher::new();
+    logits.len().hash(&mut h);
+    for v in logits {
+        v.to_bits().hash(&mut h);
+    }
+    let all = comm.all_gather_u64(&[h.finish()]);
+    match all.iter().position(|x| *x != all[0]) {
+        Some(r) => Err(Error::Invalid(format!("rank {r} computed other logits than rank 0"))),
+        None => Ok(()),
+    }
+}

@@ -161,6 +161,20 @@ impl LlamaForCausalLM {
     /// `[batch, seq]` token ids → logits and hidden states. Every rank of the group runs this with its
     /// own communicator, on the same ids.
     pub fn forward<C: Communicator>(&self, input_ids: Tensor<2, Int>, comm: &C) -> Result<LlamaOutput> {
+        let (x, hidden_states) = self.final_hidden(input_ids, comm)?;
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(x, comm)?,
+            None => self.model.embed_tokens.attend(x, comm)?,
+        };
+        Ok(LlamaOutput { logits, hidden_states })
+    }
+
+    /// The final-normed hidden states (the lm_head's input) and the residual stream.
+    pub(crate) fn final_hidden<C: Communicator>(
+        &self,
+        input_ids: Tensor<2, Int>,
+        comm: &C,
+    ) -> Result<(Tensor<3>, Vec<Tensor<3>>)> {
         let [_, seq] = input_ids.dims();
         if seq == 0 {
             return Err(Error::Invalid("empty sequence".into()));
@@ -178,12 +192,7 @@ impl LlamaForCausalLM {
             x = layer.forward(x, rope, &mask, comm)?;
             hidden_states.push(x.clone());
         }
-        let x = self.model.norm.forward(x);
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(x, comm)?,
-            None => self.model.embed_tokens.attend(x, comm)?,
-        };
-        Ok(LlamaOutput { logits, hidden_states })
+        Ok((self.model.norm.forward(x), hidden_states))
     }
 }
 
@@ -265,7 +274,7 @@ impl LlamaAttention {
         if hkv == 0 || hq % hkv != 0 {
             return Err(Error::Invalid(format!("{hq} local query heads cannot share {hkv} local kv heads")));
         }
-        let qkv = p.forward(x)?;
+        let qkv = p.forward_with(x, comm)?;
         let heads = |t: Tensor<3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
         let q = rope.apply(heads(qkv.q, hq));
         let k = rope.apply(heads(qkv.k, hkv));

@@ -1,72 +1,162 @@
 //! Training against torch's goldens (`train_golden*.safetensors`: transformers 4.57.1 / peft 0.17.0,
-//! `torch.optim.AdamW(lr=1e-2, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)`, 3 steps on one batch).
+//! `torch.optim.AdamW(lr=1e-2, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)`, 3 steps on one batch;
+//! `loss` is the loss before each step, `grad.*` the gradients of step 1, `after1.*` / `after3.*` the
+//! parameters after steps 1 and 3).
+//!
+//! Each case trains 1 step from the HF checkpoint, writes a trained sharded checkpoint (weights + AdamW
+//! state), consolidates it on disk and compares `after1`; then resumes from that checkpoint for 2 more steps
+//! (step count and moments read back) and compares `after3` from the consolidated output.
 
 mod common;
 
 use common::{fixture, hf, open};
+use neuron_spec::checkpoint::{consolidate, ShardedCheckpoint, WriteOptions};
 use neuron_spec::compare::{max_abs_diff, mean_abs_diff};
+use neuron_spec::io::HfCheckpoint;
 use neuron_spec::model::to_original_weights;
-use neuron_spec::train::{AdamWConfig, RankTrainer, TrainMode, TrainOptions};
+use neuron_spec::train::{
+    read_optimizer_state, reshard_trained, write_trained_checkpoint, AdamWConfig, RankTrainer, TrainMode,
+    TrainOptions,
+};
 use neuron_spec::{StateDict, TensorSource};
-use neuron_spec_examples::{load_hf_rank_model, model_metadata, train_ranks, ModelConfig, TrainRun};
+use neuron_spec_examples::{load_hf_rank_model, load_sharded_rank_model, model_metadata, train_ranks, ModelConfig};
+use std::path::Path;
+
+const ADAMW: AdamWConfig = AdamWConfig { lr: 1e-2, betas: (0.9, 0.999), eps: 1e-6, weight_decay: 0.01 };
 
 fn options() -> TrainOptions {
-    TrainOptions {
-        adamw: AdamWConfig { lr: 1e-2, betas: (0.9, 0.999), eps: 1e-6, weight_decay: 0.01 },
-        grad_clip: None,
-        mode: TrainMode::Full,
-    }
+    TrainOptions { adamw: ADAMW, grad_clip: None, mode: TrainMode::Full }
 }
 
 fn golden_ids(g: &dyn TensorSource) -> Vec<Vec<i64>> {
     let t = g.tensor("input_ids").unwrap();
-    let v = t.to_i64_vec().unwrap();
     let s = t.shape()[1];
-    v.chunks(s).map(<[i64]>::to_vec).collect()
+    t.to_i64_vec().unwrap().chunks(s).map(<[i64]>::to_vec).collect()
 }
 
-/// Trains `dir` at `tp` for `steps` steps on the golden batch, keeping the first step's gradients.
-fn train(dir: &str, tp: usize, fuse: bool, kv_multiplier: Option<usize>, steps: usize) -> (TrainRun, Vec<StateDict>) {
-    let _ = kv_multiplier;
+fn close(what: &str, a: &[f32], b: &[f32], max_tol: f32, mean_tol: f64) {
+    let (mx, mn) = (max_abs_diff(a, b).unwrap(), mean_abs_diff(a, b).unwrap());
+    assert!(mx < max_tol && mn < mean_tol, "{what}: max {mx:e} mean {mn:e}");
+}
+
+fn check_losses(what: &str, ours: &[f32], torch: &[f32]) {
+    for (a, b) in ours.iter().zip(torch) {
+        assert!(((a - b) / b).abs() < 1e-4, "{what}: loss {a} vs torch {b} (all: {ours:?} vs {torch:?})");
+    }
+}
+
+/// Consolidates `dir` on disk and compares every tensor with `prefix.<name>` of the golden.
+fn check_consolidated(what: &str, dir: &Path, g: &dyn TensorSource, prefix: &str, n_expected: usize) {
+    let out = dir.with_extension("hf");
+    consolidate(dir, &out, &WriteOptions::default()).unwrap();
+    let hf = HfCheckpoint::open(&out).unwrap();
+    let names = hf.names();
+    assert_eq!(names.len(), n_expected, "{what}: consolidated tensors");
+    for name in names {
+        let gold = g.tensor(&format!("{prefix}.{name}")).unwrap().to_f32_vec();
+        close(&format!("{what}: {prefix}.{name}"), &hf.tensor(&name).unwrap().to_f32_vec(), &gold, 5e-4, 1e-6);
+    }
+}
+
+/// 1 step from HF at `tp` → checkpoint → consolidate (after1, grads); resume at `tp` (or after a reshard to
+/// `resume_tp`) for 2 steps → consolidate (after3).
+fn case(dir: &str, tp: usize, fuse: bool, resume_tp: usize) {
+    let what = format!("{dir} tp {tp} fuse {fuse} resume at tp {resume_tp}");
     let g = open(&format!("{dir}/train_golden.safetensors"));
     let ids = golden_ids(&g);
-    let ck = hf(dir);
-    let cfg = ModelConfig::read(&fixture(dir).join("config.json")).unwrap();
-    let grads = std::sync::Mutex::new(vec![StateDict::new(); tp]);
-    let run = train_ranks(tp, &[ids], steps, &|ctx, device| {
-        let model = load_hf_rank_model(&ck, &cfg, ctx, fuse, device)?;
-        let mut t = RankTrainer::new(model, &StateDict::new(), options(), device)?;
-        t.keep_grads = true;
-        Ok(t)
-    }, &|_, _| {})
-    .unwrap();
-    let _ = &grads;
-    (run, vec![])
-}
-
-fn check(dir: &str, tp: usize, fuse: bool) {
-    let g = open(&format!("{dir}/train_golden.safetensors"));
+    let loss = g.tensor("loss").unwrap().to_f32_vec();
     let cfg = ModelConfig::read(&fixture(dir).join("config.json")).unwrap();
     let meta = model_metadata(&cfg, tp, fuse).unwrap();
-    let (run, _) = train(dir, tp, fuse, None, 3);
-    let loss = g.tensor("loss").unwrap().to_f32_vec();
-    for (k, (a, b)) in run.losses.iter().zip(&loss).enumerate() {
-        assert!(((a - b) / b).abs() < 1e-4, "{dir} tp {tp} fuse {fuse}: loss {k}: {a} vs torch {b}");
+    let ck = hf(dir);
+    let n_tensors = ck.names().len();
+    let tmp = tempfile::tempdir().unwrap();
+
+    let run = train_ranks(
+        tp,
+        std::slice::from_ref(&ids),
+        1,
+        &|ctx, device| {
+            let model = load_hf_rank_model(&ck, &cfg, ctx, fuse, device)?;
+            let mut t = RankTrainer::new(model, &StateDict::new(), options(), device)?;
+            t.keep_grads = true;
+            Ok(t)
+        },
+        &|_, _| {},
+    )
+    .unwrap();
+    check_losses(&what, &run.losses, &loss[..1]);
+    // Gradients gathered to HF names (kv replicas must agree: the consolidation checks them).
+    let grads: Vec<StateDict> = run.grads.iter().map(|g| g.clone().unwrap()).collect();
+    let gs: Vec<&dyn TensorSource> = grads.iter().map(|s| s as &dyn TensorSource).collect();
+    let grads = to_original_weights(&meta, &gs).unwrap();
+    assert_eq!(grads.len(), n_tensors);
+    for (name, t) in &grads {
+        let gold = g.tensor(&format!("grad.{name}")).unwrap().to_f32_vec();
+        close(&format!("{what}: grad.{name}"), &t.to_f32_vec(), &gold, 1e-4, f64::INFINITY);
     }
-    let ranks: Vec<&dyn TensorSource> = run.ranks.iter().map(|(sd, _)| sd as &dyn TensorSource).collect();
-    let after = to_original_weights(&meta, &ranks).unwrap();
-    for (name, t) in &after {
-        let gold = g.tensor(&format!("after3.{name}")).unwrap();
-        let (a, b) = (t.to_f32_vec(), gold.to_f32_vec());
-        let (mx, mn) = (max_abs_diff(&a, &b).unwrap(), mean_abs_diff(&a, &b).unwrap());
-        assert!(mx < 5e-4 && mn < 1e-6, "{dir} tp {tp} fuse {fuse}: after3.{name}: max {mx:e} mean {mn:e}");
-    }
-    println!("{dir} tp {tp} fuse {fuse}: losses {:?}", run.losses);
+    let one = tmp.path().join("step1");
+    write_trained_checkpoint(&one, &fixture(dir), &meta, &run.ranks, &ADAMW, false).unwrap();
+    check_consolidated(&what, &one, &g, "after1", n_tensors);
+
+    let from = if resume_tp == tp {
+        one.clone()
+    } else {
+        let r = tmp.path().join("resharded");
+        reshard_trained(&one, &r, resume_tp, &WriteOptions::default()).unwrap();
+        r
+    };
+    let sharded = ShardedCheckpoint::open(&from).unwrap();
+    let run = train_ranks(
+        resume_tp,
+        std::slice::from_ref(&ids),
+        2,
+        &|ctx, device| {
+            let model = load_sharded_rank_model(&sharded, &cfg, ctx, device)?;
+            let rank = &sharded.ranks[ctx.rank];
+            RankTrainer::new(model, rank, options(), device)?.with_state(read_optimizer_state(&from, ctx.rank)?)
+        },
+        &|_, _| {},
+    )
+    .unwrap();
+    check_losses(&what, &run.losses, &loss[1..]);
+    assert!(run.ranks.iter().all(|(_, s)| s.step == 3), "{what}: the step count continues");
+    let three = tmp.path().join("step3");
+    let meta = model_metadata(&cfg, resume_tp, fuse).unwrap();
+    write_trained_checkpoint(&three, &fixture(dir), &meta, &run.ranks, &ADAMW, false).unwrap();
+    check_consolidated(&what, &three, &g, "after3", n_tensors);
 }
 
 #[test]
-fn llama_gqa_full_training_matches_torch() {
-    for tp in [1, 2] {
-        check("llama-gqa", tp, true);
+fn llama_gqa_full_training_matches_torch_at_every_tp_fused_and_separate() {
+    // tp 4 and 8 tile the 2 kv heads (kv multiplier 2 and 4).
+    for tp in [1, 2, 4, 8] {
+        for fuse in [true, false] {
+            case("llama-gqa", tp, fuse, tp);
+        }
+    }
+}
+
+#[test]
+fn llama_mha_tied_padded_vocab_training_matches_torch() {
+    // vocab 250: padded rows at tp 4 (they get no gradient and stay zero; 4 heads stop at tp 4); tied
+    // embeddings get both uses' gradients.
+    for tp in [1, 2, 4] {
+        case("llama-mha-tied", tp, true, tp);
+    }
+}
+
+#[test]
+fn one_step_at_tp4_reshard_to_tp2_two_more_equals_torch() {
+    case("llama-gqa", 4, true, 2);
+}
+
+// TODO(lead, at merge): enable once the Qwen3 family exists (d-families): copy
+// /work/shared/fixtures/qwen3/train_golden.safetensors into tests/fixtures/qwen3/ and run `case("qwen3", ..)`
+// at tp 1, 2, 4 (q/k norms are replicated parameters inside the attention).
+#[test]
+#[ignore = "needs the Qwen3 family (another helper's branch)"]
+fn qwen3_training_matches_torch() {
+    for tp in [1, 2, 4] {
+        case("qwen3", tp, true, tp);
     }
 }

@@ -35,7 +35,10 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use neuron_spec::layers::{Communicator, LocalCommunicator};
 use neuron_spec::module::TpContext;
 use neuron_spec::train::{vocab_parallel_causal_lm_loss, OptimizerState, RankTrainer};
-use neuron_spec::{Error, Result, StateDict};
+use crate::run::ModelConfig;
+use neuron_spec::checkpoint::ShardedCheckpoint;
+use neuron_spec::module::CustomModule;
+use neuron_spec::{Error, Result, Spec, StateDict};
 
 impl LlamaForCausalLM {
     /// The mean next-token cross-entropy over `input_ids` (`[batch][seq]`), as transformers'
@@ -69,6 +72,28 @@ pub struct TrainRun {
     pub losses: Vec<f32>,
     /// Each rank's trained rank tensors and AdamW state, in rank order.
     pub ranks: Vec<(StateDict, OptimizerState)>,
+    /// Each rank's last gradients, where its trainer kept them (`keep_grads`).
+    pub grads: Vec<Option<StateDict>>,
+}
+
+/// Rank `ctx.rank`'s model from a sharded checkpoint (trained or sharded by `neuron-spec shard`), on `device`.
+pub fn load_sharded_rank_model(
+    ck: &ShardedCheckpoint,
+    cfg: &ModelConfig,
+    ctx: TpContext,
+    device: &Device,
+) -> Result<LlamaForCausalLM> {
+    let fuse_qkv = ck.metadata.specs().any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv));
+    let model = LlamaForCausalLM::new(&cfg.llama, ctx, fuse_qkv, cfg.sliding_window, device)?;
+    let ours = model.create_parameter_metadata()?;
+    if ours.model_weight_transformation_specs != ck.metadata.model_weight_transformation_specs || ck.tp != ctx.size {
+        return Err(Error::Metadata {
+            path: ck.dir.join(neuron_spec::checkpoint::METADATA_PATH),
+            reason: "the checkpoint's layout differs from this model's (other config or tp?)".into(),
+        });
+    }
+    let rank = ck.ranks.get(ctx.rank).ok_or_else(|| Error::Invalid(format!("no rank file for rank {}", ctx.rank)))?;
+    model.load_rank_tensors("", rank, device)
 }
 
 /// Fails the group's collectives if its rank's thread ends early (error or panic).
@@ -99,13 +124,13 @@ pub fn train_ranks(
         return Err(Error::Invalid("no training data".into()));
     }
     let comms = LocalCommunicator::group(tp)?;
-    let results: Vec<Result<(Vec<f32>, StateDict, OptimizerState)>> = std::thread::scope(|s| {
+    let results: Vec<Result<(Vec<f32>, StateDict, OptimizerState, Option<StateDict>)>> = std::thread::scope(|s| {
         let handles: Vec<_> = comms
             .iter()
             .map(|comm| {
                 s.spawn(move || {
                     let mut guard = AbortGuard { comm, armed: true };
-                    let r = (|| -> Result<(Vec<f32>, StateDict, OptimizerState)> {
+                    let r = (|| -> Result<(Vec<f32>, StateDict, OptimizerState, Option<StateDict>)> {
                         let device = Device::default().autodiff();
                         let mut t = init(comm.context(), &device)?;
                         let mut losses = Vec::with_capacity(steps);
@@ -117,7 +142,7 @@ pub fn train_ranks(
                             }
                             losses.push(l);
                         }
-                        Ok((losses, t.rank_tensors()?, t.state))
+                        Ok((losses, t.rank_tensors()?, t.state, t.last_grads))
                     })();
                     match &r {
                         Ok(_) => guard.armed = false,
@@ -135,14 +160,16 @@ pub fn train_ranks(
     });
     let mut ranks = Vec::with_capacity(tp);
     let mut losses = Vec::new();
+    let mut grads = Vec::with_capacity(tp);
     let mut first_err: Option<Error> = None;
     for (r, res) in results.into_iter().enumerate() {
         match res {
-            Ok((l, sd, st)) => {
+            Ok((l, sd, st, g)) => {
                 if r == 0 {
                     losses = l;
                 }
                 ranks.push((sd, st));
+                grads.push(g);
             }
             Err(e) => {
                 let echo = e.to_string().starts_with("collective aborted");
@@ -155,5 +182,5 @@ pub fn train_ranks(
     if let Some(e) = first_err {
         return Err(e);
     }
-    Ok(TrainRun { losses, ranks })
+    Ok(TrainRun { losses, ranks, grads })
 }

@@ -299,6 +299,9 @@ pub enum Command {
         #[command(flatten)]
         lora: AdapterArgs,
     },
+    /// Train the model at tp N (full fine-tuning, AdamW as torch's); writes the trained sharded checkpoint
+    /// with its optimizer state. MODEL is an HF directory or a trained checkpoint (resumes).
+    Train(crate::train_cmd::TrainArgs),
     /// The main job on a tiny checkpoint: shard to tp 4, run forward, consolidate, check the round trip.
     Quickstart {
         /// HF checkpoint directory to use.
@@ -504,6 +507,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             let runner = runner.ok_or_else(|| Error::Invalid("this build has no model for `forward`".into()))?;
             forward_command(runner, &dir, tp, fuse_qkv, &lora.resolve()?, input_ids.as_deref(), golden.as_deref())
         }
+        Command::Train(args) => crate::train_cmd::run(args, quiet),
         Command::Quickstart { model, work_dir } => quickstart(runner, &model, work_dir.as_deref()),
     }
 }

@@ -3,6 +3,7 @@
 use neuron_spec::checkpoint::{ShardedCheckpoint, METADATA_PATH};
 mod cli;
 mod progress_bar;
+mod train_cmd;
 
 use cli::{import_adapters, main_with, AdapterArg, ForwardRunner};
 use neuron_spec::{Result, Spec};

@@ -160,3 +160,87 @@ fn qwen3_training_matches_torch() {
         case("qwen3", tp, true, tp);
     }
 }
+
+fn bin(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_neuron-spec")).args(args).output().unwrap()
+}
+
+fn step_losses(stdout: &[u8]) -> Vec<f32> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("step ").and_then(|r| r.split(" loss ").nth(1)).map(|x| x.parse().unwrap()))
+        .collect()
+}
+
+const HP: [&str; 8] = ["--lr", "1e-2", "--betas", "0.9,0.999", "--eps", "1e-6", "--weight-decay", "0.01"];
+
+#[test]
+fn cli_trains_resumes_and_consolidates_like_torch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("llama-gqa");
+    let data = fixture("llama-gqa/train_golden.safetensors"); // input_ids; the other tensors are ignored
+    let g = open("llama-gqa/train_golden.safetensors");
+    let loss = g.tensor("loss").unwrap().to_f32_vec();
+    let (one, three, hf3) = (tmp.path().join("one"), tmp.path().join("three"), tmp.path().join("hf3"));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let mut args = vec!["train".to_string(), s(&model), s(&one), "--tp".into(), "4".into(), "--fuse-qkv".into()];
+    args.extend(["--data".to_string(), s(&data), "--steps".into(), "1".into()]);
+    args.extend(HP.iter().map(|x| x.to_string()));
+    let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check_losses("cli step 1", &step_losses(&out.stdout), &loss[..1]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tokens/s"));
+    // Resume: tp, step and moments from the checkpoint.
+    let mut args = vec!["train".to_string(), s(&one), s(&three), "--data".into(), s(&data), "--steps".into(), "2".into()];
+    args.extend(HP.iter().map(|x| x.to_string()));
+    let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let losses = step_losses(&out.stdout);
+    check_losses("cli resumed", &losses, &loss[1..]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("step 2 "));
+    let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hf = HfCheckpoint::open(&hf3).unwrap();
+    for name in hf.names() {
+        let gold = g.tensor(&format!("after3.{name}")).unwrap().to_f32_vec();
+        close(&format!("cli after3.{name}"), &hf.tensor(&name).unwrap().to_f32_vec(), &gold, 5e-4, 1e-6);
+    }
+}
+
+#[test]
+fn cli_bad_training_input_is_a_clear_error_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("llama-gqa");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let jsonl = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let sharded = tmp.path().join("sharded");
+    assert!(bin(&["shard", &s(&model), &s(&sharded), "--tp", "2"]).status.success());
+    let cases: Vec<(PathBufOr, &str)> = vec![
+        (PathBufOr::Hf(jsonl("vocab.jsonl", "{\"input_ids\": [1, 2, 300]}\n")), "token id 300 is outside the vocabulary"),
+        (PathBufOr::Hf(jsonl("empty.jsonl", "\n")), "no training rows"),
+        (PathBufOr::Hf(jsonl("ragged.jsonl", "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2]}\n")), "ragged"),
+        (PathBufOr::Resume(jsonl("ok.jsonl", "{\"input_ids\": [1, 2, 3]}\n")), "no optimizer state"),
+    ];
+    for (i, (case, expected)) in cases.into_iter().enumerate() {
+        let out_dir = tmp.path().join(format!("out{i}"));
+        let (m, data) = match &case {
+            PathBufOr::Hf(d) => (model.clone(), d.clone()),
+            PathBufOr::Resume(d) => (sharded.clone(), d.clone()),
+        };
+        let out = bin(&["train", &s(&m), &s(&out_dir), "--tp", "2", "--data", &s(&data), "--steps", "1"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "case {i}: {err}");
+        assert!(err.contains(expected) && err.lines().count() == 1, "case {i}: {err}");
+        assert!(!err.contains("panicked"), "case {i}: {err}");
+        assert!(!out_dir.exists(), "case {i}: output written");
+    }
+}
+
+enum PathBufOr {
+    Hf(std::path::PathBuf),
+    Resume(std::path::PathBuf),
+}

@@ -96,6 +96,9 @@ pub fn load_sharded_rank_model(
     model.load_rank_tensors("", rank, device)
 }
 
+/// One rank's losses, tensors, optimizer state and kept gradients.
+type RankResult = (Vec<f32>, StateDict, OptimizerState, Option<StateDict>);
+
 /// Fails the group's collectives if its rank's thread ends early (error or panic).
 struct AbortGuard<'a> {
     comm: &'a LocalCommunicator,
@@ -124,13 +127,13 @@ pub fn train_ranks(
         return Err(Error::Invalid("no training data".into()));
     }
     let comms = LocalCommunicator::group(tp)?;
-    let results: Vec<Result<(Vec<f32>, StateDict, OptimizerState, Option<StateDict>)>> = std::thread::scope(|s| {
+    let results: Vec<Result<RankResult>> = std::thread::scope(|s| {
         let handles: Vec<_> = comms
             .iter()
             .map(|comm| {
                 s.spawn(move || {
                     let mut guard = AbortGuard { comm, armed: true };
-                    let r = (|| -> Result<(Vec<f32>, StateDict, OptimizerState, Option<StateDict>)> {
+                    let r = (|| -> Result<RankResult> {
                         let device = Device::default().autodiff();
                         let mut t = init(comm.context(), &device)?;
                         let mut losses = Vec::with_capacity(steps);

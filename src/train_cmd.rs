@@ -110,7 +110,12 @@ pub fn read_rows(path: &Path) -> Result<Vec<Vec<i64>>> {
 }
 
 /// Splits rows into batches of `batch_size` (all rows when `None`), checking lengths and ids.
-pub fn batches(path: &Path, rows: Vec<Vec<i64>>, batch_size: Option<usize>, vocab: usize) -> Result<Vec<Vec<Vec<i64>>>> {
+pub fn batches(
+    path: &Path,
+    rows: Vec<Vec<i64>>,
+    batch_size: Option<usize>,
+    vocab: usize,
+) -> Result<Vec<Vec<Vec<i64>>>> {
     let bs = batch_size.unwrap_or(rows.len());
     if bs == 0 {
         return Err(Error::Invalid("--batch-size must be positive".into()));
@@ -228,7 +233,12 @@ pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
     let secs = started.elapsed().as_secs_f64();
     let tokens: usize = (0..a.steps).map(|i| tokens_per_step[i % tokens_per_step.len()]).sum();
     if !quiet {
-        eprintln!("trained {} steps at tp {tp}: {:.1} s, {:.0} tokens/s", a.steps, secs, tokens as f64 / secs.max(1e-9));
+        eprintln!(
+            "trained {} steps at tp {tp}: {:.1} s, {:.0} tokens/s",
+            a.steps,
+            secs,
+            tokens as f64 / secs.max(1e-9)
+        );
     }
     let meta = model_metadata(&cfg, tp, fuse)?;
     write_trained_checkpoint(&a.out, &a.model, &meta, &run.ranks, &adamw, a.force)?;

@@ -15,8 +15,7 @@ use neuron_spec::compare::{max_abs_diff, mean_abs_diff};
 use neuron_spec::io::HfCheckpoint;
 use neuron_spec::model::to_original_weights;
 use neuron_spec::train::{
-    read_optimizer_state, reshard_trained, write_trained_checkpoint, AdamWConfig, RankTrainer, TrainMode,
-    TrainOptions,
+    read_optimizer_state, reshard_trained, write_trained_checkpoint, AdamWConfig, RankTrainer, TrainMode, TrainOptions,
 };
 use neuron_spec::{StateDict, TensorSource};
 use neuron_spec_examples::{load_hf_rank_model, load_sharded_rank_model, model_metadata, train_ranks, ModelConfig};
@@ -191,7 +190,8 @@ fn cli_trains_resumes_and_consolidates_like_torch() {
     check_losses("cli step 1", &step_losses(&out.stdout), &loss[..1]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("tokens/s"));
     // Resume: tp, step and moments from the checkpoint.
-    let mut args = vec!["train".to_string(), s(&one), s(&three), "--data".into(), s(&data), "--steps".into(), "2".into()];
+    let mut args =
+        vec!["train".to_string(), s(&one), s(&three), "--data".into(), s(&data), "--steps".into(), "2".into()];
     args.extend(HP.iter().map(|x| x.to_string()));
     let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -220,7 +220,10 @@ fn cli_bad_training_input_is_a_clear_error_and_writes_nothing() {
     let sharded = tmp.path().join("sharded");
     assert!(bin(&["shard", &s(&model), &s(&sharded), "--tp", "2"]).status.success());
     let cases: Vec<(PathBufOr, &str)> = vec![
-        (PathBufOr::Hf(jsonl("vocab.jsonl", "{\"input_ids\": [1, 2, 300]}\n")), "token id 300 is outside the vocabulary"),
+        (
+            PathBufOr::Hf(jsonl("vocab.jsonl", "{\"input_ids\": [1, 2, 300]}\n")),
+            "token id 300 is outside the vocabulary",
+        ),
         (PathBufOr::Hf(jsonl("empty.jsonl", "\n")), "no training rows"),
         (PathBufOr::Hf(jsonl("ragged.jsonl", "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2]}\n")), "ragged"),
         (PathBufOr::Resume(jsonl("ok.jsonl", "{\"input_ids\": [1, 2, 3]}\n")), "no optimizer state"),
@@ -243,4 +246,89 @@ fn cli_bad_training_input_is_a_clear_error_and_writes_nothing() {
 enum PathBufOr {
     Hf(std::path::PathBuf),
     Resume(std::path::PathBuf),
+}
+
+/// LoRA-only training of `llama-gqa-lora` (exact mode) for `steps` steps; returns the losses, the step-1
+/// gradients and the trained adapter, both exported to peft's names.
+fn lora_run(tp: usize, fuse: bool, steps: usize) -> (Vec<f32>, StateDict, StateDict) {
+    use neuron_spec::lora::disk::imported_rank_adapter;
+    use neuron_spec::lora::{
+        adapter_metadata_for_tp, export_adapter, import_adapter, is_lora_parameter, remove_adapter_name,
+        LoraImportOptions, LoraMode, LoraRankSource, PeftAdapter,
+    };
+    use neuron_spec::module::CustomModule;
+    use neuron_spec::train::exact_lora_masks;
+    let g = open("llama-gqa-lora/train_golden_lora.safetensors");
+    let ids = golden_ids(&g);
+    let cfg = ModelConfig::read(&fixture("llama-gqa").join("config.json")).unwrap();
+    let meta = model_metadata(&cfg, tp, fuse).unwrap();
+    let peft = PeftAdapter::open(&fixture("llama-gqa-lora")).unwrap();
+    let a = import_adapter(&meta, &peft, "default", LoraImportOptions { mode: LoraMode::Exact, allow_partial: false })
+        .unwrap();
+    let ck = hf("llama-gqa");
+    let opts = TrainOptions { mode: TrainMode::LoraOnly, ..options() };
+    let run = train_ranks(
+        tp,
+        std::slice::from_ref(&ids),
+        steps,
+        &|ctx, device| {
+            let model = neuron_spec_examples::LlamaForCausalLM::new(&cfg.llama, ctx, fuse, None, device)?;
+            let local = neuron_spec::model::adapt_state_dict(&meta, &ck, tp, ctx.rank, Default::default())?;
+            let src = LoraRankSource::new(&local, vec![imported_rank_adapter(&meta, &a, tp, ctx.rank)?])?;
+            let model = model.load_rank_tensors("", &src, device)?;
+            let mut t = RankTrainer::new(model, &src, opts, device)?;
+            t.lora_masks = exact_lora_masks(&meta, &a, tp, ctx.rank)?;
+            t.keep_grads = true;
+            Ok(t)
+        },
+        &|_, _| {},
+    )
+    .unwrap();
+    let ameta = adapter_metadata_for_tp(&meta, &a.layout).unwrap();
+    let export = |ranks: Vec<StateDict>| {
+        let ranks: Vec<StateDict> = ranks
+            .into_iter()
+            .map(|sd| {
+                sd.into_iter()
+                    .filter(|(n, _)| is_lora_parameter(n))
+                    .map(|(n, t)| (remove_adapter_name(&n), t))
+                    .collect()
+            })
+            .collect();
+        let srcs: Vec<&dyn TensorSource> = ranks.iter().map(|s| s as &dyn TensorSource).collect();
+        let full = to_original_weights(&ameta, &srcs).unwrap();
+        export_adapter(&meta, &a.config, &full).unwrap().tensors
+    };
+    let grads = export(run.grads.iter().map(|g| g.clone().unwrap()).collect());
+    let after = export(run.ranks.iter().map(|(sd, _)| sd.clone()).collect());
+    (run.losses, grads, after)
+}
+
+#[test]
+fn lora_only_exact_training_equals_peft_training_the_separate_adapters() {
+    let g = open("llama-gqa-lora/train_golden_lora.safetensors");
+    let loss = g.tensor("loss").unwrap().to_f32_vec();
+    for (tp, fuse) in [(1, true), (2, false), (4, true), (8, false)] {
+        let what = format!("lora tp {tp} fuse {fuse}");
+        let (l1, grads, after1) = lora_run(tp, fuse, 1);
+        check_losses(&what, &l1, &loss[..1]);
+        assert_eq!(grads.len(), 28, "{what}");
+        for (name, t) in &grads {
+            let gold = g.tensor(&format!("grad.{name}")).unwrap().to_f32_vec();
+            close(&format!("{what}: grad.{name}"), &t.to_f32_vec(), &gold, 1e-4, f64::INFINITY);
+        }
+        for (name, t) in &after1 {
+            let gold = g.tensor(&format!("after1.{name}")).unwrap().to_f32_vec();
+            close(&format!("{what}: after1.{name}"), &t.to_f32_vec(), &gold, 5e-4, 1e-6);
+        }
+        let (l3, _, after3) = lora_run(tp, fuse, 3);
+        check_losses(&what, &l3, &loss);
+        // Off-block entries stayed zero: every member is exported at its own rank, as peft's.
+        assert_eq!(after3.len(), 28, "{what}");
+        for (name, t) in &after3 {
+            let gold = g.tensor(&format!("after3.{name}")).unwrap();
+            assert_eq!(t.shape(), gold.shape(), "{what}: {name}");
+            close(&format!("{what}: after3.{name}"), &t.to_f32_vec(), &gold.to_f32_vec(), 5e-4, 1e-6);
+        }
+    }
 }

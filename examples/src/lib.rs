@@ -86,8 +86,8 @@ mod run;
 mod train;
 
 pub use model::{LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMlp, LlamaModel, LlamaOutput};
-pub use train::{load_sharded_rank_model, train_ranks, TrainRun};
 pub use run::{
     load_hf_rank_model, model_metadata, run_ranks, run_sharded_forward, run_sharded_forward_with_adapters,
     run_tp_forward, run_tp_forward_dir, run_tp_forward_with_adapters, ForwardOutput, ModelConfig,
 };
+pub use train::{load_sharded_rank_model, train_ranks, TrainRun};

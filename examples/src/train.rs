@@ -31,13 +31,13 @@
 //! ```
 
 use crate::model::LlamaForCausalLM;
+use crate::run::ModelConfig;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use neuron_spec::checkpoint::ShardedCheckpoint;
 use neuron_spec::layers::{Communicator, LocalCommunicator};
+use neuron_spec::module::CustomModule;
 use neuron_spec::module::TpContext;
 use neuron_spec::train::{vocab_parallel_causal_lm_loss, OptimizerState, RankTrainer};
-use crate::run::ModelConfig;
-use neuron_spec::checkpoint::ShardedCheckpoint;
-use neuron_spec::module::CustomModule;
 use neuron_spec::{Error, Result, Spec, StateDict};
 
 impl LlamaForCausalLM {

@@ -112,14 +112,12 @@ impl Backward<NdArray, 1> for CopyToTpRegionBackward {
         let Some(node) = parent else { return };
         let device = burn::backend::TensorMetadata::device(&grad);
         let reducer = ops.state;
-        let reduced = block_on(NdArray::float_into_data(grad.clone()))
-            .map_err(|e| format!("{e:?}"))
-            .and_then(|data| {
-                let shape = data.shape().to_vec();
-                let v = data.into_vec::<f32>().map_err(|e| format!("{e:?}"))?;
-                let out = reducer.reduce.all_reduce_sum_f32(v, &shape).map_err(|e| e.to_string())?;
-                Ok(NdArray::float_from_data(TensorData::new(out, shape), &device))
-            });
+        let reduced = block_on(NdArray::float_into_data(grad.clone())).map_err(|e| format!("{e:?}")).and_then(|data| {
+            let shape = data.shape().to_vec();
+            let v = data.into_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+            let out = reducer.reduce.all_reduce_sum_f32(v, &shape).map_err(|e| e.to_string())?;
+            Ok(NdArray::float_from_data(TensorData::new(out, shape), &device))
+        });
         let reduced = match reduced {
             Ok(t) => t,
             Err(e) => {

@@ -45,7 +45,11 @@ fn write_ranks(root: &Path, meta: &CheckpointMetadata, ranks: &[&StateDict]) -> 
         let infos: Vec<_> = sd.keys().filter_map(|n| sd.info(n)).collect();
         let path = dir.join(rank_file_name(r));
         let w = write_safetensors(&path, &infos, &rank_meta, &mut |i| Ok(vec![sd.tensor(&i.name)?]))?;
-        meta.rank_files.push(RankFileEntry { file: rank_file_name(r), size: w.size, xxh3_64: format!("{:016x}", w.xxh3) });
+        meta.rank_files.push(RankFileEntry {
+            file: rank_file_name(r),
+            size: w.size,
+            xxh3_64: format!("{:016x}", w.xxh3),
+        });
     }
     let m = root.join(METADATA_PATH);
     if let Some(p) = m.parent() {

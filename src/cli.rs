@@ -1,12 +1,10 @@
 //! The `neuron-spec` command line: shard, consolidate, reshard, plan, inspect, and a `forward` hook that a
 //! model crate fills in (the binary lives next to the model; see `examples/`).
 
-use clap::{Args, Parser, Subcommand};
 use neuron_spec::checkpoint::{
     consolidate, consolidate_with_adapters, shard, shard_with_adapters, AdapterOptions, ShardedCheckpoint,
     WriteOptions, METADATA_PATH,
 };
-use neuron_spec::compare::max_abs_diff;
 use neuron_spec::error::{Error, Result};
 use neuron_spec::io::{parse_size, HfCheckpoint};
 use neuron_spec::llama::{llama_layout_with, LlamaConfig, QkvLayout};
@@ -15,6 +13,8 @@ use neuron_spec::metadata::CheckpointMetadata;
 use neuron_spec::model::{plan_shards, PlanOptions};
 use neuron_spec::plan::TensorSource;
 use neuron_spec::reshard::{reshard, reshard_plan};
+use clap::{Args, Parser, Subcommand};
+use neuron_spec::compare::max_abs_diff;
 use std::path::{Path, PathBuf};
 
 /// The largest |logit - golden| that `forward --golden` and `quickstart` accept.
@@ -407,12 +407,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                 &meta,
                 tp,
                 &adapters,
-                &WriteOptions {
-                    force,
-                    allow_unexpected,
-                    progress: crate::progress_bar::sink(!quiet),
-                    ..Default::default()
-                },
+                &WriteOptions { force, allow_unexpected, progress: crate::progress_bar::sink(!quiet), ..Default::default() },
             )?;
             if !quiet {
                 println!(

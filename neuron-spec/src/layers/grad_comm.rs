@@ -181,3 +181,43 @@ impl Communicator for NoCollectives {
         Ok(t)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::LocalCommunicator;
+    use burn::tensor::Device;
+
+    #[test]
+    fn conjugate_pairs_sum_gradients_over_ranks_and_keep_values() {
+        // Rank r: y = copy(x) * (r + 1), z = reduce(y); loss = sum(z * w_r) with w_r = 10^r.
+        let comms = LocalCommunicator::group(2).unwrap();
+        let outs: Vec<(Vec<f32>, Vec<f32>)> = std::thread::scope(|s| {
+            let hs: Vec<_> = comms
+                .into_iter()
+                .map(|c| {
+                    s.spawn(move || {
+                        let d = Device::default().autodiff();
+                        let r = c.context().rank as f32;
+                        let x = Tensor::<1>::from_data(TensorData::new(vec![1f32, 2.0], [2]), &d).require_grad();
+                        let y = copy_to_tp_region(x.clone(), &c).unwrap() * (r + 1.0);
+                        let z = reduce_from_tp_region(y, &c).unwrap();
+                        let (_, zv) = super::super::tensor_to_f32(z.clone().detach(), "z").unwrap();
+                        let loss = (z * 10f32.powf(r)).sum();
+                        let g = loss.backward();
+                        c.grad_reducer().unwrap().take_error().unwrap();
+                        let (_, gx) = super::super::tensor_to_f32(x.grad(&g).unwrap(), "g").unwrap();
+                        (zv, gx)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (z, gx) in outs {
+            // z = x·1 + x·2 on both ranks.
+            assert_eq!(z, vec![3.0, 6.0]);
+            // dL/dx = Σ_r (r + 1)·10^r = 1 + 20, the same on both ranks.
+            assert_eq!(gx, vec![21.0, 21.0]);
+        }
+    }
+}

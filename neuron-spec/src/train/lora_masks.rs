@@ -57,7 +57,7 @@ pub fn exact_lora_masks(
     let mut out = LoraMasks::new();
     for (name, t) in &local.tensors {
         let v = t.to_f32_vec();
-        if v.iter().any(|x| *x == 0.0) {
+        if v.contains(&0.0) {
             out.insert(insert_adapter_name(name, &adapter.name), v);
         }
     }

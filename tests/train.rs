@@ -348,3 +348,35 @@ fn lora_only_exact_training_equals_peft_training_the_separate_adapters() {
         }
     }
 }
+
+#[test]
+fn conjugate_pairs_sum_gradients_over_ranks_and_keep_values() {
+    use burn::tensor::{Device, Tensor, TensorData};
+    use neuron_spec::layers::{copy_to_tp_region, reduce_from_tp_region, Communicator, LocalCommunicator};
+    let vec = |t: Tensor<1>| t.into_data().into_vec::<f32>().unwrap();
+    // Rank r: y = copy(x)·(r + 1), z = reduce(y), loss_r = sum(z·10^r).
+    let comms = LocalCommunicator::group(2).unwrap();
+    let outs: Vec<(Vec<f32>, Vec<f32>)> = std::thread::scope(|s| {
+        let hs: Vec<_> = comms
+            .into_iter()
+            .map(|c| {
+                s.spawn(move || {
+                    let d = Device::default().autodiff();
+                    let r = c.context().rank as f32;
+                    let x = Tensor::<1>::from_data(TensorData::new(vec![1f32, 2.0], [2]), &d).require_grad();
+                    let y = copy_to_tp_region(x.clone(), &c).unwrap() * (r + 1.0);
+                    let z = reduce_from_tp_region(y, &c).unwrap();
+                    let zv = vec(z.clone().detach());
+                    let g = (z * 10f32.powf(r)).sum().backward();
+                    c.grad_reducer().unwrap().take_error().unwrap();
+                    (zv, vec(x.grad(&g).unwrap()))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (z, gx) in outs {
+        assert_eq!(z, vec![3.0, 6.0]); // x·1 + x·2 on both ranks
+        assert_eq!(gx, vec![21.0, 21.0]); // Σ_r (r + 1)·10^r, the same on both ranks
+    }
+}

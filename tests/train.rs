@@ -353,7 +353,7 @@ fn lora_only_exact_training_equals_peft_training_the_separate_adapters() {
 fn conjugate_pairs_sum_gradients_over_ranks_and_keep_values() {
     use burn::tensor::{Device, Tensor, TensorData};
     use neuron_spec::layers::{copy_to_tp_region, reduce_from_tp_region, Communicator, LocalCommunicator};
-    let vec = |t: Tensor<1>| t.into_data().into_vec::<f32>().unwrap();
+    let vec = |t: Tensor<1>| t.into_data().try_into_vec::<f32>().unwrap();
     // Rank r: y = copy(x)·(r + 1), z = reduce(y), loss_r = sum(z·10^r).
     let comms = LocalCommunicator::group(2).unwrap();
     let outs: Vec<(Vec<f32>, Vec<f32>)> = std::thread::scope(|s| {

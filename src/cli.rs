@@ -389,6 +389,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Comm::Threads)]
         comm: Comm,
     },
+    /// Train the model at tp N (full fine-tuning, AdamW as torch's); writes the trained sharded checkpoint
+    /// with its optimizer state. MODEL is an HF directory or a trained checkpoint (resumes).
+    Train(crate::train_cmd::TrainArgs),
     /// The main job on a tiny checkpoint: shard to tp 4, run forward, consolidate, check the round trip.
     Quickstart {
         /// HF checkpoint directory to use (the repository's fixture by default).
@@ -757,6 +760,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                 ForwardFiles { input_ids: input_ids.as_deref(), golden: golden.as_deref(), output: output.as_deref() };
             forward_command(runner, &dir, tp, fuse_qkv, &lora.resolve()?, comm, &files)
         }
+        Command::Train(args) => crate::train_cmd::run(args, quiet),
         Command::Quickstart { model, work_dir, force } => {
             if quiet {
                 return usage("-q/--quiet does not apply to quickstart: it exists to show its steps".into());

@@ -9,6 +9,7 @@ mod inspect_cmd;
 mod plan_cmd;
 mod plan_svg;
 mod progress_bar;
+mod train_cmd;
 
 use cli::{import_adapters, main_with, AdapterArg, ForwardRunner, NamedOutput};
 use neuron_spec::{Result, Spec};

@@ -98,6 +98,7 @@ pub mod qwen3_moe;
 pub mod rope;
 mod run;
 pub mod synthetic;
+mod train;
 
 pub use family::{hf_tensor_infos, layout, layout_of_dir, Family, ModelConfig, MODEL_TYPES};
 pub use granite::GraniteScales;
@@ -116,3 +117,4 @@ pub use run::{
     load_hf_rank_model, model_metadata, run_ranks, run_sharded_forward, run_sharded_forward_with_adapters,
     run_tp_forward, run_tp_forward_dir, run_tp_forward_with_adapters, ForwardOutput,
 };
+pub use train::{load_sharded_rank_model, train_ranks, TrainRun};

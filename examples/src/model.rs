@@ -355,6 +355,31 @@ impl LlamaForCausalLM {
     /// `[batch, seq]` token ids → logits and hidden states. Every rank of the group runs this with its
     /// own communicator, on the same ids.
     pub fn forward<C: Communicator>(&self, input_ids: Tensor<2, Int>, comm: &C) -> Result<LlamaOutput> {
+        let (x, hidden_states) = self.final_hidden(input_ids, comm)?;
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(x, comm)?,
+            None => self.model.embed_tokens.attend(x, comm)?,
+        };
+        Ok(LlamaOutput { logits: self.scale_logits(logits), hidden_states })
+    }
+
+    /// Granite's `logits / logits_scaling` (the identity elsewhere); elementwise, so it applies to a rank's
+    /// vocab shard as well as to the gathered logits.
+    pub(crate) fn scale_logits(&self, logits: Tensor<3>) -> Tensor<3> {
+        let s = self.options.logits_scaling;
+        if s == 1.0 {
+            logits
+        } else {
+            logits / s
+        }
+    }
+
+    /// The final-normed hidden states (the lm_head's input) and the residual stream.
+    pub(crate) fn final_hidden<C: Communicator>(
+        &self,
+        input_ids: Tensor<2, Int>,
+        comm: &C,
+    ) -> Result<(Tensor<3>, Vec<Tensor<3>>)> {
         let [_, seq] = input_ids.dims();
         if seq == 0 {
             return Err(Error::Invalid("empty sequence".into()));
@@ -379,15 +404,7 @@ impl LlamaForCausalLM {
             x = layer.forward(x, &rope, &mask, o, comm)?;
             hidden_states.push(x.clone());
         }
-        let x = self.model.norm.forward(x);
-        let mut logits = match &self.lm_head {
-            Some(head) => head.forward(x, comm)?,
-            None => self.model.embed_tokens.attend(x, comm)?,
-        };
-        if o.logits_scaling != 1.0 {
-            logits = logits / o.logits_scaling;
-        }
-        Ok(LlamaOutput { logits, hidden_states })
+        Ok((self.model.norm.forward(x), hidden_states))
     }
 }
 
@@ -442,7 +459,7 @@ impl LlamaAttention {
         if hkv == 0 || hq % hkv != 0 {
             return Err(Error::Invalid(format!("{hq} local query heads cannot share {hkv} local kv heads")));
         }
-        let qkv = p.forward(x)?;
+        let qkv = p.forward_with(x, comm)?;
         let heads = |t: Tensor<3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
         let norm = |t: Tensor<4>, n: &Option<RmsNorm>| match n {
             Some(n) => n.forward(t),

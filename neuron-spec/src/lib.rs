@@ -130,6 +130,8 @@ pub mod specs;
 pub mod staging;
 pub mod synthetic;
 pub mod tensor;
+#[cfg(feature = "burn")]
+pub mod train;
 
 // The derive emits `::neuron_spec::...` paths; this makes them resolve inside this crate too.
 extern crate self as neuron_spec;

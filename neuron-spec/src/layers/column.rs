@@ -141,17 +141,30 @@ impl ColumnParallelLinear {
 
     /// The local outputs, or all outputs (truncated to `out_features`) when `gather_output` is set.
     pub fn forward<const D: usize, C: Communicator>(&self, x: Tensor<D>, comm: &C) -> Result<Tensor<D>> {
-        check_last_dim(&x, self.in_features, "ColumnParallelLinear input")?;
-        let mut y = self.linear.forward(x.clone());
-        for b in &self.lora {
-            y = y + b.forward(x.clone());
-        }
+        let y = self.forward_local(x, comm)?;
         if !self.gather_output {
             return Ok(y);
         }
         let y = comm.all_gather(y, D - 1)?;
         let n = y.dims()[D - 1];
         Ok(if n > self.out_features { y.narrow(D - 1, 0, self.out_features) } else { y })
+    }
+}
+
+impl ColumnParallelLinear {
+    /// This rank's outputs, never gathered (the vocab-parallel loss reads an lm_head's this way).
+    ///
+    /// For training, the replicated input passes [`copy_to_tp_region`](super::copy_to_tp_region) (its
+    /// gradient is summed over ranks); a LoRA branch takes the input before that copy and copies `x·A`
+    /// instead, so that A (replicated) gets the whole gradient and the input's gradient counts it once.
+    pub fn forward_local<const D: usize, C: Communicator>(&self, x: Tensor<D>, comm: &C) -> Result<Tensor<D>> {
+        check_last_dim(&x, self.in_features, "ColumnParallelLinear input")?;
+        let mut y = self.linear.forward(super::copy_to_tp_region(x.clone(), comm)?);
+        for b in &self.lora {
+            let h = super::copy_to_tp_region(b.down(x.clone()), comm)?;
+            y = y + b.up(h);
+        }
+        Ok(y)
     }
 }
 

@@ -54,6 +54,12 @@ pub trait Communicator: Send + Sync {
         let t = Tensor::<1>::zeros([1], &burn::tensor::Device::default());
         self.all_reduce_sum(t).map(|_| ())
     }
+
+    /// The all-reduce the backward pass of training runs ([`super::copy_to_tp_region`]); `None` (the
+    /// default): this communicator cannot train.
+    fn grad_reducer(&self) -> Option<super::GradReducer> {
+        None
+    }
 }
 
 /// One rank's contribution to a collective.
@@ -200,9 +206,38 @@ impl LocalCommunicator {
     }
 }
 
+impl super::HostAllReduce for LocalCommunicator {
+    fn all_reduce_sum_f32(&self, data: Vec<f32>, shape: &[usize]) -> Result<Vec<f32>> {
+        if self.shared.size == 1 {
+            return Ok(data);
+        }
+        let n = data.len();
+        let all = self.exchange(Slot { shape: shape.to_vec(), data })?;
+        if let Some((r, s)) = all.iter().enumerate().find(|(_, s)| s.shape != shape || s.data.len() != n) {
+            return Err(Error::ShapeMismatch {
+                tensor: format!("backward all_reduce_sum input of rank {r}"),
+                expected: shape.to_vec(),
+                found: s.shape.clone(),
+                file: None,
+            });
+        }
+        let mut out = vec![0f32; n];
+        for s in &all {
+            for (o, v) in out.iter_mut().zip(&s.data) {
+                *o += *v;
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Communicator for LocalCommunicator {
     fn context(&self) -> TpContext {
         TpContext { size: self.shared.size, rank: self.rank }
+    }
+
+    fn grad_reducer(&self) -> Option<super::GradReducer> {
+        Some(super::GradReducer::new(std::sync::Arc::new(self.clone())))
     }
 
     fn all_reduce_sum<const D: usize>(&self, t: Tensor<D>) -> Result<Tensor<D>> {

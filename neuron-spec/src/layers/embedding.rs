@@ -96,7 +96,15 @@ impl ParallelEmbedding {
         let rows = self.weight.val().select(0, local.reshape([b * s]));
         let rows = rows.reshape([b, s, self.embedding_dim]);
         let mask = outside.unsqueeze_dim::<3>(2).expand([b, s, self.embedding_dim]);
-        comm.all_reduce_sum(rows.mask_fill(mask, 0.0))
+        super::reduce_from_tp_region(rows.mask_fill(mask, 0.0), comm)
+    }
+
+    /// The tied lm_head's local logits `x·E_localᵀ` (`[.., n]`, padding rows included), not gathered; the
+    /// replicated input passes [`copy_to_tp_region`](super::copy_to_tp_region).
+    pub fn attend_local<C: Communicator>(&self, x: Tensor<3>, comm: &C) -> Result<Tensor<3>> {
+        super::check_last_dim(&x, self.embedding_dim, "tied lm_head input")?;
+        let x = super::copy_to_tp_region(x, comm)?;
+        Ok(burn::tensor::module::linear(x, self.weight.val().transpose(), None))
     }
 
     /// The tied lm_head: `x·Eᵀ` over the local rows, gathered over ranks and truncated to the vocabulary.

@@ -249,16 +249,32 @@ impl GqaQkvColumnParallelLinear {
 
     /// `x: [batch, seq, hidden]` → this rank's q, k, v.
     pub fn forward(&self, x: Tensor<3>) -> Result<QkvOutput> {
+        if self.tp.size > 1 && x.is_tracked() {
+            return Err(Error::Invalid(
+                "GqaQkvColumnParallelLinear::forward cannot be trained at tp > 1 (its input gradient needs the \
+                 all-reduce): call forward_with(x, comm)"
+                    .into(),
+            ));
+        }
+        self.forward_with(x, &super::grad_comm::NoCollectives)
+    }
+
+    /// [`forward`](Self::forward) for training: the replicated input passes
+    /// [`copy_to_tp_region`](super::copy_to_tp_region) (a LoRA branch copies `x·A` instead, as in
+    /// [`ColumnParallelLinear::forward_local`](super::ColumnParallelLinear::forward_local)).
+    pub fn forward_with<C: super::Communicator>(&self, x: Tensor<3>, comm: &C) -> Result<QkvOutput> {
         check_last_dim(&x, self.hidden_size, "GqaQkvColumnParallelLinear input")?;
         let (q, kv) = (self.q_local(), self.kv_local());
+        let xc = super::copy_to_tp_region(x.clone(), comm)?;
         let lin = |w: &Option<Param<Tensor<2>>>, b: &Option<Param<Tensor<1>>>, what: &str| -> Result<Tensor<3>> {
             let w = w.as_ref().ok_or_else(|| Error::Invalid(format!("GqaQkvColumnParallelLinear has no {what}")))?;
-            Ok(burn::tensor::module::linear(x.clone(), w.val(), b.as_ref().map(|b| b.val())))
+            Ok(burn::tensor::module::linear(xc.clone(), w.val(), b.as_ref().map(|b| b.val())))
         };
+        let down = |br: &super::GqaLoraBranch| super::copy_to_tp_region(br.down(x.clone()), comm);
         if self.fuse_qkv {
             let mut y = lin(&self.weight_qkv, &self.bias_qkv, "weight_qkv")?;
             for br in &self.lora {
-                y = y + br.up(br.down(x.clone()), &br.b_qkv, "b_qkv")?;
+                y = y + br.up(down(br)?, &br.b_qkv, "b_qkv")?;
             }
             Ok(QkvOutput { q: y.clone().narrow(2, 0, q), k: y.clone().narrow(2, q, kv), v: y.narrow(2, q + kv, kv) })
         } else {
@@ -268,7 +284,7 @@ impl GqaQkvColumnParallelLinear {
                 v: lin(&self.weight_v, &self.bias_v, "weight_v")?,
             };
             for br in &self.lora {
-                let h = br.down(x.clone());
+                let h = down(br)?;
                 out.q = out.q + br.up(h.clone(), &br.b_q, "b_q")?;
                 out.k = out.k + br.up(h.clone(), &br.b_k, "b_k")?;
                 out.v = out.v + br.up(h, &br.b_v, "b_v")?;

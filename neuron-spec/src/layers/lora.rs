@@ -28,7 +28,16 @@ pub struct LoraBranch {
 impl LoraBranch {
     /// `scale·(x·a)·b`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let h = burn::tensor::module::linear(x, self.factors.a.val(), None);
+        self.up(self.down(x))
+    }
+
+    /// `x·a`.
+    pub fn down<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        burn::tensor::module::linear(x, self.factors.a.val(), None)
+    }
+
+    /// `scale·h·b`.
+    pub fn up<const D: usize>(&self, h: Tensor<D>) -> Tensor<D> {
         burn::tensor::module::linear(h, self.factors.b.val(), None).mul_scalar(self.factors.scale)
     }
 }

@@ -16,6 +16,7 @@ mod column;
 mod comm;
 mod embedding;
 mod gqa_qkv;
+mod grad_comm;
 mod lora;
 #[cfg(feature = "mpi")]
 mod mpi_comm;
@@ -28,6 +29,7 @@ pub use column::{ColumnParallelLinear, ColumnParallelLinearConfig};
 pub use comm::{Communicator, LocalCommunicator};
 pub use embedding::{ParallelEmbedding, ParallelEmbeddingConfig};
 pub use gqa_qkv::{GqaQkvColumnParallelLinear, GqaQkvColumnParallelLinearConfig, QkvOutput};
+pub use grad_comm::{copy_to_tp_region, reduce_from_tp_region, GradReducer, HostAllReduce, TpRegionBackend};
 pub use lora::{GqaLoraBranch, LoraBranch};
 #[cfg(feature = "mpi")]
 pub use mpi_comm::MpiCommunicator;

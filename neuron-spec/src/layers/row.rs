@@ -127,11 +127,13 @@ impl RowParallelLinear {
     /// `x` is this rank's slice of the inputs (a column-parallel layer's local outputs).
     pub fn forward<const D: usize, C: Communicator>(&self, x: Tensor<D>, comm: &C) -> Result<Tensor<D>> {
         check_last_dim(&x, self.local_in_features, "RowParallelLinear input")?;
-        let mut partial = burn::tensor::module::linear(x.clone(), self.linear.weight.val(), None);
+        let partial = burn::tensor::module::linear(x.clone(), self.linear.weight.val(), None);
+        let mut y = super::reduce_from_tp_region(partial, comm)?;
+        // `x·A` is a partial sum (A holds this rank's input rows): reduced before the replicated B, so
+        // that B's gradient is whole on every rank.
         for b in &self.lora {
-            partial = partial + b.forward(x.clone());
+            y = y + b.up(super::reduce_from_tp_region(b.down(x.clone()), comm)?);
         }
-        let y = comm.all_reduce_sum(partial)?;
         Ok(match &self.linear.bias {
             Some(b) => y + b.val().unsqueeze(),
             None => y,

@@ -1,0 +1,166 @@
+//! A trained model as a sharded checkpoint, with its AdamW state, and the state read back for resuming.
+//!
+//! ```text
+//! <dir>/config.json, shards/mp_metadata_pp_rank_0.json, shards/model/<rank files>   the trained weights
+//! <dir>/optimizer/state.json                       step, hyperparameters, the moments' parameter names
+//! <dir>/optimizer/exp_avg/                         a sharded checkpoint of the first moments
+//! <dir>/optimizer/exp_avg_sq/                      and of the second moments
+//! ```
+//!
+//! Each moment directory is laid out as the weights are: the same rank-tensor names, shapes and a metadata
+//! file describing each moment with its parameter's layout (restricted to the trained parameters), so
+//! `consolidate` turns a moment directory into HF names and the moments follow the parameters' plans.
+
+use super::{AdamWConfig, OptimizerState};
+use crate::checkpoint::{rank_file_name, ShardedCheckpoint, METADATA_PATH, RANKS_DIR};
+use crate::error::{Error, Result};
+use crate::io::{write_file_synced, write_safetensors};
+use crate::metadata::{CheckpointMetadata, RankFileEntry, FORMAT_VERSION};
+use crate::plan::TensorSource;
+use crate::staging::Staging;
+use crate::tensor::StateDict;
+use crate::DType;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The optimizer directory of a trained checkpoint.
+pub const OPTIMIZER_DIR: &str = "optimizer";
+const STATE_JSON: &str = "state.json";
+
+/// Writes rank tensors (every rank's `StateDict`, the same names) as a sharded checkpoint under `root`.
+fn write_ranks(root: &Path, meta: &CheckpointMetadata, ranks: &[&StateDict]) -> Result<()> {
+    let dir = root.join(RANKS_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut meta = meta.clone();
+    meta.format_version = Some(FORMAT_VERSION);
+    meta.tp_size = Some(ranks.len());
+    meta.rank_files.clear();
+    let first = ranks.first().ok_or_else(|| Error::Invalid("no ranks to write".into()))?;
+    meta.parameters.retain(|n, _| first.contains_key(n));
+    for p in meta.parameters.values_mut() {
+        p.dtype = Some(DType::F32);
+    }
+    let rank_meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    for (r, sd) in ranks.iter().enumerate() {
+        let infos: Vec<_> = sd.keys().filter_map(|n| sd.info(n)).collect();
+        let path = dir.join(rank_file_name(r));
+        let w = write_safetensors(&path, &infos, &rank_meta, &mut |i| Ok(vec![sd.tensor(&i.name)?]))?;
+        meta.rank_files.push(RankFileEntry {
+            file: rank_file_name(r),
+            size: w.size,
+            xxh3_64: format!("{:016x}", w.xxh3),
+        });
+    }
+    let m = root.join(METADATA_PATH);
+    if let Some(p) = m.parent() {
+        std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
+    }
+    write_file_synced(&m, meta.to_json()?.as_bytes())
+}
+
+/// Writes the trained rank tensors and (if given) their AdamW state to `out_dir` (staged, then renamed:
+/// nothing is left at `out_dir` on failure). `meta` is the model's layout; `config_dir`'s `config.json` is
+/// copied along.
+pub fn write_trained_checkpoint(
+    out_dir: &Path,
+    config_dir: &Path,
+    meta: &CheckpointMetadata,
+    ranks: &[(StateDict, OptimizerState)],
+    adamw: &AdamWConfig,
+    force: bool,
+) -> Result<()> {
+    let staging = Staging::new(out_dir, force)?;
+    let root = staging.path().to_path_buf();
+    let r = (|| {
+        let weights: Vec<&StateDict> = ranks.iter().map(|(w, _)| w).collect();
+        write_ranks(&root, meta, &weights)?;
+        let c = config_dir.join("config.json");
+        if c.exists() {
+            let bytes = std::fs::read(&c).map_err(|e| Error::io(&c, e))?;
+            write_file_synced(&root.join("config.json"), &bytes)?;
+        }
+        let opt = root.join(OPTIMIZER_DIR);
+        let steps: Vec<u64> = ranks.iter().map(|(_, s)| s.step).collect();
+        if steps.iter().any(|s| Some(s) != steps.first()) {
+            return Err(Error::Invalid(format!("ranks disagree on the step count: {steps:?}")));
+        }
+        let m1: Vec<&StateDict> = ranks.iter().map(|(_, s)| &s.exp_avg).collect();
+        let m2: Vec<&StateDict> = ranks.iter().map(|(_, s)| &s.exp_avg_sq).collect();
+        write_ranks(&opt.join("exp_avg"), meta, &m1)?;
+        write_ranks(&opt.join("exp_avg_sq"), meta, &m2)?;
+        let state = serde_json::json!({
+            "format_version": 1,
+            "optimizer": "AdamW",
+            "step": steps.first().copied().unwrap_or(0),
+            "lr": adamw.lr,
+            "betas": [adamw.betas.0, adamw.betas.1],
+            "eps": adamw.eps,
+            "weight_decay": adamw.weight_decay,
+            "parameters": m1.first().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default(),
+        });
+        write_file_synced(&opt.join(STATE_JSON), state.to_string().as_bytes())
+    })();
+    r.map_err(|e| staging.describe(e))?;
+    staging.commit()
+}
+
+/// Whether a sharded checkpoint holds optimizer state.
+pub fn has_optimizer_state(dir: &Path) -> bool {
+    dir.join(OPTIMIZER_DIR).join(STATE_JSON).is_file()
+}
+
+/// Rank `rank`'s AdamW state from a trained checkpoint (checksums verified). A checkpoint without one is an
+/// error naming the directory.
+pub fn read_optimizer_state(dir: &Path, rank: usize) -> Result<OptimizerState> {
+    let p = dir.join(OPTIMIZER_DIR).join(STATE_JSON);
+    if !p.is_file() {
+        return Err(Error::Invalid(format!(
+            "{}: no optimizer state ({} missing): cannot resume training from it",
+            dir.display(),
+            p.display()
+        )));
+    }
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Json { path: p.clone(), reason: e.to_string() })?;
+    let step = v
+        .get("step")
+        .and_then(|s| s.as_u64())
+        .ok_or_else(|| Error::Json { path: p.clone(), reason: "no integer `step`".into() })?;
+    let read = |what: &str| -> Result<StateDict> {
+        let ck = ShardedCheckpoint::open(&dir.join(OPTIMIZER_DIR).join(what))?;
+        let f = ck.ranks.get(rank).ok_or_else(|| Error::Invalid(format!("{what}: no rank file for rank {rank}")))?;
+        let mut sd = StateDict::new();
+        for n in TensorSource::names(f) {
+            let t = TensorSource::tensor(f, &n)?;
+            sd.insert(n, t);
+        }
+        Ok(sd)
+    };
+    Ok(OptimizerState { step, exp_avg: read("exp_avg")?, exp_avg_sq: read("exp_avg_sq")? })
+}
+
+/// `reshard` for a trained checkpoint: the weights, then each moment directory with the same plan
+/// composition (the moments follow their parameters' layouts), and the optimizer's `state.json`.
+pub fn reshard_trained(src: &Path, dst: &Path, tp: usize, opts: &crate::checkpoint::WriteOptions) -> Result<()> {
+    if !has_optimizer_state(src) {
+        return Err(Error::Invalid(format!("{}: no optimizer state to reshard", src.display())));
+    }
+    crate::reshard::reshard(src, dst, tp, opts)?;
+    let r = (|| {
+        let staging = Staging::new(&dst.join(OPTIMIZER_DIR), false)?;
+        for m in ["exp_avg", "exp_avg_sq"] {
+            let o = crate::checkpoint::WriteOptions { force: false, ..opts.clone() };
+            crate::reshard::reshard(&src.join(OPTIMIZER_DIR).join(m), &staging.path().join(m), tp, &o)?;
+        }
+        let s = src.join(OPTIMIZER_DIR).join(STATE_JSON);
+        let bytes = std::fs::read(&s).map_err(|e| Error::io(&s, e))?;
+        write_file_synced(&staging.path().join(STATE_JSON), &bytes)?;
+        staging.commit()
+    })();
+    if r.is_err() {
+        // Nothing half-made: without its optimizer state the resharded weights are not what was asked for.
+        let _ = std::fs::remove_dir_all(dst);
+    }
+    r
+}

@@ -1,0 +1,19 @@
+//! Training the TP model: Megatron's vocab-parallel loss, AdamW with torch's semantics, the gradient
+//! bookkeeping of replicated parameters, and one rank's trainer. The differentiable collectives are in
+//! [`crate::layers`] (`copy_to_tp_region`, `reduce_from_tp_region`).
+
+mod adamw;
+mod checkpoint;
+mod lora_masks;
+mod loss;
+mod replicas;
+mod trainer;
+
+pub use adamw::AdamWConfig;
+pub use checkpoint::{
+    has_optimizer_state, read_optimizer_state, reshard_trained, write_trained_checkpoint, OPTIMIZER_DIR,
+};
+pub use lora_masks::exact_lora_masks;
+pub use loss::vocab_parallel_causal_lm_loss;
+pub use replicas::{local_norm_sq, sum_kv_replicas, GradMap};
+pub use trainer::{is_lora_name, LoraMasks, OptimizerState, RankTrainer, TrainMode, TrainOptions};

@@ -1,0 +1,379 @@
+//! Training against torch's goldens (`train_golden*.safetensors`: transformers 4.57.1 / peft 0.17.0,
+//! `torch.optim.AdamW(lr=1e-2, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)`, 3 steps on one batch;
+//! `loss` is the loss before each step, `grad.*` the gradients of step 1, `after1.*` / `after3.*` the
+//! parameters after steps 1 and 3).
+//!
+//! Each case trains 1 step from the HF checkpoint, writes a trained sharded checkpoint (weights + AdamW
+//! state), consolidates it on disk and compares `after1`; then resumes from that checkpoint for 2 more steps
+//! (step count and moments read back) and compares `after3` from the consolidated output.
+
+mod common;
+
+use common::{fixture, hf, open};
+use neuron_spec::checkpoint::{consolidate, ShardedCheckpoint, WriteOptions};
+use neuron_spec::compare::{max_abs_diff, mean_abs_diff};
+use neuron_spec::io::HfCheckpoint;
+use neuron_spec::model::to_original_weights;
+use neuron_spec::train::{
+    read_optimizer_state, reshard_trained, write_trained_checkpoint, AdamWConfig, RankTrainer, TrainMode, TrainOptions,
+};
+use neuron_spec::{StateDict, TensorSource};
+use neuron_spec_examples::{load_hf_rank_model, load_sharded_rank_model, model_metadata, train_ranks, ModelConfig};
+use std::path::Path;
+
+const ADAMW: AdamWConfig = AdamWConfig { lr: 1e-2, betas: (0.9, 0.999), eps: 1e-6, weight_decay: 0.01 };
+
+fn options() -> TrainOptions {
+    TrainOptions { adamw: ADAMW, grad_clip: None, mode: TrainMode::Full }
+}
+
+fn golden_ids(g: &dyn TensorSource) -> Vec<Vec<i64>> {
+    let t = g.tensor("input_ids").unwrap();
+    let s = t.shape()[1];
+    t.to_i64_vec().unwrap().chunks(s).map(<[i64]>::to_vec).collect()
+}
+
+fn close(what: &str, a: &[f32], b: &[f32], max_tol: f32, mean_tol: f64) {
+    let (mx, mn) = (max_abs_diff(a, b).unwrap(), mean_abs_diff(a, b).unwrap());
+    assert!(mx < max_tol && mn < mean_tol, "{what}: max {mx:e} mean {mn:e}");
+}
+
+fn check_losses(what: &str, ours: &[f32], torch: &[f32]) {
+    for (a, b) in ours.iter().zip(torch) {
+        assert!(((a - b) / b).abs() < 1e-4, "{what}: loss {a} vs torch {b} (all: {ours:?} vs {torch:?})");
+    }
+}
+
+/// Consolidates `dir` on disk and compares every tensor with `prefix.<name>` of the golden.
+fn check_consolidated(what: &str, dir: &Path, g: &dyn TensorSource, prefix: &str, n_expected: usize) {
+    let out = dir.with_extension("hf");
+    consolidate(dir, &out, &WriteOptions::default()).unwrap();
+    let hf = HfCheckpoint::open(&out).unwrap();
+    let names = hf.names();
+    assert_eq!(names.len(), n_expected, "{what}: consolidated tensors");
+    for name in names {
+        let gold = g.tensor(&format!("{prefix}.{name}")).unwrap().to_f32_vec();
+        close(&format!("{what}: {prefix}.{name}"), &hf.tensor(&name).unwrap().to_f32_vec(), &gold, 5e-4, 1e-6);
+    }
+}
+
+/// 1 step from HF at `tp` → checkpoint → consolidate (after1, grads); resume at `tp` (or after a reshard to
+/// `resume_tp`) for 2 steps → consolidate (after3).
+fn case(dir: &str, tp: usize, fuse: bool, resume_tp: usize) {
+    let what = format!("{dir} tp {tp} fuse {fuse} resume at tp {resume_tp}");
+    let g = open(&format!("{dir}/train_golden.safetensors"));
+    let ids = golden_ids(&g);
+    let loss = g.tensor("loss").unwrap().to_f32_vec();
+    let cfg = ModelConfig::read(&fixture(dir).join("config.json")).unwrap();
+    let meta = model_metadata(&cfg, tp, fuse).unwrap();
+    let ck = hf(dir);
+    let n_tensors = ck.names().len();
+    let tmp = tempfile::tempdir().unwrap();
+
+    let run = train_ranks(
+        tp,
+        std::slice::from_ref(&ids),
+        1,
+        &|ctx, device| {
+            let model = load_hf_rank_model(&ck, &cfg, ctx, fuse, device)?;
+            let mut t = RankTrainer::new(model, &StateDict::new(), options(), device)?;
+            t.keep_grads = true;
+            Ok(t)
+        },
+        &|_, _| {},
+    )
+    .unwrap();
+    check_losses(&what, &run.losses, &loss[..1]);
+    // Gradients gathered to HF names (kv replicas must agree: the consolidation checks them).
+    let grads: Vec<StateDict> = run.grads.iter().map(|g| g.clone().unwrap()).collect();
+    let gs: Vec<&dyn TensorSource> = grads.iter().map(|s| s as &dyn TensorSource).collect();
+    let grads = to_original_weights(&meta, &gs).unwrap();
+    assert_eq!(grads.len(), n_tensors);
+    for (name, t) in &grads {
+        let gold = g.tensor(&format!("grad.{name}")).unwrap().to_f32_vec();
+        close(&format!("{what}: grad.{name}"), &t.to_f32_vec(), &gold, 1e-4, f64::INFINITY);
+    }
+    // Padded vocabulary rows got no gradient and stay zero (weight decay keeps zeros at zero).
+    let vocab = cfg.llama.vocab_size;
+    let rows = vocab.div_ceil(tp);
+    if rows * tp > vocab {
+        let last = &run.ranks[tp - 1].0["model.embed_tokens.weight"].to_f32_vec();
+        let pad_from = (vocab - rows * (tp - 1)) * cfg.llama.hidden_size;
+        assert!(last[pad_from..].iter().all(|x| *x == 0.0), "{what}: padded rows moved");
+    }
+    let one = tmp.path().join("step1");
+    write_trained_checkpoint(&one, &fixture(dir), &meta, &run.ranks, &ADAMW, false).unwrap();
+    check_consolidated(&what, &one, &g, "after1", n_tensors);
+    // The moments consolidate to HF names like the weights (first moment after 1 step: (1 − β1)·grad).
+    let m1 = tmp.path().join("m1");
+    consolidate(&one.join("optimizer/exp_avg"), &m1, &WriteOptions::default()).unwrap();
+    let m1 = HfCheckpoint::open(&m1).unwrap();
+    for (name, t) in &grads {
+        let expected: Vec<f32> = t.to_f32_vec().iter().map(|x| 0.1f32 * x).collect();
+        close(&format!("{what}: exp_avg.{name}"), &m1.tensor(name).unwrap().to_f32_vec(), &expected, 1e-6, 1e-7);
+    }
+
+    let from = if resume_tp == tp {
+        one.clone()
+    } else {
+        let r = tmp.path().join("resharded");
+        reshard_trained(&one, &r, resume_tp, &WriteOptions::default()).unwrap();
+        r
+    };
+    let sharded = ShardedCheckpoint::open(&from).unwrap();
+    let run = train_ranks(
+        resume_tp,
+        std::slice::from_ref(&ids),
+        2,
+        &|ctx, device| {
+            let model = load_sharded_rank_model(&sharded, &cfg, ctx, device)?;
+            let rank = &sharded.ranks[ctx.rank];
+            RankTrainer::new(model, rank, options(), device)?.with_state(read_optimizer_state(&from, ctx.rank)?)
+        },
+        &|_, _| {},
+    )
+    .unwrap();
+    check_losses(&what, &run.losses, &loss[1..]);
+    assert!(run.ranks.iter().all(|(_, s)| s.step == 3), "{what}: the step count continues");
+    let three = tmp.path().join("step3");
+    let meta = model_metadata(&cfg, resume_tp, fuse).unwrap();
+    write_trained_checkpoint(&three, &fixture(dir), &meta, &run.ranks, &ADAMW, false).unwrap();
+    check_consolidated(&what, &three, &g, "after3", n_tensors);
+}
+
+#[test]
+fn llama_gqa_full_training_matches_torch_at_every_tp_fused_and_separate() {
+    // tp 4 and 8 tile the 2 kv heads (kv multiplier 2 and 4).
+    for tp in [1, 2, 4, 8] {
+        for fuse in [true, false] {
+            case("llama-gqa", tp, fuse, tp);
+        }
+    }
+}
+
+#[test]
+fn llama_mha_tied_padded_vocab_training_matches_torch() {
+    // vocab 250: padded rows at tp 4 (they get no gradient and stay zero; 4 heads stop at tp 4); tied
+    // embeddings get both uses' gradients.
+    for tp in [1, 2, 4] {
+        case("llama-mha-tied", tp, true, tp);
+    }
+}
+
+#[test]
+fn one_step_at_tp4_reshard_to_tp2_two_more_equals_torch() {
+    case("llama-gqa", 4, true, 2);
+}
+
+/// Qwen3: q/k norms are replicated parameters inside the attention; tied embeddings.
+#[test]
+fn qwen3_training_matches_torch() {
+    for tp in [1, 2, 4] {
+        case("qwen3", tp, true, tp);
+    }
+}
+
+fn bin(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_neuron-spec")).args(args).output().unwrap()
+}
+
+fn step_losses(stdout: &[u8]) -> Vec<f32> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("step ").and_then(|r| r.split(" loss ").nth(1)).map(|x| x.parse().unwrap()))
+        .collect()
+}
+
+const HP: [&str; 8] = ["--lr", "1e-2", "--betas", "0.9,0.999", "--eps", "1e-6", "--weight-decay", "0.01"];
+
+#[test]
+fn cli_trains_resumes_and_consolidates_like_torch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("llama-gqa");
+    let data = fixture("llama-gqa/train_golden.safetensors"); // input_ids; the other tensors are ignored
+    let g = open("llama-gqa/train_golden.safetensors");
+    let loss = g.tensor("loss").unwrap().to_f32_vec();
+    let (one, three, hf3) = (tmp.path().join("one"), tmp.path().join("three"), tmp.path().join("hf3"));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let mut args = vec!["train".to_string(), s(&model), s(&one), "--tp".into(), "4".into(), "--fuse-qkv".into()];
+    args.extend(["--data".to_string(), s(&data), "--steps".into(), "1".into()]);
+    args.extend(HP.iter().map(|x| x.to_string()));
+    let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check_losses("cli step 1", &step_losses(&out.stdout), &loss[..1]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tokens/s"));
+    // Resume: tp, step and moments from the checkpoint.
+    let mut args =
+        vec!["train".to_string(), s(&one), s(&three), "--data".into(), s(&data), "--steps".into(), "2".into()];
+    args.extend(HP.iter().map(|x| x.to_string()));
+    let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let losses = step_losses(&out.stdout);
+    check_losses("cli resumed", &losses, &loss[1..]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("step 2 "));
+    let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hf = HfCheckpoint::open(&hf3).unwrap();
+    for name in hf.names() {
+        let gold = g.tensor(&format!("after3.{name}")).unwrap().to_f32_vec();
+        close(&format!("cli after3.{name}"), &hf.tensor(&name).unwrap().to_f32_vec(), &gold, 5e-4, 1e-6);
+    }
+}
+
+#[test]
+fn cli_bad_training_input_is_a_clear_error_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("llama-gqa");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let jsonl = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let sharded = tmp.path().join("sharded");
+    assert!(bin(&["shard", &s(&model), &s(&sharded), "--tp", "2"]).status.success());
+    let cases: Vec<(PathBufOr, &str)> = vec![
+        (
+            PathBufOr::Hf(jsonl("vocab.jsonl", "{\"input_ids\": [1, 2, 300]}\n")),
+            "token id 300 is outside the vocabulary",
+        ),
+        (PathBufOr::Hf(jsonl("empty.jsonl", "\n")), "no training rows"),
+        (PathBufOr::Hf(jsonl("ragged.jsonl", "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2]}\n")), "ragged"),
+        (PathBufOr::Resume(jsonl("ok.jsonl", "{\"input_ids\": [1, 2, 3]}\n")), "no optimizer state"),
+    ];
+    for (i, (case, expected)) in cases.into_iter().enumerate() {
+        let out_dir = tmp.path().join(format!("out{i}"));
+        let (m, data) = match &case {
+            PathBufOr::Hf(d) => (model.clone(), d.clone()),
+            PathBufOr::Resume(d) => (sharded.clone(), d.clone()),
+        };
+        let out = bin(&["train", &s(&m), &s(&out_dir), "--tp", "2", "--data", &s(&data), "--steps", "1"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "case {i}: {err}");
+        assert!(err.contains(expected) && err.lines().count() == 1, "case {i}: {err}");
+        assert!(!err.contains("panicked"), "case {i}: {err}");
+        assert!(!out_dir.exists(), "case {i}: output written");
+    }
+}
+
+enum PathBufOr {
+    Hf(std::path::PathBuf),
+    Resume(std::path::PathBuf),
+}
+
+/// LoRA-only training of `llama-gqa-lora` (exact mode) for `steps` steps; returns the losses, the step-1
+/// gradients and the trained adapter, both exported to peft's names.
+fn lora_run(tp: usize, fuse: bool, steps: usize) -> (Vec<f32>, StateDict, StateDict) {
+    use neuron_spec::lora::disk::imported_rank_adapter;
+    use neuron_spec::lora::{
+        adapter_metadata_for_tp, export_adapter, import_adapter, is_lora_parameter, remove_adapter_name,
+        LoraImportOptions, LoraMode, LoraRankSource, PeftAdapter,
+    };
+    use neuron_spec::module::CustomModule;
+    use neuron_spec::train::exact_lora_masks;
+    let g = open("llama-gqa-lora/train_golden_lora.safetensors");
+    let ids = golden_ids(&g);
+    let cfg = ModelConfig::read(&fixture("llama-gqa").join("config.json")).unwrap();
+    let meta = model_metadata(&cfg, tp, fuse).unwrap();
+    let peft = PeftAdapter::open(&fixture("llama-gqa-lora")).unwrap();
+    let a = import_adapter(&meta, &peft, "default", LoraImportOptions { mode: LoraMode::Exact, allow_partial: false })
+        .unwrap();
+    let ck = hf("llama-gqa");
+    let opts = TrainOptions { mode: TrainMode::LoraOnly, ..options() };
+    let run = train_ranks(
+        tp,
+        std::slice::from_ref(&ids),
+        steps,
+        &|ctx, device| {
+            let model = neuron_spec_examples::LlamaForCausalLM::new(&cfg.llama, ctx, fuse, None, device)?;
+            let local = neuron_spec::model::adapt_state_dict(&meta, &ck, tp, ctx.rank, Default::default())?;
+            let src = LoraRankSource::new(&local, vec![imported_rank_adapter(&meta, &a, tp, ctx.rank)?])?;
+            let model = model.load_rank_tensors("", &src, device)?;
+            let mut t = RankTrainer::new(model, &src, opts, device)?;
+            t.lora_masks = exact_lora_masks(&meta, &a, tp, ctx.rank)?;
+            t.keep_grads = true;
+            Ok(t)
+        },
+        &|_, _| {},
+    )
+    .unwrap();
+    let ameta = adapter_metadata_for_tp(&meta, &a.layout).unwrap();
+    let export = |ranks: Vec<StateDict>| {
+        let ranks: Vec<StateDict> = ranks
+            .into_iter()
+            .map(|sd| {
+                sd.into_iter()
+                    .filter(|(n, _)| is_lora_parameter(n))
+                    .map(|(n, t)| (remove_adapter_name(&n), t))
+                    .collect()
+            })
+            .collect();
+        let srcs: Vec<&dyn TensorSource> = ranks.iter().map(|s| s as &dyn TensorSource).collect();
+        let full = to_original_weights(&ameta, &srcs).unwrap();
+        export_adapter(&meta, &a.config, &full).unwrap().tensors
+    };
+    let grads = export(run.grads.iter().map(|g| g.clone().unwrap()).collect());
+    let after = export(run.ranks.iter().map(|(sd, _)| sd.clone()).collect());
+    (run.losses, grads, after)
+}
+
+#[test]
+fn lora_only_exact_training_equals_peft_training_the_separate_adapters() {
+    let g = open("llama-gqa-lora/train_golden_lora.safetensors");
+    let loss = g.tensor("loss").unwrap().to_f32_vec();
+    for (tp, fuse) in [(1, true), (2, false), (4, true), (8, false)] {
+        let what = format!("lora tp {tp} fuse {fuse}");
+        let (l1, grads, after1) = lora_run(tp, fuse, 1);
+        check_losses(&what, &l1, &loss[..1]);
+        assert_eq!(grads.len(), 28, "{what}");
+        for (name, t) in &grads {
+            let gold = g.tensor(&format!("grad.{name}")).unwrap().to_f32_vec();
+            close(&format!("{what}: grad.{name}"), &t.to_f32_vec(), &gold, 1e-4, f64::INFINITY);
+        }
+        for (name, t) in &after1 {
+            let gold = g.tensor(&format!("after1.{name}")).unwrap().to_f32_vec();
+            close(&format!("{what}: after1.{name}"), &t.to_f32_vec(), &gold, 5e-4, 1e-6);
+        }
+        let (l3, _, after3) = lora_run(tp, fuse, 3);
+        check_losses(&what, &l3, &loss);
+        // Off-block entries stayed zero: every member is exported at its own rank, as peft's.
+        assert_eq!(after3.len(), 28, "{what}");
+        for (name, t) in &after3 {
+            let gold = g.tensor(&format!("after3.{name}")).unwrap();
+            assert_eq!(t.shape(), gold.shape(), "{what}: {name}");
+            close(&format!("{what}: after3.{name}"), &t.to_f32_vec(), &gold.to_f32_vec(), 5e-4, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn conjugate_pairs_sum_gradients_over_ranks_and_keep_values() {
+    use burn::tensor::{Device, Tensor, TensorData};
+    use neuron_spec::layers::{copy_to_tp_region, reduce_from_tp_region, Communicator, LocalCommunicator};
+    let vec = |t: Tensor<1>| t.into_data().try_into_vec::<f32>().unwrap();
+    // Rank r: y = copy(x)·(r + 1), z = reduce(y), loss_r = sum(z·10^r).
+    let comms = LocalCommunicator::group(2).unwrap();
+    let outs: Vec<(Vec<f32>, Vec<f32>)> = std::thread::scope(|s| {
+        let hs: Vec<_> = comms
+            .into_iter()
+            .map(|c| {
+                s.spawn(move || {
+                    let d = Device::default().autodiff();
+                    let r = c.context().rank as f32;
+                    let x = Tensor::<1>::from_data(TensorData::new(vec![1f32, 2.0], [2]), &d).require_grad();
+                    let y = copy_to_tp_region(x.clone(), &c).unwrap() * (r + 1.0);
+                    let z = reduce_from_tp_region(y, &c).unwrap();
+                    let zv = vec(z.clone().detach());
+                    let g = (z * 10f32.powf(r)).sum().backward();
+                    c.grad_reducer().unwrap().take_error().unwrap();
+                    (zv, vec(x.grad(&g).unwrap()))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (z, gx) in outs {
+        assert_eq!(z, vec![3.0, 6.0]); // x·1 + x·2 on both ranks
+        assert_eq!(gx, vec![21.0, 21.0]); // Σ_r (r + 1)·10^r, the same on both ranks
+    }
+}

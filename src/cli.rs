@@ -1,10 +1,11 @@
 //! The `neuron-spec` command line: shard, consolidate, reshard, plan, inspect, and a `forward` hook that a
 //! model crate fills in (the binary lives next to the model; see `examples/`).
 
+use clap::{Args, Parser, Subcommand};
 use neuron_spec::checkpoint::{
-    consolidate, consolidate_with_adapters, shard, shard_with_adapters, AdapterOptions, ShardedCheckpoint,
-    WriteOptions, METADATA_PATH,
+    consolidate, consolidate_with_adapters, shard, shard_with_adapters, AdapterOptions, ShardedCheckpoint, WriteOptions,
 };
+use neuron_spec::compare::max_abs_diff;
 use neuron_spec::error::{Error, Result};
 use neuron_spec::io::{parse_size, HfCheckpoint};
 use neuron_spec::llama::{llama_layout_with, LlamaConfig, QkvLayout};
@@ -13,8 +14,6 @@ use neuron_spec::metadata::CheckpointMetadata;
 use neuron_spec::model::{plan_shards, PlanOptions};
 use neuron_spec::plan::TensorSource;
 use neuron_spec::reshard::{reshard, reshard_plan};
-use clap::{Args, Parser, Subcommand};
-use neuron_spec::compare::max_abs_diff;
 use std::path::{Path, PathBuf};
 
 /// The largest |logit - golden| that `forward --golden` and `quickstart` accept.
@@ -198,6 +197,9 @@ pub enum Command {
         /// TP size.
         #[arg(long)]
         tp: usize,
+        /// Pipeline stages (layers split evenly, the first stages taking the remainder).
+        #[arg(long, default_value_t = 1)]
+        pp: usize,
         /// Attention layout.
         #[command(flatten)]
         layout: LayoutArgs,
@@ -247,6 +249,9 @@ pub enum Command {
         /// New TP size.
         #[arg(long)]
         tp: usize,
+        /// New number of pipeline stages (default: the input's).
+        #[arg(long)]
+        pp: Option<usize>,
         /// Replace an existing output, once the new one is complete.
         #[arg(long)]
         force: bool,
@@ -368,8 +373,9 @@ fn hf_layout(dir: &Path, tp: usize, qkv: QkvLayout) -> Result<CheckpointMetadata
     llama_layout_with(&cfg, tp, qkv)
 }
 
+/// A sharded checkpoint, ours or optimum-neuron's (`.pt` rank files): detected from its stage-0 metadata.
 fn is_sharded(dir: &Path) -> bool {
-    dir.join(METADATA_PATH).exists()
+    neuron_spec::checkpoint::is_sharded_dir(dir)
 }
 
 fn human(bytes: u64) -> String {
@@ -395,7 +401,7 @@ fn json_out(v: &serde_json::Value) -> Result<()> {
 fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
     let quiet = cli.quiet;
     match cli.command {
-        Command::Shard { hf_dir, out_dir, tp, layout, force, allow_unexpected, lora } => {
+        Command::Shard { hf_dir, out_dir, tp, pp, layout, force, allow_unexpected, lora } => {
             let meta = hf_layout(&hf_dir, tp, layout.qkv())?;
             let adapters = import_adapters(&meta, &lora.resolve()?)?;
             let r = shard_with_adapters(
@@ -404,11 +410,17 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                 &meta,
                 tp,
                 &adapters,
-                &WriteOptions { force, allow_unexpected, progress: crate::progress_bar::sink(!quiet), ..Default::default() },
+                &WriteOptions {
+                    force,
+                    allow_unexpected,
+                    pp: Some(pp),
+                    progress: crate::progress_bar::sink(!quiet),
+                    ..Default::default()
+                },
             )?;
             if !quiet {
                 println!(
-                    "sharded {} into {} at tp {tp}: {} rank files, {} tensors, {} written",
+                    "sharded {} into {} at tp {tp}, pp {pp}: {} rank files, {} tensors, {} written",
                     hf_dir.display(),
                     out_dir.display(),
                     r.files.len(),
@@ -453,6 +465,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                     kv_replicas: kv_replicas.into(),
                     allow_unexpected,
                     progress: crate::progress_bar::sink(!quiet),
+                    pp: None,
                 },
                 &AdapterOptions { only: (!adapters.is_empty()).then_some(adapters), merge: merge_adapter.clone() },
             )?;
@@ -474,7 +487,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
-        Command::Reshard { sharded_dir, out_dir, tp, force, allow_unexpected, kv_replicas } => {
+        Command::Reshard { sharded_dir, out_dir, tp, pp, force, allow_unexpected, kv_replicas } => {
             let r = reshard(
                 &sharded_dir,
                 &out_dir,
@@ -484,6 +497,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                     allow_unexpected,
                     kv_replicas: kv_replicas.into(),
                     progress: crate::progress_bar::sink(!quiet),
+                    pp,
                     ..Default::default()
                 },
             )?;

@@ -141,6 +141,8 @@ fn reshard_staged(
     if opts.kv_replicas != crate::checkpoint::KvReplicas::First {
         ck.check_stage_copies()?;
     }
+    // Shapes of the new rank-local tensors (a replicated spec output such as weight_qkv changes with tp).
+    let meta = crate::checkpoint::with_global_infos(&meta, &plan);
     let pp = opts.pp.unwrap_or(ck.pp());
     let stages = crate::stages::StageAssignment::for_metadata(&meta, pp)?;
     let adapters = crate::lora::disk::sharded_adapters(src_dir)?;

@@ -269,6 +269,9 @@ pub enum Command {
         /// TP size.
         #[arg(long)]
         tp: usize,
+        /// Pipeline stages (default: 1 for an HF checkpoint, the input's for a sharded one).
+        #[arg(long)]
+        pp: Option<usize>,
         /// Attention layout.
         #[command(flatten)]
         layout: LayoutArgs,
@@ -512,7 +515,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
-        Command::Plan { dir, tp, layout, json } => plan_command(&dir, tp, layout.qkv(), json),
+        Command::Plan { dir, tp, pp, layout, json } => plan_command(&dir, tp, pp, layout.qkv(), json),
         Command::Inspect { dir, json } => inspect_command(&dir, json),
         Command::Forward { dir, tp, fuse_qkv, input_ids, golden, lora } => {
             let runner = runner.ok_or_else(|| Error::Invalid("this build has no model for `forward`".into()))?;
@@ -522,12 +525,18 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
     }
 }
 
-fn plan_command(dir: &Path, tp: usize, qkv: QkvLayout, json: bool) -> Result<i32> {
+fn plan_command(dir: &Path, tp: usize, pp: Option<usize>, qkv: QkvLayout, json: bool) -> Result<i32> {
     let sharded = is_sharded(dir);
-    let (plan, source_kind, validation) = if sharded {
+    let (plan, source_kind, validation, stages) = if sharded {
         let ck = ShardedCheckpoint::open(dir)?;
-        let (plan, _) = reshard_plan(&ck, tp)?;
-        (plan, format!("sharded checkpoint at tp {}", ck.tp), vec!["rank files and metadata consistent".to_string()])
+        let (plan, meta) = reshard_plan(&ck, tp)?;
+        let stages = neuron_spec::stages::StageAssignment::for_metadata(&meta, pp.unwrap_or(ck.pp()))?;
+        let format = match ck.format {
+            neuron_spec::checkpoint::RankFormat::Safetensors => "safetensors",
+            neuron_spec::checkpoint::RankFormat::Pt => "optimum-neuron .pt",
+        };
+        let kind = format!("sharded checkpoint ({format}) at tp {}, pp {}", ck.tp, ck.pp());
+        (plan, kind, vec!["rank files and metadata consistent".to_string()], stages)
     } else {
         let hf = HfCheckpoint::open(dir)?;
         let meta = hf_layout(dir, tp, qkv)?;
@@ -538,8 +547,11 @@ fn plan_command(dir: &Path, tp: usize, qkv: QkvLayout, json: bool) -> Result<i32
         }
         let plan = plan_shards(&meta, &hf, tp, PlanOptions::default()).map_err(|e| e.in_checkpoint(dir))?;
         v.push("no missing and no unexpected tensors".to_string());
-        (plan, "HF checkpoint".to_string(), v)
+        let stages = neuron_spec::stages::StageAssignment::for_metadata(&meta, pp.unwrap_or(1))?;
+        (plan, "HF checkpoint".to_string(), v, stages)
     };
+    let stage_of =
+        |name: &str| stages.stages_of(name).map(|v| v.iter().map(usize::to_string).collect::<Vec<_>>().join("+"));
     let read = plan.bytes_read_per_rank();
     if json {
         let v = serde_json::json!({
@@ -547,6 +559,8 @@ fn plan_command(dir: &Path, tp: usize, qkv: QkvLayout, json: bool) -> Result<i32
             "tp": tp,
             "bytes_read_per_rank": read,
             "validation": validation,
+            "pp": stages.pp(),
+            "stage_layers": stages.layers.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
             "ranks": plan.ranks,
         });
         json_out(&v)?;
@@ -554,6 +568,24 @@ fn plan_command(dir: &Path, tp: usize, qkv: QkvLayout, json: bool) -> Result<i32
         println!("plan for {} ({source_kind}) at tp {tp}", dir.display());
         for line in &validation {
             println!("  ok: {line}");
+        }
+        for (s, r) in stages.layers.iter().enumerate() {
+            let mut extra = Vec::new();
+            if s == 0 {
+                extra.push("embed_tokens");
+            }
+            if s + 1 == stages.pp() {
+                extra.push("norm, lm_head");
+                if stages.tied_embeddings && s > 0 {
+                    extra.push("a copy of the tied embed_tokens");
+                }
+            }
+            println!(
+                "stage {s}: layers {}..{}{}",
+                r.start,
+                r.end,
+                extra.iter().map(|e| format!(" + {e}")).collect::<String>()
+            );
         }
         for (r, tensors) in plan.ranks.iter().enumerate() {
             println!("rank {r}: {} tensors, reads {}", tensors.len(), human(read[r] as u64));
@@ -573,7 +605,7 @@ fn plan_command(dir: &Path, tp: usize, qkv: QkvLayout, json: bool) -> Result<i32
                         )
                     })
                     .collect();
-                println!("  {} {:?} {} ← {}", t.name, t.shape, t.dtype, srcs.join(", "));
+                println!("  [stage {}] {} {:?} {} ← {}", stage_of(&t.name)?, t.name, t.shape, t.dtype, srcs.join(", "));
             }
         }
     }
@@ -586,6 +618,7 @@ struct Summary {
     tensors: Vec<neuron_spec::plan::TensorInfo>,
     total: usize,
     tp: usize,
+    pp: usize,
     version: Option<u32>,
     specs: Vec<String>,
 }
@@ -600,16 +633,20 @@ fn summarize(dir: &Path) -> Result<Summary> {
         let tensors = rank0.names().filter_map(|n| rank0.info(n)).collect();
         let total = ck.ranks.iter().flat_map(|r| r.names().filter_map(|n| r.info(n))).map(|i| i.nbytes()).sum();
         let specs = ck.metadata.specs().map(|(m, s)| format!("{m}: {}", s.class_name())).collect();
-        Ok(Summary { kind: "sharded", tensors, total, tp: ck.tp, version: ck.metadata.format_version, specs })
+        let kind = match ck.format {
+            neuron_spec::checkpoint::RankFormat::Safetensors => "sharded",
+            neuron_spec::checkpoint::RankFormat::Pt => "sharded (optimum-neuron .pt)",
+        };
+        Ok(Summary { kind, tensors, total, tp: ck.tp, pp: ck.pp(), version: ck.metadata.format_version, specs })
     } else {
         let hf = HfCheckpoint::open(dir)?;
         let tensors = hf.names().into_iter().filter_map(|n| hf.info(&n)).collect();
-        Ok(Summary { kind: "hf", tensors, total: hf.total_bytes(), tp: 1, version: None, specs: vec![] })
+        Ok(Summary { kind: "hf", tensors, total: hf.total_bytes(), tp: 1, pp: 1, version: None, specs: vec![] })
     }
 }
 
 fn inspect_command(dir: &Path, json: bool) -> Result<i32> {
-    let Summary { kind, tensors, total, tp, version, specs } = summarize(dir)?;
+    let Summary { kind, tensors, total, tp, pp, version, specs } = summarize(dir)?;
     let mut dtypes: std::collections::BTreeMap<String, usize> = Default::default();
     for t in &tensors {
         *dtypes.entry(t.dtype.to_string()).or_default() += 1;
@@ -618,12 +655,12 @@ fn inspect_command(dir: &Path, json: bool) -> Result<i32> {
         let tensors: Vec<serde_json::Value> =
             tensors.iter().map(|t| serde_json::json!({"name": t.name, "dtype": t.dtype, "shape": t.shape})).collect();
         json_out(&serde_json::json!({
-            "kind": kind, "tp": tp, "format_version": version, "total_bytes": total,
+            "kind": kind, "tp": tp, "pp": pp, "format_version": version, "total_bytes": total,
             "dtypes": dtypes, "specs": specs, "tensors": tensors,
         }))?;
     } else {
         println!("{} ({kind} checkpoint)", dir.display());
-        println!("  tp: {tp}");
+        println!("  tp: {tp}, pp: {pp}");
         if kind == "sharded" {
             println!(
                 "  metadata format_version: {}",

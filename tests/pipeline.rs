@@ -38,7 +38,9 @@ fn shard_with_stages_then_consolidate_is_byte_exact_and_forward_matches() {
         for stage in 0..2 {
             assert!(s.join(format!("shards/mp_metadata_pp_rank_{stage}.json")).is_file());
             for r in 0..tp {
-                assert!(s.join(format!("shards/model/dp_rank_00_tp_rank_{r:02}_pp_rank_{stage:02}.safetensors")).is_file());
+                assert!(s
+                    .join(format!("shards/model/dp_rank_00_tp_rank_{r:02}_pp_rank_{stage:02}.safetensors"))
+                    .is_file());
             }
         }
         let ck = ShardedCheckpoint::open(&s).unwrap();

@@ -661,13 +661,13 @@ fn inspect_command(dir: &Path, json: bool) -> Result<i32> {
     } else {
         println!("{} ({kind} checkpoint)", dir.display());
         println!("  tp: {tp}, pp: {pp}");
-        if kind == "sharded" {
+        if kind.starts_with("sharded") {
             println!(
                 "  metadata format_version: {}",
                 version.map_or("none (written by the reference)".to_string(), |v| v.to_string())
             );
         }
-        println!("  tensors{}: {}", if kind == "sharded" { " per rank" } else { "" }, tensors.len());
+        println!("  tensors{}: {}", if kind.starts_with("sharded") { " per rank" } else { "" }, tensors.len());
         println!("  dtypes: {}", dtypes.iter().map(|(d, n)| format!("{d} ×{n}")).collect::<Vec<_>>().join(", "));
         println!("  total size: {}", human(total as u64));
         for s in &specs {

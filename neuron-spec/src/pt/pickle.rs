@@ -313,7 +313,7 @@ fn set_items(pos: usize, target: &mut Value, items: Vec<Value>) -> Result<(), St
     let Value::Dict(d) = target else {
         return Err(err(pos, format!("SETITEM(S) on a {}", target.kind())));
     };
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err(err(pos, "SETITEMS with an odd number of items"));
     }
     let mut it = items.into_iter();

@@ -90,8 +90,7 @@ fn check_variant(name: &str, config: serde_json::Value, tps: &[usize]) {
     for &tp in tps {
         for fuse in [true, false] {
             let out = run_tp_forward(&src, &cfg, tp, fuse, &ids).unwrap();
-            let d = neuron_spec::compare::max_abs_diff(&out.logits, &reference.logits)
-                .unwrap_or_else(|m| panic!("{name}: {m}"));
+            let d = neuron_spec::compare::max_abs_diff(&out.logits, &reference.logits).unwrap_or_else(|m| panic!("{name}: {m}"));
             eprintln!("{name} tp {tp} fuse_qkv {fuse}: max |Δ| vs tp 1 {d:.2e} (max |logit| {spread:.2})");
             assert!(d <= 1e-5, "{name} tp {tp} fuse {fuse}: {d}");
             // Rank tensors through the model consolidate back to the checkpoint.

@@ -259,6 +259,9 @@ pub enum Command {
         /// TP size (1 to 4096).
         #[arg(long, value_parser = parse_tp)]
         tp: usize,
+        /// Pipeline stages (layers split evenly, the first stages taking the remainder).
+        #[arg(long, default_value_t = 1)]
+        pp: usize,
         /// Attention layout.
         #[command(flatten)]
         layout: LayoutArgs,
@@ -319,6 +322,9 @@ pub enum Command {
         /// New TP size (1 to 4096).
         #[arg(long, value_parser = parse_tp)]
         tp: usize,
+        /// New number of pipeline stages (default: the input's).
+        #[arg(long)]
+        pp: Option<usize>,
         /// Replace an existing output, once the new one is complete.
         #[arg(long)]
         force: bool,
@@ -337,6 +343,9 @@ pub enum Command {
         /// TP size (for a sharded checkpoint: the tp to reshard to; its own by default).
         #[arg(long, value_parser = parse_tp)]
         tp: Option<usize>,
+        /// Pipeline stages (default: 1 for an HF checkpoint, the input's for a sharded one).
+        #[arg(long)]
+        pp: Option<usize>,
         /// Attention layout (HF input only).
         #[command(flatten)]
         layout: LayoutArgs,
@@ -566,9 +575,9 @@ pub fn layout_from_file(file: &Path, tp: usize) -> Result<CheckpointMetadata> {
     })
 }
 
-/// Whether `dir` is a sharded checkpoint (it has the metadata file).
+/// A sharded checkpoint, ours or optimum-neuron's (`.pt` rank files): detected from its stage-0 metadata.
 pub fn is_sharded(dir: &Path) -> bool {
-    dir.join(METADATA_PATH).exists()
+    neuron_spec::checkpoint::is_sharded_dir(dir)
 }
 
 /// Fails with a hint when `dir` is a sharded checkpoint where an HF folder is expected.
@@ -602,7 +611,7 @@ fn expect_sharded(dir: &Path, command: &str) -> Result<()> {
 fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
     let quiet = cli.quiet;
     match cli.command {
-        Command::Shard { hf_dir, out_dir, tp, layout, force, allow_unexpected, lora, layout_file } => {
+        Command::Shard { hf_dir, out_dir, tp, pp, layout, force, allow_unexpected, lora, layout_file } => {
             expect_hf(&hf_dir, "shard")?;
             let meta = match &layout_file {
                 Some(f) => layout_from_file(f, tp)?,
@@ -618,13 +627,14 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                 &WriteOptions {
                     force,
                     allow_unexpected,
+                    pp: Some(pp),
                     progress: crate::progress_bar::sink(!quiet),
                     ..Default::default()
                 },
             )?;
             if !quiet {
                 out!(
-                    "sharded {} into {} at tp {tp}: {} rank files, {} tensors, {} written",
+                    "sharded {} into {} at tp {tp}, pp {pp}: {} rank files, {} tensors, {} written",
                     hf_dir.display(),
                     out_dir.display(),
                     r.files.len(),
@@ -677,6 +687,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                     progress: crate::progress_bar::sink(!quiet),
                     dtype: dtype.map(Into::into),
                     only,
+                    pp: None,
                 },
                 &AdapterOptions { only: (!adapters.is_empty()).then_some(adapters), merge: merge_adapter.clone() },
             )?;
@@ -703,13 +714,14 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
-        Command::Reshard { sharded_dir, out_dir, tp, force, allow_unexpected, kv_replicas } => {
+        Command::Reshard { sharded_dir, out_dir, tp, pp, force, allow_unexpected, kv_replicas } => {
             expect_sharded(&sharded_dir, "reshard")?;
             let opts = WriteOptions {
                 force,
                 allow_unexpected,
                 kv_replicas: kv_replicas.into(),
                 progress: crate::progress_bar::sink(!quiet),
+                pp,
                 ..Default::default()
             };
             let r = reshard(&sharded_dir, &out_dir, tp, &opts)?;
@@ -726,10 +738,11 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
-        Command::Plan { dir, tp, layout, layout_file, json, tensors, svg } => {
+        Command::Plan { dir, tp, pp, layout, layout_file, json, tensors, svg } => {
             crate::plan_cmd::plan_command(&crate::plan_cmd::PlanArgs {
                 dir,
                 tp,
+                pp,
                 layout,
                 layout_file,
                 json,

@@ -17,6 +17,8 @@ pub struct PlanArgs {
     pub dir: PathBuf,
     /// Target TP size.
     pub tp: Option<usize>,
+    /// Pipeline stages (1 for an HF checkpoint, a sharded checkpoint's own by default).
+    pub pp: Option<usize>,
     /// Attention layout (HF input).
     pub layout: LayoutArgs,
     /// A layout file instead of config.json.
@@ -66,6 +68,31 @@ fn check_specs(checks: &mut Vec<Check>, meta: &CheckpointMetadata, tp: usize) ->
     all
 }
 
+/// Adds the pipeline-stage assignment of `meta` at `pp` as a check (which layers and tensors each stage holds).
+fn check_stages(checks: &mut Vec<Check>, meta: &CheckpointMetadata, pp: usize) {
+    let r = neuron_spec::stages::StageAssignment::for_metadata(meta, pp);
+    check(checks, &format!("pipeline stages (pp {pp})"), r, |st| {
+        st.layers
+            .iter()
+            .enumerate()
+            .map(|(s, l)| {
+                let mut v = format!("stage {s}: layers {}..{}", l.start, l.end);
+                if s == 0 {
+                    v += " + embed_tokens";
+                }
+                if s + 1 == st.pp() {
+                    v += " + norm, lm_head";
+                    if st.tied_embeddings && s > 0 {
+                        v += " + a copy of the tied embed_tokens";
+                    }
+                }
+                v
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+}
+
 fn evaluate(a: &PlanArgs) -> std::result::Result<Outcome, Error> {
     let dir = &a.dir;
     let mut checks = Vec::new();
@@ -76,10 +103,11 @@ fn evaluate(a: &PlanArgs) -> std::result::Result<Outcome, Error> {
             return Ok(Outcome { source: "sharded checkpoint".into(), tp: a.tp, checks, plan: None });
         };
         let tp = a.tp.unwrap_or(ck.tp);
-        let source = format!("sharded checkpoint at tp {}", ck.tp);
+        let source = format!("sharded checkpoint at tp {}, pp {}", ck.tp, ck.pp());
         if !check_specs(&mut checks, &ck.metadata, tp) {
             return Ok(Outcome { source, tp: Some(tp), checks, plan: None });
         }
+        check_stages(&mut checks, &ck.metadata, a.pp.unwrap_or(ck.pp()));
         let plan = check(&mut checks, "reshard plan", neuron_spec::reshard::reshard_plan(&ck, tp), |_| {
             format!("every tensor planned from tp {} to tp {tp}", ck.tp)
         });
@@ -121,6 +149,7 @@ fn evaluate(a: &PlanArgs) -> std::result::Result<Outcome, Error> {
     let Some(meta) = check(&mut checks, &format!("layout at tp {tp}"), meta, |_| "built".into()) else {
         return Ok(Outcome { source, tp: Some(tp), checks, plan: None });
     };
+    check_stages(&mut checks, &meta, a.pp.unwrap_or(1));
     let Some(hf) = hf else { return Ok(Outcome { source, tp: Some(tp), checks, plan: None }) };
     let plan = check(
         &mut checks,

@@ -15,6 +15,9 @@ use crate::metadata::{CheckpointMetadata, RankFileEntry, FORMAT_VERSION};
 use crate::model::{consolidation_plan, plan_shards, PlanOptions};
 use crate::pipeline::with_prefetch;
 use crate::plan::{ShardPlan, TensorInfo, TensorPlan, TensorSource};
+use crate::pt::PtRankFile;
+use crate::rank_source::{RankSource, StageFile};
+use crate::stages::StageAssignment;
 use crate::staging::Staging;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +29,7 @@ pub const RANKS_DIR: &str = "shards/model";
 
 /// The file name of TP rank `rank`'s shard.
 pub fn rank_file_name(rank: usize) -> String {
-    format!("dp_rank_00_tp_rank_{rank:02}_pp_rank_00.safetensors")
+    stage_rank_file_name(rank, 0, "safetensors")
 }
 
 /// What a write did, for the CLI's report.
@@ -82,6 +85,8 @@ pub struct WriteOptions {
     pub dtype: Option<crate::DType>,
     /// Consolidation: write only the base tensors whose name this matches (a search, like grep).
     pub only: Option<regex::Regex>,
+    /// Pipeline stages of the output (shard: one when `None`; reshard: the input's when `None`).
+    pub pp: Option<usize>,
 }
 
 /// Is `name` a weight file or index (any format), an adapter's file or hidden? Those never travel as side files.
@@ -206,10 +211,25 @@ pub fn shard_with_adapters(
     let hf = HfCheckpoint::open(hf_dir)?;
     let plan = plan_shards(meta, &hf, tp, PlanOptions { allow_unexpected: opts.allow_unexpected })
         .map_err(|e| e.in_checkpoint(hf_dir))?;
+    let pp = opts.pp.unwrap_or(1);
+    let stages = StageAssignment::for_metadata(meta, pp)?;
+    if pp > 1 && !adapters.is_empty() {
+        return Err(Error::Invalid(format!(
+            "adapters cannot be sharded over pipeline stages yet (--pp {pp}); shard them at --pp 1"
+        )));
+    }
     let staging = Staging::new(out_dir, opts.force)?;
-    let mut report =
-        write_sharded(staging.path(), out_dir, &plan, with_global_infos(meta, &plan), &[&hf], hf_dir, &opts.progress)
-            .map_err(|e| staging.describe(e))?;
+    let mut report = write_staged(
+        staging.path(),
+        out_dir,
+        &plan,
+        &with_global_infos(meta, &plan),
+        &[&hf],
+        hf_dir,
+        &opts.progress,
+        &stages,
+    )
+    .map_err(|e| staging.describe(e))?;
     report.unexpected = plan_unexpected(&hf, &plan);
     for a in adapters {
         let r = crate::lora::disk::write_sharded_adapter(staging.path(), out_dir, a, tp, &opts.progress)?;
@@ -236,11 +256,73 @@ pub(crate) fn write_sharded(
     root: &Path,
     out_dir: &Path,
     plan: &ShardPlan,
-    mut meta: CheckpointMetadata,
+    meta: CheckpointMetadata,
     sources: &[&dyn TensorSource],
     config_dir: &Path,
     progress: &crate::progress::ProgressSink,
 ) -> Result<Report> {
+    let mut r = write_stage(root, out_dir, plan, meta, sources, progress, 0)?;
+    r.side_files = copy_side_files(config_dir, root, None)?;
+    Ok(r)
+}
+
+/// [`write_sharded`] over the pipeline stages of `stages`: each stage's rank files hold only its tensors
+/// (read only from their bytes of the sources), beside a metadata file with only its parameters and specs.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_staged(
+    root: &Path,
+    out_dir: &Path,
+    plan: &ShardPlan,
+    meta: &CheckpointMetadata,
+    sources: &[&dyn TensorSource],
+    config_dir: &Path,
+    progress: &crate::progress::ProgressSink,
+    stages: &StageAssignment,
+) -> Result<Report> {
+    if stages.pp() == 1 {
+        return write_sharded(root, out_dir, plan, meta.clone(), sources, config_dir, progress);
+    }
+    let metas = stages.split_metadata(meta)?;
+    let mut report = Report { bytes_read_per_rank: plan.bytes_read_per_rank(), ..Default::default() };
+    for (s, m) in metas.into_iter().enumerate() {
+        let keep = |name: &str| stages.stages_of(name).map(|v| v.contains(&s));
+        let mut ranks = Vec::with_capacity(plan.ranks.len());
+        for ts in &plan.ranks {
+            let mut kept = Vec::new();
+            for t in ts {
+                if keep(&t.name)? {
+                    kept.push(t.clone());
+                }
+            }
+            ranks.push(kept);
+        }
+        let mut originals = Vec::new();
+        for o in &plan.originals {
+            if keep(&o.name).unwrap_or(true) {
+                originals.push(o.clone());
+            }
+        }
+        let sp = ShardPlan { tp: plan.tp, originals, ranks };
+        let r = write_stage(root, out_dir, &sp, m, sources, progress, s)?;
+        report.files.extend(r.files);
+        report.tensors += r.tensors;
+        report.bytes_written += r.bytes_written;
+    }
+    report.side_files = copy_side_files(config_dir, root, None)?;
+    Ok(report)
+}
+
+/// Writes stage `stage`'s rank files of `plan` and its metadata file.
+fn write_stage(
+    root: &Path,
+    out_dir: &Path,
+    plan: &ShardPlan,
+    mut meta: CheckpointMetadata,
+    sources: &[&dyn TensorSource],
+    progress: &crate::progress::ProgressSink,
+    stage: usize,
+) -> Result<Report> {
+    let file_name = |rank: usize| stage_rank_file_name(rank, stage, "safetensors");
     let ranks_dir = root.join(RANKS_DIR);
     std::fs::create_dir_all(&ranks_dir).map_err(|e| Error::io(&ranks_dir, e))?;
     let mut report = Report { bytes_read_per_rank: plan.bytes_read_per_rank(), ..Default::default() };
@@ -269,7 +351,7 @@ pub(crate) fn write_sharded(
     }
     with_prefetch(&order, &|t| t.pieces(sources), |next| {
         for (rank, infos) in per_rank.iter().enumerate() {
-            let path = ranks_dir.join(rank_file_name(rank));
+            let path = ranks_dir.join(file_name(rank));
             let w = write_safetensors(&path, infos, &rank_meta, &mut |info| {
                 let out = next(info)?;
                 bar.inc(out.iter().map(|p| p.bytes().len() as u64).sum());
@@ -277,18 +359,17 @@ pub(crate) fn write_sharded(
             })?;
             report.bytes_written += w.size;
             meta.rank_files.push(RankFileEntry {
-                file: rank_file_name(rank),
+                file: file_name(rank),
                 size: w.size,
                 xxh3_64: format!("{:016x}", w.xxh3),
             });
             report.tensors += infos.len();
-            report.files.push(out_dir.join(RANKS_DIR).join(rank_file_name(rank)));
+            report.files.push(out_dir.join(RANKS_DIR).join(file_name(rank)));
         }
         Ok(())
     })?;
     bar.finish();
-    write_file_synced(&root.join(METADATA_PATH), meta.to_json()?.as_bytes())?;
-    report.side_files = copy_side_files(config_dir, root, None)?;
+    write_file_synced(&root.join(metadata_path(stage)), meta.to_json()?.as_bytes())?;
     Ok(report)
 }
 
@@ -297,16 +378,113 @@ fn plan_unexpected(src: &dyn TensorSource, plan: &ShardPlan) -> Vec<String> {
     src.names().into_iter().filter(|n| !used.contains(n.as_str())).collect()
 }
 
-/// A sharded checkpoint opened for reading: its metadata and one memory-mapped file per rank.
+/// A sharded checkpoint opened for reading: its metadata (every stage's, merged) and, per TP rank, its
+/// memory-mapped files across the pipeline stages.
 pub struct ShardedCheckpoint {
     /// The directory.
     pub dir: PathBuf,
-    /// The metadata.
+    /// The metadata of all stages merged: every stage's parameters and specs, in stage order.
     pub metadata: CheckpointMetadata,
+    /// Each stage's own metadata (`shards/mp_metadata_pp_rank_<P>.json`).
+    pub stages: Vec<CheckpointMetadata>,
     /// The TP size.
     pub tp: usize,
-    /// Rank files, in rank order.
-    pub ranks: Vec<SafetensorsFile>,
+    /// Rank sources, in TP rank order (each spanning every stage).
+    pub ranks: Vec<RankSource>,
+    /// The rank files' format.
+    pub format: RankFormat,
+}
+
+/// The format of a sharded checkpoint's rank files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RankFormat {
+    /// Ours: `.safetensors`.
+    Safetensors,
+    /// optimum-neuron's `.pt`, plain or xser (read only).
+    Pt,
+}
+
+/// Stage `stage`'s metadata file, relative to the checkpoint directory.
+pub fn metadata_path(stage: usize) -> String {
+    format!("shards/mp_metadata_pp_rank_{stage}.json")
+}
+
+/// The file name of TP rank `rank`'s shard in pipeline stage `stage`, with extension `ext`.
+pub fn stage_rank_file_name(rank: usize, stage: usize, ext: &str) -> String {
+    format!("dp_rank_00_tp_rank_{rank:02}_pp_rank_{stage:02}.{ext}")
+}
+
+/// Whether `dir` looks like a sharded checkpoint (ours or optimum-neuron's): it has stage 0's metadata.
+pub fn is_sharded_dir(dir: &Path) -> bool {
+    dir.join(METADATA_PATH).is_file()
+}
+
+/// The stage metadata files of `dir`: `mp_metadata_pp_rank_0.json` … `_<P-1>.json`, with no gap.
+fn stage_metadata(dir: &Path) -> Result<Vec<(PathBuf, CheckpointMetadata)>> {
+    let sdir = dir.join("shards");
+    let mut found = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(&sdir).map_err(|e| Error::io(&sdir, e))? {
+        let name = e.map_err(|e| Error::io(&sdir, e))?.file_name().to_string_lossy().to_string();
+        if let Some(n) = name.strip_prefix("mp_metadata_pp_rank_").and_then(|r| r.strip_suffix(".json")) {
+            let stage: usize = n.parse().map_err(|_| Error::Metadata {
+                path: sdir.join(&name),
+                reason: "not a stage metadata file name (mp_metadata_pp_rank_<N>.json)".into(),
+            })?;
+            found.insert(stage);
+        }
+    }
+    let pp = found.len();
+    if pp > crate::stages::MAX_PP {
+        return Err(Error::RankFiles {
+            dir: sdir,
+            reason: format!("{pp} stage metadata files (at most {})", crate::stages::MAX_PP),
+        });
+    }
+    if let Some(gap) = (0..pp).find(|s| !found.contains(s)) {
+        return Err(Error::RankFiles {
+            dir: sdir,
+            reason: format!("stage metadata {} is missing", metadata_path(gap)),
+        });
+    }
+    (0..pp)
+        .map(|s| {
+            let p = dir.join(metadata_path(s));
+            CheckpointMetadata::read(&p).map(|m| (p, m))
+        })
+        .collect()
+}
+
+/// Every stage's parameters and specs in one metadata (a parameter in several stages must agree).
+fn merge_stages(stages: &[(PathBuf, CheckpointMetadata)], tp: usize) -> Result<CheckpointMetadata> {
+    let mut merged = CheckpointMetadata {
+        format_version: stages.iter().filter_map(|(_, m)| m.format_version).max(),
+        tp_size: stages.iter().find_map(|(_, m)| m.tp_size).map(|_| tp),
+        parameters: Default::default(),
+        model_weight_transformation_specs: vec![],
+        rank_files: vec![],
+    };
+    for (path, m) in stages {
+        for (n, p) in &m.parameters {
+            match merged.parameters.get(n) {
+                Some(q) if q != p => {
+                    return Err(Error::Metadata {
+                        path: path.clone(),
+                        reason: format!("parameter {n} is described differently in another stage"),
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    merged.parameters.insert(n.clone(), p.clone());
+                }
+            }
+        }
+        for spec in &m.model_weight_transformation_specs {
+            if !merged.model_weight_transformation_specs.contains(spec) {
+                merged.model_weight_transformation_specs.push(spec.clone());
+            }
+        }
+    }
+    Ok(merged)
 }
 
 impl ShardedCheckpoint {
@@ -318,82 +496,135 @@ impl ShardedCheckpoint {
         Ok(ck)
     }
 
+    /// The number of pipeline stages.
+    pub fn pp(&self) -> usize {
+        self.stages.len()
+    }
+
     /// [`ShardedCheckpoint::open`] without hashing the rank files, for callers that verify them while they
     /// work ([`ShardedCheckpoint::while_verifying`]). A rank file whose header does not parse is still checked
     /// against its recorded checksum, so that damage is reported as damage.
+    ///
+    /// The rank files are ours (`.safetensors`) or optimum-neuron's (`.pt`, plain or xser), detected from
+    /// the files present; there is one metadata file per pipeline stage.
     pub fn open_unverified(dir: &Path) -> Result<Self> {
-        let mpath = dir.join(METADATA_PATH);
-        let metadata = CheckpointMetadata::read(&mpath)?;
-        let tp = metadata.tp_size(&mpath)?;
+        let staged = stage_metadata(dir)?;
+        let mut tp = None;
+        for (p, m) in &staged {
+            let t = m.tp_size(p)?;
+            match tp {
+                Some(first) if first != t => {
+                    return Err(Error::Metadata {
+                        path: p.clone(),
+                        reason: format!("tp {t}, another stage says tp {first}"),
+                    })
+                }
+                _ => tp = Some(t),
+            }
+        }
+        let (Some(tp), pp) = (tp, staged.len()) else {
+            return Err(Error::Metadata { path: dir.join(METADATA_PATH), reason: "no stage metadata".into() });
+        };
+        let metadata = merge_stages(&staged, tp)?;
         let rdir = dir.join(RANKS_DIR);
         let mut present = std::collections::BTreeSet::new();
         for e in std::fs::read_dir(&rdir).map_err(|e| Error::io(&rdir, e))? {
             let name = e.map_err(|e| Error::io(&rdir, e))?.file_name().to_string_lossy().to_string();
-            if name.ends_with(".safetensors") {
+            // xser's companions (`<file>.pt.info.pt`, `<file>.pt.tensors/`) belong to their rank file.
+            if name.ends_with(".safetensors") || (name.ends_with(".pt") && !name.ends_with(".info.pt")) {
                 present.insert(name);
             }
         }
-        let expected: Vec<String> = (0..tp).map(rank_file_name).collect();
-        let missing: Vec<&str> = expected.iter().filter(|n| !present.contains(*n)).map(String::as_str).collect();
+        let has = |ext: &str| present.iter().any(|n| n.ends_with(ext));
+        let (format, ext) = match (has(".safetensors"), has(".pt")) {
+            (_, false) => (RankFormat::Safetensors, "safetensors"),
+            (false, true) => (RankFormat::Pt, "pt"),
+            (true, true) => {
+                return Err(Error::RankFiles {
+                    dir: rdir,
+                    reason: "both .safetensors and .pt rank files are present: which is the checkpoint?".into(),
+                })
+            }
+        };
+        let expected: Vec<Vec<String>> =
+            (0..pp).map(|s| (0..tp).map(|r| stage_rank_file_name(r, s, ext)).collect()).collect();
+        let all: Vec<&String> = expected.iter().flatten().collect();
+        let missing: Vec<&str> = all.iter().filter(|n| !present.contains(**n)).map(|n| n.as_str()).collect();
         if !missing.is_empty() {
             return Err(Error::RankFiles {
                 dir: rdir,
-                reason: format!("metadata says tp {tp}, missing rank files: {}", list(&missing)),
+                reason: format!("metadata says tp {tp} and pp {pp}, missing rank files: {}", list(&missing)),
             });
         }
-        let wanted: std::collections::HashSet<&str> = expected.iter().map(String::as_str).collect();
+        let wanted: std::collections::HashSet<&str> = all.iter().map(|n| n.as_str()).collect();
         let extra: Vec<&str> = present.iter().map(String::as_str).filter(|n| !wanted.contains(n)).collect();
         if !extra.is_empty() {
             return Err(Error::RankFiles {
                 dir: rdir,
                 reason: format!(
-                    "metadata says tp {tp}, but extra rank files are present (another tp size?): {}",
+                    "metadata says tp {tp} and pp {pp}, but extra rank files are present (another tp or pp size?): {}",
                     list(&extra)
                 ),
             });
         }
-        check_rank_entries(&rdir, &metadata, tp)?;
-        let ranks = expected
-            .iter()
-            .enumerate()
-            .map(|(r, n)| {
-                let path = rdir.join(n);
-                SafetensorsFile::open(&path).map_err(|e| match metadata.rank_files.get(r) {
-                    // A header that does not parse is most likely damage: say so when the checksum agrees.
-                    Some(entry) => match crate::io::file_xxh3(&path).and_then(|w| check_rank_file(&path, entry, w)) {
-                        Err(damage @ Error::Checksum { .. }) => damage,
-                        _ => e,
-                    },
-                    None => e,
-                })
+        for (s, (_, m)) in staged.iter().enumerate() {
+            check_rank_entries(&rdir, m, tp, s)?;
+        }
+        let open = |s: usize, r: usize, n: &str| -> Result<StageFile> {
+            let path = rdir.join(n);
+            if format == RankFormat::Pt {
+                return PtRankFile::open(&path).map(StageFile::Pt);
+            }
+            SafetensorsFile::open(&path).map(StageFile::Safetensors).map_err(|e| match staged[s].1.rank_files.get(r) {
+                // A header that does not parse is most likely damage: say so when the checksum agrees.
+                Some(entry) => match crate::io::file_xxh3(&path).and_then(|w| check_rank_file(&path, entry, w)) {
+                    Err(damage @ Error::Checksum { .. }) => damage,
+                    _ => e,
+                },
+                None => e,
+            })
+        };
+        let ranks = (0..tp)
+            .map(|r| {
+                let files = (0..pp).map(|s| open(s, r, &expected[s][r])).collect::<Result<Vec<_>>>()?;
+                Ok(RankSource::new(files))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { dir: dir.to_path_buf(), metadata, tp, ranks })
+        let stages = staged.into_iter().map(|(_, m)| m).collect();
+        Ok(Self { dir: dir.to_path_buf(), metadata, stages, tp, ranks, format })
     }
 
-    /// Checks each rank file's size and xxh3-64 against the metadata (when it records them), on up to `threads`
-    /// threads; the first damage found wins.
+    /// Fails when a tensor held by several stages (a tied embedding's copy) differs between them.
+    pub fn check_stage_copies(&self) -> Result<()> {
+        self.ranks.iter().try_for_each(RankSource::check_stage_copies)
+    }
+
+    /// Checks each rank file's size and xxh3-64 against its stage's metadata (when it records them), on up to
+    /// `threads` threads; the first damage found wins.
     pub fn verify(&self, threads: usize) -> Result<()> {
-        let entries = &self.metadata.rank_files;
-        if entries.is_empty() {
+        let mut jobs: Vec<(&SafetensorsFile, &RankFileEntry)> = Vec::new();
+        for (s, m) in self.stages.iter().enumerate() {
+            for (r, entry) in m.rank_files.iter().enumerate() {
+                if let Some(StageFile::Safetensors(f)) = self.ranks.get(r).and_then(|k| k.files().get(s)) {
+                    jobs.push((f, entry));
+                }
+            }
+        }
+        if jobs.is_empty() {
             return Ok(());
         }
-        let check = |r: usize| -> Result<()> {
-            match (self.ranks.get(r), entries.get(r)) {
-                (Some(file), Some(entry)) => check_rank_file(file.path(), entry, file.xxh3()),
-                (Some(file), None) => Err(Error::RankFiles {
-                    dir: self.dir.join(RANKS_DIR),
-                    reason: format!("the metadata records no checksum for {}", file.path().display()),
-                }),
-                (None, _) => Ok(()),
+        let jobs = &jobs;
+        let check = |i: usize| -> Result<()> {
+            match jobs.get(i) {
+                Some((file, entry)) => check_rank_file(file.path(), entry, file.xxh3()),
+                None => Ok(()),
             }
         };
-        let threads = threads.clamp(1, self.ranks.len().max(1));
+        let threads = threads.clamp(1, jobs.len());
         std::thread::scope(|s| {
-            let handles: Vec<_> = (1..threads)
-                .map(|t| s.spawn(move || (t..self.ranks.len()).step_by(threads).try_for_each(check)))
-                .collect();
-            let first = (0..self.ranks.len()).step_by(threads).try_for_each(check);
+            let handles: Vec<_> =
+                (1..threads).map(|t| s.spawn(move || (t..jobs.len()).step_by(threads).try_for_each(check))).collect();
+            let first = (0..jobs.len()).step_by(threads).try_for_each(check);
             handles.into_iter().try_fold(first, |acc, h| {
                 let r = h.join().map_err(|_| Error::Invalid("checksum thread failed".into()))?;
                 Ok(acc.and(r))
@@ -473,7 +704,13 @@ impl RankCheckpoint {
         if rank >= tp {
             return Err(Error::RankFiles { dir: rdir, reason: format!("metadata says tp {tp}, no rank {rank}") });
         }
-        check_rank_entries(&rdir, &metadata, tp)?;
+        if dir.join(metadata_path(1)).exists() {
+            return Err(Error::Invalid(format!(
+                "{}: a checkpoint with pipeline stages: one process per rank runs only pp 1 (reshard it with --pp 1)",
+                dir.display()
+            )));
+        }
+        check_rank_entries(&rdir, &metadata, tp, 0)?;
         let path = rdir.join(rank_file_name(rank));
         let entry = metadata.rank_files.get(rank);
         let file = SafetensorsFile::open(&path).map_err(|e| match entry {
@@ -493,7 +730,7 @@ impl RankCheckpoint {
 /// The metadata's list of rank files: one per rank of `tp`, in rank order. Metadata written by this crate
 /// (with a `format_version`) always records them, so an empty list there is an error, never a skipped check;
 /// the reference's metadata (no `format_version`) has no checksums to verify.
-fn check_rank_entries(rdir: &Path, metadata: &CheckpointMetadata, tp: usize) -> Result<()> {
+fn check_rank_entries(rdir: &Path, metadata: &CheckpointMetadata, tp: usize, stage: usize) -> Result<()> {
     let entries = &metadata.rank_files;
     if entries.is_empty() {
         if let Some(v) = metadata.format_version {
@@ -513,10 +750,10 @@ fn check_rank_entries(rdir: &Path, metadata: &CheckpointMetadata, tp: usize) -> 
         });
     }
     for (r, e) in entries.iter().enumerate() {
-        if e.file != rank_file_name(r) {
+        if e.file != stage_rank_file_name(r, stage, "safetensors") {
             return Err(Error::RankFiles {
                 dir: rdir.to_path_buf(),
-                reason: format!("metadata lists {} as rank {r}", e.file),
+                reason: format!("metadata of stage {stage} lists {} as rank {r}", e.file),
             });
         }
     }
@@ -569,6 +806,9 @@ fn consolidate_staged(
     let (forward, inverse) = consolidation_plan(&ck.metadata, &sources)?;
     if !opts.allow_unexpected {
         ck.check_all_described(&forward)?;
+    }
+    if opts.kv_replicas != KvReplicas::First {
+        ck.check_stage_copies()?;
     }
     let all = crate::lora::disk::sharded_adapters(sharded_dir)?;
     let names: Vec<&str> = all.iter().map(|a| a.name.as_str()).collect();

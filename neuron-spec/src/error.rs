@@ -24,6 +24,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A torch `.pt` file (zip or pickle) that cannot be read safely, or whose tensors disagree with it.
+    #[error("{path}: invalid torch checkpoint: {reason}")]
+    Torch {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A JSON file (config, index, metadata) that does not parse or lacks a field.
     #[error("{path}: invalid JSON: {reason}")]
     Json {

@@ -124,9 +124,12 @@ pub mod prelude;
 pub mod progress;
 #[cfg(feature = "burn")]
 pub mod reference_names;
+pub mod pt;
+pub mod rank_source;
 pub mod reshard;
 pub mod sharding;
 pub mod specs;
+pub mod stages;
 pub mod staging;
 pub mod synthetic;
 pub mod tensor;

@@ -138,11 +138,31 @@ fn reshard_staged(
             crate::model::consolidate_tensor(t, &sources, crate::checkpoint::KvReplicas::Check)?;
         }
     }
+    if opts.kv_replicas != crate::checkpoint::KvReplicas::First {
+        ck.check_stage_copies()?;
+    }
+    // Shapes of the new rank-local tensors (a replicated spec output such as weight_qkv changes with tp).
+    let meta = crate::checkpoint::with_global_infos(&meta, &plan);
+    let pp = opts.pp.unwrap_or(ck.pp());
+    let stages = crate::stages::StageAssignment::for_metadata(&meta, pp)?;
+    let adapters = crate::lora::disk::sharded_adapters(src_dir)?;
+    if pp > 1 && !adapters.is_empty() {
+        return Err(Error::Invalid(format!("adapters cannot be resharded over pipeline stages yet (--pp {pp})")));
+    }
     let staging = Staging::new(out_dir, opts.force)?;
-    let mut report = write_sharded(staging.path(), out_dir, &plan, meta, &sources, src_dir, &opts.progress)
-        .map_err(|e| staging.describe(e))?;
+    let mut report = crate::checkpoint::write_staged(
+        staging.path(),
+        out_dir,
+        &plan,
+        &meta,
+        &sources,
+        src_dir,
+        &opts.progress,
+        &stages,
+    )
+    .map_err(|e| staging.describe(e))?;
     // Adapters are resharded with the base weights, each from its own rank files.
-    for a in crate::lora::disk::sharded_adapters(src_dir)? {
+    for a in adapters {
         let (plan, meta) = reshard_plan(&a.checkpoint, tp)?;
         let name = crate::lora::disk::adapter_dir_name(&a.name);
         let dir = staging.path().join(&name);

@@ -1,0 +1,177 @@
+//! optimum-neuron's own checkpoints (`tests/fixtures/on-ckpt/`: `.pt` rank files, plain and xser, one
+//! metadata per pipeline stage): consolidation gives `llama-gqa/model.safetensors` byte for byte, reshard
+//! writes our layout at another tp, `forward` matches transformers' golden; hostile `.pt` input fails cleanly.
+
+mod common;
+use common::*;
+use neuron_spec::checkpoint::{consolidate, ShardedCheckpoint, WriteOptions};
+use neuron_spec::io::HfCheckpoint;
+use neuron_spec::reshard::reshard;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+const NAMES: [&str; 3] = ["llama-gqa-tp4-xser", "llama-gqa-tp2-plain", "llama-gqa-tp4-pp2-plain"];
+
+fn input_ids_and_logits() -> (Vec<Vec<i64>>, Vec<f32>) {
+    let f = open("llama-gqa/golden.safetensors");
+    let ids = f.tensor("input_ids").unwrap();
+    let s = ids.shape()[1];
+    let ids = ids.to_i64_vec().unwrap().chunks(s).map(<[i64]>::to_vec).collect();
+    (ids, f.tensor("logits").unwrap().to_f32_vec())
+}
+
+#[test]
+fn each_consolidates_to_the_hf_checkpoint_byte_for_byte() {
+    let want = fs::read(fixture("llama-gqa/model.safetensors")).unwrap();
+    for n in NAMES {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("hf");
+        consolidate(&fixture(&format!("on-ckpt/{n}")), &out, &WriteOptions::default()).unwrap();
+        assert!(fs::read(out.join("model.safetensors")).unwrap() == want, "{n}: consolidated file differs");
+    }
+}
+
+#[test]
+fn each_reshards_to_our_layout_at_another_tp() {
+    for (n, tp) in [("llama-gqa-tp4-xser", 2), ("llama-gqa-tp2-plain", 8), ("llama-gqa-tp4-pp2-plain", 2)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, hf_out) = (tmp.path().join("a"), tmp.path().join("hf"));
+        reshard(&fixture(&format!("on-ckpt/{n}")), &a, tp, &WriteOptions::default()).unwrap();
+        let ck = ShardedCheckpoint::open(&a).unwrap();
+        assert_eq!(ck.tp, tp, "{n}");
+        assert_eq!(ck.format, neuron_spec::checkpoint::RankFormat::Safetensors);
+        assert!(ck.stages.iter().all(|s| !s.rank_files.is_empty()), "{n}: our metadata records checksums");
+        consolidate(&a, &hf_out, &WriteOptions::default()).unwrap();
+        assert_same_tensors(&HfCheckpoint::open(&hf_out).unwrap(), &hf("llama-gqa"), n);
+    }
+}
+
+#[test]
+fn each_runs_forward_to_the_golden() {
+    let (ids, golden) = input_ids_and_logits();
+    for n in NAMES {
+        let out = neuron_spec_examples::run_sharded_forward(&fixture(&format!("on-ckpt/{n}")), &ids).unwrap();
+        let d = neuron_spec::compare::max_abs_diff(&out.logits, &golden).unwrap();
+        eprintln!("{n}: max |Δ| logits {d:.2e}");
+        assert!(d <= 1e-4, "{n}: {d}");
+    }
+}
+
+#[test]
+fn the_stage_layout_is_read_from_the_files() {
+    let ck = ShardedCheckpoint::open(&fixture("on-ckpt/llama-gqa-tp4-pp2-plain")).unwrap();
+    assert_eq!((ck.tp, ck.pp(), ck.format), (4, 2, neuron_spec::checkpoint::RankFormat::Pt));
+    assert!(ck.stages[0].parameters.contains_key("model.embed_tokens.weight"));
+    assert!(!ck.stages[0].parameters.contains_key("lm_head.weight"));
+    assert!(ck.stages[1].parameters.contains_key("lm_head.weight"));
+    assert_eq!(ck.metadata.parameters.len(), 19);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Hostile .pt input: one line, exit 1, no panic, nothing written.
+
+fn copy_dir(src: &Path, dst: &Path) {
+    fs::create_dir_all(dst).unwrap();
+    for e in fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// Copies `on-ckpt/<name>` to a temporary directory and applies `damage` to it.
+fn damaged(name: &str, damage: impl FnOnce(&Path)) -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("in");
+    copy_dir(&fixture(&format!("on-ckpt/{name}")), &dir);
+    damage(&dir.join("shards/model"));
+    (tmp, dir)
+}
+
+fn replace_bytes(path: &Path, from: &[u8], to: &[u8]) {
+    assert_eq!(from.len(), to.len());
+    let mut b = fs::read(path).unwrap();
+    let at = b.windows(from.len()).position(|w| w == from).expect("pattern present");
+    b[at..at + from.len()].copy_from_slice(to);
+    fs::write(path, b).unwrap();
+}
+
+/// consolidate, reshard and inspect each fail on `dir` with one line naming every word, exit 1, no panic,
+/// and no output.
+fn fails_cleanly(dir: &Path, words: &[&str]) {
+    for cmd in ["consolidate", "reshard", "inspect"] {
+        let out = dir.parent().unwrap().join(format!("out-{cmd}"));
+        let mut c = Command::new(env!("CARGO_BIN_EXE_neuron-spec"));
+        c.arg(cmd).arg(dir);
+        if cmd != "inspect" {
+            c.arg(&out);
+        }
+        if cmd == "reshard" {
+            c.args(["--tp", "2"]);
+        }
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        eprintln!("{cmd}: {}", err.trim_end());
+        assert!(!err.contains("panicked"), "{cmd}: panic: {err}");
+        assert_eq!(o.status.code(), Some(1), "{cmd}: {err}");
+        assert_eq!(err.lines().count(), 1, "{cmd}: one line expected: {err}");
+        for w in words {
+            assert!(err.contains(w), "{cmd}: the message should name {w:?}: {err}");
+        }
+        assert!(!out.exists(), "{cmd}: output written");
+        let left: Vec<_> = fs::read_dir(dir.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.contains(".partial-"))
+            .collect();
+        assert!(left.is_empty(), "{cmd}: {left:?}");
+    }
+}
+
+const RANK0: &str = "dp_rank_00_tp_rank_00_pp_rank_00.pt";
+
+#[test]
+fn a_pickle_naming_another_class_is_refused_naming_it() {
+    let (_t, dir) = damaged("llama-gqa-tp2-plain", |m| {
+        replace_bytes(&m.join(RANK0), b"torch._utils\n_rebuild_tensor_v2", b"subprocess.x\n_rebuild_tensor_v2")
+    });
+    fails_cleanly(&dir, &[RANK0, "refusing class subprocess.x._rebuild_tensor_v2"]);
+}
+
+#[test]
+fn a_truncated_zip_is_refused() {
+    let (_t, dir) = damaged("llama-gqa-tp2-plain", |m| {
+        let p = m.join(RANK0);
+        let b = fs::read(&p).unwrap();
+        fs::write(&p, &b[..b.len() / 2]).unwrap();
+    });
+    fails_cleanly(&dir, &[RANK0, "truncated"]);
+}
+
+#[test]
+fn a_tensor_reference_whose_tensor_file_is_missing_is_refused() {
+    let (_t, dir) = damaged("llama-gqa-tp4-xser", |m| {
+        fs::remove_file(m.join(format!("{RANK0}.tensors/tensor_3.pt"))).unwrap();
+    });
+    fails_cleanly(&dir, &["tensor_3.pt", "is missing", "model.layers.0.mlp.down_proj.weight"]);
+}
+
+#[test]
+fn a_shape_that_disagrees_with_the_data_is_refused() {
+    // xser: the info says [64, 64] for tid 0, its tensor file holds tid 2's [64].
+    let (_t, dir) = damaged("llama-gqa-tp4-xser", |m| {
+        let t = m.join(format!("{RANK0}.tensors"));
+        fs::copy(t.join("tensor_2.pt"), t.join("tensor_0.pt")).unwrap();
+    });
+    fails_cleanly(&dir, &["tensor_0.pt", "lm_head.weight", "[64, 64]", "[64]"]);
+    // plain: a size of [129, 64] over a storage of 128 * 64 elements.
+    let (_t, dir) = damaged("llama-gqa-tp2-plain", |m| {
+        replace_bytes(&m.join(RANK0), b"K\x00K\x80K\x40\x86", b"K\x00K\x81K\x40\x86")
+    });
+    fails_cleanly(&dir, &[RANK0, "lm_head.weight", "[129, 64]", "8192"]);
+}

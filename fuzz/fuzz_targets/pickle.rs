@@ -1,19 +1,5 @@
-//! The `.pt` readers on arbitrary bytes: the pickle machine (never executes anything, refuses unknown
-//! classes, bounds sizes) and the stored-zip directory reader never panic, and what the zip reader accepts
-//! lies inside the input. Bytes that form a zip are parsed as a torch file too (its `data.pkl`).
+//! cargo-fuzz target; the body (and what it checks) is `neuron_spec_fuzz_bodies::pickle`, shared with the
+//! corpus replay test (`fuzz/bodies/tests/replay.rs`).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use neuron_spec::pt::{pickle, zip};
-
-fuzz_target!(|data: &[u8]| {
-    let _ = pickle::parse(data);
-    if let Ok(records) = zip::records(data) {
-        for r in &records {
-            assert!(r.range.start <= r.range.end && r.range.end <= data.len(), "record {} out of bounds", r.name);
-            if r.name.ends_with("data.pkl") {
-                let _ = pickle::parse(&data[r.range.clone()]);
-            }
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| neuron_spec_fuzz_bodies::pickle::run(data));

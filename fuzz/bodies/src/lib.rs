@@ -4,6 +4,7 @@
 
 pub mod hf_index;
 pub mod metadata_json;
+pub mod pickle;
 pub mod safetensors_header;
 pub mod spec_plan;
 
@@ -14,6 +15,7 @@ pub type Body = fn(&[u8]);
 pub const TARGETS: &[(&str, Body)] = &[
     ("hf_index", hf_index::run),
     ("metadata_json", metadata_json::run),
+    ("pickle", pickle::run),
     ("safetensors_header", safetensors_header::run),
     ("spec_plan", spec_plan::run),
 ];

@@ -83,10 +83,12 @@ fn summarize(dir: &Path) -> Result<Value> {
             Some(_) => "separate (qkv_proj.weight_q/_k/_v)",
             None => "no GQA spec (plain parameters)",
         };
-        let checksums = if ck.metadata.rank_files.is_empty() {
+        // Every stage's metadata records its own rank files.
+        let rank_files: Vec<_> = ck.stages.iter().flat_map(|m| m.rank_files.iter().cloned()).collect();
+        let checksums = if rank_files.is_empty() {
             "not recorded (written by the reference): nothing to verify".to_string()
         } else {
-            format!("verified: {} rank files match their recorded size and xxh3-64", ck.metadata.rank_files.len())
+            format!("verified: {} rank files match their recorded size and xxh3-64", rank_files.len())
         };
         let adapters: Vec<Value> = neuron_spec::lora::disk::sharded_adapters(dir)?
             .iter()
@@ -101,7 +103,7 @@ fn summarize(dir: &Path) -> Result<Value> {
             "kv_size_multiplier": gqa.first().map(|g| g.kv_size_multiplier),
             "num_attention_heads": gqa.first().map(|g| g.num_attention_heads),
             "num_key_value_heads": gqa.first().map(|g| g.num_key_value_heads),
-            "checksums": checksums, "rank_files": ck.metadata.rank_files,
+            "checksums": checksums, "rank_files": rank_files, "pp": ck.pp(),
             "adapters": adapters, "files": files, "tensors": tensors_json(&tensors),
         }))
     } else if dir.join(ADAPTER_CONFIG).is_file() && !dir.join("config.json").is_file() {

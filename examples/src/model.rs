@@ -461,12 +461,21 @@ impl LlamaAttention {
         }
         let qkv = p.forward_with(x, comm)?;
         let heads = |t: Tensor<3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
-        let norm = |t: Tensor<4>, n: &Option<RmsNorm>| match n {
-            Some(n) => n.forward(t),
-            None => t,
+        // Qwen3's q/k norms: burn's RmsNorm formula, with the replicated weight passed through
+        // `copy_to_tp_region` (identity forward, all-reduce backward): each rank applies it to its own heads
+        // only, so its gradient is the sum over the ranks.
+        let norm = |t: Tensor<4>, n: &Option<RmsNorm>| -> Result<Tensor<4>> {
+            match n {
+                Some(n) => {
+                    let w = neuron_spec::layers::copy_to_tp_region(n.gamma.val(), comm)?;
+                    let rms = (t.clone().square().mean_dim(3) + n.epsilon).sqrt();
+                    Ok((t / rms) * w.unsqueeze::<4>())
+                }
+                None => Ok(t),
+            }
         };
-        let q = rope.apply(norm(heads(qkv.q, hq), &self.q_norm));
-        let k = rope.apply(norm(heads(qkv.k, hkv), &self.k_norm));
+        let q = rope.apply(norm(heads(qkv.q, hq), &self.q_norm)?);
+        let k = rope.apply(norm(heads(qkv.k, hkv), &self.k_norm)?);
         let v = heads(qkv.v, hkv);
         // Local kv head j serves the consecutive local query heads [j·g, (j+1)·g).
         let g = hq / hkv;

@@ -113,7 +113,7 @@ pub fn mpi_forward(
         let fused = ck.metadata.specs().any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv));
         let counting = Counting { inner: &ck.file, bytes: AtomicUsize::new(0) };
         let out = rank_forward(ctx, comm, input_ids, &|ctx, device| {
-            let model = LlamaForCausalLM::new(&cfg.llama, ctx, fused, cfg.sliding_window, device)?;
+            let model = LlamaForCausalLM::from_config(cfg, ctx, crate::QkvLayout::gqa(fused), device)?;
             let ours = model.create_parameter_metadata()?;
             if ours.model_weight_transformation_specs != ck.metadata.model_weight_transformation_specs {
                 return Err(Error::Metadata {
@@ -134,7 +134,7 @@ pub fn mpi_forward(
         let hf = HfCheckpoint::open(dir)?;
         let counting = Counting { inner: &hf, bytes: AtomicUsize::new(0) };
         let out = rank_forward(ctx, comm, input_ids, &|ctx, device| {
-            let model = LlamaForCausalLM::new(&cfg.llama, ctx, fuse_qkv, cfg.sliding_window, device)?;
+            let model = LlamaForCausalLM::from_config(cfg, ctx, crate::QkvLayout::gqa(fuse_qkv), device)?;
             let meta = model.create_parameter_metadata()?;
             let local =
                 neuron_spec::model::adapt_state_dict(&meta, &counting, ctx.size, ctx.rank, PlanOptions::default())?;

@@ -84,7 +84,7 @@ pub fn load_sharded_rank_model(
     device: &Device,
 ) -> Result<LlamaForCausalLM> {
     let fuse_qkv = ck.metadata.specs().any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv));
-    let model = LlamaForCausalLM::new(&cfg.llama, ctx, fuse_qkv, cfg.sliding_window, device)?;
+    let model = LlamaForCausalLM::from_config(cfg, ctx, crate::QkvLayout::gqa(fuse_qkv), device)?;
     let ours = model.create_parameter_metadata()?;
     if ours.model_weight_transformation_specs != ck.metadata.model_weight_transformation_specs || ck.tp != ctx.size {
         return Err(Error::Metadata {

@@ -45,7 +45,7 @@
 //! # use neuron_spec::{FuseAxis, FusedLinearsSpec, GqaQkvColumnParallelLinearSpec, ParameterMetadata};
 //! # use neuron_spec::{Result, Spec, StateDict, TensorSource};
 //! # use neuron_spec::specs::ModelWeightTransformationSpecs;
-//! # use burn::tensor::Device;
+//! # use neuron_spec::module::Device;
 //! # use indexmap::IndexMap;
 //! #
 //! # /// A stand-in for a real parallel layer: one `weight`.

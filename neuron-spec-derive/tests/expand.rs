@@ -4,7 +4,7 @@
 #[allow(dead_code)]
 mod mocks;
 
-use burn::tensor::Device;
+use neuron_spec::module::Device;
 use mocks::{Linear, NotAModule, Qkv};
 use neuron_spec::module::{CustomModule, TpContext};
 use neuron_spec::{Spec, StateDict};

@@ -2,8 +2,8 @@
 //!
 //! Built on burn `=0.22.1` with `default-features = false` and the features `std` and `ndarray` (add
 //! `autodiff` and `optim` to train); loading through burn-store (`=0.22.1`, features `std`, `safetensors`).
-//! This crate's own feature `burn` (on by default) holds the module contract ([`module`]) and the parallel
-//! layers ([`layers`]); without it the crate is the I/O, spec and plan runtime alone.
+//! This crate's own feature `burn` (on by default) holds the parallel layers ([`layers`]); without it the
+//! crate is the I/O, spec and plan runtime plus the module contract ([`module`], with a stand-in `Device`).
 //!
 //! # From an annotated model to rank files and back
 //!
@@ -115,7 +115,6 @@ pub mod layers;
 pub mod lora;
 pub mod metadata;
 pub mod model;
-#[cfg(feature = "burn")]
 pub mod module;
 pub mod pipeline;
 pub mod plan;
@@ -143,9 +142,8 @@ pub use neuron_spec_derive::CustomModule;
 
 /// Types the derive's generated code names, so a model crate needs no direct `burn`/`indexmap` dependency.
 #[doc(hidden)]
-#[cfg(feature = "burn")]
 pub mod __private {
-    pub use burn::tensor::Device;
+    pub use crate::module::Device;
     pub use indexmap::IndexMap;
 }
 

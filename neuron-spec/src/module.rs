@@ -11,8 +11,18 @@ use crate::model::{self, PlanOptions};
 use crate::plan::TensorSource;
 use crate::specs::{ModelWeightTransformationSpecs, Spec};
 use crate::tensor::StateDict;
-use burn::tensor::Device;
 use indexmap::IndexMap;
+
+/// The device tensors are loaded onto: burn's `Device` with the `burn` feature (the default).
+#[cfg(feature = "burn")]
+pub type Device = burn::tensor::Device;
+
+/// Without the `burn` feature, a stand-in for burn's `Device`, so this contract (and the derive's tests,
+/// which use mock layers) compiles without building burn. Code meant for both builds names
+/// `neuron_spec::module::Device` and uses only `Device::default()` and references.
+#[cfg(not(feature = "burn"))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Device;
 
 /// The TP size and rank a layer was built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,4 +1,6 @@
-// Alongside burn's Module derive: `#[module(skip)]` fields and burn constants are out of the HF tree.
+//! `#[derive(CustomModule)]` alongside burn's `Module` derive: `#[module(skip)]` fields and burn constants
+//! are out of the HF tree, and the pair compiles without warnings. (Moved here from neuron-spec-derive's
+//! trybuild pass cases, which build without burn.)
 #![deny(warnings)]
 
 use burn::module::Module;
@@ -82,7 +84,8 @@ fn linear(device: &Device) -> BurnLinear {
     }
 }
 
-fn main() {
+#[test]
+fn burn_module_skip_and_constants_are_out_of_the_hf_tree() {
     let device = Device::default();
     let mlp = Mlp {
         gate_up_proj: linear(&device),

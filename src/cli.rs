@@ -325,6 +325,10 @@ pub enum Command {
         /// New number of pipeline stages (default: the input's).
         #[arg(long)]
         pp: Option<usize>,
+        /// The output's layout (the JSON of `create_parameter_metadata()`, written at any tp), e.g. another
+        /// qkv layout; the input's own layout by default.
+        #[arg(long = "layout", value_name = "FILE")]
+        layout_file: Option<PathBuf>,
         /// Replace an existing output, once the new one is complete.
         #[arg(long)]
         force: bool,
@@ -688,6 +692,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                     dtype: dtype.map(Into::into),
                     only,
                     pp: None,
+                    layout: None,
                 },
                 &AdapterOptions { only: (!adapters.is_empty()).then_some(adapters), merge: merge_adapter.clone() },
             )?;
@@ -714,9 +719,11 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
-        Command::Reshard { sharded_dir, out_dir, tp, pp, force, allow_unexpected, kv_replicas } => {
+        Command::Reshard { sharded_dir, out_dir, tp, pp, layout_file, force, allow_unexpected, kv_replicas } => {
             expect_sharded(&sharded_dir, "reshard")?;
+            let layout = layout_file.as_deref().map(|f| layout_from_file(f, tp)).transpose()?;
             let opts = WriteOptions {
+                layout,
                 force,
                 allow_unexpected,
                 kv_replicas: kv_replicas.into(),

@@ -451,3 +451,29 @@ fn plan_svg_draws_one_layer_and_renders() {
         eprintln!("rsvg-convert not installed: SVG checked for well-formedness only (apt-get install librsvg2-bin)");
     }
 }
+
+#[test]
+fn reshard_layout_file_changes_the_layout_like_direct_sharding() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The annotated model's layout with fused q/k/v (written at tp 2; used at tp 4).
+    let cfg = neuron_spec_examples::ModelConfig::read(&fixture("llama-gqa/config.json")).unwrap();
+    let file = tmp.path().join("fused.json");
+    fs::write(&file, neuron_spec_examples::model_metadata(&cfg, 2, true).unwrap().to_json().unwrap()).unwrap();
+    // Separate q/k/v at tp 2, resharded to fused q/k/v at tp 4: the rank files of direct fused sharding at tp 4.
+    let (src, a, b) = (tmp.path().join("src"), tmp.path().join("a"), tmp.path().join("b"));
+    shard_to(&src, "2", &[]);
+    exits(&run(&["reshard", s(&src), s(&a), "--tp", "4", "--layout", s(&file)]), 0, &[]);
+    shard_to(&b, "4", &["--fuse-qkv"]);
+    for r in 0..4 {
+        let n = neuron_spec::checkpoint::rank_file_name(r);
+        let p = |d: &Path| d.join(neuron_spec::checkpoint::RANKS_DIR).join(&n);
+        assert!(fs::read(p(&a)).unwrap() == fs::read(p(&b)).unwrap(), "rank {r}");
+    }
+    // A layout of another model is refused, naming a tensor it lacks, and nothing is written.
+    let other = neuron_spec_examples::ModelConfig::read(&fixture("llama-mha-tied/config.json")).unwrap();
+    let bad = tmp.path().join("other.json");
+    fs::write(&bad, neuron_spec_examples::model_metadata(&other, 2, true).unwrap().to_json().unwrap()).unwrap();
+    let c = tmp.path().join("c");
+    exits(&run(&["reshard", s(&src), s(&c), "--tp", "2", "--layout", s(&bad)]), 1, &["target layout does not fit"]);
+    assert!(!c.exists());
+}

@@ -87,6 +87,9 @@ pub struct WriteOptions {
     pub only: Option<regex::Regex>,
     /// Pipeline stages of the output (shard: one when `None`; reshard: the input's when `None`).
     pub pp: Option<usize>,
+    /// Reshard: the layout of the output at the new tp (e.g. another qkv layout), instead of the input's own
+    /// layout at the new tp. Its HF tensors must be the input's.
+    pub layout: Option<CheckpointMetadata>,
 }
 
 /// Is `name` a weight file or index (any format), an adapter's file or hidden? Those never travel as side files.

@@ -87,7 +87,7 @@ pub fn compose(forward: &ShardPlan, inverse: &[TensorPlan]) -> Result<ShardPlan>
 /// The reshard plan of a sharded checkpoint to TP size `tp`, and the new metadata.
 pub fn reshard_plan(ck: &ShardedCheckpoint, tp: usize) -> Result<(ShardPlan, CheckpointMetadata)> {
     let (_, inverse) = consolidation_plan(&ck.metadata, &ck.sources())?;
-    compose_for_tp(ck, &inverse, tp)
+    compose_for_tp(ck, &inverse, tp, None)
 }
 
 /// The sharding plan at TP size `tp` composed with the checkpoint's consolidation plan `inverse`.
@@ -95,12 +95,23 @@ fn compose_for_tp(
     ck: &ShardedCheckpoint,
     inverse: &[TensorPlan],
     tp: usize,
+    layout: Option<&CheckpointMetadata>,
 ) -> Result<(ShardPlan, CheckpointMetadata)> {
     let sources = ck.sources();
     let rank0 = sources.first().ok_or_else(|| Error::Invalid("a sharded checkpoint without rank files".into()))?;
     let originals = original_infos(&ck.metadata, *rank0, ck.tp)?;
-    let new_meta = metadata_for_tp(&ck.metadata, tp)?;
-    let forward = plan_shards(&new_meta, &Infos(originals), tp, PlanOptions::default())?;
+    let new_meta = match layout {
+        Some(m) => {
+            if m.tp_size.is_some_and(|t| t != tp) {
+                return Err(Error::Invalid(format!("the target layout is for tp {:?}, resharding to tp {tp}", m.tp_size)));
+            }
+            m.clone()
+        }
+        None => metadata_for_tp(&ck.metadata, tp)?,
+    };
+    // A target layout must describe the same HF tensors: planning reports any missing or unexpected one.
+    let forward = plan_shards(&new_meta, &Infos(originals), tp, PlanOptions::default())
+        .map_err(|e| if layout.is_some() { Error::Invalid(format!("the target layout does not fit the checkpoint: {e}")) } else { e })?;
     Ok((compose(&forward, inverse)?, new_meta))
 }
 
@@ -127,7 +138,7 @@ fn reshard_staged(
 ) -> Result<(Report, Staging)> {
     let sources = ck.sources();
     let (forward, inverse) = consolidation_plan(&ck.metadata, &sources)?;
-    let (plan, meta) = compose_for_tp(ck, &inverse, tp)?;
+    let (plan, meta) = compose_for_tp(ck, &inverse, tp, opts.layout.as_ref())?;
     if !opts.allow_unexpected {
         ck.check_all_described(&forward)?;
     }
@@ -146,6 +157,11 @@ fn reshard_staged(
     let pp = opts.pp.unwrap_or(ck.pp());
     let stages = crate::stages::StageAssignment::for_metadata(&meta, pp)?;
     let adapters = crate::lora::disk::sharded_adapters(src_dir)?;
+    if opts.layout.is_some() && !adapters.is_empty() {
+        return Err(Error::Invalid(
+            "a checkpoint with adapters is resharded in its own layout (--layout would leave the adapters' layout behind)".into(),
+        ));
+    }
     if pp > 1 && !adapters.is_empty() {
         return Err(Error::Invalid(format!("adapters cannot be resharded over pipeline stages yet (--pp {pp})")));
     }

@@ -918,21 +918,30 @@ fn finish_logits(
                 file: Some(g.to_path_buf()),
             });
         }
-        match max_abs_diff(logits, &gl.to_f32_vec()) {
-            Ok(diff) => {
-                out!("max_abs_diff {diff:e}");
-                if diff > GOLDEN_TOL {
-                    errln!("error: max_abs_diff {diff:e} is above {GOLDEN_TOL:e}");
-                    return Ok(EXIT_MISMATCH);
-                }
-            }
-            Err(m) => {
-                errln!("error: logits against {}: {m}", g.display());
-                return Ok(EXIT_MISMATCH);
-            }
+        if let Some(code) = check_golden(logits, &gl.to_f32_vec(), g, |d| format!("max_abs_diff {d:e}"))? {
+            return Ok(code);
         }
     }
     Ok(EXIT_OK)
+}
+
+/// Compares `logits` with the golden ones from `path` (a NaN or infinity on either side fails): prints
+/// `line(max_abs_diff)`, and returns the exit code of a mismatch.
+fn check_golden(logits: &[f32], golden: &[f32], path: &Path, line: impl Fn(f32) -> String) -> Result<Option<i32>> {
+    match max_abs_diff(logits, golden) {
+        Ok(diff) => {
+            out!("{}", line(diff));
+            if diff > GOLDEN_TOL {
+                errln!("error: max_abs_diff {diff:e} is above {GOLDEN_TOL:e}");
+                return Ok(Some(EXIT_MISMATCH));
+            }
+            Ok(None)
+        }
+        Err(m) => {
+            errln!("error: logits against {}: {m}", path.display());
+            Ok(Some(EXIT_MISMATCH))
+        }
+    }
 }
 
 /// A directory removed when dropped (quickstart's temporary work directory).
@@ -998,18 +1007,9 @@ fn quickstart(runner: Option<&dyn ForwardRunner>, model: &Path, work_dir: Option
         let (logits, shape) = runner.forward(&sharded, tp, true, &ids)?;
         if golden.exists() {
             let g = neuron_spec::io::SafetensorsFile::open(&golden)?.tensor("logits")?.to_f32_vec();
-            match max_abs_diff(&logits, &g) {
-                Ok(diff) => {
-                    out!("   logits {shape:?}, max_abs_diff {diff:e} (tolerance {GOLDEN_TOL:e})");
-                    if diff > GOLDEN_TOL {
-                        errln!("error: max_abs_diff {diff:e} is above {GOLDEN_TOL:e}");
-                        return Ok(EXIT_MISMATCH);
-                    }
-                }
-                Err(m) => {
-                    errln!("error: logits against {}: {m}", golden.display());
-                    return Ok(EXIT_MISMATCH);
-                }
+            let line = |d: f32| format!("   logits {shape:?}, max_abs_diff {d:e} (tolerance {GOLDEN_TOL:e})");
+            if let Some(code) = check_golden(&logits, &g, &golden, line)? {
+                return Ok(code);
             }
         }
     }

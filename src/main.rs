@@ -48,6 +48,9 @@ impl ForwardRunner for Llama {
         adapters: &[AdapterArg],
         input_ids: &[Vec<i64>],
     ) -> Result<Vec<NamedOutput>> {
+        if neuron_spec_examples::model_type_of(dir).as_deref() == Some("phi3") {
+            return phi3_outputs(dir, tp, fuse_qkv, adapters, input_ids);
+        }
         let cfg = ModelConfig::read(&dir.join("config.json"))?;
         let out = if dir.join(METADATA_PATH).exists() {
             let ck = ShardedCheckpoint::open(dir)?;
@@ -82,6 +85,36 @@ impl ForwardRunner for Llama {
     ) -> Result<i32> {
         mpi_forward::run(dir, tp, fuse_qkv, adapters, input_ids, finish)
     }
+}
+
+/// Phi-3 (its own model): an HF directory at `tp` with adapters, or a sharded checkpoint at its own tp.
+fn phi3_outputs(
+    dir: &Path,
+    tp: usize,
+    fuse_qkv: bool,
+    adapters: &[AdapterArg],
+    input_ids: &[Vec<i64>],
+) -> Result<Vec<NamedOutput>> {
+    use neuron_spec_examples::{phi3_layout, run_phi3_forward, run_phi3_sharded, Phi3Config, QkvLayout};
+    let cfg = Phi3Config::read(&dir.join("config.json"))?;
+    let out = if dir.join(METADATA_PATH).exists() {
+        if !adapters.is_empty() {
+            return Err(neuron_spec::Error::Invalid(
+                "--adapter: Phi-3 takes adapters with an HF checkpoint only (shard the adapter along instead)".into(),
+            ));
+        }
+        run_phi3_sharded(dir, &cfg, input_ids)?
+    } else {
+        let imported = import_adapters(&phi3_layout(&cfg, tp, QkvLayout::gqa(fuse_qkv))?, adapters)?;
+        let ck = neuron_spec::io::HfCheckpoint::open(dir)?;
+        run_phi3_forward(&ck, &cfg, tp, fuse_qkv, &imported, input_ids)?
+    };
+    let (b, s) = (input_ids.len(), input_ids.first().map_or(0, Vec::len));
+    Ok(vec![
+        NamedOutput { name: "logits".into(), values: out.logits, shape: vec![b, s, cfg.vocab_size] },
+        NamedOutput { name: "hidden_0".into(), values: out.hidden_0, shape: vec![b, s, cfg.hidden_size] },
+        NamedOutput { name: "hidden_1".into(), values: out.hidden_1, shape: vec![b, s, cfg.hidden_size] },
+    ])
 }
 
 /// `forward --comm mpi`: this process is one rank; any error ends the whole job with that rank's message.

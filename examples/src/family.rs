@@ -269,7 +269,18 @@ pub fn layout(cfg: &ModelConfig, tp: usize, qkv: QkvLayout) -> Result<Checkpoint
 
 /// [`layout`] of the HF checkpoint directory `dir` (its `config.json`).
 pub fn layout_of_dir(dir: &Path, tp: usize, qkv: QkvLayout) -> Result<CheckpointMetadata> {
+    if model_type_of(dir).as_deref() == Some("phi3") {
+        return crate::phi3::phi3_layout(&crate::Phi3Config::read(&dir.join("config.json"))?, tp, qkv);
+    }
     layout(&ModelConfig::read_dir(dir)?, tp, qkv)
+}
+
+/// The `model_type` in `dir/config.json` (`None` when it cannot be read: the family's reader then says why).
+/// Phi-3 is its own model (`crate::phi3`); every other family goes through [`ModelConfig`].
+pub fn model_type_of(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    v.get("model_type")?.as_str().map(str::to_string)
 }
 
 /// Rank-local shapes without data: what [`hf_tensor_infos`] feeds the inverse layout.

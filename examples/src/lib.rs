@@ -100,7 +100,7 @@ mod run;
 pub mod synthetic;
 mod train;
 
-pub use family::{hf_tensor_infos, layout, layout_of_dir, Family, ModelConfig, MODEL_TYPES};
+pub use family::{hf_tensor_infos, layout, layout_of_dir, model_type_of, Family, ModelConfig, MODEL_TYPES};
 pub use granite::GraniteScales;
 pub use llama::LlamaConfig;
 pub use model::{
@@ -110,7 +110,7 @@ pub use model::{
 pub use qwen3_moe::{MoeConfig, Qwen3MoeSparseMoeBlock};
 pub use rope::{RopeConfig, RopeScaling};
 pub use phi3::{
-    run_phi3_forward, run_phi3_ranks, Phi3Attention, Phi3Config, Phi3DecoderLayer, Phi3ForCausalLM, Phi3Forward,
+    phi3_layout, run_phi3_forward, run_phi3_ranks, run_phi3_sharded, Phi3Attention, Phi3Config, Phi3DecoderLayer, Phi3ForCausalLM, Phi3Forward,
     Phi3Mlp, Phi3Model, Phi3Output,
 };
 pub use run::{

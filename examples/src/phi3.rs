@@ -471,3 +471,44 @@ pub fn run_phi3_forward(
         model.load_rank_tensors("", &LoraRankSource::new(&local, ras)?, device)
     })
 }
+
+/// The TP layout of Phi-3 at `tp`: the metadata of its lazily built rank-0 model (no weight allocated).
+/// `QkvLayout::Plain` is refused: the packed `qkv_proj` is split by heads only.
+pub fn phi3_layout(cfg: &Phi3Config, tp: usize, qkv: crate::QkvLayout) -> Result<neuron_spec::CheckpointMetadata> {
+    let fuse_qkv = match qkv {
+        crate::QkvLayout::Fused => true,
+        crate::QkvLayout::Separate => false,
+        crate::QkvLayout::Plain => {
+            return Err(Error::Invalid(
+                "--plain-attention is not implemented for phi3 (its packed qkv_proj is split by heads)".into(),
+            ))
+        }
+    };
+    Phi3ForCausalLM::new(cfg, TpContext::new(tp, 0)?, fuse_qkv, &Device::default())?.create_parameter_metadata()
+}
+
+/// Runs the sharded Phi-3 checkpoint in `dir` at its own tp, each rank from its own rank file. A checkpoint
+/// that carries adapters is refused (run the HF checkpoint with `--adapter` instead).
+pub fn run_phi3_sharded(dir: &Path, cfg: &Phi3Config, input_ids: &[Vec<i64>]) -> Result<Phi3Forward> {
+    let ck = neuron_spec::checkpoint::ShardedCheckpoint::open(dir)?;
+    if !neuron_spec::lora::disk::sharded_adapters(dir)?.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: Phi-3 runs a sharded checkpoint's base weights only; it holds adapters (run the HF checkpoint with --adapter)",
+            dir.display()
+        )));
+    }
+    let fused = ck.metadata.specs().any(|(_, s)| matches!(s, neuron_spec::Spec::GqaQkv(g) if g.fuse_qkv));
+    run_phi3_ranks(ck.tp, input_ids, &|ctx, device| {
+        let model = Phi3ForCausalLM::new(cfg, ctx, fused, device)?;
+        if model.create_parameter_metadata()?.model_weight_transformation_specs
+            != ck.metadata.model_weight_transformation_specs
+        {
+            return Err(Error::Metadata {
+                path: dir.join(neuron_spec::checkpoint::METADATA_PATH),
+                reason: "the checkpoint's layout differs from this Phi-3 config's".into(),
+            });
+        }
+        let rank = ck.ranks.get(ctx.rank).ok_or_else(|| Error::Invalid(format!("no rank file for rank {}", ctx.rank)))?;
+        model.load_rank_tensors("", rank, device)
+    })
+}

@@ -2,7 +2,8 @@
 //! rank's bytes of an HF checkpoint, or only its own rank file of a sharded checkpoint.
 
 use crate::model::LlamaForCausalLM;
-use crate::run::{load_with_adapters, rank_forward, ForwardOutput, ModelConfig};
+use crate::family::ModelConfig;
+use crate::run::{load_with_adapters, rank_forward, ForwardOutput};
 use neuron_spec::checkpoint::{RankCheckpoint, METADATA_PATH};
 use neuron_spec::io::HfCheckpoint;
 use neuron_spec::layers::{Communicator, MpiCommunicator};
@@ -113,7 +114,7 @@ pub fn mpi_forward(
         let fused = ck.metadata.specs().any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv));
         let counting = Counting { inner: &ck.file, bytes: AtomicUsize::new(0) };
         let out = rank_forward(ctx, comm, input_ids, &|ctx, device| {
-            let model = LlamaForCausalLM::from_config(cfg, ctx, crate::QkvLayout::gqa(fused), device)?;
+            let model = LlamaForCausalLM::from_config(&cfg, ctx, crate::QkvLayout::gqa(fused), device)?;
             let ours = model.create_parameter_metadata()?;
             if ours.model_weight_transformation_specs != ck.metadata.model_weight_transformation_specs {
                 return Err(Error::Metadata {
@@ -134,7 +135,7 @@ pub fn mpi_forward(
         let hf = HfCheckpoint::open(dir)?;
         let counting = Counting { inner: &hf, bytes: AtomicUsize::new(0) };
         let out = rank_forward(ctx, comm, input_ids, &|ctx, device| {
-            let model = LlamaForCausalLM::from_config(cfg, ctx, crate::QkvLayout::gqa(fuse_qkv), device)?;
+            let model = LlamaForCausalLM::from_config(&cfg, ctx, crate::QkvLayout::gqa(fuse_qkv), device)?;
             let meta = model.create_parameter_metadata()?;
             let local =
                 neuron_spec::model::adapt_state_dict(&meta, &counting, ctx.size, ctx.rank, PlanOptions::default())?;

@@ -99,7 +99,6 @@ fn planned_bytes(dir: &Path, tp: usize) -> Vec<usize> {
 /// The `logits` tensor of a `forward --output` file, bit for bit (the threaded run also writes the hidden
 /// states; MPI's rank 0 writes the gathered logits only).
 fn logits(path: &std::path::Path) -> neuron_spec::HostTensor {
-    use neuron_spec::TensorSource;
     neuron_spec::io::SafetensorsFile::open(path).unwrap().tensor("logits").unwrap()
 }
 

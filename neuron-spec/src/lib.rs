@@ -134,6 +134,7 @@ pub mod synthetic;
 pub mod tensor;
 #[cfg(feature = "burn")]
 pub mod train;
+pub mod train_data;
 
 // The derive emits `::neuron_spec::...` paths; this makes them resolve inside this crate too.
 extern crate self as neuron_spec;

@@ -7,6 +7,7 @@ pub mod metadata_json;
 pub mod pickle;
 pub mod safetensors_header;
 pub mod spec_plan;
+pub mod train_data;
 
 /// A target's body: panics on a finding.
 pub type Body = fn(&[u8]);
@@ -18,4 +19,5 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("pickle", pickle::run),
     ("safetensors_header", safetensors_header::run),
     ("spec_plan", spec_plan::run),
+    ("train_data", train_data::run),
 ];

@@ -1,0 +1,22 @@
+//! Training data files (`neuron_spec::train_data`) from arbitrary bytes, read as safetensors or JSONL:
+//! reading and batching return errors, never panic; what is accepted is rectangular and inside the vocabulary.
+
+/// The target body.
+pub fn run(data: &[u8]) {
+    let Ok(dir) = std::env::temp_dir().canonicalize() else { return };
+    let path = dir.join(format!("neuron-spec-fuzz-train-data-{}", std::process::id()));
+    if std::fs::write(&path, data).is_err() {
+        return;
+    }
+    if let Ok(rows) = neuron_spec::train_data::read_rows(&path) {
+        for bs in [None, Some(1), Some(2)] {
+            if let Ok(batches) = neuron_spec::train_data::batches(&path, rows.clone(), bs, 128) {
+                for b in &batches {
+                    assert!(b.iter().all(|r| r.len() == b[0].len() && r.len() >= 2), "ragged batch accepted");
+                    assert!(b.iter().flatten().all(|t| (0..128).contains(t)), "id outside the vocabulary accepted");
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}

@@ -901,11 +901,7 @@ fn finish_logits(
     out!("logits shape {shape:?}");
     if let Some((path, outputs)) = output {
         write_outputs(path, outputs)?;
-        out!(
-            "wrote {} to {}",
-            outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", "),
-            path.display()
-        );
+        out!("wrote {} to {}", outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", "), path.display());
     }
     if let Some(g) = golden {
         let f = neuron_spec::io::SafetensorsFile::open(g)?;

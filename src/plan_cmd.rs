@@ -121,11 +121,9 @@ fn evaluate(a: &PlanArgs) -> std::result::Result<Outcome, Error> {
         Some(f) => check(&mut checks, &format!("layout {}", f.display()), CheckpointMetadata::read(f), |m| {
             format!("{} parameters, {} specs", m.parameters.len(), m.specs().count())
         }),
-        None => {
-            check(&mut checks, "config.json", neuron_spec_examples::layout_of_dir(dir, 1, qkv), |m| {
-                format!("the family's layout: {} parameters, {} specs", m.parameters.len(), m.specs().count())
-            })
-        }
+        None => check(&mut checks, "config.json", neuron_spec_examples::layout_of_dir(dir, 1, qkv), |m| {
+            format!("the family's layout: {} parameters, {} specs", m.parameters.len(), m.specs().count())
+        }),
     };
     let hf = check(&mut checks, "checkpoint files", HfCheckpoint::open(dir), |h| {
         format!("{} tensors, {}", h.names().len(), human(h.total_bytes() as u64))

@@ -763,7 +763,11 @@ fn reshard_to_an_absurd_tp() {
         neuron_spec_examples::layout_of_dir(&fixture("llama-gqa"), 2, neuron_spec_examples::QkvLayout::Plain).unwrap();
     shard(&fixture("llama-gqa"), &dir, &meta, 2, &WriteOptions::default()).unwrap();
     let out = tmp.path().join("out");
-    usage_fails(&mut cli(["reshard", s(&dir), s(&out), "--tp", "1000000000000000000"]), &out, &["--tp", "between 1 and 4096", "1000000000000000000"]);
+    usage_fails(
+        &mut cli(["reshard", s(&dir), s(&out), "--tp", "1000000000000000000"]),
+        &out,
+        &["--tp", "between 1 and 4096", "1000000000000000000"],
+    );
 }
 
 #[test]

@@ -186,7 +186,8 @@ fn lora_shard_forward_consolidate_from_the_command_line() {
     for (got, want) in [(out.join("default"), lora.clone()), (out.join("qv-2"), qv.clone())] {
         let f = "adapter_model.safetensors";
         assert!(std::fs::read(got.join(f)).unwrap() == std::fs::read(want.join(f)).unwrap(), "{f}");
-        let c: serde_json::Value = serde_json::from_slice(&std::fs::read(got.join("adapter_config.json")).unwrap()).unwrap();
+        let c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(got.join("adapter_config.json")).unwrap()).unwrap();
         assert_eq!(c["base_model_name_or_path"], std::path::absolute(&out).unwrap().to_str().unwrap());
     }
     // --adapter NAME writes only that one; --merge-adapter folds one into the base weights.

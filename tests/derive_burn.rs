@@ -8,9 +8,7 @@ use burn::tensor::Device;
 use indexmap::IndexMap;
 use neuron_spec::module::{join_path, CustomModule, FusedLinearLayer, TpContext};
 use neuron_spec::specs::ModelWeightTransformationSpecs;
-use neuron_spec::{
-    FuseAxis, FusedLinearsSpec, ParameterMetadata, Result, Spec, StateDict, TensorSource,
-};
+use neuron_spec::{FuseAxis, FusedLinearsSpec, ParameterMetadata, Result, Spec, StateDict, TensorSource};
 
 /// A burn module standing in for a parallel linear.
 #[derive(Module, Debug)]
@@ -24,15 +22,8 @@ impl CustomModule for BurnLinear {
     fn collect_specs(&self, _: &str, _: &mut Vec<ModelWeightTransformationSpecs>) -> Result<()> {
         Ok(())
     }
-    fn collect_parameter_metadata(
-        &self,
-        prefix: &str,
-        out: &mut IndexMap<String, ParameterMetadata>,
-    ) -> Result<()> {
-        out.insert(
-            join_path(prefix, "weight"),
-            ParameterMetadata::parallel(0, 1, self.tp.size),
-        );
+    fn collect_parameter_metadata(&self, prefix: &str, out: &mut IndexMap<String, ParameterMetadata>) -> Result<()> {
+        out.insert(join_path(prefix, "weight"), ParameterMetadata::parallel(0, 1, self.tp.size));
         Ok(())
     }
     fn collect_tp_contexts(&self, out: &mut Vec<TpContext>) {
@@ -78,10 +69,7 @@ struct Mlp {
 
 fn linear(device: &Device) -> BurnLinear {
     let weight = burn::tensor::Tensor::<2>::zeros([2, 2], device);
-    BurnLinear {
-        weight: burn::module::Param::from_tensor(weight),
-        tp: TpContext { size: 1, rank: 0 },
-    }
+    BurnLinear { weight: burn::module::Param::from_tensor(weight), tp: TpContext { size: 1, rank: 0 } }
 }
 
 #[test]

@@ -226,7 +226,10 @@ fn exact_import_shard_consolidate_gives_the_adapter_back_byte_for_byte() {
         let out = tmp.path().join("out");
         // The base model at the top of OUT, every adapter in OUT/<name>/ (default included).
         assert!(!out.join("adapter_config.json").exists() && !out.join("adapter_model.safetensors").exists());
-        same_bytes(&out.join("default/adapter_model.safetensors"), &fixture("llama-gqa-lora/adapter_model.safetensors"));
+        same_bytes(
+            &out.join("default/adapter_model.safetensors"),
+            &fixture("llama-gqa-lora/adapter_model.safetensors"),
+        );
         // The config keeps its meaning and its bytes, pointing at OUT as its base model.
         let mut back = LoraConfig::read(&out.join("default")).unwrap();
         let orig = LoraConfig::read(&fixture("llama-gqa-lora")).unwrap();

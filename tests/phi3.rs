@@ -147,7 +147,8 @@ fn unimplemented_config_fields_are_refused_by_name() {
 /// HF directory (with a PEFT adapter) or a sharded checkpoint, and consolidate gives the checkpoint back.
 #[test]
 fn cli_shards_runs_and_consolidates_phi3() {
-    let bin = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_neuron-spec")).args(args).output().unwrap();
+    let bin =
+        |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_neuron-spec")).args(args).output().unwrap();
     let ok = |o: &std::process::Output| assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let tmp = tempfile::tempdir().unwrap();
     let (hf, sharded, back) = (fixture("phi3"), tmp.path().join("sharded"), tmp.path().join("hf"));

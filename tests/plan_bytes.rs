@@ -110,7 +110,8 @@ fn bytes_one_rank_reads_from_disk_are_measured() {
     let (tp, rank) = (8, 0);
     let meta = neuron_spec_examples::layout_of_dir(&dir, tp, neuron_spec_examples::QkvLayout::Fused).unwrap();
     let hf = neuron_spec::io::HfCheckpoint::open(&dir).unwrap();
-    let planned = neuron_spec::model::plan_shards(&meta, &hf, tp, PlanOptions::default()).unwrap().bytes_read_per_rank()[rank];
+    let planned =
+        neuron_spec::model::plan_shards(&meta, &hf, tp, PlanOptions::default()).unwrap().bytes_read_per_rank()[rank];
     let local = adapt_state_dict(&meta, &hf, tp, rank, PlanOptions::default()).unwrap();
     drop(local);
     let measured: usize = files.iter().map(|f| resident_bytes(f)).sum::<usize>() - before;

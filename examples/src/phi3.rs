@@ -508,7 +508,8 @@ pub fn run_phi3_sharded(dir: &Path, cfg: &Phi3Config, input_ids: &[Vec<i64>]) ->
                 reason: "the checkpoint's layout differs from this Phi-3 config's".into(),
             });
         }
-        let rank = ck.ranks.get(ctx.rank).ok_or_else(|| Error::Invalid(format!("no rank file for rank {}", ctx.rank)))?;
+        let rank =
+            ck.ranks.get(ctx.rank).ok_or_else(|| Error::Invalid(format!("no rank file for rank {}", ctx.rank)))?;
         model.load_rank_tensors("", rank, device)
     })
 }

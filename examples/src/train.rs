@@ -30,8 +30,8 @@
 //! # }
 //! ```
 
-use crate::model::LlamaForCausalLM;
 use crate::family::ModelConfig;
+use crate::model::LlamaForCausalLM;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use neuron_spec::checkpoint::ShardedCheckpoint;
 use neuron_spec::layers::{Communicator, LocalCommunicator};

@@ -4,8 +4,8 @@
 #[allow(dead_code)]
 mod mocks;
 
-use neuron_spec::module::Device;
 use mocks::{Linear, NotAModule, Qkv};
+use neuron_spec::module::Device;
 use neuron_spec::module::{CustomModule, TpContext};
 use neuron_spec::{Spec, StateDict};
 

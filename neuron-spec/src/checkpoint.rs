@@ -846,7 +846,11 @@ fn consolidate_staged(
         Some(re) => {
             let kept: Vec<TensorPlan> = inverse.into_iter().filter(|t| re.is_match(&t.name)).collect();
             if kept.is_empty() {
-                return Err(Error::Invalid(format!("--only {}: no tensor of {} matches", re.as_str(), sharded_dir.display())));
+                return Err(Error::Invalid(format!(
+                    "--only {}: no tensor of {} matches",
+                    re.as_str(),
+                    sharded_dir.display()
+                )));
             }
             kept
         }
@@ -913,8 +917,7 @@ fn consolidate_staged(
         report.adapter_bytes += a.tensors.iter().map(|(_, t)| t.bytes().len() as u64).sum::<u64>();
     }
     let edit = |bytes: &[u8]| -> Result<Vec<u8>> { set_config_dtype(bytes, opts.dtype) };
-    report.side_files =
-        copy_side_files(sharded_dir, staging.path(), Some(&edit)).map_err(|e| staging.describe(e))?;
+    report.side_files = copy_side_files(sharded_dir, staging.path(), Some(&edit)).map_err(|e| staging.describe(e))?;
     Ok((report, staging))
 }
 

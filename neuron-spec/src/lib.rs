@@ -121,10 +121,10 @@ pub mod plan;
 #[cfg(feature = "burn")]
 pub mod prelude;
 pub mod progress;
-#[cfg(feature = "burn")]
-pub mod reference_names;
 pub mod pt;
 pub mod rank_source;
+#[cfg(feature = "burn")]
+pub mod reference_names;
 pub mod reshard;
 pub mod sharding;
 pub mod specs;

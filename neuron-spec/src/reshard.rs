@@ -103,15 +103,23 @@ fn compose_for_tp(
     let new_meta = match layout {
         Some(m) => {
             if m.tp_size.is_some_and(|t| t != tp) {
-                return Err(Error::Invalid(format!("the target layout is for tp {:?}, resharding to tp {tp}", m.tp_size)));
+                return Err(Error::Invalid(format!(
+                    "the target layout is for tp {:?}, resharding to tp {tp}",
+                    m.tp_size
+                )));
             }
             m.clone()
         }
         None => metadata_for_tp(&ck.metadata, tp)?,
     };
     // A target layout must describe the same HF tensors: planning reports any missing or unexpected one.
-    let forward = plan_shards(&new_meta, &Infos(originals), tp, PlanOptions::default())
-        .map_err(|e| if layout.is_some() { Error::Invalid(format!("the target layout does not fit the checkpoint: {e}")) } else { e })?;
+    let forward = plan_shards(&new_meta, &Infos(originals), tp, PlanOptions::default()).map_err(|e| {
+        if layout.is_some() {
+            Error::Invalid(format!("the target layout does not fit the checkpoint: {e}"))
+        } else {
+            e
+        }
+    })?;
     Ok((compose(&forward, inverse)?, new_meta))
 }
 

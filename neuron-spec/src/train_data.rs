@@ -89,4 +89,3 @@ pub fn batches(
     }
     Ok(out)
 }
-

@@ -6,11 +6,11 @@
 //! `cargo run --release -p neuron-spec-bench --bin plan_70b [-- --tp N]`
 
 use neuron_spec::dtype::DType;
-use neuron_spec_examples::LlamaConfig;
 use neuron_spec::model::{plan_shards, PlanOptions};
 use neuron_spec::module::{CustomModule, TpContext};
 use neuron_spec::tensor::HostTensor;
 use neuron_spec::{Error, Result, TensorInfo, TensorSource};
+use neuron_spec_examples::LlamaConfig;
 use neuron_spec_examples::LlamaForCausalLM;
 use std::time::Instant;
 

@@ -60,7 +60,8 @@ fn weights(s: &Shape) -> Res<StateDict> {
     };
     let (h, kv, d) = (s.hidden, s.kv_heads * (s.hidden / s.heads), s.inter);
     let mut sd = StateDict::new();
-    let mut put = |name: String, shape: Vec<usize>, v: Vec<f32>| HostTensor::from_f32(shape, &v).map(|t| sd.insert(name, t));
+    let mut put =
+        |name: String, shape: Vec<usize>, v: Vec<f32>| HostTensor::from_f32(shape, &v).map(|t| sd.insert(name, t));
     put("model.embed_tokens.weight".into(), vec![s.vocab, h], rnd(s.vocab * h))?;
     put("lm_head.weight".into(), vec![s.vocab, h], rnd(s.vocab * h))?;
     put("model.norm.weight".into(), vec![h], vec![1.0; h])?;

@@ -2,8 +2,8 @@
 // so the tests do not depend on the real parallel layers. Included by `tests/expand.rs` (as a module)
 // and by the trybuild pass cases (`include!`), hence no inner attributes or doc comments here.
 
-use neuron_spec::module::Device;
 use indexmap::IndexMap;
+use neuron_spec::module::Device;
 use neuron_spec::module::{join_path, CustomModule, FusedLinearLayer, GqaQkvLayer, TpContext};
 use neuron_spec::specs::ModelWeightTransformationSpecs;
 use neuron_spec::{

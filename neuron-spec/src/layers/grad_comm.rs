@@ -181,4 +181,3 @@ impl Communicator for NoCollectives {
         Ok(t)
     }
 }
-

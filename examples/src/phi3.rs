@@ -14,7 +14,7 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use neuron_spec::layers::{
     ColumnParallelLinear, ColumnParallelLinearConfig, Communicator, GqaQkvColumnParallelLinear,
-    GqaQkvColumnParallelLinearConfig, LocalCommunicator, ParallelEmbedding, ParallelEmbeddingConfig, RowParallelLinear,
+    GqaQkvColumnParallelLinearConfig, ParallelEmbedding, ParallelEmbeddingConfig, RowParallelLinear,
     RowParallelLinearConfig,
 };
 use neuron_spec::lora::{ImportedAdapter, LoraRankSource};
@@ -396,47 +396,22 @@ pub fn run_phi3_ranks(
     input_ids: &[Vec<i64>],
     load: &(dyn Fn(TpContext, &Device) -> Result<Phi3ForCausalLM> + Sync),
 ) -> Result<Phi3Forward> {
-    let comms = LocalCommunicator::group(tp)?;
     let (b, s) = (input_ids.len(), input_ids.first().map_or(0, Vec::len));
     let ids: Vec<i64> = input_ids.iter().flatten().copied().collect();
-    let results: Vec<Result<Phi3Forward>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = comms
-            .iter()
-            .map(|comm| {
-                let ids = ids.clone();
-                scope.spawn(move || {
-                    let run = || -> Result<Phi3Forward> {
-                        let device = Device::default();
-                        let model = load(comm.context(), &device)?;
-                        let t = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, s]), &device);
-                        let out = model.forward(t, comm)?;
-                        let mut hs = out.hidden_states.into_iter();
-                        let h0 = hs.next().ok_or_else(|| Error::Invalid("no hidden states".into()))?;
-                        let h1 = hs.next().ok_or_else(|| Error::Invalid("no decoder layer".into()))?;
-                        Ok(Phi3Forward {
-                            logits: flat(out.logits, "logits")?,
-                            hidden_0: flat(h0, "hidden_0")?,
-                            hidden_1: flat(h1, "hidden_1")?,
-                        })
-                    };
-                    let r = run();
-                    if let Err(e) = &r {
-                        comm.abort(&e.to_string());
-                    }
-                    r
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .enumerate()
-            .map(|(r, h)| h.join().unwrap_or_else(|_| Err(Error::Invalid(format!("rank {r} panicked")))))
-            .collect()
-    });
-    let mut outs = Vec::new();
-    for r in results {
-        outs.push(r?);
-    }
+    let outs = crate::run::on_rank_threads(tp, &|comm| -> Result<Phi3Forward> {
+        let device = Device::default();
+        let model = load(comm.context(), &device)?;
+        let t = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, s]), &device);
+        let out = model.forward(t, comm)?;
+        let mut hs = out.hidden_states.into_iter();
+        let h0 = hs.next().ok_or_else(|| Error::Invalid("no hidden states".into()))?;
+        let h1 = hs.next().ok_or_else(|| Error::Invalid("no decoder layer".into()))?;
+        Ok(Phi3Forward {
+            logits: flat(out.logits, "logits")?,
+            hidden_0: flat(h0, "hidden_0")?,
+            hidden_1: flat(h1, "hidden_1")?,
+        })
+    })?;
     let mut outs = outs.into_iter();
     let first = outs.next().ok_or_else(|| Error::Invalid("no ranks ran".into()))?;
     for (r, o) in outs.enumerate() {

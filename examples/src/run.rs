@@ -148,8 +148,56 @@ struct AbortGuard<'a> {
 impl Drop for AbortGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.comm.abort("the rank stopped before finishing the forward pass");
+            self.comm.abort("the rank stopped before finishing its work");
         }
+    }
+}
+
+/// Runs `work` for every rank of a fresh `LocalCommunicator` group of `tp`, each on its own thread, and returns
+/// the results in rank order. A rank that fails or panics aborts the others' collectives (none hangs), and the
+/// error returned is a rank's own rather than the aborts it caused on the others.
+pub(crate) fn on_rank_threads<T: Send>(
+    tp: usize,
+    work: &(dyn Fn(&LocalCommunicator) -> Result<T> + Sync),
+) -> Result<Vec<T>> {
+    let comms = LocalCommunicator::group(tp)?;
+    let results: Vec<Result<T>> = std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .iter()
+            .map(|comm| {
+                s.spawn(move || {
+                    let mut guard = AbortGuard { comm, armed: true };
+                    let r = work(comm);
+                    match &r {
+                        Ok(_) => guard.armed = false,
+                        Err(e) => comm.abort(&e.to_string()),
+                    }
+                    r
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(r, h)| h.join().unwrap_or_else(|_| Err(Error::Invalid(format!("rank {r} panicked")))))
+            .collect()
+    });
+    let mut outs = Vec::with_capacity(tp);
+    let mut first_err: Option<Error> = None;
+    for r in results {
+        match r {
+            Ok(o) => outs.push(o),
+            Err(e) => {
+                let is_echo = e.to_string().starts_with("collective aborted");
+                if first_err.as_ref().is_none_or(|f| f.to_string().starts_with("collective aborted") && !is_echo) {
+                    first_err = Some(e);
+                }
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(outs),
     }
 }
 
@@ -199,45 +247,7 @@ pub fn run_ranks(
     input_ids: &[Vec<i64>],
     load: &(dyn Fn(TpContext, &Device) -> Result<LlamaForCausalLM> + Sync),
 ) -> Result<ForwardOutput> {
-    let comms = LocalCommunicator::group(tp)?;
-    let results: Vec<Result<ForwardOutput>> = std::thread::scope(|s| {
-        let handles: Vec<_> = comms
-            .iter()
-            .map(|comm| {
-                s.spawn(move || {
-                    let mut guard = AbortGuard { comm, armed: true };
-                    let r = rank_forward(comm.context(), comm, input_ids, load);
-                    match &r {
-                        Ok(_) => guard.armed = false,
-                        Err(e) => comm.abort(&e.to_string()),
-                    }
-                    r
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .enumerate()
-            .map(|(r, h)| h.join().unwrap_or_else(|_| Err(Error::Invalid(format!("rank {r} panicked")))))
-            .collect()
-    });
-    // Report the root cause: a rank's own error rather than the aborts it caused on the others.
-    let mut outs = Vec::with_capacity(tp);
-    let mut first_err: Option<Error> = None;
-    for r in results {
-        match r {
-            Ok(o) => outs.push(o),
-            Err(e) => {
-                let is_echo = e.to_string().starts_with("collective aborted");
-                if first_err.as_ref().is_none_or(|f| f.to_string().starts_with("collective aborted") && !is_echo) {
-                    first_err = Some(e);
-                }
-            }
-        }
-    }
-    if let Some(e) = first_err {
-        return Err(e);
-    }
+    let outs = on_rank_threads(tp, &|comm| rank_forward(comm.context(), comm, input_ids, load))?;
     let mut outs = outs.into_iter();
     let first = outs.next().ok_or_else(|| Error::Invalid("no ranks ran".into()))?;
     for (r, o) in outs.enumerate() {

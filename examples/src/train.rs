@@ -1,5 +1,5 @@
 //! Training the example model: the vocab-parallel causal-LM loss, and a loop that runs every rank on its
-//! own thread (one [`RankTrainer`] per rank, joined by a [`LocalCommunicator`]).
+//! own thread (one [`RankTrainer`] per rank, joined by a [`LocalCommunicator`](neuron_spec::layers::LocalCommunicator)).
 //!
 //! ```no_run
 //! use burn::tensor::Device;
@@ -34,7 +34,7 @@ use crate::family::ModelConfig;
 use crate::model::LlamaForCausalLM;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use neuron_spec::checkpoint::ShardedCheckpoint;
-use neuron_spec::layers::{Communicator, LocalCommunicator};
+use neuron_spec::layers::Communicator;
 use neuron_spec::module::CustomModule;
 use neuron_spec::module::TpContext;
 use neuron_spec::train::{vocab_parallel_causal_lm_loss, OptimizerState, RankTrainer};
@@ -99,20 +99,6 @@ pub fn load_sharded_rank_model(
 /// One rank's losses, tensors, optimizer state and kept gradients.
 type RankResult = (Vec<f32>, StateDict, OptimizerState, Option<StateDict>);
 
-/// Fails the group's collectives if its rank's thread ends early (error or panic).
-struct AbortGuard<'a> {
-    comm: &'a LocalCommunicator,
-    armed: bool,
-}
-
-impl Drop for AbortGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.comm.abort("the rank stopped before finishing training");
-        }
-    }
-}
-
 /// Trains `tp` ranks on threads for `steps` steps, batch `k % batches.len()` at step `k`. `init` builds a
 /// rank's trainer on the given autodiff device (from its own data: ranks share no tensors); `on_step(k, loss)`
 /// is called by rank 0 after each step (1-based).
@@ -126,64 +112,29 @@ pub fn train_ranks(
     if batches.is_empty() {
         return Err(Error::Invalid("no training data".into()));
     }
-    let comms = LocalCommunicator::group(tp)?;
-    let results: Vec<Result<RankResult>> = std::thread::scope(|s| {
-        let handles: Vec<_> = comms
-            .iter()
-            .map(|comm| {
-                s.spawn(move || {
-                    let mut guard = AbortGuard { comm, armed: true };
-                    let r = (|| -> Result<RankResult> {
-                        let device = Device::default().autodiff();
-                        let mut t = init(comm.context(), &device)?;
-                        let mut losses = Vec::with_capacity(steps);
-                        for k in 0..steps {
-                            let batch = &batches[k % batches.len()];
-                            let l = t.step(comm, |m, c| m.causal_lm_loss(batch, c))?;
-                            if comm.context().rank == 0 {
-                                on_step(t.state.step as usize, l);
-                            }
-                            losses.push(l);
-                        }
-                        Ok((losses, t.rank_tensors()?, t.state, t.last_grads))
-                    })();
-                    match &r {
-                        Ok(_) => guard.armed = false,
-                        Err(e) => comm.abort(&e.to_string()),
-                    }
-                    r
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .enumerate()
-            .map(|(r, h)| h.join().unwrap_or_else(|_| Err(Error::Invalid(format!("rank {r} panicked")))))
-            .collect()
-    });
+    let results = crate::run::on_rank_threads(tp, &|comm| -> Result<RankResult> {
+        let device = Device::default().autodiff();
+        let mut t = init(comm.context(), &device)?;
+        let mut losses = Vec::with_capacity(steps);
+        for k in 0..steps {
+            let batch = &batches[k % batches.len()];
+            let l = t.step(comm, |m, c| m.causal_lm_loss(batch, c))?;
+            if comm.context().rank == 0 {
+                on_step(t.state.step as usize, l);
+            }
+            losses.push(l);
+        }
+        Ok((losses, t.rank_tensors()?, t.state, t.last_grads))
+    })?;
     let mut ranks = Vec::with_capacity(tp);
     let mut losses = Vec::new();
     let mut grads = Vec::with_capacity(tp);
-    let mut first_err: Option<Error> = None;
-    for (r, res) in results.into_iter().enumerate() {
-        match res {
-            Ok((l, sd, st, g)) => {
-                if r == 0 {
-                    losses = l;
-                }
-                ranks.push((sd, st));
-                grads.push(g);
-            }
-            Err(e) => {
-                let echo = e.to_string().starts_with("collective aborted");
-                if first_err.as_ref().is_none_or(|f| f.to_string().starts_with("collective aborted") && !echo) {
-                    first_err = Some(e);
-                }
-            }
+    for (r, (l, sd, st, g)) in results.into_iter().enumerate() {
+        if r == 0 {
+            losses = l;
         }
-    }
-    if let Some(e) = first_err {
-        return Err(e);
+        ranks.push((sd, st));
+        grads.push(g);
     }
     Ok(TrainRun { losses, ranks, grads })
 }

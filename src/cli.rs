@@ -1,11 +1,11 @@
 //! The `neuron-spec` command line: shard, consolidate, reshard, plan, inspect, and a `forward` hook that a
 //! model crate fills in (the binary lives next to the model; see `examples/`).
 
+pub use crate::exit::{usage, EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE};
+pub use crate::layouts::{hf_layout, is_sharded, layout_from_file, LayoutArgs};
 use crate::out::human;
 use clap::{Args, Parser, Subcommand};
-use neuron_spec::checkpoint::{
-    consolidate, consolidate_with_adapters, shard, shard_with_adapters, AdapterOptions, WriteOptions, METADATA_PATH,
-};
+use neuron_spec::checkpoint::{WriteOptions, METADATA_PATH};
 use neuron_spec::compare::max_abs_diff;
 use neuron_spec::error::{Error, Result};
 use neuron_spec::io::{parse_size, HfCheckpoint};
@@ -13,6 +13,7 @@ use neuron_spec::lora::{import_adapter, ImportedAdapter, LoraImportOptions, Lora
 use neuron_spec::metadata::CheckpointMetadata;
 use neuron_spec::plan::TensorSource;
 use neuron_spec::reshard::reshard;
+use neuron_spec::{consolidate, consolidate_with_adapters, shard, shard_with_adapters, AdapterOptions};
 use neuron_spec_examples::QkvLayout;
 use std::path::{Path, PathBuf};
 
@@ -42,15 +43,6 @@ pub fn parse_regex(s: &str) -> std::result::Result<regex::Regex, String> {
 /// The largest |logit - golden| that `forward --golden` and `quickstart` accept.
 pub const GOLDEN_TOL: f32 = 1e-4;
 
-/// Exit code: success.
-pub const EXIT_OK: i32 = 0;
-/// Exit code: bad input or a failed operation (the message says which file, tensor and why).
-pub const EXIT_ERROR: i32 = 1;
-/// Exit code: bad command-line usage (clap).
-pub const EXIT_USAGE: i32 = 2;
-/// Exit code: `forward --golden` found a difference above the tolerance.
-pub const EXIT_MISMATCH: i32 = 3;
-
 /// Move model weights between the Hugging Face layout and tensor-parallel ranks.
 #[derive(Debug, Parser)]
 #[command(name = "neuron-spec", version, about)]
@@ -64,27 +56,6 @@ pub struct Cli {
     /// No progress output.
     #[arg(short, long, global = true)]
     pub quiet: bool,
-}
-
-/// How attention is laid out on the ranks.
-#[derive(Debug, Clone, Args)]
-pub struct LayoutArgs {
-    /// One fused `qkv_proj.weight_qkv` per rank instead of `weight_q/_k/_v`.
-    #[arg(long)]
-    pub fuse_qkv: bool,
-    /// Plain column/row sharding of q/k/v/o (storage only; for head counts tp does not divide).
-    #[arg(long, conflicts_with = "fuse_qkv")]
-    pub plain_attention: bool,
-}
-
-impl LayoutArgs {
-    pub fn qkv(&self) -> QkvLayout {
-        if self.plain_attention {
-            QkvLayout::Plain
-        } else {
-            QkvLayout::gqa(self.fuse_qkv)
-        }
-    }
 }
 
 /// `--lora-mode` values.
@@ -533,57 +504,6 @@ pub fn main_with(runner: Option<&dyn ForwardRunner>) -> i32 {
     }
 }
 
-/// The layout of an HF checkpoint: its `config.json`'s family (by `model_type`), read off the same model that
-/// runs `forward`; unknown model types and unimplemented fields are refused. When `tp` does not fit the model,
-/// the error names the tp sizes that do (and `--plain-attention`'s).
-pub fn hf_layout(dir: &Path, tp: usize, qkv: QkvLayout) -> Result<CheckpointMetadata> {
-    neuron_spec_examples::layout_of_dir(dir, tp, qkv).map_err(|e| {
-        if neuron_spec_examples::layout_of_dir(dir, 1, qkv).is_err() {
-            return e; // not a tp problem: the config itself is refused
-        }
-        let heads = std::fs::read_to_string(dir.join("config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get("num_attention_heads").and_then(|h| h.as_u64()))
-            .unwrap_or(64)
-            .clamp(1, 256) as usize;
-        let fits = |q: QkvLayout| -> Vec<String> {
-            (1..=heads)
-                .filter(|t| neuron_spec_examples::layout_of_dir(dir, *t, q).is_ok())
-                .map(|t| t.to_string())
-                .collect()
-        };
-        let (gqa, plain) = (fits(qkv), fits(QkvLayout::Plain));
-        let mut hint = format!("{e}; valid tp sizes for this model: {}", gqa.join(", "));
-        if qkv != QkvLayout::Plain && plain != gqa && !plain.is_empty() {
-            hint += &format!(" (with --plain-attention, storage only: {})", plain.join(", "));
-        }
-        Error::Invalid(hint)
-    })
-}
-
-/// The layout in `file` (the JSON of `create_parameter_metadata()`, written at any tp) for TP size `tp`.
-pub fn layout_from_file(file: &Path, tp: usize) -> Result<CheckpointMetadata> {
-    let meta = CheckpointMetadata::read(file)?;
-    let at = |t: usize| -> Result<CheckpointMetadata> {
-        let mut m = neuron_spec::reshard::metadata_for_tp(&meta, t)?;
-        m.rank_files.clear();
-        for (module, s) in m.specs() {
-            s.validate(t).map_err(|e| Error::Invalid(format!("{module}: {e}")))?;
-        }
-        Ok(m)
-    };
-    at(tp).map_err(|e| {
-        let fits: Vec<String> = (1..=256).filter(|t| at(*t).is_ok()).map(|t| t.to_string()).collect();
-        Error::Invalid(format!("{}: {e}; valid tp sizes for this layout: {}", file.display(), fits.join(", ")))
-    })
-}
-
-/// A sharded checkpoint, ours or optimum-neuron's (`.pt` rank files): detected from its stage-0 metadata.
-pub fn is_sharded(dir: &Path) -> bool {
-    neuron_spec::checkpoint::is_sharded_dir(dir)
-}
-
 /// Fails with a hint when `dir` is a sharded checkpoint where an HF folder is expected.
 fn expect_hf(dir: &Path, command: &str) -> Result<()> {
     if is_sharded(dir) {
@@ -797,12 +717,6 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             Ok(EXIT_OK)
         }
     }
-}
-
-/// A usage error found after parsing (an option that does not apply to this input): one line, exit 2.
-pub fn usage(msg: String) -> Result<i32> {
-    errln!("error: {msg}");
-    Ok(EXIT_USAGE)
 }
 
 /// One line listing the non-weight files carried over.

@@ -1,7 +1,8 @@
 //! `neuron-spec inspect`: what an HF folder, a sharded checkpoint or a PEFT adapter folder holds, with the
 //! adapters, the qkv layout, the kv multiplier and the rank files' checksums.
 
-use crate::cli::{is_sharded, EXIT_OK};
+use crate::exit::EXIT_OK;
+use crate::layouts::is_sharded;
 use crate::out::human;
 use neuron_spec::checkpoint::{side_files, ShardedCheckpoint, RANKS_DIR};
 use neuron_spec::error::{Error, Result};

@@ -5,7 +5,9 @@ use neuron_spec::checkpoint::{ShardedCheckpoint, METADATA_PATH};
 #[macro_use]
 mod out;
 mod cli;
+mod exit;
 mod inspect_cmd;
+mod layouts;
 mod plan_cmd;
 mod plan_svg;
 mod progress_bar;

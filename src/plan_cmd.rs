@@ -1,7 +1,8 @@
 //! `neuron-spec plan`: every validation result, a summary per rank, the per-tensor table on request, valid
 //! JSON with `--json` whatever happens, and an optional SVG of one layer.
 
-use crate::cli::{hf_layout, is_sharded, layout_from_file, LayoutArgs, EXIT_ERROR, EXIT_OK};
+use crate::exit::{EXIT_ERROR, EXIT_OK};
+use crate::layouts::{hf_layout, is_sharded, layout_from_file, LayoutArgs};
 use crate::out::human;
 use neuron_spec::checkpoint::ShardedCheckpoint;
 use neuron_spec::error::{Error, Result};
@@ -161,7 +162,7 @@ fn evaluate(a: &PlanArgs) -> std::result::Result<Outcome, Error> {
 /// Runs `plan`; with `--json` the output is JSON also when the arguments or a check fail.
 pub fn plan_command(a: &PlanArgs) -> Result<i32> {
     if is_sharded(&a.dir) && (a.layout.fuse_qkv || a.layout.plain_attention || a.layout_file.is_some()) {
-        return crate::cli::usage(format!(
+        return crate::exit::usage(format!(
             "--fuse-qkv, --plain-attention and --layout describe an HF checkpoint's layout; {} is a sharded \
              checkpoint, whose metadata records its own",
             a.dir.display()

@@ -5,7 +5,8 @@
 
 mod common;
 use common::*;
-use neuron_spec::checkpoint::{rank_file_name, shard, WriteOptions, METADATA_PATH, RANKS_DIR};
+use neuron_spec::checkpoint::{rank_file_name, WriteOptions, METADATA_PATH, RANKS_DIR};
+use neuron_spec::shard;
 use neuron_spec::TensorSource;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -1168,8 +1169,7 @@ fn sharded_complete(tp: usize) -> impl Fn(&Path) -> bool {
             ck.tp == tp && {
                 let t = tempfile::tempdir().unwrap();
                 let hf_out = t.path().join("hf");
-                neuron_spec::checkpoint::consolidate(d, &hf_out, &WriteOptions::default()).is_ok()
-                    && same_as_llama_gqa(&hf_out)
+                neuron_spec::consolidate(d, &hf_out, &WriteOptions::default()).is_ok() && same_as_llama_gqa(&hf_out)
             }
         })
     }

@@ -8,10 +8,11 @@ use burn::module::Module;
 use burn::nn::{EmbeddingConfig, LayerNormConfig, LinearConfig};
 use burn::tensor::Device;
 use common::*;
-use neuron_spec::checkpoint::{consolidate, shard, ShardedCheckpoint, WriteOptions};
+use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
 use neuron_spec::io::{HfCheckpoint, SafetensorsFile};
 use neuron_spec::module::CustomModule;
 use neuron_spec::reshard::reshard;
+use neuron_spec::{consolidate, shard};
 use neuron_spec::{CustomModule as DeriveCustomModule, HostTensor, StateDict};
 use neuron_spec_examples::{
     layout, layout_of_dir, run_sharded_forward, run_tp_forward, Family, ForwardOutput, ModelConfig, QkvLayout,
@@ -448,7 +449,7 @@ fn qwen3_with_a_lora_adapter_matches_peft_at_tp_1_2_4_8() {
 
 #[test]
 fn qwen3_lora_shard_consolidate_gives_the_adapter_back_byte_for_byte() {
-    use neuron_spec::checkpoint::{consolidate_with_adapters, shard_with_adapters, AdapterOptions};
+    use neuron_spec::{consolidate_with_adapters, shard_with_adapters, AdapterOptions};
     let tmp = tempfile::tempdir().unwrap();
     let (s, out) = (tmp.path().join("sharded"), tmp.path().join("out"));
     let meta = layout(&cfg("qwen3"), 4, QkvLayout::Fused).unwrap();

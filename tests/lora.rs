@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use neuron_spec::checkpoint::{consolidate_with_adapters, shard_with_adapters, AdapterOptions, WriteOptions};
+use neuron_spec::checkpoint::WriteOptions;
 use neuron_spec::io::{HfCheckpoint, SafetensorsFile};
 use neuron_spec::lora::disk::{imported_rank_adapter, sharded_adapters};
 use neuron_spec::lora::{
@@ -14,6 +14,7 @@ use neuron_spec::lora::{
 use neuron_spec::metadata::ParameterMetadata;
 use neuron_spec::module::{CustomModule, TpContext};
 use neuron_spec::specs::{FuseAxis, FusedLinearsSpec, GqaQkvColumnParallelLinearSpec, QueryOrOutput};
+use neuron_spec::{consolidate_with_adapters, shard_with_adapters, AdapterOptions};
 use neuron_spec::{
     create_local_fused_weight, create_local_weight_with_padding, CheckpointMetadata, HostTensor,
     ModelWeightTransformationSpecs, Spec, StateDict, TensorSource,

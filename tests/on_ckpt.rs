@@ -4,7 +4,8 @@
 
 mod common;
 use common::*;
-use neuron_spec::checkpoint::{consolidate, ShardedCheckpoint, WriteOptions};
+use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
+use neuron_spec::consolidate;
 use neuron_spec::io::HfCheckpoint;
 use neuron_spec::reshard::reshard;
 use std::fs;

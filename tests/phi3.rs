@@ -6,13 +6,12 @@
 mod common;
 use burn::tensor::Device;
 use common::*;
-use neuron_spec::checkpoint::{
-    consolidate, consolidate_with_adapters, shard, shard_with_adapters, AdapterOptions, ShardedCheckpoint, WriteOptions,
-};
+use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
 use neuron_spec::io::{HfCheckpoint, SafetensorsFile};
 use neuron_spec::lora::{import_adapter, LoraImportOptions, LoraMode, PeftAdapter};
 use neuron_spec::module::{CustomModule, TpContext};
 use neuron_spec::reshard::reshard;
+use neuron_spec::{consolidate, consolidate_with_adapters, shard, shard_with_adapters, AdapterOptions};
 use neuron_spec::{CheckpointMetadata, Spec, TensorSource};
 use neuron_spec_examples::{run_phi3_forward, Phi3Config, Phi3ForCausalLM};
 

@@ -4,9 +4,10 @@
 
 mod common;
 use common::*;
-use neuron_spec::checkpoint::{consolidate, shard, ShardedCheckpoint, WriteOptions};
+use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
 use neuron_spec::reshard::reshard;
 use neuron_spec::stages::layer_index;
+use neuron_spec::{consolidate, shard};
 use std::fs;
 use std::path::Path;
 

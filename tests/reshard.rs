@@ -2,10 +2,11 @@
 
 mod common;
 use common::*;
-use neuron_spec::checkpoint::{consolidate, shard, ShardedCheckpoint, WriteOptions};
+use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
 use neuron_spec::io::HfCheckpoint;
 use neuron_spec::reshard::reshard;
 use neuron_spec::TensorSource;
+use neuron_spec::{consolidate, shard};
 
 #[test]
 fn reshard_then_consolidate_equals_the_original() {

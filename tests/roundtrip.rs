@@ -2,8 +2,9 @@
 
 mod common;
 use common::*;
-use neuron_spec::checkpoint::{consolidate, shard, ShardedCheckpoint, WriteOptions};
+use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
 use neuron_spec::io::{HfCheckpoint, SafetensorsFile};
+use neuron_spec::{consolidate, shard};
 use neuron_spec::{DType, TensorSource};
 use neuron_spec_examples::{layout_of_dir, QkvLayout};
 

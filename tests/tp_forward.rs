@@ -2,9 +2,10 @@
 
 mod common;
 use common::*;
-use neuron_spec::checkpoint::{shard, WriteOptions};
+use neuron_spec::checkpoint::WriteOptions;
 use neuron_spec::io::SafetensorsFile;
 use neuron_spec::module::{CustomModule, TpContext};
+use neuron_spec::shard;
 use neuron_spec::TensorSource;
 use neuron_spec_examples::{run_sharded_forward, run_tp_forward, ForwardOutput, LlamaForCausalLM, ModelConfig};
 

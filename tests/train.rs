@@ -10,8 +10,9 @@
 mod common;
 
 use common::{fixture, hf, open};
-use neuron_spec::checkpoint::{consolidate, ShardedCheckpoint, WriteOptions};
+use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
 use neuron_spec::compare::{max_abs_diff, mean_abs_diff};
+use neuron_spec::consolidate;
 use neuron_spec::io::HfCheckpoint;
 use neuron_spec::model::to_original_weights;
 use neuron_spec::train::{

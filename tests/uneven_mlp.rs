@@ -4,10 +4,11 @@
 
 mod common;
 use common::*;
-use neuron_spec::checkpoint::{consolidate, shard, ShardedCheckpoint, WriteOptions};
+use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
 use neuron_spec::io::{HfCheckpoint, SafetensorsFile};
 use neuron_spec::reshard::reshard;
 use neuron_spec::TensorSource;
+use neuron_spec::{consolidate, shard};
 use neuron_spec_examples::{model_metadata, run_tp_forward, ModelConfig};
 
 const DIR: &str = "llama-uneven-mlp";

@@ -8,12 +8,13 @@
 //! Before each timed run the input files are read once, so ours and the floor
 //! start with the same warm page cache.
 
-use neuron_spec::checkpoint::{consolidate, shard, WriteOptions};
+use neuron_spec::checkpoint::WriteOptions;
 use neuron_spec::io::HfCheckpoint;
 use neuron_spec::model::{plan_shards, PlanOptions};
 use neuron_spec::reshard::reshard;
 use neuron_spec::synthetic::Shape;
 use neuron_spec::TensorSource;
+use neuron_spec::{consolidate, shard};
 use neuron_spec_examples::synthetic::generate;
 use neuron_spec_examples::{layout_of_dir, QkvLayout};
 use std::io::{Read, Write};

@@ -86,9 +86,12 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod config_fields;
 pub mod family;
 pub mod granite;
 pub mod llama;
+mod mlp;
 mod model;
 #[cfg(feature = "mpi")]
 pub mod mpi_run;
@@ -100,12 +103,15 @@ mod run;
 pub mod synthetic;
 mod train;
 
-pub use family::{hf_tensor_infos, layout, layout_of_dir, model_type_of, Family, ModelConfig, MODEL_TYPES};
+pub use config::{model_type_of, Family, ModelConfig, MODEL_TYPES};
+pub use config_fields::FIELDS_ANY_FAMILY;
+pub use family::{hf_tensor_infos, layout_of_dir};
 pub use granite::GraniteScales;
 pub use llama::LlamaConfig;
+pub use mlp::LlamaMlp;
 pub use model::{
-    DecoderOptions, FeedForward, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMlp, LlamaModel,
-    LlamaOutput, PlainAttention, QkvLayout, SelfAttention, MAX_LAYERS,
+    layout, DecoderOptions, FeedForward, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaModel, LlamaOutput,
+    PlainAttention, QkvLayout, SelfAttention, MAX_LAYERS,
 };
 pub use phi3::{
     phi3_layout, run_phi3_forward, run_phi3_ranks, run_phi3_sharded, Phi3Attention, Phi3Config, Phi3DecoderLayer,

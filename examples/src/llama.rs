@@ -2,7 +2,7 @@
 //! `model.rs` with nothing added: GQA attention with RoPE (every `rope_scaling` type of `rope.rs`), SwiGLU MLP,
 //! RMSNorm, optional tied embeddings; Qwen2 has q/k/v biases and no o bias, Mistral a sliding window.
 
-use crate::family::{check_fields, FIELDS_ANY_FAMILY};
+use crate::config_fields::{check_fields, FIELDS_ANY_FAMILY};
 use neuron_spec::{Error, Result};
 use serde::Deserialize;
 use serde_json::Value;

@@ -3,13 +3,14 @@
 //! families add is chosen from the config: Qwen3's `q_norm`/`k_norm`, Granite's multipliers, Qwen3-MoE's
 //! sparse blocks (`qwen3_moe.rs`), the RoPE variant (`rope.rs`).
 
-use crate::family::{Family, ModelConfig};
+use crate::config::{Family, ModelConfig};
 use crate::llama::LlamaConfig;
+use crate::mlp::LlamaMlp;
 use crate::qwen3_moe::Qwen3MoeSparseMoeBlock;
 use crate::rope::{Rope, RopeConfig};
 use burn::module::Module;
 use burn::nn::{LinearConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use indexmap::IndexMap;
 use neuron_spec::layers::{
@@ -18,9 +19,9 @@ use neuron_spec::layers::{
     RowParallelLinearConfig,
 };
 use neuron_spec::metadata::ParameterMetadata;
-use neuron_spec::module::TpContext;
+use neuron_spec::module::{CustomModule as _, TpContext};
 use neuron_spec::specs::{ModelWeightTransformationSpecs, MAX_HEADS};
-use neuron_spec::{CustomModule, Error, Result, StateDict, TensorSource};
+use neuron_spec::{CheckpointMetadata, CustomModule, Error, Result, StateDict, TensorSource};
 
 /// The largest `num_hidden_layers` accepted (the layout lists every layer's parameters up front).
 pub const MAX_LAYERS: usize = 1 << 14;
@@ -141,16 +142,6 @@ pub enum SelfAttention {
     Gqa(LlamaAttention),
     /// Plain column/row-parallel q/k/v/o.
     Plain(PlainAttention),
-}
-
-/// SwiGLU MLP with gate_proj and up_proj fused into one column-parallel layer.
-#[derive(Module, CustomModule, Debug)]
-pub struct LlamaMlp {
-    /// `[gate_local | up_local]` outputs.
-    #[fused_linears(gate_proj, up_proj)]
-    pub gate_up_proj: ColumnParallelLinear,
-    /// Row-parallel down projection.
-    pub down_proj: RowParallelLinear,
 }
 
 /// The MLP of a layer.
@@ -489,17 +480,9 @@ impl LlamaAttention {
     }
 }
 
-impl LlamaMlp {
-    /// `down(silu(gate(x)) · up(x))`.
-    pub fn forward<C: Communicator>(&self, x: Tensor<3>, comm: &C) -> Result<Tensor<3>> {
-        let tp = self.gate_up_proj.tp.size;
-        let local: Vec<usize> = match &self.gate_up_proj.fused_dims {
-            Some(d) if d.len() == 2 => d.iter().map(|x| x.div_ceil(tp)).collect(), // members padded per rank
-            _ => return Err(Error::Invalid("gate_up_proj must fuse exactly gate_proj and up_proj".into())),
-        };
-        let y = self.gate_up_proj.forward(x, comm)?;
-        let gate = y.clone().narrow(2, 0, local[0]);
-        let up = y.narrow(2, local[0], local[1]);
-        self.down_proj.forward(silu(gate) * up, comm)
-    }
+/// The TP layout (specs and parameter metadata) of the model at `tp`: the metadata of its lazily built rank-0
+/// model, with no weight allocated.
+pub fn layout(cfg: &ModelConfig, tp: usize, qkv: QkvLayout) -> Result<CheckpointMetadata> {
+    let d = Device::default();
+    LlamaForCausalLM::from_config(cfg, TpContext::new(tp, 0)?, qkv, &d)?.create_parameter_metadata()
 }

@@ -1,7 +1,7 @@
 //! Ranks as MPI processes (feature `mpi`): this process runs the one TP rank MPI gave it, reading only that
 //! rank's bytes of an HF checkpoint, or only its own rank file of a sharded checkpoint.
 
-use crate::family::ModelConfig;
+use crate::config::ModelConfig;
 use crate::model::LlamaForCausalLM;
 use crate::run::{load_with_adapters, rank_forward, ForwardOutput};
 use neuron_spec::checkpoint::{RankCheckpoint, METADATA_PATH};

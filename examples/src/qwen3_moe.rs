@@ -9,7 +9,7 @@
 //!   expert order;
 //! - layer `i` is sparse when `i` is not in `mlp_only_layers` and `(i + 1) % decoder_sparse_step == 0`.
 
-use crate::model::LlamaMlp;
+use crate::mlp::LlamaMlp;
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::activation::softmax;

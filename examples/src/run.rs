@@ -1,7 +1,7 @@
 //! Running a TP forward pass: one burn model per rank, each on its own thread, joined by a
 //! [`LocalCommunicator`].
 
-use crate::family::ModelConfig;
+use crate::config::ModelConfig;
 use crate::model::{LlamaForCausalLM, QkvLayout};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use neuron_spec::checkpoint::ShardedCheckpoint;
@@ -57,7 +57,7 @@ pub fn run_tp_forward(
 
 /// The TP layout (specs and parameter metadata) of the model at `tp`: what adapters are imported for.
 pub fn model_metadata(cfg: &ModelConfig, tp: usize, fuse_qkv: bool) -> Result<CheckpointMetadata> {
-    crate::family::layout(cfg, tp, QkvLayout::gqa(fuse_qkv))
+    crate::model::layout(cfg, tp, QkvLayout::gqa(fuse_qkv))
 }
 
 /// Loads rank `ctx.rank`'s base tensors from `local` and the adapters' factors, all adapters active.

@@ -1,7 +1,8 @@
 //! Synthetic checkpoints (benchmarks, memory tests) whose tensor names and shapes come from the model's own
 //! layout: [`neuron_spec::synthetic`] writes random bf16 values for [`crate::hf_tensor_infos`].
 
-use crate::family::{hf_tensor_infos, ModelConfig};
+use crate::config::ModelConfig;
+use crate::family::hf_tensor_infos;
 use neuron_spec::synthetic::Shape;
 use neuron_spec::{DType, Error, Result};
 use std::path::Path;

@@ -30,7 +30,7 @@
 //! # }
 //! ```
 
-use crate::family::ModelConfig;
+use crate::config::ModelConfig;
 use crate::model::LlamaForCausalLM;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use neuron_spec::checkpoint::ShardedCheckpoint;

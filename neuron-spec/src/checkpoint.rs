@@ -7,18 +7,14 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::io::{
-    hf_file_groups, safetensors_order, write_file_synced, write_hf_checkpoint, write_safetensors, HfCheckpoint,
-    SafetensorsFile,
-};
+use crate::io::{safetensors_order, write_file_synced, write_safetensors, SafetensorsFile};
 use crate::metadata::{CheckpointMetadata, RankFileEntry, FORMAT_VERSION};
-use crate::model::{consolidation_plan, plan_shards, PlanOptions};
+pub use crate::model::KvReplicas;
 use crate::pipeline::with_prefetch;
 use crate::plan::{ShardPlan, TensorInfo, TensorPlan, TensorSource};
 use crate::pt::PtRankFile;
 use crate::rank_source::{RankSource, StageFile};
 use crate::stages::StageAssignment;
-use crate::staging::Staging;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -55,19 +51,7 @@ pub struct Report {
     pub side_files: Vec<PathBuf>,
 }
 
-/// What consolidation does with replicated kv heads (kv_size_multiplier > 1).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum KvReplicas {
-    /// Compare every replica with the kept copy and fail, naming the tensor and the difference, if any differs.
-    #[default]
-    Check,
-    /// Keep the lowest rank's copy without comparing (the reference's behaviour).
-    First,
-    /// Average all replicas.
-    Mean,
-}
-
-/// Options of [`shard`] and [`consolidate`].
+/// Options of [`shard`](crate::shard()) and [`consolidate`](crate::consolidate()).
 #[derive(Debug, Clone, Default)]
 pub struct WriteOptions {
     /// Replica handling on consolidation.
@@ -188,69 +172,6 @@ pub(crate) fn with_global_infos(meta: &CheckpointMetadata, plan: &ShardPlan) -> 
         }
     }
     m
-}
-
-/// Shards the HF checkpoint in `hf_dir` into `out_dir` at TP size `tp`. Each rank reads only its own slices.
-pub fn shard(
-    hf_dir: &Path,
-    out_dir: &Path,
-    meta: &CheckpointMetadata,
-    tp: usize,
-    opts: &WriteOptions,
-) -> Result<Report> {
-    shard_with_adapters(hf_dir, out_dir, meta, tp, &[], opts)
-}
-
-/// [`shard`], plus each imported LoRA adapter sharded beside the base weights in `out_dir/adapter_<name>/`
-/// (its own rank files, metadata and `adapter_config.json` in the TP model's terms). All or nothing.
-pub fn shard_with_adapters(
-    hf_dir: &Path,
-    out_dir: &Path,
-    meta: &CheckpointMetadata,
-    tp: usize,
-    adapters: &[crate::lora::ImportedAdapter],
-    opts: &WriteOptions,
-) -> Result<Report> {
-    let hf = HfCheckpoint::open(hf_dir)?;
-    let plan = plan_shards(meta, &hf, tp, PlanOptions { allow_unexpected: opts.allow_unexpected })
-        .map_err(|e| e.in_checkpoint(hf_dir))?;
-    let pp = opts.pp.unwrap_or(1);
-    let stages = StageAssignment::for_metadata(meta, pp)?;
-    if pp > 1 && !adapters.is_empty() {
-        return Err(Error::Invalid(format!(
-            "adapters cannot be sharded over pipeline stages yet (--pp {pp}); shard them at --pp 1"
-        )));
-    }
-    let staging = Staging::new(out_dir, opts.force)?;
-    let mut report = write_staged(
-        staging.path(),
-        out_dir,
-        &plan,
-        &with_global_infos(meta, &plan),
-        &[&hf],
-        hf_dir,
-        &opts.progress,
-        &stages,
-    )
-    .map_err(|e| staging.describe(e))?;
-    report.unexpected = plan_unexpected(&hf, &plan);
-    for a in adapters {
-        let r = crate::lora::disk::write_sharded_adapter(staging.path(), out_dir, a, tp, &opts.progress)?;
-        report.adapter_files.extend(r.files);
-        report.adapter_tensors += r.tensors;
-        report.adapter_bytes += r.bytes_written;
-    }
-    staging.commit()?;
-    Ok(report)
-}
-
-/// Which adapters [`consolidate_with_adapters`] writes, and which one it merges.
-#[derive(Debug, Clone, Default)]
-pub struct AdapterOptions {
-    /// Write only these adapters (all when `None`; none when merging, unless listed).
-    pub only: Option<Vec<String>>,
-    /// Fold this adapter into the base weights (a plain HF checkpoint) instead of writing it.
-    pub merge: Option<String>,
 }
 
 /// Writes the rank files of `plan` (reading `sources`), then the metadata with their checksums and the
@@ -376,7 +297,7 @@ fn write_stage(
     Ok(report)
 }
 
-fn plan_unexpected(src: &dyn TensorSource, plan: &ShardPlan) -> Vec<String> {
+pub(crate) fn plan_unexpected(src: &dyn TensorSource, plan: &ShardPlan) -> Vec<String> {
     let used: std::collections::HashSet<&str> = plan.originals.iter().map(|o| o.name.as_str()).collect();
     src.names().into_iter().filter(|n| !used.contains(n.as_str())).collect()
 }
@@ -776,182 +697,10 @@ fn check_rank_file(path: &Path, e: &RankFileEntry, found: crate::io::Written) ->
     Ok(())
 }
 
-/// Consolidates the sharded checkpoint in `sharded_dir` into an HF directory `out_dir`, one tensor at a time,
-/// with its adapters as PEFT directories (see [`consolidate_with_adapters`]).
-pub fn consolidate(sharded_dir: &Path, out_dir: &Path, opts: &WriteOptions) -> Result<Report> {
-    consolidate_with_adapters(sharded_dir, out_dir, opts, &AdapterOptions::default())
-}
-
-/// Consolidates the base weights into `out_dir` and writes each adapter as peft's `save_pretrained` does: the
-/// `default` adapter beside the base weights (`out_dir/adapter_config.json`, `adapter_model.safetensors`), any
-/// other in `out_dir/<name>/`. `adapters.merge` folds one adapter into the base weights instead.
-pub fn consolidate_with_adapters(
-    sharded_dir: &Path,
-    out_dir: &Path,
-    opts: &WriteOptions,
-    adapters: &AdapterOptions,
-) -> Result<Report> {
-    let ck = ShardedCheckpoint::open_unverified(sharded_dir)?;
-    let (report, staging) = ck.while_verifying(|| consolidate_staged(&ck, sharded_dir, out_dir, opts, adapters))?;
-    staging.commit()?;
-    Ok(report)
-}
-
-/// Everything [`consolidate_with_adapters`] writes, in a staging directory not yet committed.
-fn consolidate_staged(
-    ck: &ShardedCheckpoint,
-    sharded_dir: &Path,
-    out_dir: &Path,
-    opts: &WriteOptions,
-    adapters: &AdapterOptions,
-) -> Result<(Report, Staging)> {
-    let sources = ck.sources();
-    let (forward, inverse) = consolidation_plan(&ck.metadata, &sources)?;
-    if !opts.allow_unexpected {
-        ck.check_all_described(&forward)?;
-    }
-    if opts.kv_replicas != KvReplicas::First {
-        ck.check_stage_copies()?;
-    }
-    let all = crate::lora::disk::sharded_adapters(sharded_dir)?;
-    let names: Vec<&str> = all.iter().map(|a| a.name.as_str()).collect();
-    for n in adapters.only.iter().flatten().chain(adapters.merge.iter()) {
-        if !names.contains(&n.as_str()) {
-            return Err(Error::lora(
-                n,
-                format!("{} has no such adapter (it has: {})", sharded_dir.display(), names.join(", ")),
-            ));
-        }
-    }
-    let merged = match &adapters.merge {
-        Some(m) => {
-            let a = all.iter().find(|a| &a.name == m).ok_or_else(|| Error::lora(m, "no such adapter"))?;
-            crate::lora::merge_deltas(&a.export(&ck.metadata, opts.kv_replicas)?)?
-        }
-        None => Default::default(),
-    };
-    let selected: Vec<&crate::lora::disk::ShardedAdapter> = all
-        .iter()
-        .filter(|a| match &adapters.only {
-            Some(only) => only.contains(&a.name),
-            None => adapters.merge.is_none(),
-        })
-        .filter(|a| adapters.merge.as_ref() != Some(&a.name))
-        .collect();
-    let exported: Vec<(String, crate::lora::ExportedAdapter)> = selected
-        .iter()
-        .map(|a| Ok((a.name.clone(), a.export(&ck.metadata, opts.kv_replicas)?)))
-        .collect::<Result<_>>()?;
-    let inverse: Vec<TensorPlan> = match &opts.only {
-        Some(re) => {
-            let kept: Vec<TensorPlan> = inverse.into_iter().filter(|t| re.is_match(&t.name)).collect();
-            if kept.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "--only {}: no tensor of {} matches",
-                    re.as_str(),
-                    sharded_dir.display()
-                )));
-            }
-            kept
-        }
-        None => inverse,
-    };
-    let cast_to = |d: crate::DType| match opts.dtype {
-        Some(t) if d.is_float() => t,
-        _ => d,
-    };
-    let staging = Staging::new(out_dir, opts.force)?;
-    let mut infos: Vec<TensorInfo> =
-        inverse.iter().map(|t| TensorInfo { dtype: cast_to(t.dtype), ..t.info() }).collect();
-    infos.sort_by(|a, b| natural_cmp(&a.name, &b.name));
-    let by_name: BTreeMap<&str, &TensorPlan> = inverse.iter().map(|t| (t.name.as_str(), t)).collect();
-    let mut report = Report { tensors: infos.len(), ..Default::default() };
-    let bar = &opts.progress;
-    bar.start("consolidating", infos.iter().map(|i| i.nbytes() as u64).sum());
-    let order = hf_file_groups(&infos, opts.max_shard_size)
-        .into_iter()
-        .flatten()
-        .map(|i| by_name.get(i.name.as_str()).copied().ok_or_else(|| Error::Invalid(format!("no plan for {}", i.name))))
-        .collect::<Result<Vec<_>>>()?;
-    // A tensor with a merged LoRA delta or a cast is assembled; every other one is written as pieces.
-    let compute = |t: &TensorPlan| match (merged.get(&t.name), cast_to(t.dtype)) {
-        (Some(delta), to) => {
-            let out = crate::model::consolidate_tensor(t, &sources, opts.kv_replicas)?;
-            Ok(vec![crate::dtype::cast(&crate::lora::export::apply_delta(&t.name, &out, delta)?, to)?])
-        }
-        (None, to) if to != t.dtype => {
-            let out = crate::model::consolidate_tensor(t, &sources, opts.kv_replicas)?;
-            Ok(vec![crate::dtype::cast(&out, to)?])
-        }
-        (None, _) => crate::model::consolidate_pieces(t, &sources, opts.kv_replicas),
-    };
-    let files = with_prefetch(&order, &compute, |next| {
-        write_hf_checkpoint(staging.path(), &infos, opts.max_shard_size, &mut |info| {
-            let out = next(info)?;
-            bar.inc(out.iter().map(|p| p.bytes().len() as u64).sum());
-            Ok(out)
-        })
-    })
-    .map_err(|e| staging.describe(e))?;
-    bar.finish();
-    if let Some(missing) = merged.keys().find(|k| opts.only.is_none() && !by_name.contains_key(k.as_str())) {
-        return Err(Error::lora(
-            adapters.merge.as_deref().unwrap_or_default(),
-            format!("cannot merge: the base checkpoint has no weight {missing}"),
-        ));
-    }
-    report.bytes_written = infos.iter().map(|i| i.nbytes() as u64).sum();
-    report.files = files.iter().filter_map(|f| f.file_name()).map(|n| out_dir.join(n)).collect();
-    // Every adapter in its own folder, so that transformers loads OUT as the base model; its
-    // `base_model_name_or_path` is OUT's absolute path (peft resolves a relative one against the working
-    // directory, not the adapter's folder).
-    let base_path = std::path::absolute(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    for (name, a) in &exported {
-        let (dir, shown) = (staging.path().join(name), out_dir.join(name));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let mut a = a.clone();
-        a.config.base_model_name_or_path = Some(base_path.to_string_lossy().into_owned());
-        crate::lora::export::write_adapter_dir(&dir, &a)?;
-        report.adapter_files.push(shown.join(crate::lora::ADAPTER_WEIGHTS));
-        report.adapter_tensors += a.tensors.len();
-        report.adapter_bytes += a.tensors.iter().map(|(_, t)| t.bytes().len() as u64).sum::<u64>();
-    }
-    let edit = |bytes: &[u8]| -> Result<Vec<u8>> { set_config_dtype(bytes, opts.dtype) };
-    report.side_files = copy_side_files(sharded_dir, staging.path(), Some(&edit)).map_err(|e| staging.describe(e))?;
-    Ok((report, staging))
-}
-
 /// Orders names as people read them: `layers.2` before `layers.10`.
 pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     let key = |s: &str| -> Vec<(u64, String)> {
         s.split('.').map(|p| p.parse::<u64>().map_or((u64::MAX, p.to_string()), |n| (n, String::new()))).collect()
     };
     key(a).cmp(&key(b))
-}
-
-/// `config.json` with its `dtype` / `torch_dtype` (transformers 4.56+ writes `dtype`, older versions
-/// `torch_dtype`) set to `dtype`'s torch name, the rest of the text kept byte for byte; unchanged without one.
-fn set_config_dtype(bytes: &[u8], dtype: Option<crate::DType>) -> Result<Vec<u8>> {
-    let Some(d) = dtype else { return Ok(bytes.to_vec()) };
-    let name = match d {
-        crate::DType::BF16 => "bfloat16",
-        crate::DType::F16 => "float16",
-        crate::DType::F32 => "float32",
-        crate::DType::F64 => "float64",
-        other => return Err(Error::Invalid(format!("--dtype {other}: only floating-point dtypes"))),
-    };
-    let bad = |reason: String| Error::Json { path: PathBuf::from("config.json"), reason };
-    let text = std::str::from_utf8(bytes).map_err(|e| bad(e.to_string()))?;
-    let mut v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-    let re = regex::Regex::new(r#"("(?:torch_)?dtype"\s*:\s*)"[^"]*""#).map_err(|e| bad(e.to_string()))?;
-    let replaced = re.replace_all(text, |c: &regex::Captures| format!("{}\"{name}\"", &c[1]));
-    if replaced != text || re.is_match(text) {
-        return Ok(replaced.into_owned().into_bytes());
-    }
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("dtype".into(), serde_json::Value::String(name.into()));
-    }
-    let mut out = serde_json::to_string_pretty(&v).map_err(|e| bad(e.to_string()))?;
-    out.push('\n');
-    Ok(out.into_bytes())
 }

@@ -84,15 +84,3 @@ impl std::fmt::Display for DType {
         f.write_str(self.as_str())
     }
 }
-
-/// `t` cast to `to` with round-to-nearest-even, as torch's `.to()` (f32 → bf16/f16 rounds from f32; NaN stays
-/// NaN); the tensor itself when it already has that dtype. Floating-point tensors only.
-pub fn cast(t: &crate::tensor::HostTensor, to: DType) -> Result<crate::tensor::HostTensor> {
-    if t.dtype() == to {
-        return Ok(t.clone());
-    }
-    if !t.dtype().is_float() || !to.is_float() {
-        return Err(Error::Invalid(format!("cannot cast a {} tensor to {to}: floating-point only", t.dtype())));
-    }
-    crate::tensor::HostTensor::from_f32_as(to, t.shape().to_vec(), &t.to_f32_vec())
-}

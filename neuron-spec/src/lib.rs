@@ -18,8 +18,8 @@
 //!    `neuron-spec shard --layout FILE` takes).
 //! 4. **Load a rank** from an HF checkpoint (`load_hf_rank`, the reference's `adapt_state_dict` then a load),
 //!    or through burn-store: `model.load_from(&mut HfRankStore::for_model(&model, &hf)?)`.
-//! 5. **Save**: `save_rank_tensors` gives the rank's tensors by HF name; [`checkpoint::shard`] writes every
-//!    rank of an HF folder to disk with the model's metadata, [`checkpoint::consolidate`] writes the HF folder
+//! 5. **Save**: `save_rank_tensors` gives the rank's tensors by HF name; [`shard()`] writes every
+//!    rank of an HF folder to disk with the model's metadata, [`consolidate()`] writes the HF folder
 //!    back and [`reshard::reshard`] changes the TP size.
 //!
 //! ```
@@ -73,7 +73,8 @@
 //! # use neuron_spec::prelude::*;
 //! # fn main() -> neuron_spec::Result<()> {
 //! # let meta: neuron_spec::CheckpointMetadata = todo!();
-//! use neuron_spec::checkpoint::{consolidate, shard, ShardedCheckpoint, WriteOptions};
+//! use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
+//! use neuron_spec::{consolidate, shard};
 //! use std::path::Path;
 //! shard(Path::new("hf_model"), Path::new("sharded"), &meta, 2, &WriteOptions::default())?;
 //! let ck = ShardedCheckpoint::open(Path::new("sharded"))?; // checksums verified
@@ -107,6 +108,7 @@
 
 pub mod checkpoint;
 pub mod compare;
+pub mod consolidate;
 pub mod dtype;
 pub mod error;
 pub mod io;
@@ -126,6 +128,7 @@ pub mod rank_source;
 #[cfg(feature = "burn")]
 pub mod reference_names;
 pub mod reshard;
+pub mod shard;
 pub mod sharding;
 pub mod specs;
 pub mod stages;
@@ -148,11 +151,13 @@ pub mod __private {
     pub use indexmap::IndexMap;
 }
 
+pub use consolidate::{consolidate, consolidate_with_adapters, AdapterOptions};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use metadata::{CheckpointMetadata, ParameterMetadata};
 pub use model::{adapt_state_dict, to_original_weights, PlanOptions};
 pub use plan::{Block, ShardPlan, Source, TensorInfo, TensorPlan, TensorSource};
+pub use shard::{shard, shard_with_adapters};
 pub use sharding::{create_local_fused_weight, create_local_weight_with_padding};
 pub use specs::{FuseAxis, FusedLinearsSpec, GqaQkvColumnParallelLinearSpec, ModelWeightTransformationSpecs, Spec};
 pub use tensor::{HostTensor, StateDict};

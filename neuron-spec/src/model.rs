@@ -1,13 +1,24 @@
 //! Model-level entry points: an HF checkpoint → one rank's tensors (`adapt_state_dict`), and all ranks'
 //! tensors → HF tensors (`to_original_weights`), both compiled into plans first.
 
-use crate::checkpoint::KvReplicas;
 use crate::error::{Error, Result};
 use crate::metadata::CheckpointMetadata;
 use crate::plan::{ShardPlan, TensorInfo, TensorPlan, TensorSource};
 use crate::sharding::{check_tp, partition_plan};
 use crate::tensor::{HostTensor, StateDict};
 use indexmap::{IndexMap, IndexSet};
+
+/// What consolidation does with replicated kv heads (kv_size_multiplier > 1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KvReplicas {
+    /// Compare every replica with the kept copy and fail, naming the tensor and the difference, if any differs.
+    #[default]
+    Check,
+    /// Keep the lowest rank's copy without comparing (the reference's behaviour).
+    First,
+    /// Average all replicas.
+    Mean,
+}
 
 /// How strict planning is about tensors the layout does not use.
 #[derive(Debug, Clone, Copy, Default)]
@@ -285,7 +296,7 @@ pub fn undescribed_rank_tensors(forward: &ShardPlan, ranks: &[&dyn TensorSource]
 }
 
 /// All ranks' tensors → HF tensors (reference: `to_original_weights`), in memory. The on-disk path
-/// ([`crate::checkpoint::consolidate`]) streams the same plan one tensor at a time.
+/// ([`crate::consolidate()`]) streams the same plan one tensor at a time.
 pub fn to_original_weights(meta: &CheckpointMetadata, ranks: &[&dyn TensorSource]) -> Result<StateDict> {
     let (_, inverse) = consolidation_plan(meta, ranks)?;
     let mut out = StateDict::new();

@@ -79,6 +79,18 @@ impl HostTensor {
         Self::new(DType::F32, shape, bytes)
     }
 
+    /// This tensor cast to `to` with round-to-nearest-even, as torch's `.to()` (f32 → bf16/f16 rounds from f32; NaN stays
+    /// NaN); the tensor itself when it already has that dtype. Floating-point tensors only.
+    pub fn cast(&self, to: DType) -> Result<HostTensor> {
+        if self.dtype() == to {
+            return Ok(self.clone());
+        }
+        if !self.dtype().is_float() || !to.is_float() {
+            return Err(Error::Invalid(format!("cannot cast a {} tensor to {to}: floating-point only", self.dtype())));
+        }
+        HostTensor::from_f32_as(to, self.shape().to_vec(), &self.to_f32_vec())
+    }
+
     /// A float tensor of `dtype` from f32 values (rounded to nearest even for f16/bf16).
     pub fn from_f32_as(dtype: DType, shape: Vec<usize>, values: &[f32]) -> Result<Self> {
         let bytes: Vec<u8> = match dtype {

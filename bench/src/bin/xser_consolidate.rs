@@ -12,8 +12,9 @@
 //! alternate, three runs each, after `sync`; the best of each is kept. The output is checked against a
 //! consolidation of the safetensors checkpoint it was made from.
 
-use neuron_spec::checkpoint::{consolidate, shard, WriteOptions};
+use neuron_spec::checkpoint::WriteOptions;
 use neuron_spec::synthetic::Shape;
+use neuron_spec::{consolidate, shard};
 use neuron_spec_examples::synthetic::generate;
 use std::path::{Path, PathBuf};
 use std::process::Command;

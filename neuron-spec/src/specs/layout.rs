@@ -11,7 +11,6 @@
 //! The design follows mistral.rs's `PackedOutputLayout` and Megatron's `ShardedTensorFactory`: a sharded
 //! tensor is described by how it is built from the global ones, not by code that builds it.
 
-use super::gqa_qkv::GqaQkvColumnParallelLinearSpec;
 use super::require;
 use crate::error::{Error, Result};
 use crate::plan::{push_block, Block, Source, TensorInfo, TensorPlan, TensorSource};
@@ -82,20 +81,14 @@ impl IndexMap {
                 vec![(start, 0, end - start)]
             }
             IndexMap::QueryHeads { num_heads, num_kv_heads, multiplier, head_dim } => {
-                let idx = GqaQkvColumnParallelLinearSpec::compute_query_indices_for_rank(
-                    tp,
-                    rank,
-                    *num_heads,
-                    *num_kv_heads,
-                    *multiplier,
-                )?;
+                let idx = super::query_heads::query_indices_for_rank(tp, rank, *num_heads, *num_kv_heads, *multiplier)?;
                 idx.iter().enumerate().map(|(j, h)| (h * head_dim, j * head_dim, *head_dim)).collect()
             }
             IndexMap::Tiled { len, multiplier, per_rank } => {
                 let (len, out) = (*len, *per_rank);
                 if len == 0 || out == 0 || (rank + 1).saturating_mul(out) > len.saturating_mul(*multiplier) {
                     return Err(Error::spec(
-                        GqaQkvColumnParallelLinearSpec::CLASS_NAME,
+                        super::query_heads::CLASS_NAME,
                         "kv_output_size_per_partition",
                         format!("{out} rows per rank at rank {rank} exceed {len} rows × multiplier {multiplier}"),
                     ));

@@ -6,9 +6,11 @@
 mod fused_linears;
 mod gqa_qkv;
 pub mod layout;
+mod query_heads;
 
 pub use fused_linears::{FuseAxis, FusedLinearsSpec};
-pub use gqa_qkv::{GqaQkvColumnParallelLinearSpec, QueryOrOutput, MAX_HEADS};
+pub use gqa_qkv::{GqaQkvColumnParallelLinearSpec, QueryOrOutput};
+pub use query_heads::MAX_HEADS;
 
 use crate::error::{Error, Result};
 use crate::plan::{TensorInfo, TensorPlan, TensorSource};

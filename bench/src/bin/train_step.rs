@@ -1,6 +1,6 @@
 //! One training step (forward, backward, AdamW) of a ~112M-parameter Llama-shaped model, batch 4 × 256, at
 //! tp 1, 2 and 4 (ranks on threads), side by side with torch doing the same step on CPU when it is installed
-//! (`bench/torch_train_step.py`, run with `$PYTHON` or `python3`).
+//! (`bench/torch_train_step.py`, run with `$NEURON_SPEC_BENCH_PYTHON` or `python3`).
 //!
 //! Each configuration runs in a child process (this binary re-executed with `--child TP`) that times its
 //! second step (the first one warms up) and prints its own peak RSS (VmHWM).
@@ -140,7 +140,7 @@ fn main() -> Res<()> {
     let s = shape(small);
     let exe = std::env::current_exe()?;
     let mut torch: Option<(f64, f64)> = None;
-    let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let py = std::env::var("NEURON_SPEC_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("torch_train_step.py");
     let cfg_path = std::env::temp_dir().join(format!("neuron-spec-train-bench-cfg-{}.json", std::process::id()));
     std::fs::write(&cfg_path, config(&s).to_string())?;

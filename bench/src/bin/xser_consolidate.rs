@@ -106,13 +106,10 @@ fn real_main() -> Res<()> {
     if args.get(1).map(String::as_str) == Some("op") {
         return run_op(&args[2..]);
     }
-    let python = arg(&args, "--python").unwrap_or_else(|| {
-        if Path::new("/work/venv/bin/python").exists() {
-            "/work/venv/bin/python".into()
-        } else {
-            "python3".into()
-        }
-    });
+    // --python, else $NEURON_SPEC_BENCH_PYTHON (as the other benches), else python3.
+    let python = arg(&args, "--python")
+        .or_else(|| std::env::var("NEURON_SPEC_BENCH_PYTHON").ok())
+        .unwrap_or_else(|| "python3".into());
     let has_torch =
         Command::new(&python).args(["-c", "import torch, safetensors"]).output().is_ok_and(|o| o.status.success());
     if !has_torch {
@@ -155,16 +152,25 @@ fn real_main() -> Res<()> {
     // The output equals the consolidation of the safetensors checkpoint the xser one was made from.
     let check = dir.join("check");
     consolidate(&st, &check, &WriteOptions::default())?;
-    let same = std::fs::read(ours_dir.join("model.safetensors.index.json")).ok()
-        == std::fs::read(check.join("model.safetensors.index.json")).ok()
-        && {
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            files(&ours_dir, &mut a)?;
-            files(&check, &mut b)?;
-            a.sort();
-            b.sort();
-            a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| std::fs::read(x).ok() == std::fs::read(y).ok())
-        };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    files(&ours_dir, &mut a)?;
+    files(&check, &mut b)?;
+    let rel = |root: &Path, v: &[PathBuf]| -> Vec<PathBuf> {
+        let mut r: Vec<PathBuf> = v.iter().filter_map(|p| p.strip_prefix(root).ok().map(Path::to_path_buf)).collect();
+        r.sort();
+        r
+    };
+    let (ra, rb) = (rel(&ours_dir, &a), rel(&check, &b));
+    let mut differing: Vec<String> = Vec::new();
+    if ra != rb {
+        differing.push(format!("file lists differ: {ra:?} vs {rb:?}"));
+    }
+    for f in ra.iter().filter(|f| rb.contains(f)) {
+        if std::fs::read(ours_dir.join(f)).ok() != std::fs::read(check.join(f)).ok() {
+            differing.push(f.display().to_string());
+        }
+    }
+    let same = differing.is_empty();
     let out = bytes_of(&ours_dir)?;
     println!("| operation | ours | copy floor | ours / floor | peak RSS | output |");
     println!("| --- | --- | --- | --- | --- | --- |");
@@ -182,9 +188,11 @@ fn real_main() -> Res<()> {
         ours.iter().map(|r| r.0).collect::<Vec<_>>(),
         floor.iter().map(|r| r.0).collect::<Vec<_>>()
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    if !args.iter().any(|a| a == "--keep") {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     if !same {
-        return Err("the xser consolidation differs from the safetensors one".into());
+        return Err(format!("the xser consolidation differs from the safetensors one: {}", differing.join(", ")).into());
     }
     Ok(())
 }

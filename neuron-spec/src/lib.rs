@@ -132,6 +132,7 @@ pub mod shard;
 pub mod sharding;
 pub mod specs;
 pub mod stages;
+pub mod stage_checkpoint;
 pub mod staging;
 pub mod synthetic;
 pub mod tensor;

@@ -173,7 +173,11 @@ fn families_run_stage_by_stage_at_pp_2() {
             let opts = WriteOptions { pp: Some(2), ..Default::default() };
             shard(&fixture(dir), &s, &layout_of_dir(&fixture(dir), tp, QkvLayout::Fused).unwrap(), tp, &opts).unwrap();
             assert_eq!(ShardedCheckpoint::open(&s).unwrap().pp(), 2);
-            check(&run_sharded_forward(&s, &golden(dir).input_ids).unwrap(), &golden(dir), &format!("{dir} tp {tp} pp 2"));
+            check(
+                &run_sharded_forward(&s, &golden(dir).input_ids).unwrap(),
+                &golden(dir),
+                &format!("{dir} tp {tp} pp 2"),
+            );
         }
     }
 }

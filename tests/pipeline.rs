@@ -201,7 +201,11 @@ fn each_stage_is_built_from_its_own_tensors_and_hands_over_the_residual_stream()
                 || (tied && n == "model.embed_tokens.weight")),
             "{p1:?}"
         );
-        assert_eq!(tied, p1.iter().any(|n| n.starts_with("model.embed_tokens.")), "{fixture_dir}: the last stage's copy");
+        assert_eq!(
+            tied,
+            p1.iter().any(|n| n.starts_with("model.embed_tokens.")),
+            "{fixture_dir}: the last stage's copy"
+        );
         let dl = d(&r1.output.values, &logits);
         eprintln!("{fixture_dir} tp 2 pp 2 by hand: stage 0 vs hidden_1 {dh:.2e}, logits {dl:.2e}");
         assert!(dl <= 1e-4, "{fixture_dir}: {dl}");

@@ -111,7 +111,8 @@ pub fn run_stage(
                 reason: format!("stage {stage}'s parameters are not the ones the model's stage {stage} holds"),
             });
         }
-        let file = ck.files.get(ctx.rank).ok_or_else(|| Error::Invalid(format!("no rank file for rank {}", ctx.rank)))?;
+        let file =
+            ck.files.get(ctx.rank).ok_or_else(|| Error::Invalid(format!("no rank file for rank {}", ctx.rank)))?;
         let mut ras = sharded.iter().map(|a| a.rank_adapter(ctx.rank)).collect::<Result<Vec<_>>>()?;
         for a in extra {
             ras.push(imported_rank_adapter(&ours, a, ctx.size, ctx.rank)?);

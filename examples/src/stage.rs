@@ -78,9 +78,11 @@ impl LlamaStage {
                 cfg.llama.num_hidden_layers
             )));
         }
-        let range: Range<usize> = assignment.layers.get(stage).cloned().ok_or_else(|| {
-            Error::Invalid(format!("no pipeline stage {stage} (pp is {})", assignment.pp()))
-        })?;
+        let range: Range<usize> = assignment
+            .layers
+            .get(stage)
+            .cloned()
+            .ok_or_else(|| Error::Invalid(format!("no pipeline stage {stage} (pp is {})", assignment.pp())))?;
         let (first, last) = (stage == 0, stage + 1 == assignment.pp());
         let b = Builder::new(cfg, tp, qkv, device)?;
         let tied = b.tied();

@@ -69,7 +69,10 @@ pub fn stage_count(dir: &Path) -> Result<usize> {
         return Err(Error::Metadata { path: dir.join(metadata_path(0)), reason: "no stage metadata".into() });
     }
     if let Some(gap) = (0..pp).find(|s| !found.contains(s)) {
-        return Err(Error::RankFiles { dir: sdir, reason: format!("stage metadata {} is missing", metadata_path(gap)) });
+        return Err(Error::RankFiles {
+            dir: sdir,
+            reason: format!("stage metadata {} is missing", metadata_path(gap)),
+        });
     }
     Ok(pp)
 }

@@ -161,6 +161,27 @@ fn families_round_trip_and_reshard() {
     round_trips("qwen3-moe", 2, 8);
 }
 
+/// Sharded at pp 2 (layer 0 in stage 0, layer 1 in stage 1), run stage by stage: Qwen3's head norms,
+/// Granite's multipliers (embedding in stage 0, logits scaling in stage 1), Qwen3-MoE's sparse layers and
+/// tied embeddings (the last stage's copy) all match the goldens.
+#[test]
+fn families_run_stage_by_stage_at_pp_2() {
+    for dir in ["qwen3", "granite", "qwen3-moe", "llama3-rope"] {
+        for tp in [1, 2] {
+            let tmp = tempfile::tempdir().unwrap();
+            let s = tmp.path().join("s");
+            let opts = WriteOptions { pp: Some(2), ..Default::default() };
+            shard(&fixture(dir), &s, &layout_of_dir(&fixture(dir), tp, QkvLayout::Fused).unwrap(), tp, &opts).unwrap();
+            assert_eq!(ShardedCheckpoint::open(&s).unwrap().pp(), 2);
+            check(
+                &run_sharded_forward(&s, &golden(dir).input_ids).unwrap(),
+                &golden(dir),
+                &format!("{dir} tp {tp} pp 2"),
+            );
+        }
+    }
+}
+
 #[test]
 fn qwen3_layout_has_replicated_head_norms_and_moe_layout_has_router_and_experts() {
     let m = layout(&cfg("qwen3"), 4, QkvLayout::Fused).unwrap();

@@ -176,3 +176,24 @@ fn a_shape_that_disagrees_with_the_data_is_refused() {
     });
     fails_cleanly(&dir, &[RANK0, "lm_head.weight", "[129, 64]", "8192"]);
 }
+
+/// An adapter saved by optimum-neuron (`adapter_<name>/adapter_shards/`: `mp_metadata_pp_rank_<P>.json` and
+/// `model/dp_rank_00_tp_rank_<TT>_pp_rank_<PP>.pt`, as `NeuronPeftModel.save_pretrained` lays it out) is not
+/// read yet: consolidate, reshard, inspect and forward refuse it naming the folder, rather than dropping the
+/// adapter. (The layout only: the files stand in for the reference's, which no fixture holds.)
+#[test]
+fn reference_adapter_shards_are_refused_naming_them() {
+    let (_tmp, dir) = damaged("llama-gqa-tp2-plain", |_| {});
+    let shards = dir.join("adapter_default/adapter_shards");
+    fs::create_dir_all(shards.join("model")).unwrap();
+    fs::copy(fixture("llama-gqa-lora/adapter_config.json"), dir.join("adapter_default/adapter_config.json")).unwrap();
+    fs::copy(dir.join("shards/mp_metadata_pp_rank_0.json"), shards.join("mp_metadata_pp_rank_0.json")).unwrap();
+    for r in 0..2 {
+        let n = format!("dp_rank_00_tp_rank_{r:02}_pp_rank_00.pt");
+        fs::copy(dir.join("shards/model").join(&n), shards.join("model").join(&n)).unwrap();
+    }
+    fails_cleanly(&dir, &["adapter_default/adapter_shards", "not read yet"]);
+    let (ids, _) = input_ids_and_logits();
+    let e = neuron_spec_examples::run_sharded_forward(&dir, &ids).unwrap_err().to_string();
+    assert!(e.contains("adapter_shards") && e.contains("not read yet"), "{e}");
+}

@@ -23,10 +23,17 @@ fn golden_ids_and_logits(dir: &str) -> (Vec<Vec<i64>>, Vec<f32>) {
     (ids, f.tensor("logits").unwrap().to_f32_vec())
 }
 
+/// The largest difference of the logits, hidden_0 (embedding) and hidden_1 (after layer 0) against the golden
+/// (NaN-proof: a non-finite value fails).
 fn forward_diff(dir: &Path, golden: &str) -> f32 {
     let (ids, logits) = golden_ids_and_logits(golden);
+    let g = open(&format!("{golden}/golden.safetensors"));
     let out = neuron_spec_examples::run_sharded_forward(dir, &ids).unwrap();
-    neuron_spec::compare::max_abs_diff(&out.logits, &logits).unwrap()
+    let d = |a: &[f32], b: &[f32]| neuron_spec::compare::max_abs_diff(a, b).unwrap_or_else(|m| panic!("{m}"));
+    let h1 = out.hidden_1.as_deref().unwrap();
+    d(&out.logits, &logits)
+        .max(d(&out.hidden_0, &g.tensor("hidden_0").unwrap().to_f32_vec()))
+        .max(d(h1, &g.tensor("hidden_1").unwrap().to_f32_vec()))
 }
 
 #[test]
@@ -150,4 +157,110 @@ fn tied_embeddings_across_stages_are_checked() {
     let e = consolidate(&s, &out2, &WriteOptions::default()).unwrap_err().to_string();
     assert!(e.contains("model.embed_tokens.weight") && e.contains("stage 1") && e.contains("differs"), "{e}");
     assert!(!out2.exists());
+}
+
+fn stage_params(stage: &neuron_spec::CheckpointMetadata) -> Vec<String> {
+    let mut v: Vec<String> = stage.parameters.keys().cloned().collect();
+    v.sort();
+    v
+}
+
+/// Stage by stage, by hand: stage 0's model holds only the embedding and layer 0 (its metadata's parameters),
+/// and the residual stream it hands over is transformers' output of layer 0 (the golden's hidden_1); stage 1
+/// holds layer 1, the norm and lm_head, and from that hand-over alone gives the golden logits.
+#[test]
+fn each_stage_is_built_from_its_own_tensors_and_hands_over_the_residual_stream() {
+    use neuron_spec_examples::{run_stage, ModelConfig, StageData};
+    for (fixture_dir, tied) in [("llama-gqa", false), ("llama-mha-tied", true)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = tmp.path().join("s");
+        shard(&fixture(fixture_dir), &s, &layout(fixture_dir, 2, true), 2, &opts(2)).unwrap();
+        let ck = ShardedCheckpoint::open(&s).unwrap();
+        let cfg = ModelConfig::read(&s.join("config.json")).unwrap();
+        let (ids, logits) = golden_ids_and_logits(fixture_dir);
+        let g = open(&format!("{fixture_dir}/golden.safetensors"));
+        let r0 = run_stage(&s, &cfg, 0, &StageData::Tokens(ids.clone()), &[]).unwrap();
+        let mut p0 = r0.parameters.clone();
+        p0.sort();
+        assert_eq!(p0, stage_params(&ck.stages[0]));
+        assert!(p0.iter().all(|n| n.starts_with("model.embed_tokens.") || layer_index(n) == Some(0)), "{p0:?}");
+        let d = |a: &[f32], b: &[f32]| neuron_spec::compare::max_abs_diff(a, b).unwrap_or_else(|m| panic!("{m}"));
+        let h1 = g.tensor("hidden_1").unwrap().to_f32_vec();
+        let dh = d(&r0.output.values, &h1);
+        assert!(dh <= 1e-4, "{fixture_dir}: stage 0's output against hidden_1: {dh}");
+        assert_eq!(r0.output.shape, [ids.len(), ids[0].len(), cfg.llama.hidden_size]);
+        // Stage 1 gets only the handed-over activations.
+        let r1 = run_stage(&s, &cfg, 1, &StageData::Hidden(r0.output.clone()), &[]).unwrap();
+        let mut p1 = r1.parameters.clone();
+        p1.sort();
+        assert_eq!(p1, stage_params(&ck.stages[1]));
+        assert!(
+            p1.iter().all(|n| layer_index(n) == Some(1)
+                || n.starts_with("model.norm.")
+                || n.starts_with("lm_head.")
+                || (tied && n == "model.embed_tokens.weight")),
+            "{p1:?}"
+        );
+        assert_eq!(
+            tied,
+            p1.iter().any(|n| n.starts_with("model.embed_tokens.")),
+            "{fixture_dir}: the last stage's copy"
+        );
+        let dl = d(&r1.output.values, &logits);
+        eprintln!("{fixture_dir} tp 2 pp 2 by hand: stage 0 vs hidden_1 {dh:.2e}, logits {dl:.2e}");
+        assert!(dl <= 1e-4, "{fixture_dir}: {dl}");
+        // A stage refuses the other kind of input.
+        let e = run_stage(&s, &cfg, 1, &StageData::Tokens(ids.clone()), &[]).unwrap_err().to_string();
+        assert!(e.contains("takes hidden states"), "{e}");
+        let e = run_stage(&s, &cfg, 0, &StageData::Hidden(r0.output), &[]).unwrap_err().to_string();
+        assert!(e.contains("takes token ids"), "{e}");
+    }
+}
+
+/// A damaged rank file of stage 1 does not touch stage 0 (built and run from its own files), and fails the
+/// whole run naming that file; nothing of stage 1 is needed to build stage 0.
+#[test]
+fn a_damaged_stage_1_file_leaves_stage_0_alone_and_fails_the_run_naming_it() {
+    use neuron_spec_examples::{run_sharded_forward, run_stage, ModelConfig, StageData};
+    let tmp = tempfile::tempdir().unwrap();
+    let s = tmp.path().join("s");
+    shard(&fixture("llama-gqa"), &s, &layout("llama-gqa", 2, true), 2, &opts(2)).unwrap();
+    let cfg = ModelConfig::read(&s.join("config.json")).unwrap();
+    let (ids, _) = golden_ids_and_logits("llama-gqa");
+    let before = run_stage(&s, &cfg, 0, &StageData::Tokens(ids.clone()), &[]).unwrap();
+    let bad = s.join("shards/model/dp_rank_00_tp_rank_01_pp_rank_01.safetensors");
+    let mut bytes = fs::read(&bad).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x40;
+    fs::write(&bad, &bytes).unwrap();
+    let after = run_stage(&s, &cfg, 0, &StageData::Tokens(ids.clone()), &[]).unwrap();
+    assert_eq!(before.output, after.output);
+    let e = run_sharded_forward(&s, &ids).unwrap_err().to_string();
+    assert!(e.contains("dp_rank_00_tp_rank_01_pp_rank_01.safetensors") && e.contains("xxh3"), "{e}");
+    // Stage 1's file removed: stage 0 still builds and runs.
+    fs::remove_file(&bad).unwrap();
+    assert_eq!(run_stage(&s, &cfg, 0, &StageData::Tokens(ids.clone()), &[]).unwrap().output, before.output);
+    let e = run_sharded_forward(&s, &ids).unwrap_err().to_string();
+    assert!(e.contains("dp_rank_00_tp_rank_01_pp_rank_01.safetensors"), "{e}");
+}
+
+/// optimum-neuron's own 2-stage `.pt` checkpoint goes through the same stage-by-stage path.
+#[test]
+fn the_reference_pt_checkpoint_runs_stage_by_stage() {
+    use neuron_spec_examples::{run_stage, ModelConfig, StageData};
+    let dir = fixture("on-ckpt/llama-gqa-tp4-pp2-plain");
+    let ck = ShardedCheckpoint::open(&dir).unwrap();
+    let cfg = ModelConfig::read(&dir.join("config.json")).unwrap();
+    let (ids, logits) = golden_ids_and_logits("llama-gqa");
+    let r0 = run_stage(&dir, &cfg, 0, &StageData::Tokens(ids), &[]).unwrap();
+    let r1 = run_stage(&dir, &cfg, 1, &StageData::Hidden(r0.output.clone()), &[]).unwrap();
+    for (r, m) in [(&r0, &ck.stages[0]), (&r1, &ck.stages[1])] {
+        let mut p = r.parameters.clone();
+        p.sort();
+        assert_eq!(p, stage_params(m));
+    }
+    let d = neuron_spec::compare::max_abs_diff(&r1.output.values, &logits).unwrap();
+    eprintln!("on-ckpt tp 4 pp 2 plain, stage by stage: max |Δ| logits {d:.2e}");
+    assert!(d <= 1e-4, "{d}");
+    assert!(forward_diff(&dir, "llama-gqa") <= 1e-4);
 }

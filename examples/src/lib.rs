@@ -96,10 +96,12 @@ mod model;
 #[cfg(feature = "mpi")]
 pub mod mpi_run;
 mod phi3;
+mod pipeline_run;
 pub mod qwen3;
 pub mod qwen3_moe;
 pub mod rope;
 mod run;
+mod stage;
 pub mod synthetic;
 mod train;
 
@@ -117,10 +119,14 @@ pub use phi3::{
     phi3_layout, run_phi3_forward, run_phi3_ranks, run_phi3_sharded, Phi3Attention, Phi3Config, Phi3DecoderLayer,
     Phi3ForCausalLM, Phi3Forward, Phi3Mlp, Phi3Model, Phi3Output,
 };
+pub use pipeline_run::{
+    run_sharded_forward, run_sharded_forward_with_adapters, run_stage, Activations, StageData, StageRun,
+};
 pub use qwen3_moe::{MoeConfig, Qwen3MoeSparseMoeBlock};
 pub use rope::{RopeConfig, RopeScaling};
 pub use run::{
-    load_hf_rank_model, model_metadata, run_ranks, run_sharded_forward, run_sharded_forward_with_adapters,
-    run_tp_forward, run_tp_forward_dir, run_tp_forward_with_adapters, ForwardOutput,
+    load_hf_rank_model, model_metadata, run_ranks, run_tp_forward, run_tp_forward_dir, run_tp_forward_with_adapters,
+    ForwardOutput,
 };
+pub use stage::{LlamaStage, StageInput, StageOutput};
 pub use train::{load_sharded_rank_model, train_ranks, TrainRun};

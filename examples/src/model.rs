@@ -243,6 +243,128 @@ fn rms_norm(d: usize, eps: f64, device: &Device) -> RmsNorm {
     RmsNormConfig::new(d).with_epsilon(eps).init(device)
 }
 
+/// Builds the parts of the model of a config at one TP rank (the whole model, or a pipeline stage's share).
+pub(crate) struct Builder<'a> {
+    cfg: &'a ModelConfig,
+    tp: TpContext,
+    qkv: QkvLayout,
+    device: &'a Device,
+}
+
+impl<'a> Builder<'a> {
+    /// Checks the config (sizes, RoPE) once for every part.
+    pub(crate) fn new(cfg: &'a ModelConfig, tp: TpContext, qkv: QkvLayout, device: &'a Device) -> Result<Self> {
+        check_config(&cfg.llama)?;
+        cfg.rope.validate()?;
+        Ok(Self { cfg, tp, qkv, device })
+    }
+
+    fn dense(&self, i: usize) -> Result<LlamaMlp> {
+        let (c, tp, device) = (&self.cfg.llama, self.tp, self.device);
+        let h = c.hidden_size;
+        Ok(LlamaMlp {
+            gate_up_proj: ColumnParallelLinearConfig::new(h, 2 * i)
+                .with_bias(c.mlp_bias)
+                .with_fused_dims(vec![i, i])
+                .init(tp, device)?,
+            down_proj: RowParallelLinearConfig::new(i, h).with_bias(c.mlp_bias).init(tp, device)?,
+        })
+    }
+
+    /// Decoder layer `l` (its index in the whole model: Qwen3-MoE's sparse layers depend on it).
+    pub(crate) fn layer(&self, l: usize) -> Result<LlamaDecoderLayer> {
+        let (cfg, tp, qkv, device) = (self.cfg, self.tp, self.qkv, self.device);
+        let c = &cfg.llama;
+        let (h, eps, hd) = (c.hidden_size, c.rms_norm_eps, c.head_dim());
+        let (heads, kv) = (c.num_attention_heads, c.kv_heads());
+        let head_norms = matches!(cfg.family, Family::Qwen3 | Family::Qwen3Moe);
+        let norm = || head_norms.then(|| rms_norm(hd, eps, device));
+        let o_proj = RowParallelLinearConfig::new(heads * hd, h).with_bias(c.o_bias()).init(tp, device)?;
+        let self_attn = match qkv {
+            QkvLayout::Plain => {
+                let col = |out: usize| ColumnParallelLinearConfig::new(h, out).with_bias(c.qkv_bias()).init(tp, device);
+                SelfAttention::Plain(PlainAttention {
+                    q_proj: col(heads * hd)?,
+                    k_proj: col(kv * hd)?,
+                    v_proj: col(kv * hd)?,
+                    o_proj,
+                    q_norm: norm(),
+                    k_norm: norm(),
+                })
+            }
+            _ => SelfAttention::Gqa(LlamaAttention {
+                qkv_proj: GqaQkvColumnParallelLinearConfig::new(h, heads, kv, hd)
+                    .with_fuse_qkv(qkv == QkvLayout::Fused)
+                    .with_biases(c.qkv_bias(), c.o_bias())
+                    .init(tp, device)?,
+                o_proj,
+                q_norm: norm(),
+                k_norm: norm(),
+            }),
+        };
+        let mlp = match &cfg.moe {
+            Some(m) if m.sparse_layers.get(l).copied().unwrap_or(false) => {
+                FeedForward::Sparse(Qwen3MoeSparseMoeBlock {
+                    gate: LinearConfig::new(h, m.num_experts).with_bias(false).init(device),
+                    experts: (0..m.num_experts).map(|_| self.dense(m.moe_intermediate_size)).collect::<Result<_>>()?,
+                    top_k: m.num_experts_per_tok,
+                    norm_topk_prob: m.norm_topk_prob,
+                })
+            }
+            _ => FeedForward::Dense(self.dense(c.intermediate_size)?),
+        };
+        Ok(LlamaDecoderLayer {
+            self_attn,
+            mlp,
+            input_layernorm: rms_norm(h, eps, device),
+            post_attention_layernorm: rms_norm(h, eps, device),
+        })
+    }
+
+    /// The vocab-parallel token embedding.
+    pub(crate) fn embedding(&self) -> Result<ParallelEmbedding> {
+        let c = &self.cfg.llama;
+        ParallelEmbeddingConfig::new(c.vocab_size, c.hidden_size).init(self.tp, self.device)
+    }
+
+    /// The final norm.
+    pub(crate) fn final_norm(&self) -> RmsNorm {
+        let c = &self.cfg.llama;
+        rms_norm(c.hidden_size, c.rms_norm_eps, self.device)
+    }
+
+    /// The lm_head (`None` when tied to the embedding).
+    pub(crate) fn lm_head(&self) -> Result<Option<ColumnParallelLinear>> {
+        let c = &self.cfg.llama;
+        if c.tie_word_embeddings {
+            return Ok(None);
+        }
+        Ok(Some(
+            ColumnParallelLinearConfig::new(c.hidden_size, c.vocab_size)
+                .with_gather_output(true)
+                .init(self.tp, self.device)?,
+        ))
+    }
+
+    /// Whether the lm_head is the embedding.
+    pub(crate) fn tied(&self) -> bool {
+        self.cfg.llama.tie_word_embeddings
+    }
+
+    /// The forward-pass constants.
+    pub(crate) fn options(&self) -> DecoderOptions {
+        let (cfg, s) = (self.cfg, &self.cfg.scales);
+        DecoderOptions {
+            rope: cfg.rope.clone(),
+            sliding_window: cfg.sliding_window,
+            embedding_multiplier: s.embedding_multiplier,
+            residual_multiplier: s.residual_multiplier,
+            attention_scale: s.attention_multiplier.unwrap_or(1.0 / (cfg.llama.head_dim() as f64).sqrt()),
+            logits_scaling: s.logits_scaling,
+        }
+    }
+}
+
 impl LlamaForCausalLM {
     /// A Llama (default RoPE from `rope_theta`) at rank `tp.rank`, with lazily allocated weights (load them with
     /// `load_hf_rank` or `load_rank_tensors`). `fuse_qkv` picks the `weight_qkv` or `weight_q/_k/_v` layout.
@@ -259,87 +381,12 @@ impl LlamaForCausalLM {
 
     /// The model of any family at rank `tp.rank`, weights lazily allocated (a layout costs no weight memory).
     pub fn from_config(cfg: &ModelConfig, tp: TpContext, qkv: QkvLayout, device: &Device) -> Result<Self> {
-        let c = &cfg.llama;
-        check_config(c)?;
-        cfg.rope.validate()?;
-        let (h, i, eps, hd) = (c.hidden_size, c.intermediate_size, c.rms_norm_eps, c.head_dim());
-        let (heads, kv) = (c.num_attention_heads, c.kv_heads());
-        let head_norms = matches!(cfg.family, Family::Qwen3 | Family::Qwen3Moe);
-        let norm = || head_norms.then(|| rms_norm(hd, eps, device));
-        let dense = |i: usize| -> Result<LlamaMlp> {
-            Ok(LlamaMlp {
-                gate_up_proj: ColumnParallelLinearConfig::new(h, 2 * i)
-                    .with_bias(c.mlp_bias)
-                    .with_fused_dims(vec![i, i])
-                    .init(tp, device)?,
-                down_proj: RowParallelLinearConfig::new(i, h).with_bias(c.mlp_bias).init(tp, device)?,
-            })
-        };
-        let layer = |l: usize| -> Result<LlamaDecoderLayer> {
-            let o_proj = RowParallelLinearConfig::new(heads * hd, h).with_bias(c.o_bias()).init(tp, device)?;
-            let self_attn = match qkv {
-                QkvLayout::Plain => {
-                    let col =
-                        |out: usize| ColumnParallelLinearConfig::new(h, out).with_bias(c.qkv_bias()).init(tp, device);
-                    SelfAttention::Plain(PlainAttention {
-                        q_proj: col(heads * hd)?,
-                        k_proj: col(kv * hd)?,
-                        v_proj: col(kv * hd)?,
-                        o_proj,
-                        q_norm: norm(),
-                        k_norm: norm(),
-                    })
-                }
-                _ => SelfAttention::Gqa(LlamaAttention {
-                    qkv_proj: GqaQkvColumnParallelLinearConfig::new(h, heads, kv, hd)
-                        .with_fuse_qkv(qkv == QkvLayout::Fused)
-                        .with_biases(c.qkv_bias(), c.o_bias())
-                        .init(tp, device)?,
-                    o_proj,
-                    q_norm: norm(),
-                    k_norm: norm(),
-                }),
-            };
-            let mlp = match &cfg.moe {
-                Some(m) if m.sparse_layers.get(l).copied().unwrap_or(false) => {
-                    FeedForward::Sparse(Qwen3MoeSparseMoeBlock {
-                        gate: LinearConfig::new(h, m.num_experts).with_bias(false).init(device),
-                        experts: (0..m.num_experts).map(|_| dense(m.moe_intermediate_size)).collect::<Result<_>>()?,
-                        top_k: m.num_experts_per_tok,
-                        norm_topk_prob: m.norm_topk_prob,
-                    })
-                }
-                _ => FeedForward::Dense(dense(i)?),
-            };
-            Ok(LlamaDecoderLayer {
-                self_attn,
-                mlp,
-                input_layernorm: rms_norm(h, eps, device),
-                post_attention_layernorm: rms_norm(h, eps, device),
-            })
-        };
-        let layers = (0..c.num_hidden_layers).map(layer).collect::<Result<Vec<_>>>()?;
-        let lm_head = if c.tie_word_embeddings {
-            None
-        } else {
-            Some(ColumnParallelLinearConfig::new(h, c.vocab_size).with_gather_output(true).init(tp, device)?)
-        };
-        let s = &cfg.scales;
+        let b = Builder::new(cfg, tp, qkv, device)?;
+        let layers = (0..cfg.llama.num_hidden_layers).map(|l| b.layer(l)).collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            model: LlamaModel {
-                embed_tokens: ParallelEmbeddingConfig::new(c.vocab_size, h).init(tp, device)?,
-                layers,
-                norm: rms_norm(h, eps, device),
-            },
-            lm_head,
-            options: DecoderOptions {
-                rope: cfg.rope.clone(),
-                sliding_window: cfg.sliding_window,
-                embedding_multiplier: s.embedding_multiplier,
-                residual_multiplier: s.residual_multiplier,
-                attention_scale: s.attention_multiplier.unwrap_or(1.0 / (hd as f64).sqrt()),
-                logits_scaling: s.logits_scaling,
-            },
+            model: LlamaModel { embed_tokens: b.embedding()?, layers, norm: b.final_norm() },
+            lm_head: b.lm_head()?,
+            options: b.options(),
         })
     }
 
@@ -371,32 +418,56 @@ impl LlamaForCausalLM {
         input_ids: Tensor<2, Int>,
         comm: &C,
     ) -> Result<(Tensor<3>, Vec<Tensor<3>>)> {
-        let [_, seq] = input_ids.dims();
-        if seq == 0 {
-            return Err(Error::Invalid("empty sequence".into()));
-        }
-        let o = &self.options;
-        if let Some(w) = o.sliding_window {
-            if seq > w {
-                return Err(Error::Invalid(format!(
-                    "sequence of {seq} tokens is longer than the sliding window ({w}), which this model does not apply"
-                )));
-            }
-        }
-        let device = input_ids.device();
-        let mut x = self.model.embed_tokens.forward(input_ids, comm)?;
-        if o.embedding_multiplier != 1.0 {
-            x = x * o.embedding_multiplier;
-        }
-        let rope = Rope::new(&o.rope, seq, &device)?;
-        let mask = causal_mask(seq, &device);
+        check_seq(input_ids.dims()[1], &self.options)?;
+        let mut x = embed(&self.model.embed_tokens, input_ids, &self.options, comm)?;
         let mut hidden_states = vec![x.clone()];
-        for layer in &self.model.layers {
-            x = layer.forward(x, &rope, &mask, o, comm)?;
-            hidden_states.push(x.clone());
-        }
+        x = run_layers(&self.model.layers, x, &self.options, comm, &mut hidden_states)?;
         Ok((self.model.norm.forward(x), hidden_states))
     }
+}
+
+/// The token embedding (Granite: times `embedding_multiplier`): `[batch, seq]` ids → `[batch, seq, hidden]`.
+pub(crate) fn embed<C: Communicator>(
+    embed_tokens: &ParallelEmbedding,
+    input_ids: Tensor<2, Int>,
+    o: &DecoderOptions,
+    comm: &C,
+) -> Result<Tensor<3>> {
+    let x = embed_tokens.forward(input_ids, comm)?;
+    Ok(if o.embedding_multiplier != 1.0 { x * o.embedding_multiplier } else { x })
+}
+
+/// Refuses an empty sequence, and one longer than an active sliding window.
+pub(crate) fn check_seq(seq: usize, o: &DecoderOptions) -> Result<()> {
+    if seq == 0 {
+        return Err(Error::Invalid("empty sequence".into()));
+    }
+    match o.sliding_window {
+        Some(w) if seq > w => Err(Error::Invalid(format!(
+            "sequence of {seq} tokens is longer than the sliding window ({w}), which this model does not apply"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `layers` in order over the residual stream `x` (`[batch, seq, hidden]`), each output pushed to `hidden_states`.
+pub(crate) fn run_layers<C: Communicator>(
+    layers: &[LlamaDecoderLayer],
+    mut x: Tensor<3>,
+    o: &DecoderOptions,
+    comm: &C,
+    hidden_states: &mut Vec<Tensor<3>>,
+) -> Result<Tensor<3>> {
+    let [_, seq, _] = x.dims();
+    check_seq(seq, o)?;
+    let device = x.device();
+    let rope = Rope::new(&o.rope, seq, &device)?;
+    let mask = causal_mask(seq, &device);
+    for layer in layers {
+        x = layer.forward(x, &rope, &mask, o, comm)?;
+        hidden_states.push(x.clone());
+    }
+    Ok(x)
 }
 
 impl LlamaDecoderLayer {

@@ -4,14 +4,13 @@
 use crate::config::ModelConfig;
 use crate::model::{LlamaForCausalLM, QkvLayout};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use neuron_spec::checkpoint::ShardedCheckpoint;
 use neuron_spec::io::HfCheckpoint;
 use neuron_spec::layers::{Communicator, LocalCommunicator};
-use neuron_spec::lora::disk::{imported_rank_adapter, sharded_adapters};
+use neuron_spec::lora::disk::imported_rank_adapter;
 use neuron_spec::lora::{ImportedAdapter, LoraRankAdapter, LoraRankSource};
 use neuron_spec::model::PlanOptions;
 use neuron_spec::module::{CustomModule, TpContext};
-use neuron_spec::{CheckpointMetadata, Error, Result, Spec, TensorSource};
+use neuron_spec::{CheckpointMetadata, Error, Result, TensorSource};
 use std::path::Path;
 
 /// The outputs of a TP forward pass (rank 0's; every rank computes the same bits).
@@ -61,12 +60,12 @@ pub fn model_metadata(cfg: &ModelConfig, tp: usize, fuse_qkv: bool) -> Result<Ch
 }
 
 /// Loads rank `ctx.rank`'s base tensors from `local` and the adapters' factors, all adapters active.
-pub(crate) fn load_with_adapters(
-    model: LlamaForCausalLM,
+pub(crate) fn load_with_adapters<M: CustomModule>(
+    model: M,
     local: &dyn TensorSource,
     adapters: Vec<LoraRankAdapter>,
     device: &Device,
-) -> Result<LlamaForCausalLM> {
+) -> Result<M> {
     let src = LoraRankSource::new(local, adapters)?;
     model.load_rank_tensors("", &src, device)
 }
@@ -97,46 +96,6 @@ pub fn run_tp_forward_dir(dir: &Path, tp: usize, fuse_qkv: bool, input_ids: &[Ve
     let cfg = ModelConfig::read(&dir.join("config.json"))?;
     let ck = HfCheckpoint::open(dir)?;
     run_tp_forward(&ck, &cfg, tp, fuse_qkv, input_ids)
-}
-
-/// Runs a sharded checkpoint directory (`neuron_spec::checkpoint` layout, with `config.json`): the TP size and
-/// q/k/v layout come from its metadata, and each rank loads its own rank file.
-/// Its adapters (`adapter_<name>/`) are loaded too, all active.
-pub fn run_sharded_forward(dir: &Path, input_ids: &[Vec<i64>]) -> Result<ForwardOutput> {
-    run_sharded_forward_with_adapters(dir, &[], input_ids)
-}
-
-/// [`run_sharded_forward`], plus adapters imported from HF PEFT directories (for the checkpoint's layout).
-pub fn run_sharded_forward_with_adapters(
-    dir: &Path,
-    extra: &[ImportedAdapter],
-    input_ids: &[Vec<i64>],
-) -> Result<ForwardOutput> {
-    let cfg = ModelConfig::read(&dir.join("config.json"))?;
-    let ck = ShardedCheckpoint::open(dir)?;
-    let sharded = sharded_adapters(dir)?;
-    let sharded = &sharded;
-    let fuse_qkv = ck.metadata.specs().any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv));
-    let ck = &ck;
-    let cfg = &cfg;
-    run_ranks(ck.tp, input_ids, &|ctx, device| {
-        let model = LlamaForCausalLM::from_config(cfg, ctx, QkvLayout::gqa(fuse_qkv), device)?;
-        let ours = model.create_parameter_metadata()?;
-        if ours.model_weight_transformation_specs != ck.metadata.model_weight_transformation_specs {
-            return Err(Error::Metadata {
-                path: ck.dir.join(neuron_spec::checkpoint::METADATA_PATH),
-                reason: "the checkpoint's transformation specs differ from this model's layout (other config or tp?)"
-                    .into(),
-            });
-        }
-        let rank =
-            ck.ranks.get(ctx.rank).ok_or_else(|| Error::Invalid(format!("no rank file for rank {}", ctx.rank)))?;
-        let mut ras = sharded.iter().map(|a| a.rank_adapter(ctx.rank)).collect::<Result<Vec<_>>>()?;
-        for a in extra {
-            ras.push(imported_rank_adapter(&ours, a, ctx.size, ctx.rank)?);
-        }
-        load_with_adapters(model, rank, ras, device)
-    })
 }
 
 /// Fails the group's collectives if its rank's thread ends early (error or panic).
@@ -201,7 +160,7 @@ pub(crate) fn on_rank_threads<T: Send>(
     }
 }
 
-fn ids_tensor(input_ids: &[Vec<i64>], device: &Device) -> Result<Tensor<2, Int>> {
+pub(crate) fn ids_tensor(input_ids: &[Vec<i64>], device: &Device) -> Result<Tensor<2, Int>> {
     let b = input_ids.len();
     let s = input_ids.first().map_or(0, Vec::len);
     if b == 0 || s == 0 {

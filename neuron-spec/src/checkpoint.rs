@@ -12,16 +12,15 @@ use crate::metadata::{CheckpointMetadata, RankFileEntry, FORMAT_VERSION};
 pub use crate::model::KvReplicas;
 use crate::pipeline::with_prefetch;
 use crate::plan::{ShardPlan, TensorInfo, TensorPlan, TensorSource};
-use crate::pt::PtRankFile;
 use crate::rank_source::{RankSource, StageFile};
+use crate::stage_checkpoint::{check_rank_entries, check_rank_file, open_rank_file, rank_files_present, stage_count};
+pub use crate::stage_checkpoint::{metadata_path, stage_rank_file_name, RankFormat, StageCheckpoint, RANKS_DIR};
 use crate::stages::StageAssignment;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Metadata file, relative to the checkpoint directory.
 pub const METADATA_PATH: &str = "shards/mp_metadata_pp_rank_0.json";
-/// Rank files directory, relative to the checkpoint directory.
-pub const RANKS_DIR: &str = "shards/model";
 
 /// The file name of TP rank `rank`'s shard.
 pub fn rank_file_name(rank: usize) -> String {
@@ -319,25 +318,6 @@ pub struct ShardedCheckpoint {
     pub format: RankFormat,
 }
 
-/// The format of a sharded checkpoint's rank files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RankFormat {
-    /// Ours: `.safetensors`.
-    Safetensors,
-    /// optimum-neuron's `.pt`, plain or xser (read only).
-    Pt,
-}
-
-/// Stage `stage`'s metadata file, relative to the checkpoint directory.
-pub fn metadata_path(stage: usize) -> String {
-    format!("shards/mp_metadata_pp_rank_{stage}.json")
-}
-
-/// The file name of TP rank `rank`'s shard in pipeline stage `stage`, with extension `ext`.
-pub fn stage_rank_file_name(rank: usize, stage: usize, ext: &str) -> String {
-    format!("dp_rank_00_tp_rank_{rank:02}_pp_rank_{stage:02}.{ext}")
-}
-
 /// Whether `dir` looks like a sharded checkpoint (ours or optimum-neuron's): it has stage 0's metadata.
 pub fn is_sharded_dir(dir: &Path) -> bool {
     dir.join(METADATA_PATH).is_file()
@@ -345,31 +325,7 @@ pub fn is_sharded_dir(dir: &Path) -> bool {
 
 /// The stage metadata files of `dir`: `mp_metadata_pp_rank_0.json` … `_<P-1>.json`, with no gap.
 fn stage_metadata(dir: &Path) -> Result<Vec<(PathBuf, CheckpointMetadata)>> {
-    let sdir = dir.join("shards");
-    let mut found = std::collections::BTreeSet::new();
-    for e in std::fs::read_dir(&sdir).map_err(|e| Error::io(&sdir, e))? {
-        let name = e.map_err(|e| Error::io(&sdir, e))?.file_name().to_string_lossy().to_string();
-        if let Some(n) = name.strip_prefix("mp_metadata_pp_rank_").and_then(|r| r.strip_suffix(".json")) {
-            let stage: usize = n.parse().map_err(|_| Error::Metadata {
-                path: sdir.join(&name),
-                reason: "not a stage metadata file name (mp_metadata_pp_rank_<N>.json)".into(),
-            })?;
-            found.insert(stage);
-        }
-    }
-    let pp = found.len();
-    if pp > crate::stages::MAX_PP {
-        return Err(Error::RankFiles {
-            dir: sdir,
-            reason: format!("{pp} stage metadata files (at most {})", crate::stages::MAX_PP),
-        });
-    }
-    if let Some(gap) = (0..pp).find(|s| !found.contains(s)) {
-        return Err(Error::RankFiles {
-            dir: sdir,
-            reason: format!("stage metadata {} is missing", metadata_path(gap)),
-        });
-    }
+    let pp = stage_count(dir)?;
     (0..pp)
         .map(|s| {
             let p = dir.join(metadata_path(s));
@@ -451,25 +407,8 @@ impl ShardedCheckpoint {
         };
         let metadata = merge_stages(&staged, tp)?;
         let rdir = dir.join(RANKS_DIR);
-        let mut present = std::collections::BTreeSet::new();
-        for e in std::fs::read_dir(&rdir).map_err(|e| Error::io(&rdir, e))? {
-            let name = e.map_err(|e| Error::io(&rdir, e))?.file_name().to_string_lossy().to_string();
-            // xser's companions (`<file>.pt.info.pt`, `<file>.pt.tensors/`) belong to their rank file.
-            if name.ends_with(".safetensors") || (name.ends_with(".pt") && !name.ends_with(".info.pt")) {
-                present.insert(name);
-            }
-        }
-        let has = |ext: &str| present.iter().any(|n| n.ends_with(ext));
-        let (format, ext) = match (has(".safetensors"), has(".pt")) {
-            (_, false) => (RankFormat::Safetensors, "safetensors"),
-            (false, true) => (RankFormat::Pt, "pt"),
-            (true, true) => {
-                return Err(Error::RankFiles {
-                    dir: rdir,
-                    reason: "both .safetensors and .pt rank files are present: which is the checkpoint?".into(),
-                })
-            }
-        };
+        let (present, format) = rank_files_present(&rdir)?;
+        let ext = format.ext();
         let expected: Vec<Vec<String>> =
             (0..pp).map(|s| (0..tp).map(|r| stage_rank_file_name(r, s, ext)).collect()).collect();
         let all: Vec<&String> = expected.iter().flatten().collect();
@@ -494,20 +433,7 @@ impl ShardedCheckpoint {
         for (s, (_, m)) in staged.iter().enumerate() {
             check_rank_entries(&rdir, m, tp, s)?;
         }
-        let open = |s: usize, r: usize, n: &str| -> Result<StageFile> {
-            let path = rdir.join(n);
-            if format == RankFormat::Pt {
-                return PtRankFile::open(&path).map(StageFile::Pt);
-            }
-            SafetensorsFile::open(&path).map(StageFile::Safetensors).map_err(|e| match staged[s].1.rank_files.get(r) {
-                // A header that does not parse is most likely damage: say so when the checksum agrees.
-                Some(entry) => match crate::io::file_xxh3(&path).and_then(|w| check_rank_file(&path, entry, w)) {
-                    Err(damage @ Error::Checksum { .. }) => damage,
-                    _ => e,
-                },
-                None => e,
-            })
-        };
+        let open = |s: usize, r: usize, n: &str| open_rank_file(&rdir.join(n), format, staged[s].1.rank_files.get(r));
         let ranks = (0..tp)
             .map(|r| {
                 let files = (0..pp).map(|s| open(s, r, &expected[s][r])).collect::<Result<Vec<_>>>()?;
@@ -649,52 +575,6 @@ impl RankCheckpoint {
         }
         Ok(Self { dir: dir.to_path_buf(), metadata, tp, rank, file })
     }
-}
-
-/// The metadata's list of rank files: one per rank of `tp`, in rank order. Metadata written by this crate
-/// (with a `format_version`) always records them, so an empty list there is an error, never a skipped check;
-/// the reference's metadata (no `format_version`) has no checksums to verify.
-fn check_rank_entries(rdir: &Path, metadata: &CheckpointMetadata, tp: usize, stage: usize) -> Result<()> {
-    let entries = &metadata.rank_files;
-    if entries.is_empty() {
-        if let Some(v) = metadata.format_version {
-            return Err(Error::RankFiles {
-                dir: rdir.to_path_buf(),
-                reason: format!(
-                    "the metadata (format_version {v}) records no rank_files, so the rank files' sizes and checksums cannot be verified (edited or truncated metadata?)"
-                ),
-            });
-        }
-        return Ok(());
-    }
-    if entries.len() != tp {
-        return Err(Error::RankFiles {
-            dir: rdir.to_path_buf(),
-            reason: format!("metadata lists {} rank files for tp {tp}", entries.len()),
-        });
-    }
-    for (r, e) in entries.iter().enumerate() {
-        if e.file != stage_rank_file_name(r, stage, "safetensors") {
-            return Err(Error::RankFiles {
-                dir: rdir.to_path_buf(),
-                reason: format!("metadata of stage {stage} lists {} as rank {r}", e.file),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// `found` (a rank file's size and hash) against what the metadata recorded for it.
-fn check_rank_file(path: &Path, e: &RankFileEntry, found: crate::io::Written) -> Result<()> {
-    let path = path.to_path_buf();
-    if found.size != e.size {
-        return Err(Error::Checksum { path, reason: format!("expected {} bytes, found {}", e.size, found.size) });
-    }
-    let hex = format!("{:016x}", found.xxh3);
-    if hex != e.xxh3_64 {
-        return Err(Error::Checksum { path, reason: format!("expected xxh3-64 {}, found {hex}", e.xxh3_64) });
-    }
-    Ok(())
 }
 
 /// Orders names as people read them: `layers.2` before `layers.10`.

@@ -131,6 +131,7 @@ pub mod reshard;
 pub mod shard;
 pub mod sharding;
 pub mod specs;
+pub mod stage_checkpoint;
 pub mod stages;
 pub mod staging;
 pub mod synthetic;

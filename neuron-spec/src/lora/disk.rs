@@ -45,6 +45,9 @@ pub fn write_sharded_adapter(
     Ok(report)
 }
 
+/// The folder optimum-neuron writes an adapter's rank files and metadata to, inside `adapter_<name>/`.
+pub const REFERENCE_ADAPTER_SHARDS: &str = "adapter_shards";
+
 /// An adapter of a sharded checkpoint.
 pub struct ShardedAdapter {
     /// The adapter name.
@@ -71,6 +74,15 @@ pub fn sharded_adapters(dir: &Path) -> Result<Vec<ShardedAdapter>> {
     dirs.sort();
     for (name, p) in dirs {
         super::check_adapter_name(&name)?;
+        // optimum-neuron's adapter layout (`NeuronPeftModel.save_pretrained`: the rank files under
+        // `adapter_shards/model/`, the metadata in `adapter_shards/`); refused rather than misread.
+        let reference = p.join(REFERENCE_ADAPTER_SHARDS);
+        if reference.is_dir() {
+            return Err(Error::lora(
+                reference.display().to_string(),
+                "optimum-neuron adapter shards (adapter_<name>/adapter_shards/) are not read yet: consolidate the adapter with optimum-neuron, or shard its PEFT export with `neuron-spec shard --adapter`",
+            ));
+        }
         let config = LoraConfig::read(&p.join(ADAPTER_CONFIG))?;
         if config.layout()?.is_none() {
             return Err(Error::lora(

@@ -30,6 +30,12 @@ fn each_consolidates_to_the_hf_checkpoint_byte_for_byte() {
         let out = tmp.path().join("hf");
         consolidate(&fixture(&format!("on-ckpt/{n}")), &out, &WriteOptions::default()).unwrap();
         assert!(fs::read(out.join("model.safetensors")).unwrap() == want, "{n}: consolidated file differs");
+        // An HF folder: the weights and the config, not neuronx-distributed's `checkpoint` / `done` markers.
+        let mut names: Vec<String> =
+            fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["config.json", "model.safetensors"], "{n}");
+        assert!(fs::read(out.join("config.json")).unwrap() == fs::read(fixture("llama-gqa/config.json")).unwrap());
     }
 }
 

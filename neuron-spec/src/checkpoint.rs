@@ -75,7 +75,11 @@ pub struct WriteOptions {
     pub layout: Option<CheckpointMetadata>,
 }
 
-/// Is `name` a weight file or index (any format), an adapter's file or hidden? Those never travel as side files.
+/// neuronx-distributed's bookkeeping markers in an optimum-neuron checkpoint: not part of an HF folder.
+const REFERENCE_MARKERS: [&str; 2] = ["checkpoint", "done"];
+
+/// Is `name` a weight file or index (any format), an adapter's file, a reference checkpoint marker or hidden?
+/// Those never travel as side files.
 fn is_weight_or_adapter_file(name: &str) -> bool {
     const WEIGHT_SUFFIXES: [&str; 11] =
         [".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".npz", ".index.json"];
@@ -83,6 +87,7 @@ fn is_weight_or_adapter_file(name: &str) -> bool {
         || WEIGHT_SUFFIXES.iter().any(|s| name.ends_with(s))
         || name == crate::lora::ADAPTER_CONFIG
         || name.starts_with("adapter_model.")
+        || REFERENCE_MARKERS.contains(&name)
 }
 
 /// Sub-directories of an HF model folder that hold non-weight files and travel whole (transformers' extra

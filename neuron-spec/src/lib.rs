@@ -151,7 +151,7 @@ pub mod __private {
     pub use indexmap::IndexMap;
 }
 
-pub use consolidate::{consolidate, consolidate_with_adapters, AdapterOptions};
+pub use consolidate::{consolidate, consolidate_with_adapters, consolidate_with_optimizer, AdapterOptions};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use metadata::{CheckpointMetadata, ParameterMetadata};

@@ -365,6 +365,36 @@ fn cli_lora_trains_resumes_and_consolidates_like_peft() {
     }
 }
 
+/// A LoRA run moves to another tp: 1 step at tp 4 (CLI), `reshard_trained` to tp 2 (the adapter and its
+/// moments follow the adapter's plans), 2 more steps (CLI) = peft's 3 steps.
+#[test]
+fn lora_run_reshards_and_resumes_like_peft() {
+    let g = open("llama-gqa-lora/train_golden_lora.safetensors");
+    let loss = g.tensor("loss").unwrap().to_f32_vec();
+    let data = fixture("llama-gqa-lora/train_golden_lora.safetensors");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, two, three, hf3) =
+        (tmp.path().join("one"), tmp.path().join("tp2"), tmp.path().join("three"), tmp.path().join("hf3"));
+    let mut args = vec!["train".to_string(), s(&fixture("llama-gqa")), s(&one), "--tp".into(), "4".into()];
+    args.extend(["--fuse-qkv".into(), "--adapter".into(), s(&fixture("llama-gqa-lora"))]);
+    args.extend(["--data".into(), s(&data), "--steps".into(), "1".into()]);
+    args.extend(HP.iter().map(|x| x.to_string()));
+    let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    reshard_trained(&one, &two, 2, &WriteOptions::default()).unwrap();
+    let mut args =
+        vec!["train".to_string(), s(&two), s(&three), "--data".into(), s(&data), "--steps".into(), "2".into()];
+    args.extend(HP.iter().map(|x| x.to_string()));
+    let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check_losses("lora reshard", &step_losses(&out.stdout), &loss[1..]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at tp 2"));
+    let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check_adapter_file("lora reshard", &hf3.join("default/adapter_model.safetensors"), &g, "after3");
+}
+
 #[test]
 fn cli_lora_bad_input_is_a_clear_error_and_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();

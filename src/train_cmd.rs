@@ -12,7 +12,7 @@ use neuron_spec::checkpoint::{ShardedCheckpoint, METADATA_PATH};
 use neuron_spec::io::HfCheckpoint;
 use neuron_spec::lora::disk::imported_rank_adapter;
 use neuron_spec::lora::{ImportedAdapter, LoraImportOptions, LoraRankSource};
-use neuron_spec::module::{CustomModule, TpContext};
+use neuron_spec::module::{CustomModule, Device, TpContext};
 use neuron_spec::train::{
     exact_lora_masks, has_optimizer_state, optimizer_adapter, read_optimizer_state, trained_adapter,
     write_lora_checkpoint, write_trained_checkpoint, AdamWConfig, FrozenBase, OptimizerState, RankTrainer, TrainMode,
@@ -20,8 +20,7 @@ use neuron_spec::train::{
 };
 use neuron_spec::{CheckpointMetadata, Error, Result, Spec, StateDict, TensorSource};
 use neuron_spec_examples::{
-    load_hf_rank_model, load_sharded_rank_model, model_metadata, train_ranks, Device, LlamaForCausalLM, ModelConfig,
-    QkvLayout,
+    load_hf_rank_model, load_sharded_rank_model, model_metadata, train_ranks, LlamaForCausalLM, ModelConfig, QkvLayout,
 };
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

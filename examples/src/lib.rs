@@ -123,4 +123,4 @@ pub use run::{
     load_hf_rank_model, model_metadata, run_ranks, run_sharded_forward, run_sharded_forward_with_adapters,
     run_tp_forward, run_tp_forward_dir, run_tp_forward_with_adapters, ForwardOutput,
 };
-pub use train::{load_sharded_rank_model, train_rank, train_ranks, Device, RankRun, TrainRun};
+pub use train::{load_sharded_rank_model, train_rank, train_ranks, RankRun, TrainRun};

@@ -138,6 +138,7 @@ pub mod tensor;
 #[cfg(feature = "burn")]
 pub mod train;
 pub mod train_data;
+pub mod train_state;
 
 // The derive emits `::neuron_spec::...` paths; this makes them resolve inside this crate too.
 extern crate self as neuron_spec;

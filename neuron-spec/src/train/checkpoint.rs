@@ -21,14 +21,10 @@ use crate::metadata::{CheckpointMetadata, RankFileEntry, FORMAT_VERSION};
 use crate::plan::TensorSource;
 use crate::staging::Staging;
 use crate::tensor::StateDict;
+use crate::train_state::{has_optimizer_state, optimizer_adapter, read_state_json, OPTIMIZER_DIR, STATE_JSON};
 use crate::DType;
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// The optimizer directory of a trained checkpoint.
-pub const OPTIMIZER_DIR: &str = "optimizer";
-/// The optimizer's step count and hyperparameters, in [`OPTIMIZER_DIR`].
-pub const STATE_JSON: &str = "state.json";
 
 /// Writes rank tensors (every rank's `StateDict`, the same names) as a sharded checkpoint under `root`.
 pub(super) fn write_ranks(root: &Path, meta: &CheckpointMetadata, ranks: &[&StateDict]) -> Result<()> {
@@ -133,39 +129,6 @@ pub(super) fn write_optimizer(
         o.insert("adapter".into(), serde_json::Value::String(name.to_string()));
     }
     write_file_synced(&opt.join(STATE_JSON), state.to_string().as_bytes())
-}
-
-/// `optimizer/state.json` of a trained checkpoint, parsed.
-pub fn read_state_json(dir: &Path) -> Result<serde_json::Value> {
-    let p = dir.join(OPTIMIZER_DIR).join(STATE_JSON);
-    if !p.is_file() {
-        return Err(Error::Invalid(format!(
-            "{}: no optimizer state ({} missing): cannot resume training from it",
-            dir.display(),
-            p.display()
-        )));
-    }
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Json { path: p.clone(), reason: e.to_string() })
-}
-
-/// The adapter a trained checkpoint's optimizer state belongs to: `Some(name)` for a LoRA run, `None` for
-/// full training.
-pub fn optimizer_adapter(dir: &Path) -> Result<Option<String>> {
-    let v = read_state_json(dir)?;
-    match v.get("adapter") {
-        None => Ok(None),
-        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(Error::Json {
-            path: dir.join(OPTIMIZER_DIR).join(STATE_JSON),
-            reason: "`adapter` is not a string".into(),
-        }),
-    }
-}
-
-/// Whether a sharded checkpoint holds optimizer state.
-pub fn has_optimizer_state(dir: &Path) -> bool {
-    dir.join(OPTIMIZER_DIR).join(STATE_JSON).is_file()
 }
 
 /// Rank `rank`'s AdamW state from a trained checkpoint (checksums verified). A checkpoint without one is an

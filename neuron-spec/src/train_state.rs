@@ -1,4 +1,5 @@
-//! A trained checkpoint's AdamW state with HF names (`consolidate --optimizer`):
+//! A trained checkpoint's optimizer state on disk, without burn: `optimizer/state.json` (step,
+//! hyperparameters, the adapter of a LoRA run), and the moments with HF names (`consolidate --optimizer`):
 //!
 //! ```text
 //! <out>/optimizer/exp_avg.safetensors      first moments, one tensor per trained HF parameter
@@ -13,7 +14,6 @@
 //! weights are. These are the tensors `torch.optim.AdamW` keeps as `state[p]["exp_avg"]` /
 //! `["exp_avg_sq"]`.
 
-use super::checkpoint::{read_state_json, OPTIMIZER_DIR, STATE_JSON};
 use crate::checkpoint::{natural_cmp, KvReplicas, ShardedCheckpoint};
 use crate::error::{Error, Result};
 use crate::io::{write_file_synced, write_safetensors};
@@ -26,6 +26,44 @@ use crate::tensor::StateDict;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The optimizer directory of a trained checkpoint.
+pub const OPTIMIZER_DIR: &str = "optimizer";
+/// The optimizer's step count and hyperparameters, in [`OPTIMIZER_DIR`].
+pub const STATE_JSON: &str = "state.json";
+
+/// Whether a sharded checkpoint holds optimizer state.
+pub fn has_optimizer_state(dir: &Path) -> bool {
+    dir.join(OPTIMIZER_DIR).join(STATE_JSON).is_file()
+}
+
+/// `optimizer/state.json` of a trained checkpoint, parsed.
+pub fn read_state_json(dir: &Path) -> Result<serde_json::Value> {
+    let p = dir.join(OPTIMIZER_DIR).join(STATE_JSON);
+    if !p.is_file() {
+        return Err(Error::Invalid(format!(
+            "{}: no optimizer state ({} missing): cannot resume training from it",
+            dir.display(),
+            p.display()
+        )));
+    }
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Json { path: p.clone(), reason: e.to_string() })
+}
+
+/// The adapter a trained checkpoint's optimizer state belongs to: `Some(name)` for a LoRA run, `None` for
+/// full training.
+pub fn optimizer_adapter(dir: &Path) -> Result<Option<String>> {
+    let v = read_state_json(dir)?;
+    match v.get("adapter") {
+        None => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Error::Json {
+            path: dir.join(OPTIMIZER_DIR).join(STATE_JSON),
+            reason: "`adapter` is not a string".into(),
+        }),
+    }
+}
+
 /// Writes `out/optimizer/` from the optimizer state of the trained checkpoint `dir` (whose base layout is
 /// `base`); returns the files written. A checkpoint without optimizer state is an error naming it.
 pub fn consolidate_optimizer(
@@ -35,7 +73,7 @@ pub fn consolidate_optimizer(
     replicas: KvReplicas,
 ) -> Result<Vec<PathBuf>> {
     let mut state = read_state_json(dir)?;
-    let adapter = super::optimizer_adapter(dir)?;
+    let adapter = optimizer_adapter(dir)?;
     let dst = out.join(OPTIMIZER_DIR);
     std::fs::create_dir_all(&dst).map_err(|e| Error::io(&dst, e))?;
     let mut files = Vec::new();

@@ -13,7 +13,7 @@ use neuron_spec::lora::{import_adapter, ImportedAdapter, LoraImportOptions, Lora
 use neuron_spec::metadata::CheckpointMetadata;
 use neuron_spec::plan::TensorSource;
 use neuron_spec::reshard::reshard;
-use neuron_spec::{consolidate, consolidate_with_adapters, shard, shard_with_adapters, AdapterOptions};
+use neuron_spec::{consolidate, shard, shard_with_adapters, AdapterOptions};
 use neuron_spec_examples::QkvLayout;
 use std::path::{Path, PathBuf};
 
@@ -283,6 +283,10 @@ pub enum Command {
         /// Write only the base tensors whose name matches this regular expression (a search, like grep).
         #[arg(long, value_name = "REGEX", value_parser = parse_regex)]
         only: Option<regex::Regex>,
+        /// Also write a trained checkpoint's AdamW state with HF names: `<out_dir>/optimizer/exp_avg.safetensors`,
+        /// `exp_avg_sq.safetensors` and `state.json` (step, hyperparameters).
+        #[arg(long)]
+        optimizer: bool,
     },
     /// Convert a TP N checkpoint to TP M directly.
     Reshard {
@@ -598,9 +602,10 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             allow_unexpected,
             dtype,
             only,
+            optimizer,
         } => {
             expect_sharded(&sharded_dir, "consolidate")?;
-            let r = consolidate_with_adapters(
+            let r = neuron_spec::consolidate_with_optimizer(
                 &sharded_dir,
                 &out_dir,
                 &WriteOptions {
@@ -615,6 +620,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                     layout: None,
                 },
                 &AdapterOptions { only: (!adapters.is_empty()).then_some(adapters), merge: merge_adapter.clone() },
+                optimizer,
             )?;
             if !quiet {
                 let weights = r.files.iter().filter(|f| f.extension().is_some_and(|e| e == "safetensors")).count();
@@ -635,6 +641,9 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                 }
                 if !r.adapter_files.is_empty() {
                     out!("  adapters: {} tensors, {} written", r.adapter_tensors, human(r.adapter_bytes));
+                }
+                if optimizer {
+                    out!("  optimizer state written: {}", out_dir.join(neuron_spec::train::OPTIMIZER_DIR).display());
                 }
             }
             Ok(EXIT_OK)

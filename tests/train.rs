@@ -71,8 +71,14 @@ fn check_consolidated(what: &str, dir: &Path, g: &dyn TensorSource, prefix: &str
 /// 1 step from HF at `tp` → checkpoint → consolidate (after1, grads); resume at `tp` (or after a reshard to
 /// `resume_tp`) for 2 steps → consolidate (after3).
 fn case(dir: &str, tp: usize, fuse: bool, resume_tp: usize) {
-    let what = format!("{dir} tp {tp} fuse {fuse} resume at tp {resume_tp}");
-    let g = open(&format!("{dir}/train_golden.safetensors"));
+    case_with(dir, "train_golden.safetensors", options(), tp, fuse, resume_tp)
+}
+
+/// [`case`] against the golden `golden` of `dir`, trained with `options`.
+fn case_with(dir: &str, golden: &str, options: TrainOptions, tp: usize, fuse: bool, resume_tp: usize) {
+    let options = || options;
+    let what = format!("{dir}/{golden} tp {tp} fuse {fuse} resume at tp {resume_tp}");
+    let g = open(&format!("{dir}/{golden}"));
     let ids = golden_ids(&g);
     let loss = g.tensor("loss").unwrap().to_f32_vec();
     let cfg = ModelConfig::read(&fixture(dir).join("config.json")).unwrap();
@@ -115,12 +121,17 @@ fn case(dir: &str, tp: usize, fuse: bool, resume_tp: usize) {
     let one = tmp.path().join("step1");
     write_trained_checkpoint(&one, &fixture(dir), &meta, &run.ranks, &ADAMW, false).unwrap();
     check_consolidated(&what, &one, &g, "after1", n_tensors);
-    // The moments consolidate to HF names like the weights (first moment after 1 step: (1 − β1)·grad).
+    // The moments consolidate to HF names like the weights (first moment after 1 step: (1 − β1)·grad, the
+    // gradient scaled by clip_grad_norm_'s coefficient from torch's step-1 norm when clipping).
+    let coef = match options().grad_clip {
+        Some(c) => (c / (g.tensor("grad_norm").unwrap().to_f32_vec()[0] as f64 + 1e-6)).min(1.0) as f32,
+        None => 1.0,
+    };
     let m1 = tmp.path().join("m1");
     consolidate(&one.join("optimizer/exp_avg"), &m1, &WriteOptions::default()).unwrap();
     let m1 = HfCheckpoint::open(&m1).unwrap();
     for (name, t) in &grads {
-        let expected: Vec<f32> = t.to_f32_vec().iter().map(|x| 0.1f32 * x).collect();
+        let expected: Vec<f32> = t.to_f32_vec().iter().map(|x| 0.1f32 * coef * x).collect();
         close(&format!("{what}: exp_avg.{name}"), &m1.tensor(name).unwrap().to_f32_vec(), &expected, 1e-6, 1e-7);
     }
 
@@ -176,6 +187,20 @@ fn one_step_at_tp4_reshard_to_tp2_two_more_equals_torch() {
     case("llama-gqa", 4, true, 2);
 }
 
+/// Gradient clipping by global norm (`train_golden_clip.safetensors`: the same recipe with
+/// `torch.nn.utils.clip_grad_norm_(params, 0.5)`, which clips at every step): each unique parameter entry
+/// counted once, kv replicas once (tp 4 tiles the 2 kv heads twice).
+#[test]
+fn grad_clipping_matches_torch_clip_grad_norm() {
+    let g = open("llama-gqa/train_golden_clip.safetensors");
+    let norms = g.tensor("grad_norm").unwrap().to_f32_vec();
+    assert!(norms.iter().all(|n| *n > 0.5), "the golden clips at every step: {norms:?}");
+    let opts = TrainOptions { grad_clip: Some(0.5), ..options() };
+    for (tp, fuse) in [(1, true), (2, false), (4, true)] {
+        case_with("llama-gqa", "train_golden_clip.safetensors", opts, tp, fuse, tp);
+    }
+}
+
 /// Qwen3: q/k norms are replicated parameters inside the attention; tied embeddings.
 #[test]
 fn qwen3_training_matches_torch() {
@@ -213,6 +238,12 @@ fn cli_trains_resumes_and_consolidates_like_torch() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     check_losses("cli step 1", &step_losses(&out.stdout), &loss[..1]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("tokens/s"));
+    // consolidate --optimizer: torch's AdamW moments after 1 step are (1 − β1)·g and (1 − β2)·g² of the
+    // golden gradients (tp 4: the kv heads tiled twice, their moments identical and written once).
+    let hf1 = tmp.path().join("hf1");
+    let out = bin(&["consolidate", &s(&one), &s(&hf1), "--optimizer"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check_moments_after_one_step("cli full", &hf1.join("optimizer"), &g, "", 21);
     // Resume: tp, step and moments from the checkpoint.
     let mut args =
         vec!["train".to_string(), s(&one), s(&three), "--data".into(), s(&data), "--steps".into(), "2".into()];
@@ -229,6 +260,201 @@ fn cli_trains_resumes_and_consolidates_like_torch() {
         let gold = g.tensor(&format!("after3.{name}")).unwrap().to_f32_vec();
         close(&format!("cli after3.{name}"), &hf.tensor(&name).unwrap().to_f32_vec(), &gold, 5e-4, 1e-6);
     }
+}
+
+/// `DIR/optimizer/` of `consolidate --optimizer` after 1 step against the golden's step-1 gradients:
+/// `exp_avg = (1 − β1)·g`, `exp_avg_sq = (1 − β2)·g²` (torch's AdamW state after one step), names
+/// `prefix<HF name>`, the step in `state.json`.
+fn check_moments_after_one_step(what: &str, dir: &Path, g: &dyn TensorSource, prefix: &str, n: usize) {
+    let m1 = open_abs(&dir.join("exp_avg.safetensors"));
+    let m2 = open_abs(&dir.join("exp_avg_sq.safetensors"));
+    let names = TensorSource::names(&m1);
+    assert_eq!(names.len(), n, "{what}: moments");
+    assert_eq!(TensorSource::names(&m2), names, "{what}");
+    let (mut worst1, mut worst2, mut peak2) = (0f32, 0f32, 0f32);
+    for name in &names {
+        let gold = g.tensor(&format!("grad.{prefix}{name}")).unwrap().to_f32_vec();
+        let e1: Vec<f32> = gold.iter().map(|x| 0.1 * x).collect();
+        let e2: Vec<f32> = gold.iter().map(|x| 0.001 * x * x).collect();
+        let (a, b) = (m1.tensor(name).unwrap().to_f32_vec(), m2.tensor(name).unwrap().to_f32_vec());
+        worst1 = worst1.max(max_abs_diff(&a, &e1).unwrap());
+        worst2 = worst2.max(max_abs_diff(&b, &e2).unwrap());
+        peak2 = peak2.max(e2.iter().fold(0f32, |m, x| m.max(*x)));
+    }
+    eprintln!("{what}: exp_avg max abs diff {worst1:e}, exp_avg_sq max abs diff {worst2:e} (largest {peak2:e})");
+    assert!(worst1 < 1e-6, "{what}: exp_avg max abs diff {worst1:e}");
+    assert!(worst2 < 1e-8, "{what}: exp_avg_sq max abs diff {worst2:e}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["step"], 1, "{what}: {state}");
+    assert_eq!(state["parameters"].as_array().map(Vec::len), Some(n), "{what}: {state}");
+}
+
+fn open_abs(p: &Path) -> neuron_spec::io::SafetensorsFile {
+    neuron_spec::io::SafetensorsFile::open(p).unwrap()
+}
+
+/// Compares a PEFT adapter file with the golden's `prefix.*` (peft's names and shapes): max per tensor,
+/// mean over all.
+fn check_adapter_file(what: &str, file: &Path, g: &dyn TensorSource, prefix: &str) {
+    let f = open_abs(file);
+    let names = TensorSource::names(&f);
+    assert_eq!(names.len(), 28, "{what}: adapter tensors");
+    let (mut sum, mut count) = (0f64, 0usize);
+    for name in names {
+        let gold = g.tensor(&format!("{prefix}.{name}")).unwrap();
+        let ours = f.tensor(&name).unwrap();
+        assert_eq!(ours.shape(), gold.shape(), "{what}: {name}");
+        let (a, b) = (ours.to_f32_vec(), gold.to_f32_vec());
+        close(&format!("{what}: {prefix}.{name}"), &a, &b, 5e-4, f64::INFINITY);
+        sum += mean_abs_diff(&a, &b).unwrap() * a.len() as f64;
+        count += a.len();
+    }
+    let mean = sum / count.max(1) as f64;
+    assert!(mean < 1e-6, "{what}: {prefix}.*: mean abs diff over all factors {mean:e}");
+}
+
+/// `train --adapter` (LoRA-only, exact mode) through the binary: 1 step from HF, consolidate (the PEFT
+/// adapter against peft's `after1`, the moments against its gradients, the base unchanged), resume 2 steps
+/// from the checkpoint, consolidate (`after3`).
+#[test]
+fn cli_lora_trains_resumes_and_consolidates_like_peft() {
+    let g = open("llama-gqa-lora/train_golden_lora.safetensors");
+    let loss = g.tensor("loss").unwrap().to_f32_vec();
+    let data = fixture("llama-gqa-lora/train_golden_lora.safetensors");
+    let base = hf("llama-gqa");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    for (tp, fuse) in [(1, true), (4, true), (2, false)] {
+        let what = format!("cli lora tp {tp} fuse {fuse}");
+        let tmp = tempfile::tempdir().unwrap();
+        let (one, three) = (tmp.path().join("one"), tmp.path().join("three"));
+        let mut args = vec!["train".to_string(), s(&fixture("llama-gqa")), s(&one), "--tp".into(), tp.to_string()];
+        if fuse {
+            args.push("--fuse-qkv".into());
+        }
+        args.extend(["--adapter".into(), s(&fixture("llama-gqa-lora")), "--lora-mode".into(), "exact".into()]);
+        args.extend(["--data".into(), s(&data), "--steps".into(), "1".into()]);
+        args.extend(HP.iter().map(|x| x.to_string()));
+        let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        check_losses(&what, &step_losses(&out.stdout), &loss[..1]);
+        assert!(one.join("adapter_default/adapter_config.json").is_file(), "{what}: shard --adapter's layout");
+        let hf1 = tmp.path().join("hf1");
+        let out = bin(&["consolidate", &s(&one), &s(&hf1), "--optimizer"]);
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        check_adapter_file(&what, &hf1.join("default/adapter_model.safetensors"), &g, "after1");
+        check_moments_after_one_step(&what, &hf1.join("optimizer"), &g, "", 28);
+        // The base is frozen: consolidated, it is the HF model's, bit for bit.
+        let b = HfCheckpoint::open(&hf1).unwrap();
+        assert_eq!(b.names().len(), base.names().len(), "{what}");
+        for name in base.names() {
+            assert_eq!(b.tensor(&name).unwrap().bytes(), base.tensor(&name).unwrap().bytes(), "{what}: {name}");
+        }
+        // Resume: tp, step, moments and the adapter from the checkpoint.
+        let mut args =
+            vec!["train".to_string(), s(&one), s(&three), "--data".into(), s(&data), "--steps".into(), "2".into()];
+        args.extend(HP.iter().map(|x| x.to_string()));
+        let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        check_losses(&what, &step_losses(&out.stdout), &loss[1..]);
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("step 2 "), "{what}");
+        let hf3 = tmp.path().join("hf3");
+        let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        check_adapter_file(&what, &hf3.join("default/adapter_model.safetensors"), &g, "after3");
+    }
+}
+
+/// A LoRA run moves to another tp: 1 step at tp 4 (CLI), `reshard_trained` to tp 2 (the adapter and its
+/// moments follow the adapter's plans), 2 more steps (CLI) = peft's 3 steps.
+#[test]
+fn lora_run_reshards_and_resumes_like_peft() {
+    let g = open("llama-gqa-lora/train_golden_lora.safetensors");
+    let loss = g.tensor("loss").unwrap().to_f32_vec();
+    let data = fixture("llama-gqa-lora/train_golden_lora.safetensors");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, two, three, hf3) =
+        (tmp.path().join("one"), tmp.path().join("tp2"), tmp.path().join("three"), tmp.path().join("hf3"));
+    let mut args = vec!["train".to_string(), s(&fixture("llama-gqa")), s(&one), "--tp".into(), "4".into()];
+    args.extend(["--fuse-qkv".into(), "--adapter".into(), s(&fixture("llama-gqa-lora"))]);
+    args.extend(["--data".into(), s(&data), "--steps".into(), "1".into()]);
+    args.extend(HP.iter().map(|x| x.to_string()));
+    let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    reshard_trained(&one, &two, 2, &WriteOptions::default()).unwrap();
+    let mut args =
+        vec!["train".to_string(), s(&two), s(&three), "--data".into(), s(&data), "--steps".into(), "2".into()];
+    args.extend(HP.iter().map(|x| x.to_string()));
+    let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check_losses("lora reshard", &step_losses(&out.stdout), &loss[1..]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at tp 2"));
+    let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check_adapter_file("lora reshard", &hf3.join("default/adapter_model.safetensors"), &g, "after3");
+}
+
+#[test]
+fn cli_lora_bad_input_is_a_clear_error_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (gqa, lora) = (s(&fixture("llama-gqa")), s(&fixture("llama-gqa-lora")));
+    let data = s(&fixture("llama-gqa-lora/train_golden_lora.safetensors"));
+    let (full, run, sharded) = (tmp.path().join("full"), tmp.path().join("lora"), tmp.path().join("sharded"));
+    let ok = |args: &[&str]| {
+        let out = bin(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    ok(&["train", &gqa, &s(&full), "--tp", "2", "--data", &data, "--steps", "1"]);
+    ok(&["train", &gqa, &s(&run), "--tp", "2", "--adapter", &lora, "--data", &data, "--steps", "1"]);
+    ok(&["shard", &gqa, &s(&sharded), "--tp", "2"]);
+    let tied = s(&fixture("llama-mha-tied"));
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        // An adapter for another model.
+        (vec![tied, "--tp".into(), "2".into(), "--adapter".into(), lora.clone()], "do not fit"),
+        (vec![gqa.clone(), "--tp".into(), "2".into(), "--adapter".into(), s(&fixture("qwen3-lora"))], "do not fit"),
+        // --adapter on a resume: of a full run, of a LoRA run.
+        (vec![s(&full), "--adapter".into(), lora.clone()], "is a full-training checkpoint"),
+        (vec![s(&run), "--adapter".into(), lora.clone()], "leave --adapter out"),
+        // Not an adapter directory; a bad adapter name.
+        (vec![gqa.clone(), "--tp".into(), "2".into(), "--adapter".into(), gqa.clone()], "adapter_config.json"),
+        (
+            vec![
+                gqa.clone(),
+                "--tp".into(),
+                "2".into(),
+                "--adapter".into(),
+                lora.clone(),
+                "--adapter-name".into(),
+                "a.b".into(),
+            ],
+            "adapter name",
+        ),
+    ];
+    for (i, (args, expected)) in cases.into_iter().enumerate() {
+        let out_dir = tmp.path().join(format!("out{i}"));
+        let mut a = vec!["train".to_string(), args[0].clone(), s(&out_dir)];
+        a.extend(args[1..].iter().cloned());
+        a.extend(["--data".into(), data.clone(), "--steps".into(), "1".into()]);
+        let out = bin(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "case {i}: {err}");
+        assert!(err.contains(expected) && err.lines().count() == 1, "case {i}: {err}");
+        assert!(!out_dir.exists(), "case {i}: output written");
+    }
+    // --adapter-name / --lora-mode without --adapter: a usage error.
+    let out_dir = tmp.path().join("usage");
+    let out = bin(&["train", &gqa, &s(&out_dir), "--tp", "2", "--adapter-name", "x", "--data", &data, "--steps", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!out_dir.exists());
+    // consolidate --optimizer on a checkpoint without optimizer state.
+    let out_dir = tmp.path().join("hf");
+    let out = bin(&["consolidate", &s(&sharded), &s(&out_dir), "--optimizer"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no optimizer state") && err.lines().count() == 1, "{err}");
+    assert!(!out_dir.exists());
 }
 
 #[test]

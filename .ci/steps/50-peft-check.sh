@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # transformers and peft load what `neuron-spec consolidate` writes, offline (tests/check_peft_adapter.py):
-# the base model from OUT, the adapter from OUT/default reproducing peft's golden logits.
+# the base model from OUT, the adapter from OUT/default reproducing peft's golden logits; and what `train`
+# wrote, fully or as an adapter, computing what torch's training computed (tests/check_trained_model.py).
 #
 # Python packages live in a cached venv OUTSIDE the clone ($NEURON_SPEC_VENV, default
 # ${XDG_CACHE_HOME:-$HOME/.cache}/neuron-spec-venv), created on first use when PyPI is reachable (torch from
@@ -38,8 +39,20 @@ trap 'rm -rf "$WORK"' EXIT
 "$BIN" -q shard "$F/llama-gqa" "$WORK/sharded" --tp 4 --fuse-qkv --adapter "$F/llama-gqa-lora"
 "$BIN" -q consolidate "$WORK/sharded" "$WORK/hf"
 "$VENV/bin/python" tests/check_peft_adapter.py "$WORK/hf" default "$F/llama-gqa-lora/golden_lora.safetensors"
-# Hook for a trained export: once a `train` command exists, train a few steps here, consolidate, and check
-# that peft loads it (its logits are then compared with the TP model's own, written by `forward --output`).
-if "$BIN" train --help >/dev/null 2>&1; then
-    echo "note: a train command exists; add its peft check here (see the comment above)"
-fi
+# Trained exports (tests/check_trained_model.py): the golden recipe through the CLI, then transformers / peft
+# load the consolidated output and its logits equal torch's trained model's (parameters from the golden).
+HP=(--lr 1e-2 --betas 0.9,0.999 --eps 1e-6 --weight-decay 0.01)
+# (a) full fine-tuning at tp 4 (kv heads tiled twice), 3 steps.
+"$BIN" -q train "$F/llama-gqa" "$WORK/full" --tp 4 --fuse-qkv --data "$F/llama-gqa/train_golden.safetensors" \
+    --steps 3 "${HP[@]}" >/dev/null
+"$BIN" -q consolidate "$WORK/full" "$WORK/full-hf"
+"$VENV/bin/python" tests/check_trained_model.py full "$WORK/full-hf" "$F/llama-gqa" \
+    "$F/llama-gqa/train_golden.safetensors"
+# (b) LoRA-only: the adapter trained 3 steps (1, then resumed for 2), exported as a PEFT directory.
+"$BIN" -q train "$F/llama-gqa" "$WORK/lora1" --tp 4 --fuse-qkv --adapter "$F/llama-gqa-lora" \
+    --data "$F/llama-gqa-lora/train_golden_lora.safetensors" --steps 1 "${HP[@]}" >/dev/null
+"$BIN" -q train "$WORK/lora1" "$WORK/lora3" --data "$F/llama-gqa-lora/train_golden_lora.safetensors" \
+    --steps 2 "${HP[@]}" >/dev/null
+"$BIN" -q consolidate "$WORK/lora3" "$WORK/lora-hf"
+"$VENV/bin/python" tests/check_trained_model.py lora "$WORK/lora-hf" default "$F/llama-gqa" \
+    "$F/llama-gqa-lora" "$F/llama-gqa-lora/train_golden_lora.safetensors"

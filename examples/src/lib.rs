@@ -129,4 +129,4 @@ pub use run::{
     ForwardOutput,
 };
 pub use stage::{LlamaStage, StageInput, StageOutput};
-pub use train::{load_sharded_rank_model, train_ranks, TrainRun};
+pub use train::{load_sharded_rank_model, train_rank, train_ranks, RankRun, TrainRun};

@@ -32,7 +32,10 @@
 
 use crate::config::ModelConfig;
 use crate::model::LlamaForCausalLM;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+/// The device ranks train on (`Device::default().autodiff()`), for code that builds trainers without
+/// depending on burn itself.
+pub use burn::tensor::Device;
+use burn::tensor::{Int, Tensor, TensorData};
 use neuron_spec::checkpoint::ShardedCheckpoint;
 use neuron_spec::layers::Communicator;
 use neuron_spec::module::CustomModule;
@@ -96,12 +99,50 @@ pub fn load_sharded_rank_model(
     model.load_rank_tensors("", rank, device)
 }
 
-/// One rank's losses, tensors, optimizer state and kept gradients.
-type RankResult = (Vec<f32>, StateDict, OptimizerState, Option<StateDict>);
+/// One rank's part of a run ([`train_rank`]).
+#[derive(Debug, Clone)]
+pub struct RankRun {
+    /// The loss before each step (the same on every rank).
+    pub losses: Vec<f32>,
+    /// The trained rank tensors.
+    pub tensors: StateDict,
+    /// The AdamW state.
+    pub state: OptimizerState,
+    /// The last step's gradients, where the trainer kept them (`keep_grads`).
+    pub grads: Option<StateDict>,
+}
 
-/// Trains `tp` ranks on threads for `steps` steps, batch `k % batches.len()` at step `k`. `init` builds a
-/// rank's trainer on the given autodiff device (from its own data: ranks share no tensors); `on_step(k, loss)`
-/// is called by rank 0 after each step (1-based).
+/// One rank's training loop, on any communicator (threads or MPI processes): builds the trainer with `init`
+/// on an autodiff device, then takes `steps` steps on batch `k % batches.len()` at step `k`; `on_step(k,
+/// loss)` is called on rank 0 after each step (1-based step count, continued on resume). Every rank of
+/// `comm`'s group calls it together.
+pub fn train_rank<C: Communicator>(
+    comm: &C,
+    batches: &[Vec<Vec<i64>>],
+    steps: usize,
+    init: &(dyn Fn(TpContext, &Device) -> Result<RankTrainer<LlamaForCausalLM>> + Sync),
+    on_step: &(dyn Fn(usize, f32) + Sync),
+) -> Result<RankRun> {
+    if batches.is_empty() {
+        return Err(Error::Invalid("no training data".into()));
+    }
+    let device = Device::default().autodiff();
+    let mut t = init(comm.context(), &device)?;
+    let mut losses = Vec::with_capacity(steps);
+    for k in 0..steps {
+        let batch = &batches[k % batches.len()];
+        let l = t.step(comm, |m, c| m.causal_lm_loss(batch, c))?;
+        if comm.context().rank == 0 {
+            on_step(t.state.step as usize, l);
+        }
+        losses.push(l);
+    }
+    Ok(RankRun { losses, tensors: t.rank_tensors()?, state: t.state, grads: t.last_grads })
+}
+
+/// Trains `tp` ranks on threads for `steps` steps ([`train_rank`] on each, joined by a
+/// `LocalCommunicator`). `init` builds a rank's trainer on the given autodiff device (from its own data:
+/// ranks share no tensors).
 pub fn train_ranks(
     tp: usize,
     batches: &[Vec<Vec<i64>>],
@@ -112,29 +153,16 @@ pub fn train_ranks(
     if batches.is_empty() {
         return Err(Error::Invalid("no training data".into()));
     }
-    let results = crate::run::on_rank_threads(tp, &|comm| -> Result<RankResult> {
-        let device = Device::default().autodiff();
-        let mut t = init(comm.context(), &device)?;
-        let mut losses = Vec::with_capacity(steps);
-        for k in 0..steps {
-            let batch = &batches[k % batches.len()];
-            let l = t.step(comm, |m, c| m.causal_lm_loss(batch, c))?;
-            if comm.context().rank == 0 {
-                on_step(t.state.step as usize, l);
-            }
-            losses.push(l);
-        }
-        Ok((losses, t.rank_tensors()?, t.state, t.last_grads))
-    })?;
+    let results = crate::run::on_rank_threads(tp, &|comm| train_rank(comm, batches, steps, init, on_step))?;
     let mut ranks = Vec::with_capacity(tp);
     let mut losses = Vec::new();
     let mut grads = Vec::with_capacity(tp);
-    for (r, (l, sd, st, g)) in results.into_iter().enumerate() {
+    for (r, run) in results.into_iter().enumerate() {
         if r == 0 {
-            losses = l;
+            losses = run.losses;
         }
-        ranks.push((sd, st));
-        grads.push(g);
+        ranks.push((run.tensors, run.state));
+        grads.push(run.grads);
     }
     Ok(TrainRun { losses, ranks, grads })
 }

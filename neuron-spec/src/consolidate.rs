@@ -35,8 +35,32 @@ pub fn consolidate_with_adapters(
     opts: &WriteOptions,
     adapters: &AdapterOptions,
 ) -> Result<Report> {
+    consolidate_with_optimizer(sharded_dir, out_dir, opts, adapters, false)
+}
+
+/// [`consolidate_with_adapters`]; with `optimizer`, a trained checkpoint's AdamW state goes along in
+/// `out_dir/optimizer/` with HF names ([`crate::train_state::consolidate_optimizer`]). A checkpoint without optimizer state is then an error, and nothing is written.
+pub fn consolidate_with_optimizer(
+    sharded_dir: &Path,
+    out_dir: &Path,
+    opts: &WriteOptions,
+    adapters: &AdapterOptions,
+    optimizer: bool,
+) -> Result<Report> {
+    if optimizer && !crate::train_state::has_optimizer_state(sharded_dir) {
+        return Err(Error::Invalid(format!(
+            "--optimizer: {} has no optimizer state ({}/{} missing; only `neuron-spec train` writes one)",
+            sharded_dir.display(),
+            crate::train_state::OPTIMIZER_DIR,
+            crate::train_state::STATE_JSON
+        )));
+    }
     let ck = ShardedCheckpoint::open_unverified(sharded_dir)?;
     let (report, staging) = ck.while_verifying(|| consolidate_staged(&ck, sharded_dir, out_dir, opts, adapters))?;
+    if optimizer {
+        crate::train_state::consolidate_optimizer(sharded_dir, &ck.metadata, staging.path(), opts.kv_replicas)
+            .map_err(|e| staging.describe(e))?;
+    }
     staging.commit()?;
     Ok(report)
 }

@@ -139,6 +139,7 @@ pub mod tensor;
 #[cfg(feature = "burn")]
 pub mod train;
 pub mod train_data;
+pub mod train_state;
 
 // The derive emits `::neuron_spec::...` paths; this makes them resolve inside this crate too.
 extern crate self as neuron_spec;
@@ -152,7 +153,7 @@ pub mod __private {
     pub use indexmap::IndexMap;
 }
 
-pub use consolidate::{consolidate, consolidate_with_adapters, AdapterOptions};
+pub use consolidate::{consolidate, consolidate_with_adapters, consolidate_with_optimizer, AdapterOptions};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use metadata::{CheckpointMetadata, ParameterMetadata};

@@ -10,6 +10,8 @@
 //! Each moment directory is laid out as the weights are: the same rank-tensor names, shapes and a metadata
 //! file describing each moment with its parameter's layout (restricted to the trained parameters), so
 //! `consolidate` turns a moment directory into HF names and the moments follow the parameters' plans.
+//! A LoRA run ([`super::write_lora_checkpoint`]) lays its moments out as its adapter instead, and
+//! `state.json` names the adapter (`"mode": "lora", "adapter": NAME`).
 
 use super::{AdamWConfig, OptimizerState};
 use crate::checkpoint::{rank_file_name, ShardedCheckpoint, METADATA_PATH, RANKS_DIR};
@@ -19,16 +21,13 @@ use crate::metadata::{CheckpointMetadata, RankFileEntry, FORMAT_VERSION};
 use crate::plan::TensorSource;
 use crate::staging::Staging;
 use crate::tensor::StateDict;
+use crate::train_state::{has_optimizer_state, optimizer_adapter, read_state_json, OPTIMIZER_DIR, STATE_JSON};
 use crate::DType;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The optimizer directory of a trained checkpoint.
-pub const OPTIMIZER_DIR: &str = "optimizer";
-const STATE_JSON: &str = "state.json";
-
 /// Writes rank tensors (every rank's `StateDict`, the same names) as a sharded checkpoint under `root`.
-fn write_ranks(root: &Path, meta: &CheckpointMetadata, ranks: &[&StateDict]) -> Result<()> {
+pub(super) fn write_ranks(root: &Path, meta: &CheckpointMetadata, ranks: &[&StateDict]) -> Result<()> {
     let dir = root.join(RANKS_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut meta = meta.clone();
@@ -79,61 +78,81 @@ pub fn write_trained_checkpoint(
             let bytes = std::fs::read(&c).map_err(|e| Error::io(&c, e))?;
             write_file_synced(&root.join("config.json"), &bytes)?;
         }
-        let opt = root.join(OPTIMIZER_DIR);
-        let steps: Vec<u64> = ranks.iter().map(|(_, s)| s.step).collect();
-        if steps.iter().any(|s| Some(s) != steps.first()) {
-            return Err(Error::Invalid(format!("ranks disagree on the step count: {steps:?}")));
-        }
-        let m1: Vec<&StateDict> = ranks.iter().map(|(_, s)| &s.exp_avg).collect();
-        let m2: Vec<&StateDict> = ranks.iter().map(|(_, s)| &s.exp_avg_sq).collect();
-        write_ranks(&opt.join("exp_avg"), meta, &m1)?;
-        write_ranks(&opt.join("exp_avg_sq"), meta, &m2)?;
-        let state = serde_json::json!({
-            "format_version": 1,
-            "optimizer": "AdamW",
-            "step": steps.first().copied().unwrap_or(0),
-            "lr": adamw.lr,
-            "betas": [adamw.betas.0, adamw.betas.1],
-            "eps": adamw.eps,
-            "weight_decay": adamw.weight_decay,
-            "parameters": m1.first().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default(),
-        });
-        write_file_synced(&opt.join(STATE_JSON), state.to_string().as_bytes())
+        write_optimizer(&root, meta, ranks, adamw, None)
     })();
     r.map_err(|e| staging.describe(e))?;
     staging.commit()
 }
 
-/// Whether a sharded checkpoint holds optimizer state.
-pub fn has_optimizer_state(dir: &Path) -> bool {
-    dir.join(OPTIMIZER_DIR).join(STATE_JSON).is_file()
+/// Writes `root/optimizer/`: the moments of every rank (laid out by `meta`) and `state.json`. For a LoRA
+/// run, `adapter` names the adapter and its directory's `adapter_config.json`: the moments are stored without
+/// the adapter name (as its factors are in `adapter_<name>/`), beside a copy of that config.
+pub(super) fn write_optimizer(
+    root: &Path,
+    meta: &CheckpointMetadata,
+    ranks: &[(StateDict, OptimizerState)],
+    adamw: &AdamWConfig,
+    adapter: Option<(&str, &[u8])>,
+) -> Result<()> {
+    let opt = root.join(OPTIMIZER_DIR);
+    let steps: Vec<u64> = ranks.iter().map(|(_, s)| s.step).collect();
+    if steps.iter().any(|s| Some(s) != steps.first()) {
+        return Err(Error::Invalid(format!("ranks disagree on the step count: {steps:?}")));
+    }
+    let strip = |sd: &StateDict| -> StateDict {
+        match adapter {
+            Some(_) => sd.iter().map(|(n, t)| (crate::lora::remove_adapter_name(n), t.clone())).collect(),
+            None => sd.clone(),
+        }
+    };
+    let m1: Vec<StateDict> = ranks.iter().map(|(_, s)| strip(&s.exp_avg)).collect();
+    let m2: Vec<StateDict> = ranks.iter().map(|(_, s)| strip(&s.exp_avg_sq)).collect();
+    for (what, m) in [("exp_avg", &m1), ("exp_avg_sq", &m2)] {
+        let dir = opt.join(what);
+        write_ranks(&dir, meta, &m.iter().collect::<Vec<_>>())?;
+        if let Some((_, config)) = adapter {
+            write_file_synced(&dir.join(crate::lora::ADAPTER_CONFIG), config)?;
+        }
+    }
+    let mut state = serde_json::json!({
+        "format_version": 1,
+        "optimizer": "AdamW",
+        "step": steps.first().copied().unwrap_or(0),
+        "lr": adamw.lr,
+        "betas": [adamw.betas.0, adamw.betas.1],
+        "eps": adamw.eps,
+        "weight_decay": adamw.weight_decay,
+        "mode": if adapter.is_some() { "lora" } else { "full" },
+        "parameters": m1.first().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default(),
+    });
+    if let (Some((name, _)), Some(o)) = (adapter, state.as_object_mut()) {
+        o.insert("adapter".into(), serde_json::Value::String(name.to_string()));
+    }
+    write_file_synced(&opt.join(STATE_JSON), state.to_string().as_bytes())
 }
 
 /// Rank `rank`'s AdamW state from a trained checkpoint (checksums verified). A checkpoint without one is an
 /// error naming the directory.
 pub fn read_optimizer_state(dir: &Path, rank: usize) -> Result<OptimizerState> {
+    let v = read_state_json(dir)?;
     let p = dir.join(OPTIMIZER_DIR).join(STATE_JSON);
-    if !p.is_file() {
-        return Err(Error::Invalid(format!(
-            "{}: no optimizer state ({} missing): cannot resume training from it",
-            dir.display(),
-            p.display()
-        )));
-    }
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::Json { path: p.clone(), reason: e.to_string() })?;
     let step = v
         .get("step")
         .and_then(|s| s.as_u64())
         .ok_or_else(|| Error::Json { path: p.clone(), reason: "no integer `step`".into() })?;
+    let adapter = optimizer_adapter(dir)?;
     let read = |what: &str| -> Result<StateDict> {
         let ck = ShardedCheckpoint::open(&dir.join(OPTIMIZER_DIR).join(what))?;
         let f = ck.ranks.get(rank).ok_or_else(|| Error::Invalid(format!("{what}: no rank file for rank {rank}")))?;
         let mut sd = StateDict::new();
         for n in TensorSource::names(f) {
             let t = TensorSource::tensor(f, &n)?;
-            sd.insert(n, t);
+            // A LoRA run stores its moments as its adapter's factors, without the adapter name.
+            let name = match &adapter {
+                Some(a) => crate::lora::insert_adapter_name(&n, a),
+                None => n,
+            };
+            sd.insert(name, t);
         }
         Ok(sd)
     };
@@ -151,7 +170,14 @@ pub fn reshard_trained(src: &Path, dst: &Path, tp: usize, opts: &crate::checkpoi
         let staging = Staging::new(&dst.join(OPTIMIZER_DIR), false)?;
         for m in ["exp_avg", "exp_avg_sq"] {
             let o = crate::checkpoint::WriteOptions { force: false, ..opts.clone() };
-            crate::reshard::reshard(&src.join(OPTIMIZER_DIR).join(m), &staging.path().join(m), tp, &o)?;
+            let (from, to) = (src.join(OPTIMIZER_DIR).join(m), staging.path().join(m));
+            crate::reshard::reshard(&from, &to, tp, &o)?;
+            // A LoRA run's moments carry their adapter's config (not a side file: reshard leaves it).
+            let config = from.join(crate::lora::ADAPTER_CONFIG);
+            if config.is_file() {
+                let bytes = std::fs::read(&config).map_err(|e| Error::io(&config, e))?;
+                write_file_synced(&to.join(crate::lora::ADAPTER_CONFIG), &bytes)?;
+            }
         }
         let s = src.join(OPTIMIZER_DIR).join(STATE_JSON);
         let bytes = std::fs::read(&s).map_err(|e| Error::io(&s, e))?;

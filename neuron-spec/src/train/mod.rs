@@ -4,15 +4,18 @@
 
 mod adamw;
 mod checkpoint;
+mod lora_checkpoint;
 mod lora_masks;
 mod loss;
 mod replicas;
 mod trainer;
 
-pub use adamw::AdamWConfig;
-pub use checkpoint::{
-    has_optimizer_state, read_optimizer_state, reshard_trained, write_trained_checkpoint, OPTIMIZER_DIR,
+pub use crate::train_state::{
+    consolidate_optimizer, has_optimizer_state, optimizer_adapter, read_state_json, OPTIMIZER_DIR, STATE_JSON,
 };
+pub use adamw::AdamWConfig;
+pub use checkpoint::{read_optimizer_state, reshard_trained, write_trained_checkpoint};
+pub use lora_checkpoint::{trained_adapter, write_lora_checkpoint, FrozenBase};
 pub use lora_masks::exact_lora_masks;
 pub use loss::vocab_parallel_causal_lm_loss;
 pub use replicas::{local_norm_sq, sum_kv_replicas, GradMap};

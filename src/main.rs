@@ -4,6 +4,7 @@
 use neuron_spec::checkpoint::{ShardedCheckpoint, METADATA_PATH};
 #[macro_use]
 mod out;
+mod adapter_args;
 mod cli;
 mod exit;
 mod inspect_cmd;
@@ -13,7 +14,8 @@ mod plan_svg;
 mod progress_bar;
 mod train_cmd;
 
-use cli::{import_adapters, main_with, AdapterArg, ForwardRunner, NamedOutput};
+use adapter_args::{import_adapters, AdapterArg};
+use cli::{main_with, ForwardRunner, NamedOutput};
 use neuron_spec::{Result, Spec};
 use neuron_spec_examples::{
     model_metadata, run_sharded_forward_with_adapters, run_tp_forward_with_adapters, ModelConfig,
@@ -122,7 +124,8 @@ fn phi3_outputs(
 /// `forward --comm mpi`: this process is one rank; any error ends the whole job with that rank's message.
 #[cfg(feature = "mpi")]
 mod mpi_forward {
-    use crate::cli::{import_adapters, AdapterArg, FinishLogits};
+    use crate::adapter_args::{import_adapters, AdapterArg};
+    use crate::cli::FinishLogits;
     use neuron_spec::checkpoint::METADATA_PATH;
     use neuron_spec::layers::{Communicator, MpiCommunicator};
     use neuron_spec::{Error, Result, Spec};

@@ -5,7 +5,7 @@
 //! input writes nothing). A rank's work is [`TrainJob::init_rank`] plus `train_rank`'s loop: a function of
 //! the rank's context and its communicator, the same for ranks on threads and for MPI processes.
 
-use crate::cli::{import_adapters, AdapterArg, LoraModeArg};
+use crate::adapter_args::{import_adapters, AdapterArg, LoraModeArg};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use neuron_spec::checkpoint::{ShardedCheckpoint, METADATA_PATH};

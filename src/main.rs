@@ -8,6 +8,8 @@ mod cli;
 mod exit;
 mod inspect_cmd;
 mod layouts;
+#[cfg(feature = "mpi")]
+mod mpi_train;
 mod plan_cmd;
 mod plan_svg;
 mod progress_bar;

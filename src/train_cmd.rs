@@ -55,6 +55,10 @@ pub struct TrainArgs {
     /// Replace an existing output (only once the new one is complete).
     #[arg(long)]
     pub force: bool,
+    /// Where the ranks run: threads of this process, or one MPI process per rank (under mpirun/srun; the tp is
+    /// the number of processes, each writes its own rank files).
+    #[arg(long, value_enum, default_value_t = crate::cli::Comm::Threads)]
+    pub comm: crate::cli::Comm,
 }
 
 pub use neuron_spec::train_data::{batches, read_rows};
@@ -72,6 +76,12 @@ pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
     options.adamw.validate()?;
     if a.steps == 0 {
         return Err(Error::Invalid("--steps must be at least 1".into()));
+    }
+    if a.comm == crate::cli::Comm::Mpi {
+        #[cfg(feature = "mpi")]
+        return crate::mpi_train::run(&a, options, quiet);
+        #[cfg(not(feature = "mpi"))]
+        return Err(Error::Invalid("--comm mpi: this build has no MPI support (build with `--features mpi`)".into()));
     }
     if a.out.exists() && !a.force {
         return Err(Error::Invalid(format!("{} exists (use --force to replace it)", a.out.display())));

@@ -123,4 +123,6 @@ pub use run::{
     load_hf_rank_model, model_metadata, run_ranks, run_sharded_forward, run_sharded_forward_with_adapters,
     run_tp_forward, run_tp_forward_dir, run_tp_forward_with_adapters, ForwardOutput,
 };
-pub use train::{load_sharded_rank_model, train_ranks, TrainRun};
+pub use train::{
+    load_rank_file_model, load_sharded_rank_model, train_rank, train_ranks, RankInit, RankTrained, TrainRun,
+};

@@ -1,9 +1,10 @@
-//! Ranks as MPI processes (feature `mpi`): this process runs the one TP rank MPI gave it, reading only that
-//! rank's bytes of an HF checkpoint, or only its own rank file of a sharded checkpoint.
+//! Ranks as MPI processes (feature `mpi`): this process runs (forward) or trains the one TP rank MPI gave it,
+//! reading only that rank's bytes of an HF checkpoint, or only its own rank file of a sharded checkpoint.
 
 use crate::config::ModelConfig;
 use crate::model::LlamaForCausalLM;
-use crate::run::{load_with_adapters, rank_forward, ForwardOutput};
+use crate::run::{load_hf_rank_model, load_with_adapters, rank_forward, ForwardOutput};
+use crate::train::{load_rank_file_model, train_rank, RankTrained};
 use neuron_spec::checkpoint::{RankCheckpoint, METADATA_PATH};
 use neuron_spec::io::HfCheckpoint;
 use neuron_spec::layers::{Communicator, MpiCommunicator};
@@ -12,6 +13,7 @@ use neuron_spec::lora::{ImportedAdapter, LoraConfig, LoraRankAdapter, ADAPTER_CO
 use neuron_spec::model::PlanOptions;
 use neuron_spec::module::CustomModule;
 use neuron_spec::tensor::StateDict;
+use neuron_spec::train::{read_optimizer_state, RankTrainer, TrainOptions};
 use neuron_spec::{Error, HostTensor, Result, Spec, TensorInfo, TensorSource};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -164,5 +166,77 @@ fn check_same_logits(comm: &MpiCommunicator, logits: &[f32]) -> Result<()> {
     match all.iter().position(|x| *x != all[0]) {
         Some(r) => Err(Error::Invalid(format!("rank {r} computed other logits than rank 0"))),
         None => Ok(()),
+    }
+}
+
+/// This process's trained rank, with what it read.
+#[derive(Debug, Clone)]
+pub struct RankTrainRun {
+    /// Its losses, trained tensors and AdamW state.
+    pub trained: RankTrained,
+    /// Whether the model has one fused `weight_qkv` per layer (as the HF run was asked, or as the resumed
+    /// checkpoint is laid out).
+    pub fuse_qkv: bool,
+    /// Weight bytes this process read (its slices of the HF checkpoint, or its rank file's tensors).
+    pub bytes_read: usize,
+    /// What it read them from (the HF directory or its rank file).
+    pub source: PathBuf,
+}
+
+/// Trains this process's rank of the model in `dir` for `steps` steps over `batches`, with the same per-rank
+/// loop as the threaded run ([`train_rank`]): an HF checkpoint at the world size (each process adapts its own
+/// slices), or a trained sharded checkpoint at its own tp, which must equal the world size (each process opens
+/// its own rank file and its own rank file of each AdamW moment). `on_step(k, loss)` runs on rank 0.
+pub fn mpi_train(
+    comm: &MpiCommunicator,
+    dir: &Path,
+    fuse_qkv: bool,
+    options: TrainOptions,
+    batches: &[Vec<Vec<i64>>],
+    steps: usize,
+    on_step: &dyn Fn(usize, f32),
+) -> Result<RankTrainRun> {
+    let ctx = comm.context();
+    let cfg = ModelConfig::read(&dir.join("config.json"))?;
+    if dir.join(METADATA_PATH).exists() {
+        let ck = RankCheckpoint::open(dir, ctx.rank)?;
+        if ck.tp != ctx.size {
+            return Err(Error::Invalid(format!(
+                "{} is sharded at tp {}, but {} MPI processes train it (start one per rank: mpirun -np {})",
+                dir.display(),
+                ck.tp,
+                ctx.size,
+                ck.tp
+            )));
+        }
+        let fused = ck.metadata.specs().any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv));
+        let counting = Counting { inner: &ck.file, bytes: AtomicUsize::new(0) };
+        let trained = train_rank(
+            comm,
+            batches,
+            steps,
+            &|ctx, device| {
+                let model = load_rank_file_model(&ck.dir, &ck.metadata, ck.tp, &counting, &cfg, ctx, device)?;
+                RankTrainer::new(model, &ck.file, options, device)?.with_state(read_optimizer_state(dir, ctx.rank)?)
+            },
+            on_step,
+        )?;
+        let bytes_read = counting.bytes.load(Ordering::Relaxed);
+        Ok(RankTrainRun { trained, fuse_qkv: fused, bytes_read, source: ck.file.path().to_path_buf() })
+    } else {
+        let hf = HfCheckpoint::open(dir)?;
+        let counting = Counting { inner: &hf, bytes: AtomicUsize::new(0) };
+        let trained = train_rank(
+            comm,
+            batches,
+            steps,
+            &|ctx, device| {
+                let model = load_hf_rank_model(&counting, &cfg, ctx, fuse_qkv, device)?;
+                RankTrainer::new(model, &StateDict::new(), options, device)
+            },
+            on_step,
+        )?;
+        let bytes_read = counting.bytes.load(Ordering::Relaxed);
+        Ok(RankTrainRun { trained, fuse_qkv, bytes_read, source: dir.to_path_buf() })
     }
 }

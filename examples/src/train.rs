@@ -38,7 +38,8 @@ use neuron_spec::layers::Communicator;
 use neuron_spec::module::CustomModule;
 use neuron_spec::module::TpContext;
 use neuron_spec::train::{vocab_parallel_causal_lm_loss, OptimizerState, RankTrainer};
-use neuron_spec::{Error, Result, Spec, StateDict};
+use neuron_spec::{CheckpointMetadata, Error, Result, Spec, StateDict, TensorSource};
+use std::path::Path;
 
 impl LlamaForCausalLM {
     /// The mean next-token cross-entropy over `input_ids` (`[batch][seq]`), as transformers'
@@ -83,25 +84,79 @@ pub fn load_sharded_rank_model(
     ctx: TpContext,
     device: &Device,
 ) -> Result<LlamaForCausalLM> {
-    let fuse_qkv = ck.metadata.specs().any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv));
+    let rank = ck.ranks.get(ctx.rank).ok_or_else(|| Error::Invalid(format!("no rank file for rank {}", ctx.rank)))?;
+    load_rank_file_model(&ck.dir, &ck.metadata, ck.tp, rank, cfg, ctx, device)
+}
+
+/// Rank `ctx.rank`'s model from its own rank file `rank` of the sharded checkpoint in `dir` (metadata
+/// `metadata`, at tp `tp`), on `device`: what one process per rank loads, reading no other rank's file.
+pub fn load_rank_file_model(
+    dir: &Path,
+    metadata: &CheckpointMetadata,
+    tp: usize,
+    rank: &dyn TensorSource,
+    cfg: &ModelConfig,
+    ctx: TpContext,
+    device: &Device,
+) -> Result<LlamaForCausalLM> {
+    let fuse_qkv = metadata.specs().any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv));
     let model = LlamaForCausalLM::from_config(cfg, ctx, crate::QkvLayout::gqa(fuse_qkv), device)?;
     let ours = model.create_parameter_metadata()?;
-    if ours.model_weight_transformation_specs != ck.metadata.model_weight_transformation_specs || ck.tp != ctx.size {
+    if ours.model_weight_transformation_specs != metadata.model_weight_transformation_specs || tp != ctx.size {
         return Err(Error::Metadata {
-            path: ck.dir.join(neuron_spec::checkpoint::METADATA_PATH),
+            path: dir.join(neuron_spec::checkpoint::METADATA_PATH),
             reason: "the checkpoint's layout differs from this model's (other config or tp?)".into(),
         });
     }
-    let rank = ck.ranks.get(ctx.rank).ok_or_else(|| Error::Invalid(format!("no rank file for rank {}", ctx.rank)))?;
     model.load_rank_tensors("", rank, device)
 }
 
-/// One rank's losses, tensors, optimizer state and kept gradients.
-type RankResult = (Vec<f32>, StateDict, OptimizerState, Option<StateDict>);
+/// One rank's result of training: its losses, trained tensors, AdamW state and kept gradients.
+#[derive(Debug, Clone)]
+pub struct RankTrained {
+    /// The loss before each step (the same on every rank).
+    pub losses: Vec<f32>,
+    /// The trained rank tensors, as the rank file stores them.
+    pub tensors: StateDict,
+    /// The AdamW state.
+    pub state: OptimizerState,
+    /// The last gradients, where the trainer kept them (`keep_grads`).
+    pub grads: Option<StateDict>,
+}
 
-/// Trains `tp` ranks on threads for `steps` steps, batch `k % batches.len()` at step `k`. `init` builds a
-/// rank's trainer on the given autodiff device (from its own data: ranks share no tensors); `on_step(k, loss)`
-/// is called by rank 0 after each step (1-based).
+/// Builds the trainer of one rank on the given autodiff device, from that rank's own data.
+pub type RankInit<'a> = dyn Fn(TpContext, &Device) -> Result<RankTrainer<LlamaForCausalLM>> + 'a;
+
+/// Trains this rank of `comm`'s group (threads or processes alike) for `steps` steps, batch `k % batches.len()`
+/// at step `k`: builds its trainer with `init` on an autodiff device, and calls `on_step(k, loss)` on rank 0
+/// after each step (1-based). Every rank of the group calls it together.
+pub fn train_rank<C: Communicator>(
+    comm: &C,
+    batches: &[Vec<Vec<i64>>],
+    steps: usize,
+    init: &RankInit<'_>,
+    on_step: &dyn Fn(usize, f32),
+) -> Result<RankTrained> {
+    if batches.is_empty() {
+        return Err(Error::Invalid("no training data".into()));
+    }
+    let device = Device::default().autodiff();
+    let mut t = init(comm.context(), &device)?;
+    let mut losses = Vec::with_capacity(steps);
+    for k in 0..steps {
+        let batch = &batches[k % batches.len()];
+        let l = t.step(comm, |m, c| m.causal_lm_loss(batch, c))?;
+        if comm.context().rank == 0 {
+            on_step(t.state.step as usize, l);
+        }
+        losses.push(l);
+    }
+    Ok(RankTrained { losses, tensors: t.rank_tensors()?, state: t.state, grads: t.last_grads })
+}
+
+/// Trains `tp` ranks on threads ([`train_rank`] on each) for `steps` steps, batch `k % batches.len()` at step
+/// `k`. `init` builds a rank's trainer on the given autodiff device (from its own data: ranks share no
+/// tensors); `on_step(k, loss)` is called by rank 0 after each step (1-based).
 pub fn train_ranks(
     tp: usize,
     batches: &[Vec<Vec<i64>>],
@@ -112,29 +167,16 @@ pub fn train_ranks(
     if batches.is_empty() {
         return Err(Error::Invalid("no training data".into()));
     }
-    let results = crate::run::on_rank_threads(tp, &|comm| -> Result<RankResult> {
-        let device = Device::default().autodiff();
-        let mut t = init(comm.context(), &device)?;
-        let mut losses = Vec::with_capacity(steps);
-        for k in 0..steps {
-            let batch = &batches[k % batches.len()];
-            let l = t.step(comm, |m, c| m.causal_lm_loss(batch, c))?;
-            if comm.context().rank == 0 {
-                on_step(t.state.step as usize, l);
-            }
-            losses.push(l);
-        }
-        Ok((losses, t.rank_tensors()?, t.state, t.last_grads))
-    })?;
+    let results = crate::run::on_rank_threads(tp, &|comm| train_rank(comm, batches, steps, init, on_step))?;
     let mut ranks = Vec::with_capacity(tp);
     let mut losses = Vec::new();
     let mut grads = Vec::with_capacity(tp);
-    for (r, (l, sd, st, g)) in results.into_iter().enumerate() {
+    for (r, t) in results.into_iter().enumerate() {
         if r == 0 {
-            losses = l;
+            losses = t.losses;
         }
-        ranks.push((sd, st));
-        grads.push(g);
+        ranks.push((t.tensors, t.state));
+        grads.push(t.grads);
     }
     Ok(TrainRun { losses, ranks, grads })
 }

@@ -6,14 +6,19 @@ mod adamw;
 mod checkpoint;
 mod lora_masks;
 mod loss;
+#[cfg(feature = "mpi")]
+mod mpi_checkpoint;
 mod replicas;
 mod trainer;
 
 pub use adamw::AdamWConfig;
 pub use checkpoint::{
-    has_optimizer_state, read_optimizer_state, reshard_trained, write_trained_checkpoint, OPTIMIZER_DIR,
+    has_optimizer_state, read_optimizer_state, reshard_trained, write_trained_checkpoint, write_trained_metadata,
+    write_trained_rank, RankWritten, OPTIMIZER_DIR,
 };
 pub use lora_masks::exact_lora_masks;
 pub use loss::vocab_parallel_causal_lm_loss;
+#[cfg(feature = "mpi")]
+pub use mpi_checkpoint::write_trained_checkpoint_mpi;
 pub use replicas::{local_norm_sq, sum_kv_replicas, GradMap};
 pub use trainer::{is_lora_name, LoraMasks, OptimizerState, RankTrainer, TrainMode, TrainOptions};

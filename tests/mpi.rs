@@ -342,3 +342,35 @@ fn a_failing_rank_fails_mpi_training_within_seconds_and_leaves_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("sharded at tp 4, but 2 MPI processes"), "{stderr}");
 }
+
+#[test]
+fn mpi_forward_runs_phi3_like_threads_bit_for_bit() {
+    if !have_mpirun() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = fixture("phi3");
+    let golden = hf.join("golden.safetensors");
+    // HF at -np 2 (separate q/k/v), against transformers' golden and the threaded run.
+    let (thr, mpi) = (tmp.path().join("thr.safetensors"), tmp.path().join("mpi.safetensors"));
+    threads(&["forward", s(&hf), "--tp", "2", "--golden", s(&golden), "--output", s(&thr)]);
+    let (out, _) = mpirun(2, &["forward", s(&hf), "--comm", "mpi", "--golden", s(&golden), "--output", s(&mpi)]);
+    let stdout = ok(&out, "mpirun -np 2 phi3");
+    assert!(stdout.contains("max_abs_diff"), "{stdout}");
+    assert!(logits(&thr) == logits(&mpi), "phi3 HF logits differ");
+    assert_eq!(bytes_per_rank(&stdout, 2), planned_bytes_with(&hf, 2, false), "bytes each process read");
+    // A sharded checkpoint at -np 4 (fused): each process opens its own rank file.
+    let sharded = tmp.path().join("sharded");
+    threads(&["shard", s(&hf), s(&sharded), "--tp", "4", "--fuse-qkv"]);
+    let (thr, mpi) = (tmp.path().join("thr4.safetensors"), tmp.path().join("mpi4.safetensors"));
+    threads(&["forward", s(&sharded), "--output", s(&thr)]);
+    let (out, _) = mpirun(4, &["forward", s(&sharded), "--comm", "mpi", "--golden", s(&golden), "--output", s(&mpi)]);
+    let stdout = ok(&out, "mpirun -np 4 phi3 sharded");
+    assert!(logits(&thr) == logits(&mpi), "phi3 sharded logits differ");
+    for (r, b) in bytes_per_rank(&stdout, 4).into_iter().enumerate() {
+        let f = sharded.join(format!("shards/model/dp_rank_00_tp_rank_{r:02}_pp_rank_00.safetensors"));
+        let file = neuron_spec::io::SafetensorsFile::open(&f).unwrap();
+        let payload: usize = file.names().map(|n| file.tensor(n).unwrap().bytes().len()).sum();
+        assert_eq!(b, payload, "rank {r} read exactly its rank file's tensors");
+    }
+}

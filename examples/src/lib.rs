@@ -114,8 +114,8 @@ pub use model::{
     PlainAttention, QkvLayout, SelfAttention, MAX_LAYERS,
 };
 pub use phi3::{
-    phi3_layout, run_phi3_forward, run_phi3_ranks, run_phi3_sharded, Phi3Attention, Phi3Config, Phi3DecoderLayer,
-    Phi3ForCausalLM, Phi3Forward, Phi3Mlp, Phi3Model, Phi3Output,
+    load_phi3_hf_rank, load_phi3_rank_file, phi3_layout, run_phi3_forward, run_phi3_ranks, run_phi3_sharded,
+    Phi3Attention, Phi3Config, Phi3DecoderLayer, Phi3ForCausalLM, Phi3Forward, Phi3Mlp, Phi3Model, Phi3Output,
 };
 pub use qwen3_moe::{MoeConfig, Qwen3MoeSparseMoeBlock};
 pub use rope::{RopeConfig, RopeScaling};

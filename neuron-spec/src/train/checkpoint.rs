@@ -148,7 +148,7 @@ pub fn write_trained_metadata(
 /// Writes the trained rank tensors and their AdamW state (every rank's, in rank order) to `out_dir` (staged,
 /// then renamed: nothing is left at `out_dir` on failure). `meta` is the model's layout; `config_dir`'s
 /// `config.json` is copied along. With one process per rank, each writes its own part with
-/// [`write_trained_rank`] and one writes [`write_trained_metadata`] (see `train::mpi_write`, feature `mpi`).
+/// [`write_trained_rank`] and one writes [`write_trained_metadata`] (`write_trained_checkpoint_mpi`, feature `mpi`).
 pub fn write_trained_checkpoint(
     out_dir: &Path,
     config_dir: &Path,

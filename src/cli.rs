@@ -2,6 +2,7 @@
 //! model crate fills in (the binary lives next to the model; see `examples/`).
 
 use crate::adapter_args::{import_adapters, AdapterArg, AdapterArgs};
+pub use crate::comm_arg::Comm;
 pub use crate::exit::{usage, EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE};
 pub use crate::layouts::{hf_layout, is_sharded, layout_from_file, LayoutArgs};
 use crate::out::human;
@@ -301,14 +302,6 @@ pub enum Command {
 
 /// `quickstart`'s default model: the repository's fixture (relative to the working directory).
 pub const QUICKSTART_MODEL: &str = "tests/fixtures/llama-gqa";
-/// Where `forward` runs its ranks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Comm {
-    /// One thread per rank in this process.
-    Threads,
-    /// One MPI process per rank (a build with the `mpi` feature, launched by mpirun or srun).
-    Mpi,
-}
 
 /// What rank 0 does with the logits of an MPI forward (print, compare, write); returns the exit code.
 pub type FinishLogits<'a> = dyn FnMut(&[f32], &[usize]) -> Result<i32> + 'a;
@@ -607,6 +600,16 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             let files =
                 ForwardFiles { input_ids: input_ids.as_deref(), golden: golden.as_deref(), output: output.as_deref() };
             forward_command(runner, &dir, tp, fuse_qkv, &lora.resolve()?, comm, &files)
+        }
+        Command::Train(args) if args.comm == Comm::Mpi => {
+            let options = crate::train_cmd::mpi_options(&args)?;
+            #[cfg(feature = "mpi")]
+            return crate::mpi_train::run(&args, options, quiet);
+            #[cfg(not(feature = "mpi"))]
+            {
+                let _ = options;
+                Err(Error::Invalid("--comm mpi: this build has no MPI support (build with `--features mpi`)".into()))
+            }
         }
         Command::Train(args) => crate::train_cmd::run(args, quiet),
         Command::Quickstart { model, work_dir, force } => {

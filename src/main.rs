@@ -6,9 +6,12 @@ use neuron_spec::checkpoint::{ShardedCheckpoint, METADATA_PATH};
 mod out;
 mod adapter_args;
 mod cli;
+mod comm_arg;
 mod exit;
 mod inspect_cmd;
 mod layouts;
+#[cfg(feature = "mpi")]
+mod mpi_train;
 mod plan_cmd;
 mod plan_svg;
 mod progress_bar;
@@ -128,9 +131,10 @@ mod mpi_forward {
     use crate::cli::FinishLogits;
     use neuron_spec::checkpoint::METADATA_PATH;
     use neuron_spec::layers::{Communicator, MpiCommunicator};
+    use neuron_spec::lora::ImportedAdapter;
     use neuron_spec::{Error, Result, Spec};
-    use neuron_spec_examples::mpi_run::mpi_forward;
-    use neuron_spec_examples::{model_metadata, ModelConfig};
+    use neuron_spec_examples::mpi_run::{mpi_forward, mpi_phi3_forward};
+    use neuron_spec_examples::{model_metadata, phi3_layout, ModelConfig, Phi3Config, QkvLayout};
     use std::path::Path;
 
     pub fn run(
@@ -155,6 +159,24 @@ mod mpi_forward {
         Ok(bytes.first().map_or(code, |c| i32::from(*c)))
     }
 
+    /// `adapters` imported for the layout of the (Llama-family) model in `dir` at `tp`.
+    fn imported_for_model(
+        dir: &Path,
+        fuse_qkv: bool,
+        tp: usize,
+        adapters: &[AdapterArg],
+    ) -> Result<Vec<ImportedAdapter>> {
+        let cfg = ModelConfig::read(&dir.join("config.json"))?;
+        let fused = if dir.join(METADATA_PATH).exists() {
+            neuron_spec::CheckpointMetadata::read(&dir.join(METADATA_PATH))?
+                .specs()
+                .any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv))
+        } else {
+            fuse_qkv
+        };
+        import_adapters(&model_metadata(&cfg, tp, fused)?, adapters)
+    }
+
     fn rank(
         comm: &MpiCommunicator,
         dir: &Path,
@@ -171,20 +193,28 @@ mod mpi_forward {
                 ctx.size
             )));
         }
-        let cfg = ModelConfig::read(&dir.join("config.json"))?;
+        let phi3 = neuron_spec_examples::model_type_of(dir).as_deref() == Some("phi3");
+        let sharded = dir.join(METADATA_PATH).exists();
         let imported = if adapters.is_empty() {
             Vec::new()
+        } else if phi3 {
+            if sharded {
+                return Err(Error::Invalid(
+                    "--adapter: Phi-3 takes adapters with an HF checkpoint only (shard the adapter along instead)"
+                        .into(),
+                ));
+            }
+            let cfg = Phi3Config::read(&dir.join("config.json"))?;
+            import_adapters(&phi3_layout(&cfg, ctx.size, QkvLayout::gqa(fuse_qkv))?, adapters)?
         } else {
-            let fused = if dir.join(METADATA_PATH).exists() {
-                neuron_spec::CheckpointMetadata::read(&dir.join(METADATA_PATH))?
-                    .specs()
-                    .any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv))
-            } else {
-                fuse_qkv
-            };
-            import_adapters(&model_metadata(&cfg, ctx.size, fused)?, adapters)?
+            imported_for_model(dir, fuse_qkv, ctx.size, adapters)?
         };
-        let run = mpi_forward(comm, dir, fuse_qkv, &imported, input_ids)?;
+        let run = if phi3 {
+            mpi_phi3_forward(comm, dir, fuse_qkv, &imported, input_ids)?
+        } else {
+            mpi_forward(comm, dir, fuse_qkv, &imported, input_ids)?
+        };
+
         println!(
             "rank {}/{}: read {} bytes of {} (pid {})",
             ctx.rank,

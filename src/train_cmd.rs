@@ -79,6 +79,10 @@ pub struct TrainArgs {
     /// Replace an existing output (only once the new one is complete).
     #[arg(long)]
     pub force: bool,
+    /// Where the ranks run: threads of this process, or one MPI process per rank (under mpirun/srun; the tp is
+    /// the number of processes, each writes its own rank files).
+    #[arg(long, value_enum, default_value_t = crate::comm_arg::Comm::Threads)]
+    pub comm: crate::comm_arg::Comm,
 }
 
 pub use neuron_spec::train_data::{batches, read_rows};
@@ -251,6 +255,26 @@ impl TrainJob {
             }
         }
     }
+}
+
+/// The options of `train --comm mpi` (one process per rank: full training only; the LoRA path, with its
+/// adapter files and frozen base, runs on threads).
+pub fn mpi_options(a: &TrainArgs) -> Result<TrainOptions> {
+    if a.steps == 0 {
+        return Err(Error::Invalid("--steps must be at least 1".into()));
+    }
+    let lora_resume =
+        a.model.join(METADATA_PATH).exists() && has_optimizer_state(&a.model) && optimizer_adapter(&a.model)?.is_some();
+    if a.adapter.is_some() || lora_resume {
+        return Err(Error::Invalid(
+            "--comm mpi trains the full model only: LoRA training (--adapter, or resuming a LoRA run) runs with \
+             --comm threads"
+                .into(),
+        ));
+    }
+    let adamw = AdamWConfig { lr: a.lr, betas: parse_betas(&a.betas)?, eps: a.eps, weight_decay: a.weight_decay };
+    adamw.validate()?;
+    Ok(TrainOptions { adamw, grad_clip: a.grad_clip, mode: TrainMode::Full })
 }
 
 /// Runs `train`; prints `step K loss X` per step and the throughput.

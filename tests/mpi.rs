@@ -1,6 +1,7 @@
-//! `forward --comm mpi` under mpirun (built only with `--features mpi`; skipped loudly without mpirun):
-//! one process per rank, logits bitwise equal to the threaded run and within 1e-4 of transformers' golden,
-//! each process reading only its own bytes, and one failing rank failing the whole job quickly.
+//! `forward --comm mpi` and `train --comm mpi` under mpirun (built only with `--features mpi`; skipped loudly
+//! without mpirun): one process per rank, logits bitwise equal to the threaded run and within 1e-4 of
+//! transformers' golden, trained checkpoints byte-equal to the threaded `train` with torch's losses, each
+//! process reading only its own bytes, and one failing rank failing the whole job quickly, leaving nothing.
 
 mod common;
 use common::*;
@@ -90,8 +91,17 @@ fn bytes_per_rank(stdout: &str, np: usize) -> Vec<usize> {
 }
 
 fn planned_bytes(dir: &Path, tp: usize) -> Vec<usize> {
-    let out =
-        Command::new(BIN).args(["plan", s(dir), "--tp", &tp.to_string(), "--fuse-qkv", "--json"]).output().unwrap();
+    planned_bytes_with(dir, tp, true)
+}
+
+fn planned_bytes_with(dir: &Path, tp: usize, fuse_qkv: bool) -> Vec<usize> {
+    let mut args = vec!["plan", s(dir), "--json"];
+    let tp = tp.to_string();
+    args.extend(["--tp", &tp]);
+    if fuse_qkv {
+        args.push("--fuse-qkv");
+    }
+    let out = Command::new(BIN).args(&args).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(ok(&out, "plan").as_bytes()).unwrap();
     v["bytes_read_per_rank"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
 }
@@ -172,4 +182,195 @@ fn one_failing_rank_fails_the_job_with_its_error_within_seconds() {
     let (out, _) = mpirun(2, &["forward", s(&fixture("llama-gqa")), "--tp", "4", "--comm", "mpi"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("--tp 4 with --comm mpi"), "{stderr}");
+}
+
+/// Every file under `dir` (relative paths, sorted) with its bytes.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    fn walk(root: &Path, d: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.push((p.strip_prefix(root).unwrap().to_path_buf(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Asserts the two checkpoint directories hold the same files with the same bytes.
+fn assert_same_tree(a: &Path, b: &Path, what: &str) {
+    let (ta, tb) = (tree(a), tree(b));
+    let names = |t: &[(PathBuf, Vec<u8>)]| t.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&ta), names(&tb), "{what}: the files differ");
+    for ((p, x), (_, y)) in ta.iter().zip(&tb) {
+        assert!(x == y, "{what}: {} differs", p.display());
+    }
+}
+
+/// No hidden staging directory of `out` is left next to it.
+fn no_partials(out: &Path) {
+    let name = out.file_name().unwrap().to_str().unwrap();
+    let left: Vec<_> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(&format!(".{name}.")))
+        .collect();
+    assert!(left.is_empty(), "staging left behind: {left:?}");
+}
+
+fn step_losses(stdout: &str) -> Vec<f32> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("step ").and_then(|r| r.split(" loss ").nth(1)).map(|x| x.parse().unwrap()))
+        .collect()
+}
+
+/// torch's losses of the `llama-gqa` training golden (AdamW lr 1e-2, eps 1e-6, weight decay 0.01).
+fn torch_losses() -> Vec<f32> {
+    let g = neuron_spec::io::SafetensorsFile::open(&fixture("llama-gqa/train_golden.safetensors")).unwrap();
+    g.tensor("loss").unwrap().to_f32_vec()
+}
+
+fn check_losses(what: &str, ours: &[f32], torch: &[f32]) {
+    assert!(!ours.is_empty() && ours.len() <= torch.len(), "{what}: losses {ours:?}");
+    for (a, b) in ours.iter().zip(torch) {
+        assert!(((a - b) / b).abs() < 1e-4, "{what}: loss {a} vs torch {b} (all: {ours:?} vs {torch:?})");
+    }
+}
+
+const HP: [&str; 8] = ["--lr", "1e-2", "--betas", "0.9,0.999", "--eps", "1e-6", "--weight-decay", "0.01"];
+
+/// `train MODEL OUT --data <golden> --steps 1` plus the golden's hyperparameters and `extra`.
+fn train_args<'a>(model: &'a Path, out: &'a Path, data: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["train", s(model), s(out), "--data", s(data), "--steps", "1"];
+    a.extend(HP);
+    a.extend(extra);
+    a
+}
+
+#[test]
+fn mpi_train_writes_the_threaded_checkpoint_byte_for_byte() {
+    if !have_mpirun() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = fixture("llama-gqa");
+    let data = hf.join("train_golden.safetensors");
+    let torch = torch_losses();
+    for (np, fuse) in [(2usize, false), (4, true)] {
+        let tp = np.to_string();
+        let fuse_arg: &[&str] = if fuse { &["--fuse-qkv"] } else { &[] };
+        // Step 1 from the HF checkpoint: each process adapts its own slices.
+        let (thr1, mpi1) = (tmp.path().join(format!("thr1-{np}")), tmp.path().join(format!("mpi1-{np}")));
+        let mut extra = vec!["--tp", &tp];
+        extra.extend(fuse_arg);
+        threads(&train_args(&hf, &thr1, &data, &extra));
+        let mut args = train_args(&hf, &mpi1, &data, fuse_arg);
+        args.extend(["--comm", "mpi"]);
+        let (out, _) = mpirun(np, &args);
+        let stdout = ok(&out, &format!("mpirun -np {np} train from HF"));
+        check_losses(&format!("np {np} step 1"), &step_losses(&stdout), &torch[..1]);
+        assert_same_tree(&thr1, &mpi1, &format!("np {np} step 1"));
+        assert_eq!(bytes_per_rank(&stdout, np), planned_bytes_with(&hf, np, fuse), "np {np}: bytes each process read");
+        no_partials(&mpi1);
+
+        // Step 2, resumed: each process opens its own rank file and its own moments.
+        let (thr2, mpi2) = (tmp.path().join(format!("thr2-{np}")), tmp.path().join(format!("mpi2-{np}")));
+        threads(&train_args(&thr1, &thr2, &data, &[]));
+        let (out, _) = mpirun(np, &train_args(&mpi1, &mpi2, &data, &["--comm", "mpi"]));
+        let stdout = ok(&out, &format!("mpirun -np {np} train resumed"));
+        let losses = step_losses(&stdout);
+        check_losses(&format!("np {np} step 2"), &losses, &torch[1..]);
+        assert!(stdout.contains("step 2 loss"), "the step count comes from the checkpoint:\n{stdout}");
+        assert_same_tree(&thr2, &mpi2, &format!("np {np} step 2"));
+        for (r, b) in bytes_per_rank(&stdout, np).into_iter().enumerate() {
+            let f = mpi1.join(format!("shards/model/dp_rank_00_tp_rank_{r:02}_pp_rank_00.safetensors"));
+            assert!(stdout.contains(s(&f)), "rank {r} names its own file:\n{stdout}");
+            let file = neuron_spec::io::SafetensorsFile::open(&f).unwrap();
+            let payload: usize = file.names().map(|n| file.tensor(n).unwrap().bytes().len()).sum();
+            assert_eq!(b, payload, "rank {r} read exactly its rank file's tensors");
+        }
+        no_partials(&mpi2);
+    }
+}
+
+#[test]
+fn a_failing_rank_fails_mpi_training_within_seconds_and_leaves_nothing() {
+    if !have_mpirun() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture("llama-gqa/train_golden.safetensors");
+    let trained = tmp.path().join("trained");
+    threads(&train_args(&fixture("llama-gqa"), &trained, &data, &["--tp", "4", "--fuse-qkv"]));
+    for (what, bad) in [
+        ("weights", trained.join("shards/model/dp_rank_00_tp_rank_02_pp_rank_00.safetensors")),
+        ("moments", trained.join("optimizer/exp_avg_sq/shards/model/dp_rank_00_tp_rank_02_pp_rank_00.safetensors")),
+    ] {
+        let good = std::fs::read(&bad).unwrap();
+        let mut bytes = good.clone();
+        let n = bytes.len();
+        bytes[n - 100] ^= 0xff; // damage in the tensor data, not the header
+        std::fs::write(&bad, bytes).unwrap();
+        let out_dir = tmp.path().join("out");
+        let (out, took) = mpirun(4, &train_args(&trained, &out_dir, &data, &["--comm", "mpi"]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: the job must fail:\n{stderr}");
+        assert!(stderr.contains("error: rank 2/4:"), "{what}: rank 2's error is printed:\n{stderr}");
+        assert!(
+            stderr.contains("damaged rank file") && stderr.contains(s(&bad)),
+            "{what}: it names the file:\n{stderr}"
+        );
+        assert!(took < Duration::from_secs(30), "{what}: took {took:?}");
+        assert!(!out_dir.exists(), "{what}: no output");
+        no_partials(&out_dir);
+        std::fs::write(&bad, good).unwrap();
+    }
+
+    // An existing output is refused before training (rank 0 commits, so its view counts), and left alone.
+    let (out, _) = mpirun(2, &train_args(&fixture("llama-gqa"), &trained, &data, &["--comm", "mpi"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("exists (use --force"), "{stderr}");
+    assert!(trained.join("optimizer/state.json").is_file());
+    // A tp that disagrees with the number of processes is refused.
+    let (out, _) = mpirun(2, &train_args(&trained, &tmp.path().join("o2"), &data, &["--comm", "mpi"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("sharded at tp 4, but 2 MPI processes"), "{stderr}");
+}
+
+#[test]
+fn mpi_forward_runs_phi3_like_threads_bit_for_bit() {
+    if !have_mpirun() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = fixture("phi3");
+    let golden = hf.join("golden.safetensors");
+    // HF at -np 2 (separate q/k/v), against transformers' golden and the threaded run.
+    let (thr, mpi) = (tmp.path().join("thr.safetensors"), tmp.path().join("mpi.safetensors"));
+    threads(&["forward", s(&hf), "--tp", "2", "--golden", s(&golden), "--output", s(&thr)]);
+    let (out, _) = mpirun(2, &["forward", s(&hf), "--comm", "mpi", "--golden", s(&golden), "--output", s(&mpi)]);
+    let stdout = ok(&out, "mpirun -np 2 phi3");
+    assert!(stdout.contains("max_abs_diff"), "{stdout}");
+    assert!(logits(&thr) == logits(&mpi), "phi3 HF logits differ");
+    assert_eq!(bytes_per_rank(&stdout, 2), planned_bytes_with(&hf, 2, false), "bytes each process read");
+    // A sharded checkpoint at -np 4 (fused): each process opens its own rank file.
+    let sharded = tmp.path().join("sharded");
+    threads(&["shard", s(&hf), s(&sharded), "--tp", "4", "--fuse-qkv"]);
+    let (thr, mpi) = (tmp.path().join("thr4.safetensors"), tmp.path().join("mpi4.safetensors"));
+    threads(&["forward", s(&sharded), "--output", s(&thr)]);
+    let (out, _) = mpirun(4, &["forward", s(&sharded), "--comm", "mpi", "--golden", s(&golden), "--output", s(&mpi)]);
+    let stdout = ok(&out, "mpirun -np 4 phi3 sharded");
+    assert!(logits(&thr) == logits(&mpi), "phi3 sharded logits differ");
+    for (r, b) in bytes_per_rank(&stdout, 4).into_iter().enumerate() {
+        let f = sharded.join(format!("shards/model/dp_rank_00_tp_rank_{r:02}_pp_rank_00.safetensors"));
+        let file = neuron_spec::io::SafetensorsFile::open(&f).unwrap();
+        let payload: usize = file.names().map(|n| file.tensor(n).unwrap().bytes().len()).sum();
+        assert_eq!(b, payload, "rank {r} read exactly its rank file's tensors");
+    }
 }

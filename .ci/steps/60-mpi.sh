@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# forward over MPI (issue 12): installs Open MPI and libclang (rsmpi's bindgen) from Debian when missing, then
+# forward and train over MPI (issue 12): installs Open MPI and libclang (rsmpi's bindgen) from Debian when missing, then
 # runs tests/mpi.rs and neuron-spec/tests/mpi_collectives.rs (mpirun -np 2 and 4 as root). Only these two test
 # targets and the binary are built. The feature still recompiles burn once: rsmpi's dependencies change features
 # of crates burn shares (once_cell). That took 6.5 min on the loaded 2-core dev machine.

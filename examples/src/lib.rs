@@ -116,8 +116,8 @@ pub use model::{
     PlainAttention, QkvLayout, SelfAttention, MAX_LAYERS,
 };
 pub use phi3::{
-    phi3_layout, run_phi3_forward, run_phi3_ranks, run_phi3_sharded, Phi3Attention, Phi3Config, Phi3DecoderLayer,
-    Phi3ForCausalLM, Phi3Forward, Phi3Mlp, Phi3Model, Phi3Output,
+    load_phi3_hf_rank, load_phi3_rank_file, phi3_layout, run_phi3_forward, run_phi3_ranks, run_phi3_sharded,
+    Phi3Attention, Phi3Config, Phi3DecoderLayer, Phi3ForCausalLM, Phi3Forward, Phi3Mlp, Phi3Model, Phi3Output,
 };
 pub use pipeline_run::{
     run_sharded_forward, run_sharded_forward_with_adapters, run_stage, Activations, StageData, StageRun,
@@ -129,4 +129,6 @@ pub use run::{
     ForwardOutput,
 };
 pub use stage::{LlamaStage, StageInput, StageOutput};
-pub use train::{load_sharded_rank_model, train_rank, train_ranks, RankRun, TrainRun};
+pub use train::{
+    load_rank_file_model, load_sharded_rank_model, train_rank, train_ranks, RankInit, RankTrained, TrainRun,
+};

@@ -1,9 +1,10 @@
-//! Ranks as MPI processes (feature `mpi`): this process runs the one TP rank MPI gave it, reading only that
-//! rank's bytes of an HF checkpoint, or only its own rank file of a sharded checkpoint.
+//! Ranks as MPI processes (feature `mpi`): this process runs (forward) or trains the one TP rank MPI gave it,
+//! reading only that rank's bytes of an HF checkpoint, or only its own rank file of a sharded checkpoint.
 
 use crate::config::ModelConfig;
 use crate::model::LlamaForCausalLM;
-use crate::run::{load_with_adapters, rank_forward, ForwardOutput};
+use crate::run::{load_hf_rank_model, load_with_adapters, rank_forward, ForwardOutput};
+use crate::train::{load_rank_file_model, train_rank, RankTrained};
 use neuron_spec::checkpoint::{RankCheckpoint, METADATA_PATH};
 use neuron_spec::io::HfCheckpoint;
 use neuron_spec::layers::{Communicator, MpiCommunicator};
@@ -12,6 +13,7 @@ use neuron_spec::lora::{ImportedAdapter, LoraConfig, LoraRankAdapter, ADAPTER_CO
 use neuron_spec::model::PlanOptions;
 use neuron_spec::module::CustomModule;
 use neuron_spec::tensor::StateDict;
+use neuron_spec::train::{read_optimizer_state, RankTrainer, TrainOptions};
 use neuron_spec::{Error, HostTensor, Result, Spec, TensorInfo, TensorSource};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -165,4 +167,135 @@ fn check_same_logits(comm: &MpiCommunicator, logits: &[f32]) -> Result<()> {
         Some(r) => Err(Error::Invalid(format!("rank {r} computed other logits than rank 0"))),
         None => Ok(()),
     }
+}
+
+/// This process's trained rank, with what it read.
+#[derive(Debug, Clone)]
+pub struct RankTrainRun {
+    /// Its losses, trained tensors and AdamW state.
+    pub trained: RankTrained,
+    /// Whether the model has one fused `weight_qkv` per layer (as the HF run was asked, or as the resumed
+    /// checkpoint is laid out).
+    pub fuse_qkv: bool,
+    /// Weight bytes this process read (its slices of the HF checkpoint, or its rank file's tensors).
+    pub bytes_read: usize,
+    /// What it read them from (the HF directory or its rank file).
+    pub source: PathBuf,
+}
+
+/// Trains this process's rank of the model in `dir` for `steps` steps over `batches`, with the same per-rank
+/// loop as the threaded run ([`train_rank`]): an HF checkpoint at the world size (each process adapts its own
+/// slices), or a trained sharded checkpoint at its own tp, which must equal the world size (each process opens
+/// its own rank file and its own rank file of each AdamW moment). `on_step(k, loss)` runs on rank 0.
+pub fn mpi_train(
+    comm: &MpiCommunicator,
+    dir: &Path,
+    fuse_qkv: bool,
+    options: TrainOptions,
+    batches: &[Vec<Vec<i64>>],
+    steps: usize,
+    on_step: &dyn Fn(usize, f32),
+) -> Result<RankTrainRun> {
+    let ctx = comm.context();
+    let cfg = ModelConfig::read(&dir.join("config.json"))?;
+    if dir.join(METADATA_PATH).exists() {
+        let ck = RankCheckpoint::open(dir, ctx.rank)?;
+        if ck.tp != ctx.size {
+            return Err(Error::Invalid(format!(
+                "{} is sharded at tp {}, but {} MPI processes train it (start one per rank: mpirun -np {})",
+                dir.display(),
+                ck.tp,
+                ctx.size,
+                ck.tp
+            )));
+        }
+        let fused = ck.metadata.specs().any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv));
+        let counting = Counting { inner: &ck.file, bytes: AtomicUsize::new(0) };
+        let trained = train_rank(
+            comm,
+            batches,
+            steps,
+            &|ctx, device| {
+                let model = load_rank_file_model(&ck.dir, &ck.metadata, ck.tp, &counting, &cfg, ctx, device)?;
+                RankTrainer::new(model, &ck.file, options, device)?.with_state(read_optimizer_state(dir, ctx.rank)?)
+            },
+            on_step,
+        )?;
+        let bytes_read = counting.bytes.load(Ordering::Relaxed);
+        Ok(RankTrainRun { trained, fuse_qkv: fused, bytes_read, source: ck.file.path().to_path_buf() })
+    } else {
+        let hf = HfCheckpoint::open(dir)?;
+        let counting = Counting { inner: &hf, bytes: AtomicUsize::new(0) };
+        let trained = train_rank(
+            comm,
+            batches,
+            steps,
+            &|ctx, device| {
+                let model = load_hf_rank_model(&counting, &cfg, ctx, fuse_qkv, device)?;
+                RankTrainer::new(model, &StateDict::new(), options, device)
+            },
+            on_step,
+        )?;
+        let bytes_read = counting.bytes.load(Ordering::Relaxed);
+        Ok(RankTrainRun { trained, fuse_qkv, bytes_read, source: dir.to_path_buf() })
+    }
+}
+
+/// [`mpi_forward`] for Phi-3 (its own model): an HF checkpoint at the world size with `adapters` active, or a
+/// sharded checkpoint at its own tp (base weights only: one holding `adapter_<name>/` directories is refused,
+/// as the threaded run refuses it). The outputs are those of [`mpi_forward`], shapes included.
+pub fn mpi_phi3_forward(
+    comm: &MpiCommunicator,
+    dir: &Path,
+    fuse_qkv: bool,
+    adapters: &[ImportedAdapter],
+    input_ids: &[Vec<i64>],
+) -> Result<RankRun> {
+    use crate::phi3::{load_phi3_hf_rank, load_phi3_rank_file, phi3_rank_forward, Phi3Config};
+    let ctx = comm.context();
+    let cfg = Phi3Config::read(&dir.join("config.json"))?;
+    let (out, bytes_read, source) = if dir.join(METADATA_PATH).exists() {
+        let has_adapters = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with("adapter_") && e.path().is_dir());
+        if has_adapters || !adapters.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{}: Phi-3 runs a sharded checkpoint's base weights only (run the HF checkpoint with --adapter)",
+                dir.display()
+            )));
+        }
+        let ck = RankCheckpoint::open(dir, ctx.rank)?;
+        if ck.tp != ctx.size {
+            return Err(Error::Invalid(format!(
+                "{} is sharded at tp {}, but {} MPI processes run it (start one per rank: mpirun -np {})",
+                dir.display(),
+                ck.tp,
+                ctx.size,
+                ck.tp
+            )));
+        }
+        let counting = Counting { inner: &ck.file, bytes: AtomicUsize::new(0) };
+        let out = phi3_rank_forward(comm, input_ids, &|ctx, device| {
+            load_phi3_rank_file(dir, &ck.metadata, &counting, &cfg, ctx, device)
+        })?;
+        (out, counting.bytes.load(Ordering::Relaxed), ck.file.path().to_path_buf())
+    } else {
+        let hf = HfCheckpoint::open(dir)?;
+        let counting = Counting { inner: &hf, bytes: AtomicUsize::new(0) };
+        let out = phi3_rank_forward(comm, input_ids, &|ctx, device| {
+            load_phi3_hf_rank(&counting, &cfg, ctx, fuse_qkv, adapters, device)
+        })?;
+        (out, counting.bytes.load(Ordering::Relaxed), dir.to_path_buf())
+    };
+    check_same_logits(comm, &out.logits)?;
+    let (b, s) = (input_ids.len(), input_ids.first().map_or(0, Vec::len));
+    let output = ForwardOutput {
+        logits: out.logits,
+        logits_shape: [b, s, cfg.vocab_size],
+        hidden_0: out.hidden_0,
+        hidden_1: Some(out.hidden_1),
+        hidden_shape: [b, s, cfg.hidden_size],
+    };
+    Ok(RankRun { output, bytes_read, source })
 }

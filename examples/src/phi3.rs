@@ -390,28 +390,35 @@ fn flat(t: Tensor<3>, what: &str) -> Result<Vec<f32>> {
         .map_err(|e| Error::Invalid(format!("{what}: {e:?}")))
 }
 
+/// One rank's Phi-3 forward pass with any communicator (threads here, processes in `mpi_run`).
+pub(crate) fn phi3_rank_forward<C: neuron_spec::layers::Communicator>(
+    comm: &C,
+    input_ids: &[Vec<i64>],
+    load: &dyn Fn(TpContext, &Device) -> Result<Phi3ForCausalLM>,
+) -> Result<Phi3Forward> {
+    let (b, s) = (input_ids.len(), input_ids.first().map_or(0, Vec::len));
+    let ids: Vec<i64> = input_ids.iter().flatten().copied().collect();
+    let device = Device::default();
+    let model = load(comm.context(), &device)?;
+    let t = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, s]), &device);
+    let out = model.forward(t, comm)?;
+    let mut hs = out.hidden_states.into_iter();
+    let h0 = hs.next().ok_or_else(|| Error::Invalid("no hidden states".into()))?;
+    let h1 = hs.next().ok_or_else(|| Error::Invalid("no decoder layer".into()))?;
+    Ok(Phi3Forward {
+        logits: flat(out.logits, "logits")?,
+        hidden_0: flat(h0, "hidden_0")?,
+        hidden_1: flat(h1, "hidden_1")?,
+    })
+}
+
 /// Runs `tp` ranks on threads, each loading its model with `load`; checks every rank computed rank 0's logits.
 pub fn run_phi3_ranks(
     tp: usize,
     input_ids: &[Vec<i64>],
     load: &(dyn Fn(TpContext, &Device) -> Result<Phi3ForCausalLM> + Sync),
 ) -> Result<Phi3Forward> {
-    let (b, s) = (input_ids.len(), input_ids.first().map_or(0, Vec::len));
-    let ids: Vec<i64> = input_ids.iter().flatten().copied().collect();
-    let outs = crate::run::on_rank_threads(tp, &|comm| -> Result<Phi3Forward> {
-        let device = Device::default();
-        let model = load(comm.context(), &device)?;
-        let t = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, s]), &device);
-        let out = model.forward(t, comm)?;
-        let mut hs = out.hidden_states.into_iter();
-        let h0 = hs.next().ok_or_else(|| Error::Invalid("no hidden states".into()))?;
-        let h1 = hs.next().ok_or_else(|| Error::Invalid("no decoder layer".into()))?;
-        Ok(Phi3Forward {
-            logits: flat(out.logits, "logits")?,
-            hidden_0: flat(h0, "hidden_0")?,
-            hidden_1: flat(h1, "hidden_1")?,
-        })
-    })?;
+    let outs = crate::run::on_rank_threads(tp, &|comm| phi3_rank_forward(comm, input_ids, load))?;
     let mut outs = outs.into_iter();
     let first = outs.next().ok_or_else(|| Error::Invalid("no ranks ran".into()))?;
     for (r, o) in outs.enumerate() {
@@ -432,19 +439,29 @@ pub fn run_phi3_forward(
     adapters: &[ImportedAdapter],
     input_ids: &[Vec<i64>],
 ) -> Result<Phi3Forward> {
-    run_phi3_ranks(tp, input_ids, &|ctx, device| {
-        let model = Phi3ForCausalLM::new(cfg, ctx, fuse_qkv, device)?;
-        if adapters.is_empty() {
-            return model.load_hf_rank(src, device, PlanOptions::default());
-        }
-        let meta = model.create_parameter_metadata()?;
-        let local = neuron_spec::model::adapt_state_dict(&meta, src, ctx.size, ctx.rank, PlanOptions::default())?;
-        let ras = adapters
-            .iter()
-            .map(|a| neuron_spec::lora::disk::imported_rank_adapter(&meta, a, ctx.size, ctx.rank))
-            .collect::<Result<Vec<_>>>()?;
-        model.load_rank_tensors("", &LoraRankSource::new(&local, ras)?, device)
-    })
+    run_phi3_ranks(tp, input_ids, &|ctx, device| load_phi3_hf_rank(src, cfg, ctx, fuse_qkv, adapters, device))
+}
+
+/// Rank `ctx.rank`'s Phi-3 from its own slices of the HF checkpoint `src`, with `adapters` active.
+pub fn load_phi3_hf_rank(
+    src: &dyn TensorSource,
+    cfg: &Phi3Config,
+    ctx: TpContext,
+    fuse_qkv: bool,
+    adapters: &[ImportedAdapter],
+    device: &Device,
+) -> Result<Phi3ForCausalLM> {
+    let model = Phi3ForCausalLM::new(cfg, ctx, fuse_qkv, device)?;
+    if adapters.is_empty() {
+        return model.load_hf_rank(src, device, PlanOptions::default());
+    }
+    let meta = model.create_parameter_metadata()?;
+    let local = neuron_spec::model::adapt_state_dict(&meta, src, ctx.size, ctx.rank, PlanOptions::default())?;
+    let ras = adapters
+        .iter()
+        .map(|a| neuron_spec::lora::disk::imported_rank_adapter(&meta, a, ctx.size, ctx.rank))
+        .collect::<Result<Vec<_>>>()?;
+    model.load_rank_tensors("", &LoraRankSource::new(&local, ras)?, device)
 }
 
 /// The TP layout of Phi-3 at `tp`: the metadata of its lazily built rank-0 model (no weight allocated).
@@ -472,19 +489,32 @@ pub fn run_phi3_sharded(dir: &Path, cfg: &Phi3Config, input_ids: &[Vec<i64>]) ->
             dir.display()
         )));
     }
-    let fused = ck.metadata.specs().any(|(_, s)| matches!(s, neuron_spec::Spec::GqaQkv(g) if g.fuse_qkv));
     run_phi3_ranks(ck.tp, input_ids, &|ctx, device| {
-        let model = Phi3ForCausalLM::new(cfg, ctx, fused, device)?;
-        if model.create_parameter_metadata()?.model_weight_transformation_specs
-            != ck.metadata.model_weight_transformation_specs
-        {
-            return Err(Error::Metadata {
-                path: dir.join(neuron_spec::checkpoint::METADATA_PATH),
-                reason: "the checkpoint's layout differs from this Phi-3 config's".into(),
-            });
-        }
         let rank =
             ck.ranks.get(ctx.rank).ok_or_else(|| Error::Invalid(format!("no rank file for rank {}", ctx.rank)))?;
-        model.load_rank_tensors("", rank, device)
+        load_phi3_rank_file(dir, &ck.metadata, rank, cfg, ctx, device)
     })
+}
+
+/// Rank `ctx.rank`'s Phi-3 from its own rank file `rank` of the sharded checkpoint in `dir` (metadata
+/// `metadata`), reading no other rank's file.
+pub fn load_phi3_rank_file(
+    dir: &Path,
+    metadata: &neuron_spec::CheckpointMetadata,
+    rank: &dyn TensorSource,
+    cfg: &Phi3Config,
+    ctx: TpContext,
+    device: &Device,
+) -> Result<Phi3ForCausalLM> {
+    let fused = metadata.specs().any(|(_, s)| matches!(s, neuron_spec::Spec::GqaQkv(g) if g.fuse_qkv));
+    let model = Phi3ForCausalLM::new(cfg, ctx, fused, device)?;
+    if model.create_parameter_metadata()?.model_weight_transformation_specs
+        != metadata.model_weight_transformation_specs
+    {
+        return Err(Error::Metadata {
+            path: dir.join(neuron_spec::checkpoint::METADATA_PATH),
+            reason: "the checkpoint's layout differs from this Phi-3 config's".into(),
+        });
+    }
+    model.load_rank_tensors("", rank, device)
 }

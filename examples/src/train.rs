@@ -41,7 +41,8 @@ use neuron_spec::layers::Communicator;
 use neuron_spec::module::CustomModule;
 use neuron_spec::module::TpContext;
 use neuron_spec::train::{vocab_parallel_causal_lm_loss, OptimizerState, RankTrainer};
-use neuron_spec::{Error, Result, Spec, StateDict};
+use neuron_spec::{CheckpointMetadata, Error, Result, Spec, StateDict, TensorSource};
+use std::path::Path;
 
 impl LlamaForCausalLM {
     /// The mean next-token cross-entropy over `input_ids` (`[batch][seq]`), as transformers'
@@ -86,43 +87,59 @@ pub fn load_sharded_rank_model(
     ctx: TpContext,
     device: &Device,
 ) -> Result<LlamaForCausalLM> {
-    let fuse_qkv = ck.metadata.specs().any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv));
+    let rank = ck.ranks.get(ctx.rank).ok_or_else(|| Error::Invalid(format!("no rank file for rank {}", ctx.rank)))?;
+    load_rank_file_model(&ck.dir, &ck.metadata, ck.tp, rank, cfg, ctx, device)
+}
+
+/// Rank `ctx.rank`'s model from its own rank file `rank` of the sharded checkpoint in `dir` (metadata
+/// `metadata`, at tp `tp`), on `device`: what one process per rank loads, reading no other rank's file.
+pub fn load_rank_file_model(
+    dir: &Path,
+    metadata: &CheckpointMetadata,
+    tp: usize,
+    rank: &dyn TensorSource,
+    cfg: &ModelConfig,
+    ctx: TpContext,
+    device: &Device,
+) -> Result<LlamaForCausalLM> {
+    let fuse_qkv = metadata.specs().any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv));
     let model = LlamaForCausalLM::from_config(cfg, ctx, crate::QkvLayout::gqa(fuse_qkv), device)?;
     let ours = model.create_parameter_metadata()?;
-    if ours.model_weight_transformation_specs != ck.metadata.model_weight_transformation_specs || ck.tp != ctx.size {
+    if ours.model_weight_transformation_specs != metadata.model_weight_transformation_specs || tp != ctx.size {
         return Err(Error::Metadata {
-            path: ck.dir.join(neuron_spec::checkpoint::METADATA_PATH),
+            path: dir.join(neuron_spec::checkpoint::METADATA_PATH),
             reason: "the checkpoint's layout differs from this model's (other config or tp?)".into(),
         });
     }
-    let rank = ck.ranks.get(ctx.rank).ok_or_else(|| Error::Invalid(format!("no rank file for rank {}", ctx.rank)))?;
     model.load_rank_tensors("", rank, device)
 }
 
-/// One rank's part of a run ([`train_rank`]).
+/// One rank's result of training: its losses, trained tensors, AdamW state and kept gradients.
 #[derive(Debug, Clone)]
-pub struct RankRun {
+pub struct RankTrained {
     /// The loss before each step (the same on every rank).
     pub losses: Vec<f32>,
-    /// The trained rank tensors.
+    /// The trained rank tensors, as the rank file stores them.
     pub tensors: StateDict,
     /// The AdamW state.
     pub state: OptimizerState,
-    /// The last step's gradients, where the trainer kept them (`keep_grads`).
+    /// The last gradients, where the trainer kept them (`keep_grads`).
     pub grads: Option<StateDict>,
 }
 
-/// One rank's training loop, on any communicator (threads or MPI processes): builds the trainer with `init`
-/// on an autodiff device, then takes `steps` steps on batch `k % batches.len()` at step `k`; `on_step(k,
-/// loss)` is called on rank 0 after each step (1-based step count, continued on resume). Every rank of
-/// `comm`'s group calls it together.
+/// Builds the trainer of one rank on the given autodiff device, from that rank's own data.
+pub type RankInit<'a> = dyn Fn(TpContext, &Device) -> Result<RankTrainer<LlamaForCausalLM>> + 'a;
+
+/// Trains this rank of `comm`'s group (threads or processes alike) for `steps` steps, batch `k % batches.len()`
+/// at step `k`: builds its trainer with `init` on an autodiff device, and calls `on_step(k, loss)` on rank 0
+/// after each step (1-based). Every rank of the group calls it together.
 pub fn train_rank<C: Communicator>(
     comm: &C,
     batches: &[Vec<Vec<i64>>],
     steps: usize,
-    init: &(dyn Fn(TpContext, &Device) -> Result<RankTrainer<LlamaForCausalLM>> + Sync),
-    on_step: &(dyn Fn(usize, f32) + Sync),
-) -> Result<RankRun> {
+    init: &RankInit<'_>,
+    on_step: &dyn Fn(usize, f32),
+) -> Result<RankTrained> {
     if batches.is_empty() {
         return Err(Error::Invalid("no training data".into()));
     }
@@ -137,12 +154,12 @@ pub fn train_rank<C: Communicator>(
         }
         losses.push(l);
     }
-    Ok(RankRun { losses, tensors: t.rank_tensors()?, state: t.state, grads: t.last_grads })
+    Ok(RankTrained { losses, tensors: t.rank_tensors()?, state: t.state, grads: t.last_grads })
 }
 
-/// Trains `tp` ranks on threads for `steps` steps ([`train_rank`] on each, joined by a
-/// `LocalCommunicator`). `init` builds a rank's trainer on the given autodiff device (from its own data:
-/// ranks share no tensors).
+/// Trains `tp` ranks on threads ([`train_rank`] on each) for `steps` steps, batch `k % batches.len()` at step
+/// `k`. `init` builds a rank's trainer on the given autodiff device (from its own data: ranks share no
+/// tensors); `on_step(k, loss)` is called by rank 0 after each step (1-based).
 pub fn train_ranks(
     tp: usize,
     batches: &[Vec<Vec<i64>>],
@@ -157,12 +174,12 @@ pub fn train_ranks(
     let mut ranks = Vec::with_capacity(tp);
     let mut losses = Vec::new();
     let mut grads = Vec::with_capacity(tp);
-    for (r, run) in results.into_iter().enumerate() {
+    for (r, t) in results.into_iter().enumerate() {
         if r == 0 {
-            losses = run.losses;
+            losses = t.losses;
         }
-        ranks.push((run.tensors, run.state));
-        grads.push(run.grads);
+        ranks.push((t.tensors, t.state));
+        grads.push(t.grads);
     }
     Ok(TrainRun { losses, ranks, grads })
 }

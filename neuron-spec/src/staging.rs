@@ -46,13 +46,13 @@ impl Staging {
 
     /// `e` with paths inside the temporary directory shown under the destination, the name the user gave.
     pub fn describe(&self, e: Error) -> Error {
-        match e {
-            Error::Io { path, source } => match path.strip_prefix(&self.tmp) {
-                Ok(rel) => Error::Io { path: self.dest.join(rel), source },
-                Err(_) => Error::Io { path, source },
-            },
-            other => other,
-        }
+        describe_under(&self.tmp, &self.dest, e)
+    }
+
+    /// The temporary directory named `name` (another process's [`Staging::path`] file name) next to `dest`:
+    /// where a cooperating process writes into that process's staging directory.
+    pub fn sibling_named(dest: &Path, name: &str) -> PathBuf {
+        dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join(name)
     }
 
     /// Flushes the directory tree and renames it to the destination (replacing it only now, with force).
@@ -118,6 +118,17 @@ pub fn remove_stale_partials(dest: &Path) {
         if e.file_type().is_ok_and(|t| t.is_dir()) {
             let _ = fs::remove_dir_all(e.path());
         }
+    }
+}
+
+/// `e` with paths inside `tmp` (a staging directory) shown under `dest`, the name the user gave.
+pub fn describe_under(tmp: &Path, dest: &Path, e: Error) -> Error {
+    match e {
+        Error::Io { path, source } => match path.strip_prefix(tmp) {
+            Ok(rel) => Error::Io { path: dest.join(rel), source },
+            Err(_) => Error::Io { path, source },
+        },
+        other => other,
     }
 }
 

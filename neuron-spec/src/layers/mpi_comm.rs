@@ -16,7 +16,8 @@ use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator as _, CommunicatorCollectives, Root};
 use mpi::Threading;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Largest tensor rank a collective accepts (the shape travels in a fixed-size header).
 const MAX_DIMS: usize = 8;
@@ -29,10 +30,25 @@ const MAX_DIMS: usize = 8;
 /// the others waiting in a collective.
 pub struct MpiCommunicator {
     universe: Universe,
-    /// MPI is initialized as `MPI_THREAD_SERIALIZED`: calls from several threads are serialized here.
-    lock: Mutex<()>,
+    core: Arc<Core>,
     size: usize,
     rank: usize,
+}
+
+/// What the collectives need, shared with the backward pass's [`GradReducer`](super::GradReducer).
+struct Core {
+    /// MPI is initialized as `MPI_THREAD_SERIALIZED`: calls from several threads are serialized here.
+    lock: Mutex<()>,
+    /// False once the communicator is dropped (MPI finalized): a reducer kept past it fails, not crashes.
+    live: AtomicBool,
+    size: usize,
+}
+
+impl Drop for MpiCommunicator {
+    fn drop(&mut self) {
+        let _g = self.core.guard();
+        self.core.live.store(false, Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for MpiCommunicator {
@@ -62,15 +78,12 @@ impl MpiCommunicator {
         let size = usize::try_from(size).map_err(|_| Error::Invalid(format!("MPI world size {size}")))?;
         let rank = usize::try_from(rank).map_err(|_| Error::Invalid(format!("MPI rank {rank}")))?;
         crate::sharding::check_tp(size, rank)?;
-        Ok(Self { universe, lock: Mutex::new(()), size, rank })
+        let core = Arc::new(Core { lock: Mutex::new(()), live: AtomicBool::new(true), size });
+        Ok(Self { universe, core, size, rank })
     }
 
     fn world(&self) -> (MutexGuard<'_, ()>, SimpleCommunicator) {
-        let guard = match self.lock.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        (guard, self.universe.world())
+        (self.core.guard(), self.universe.world())
     }
 
     /// Prints `error: rank R/N: <reason>` on stderr and ends every process of the job (`MPI_Abort`, exit
@@ -92,10 +105,7 @@ impl MpiCommunicator {
 
     /// Every rank's `values`, concatenated in rank order; each rank must pass the same number of values.
     pub fn all_gather_u64(&self, values: &[u64]) -> Vec<u64> {
-        let mut out = vec![0u64; values.len() * self.size];
-        let (_g, w) = self.world();
-        w.all_gather_into(values, &mut out[..]);
-        out
+        self.core.all_gather_u64(values)
     }
 
     /// Every rank's `bytes` (any length), in rank order.
@@ -132,6 +142,44 @@ impl MpiCommunicator {
             return Err(Error::Invalid(format!("broadcast root {root} is not a rank of a group of {}", self.size)));
         }
         count(root, "broadcast root")
+    }
+
+    fn gather_shapes(&self, shape: &[usize], what: &str) -> Result<Vec<Vec<usize>>> {
+        self.core.gather_shapes(shape, what)
+    }
+
+    fn gather_f32(&self, shape: &[usize], data: &[f32], free_dim: Option<usize>, what: &str) -> Result<Vec<f32>> {
+        self.core.gather_f32(shape, data, free_dim, what)
+    }
+
+    fn gather_varcount<T: mpi::datatype::Equivalence + Default + Clone>(
+        &self,
+        mine: &[T],
+        lens: &[usize],
+        what: &str,
+    ) -> Result<Vec<T>> {
+        self.core.gather_varcount(mine, lens, what)
+    }
+}
+
+impl Core {
+    fn guard(&self) -> MutexGuard<'_, ()> {
+        match self.lock.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// `MPI_COMM_WORLD` (valid while the communicator lives: checked under the lock by the callers).
+    fn world(&self) -> (MutexGuard<'_, ()>, SimpleCommunicator) {
+        (self.guard(), SimpleCommunicator::world())
+    }
+
+    fn all_gather_u64(&self, values: &[u64]) -> Vec<u64> {
+        let mut out = vec![0u64; values.len() * self.size];
+        let (_g, w) = self.world();
+        w.all_gather_into(values, &mut out[..]);
+        out
     }
 
     /// `MPI_Allgatherv` of `mine`, where rank r contributes `lens[r]` elements (known to every rank).
@@ -198,6 +246,32 @@ impl MpiCommunicator {
         let lens: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
         self.gather_varcount(data, &lens, what)
     }
+
+    /// The elementwise rank-order sum of every rank's `data` (all of the same `shape`).
+    fn sum_f32(&self, shape: &[usize], data: &[f32], what: &str) -> Result<Vec<f32>> {
+        let all = self.gather_f32(shape, data, None, what)?;
+        // Summed in rank order from zero, as LocalCommunicator does: the same bits on every rank.
+        let n = data.len();
+        let mut out = vec![0f32; n];
+        for part in all.chunks(n.max(1)).take(self.size) {
+            for (o, v) in out.iter_mut().zip(part) {
+                *o += *v;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl super::HostAllReduce for Core {
+    fn all_reduce_sum_f32(&self, data: Vec<f32>, shape: &[usize]) -> Result<Vec<f32>> {
+        if self.size == 1 {
+            return Ok(data);
+        }
+        if !self.live.load(Ordering::SeqCst) {
+            return Err(Error::Invalid("backward all-reduce after the MPI communicator was dropped".into()));
+        }
+        self.sum_f32(shape, &data, "backward all_reduce_sum")
+    }
 }
 
 impl Communicator for MpiCommunicator {
@@ -211,15 +285,7 @@ impl Communicator for MpiCommunicator {
         }
         let device = t.device();
         let (shape, data) = tensor_to_f32(t, "all_reduce_sum")?;
-        let all = self.gather_f32(&shape, &data, None, "all_reduce_sum")?;
-        // Summed in rank order from zero, as LocalCommunicator does: the same bits on every rank.
-        let n = data.len();
-        let mut out = vec![0f32; n];
-        for part in all.chunks(n.max(1)).take(self.size) {
-            for (o, v) in out.iter_mut().zip(part) {
-                *o += *v;
-            }
-        }
+        let out = self.core.sum_f32(&shape, &data, "all_reduce_sum")?;
         let dims = <[usize; D]>::try_from(shape.as_slice())
             .map_err(|_| Error::Invalid(format!("all_reduce_sum: expected a rank-{D} tensor")))?;
         f32_tensor(out, dims, &device, "all_reduce_sum output")
@@ -289,5 +355,9 @@ impl Communicator for MpiCommunicator {
     fn barrier(&self) -> Result<()> {
         MpiCommunicator::barrier(self);
         Ok(())
+    }
+
+    fn grad_reducer(&self) -> Option<super::GradReducer> {
+        Some(super::GradReducer::new(self.core.clone()))
     }
 }

@@ -14,7 +14,7 @@
 //! `state.json` names the adapter (`"mode": "lora", "adapter": NAME`).
 
 use super::{AdamWConfig, OptimizerState};
-use crate::checkpoint::{rank_file_name, ShardedCheckpoint, METADATA_PATH, RANKS_DIR};
+use crate::checkpoint::{rank_file_name, RankCheckpoint, METADATA_PATH, RANKS_DIR};
 use crate::error::{Error, Result};
 use crate::io::{write_file_synced, write_safetensors};
 use crate::metadata::{CheckpointMetadata, RankFileEntry, FORMAT_VERSION};
@@ -26,29 +26,57 @@ use crate::DType;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// The moment directories under [`OPTIMIZER_DIR`], in the order [`RankWritten::moments`] holds them.
+const MOMENTS: [&str; 2] = ["exp_avg", "exp_avg_sq"];
+
+/// What one rank wrote of a trained checkpoint: its rank file of the weights and of each moment directory
+/// (sizes and checksums for the metadata), and its step count. Serializable, so ranks in other processes can
+/// send it to the rank that writes the metadata.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RankWritten {
+    /// The rank.
+    pub rank: usize,
+    /// Its rank file of the weights.
+    pub weights: RankFileEntry,
+    /// Its rank files of `exp_avg` and `exp_avg_sq`.
+    pub moments: [RankFileEntry; 2],
+    /// Its optimizer step count.
+    pub step: u64,
+}
+
 /// Writes rank tensors (every rank's `StateDict`, the same names) as a sharded checkpoint under `root`.
 pub(super) fn write_ranks(root: &Path, meta: &CheckpointMetadata, ranks: &[&StateDict]) -> Result<()> {
+    let first = ranks.first().ok_or_else(|| Error::Invalid("no ranks to write".into()))?;
+    let entries = ranks.iter().enumerate().map(|(r, sd)| write_rank_file(root, r, sd)).collect::<Result<Vec<_>>>()?;
+    write_rank_metadata(root, meta, first, entries)
+}
+
+/// Writes one rank's tensors as its rank file under `root` (a sharded checkpoint's directory).
+fn write_rank_file(root: &Path, rank: usize, sd: &StateDict) -> Result<RankFileEntry> {
     let dir = root.join(RANKS_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let rank_meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let infos: Vec<_> = sd.keys().filter_map(|n| sd.info(n)).collect();
+    let path = dir.join(rank_file_name(rank));
+    let w = write_safetensors(&path, &infos, &rank_meta, &mut |i| Ok(vec![sd.tensor(&i.name)?]))?;
+    Ok(RankFileEntry { file: rank_file_name(rank), size: w.size, xxh3_64: format!("{:016x}", w.xxh3) })
+}
+
+/// Writes the metadata of a sharded checkpoint under `root` whose rank files are `entries` (in rank order)
+/// and whose tensors are named as `names` (rank 0's).
+fn write_rank_metadata(
+    root: &Path,
+    meta: &CheckpointMetadata,
+    names: &StateDict,
+    entries: Vec<RankFileEntry>,
+) -> Result<()> {
     let mut meta = meta.clone();
     meta.format_version = Some(FORMAT_VERSION);
-    meta.tp_size = Some(ranks.len());
-    meta.rank_files.clear();
-    let first = ranks.first().ok_or_else(|| Error::Invalid("no ranks to write".into()))?;
-    meta.parameters.retain(|n, _| first.contains_key(n));
+    meta.tp_size = Some(entries.len());
+    meta.rank_files = entries;
+    meta.parameters.retain(|n, _| names.contains_key(n));
     for p in meta.parameters.values_mut() {
         p.dtype = Some(DType::F32);
-    }
-    let rank_meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    for (r, sd) in ranks.iter().enumerate() {
-        let infos: Vec<_> = sd.keys().filter_map(|n| sd.info(n)).collect();
-        let path = dir.join(rank_file_name(r));
-        let w = write_safetensors(&path, &infos, &rank_meta, &mut |i| Ok(vec![sd.tensor(&i.name)?]))?;
-        meta.rank_files.push(RankFileEntry {
-            file: rank_file_name(r),
-            size: w.size,
-            xxh3_64: format!("{:016x}", w.xxh3),
-        });
     }
     let m = root.join(METADATA_PATH);
     if let Some(p) = m.parent() {
@@ -57,9 +85,93 @@ pub(super) fn write_ranks(root: &Path, meta: &CheckpointMetadata, ranks: &[&Stat
     write_file_synced(&m, meta.to_json()?.as_bytes())
 }
 
-/// Writes the trained rank tensors and (if given) their AdamW state to `out_dir` (staged, then renamed:
-/// nothing is left at `out_dir` on failure). `meta` is the model's layout; `config_dir`'s `config.json` is
-/// copied along.
+/// Writes rank `rank`'s part of a trained checkpoint under `root` (a staging directory): its rank file of the
+/// weights and of each moment. Every rank calls it, in any process; then one calls [`write_trained_metadata`].
+pub fn write_trained_rank(
+    root: &Path,
+    rank: usize,
+    weights: &StateDict,
+    state: &OptimizerState,
+) -> Result<RankWritten> {
+    let opt = root.join(OPTIMIZER_DIR);
+    Ok(RankWritten {
+        rank,
+        weights: write_rank_file(root, rank, weights)?,
+        moments: [
+            write_rank_file(&opt.join(MOMENTS[0]), rank, &state.exp_avg)?,
+            write_rank_file(&opt.join(MOMENTS[1]), rank, &state.exp_avg_sq)?,
+        ],
+        step: state.step,
+    })
+}
+
+/// Writes what a trained checkpoint holds besides the rank files, under `root`: the metadata of the weights
+/// and of each moment directory (from `written`, every rank's report in rank order), `config_dir`'s
+/// `config.json` and the optimizer's `state.json`. `rank0` is rank 0's trained tensors and state (their names
+/// go into the metadata).
+pub fn write_trained_metadata(
+    root: &Path,
+    config_dir: &Path,
+    meta: &CheckpointMetadata,
+    rank0: (&StateDict, &OptimizerState),
+    written: &[RankWritten],
+    adamw: &AdamWConfig,
+) -> Result<()> {
+    if written.is_empty() {
+        return Err(Error::Invalid("no ranks to write".into()));
+    }
+    if let Some((r, w)) = written.iter().enumerate().find(|(r, w)| w.rank != *r) {
+        return Err(Error::Invalid(format!("rank {r}'s report names rank {}", w.rank)));
+    }
+    let steps: Vec<u64> = written.iter().map(|w| w.step).collect();
+    if steps.iter().any(|s| *s != steps[0]) {
+        return Err(Error::Invalid(format!("ranks disagree on the step count: {steps:?}")));
+    }
+    let (weights, state) = rank0;
+    write_rank_metadata(root, meta, weights, written.iter().map(|w| w.weights.clone()).collect())?;
+    let c = config_dir.join("config.json");
+    if c.exists() {
+        let bytes = std::fs::read(&c).map_err(|e| Error::io(&c, e))?;
+        write_file_synced(&root.join("config.json"), &bytes)?;
+    }
+    let opt = root.join(OPTIMIZER_DIR);
+    for (i, (m, names)) in MOMENTS.iter().zip([&state.exp_avg, &state.exp_avg_sq]).enumerate() {
+        write_rank_metadata(&opt.join(m), meta, names, written.iter().map(|w| w.moments[i].clone()).collect())?;
+    }
+    let names: Vec<String> = state.exp_avg.keys().cloned().collect();
+    write_state_json(&opt, steps[0], adamw, names, None)
+}
+
+/// `state.json`: the step, the AdamW hyperparameters, the moments' parameter names, and for a LoRA run its
+/// adapter (`"mode": "lora", "adapter": NAME`).
+fn write_state_json(
+    opt: &Path,
+    step: u64,
+    adamw: &AdamWConfig,
+    names: Vec<String>,
+    adapter: Option<&str>,
+) -> Result<()> {
+    let mut state = serde_json::json!({
+        "format_version": 1,
+        "optimizer": "AdamW",
+        "step": step,
+        "lr": adamw.lr,
+        "betas": [adamw.betas.0, adamw.betas.1],
+        "eps": adamw.eps,
+        "weight_decay": adamw.weight_decay,
+        "mode": if adapter.is_some() { "lora" } else { "full" },
+        "parameters": names,
+    });
+    if let (Some(name), Some(o)) = (adapter, state.as_object_mut()) {
+        o.insert("adapter".into(), serde_json::Value::String(name.to_string()));
+    }
+    write_file_synced(&opt.join(STATE_JSON), state.to_string().as_bytes())
+}
+
+/// Writes the trained rank tensors and their AdamW state (every rank's, in rank order) to `out_dir` (staged,
+/// then renamed: nothing is left at `out_dir` on failure). `meta` is the model's layout; `config_dir`'s
+/// `config.json` is copied along. With one process per rank, each writes its own part with
+/// [`write_trained_rank`] and one writes [`write_trained_metadata`] (`write_trained_checkpoint_mpi`, feature `mpi`).
 pub fn write_trained_checkpoint(
     out_dir: &Path,
     config_dir: &Path,
@@ -71,14 +183,13 @@ pub fn write_trained_checkpoint(
     let staging = Staging::new(out_dir, force)?;
     let root = staging.path().to_path_buf();
     let r = (|| {
-        let weights: Vec<&StateDict> = ranks.iter().map(|(w, _)| w).collect();
-        write_ranks(&root, meta, &weights)?;
-        let c = config_dir.join("config.json");
-        if c.exists() {
-            let bytes = std::fs::read(&c).map_err(|e| Error::io(&c, e))?;
-            write_file_synced(&root.join("config.json"), &bytes)?;
-        }
-        write_optimizer(&root, meta, ranks, adamw, None)
+        let (w0, s0) = ranks.first().ok_or_else(|| Error::Invalid("no ranks to write".into()))?;
+        let written = ranks
+            .iter()
+            .enumerate()
+            .map(|(r, (w, s))| write_trained_rank(&root, r, w, s))
+            .collect::<Result<Vec<_>>>()?;
+        write_trained_metadata(&root, config_dir, meta, (w0, s0), &written, adamw)
     })();
     r.map_err(|e| staging.describe(e))?;
     staging.commit()
@@ -107,31 +218,18 @@ pub(super) fn write_optimizer(
     };
     let m1: Vec<StateDict> = ranks.iter().map(|(_, s)| strip(&s.exp_avg)).collect();
     let m2: Vec<StateDict> = ranks.iter().map(|(_, s)| strip(&s.exp_avg_sq)).collect();
-    for (what, m) in [("exp_avg", &m1), ("exp_avg_sq", &m2)] {
+    for (what, m) in MOMENTS.iter().zip([&m1, &m2]) {
         let dir = opt.join(what);
         write_ranks(&dir, meta, &m.iter().collect::<Vec<_>>())?;
         if let Some((_, config)) = adapter {
             write_file_synced(&dir.join(crate::lora::ADAPTER_CONFIG), config)?;
         }
     }
-    let mut state = serde_json::json!({
-        "format_version": 1,
-        "optimizer": "AdamW",
-        "step": steps.first().copied().unwrap_or(0),
-        "lr": adamw.lr,
-        "betas": [adamw.betas.0, adamw.betas.1],
-        "eps": adamw.eps,
-        "weight_decay": adamw.weight_decay,
-        "mode": if adapter.is_some() { "lora" } else { "full" },
-        "parameters": m1.first().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default(),
-    });
-    if let (Some((name, _)), Some(o)) = (adapter, state.as_object_mut()) {
-        o.insert("adapter".into(), serde_json::Value::String(name.to_string()));
-    }
-    write_file_synced(&opt.join(STATE_JSON), state.to_string().as_bytes())
+    let names = m1.first().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+    write_state_json(&opt, steps.first().copied().unwrap_or(0), adamw, names, adapter.map(|(n, _)| n))
 }
 
-/// Rank `rank`'s AdamW state from a trained checkpoint (checksums verified). A checkpoint without one is an
+/// Rank `rank`'s AdamW state from a trained checkpoint (its own rank file of each moment, checksum verified). A checkpoint without one is an
 /// error naming the directory.
 pub fn read_optimizer_state(dir: &Path, rank: usize) -> Result<OptimizerState> {
     let v = read_state_json(dir)?;
@@ -141,12 +239,12 @@ pub fn read_optimizer_state(dir: &Path, rank: usize) -> Result<OptimizerState> {
         .and_then(|s| s.as_u64())
         .ok_or_else(|| Error::Json { path: p.clone(), reason: "no integer `step`".into() })?;
     let adapter = optimizer_adapter(dir)?;
+    // Only this rank's file of each moment directory is opened (the others may live on other hosts).
     let read = |what: &str| -> Result<StateDict> {
-        let ck = ShardedCheckpoint::open(&dir.join(OPTIMIZER_DIR).join(what))?;
-        let f = ck.ranks.get(rank).ok_or_else(|| Error::Invalid(format!("{what}: no rank file for rank {rank}")))?;
+        let ck = RankCheckpoint::open(&dir.join(OPTIMIZER_DIR).join(what), rank)?;
         let mut sd = StateDict::new();
-        for n in TensorSource::names(f) {
-            let t = TensorSource::tensor(f, &n)?;
+        for n in TensorSource::names(&ck.file) {
+            let t = TensorSource::tensor(&ck.file, &n)?;
             // A LoRA run stores its moments as its adapter's factors, without the adapter name.
             let name = match &adapter {
                 Some(a) => crate::lora::insert_adapter_name(&n, a),
@@ -156,7 +254,7 @@ pub fn read_optimizer_state(dir: &Path, rank: usize) -> Result<OptimizerState> {
         }
         Ok(sd)
     };
-    Ok(OptimizerState { step, exp_avg: read("exp_avg")?, exp_avg_sq: read("exp_avg_sq")? })
+    Ok(OptimizerState { step, exp_avg: read(MOMENTS[0])?, exp_avg_sq: read(MOMENTS[1])? })
 }
 
 /// `reshard` for a trained checkpoint: the weights, then each moment directory with the same plan

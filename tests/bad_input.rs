@@ -90,6 +90,13 @@ fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output {
     std::process::Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
 }
 
+/// The timeout itself: a command that hangs is killed and fails the test, quickly.
+#[test]
+#[should_panic(expected = "killed")]
+fn a_command_that_runs_past_the_timeout_is_killed() {
+    output_within(Command::new("sleep").arg("60"), Duration::from_millis(300));
+}
+
 /// Runs `cmd` and asserts the four properties of a clean failure: exit code 1, one `error: ...` line on
 /// stderr containing every word of `words`, `dest` as it was before (absent, or untouched) with no temporary
 /// directory next to it, and no panic. Returns the message.

@@ -138,10 +138,53 @@ fn real_main() -> Res<()> {
     if !args.iter().any(|a| a == "--keep") {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    if !missed.is_empty() {
-        return Err(format!("targets missed: {}", missed.join("; ")).into());
-    }
+    verdict(&missed)?;
     println!("all targets met");
+    Ok(())
+}
+
+/// The run's outcome: an error (so exit code 1) naming every missed target.
+fn verdict(missed: &[&str]) -> Res<()> {
+    if missed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("targets missed: {}", missed.join("; ")).into())
+    }
+}
+
+/// The copy floor: a plain file copy of every input (`cp`: copy_file_range), then zeros up to `bytes` output
+/// bytes; nothing is flushed between files. Then `sync` on every output and on `out` at the end, as ours does
+/// (our staging fsyncs every output file once the whole output is written).
+fn floor_copy(
+    out: &Path,
+    bytes: u64,
+    inputs: &[String],
+    sync: &mut dyn FnMut(&Path) -> std::io::Result<()>,
+) -> Res<()> {
+    std::fs::create_dir_all(out)?;
+    let mut copied = 0u64;
+    let mut written = Vec::new();
+    for (i, f) in inputs.iter().enumerate() {
+        let dst = out.join(format!("{i}.bin"));
+        copied += std::fs::copy(f, &dst)?;
+        written.push(dst);
+    }
+    if bytes > copied {
+        let extra = out.join("extra.bin");
+        let mut w = std::fs::File::create(&extra)?;
+        let buf = vec![0u8; 8 << 20];
+        let mut left = bytes - copied;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            w.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        written.push(extra);
+    }
+    for f in &written {
+        sync(f)?;
+    }
+    sync(out)?;
     Ok(())
 }
 
@@ -197,35 +240,8 @@ fn run_op(a: &[String]) -> Res<()> {
             generate(&get(1)?, &shape, 25_000_000)?;
         }
         Some("floor") => {
-            // A plain file copy of every input (`cp`: copy_file_range), then the difference up to `bytes`
-            // output bytes; nothing is flushed between files. Then one flush at the end, as ours does (our
-            // staging fsyncs every output file once the whole output is written).
-            let out = get(1)?;
             let bytes: u64 = a.get(2).ok_or("bytes")?.parse()?;
-            std::fs::create_dir_all(&out)?;
-            let mut copied = 0u64;
-            let mut written = Vec::new();
-            for (i, f) in a[3..].iter().enumerate() {
-                let dst = out.join(format!("{i}.bin"));
-                copied += std::fs::copy(f, &dst)?;
-                written.push(dst);
-            }
-            if bytes > copied {
-                let extra = out.join("extra.bin");
-                let mut w = std::fs::File::create(&extra)?;
-                let buf = vec![0u8; 8 << 20];
-                let mut left = bytes - copied;
-                while left > 0 {
-                    let n = left.min(buf.len() as u64) as usize;
-                    w.write_all(&buf[..n])?;
-                    left -= n as u64;
-                }
-                written.push(extra);
-            }
-            for f in &written {
-                std::fs::File::open(f)?.sync_all()?;
-            }
-            std::fs::File::open(&out)?.sync_all()?;
+            floor_copy(Path::new(&get(1)?), bytes, &a[3..], &mut |f| std::fs::File::open(f)?.sync_all())?;
         }
         other => return Err(format!("unknown op {other:?}").into()),
     }
@@ -465,4 +481,47 @@ fn python_baseline(s8: &Path, dir: &Path, ours: &Row) -> Res<Vec<&'static str>> 
         missed.push("≥ 4× less peak memory than Python");
     }
     Ok(missed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missed_target_is_an_error_naming_it() {
+        assert!(verdict(&[]).is_ok());
+        let e = verdict(&["every ratio ≤ 1.5", "peak RSS ≤ 512 MiB"]).unwrap_err().to_string();
+        assert_eq!(e, "targets missed: every ratio ≤ 1.5; peak RSS ≤ 512 MiB");
+    }
+
+    /// The floor flushes nothing until every file is written, then each output once and the directory last.
+    #[test]
+    fn the_floor_copies_everything_before_its_one_flush_at_the_end() {
+        let tmp = std::env::temp_dir().join(format!("neuron-spec-bench-floor-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).unwrap();
+        let inputs: Vec<String> = (0..3)
+            .map(|i| {
+                let p = tmp.join(format!("in{i}"));
+                std::fs::write(&p, vec![i as u8; 1000 + i]).unwrap();
+                p.display().to_string()
+            })
+            .collect();
+        let out = tmp.join("out");
+        let mut synced: Vec<PathBuf> = Vec::new();
+        floor_copy(&out, 5000, &inputs, &mut |f| {
+            // Every output exists, complete, at the first flush.
+            let n = std::fs::read_dir(&out)?.count();
+            assert_eq!(n, 4, "flushed {} before all 4 outputs were written", f.display());
+            let sizes: u64 = std::fs::read_dir(&out)?.map(|e| e.unwrap().metadata().unwrap().len()).sum();
+            assert_eq!(sizes, 5000);
+            synced.push(f.to_path_buf());
+            Ok(())
+        })
+        .unwrap();
+        let want: Vec<PathBuf> =
+            ["0.bin", "1.bin", "2.bin", "extra.bin"].iter().map(|f| out.join(f)).chain([out.clone()]).collect();
+        assert_eq!(synced, want);
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
 }

@@ -312,3 +312,12 @@ fn a_damaged_reference_adapter_rank_file_is_refused() {
     replace_bytes(&p, b"base_model.model.model.layers.0", b"base_model.model.model.layers.7");
     fails_cleanly(&dir, &[RANK0, "layers.7"]);
 }
+
+/// Pipeline-parallel adapter shards (one metadata per stage) are refused, naming them.
+#[test]
+fn pipeline_parallel_reference_adapter_shards_are_refused() {
+    let (_t, dir) = damaged("llama-gqa-tp4-lora-plain", |_| {});
+    let s = dir.join("adapter_default/adapter_shards");
+    fs::copy(s.join("mp_metadata_pp_rank_0.json"), s.join("mp_metadata_pp_rank_1.json")).unwrap();
+    fails_cleanly(&dir, &["adapter_default/adapter_shards", "pipeline-parallel adapter shards are not read yet"]);
+}

@@ -205,7 +205,8 @@ fn consolidate_all(src: &Path, out: &Path) {
 #[test]
 fn reference_adapters_consolidate_to_the_reference_to_original_weights() {
     let want = fs::read(fixture("llama-gqa/model.safetensors")).unwrap();
-    let orig = neuron_spec::lora::LoraConfig::read(&fixture("llama-gqa-lora/adapter_config.json")).unwrap();
+    let orig: serde_json::Value =
+        serde_json::from_slice(&fs::read(fixture("llama-gqa-lora/adapter_config.json")).unwrap()).unwrap();
     for n in LORA {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("hf");
@@ -214,9 +215,12 @@ fn reference_adapters_consolidate_to_the_reference_to_original_weights() {
         let got = neuron_spec::io::SafetensorsFile::open(&out.join("default/adapter_model.safetensors")).unwrap();
         assert_same_tensors(&got, &reference_consolidated(), n);
         assert_eq!(got.names().count(), 28, "{n}");
-        let cfg = neuron_spec::lora::LoraConfig::read(&out.join("default/adapter_config.json")).unwrap();
-        assert_eq!(cfg.target_modules, orig.target_modules, "{n}: the original modules");
-        assert!(cfg.layout().unwrap().is_none(), "{n}: an HF adapter config, without our layout section");
+        // The original adapter's config (its modules, r, alpha, no patterns), pointing at the consolidated base.
+        let json = |p: &Path| -> serde_json::Value { serde_json::from_slice(&fs::read(p).unwrap()).unwrap() };
+        let mut cfg = json(&out.join("default/adapter_config.json"));
+        assert_eq!(cfg["base_model_name_or_path"], out.display().to_string(), "{n}");
+        cfg["base_model_name_or_path"] = orig["base_model_name_or_path"].clone();
+        assert_eq!(cfg, orig, "{n}: adapter_config.json");
     }
 }
 
@@ -320,4 +324,16 @@ fn pipeline_parallel_reference_adapter_shards_are_refused() {
     let s = dir.join("adapter_default/adapter_shards");
     fs::copy(s.join("mp_metadata_pp_rank_0.json"), s.join("mp_metadata_pp_rank_1.json")).unwrap();
     fails_cleanly(&dir, &["adapter_default/adapter_shards", "pipeline-parallel adapter shards are not read yet"]);
+}
+
+/// A LoRA parameter the metadata splits otherwise than its spec is refused, naming it.
+#[test]
+fn a_reference_adapter_metadata_that_disagrees_with_its_specs_is_refused() {
+    let (_t, dir) = damaged("llama-gqa-tp4-lora-plain", |_| {});
+    let p = dir.join("adapter_default/adapter_shards/mp_metadata_pp_rank_0.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+    let name = "base_model.model.model.layers.1.self_attn.o_proj.lora_A.default.weight";
+    m["parameters"][name]["partition_dim"] = 0.into();
+    fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
+    fails_cleanly(&dir, &["mp_metadata_pp_rank_0.json", name, "split along"]);
 }

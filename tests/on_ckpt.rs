@@ -188,9 +188,13 @@ fn a_shape_that_disagrees_with_the_data_is_refused() {
 // `on-ckpt/llama-gqa-tp4-lora-{plain,xser}`, whose rank files are the reference's own `adapt_state_dict` output
 // (tp-ref-lora), made by `tests/fixtures/scripts/make_on_ckpt_lora.py`.
 
-const LORA: [&str; 2] = ["llama-gqa-tp4-lora-plain", "llama-gqa-tp4-lora-xser"];
+const LORA: [&str; 3] = ["llama-gqa-tp4-lora-plain", "llama-gqa-tp4-lora-xser", "llama-gqa-tp2-lora-plain"];
 
-/// The reference's `to_original_weights` of these rank files.
+/// Each LoRA fixture's tp and qkv layout (fused: one `weight_qkv`).
+const LORA_LAYOUT: [(usize, bool); 3] = [(4, true), (4, true), (2, false)];
+
+/// The reference's `to_original_weights` of these rank files (at tp 4 fused; bit for bit the same as tp 2 unfused,
+/// which the fixture script checks).
 fn reference_consolidated() -> neuron_spec::io::SafetensorsFile {
     open("tp-ref-lora/llama-gqa-lora/tp4/consolidated_fused.safetensors")
 }
@@ -227,20 +231,16 @@ fn reference_adapters_consolidate_to_the_reference_to_original_weights() {
 /// The adapter is read in mean mode, with the layout an import of the original adapter in mean mode gives.
 #[test]
 fn a_reference_adapter_has_the_mean_mode_layout() {
-    let meta = neuron_spec_examples::model_metadata(
-        &neuron_spec_examples::ModelConfig::read(&fixture("llama-gqa/config.json")).unwrap(),
-        4,
-        true,
-    )
-    .unwrap();
+    let cfg = neuron_spec_examples::ModelConfig::read(&fixture("llama-gqa/config.json")).unwrap();
     let opts = neuron_spec::lora::LoraImportOptions { mode: neuron_spec::lora::LoraMode::Mean, allow_partial: false };
     let adapter = neuron_spec::lora::PeftAdapter::open(&fixture("llama-gqa-lora")).unwrap();
-    let imported = neuron_spec::lora::import_adapter(&meta, &adapter, "default", opts).unwrap();
-    for n in LORA {
+    for (n, (tp, fuse)) in LORA.into_iter().zip(LORA_LAYOUT) {
+        let meta = neuron_spec_examples::model_metadata(&cfg, tp, fuse).unwrap();
+        let imported = neuron_spec::lora::import_adapter(&meta, &adapter, "default", opts).unwrap();
         let all = neuron_spec::lora::disk::sharded_adapters(&fixture(&format!("on-ckpt/{n}"))).unwrap();
         assert_eq!(all.len(), 1, "{n}");
         let a = &all[0];
-        assert_eq!((a.name.as_str(), a.checkpoint.tp), ("default", 4), "{n}");
+        assert_eq!((a.name.as_str(), a.checkpoint.tp), ("default", tp), "{n}");
         assert_eq!(a.config.layout().unwrap().as_ref(), Some(&imported.layout), "{n}");
         assert_eq!(a.checkpoint.metadata.parameters, imported.metadata.parameters, "{n}");
     }
@@ -286,7 +286,7 @@ fn forward_with_a_reference_adapter_matches_peft_on_its_consolidation() {
 /// `reshard` to our layout carries the adapter: consolidating the result gives the same adapter.
 #[test]
 fn reshard_carries_a_reference_adapter() {
-    for (n, tp) in [("llama-gqa-tp4-lora-plain", 2), ("llama-gqa-tp4-lora-xser", 8)] {
+    for (n, tp) in [("llama-gqa-tp4-lora-plain", 2), ("llama-gqa-tp4-lora-xser", 8), ("llama-gqa-tp2-lora-plain", 4)] {
         let tmp = tempfile::tempdir().unwrap();
         let (a, out) = (tmp.path().join("a"), tmp.path().join("hf"));
         reshard(&fixture(&format!("on-ckpt/{n}")), &a, tp, &WriteOptions::default()).unwrap();

@@ -41,8 +41,8 @@ trap 'rm -rf "$WORK"' EXIT
 "$VENV/bin/python" tests/check_peft_adapter.py "$WORK/hf" default "$F/llama-gqa-lora/golden_lora.safetensors"
 # optimum-neuron's own adapter checkpoints (adapter_default/adapter_shards/, plain and xser): the consolidated
 # adapter loads in peft and gives peft's logits with the reference's to_original_weights output.
-for k in plain xser; do
-    "$BIN" -q consolidate "$F/on-ckpt/llama-gqa-tp4-lora-$k" "$WORK/on-lora-$k"
+for k in tp4-lora-plain tp4-lora-xser tp2-lora-plain; do
+    "$BIN" -q consolidate "$F/on-ckpt/llama-gqa-$k" "$WORK/on-lora-$k"
     "$VENV/bin/python" tests/check_peft_adapter.py "$WORK/on-lora-$k" default "$F/on-ckpt/golden_lora_mean.safetensors"
 done
 # Trained exports (tests/check_trained_model.py): the golden recipe through the CLI, then transformers / peft

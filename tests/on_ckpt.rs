@@ -315,6 +315,15 @@ fn a_damaged_reference_adapter_rank_file_is_refused() {
     let p = dir.join("adapter_default/adapter_shards/model").join(RANK0);
     replace_bytes(&p, b"base_model.model.model.layers.0", b"base_model.model.model.layers.7");
     fails_cleanly(&dir, &[RANK0, "layers.7"]);
+    // A factor under a parameter name the metadata does not give (and so the one it gives is missing).
+    let (_t, dir) = damaged("llama-gqa-tp4-lora-plain", |_| {});
+    let p = dir.join("adapter_default/adapter_shards/model").join(RANK0);
+    replace_bytes(
+        &p,
+        b"layers.1.self_attn.qkv_proj.lora_B.weight_qkv",
+        b"layers.1.self_attn.qkv_proj.lora_B.weight_qkx",
+    );
+    fails_cleanly(&dir, &[RANK0, "lora_B.weight_qkx", "lora_B.weight_qkv"]);
 }
 
 /// Pipeline-parallel adapter shards (one metadata per stage) are refused, naming them.

@@ -260,6 +260,8 @@ fn inspect_lists_a_reference_adapter() {
         let a = &v["adapters"];
         assert_eq!(a.as_array().map(Vec::len), Some(1), "{n}: {a}");
         assert_eq!(a[0]["name"], "default", "{n}: {a}");
+        assert_eq!((a[0]["lora_mode"].as_str(), a[0]["rank_format"].as_str()), (Some("mean"), Some("pt")), "{n}");
+        assert_eq!(a[0]["tensors"], if n.contains("tp2") { 20 } else { 16 }, "{n}: rank 0's LoRA factors");
         eprintln!("{n}: {}", a[0]);
     }
 }

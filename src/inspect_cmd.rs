@@ -95,9 +95,14 @@ fn summarize(dir: &Path) -> Result<Value> {
             .iter()
             .map(|a| {
                 let n: usize = a.checkpoint.ranks.first().map_or(0, |r| r.names().count());
-                adapter_json(&a.name, &a.checkpoint.dir, &a.config, n)
+                let mut j = adapter_json(&a.name, &a.checkpoint.dir, &a.config, n);
+                // How fused groups' A are combined (optimum-neuron's own adapters: mean), and the rank files.
+                let mode = a.config.layout()?.map(|l| l.mode);
+                j["lora_mode"] = serde_json::to_value(mode).unwrap_or(Value::Null);
+                j["rank_format"] = json!(a.checkpoint.format.ext());
+                Ok(j)
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(json!({
             "kind": "sharded", "tp": ck.tp, "format_version": ck.metadata.format_version, "total_bytes": total,
             "tensors_per_rank": tensors.len(), "dtypes": dtype_counts(&tensors), "specs": specs, "qkv_layout": qkv,
@@ -170,12 +175,16 @@ pub fn inspect_command(dir: &Path, json: bool) -> Result<i32> {
     }
     for a in v["adapters"].as_array().into_iter().flatten() {
         out!(
-            "  adapter {}: r {}, alpha {}, {} tensors, targets {}",
+            "  adapter {}: r {}, alpha {}, {} tensors, targets {}{}",
             a["name"].as_str().unwrap_or_default(),
             a["r"],
             a["lora_alpha"],
             a["tensors"],
-            a["target_modules"]
+            a["target_modules"],
+            match (a["lora_mode"].as_str(), a["rank_format"].as_str()) {
+                (Some(m), Some(f)) => format!(" (lora mode {m}, .{f} rank files)"),
+                _ => String::new(),
+            }
         );
     }
     let files: Vec<&str> = v["files"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();

@@ -183,23 +183,168 @@ fn a_shape_that_disagrees_with_the_data_is_refused() {
     fails_cleanly(&dir, &[RANK0, "lm_head.weight", "[129, 64]", "8192"]);
 }
 
-/// An adapter saved by optimum-neuron (`adapter_<name>/adapter_shards/`: `mp_metadata_pp_rank_<P>.json` and
-/// `model/dp_rank_00_tp_rank_<TT>_pp_rank_<PP>.pt`, as `NeuronPeftModel.save_pretrained` lays it out) is not
-/// read yet: consolidate, reshard, inspect and forward refuse it naming the folder, rather than dropping the
-/// adapter. (The layout only: the files stand in for the reference's, which no fixture holds.)
+// ---------------------------------------------------------------------------------------------------------
+// Adapters saved by optimum-neuron (`adapter_<name>/adapter_shards/`, `NeuronPeftModel.save_pretrained`):
+// `on-ckpt/llama-gqa-tp4-lora-{plain,xser}`, whose rank files are the reference's own `adapt_state_dict` output
+// (tp-ref-lora), made by `tests/fixtures/scripts/make_on_ckpt_lora.py`.
+
+const LORA: [&str; 3] = ["llama-gqa-tp4-lora-plain", "llama-gqa-tp4-lora-xser", "llama-gqa-tp2-lora-plain"];
+
+/// Each LoRA fixture's tp and qkv layout (fused: one `weight_qkv`).
+const LORA_LAYOUT: [(usize, bool); 3] = [(4, true), (4, true), (2, false)];
+
+/// The reference's `to_original_weights` of these rank files (at tp 4 fused; bit for bit the same as tp 2 unfused,
+/// which the fixture script checks).
+fn reference_consolidated() -> neuron_spec::io::SafetensorsFile {
+    open("tp-ref-lora/llama-gqa-lora/tp4/consolidated_fused.safetensors")
+}
+
+fn consolidate_all(src: &Path, out: &Path) {
+    neuron_spec::consolidate_with_adapters(src, out, &WriteOptions::default(), &neuron_spec::AdapterOptions::default())
+        .unwrap();
+}
+
+/// `consolidate` writes the base byte for byte and the adapter as a PEFT folder holding exactly the reference's
+/// `to_original_weights` output (each fused group's members share the mean A: the reference's semantics).
 #[test]
-fn reference_adapter_shards_are_refused_naming_them() {
-    let (_tmp, dir) = damaged("llama-gqa-tp2-plain", |_| {});
-    let shards = dir.join("adapter_default/adapter_shards");
-    fs::create_dir_all(shards.join("model")).unwrap();
-    fs::copy(fixture("llama-gqa-lora/adapter_config.json"), dir.join("adapter_default/adapter_config.json")).unwrap();
-    fs::copy(dir.join("shards/mp_metadata_pp_rank_0.json"), shards.join("mp_metadata_pp_rank_0.json")).unwrap();
-    for r in 0..2 {
-        let n = format!("dp_rank_00_tp_rank_{r:02}_pp_rank_00.pt");
-        fs::copy(dir.join("shards/model").join(&n), shards.join("model").join(&n)).unwrap();
+fn reference_adapters_consolidate_to_the_reference_to_original_weights() {
+    let want = fs::read(fixture("llama-gqa/model.safetensors")).unwrap();
+    let orig: serde_json::Value =
+        serde_json::from_slice(&fs::read(fixture("llama-gqa-lora/adapter_config.json")).unwrap()).unwrap();
+    for n in LORA {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("hf");
+        consolidate_all(&fixture(&format!("on-ckpt/{n}")), &out);
+        assert!(fs::read(out.join("model.safetensors")).unwrap() == want, "{n}: base differs");
+        let got = neuron_spec::io::SafetensorsFile::open(&out.join("default/adapter_model.safetensors")).unwrap();
+        assert_same_tensors(&got, &reference_consolidated(), n);
+        assert_eq!(got.names().count(), 28, "{n}");
+        // The original adapter's config (its modules, r, alpha, no patterns), pointing at the consolidated base.
+        let json = |p: &Path| -> serde_json::Value { serde_json::from_slice(&fs::read(p).unwrap()).unwrap() };
+        let mut cfg = json(&out.join("default/adapter_config.json"));
+        assert_eq!(cfg["base_model_name_or_path"], out.display().to_string(), "{n}");
+        cfg["base_model_name_or_path"] = orig["base_model_name_or_path"].clone();
+        assert_eq!(cfg, orig, "{n}: adapter_config.json");
     }
-    fails_cleanly(&dir, &["adapter_default/adapter_shards", "not read yet"]);
-    let (ids, _) = input_ids_and_logits();
-    let e = neuron_spec_examples::run_sharded_forward(&dir, &ids).unwrap_err().to_string();
-    assert!(e.contains("adapter_shards") && e.contains("not read yet"), "{e}");
+}
+
+/// The adapter is read in mean mode, with the layout an import of the original adapter in mean mode gives.
+#[test]
+fn a_reference_adapter_has_the_mean_mode_layout() {
+    let cfg = neuron_spec_examples::ModelConfig::read(&fixture("llama-gqa/config.json")).unwrap();
+    let opts = neuron_spec::lora::LoraImportOptions { mode: neuron_spec::lora::LoraMode::Mean, allow_partial: false };
+    let adapter = neuron_spec::lora::PeftAdapter::open(&fixture("llama-gqa-lora")).unwrap();
+    for (n, (tp, fuse)) in LORA.into_iter().zip(LORA_LAYOUT) {
+        let meta = neuron_spec_examples::model_metadata(&cfg, tp, fuse).unwrap();
+        let imported = neuron_spec::lora::import_adapter(&meta, &adapter, "default", opts).unwrap();
+        let all = neuron_spec::lora::disk::sharded_adapters(&fixture(&format!("on-ckpt/{n}"))).unwrap();
+        assert_eq!(all.len(), 1, "{n}");
+        let a = &all[0];
+        assert_eq!((a.name.as_str(), a.checkpoint.tp), ("default", tp), "{n}");
+        assert_eq!(a.config.layout().unwrap().as_ref(), Some(&imported.layout), "{n}");
+        assert_eq!(a.checkpoint.metadata.parameters, imported.metadata.parameters, "{n}");
+    }
+}
+
+/// `inspect` lists the adapter (its name, rank-local tensors and modules).
+#[test]
+fn inspect_lists_a_reference_adapter() {
+    for n in LORA {
+        let o = Command::new(env!("CARGO_BIN_EXE_neuron-spec"))
+            .args(["inspect", "--json"])
+            .arg(fixture(&format!("on-ckpt/{n}")))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let a = &v["adapters"];
+        assert_eq!(a.as_array().map(Vec::len), Some(1), "{n}: {a}");
+        assert_eq!(a[0]["name"], "default", "{n}: {a}");
+        assert_eq!((a[0]["lora_mode"].as_str(), a[0]["rank_format"].as_str()), (Some("mean"), Some("pt")), "{n}");
+        assert_eq!(a[0]["tensors"], if n.contains("tp2") { 20 } else { 16 }, "{n}: rank 0's LoRA factors");
+        eprintln!("{n}: {}", a[0]);
+    }
+}
+
+/// `forward` runs the base with the adapter: peft's logits with the reference's consolidated adapter
+/// (`on-ckpt/golden_lora_mean.safetensors`).
+#[test]
+fn forward_with_a_reference_adapter_matches_peft_on_its_consolidation() {
+    let g = open("on-ckpt/golden_lora_mean.safetensors");
+    let ids = g.tensor("input_ids").unwrap();
+    let s = ids.shape()[1];
+    let ids: Vec<Vec<i64>> = ids.to_i64_vec().unwrap().chunks(s).map(<[i64]>::to_vec).collect();
+    let golden = g.tensor("logits").unwrap().to_f32_vec();
+    let (_, base) = input_ids_and_logits();
+    assert!(neuron_spec::compare::max_abs_diff(&base, &golden).unwrap() > 1e-2, "the adapter changes the logits");
+    for n in LORA {
+        let out = neuron_spec_examples::run_sharded_forward(&fixture(&format!("on-ckpt/{n}")), &ids).unwrap();
+        let d = neuron_spec::compare::max_abs_diff(&out.logits, &golden).unwrap();
+        eprintln!("{n}: max |Δ| logits vs peft {d:.2e}");
+        assert!(d <= 1e-4, "{n}: {d}");
+    }
+}
+
+/// `reshard` to our layout carries the adapter: consolidating the result gives the same adapter.
+#[test]
+fn reshard_carries_a_reference_adapter() {
+    for (n, tp) in [("llama-gqa-tp4-lora-plain", 2), ("llama-gqa-tp4-lora-xser", 8), ("llama-gqa-tp2-lora-plain", 4)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, out) = (tmp.path().join("a"), tmp.path().join("hf"));
+        reshard(&fixture(&format!("on-ckpt/{n}")), &a, tp, &WriteOptions::default()).unwrap();
+        let ck = ShardedCheckpoint::open(&a.join("adapter_default")).unwrap();
+        assert_eq!((ck.tp, ck.format), (tp, neuron_spec::checkpoint::RankFormat::Safetensors), "{n}");
+        consolidate_all(&a, &out);
+        assert_same_tensors(&HfCheckpoint::open(&out).unwrap(), &hf("llama-gqa"), n);
+        assert_same_tensors(
+            &neuron_spec::io::SafetensorsFile::open(&out.join("default/adapter_model.safetensors")).unwrap(),
+            &reference_consolidated(),
+            n,
+        );
+    }
+}
+
+/// A damaged adapter rank file fails like a damaged base rank file: one line naming it, nothing written.
+#[test]
+fn a_damaged_reference_adapter_rank_file_is_refused() {
+    let (_t, dir) = damaged("llama-gqa-tp4-lora-plain", |_| {});
+    let p = dir.join("adapter_default/adapter_shards/model").join(RANK0);
+    let b = fs::read(&p).unwrap();
+    fs::write(&p, &b[..b.len() / 2]).unwrap();
+    fails_cleanly(&dir, &["adapter_default/adapter_shards/model", RANK0, "truncated"]);
+    // A tensor under a name peft's state dict does not give.
+    let (_t, dir) = damaged("llama-gqa-tp4-lora-xser", |_| {});
+    let p = dir.join("adapter_default/adapter_shards/model").join(RANK0);
+    replace_bytes(&p, b"base_model.model.model.layers.0", b"base_model.model.model.layers.7");
+    fails_cleanly(&dir, &[RANK0, "layers.7"]);
+    // A factor under a parameter name the metadata does not give (and so the one it gives is missing).
+    let (_t, dir) = damaged("llama-gqa-tp4-lora-plain", |_| {});
+    let p = dir.join("adapter_default/adapter_shards/model").join(RANK0);
+    replace_bytes(
+        &p,
+        b"layers.1.self_attn.qkv_proj.lora_B.weight_qkv",
+        b"layers.1.self_attn.qkv_proj.lora_B.weight_qkx",
+    );
+    fails_cleanly(&dir, &[RANK0, "lora_B.weight_qkx", "lora_B.weight_qkv"]);
+}
+
+/// Pipeline-parallel adapter shards (one metadata per stage) are refused, naming them.
+#[test]
+fn pipeline_parallel_reference_adapter_shards_are_refused() {
+    let (_t, dir) = damaged("llama-gqa-tp4-lora-plain", |_| {});
+    let s = dir.join("adapter_default/adapter_shards");
+    fs::copy(s.join("mp_metadata_pp_rank_0.json"), s.join("mp_metadata_pp_rank_1.json")).unwrap();
+    fails_cleanly(&dir, &["adapter_default/adapter_shards", "pipeline-parallel adapter shards are not read yet"]);
+}
+
+/// A LoRA parameter the metadata splits otherwise than its spec is refused, naming it.
+#[test]
+fn a_reference_adapter_metadata_that_disagrees_with_its_specs_is_refused() {
+    let (_t, dir) = damaged("llama-gqa-tp4-lora-plain", |_| {});
+    let p = dir.join("adapter_default/adapter_shards/mp_metadata_pp_rank_0.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+    let name = "base_model.model.model.layers.1.self_attn.o_proj.lora_A.default.weight";
+    m["parameters"][name]["partition_dim"] = 0.into();
+    fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
+    fails_cleanly(&dir, &["mp_metadata_pp_rank_0.json", name, "split along"]);
 }

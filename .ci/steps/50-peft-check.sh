@@ -39,6 +39,12 @@ trap 'rm -rf "$WORK"' EXIT
 "$BIN" -q shard "$F/llama-gqa" "$WORK/sharded" --tp 4 --fuse-qkv --adapter "$F/llama-gqa-lora"
 "$BIN" -q consolidate "$WORK/sharded" "$WORK/hf"
 "$VENV/bin/python" tests/check_peft_adapter.py "$WORK/hf" default "$F/llama-gqa-lora/golden_lora.safetensors"
+# optimum-neuron's own adapter checkpoints (adapter_default/adapter_shards/, plain and xser): the consolidated
+# adapter loads in peft and gives peft's logits with the reference's to_original_weights output.
+for k in tp4-lora-plain tp4-lora-xser tp2-lora-plain; do
+    "$BIN" -q consolidate "$F/on-ckpt/llama-gqa-$k" "$WORK/on-lora-$k"
+    "$VENV/bin/python" tests/check_peft_adapter.py "$WORK/on-lora-$k" default "$F/on-ckpt/golden_lora_mean.safetensors"
+done
 # Trained exports (tests/check_trained_model.py): the golden recipe through the CLI, then transformers / peft
 # load the consolidated output and its logits equal torch's trained model's (parameters from the golden).
 HP=(--lr 1e-2 --betas 0.9,0.999 --eps 1e-6 --weight-decay 0.01)

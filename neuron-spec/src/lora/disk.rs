@@ -45,8 +45,7 @@ pub fn write_sharded_adapter(
     Ok(report)
 }
 
-/// The folder optimum-neuron writes an adapter's rank files and metadata to, inside `adapter_<name>/`.
-pub const REFERENCE_ADAPTER_SHARDS: &str = "adapter_shards";
+pub use super::reference::REFERENCE_ADAPTER_SHARDS;
 
 /// An adapter of a sharded checkpoint.
 pub struct ShardedAdapter {
@@ -74,14 +73,11 @@ pub fn sharded_adapters(dir: &Path) -> Result<Vec<ShardedAdapter>> {
     dirs.sort();
     for (name, p) in dirs {
         super::check_adapter_name(&name)?;
-        // optimum-neuron's adapter layout (`NeuronPeftModel.save_pretrained`: the rank files under
-        // `adapter_shards/model/`, the metadata in `adapter_shards/`); refused rather than misread.
-        let reference = p.join(REFERENCE_ADAPTER_SHARDS);
-        if reference.is_dir() {
-            return Err(Error::lora(
-                reference.display().to_string(),
-                "optimum-neuron adapter shards (adapter_<name>/adapter_shards/) are not read yet: consolidate the adapter with optimum-neuron, or shard its PEFT export with `neuron-spec shard --adapter`",
-            ));
+        // optimum-neuron's adapter layout (`NeuronPeftModel.save_pretrained`), read in mean mode.
+        if p.join(REFERENCE_ADAPTER_SHARDS).is_dir() {
+            let (config, checkpoint) = super::reference::open_reference_adapter(&p, &name)?;
+            out.push(ShardedAdapter { name, config, checkpoint });
+            continue;
         }
         let config = LoraConfig::read(&p.join(ADAPTER_CONFIG))?;
         if config.layout()?.is_none() {

@@ -29,6 +29,7 @@ pub mod export;
 pub mod import;
 mod names;
 mod peft;
+pub mod reference;
 mod source;
 
 pub use config::{full_match, suffix_match, LoraConfig, TargetModules, ADAPTER_CONFIG, ADAPTER_WEIGHTS, LAYOUT_KEY};

@@ -126,6 +126,19 @@ impl PtRankFile {
     pub fn layout(&self) -> PtLayout {
         self.layout
     }
+
+    /// The same tensors under the names `rename` gives (it may refuse a name); two names that map to one are
+    /// refused.
+    pub fn renamed(self, rename: impl Fn(&str) -> Result<String>) -> Result<Self> {
+        let mut tensors = IndexMap::with_capacity(self.tensors.len());
+        for (n, t) in self.tensors {
+            let new = rename(&n)?;
+            if tensors.insert(new.clone(), t).is_some() {
+                return Err(torch_err(&self.path, format!("two tensors are both named {new} (one was {n})")));
+            }
+        }
+        Ok(Self { tensors, ..self })
+    }
 }
 
 impl TensorSource for PtRankFile {

@@ -26,7 +26,7 @@ pub fn run(a: &TrainArgs, options: TrainOptions, quiet: bool) -> Result<i32> {
     match written {
         Ok(()) => {
             if rank0 && !quiet {
-                eprintln!("wrote {}", a.out.display());
+                errln!("wrote {}", a.out.display());
             }
             Ok(EXIT_OK)
         }
@@ -79,7 +79,7 @@ fn train(
     if ctx.rank == 0 && !quiet {
         let secs = started.elapsed().as_secs_f64();
         let tokens: usize = (0..a.steps).map(|i| data[i % data.len()].len() * data[i % data.len()][0].len()).sum();
-        eprintln!(
+        errln!(
             "trained {} steps at tp {} ({} processes): {secs:.1} s, {:.0} tokens/s",
             a.steps,
             ctx.size,

@@ -27,10 +27,12 @@ pub fn line(args: std::fmt::Arguments) -> Result<()> {
     o.write_fmt(args).and_then(|_| o.write_all(b"\n")).and_then(|_| o.flush()).map_err(|e| Error::io(STDOUT, e))
 }
 
-/// Writes `args` and a newline to stderr; errors ignored.
+/// Writes `args` and a newline to stderr in one write (stderr is unbuffered: piecewise writes would let
+/// other processes' output, e.g. mpirun's abort notice, land inside the line); errors ignored.
 pub fn err_line(args: std::fmt::Arguments) {
-    let mut e = std::io::stderr().lock();
-    let _ = e.write_fmt(args).and_then(|_| e.write_all(b"\n"));
+    let mut line = std::fmt::format(args);
+    line.push('\n');
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// Whether `e` is stdout's reader having gone away (a closed pipe): the command ends quietly with success.

@@ -321,7 +321,7 @@ pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
             Some(ad) => format!("adapter {} (base frozen)", ad.name),
             None => "all parameters".to_string(),
         };
-        eprintln!(
+        errln!(
             "trained {what} for {} steps at tp {}: {:.1} s, {:.0} tokens/s",
             a.steps,
             job.tp,
@@ -331,7 +331,7 @@ pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
     }
     job.write(&a.out, &run.ranks, a.force)?;
     if !quiet {
-        eprintln!("wrote {}", a.out.display());
+        errln!("wrote {}", a.out.display());
     }
     Ok(0)
 }

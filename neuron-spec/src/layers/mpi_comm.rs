@@ -90,8 +90,9 @@ impl MpiCommunicator {
     /// code 1). Never returns.
     pub fn abort(&self, reason: &dyn std::fmt::Display) -> ! {
         use std::io::Write;
-        eprintln!("error: rank {}/{}: {reason}", self.rank, self.size);
-        let _ = std::io::stderr().flush();
+        // One write: mpirun's own abort notice from another process must not land inside the line.
+        let line = format!("error: rank {}/{}: {reason}\n", self.rank, self.size);
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
         let _ = std::io::stdout().flush();
         // No lock: another thread may be blocked inside a collective while holding it.
         self.universe.world().abort(1)

@@ -215,14 +215,7 @@ mod mpi_forward {
             mpi_forward(comm, dir, fuse_qkv, &imported, input_ids)?
         };
 
-        println!(
-            "rank {}/{}: read {} bytes of {} (pid {})",
-            ctx.rank,
-            ctx.size,
-            run.bytes_read,
-            run.source.display(),
-            std::process::id()
-        );
+        crate::mpi_train::print_bytes_read(ctx, run.bytes_read, &run.source)?;
         // Every rank has finished its forward pass (the logits check above was a collective): rank 0 writes.
         if ctx.rank == 0 {
             finish(&run.output.logits, &run.output.logits_shape)

@@ -68,14 +68,7 @@ fn train(
     let started = Instant::now();
     let on_step = |k: usize, loss: f32| println!("step {k} loss {loss:.6}");
     let run = mpi_train(comm, &a.model, a.fuse_qkv, options, &data, a.steps, &on_step)?;
-    println!(
-        "rank {}/{}: read {} bytes of {} (pid {})",
-        ctx.rank,
-        ctx.size,
-        run.bytes_read,
-        run.source.display(),
-        std::process::id()
-    );
+    print_bytes_read(ctx, run.bytes_read, &run.source)?;
     if ctx.rank == 0 && !quiet {
         let secs = started.elapsed().as_secs_f64();
         let tokens: usize = (0..a.steps).map(|i| data[i % data.len()].len() * data[i % data.len()][0].len()).sum();
@@ -89,4 +82,15 @@ fn train(
     }
     let meta = model_metadata(&cfg, ctx.size, run.fuse_qkv)?;
     Ok((run, meta))
+}
+
+/// `rank R/N: read B bytes of SOURCE (pid P)`: what this process read (forward and train print it).
+pub fn print_bytes_read(ctx: neuron_spec::module::TpContext, bytes: usize, source: &std::path::Path) -> Result<()> {
+    crate::out::line(format_args!(
+        "rank {}/{}: read {bytes} bytes of {} (pid {})",
+        ctx.rank,
+        ctx.size,
+        source.display(),
+        std::process::id()
+    ))
 }

@@ -103,17 +103,7 @@ pub fn mpi_forward(
     let ctx = comm.context();
     let cfg = ModelConfig::read(&dir.join("config.json"))?;
     let (run, source) = if dir.join(METADATA_PATH).exists() {
-        let ck = RankCheckpoint::open(dir, ctx.rank)?;
-        if ck.tp != ctx.size {
-            return Err(Error::Invalid(format!(
-                "{} is sharded at tp {}, but {} MPI processes run it (start one per rank: mpirun -np {})",
-                dir.display(),
-                ck.tp,
-                ctx.size,
-                ck.tp
-            )));
-        }
-        let fused = ck.metadata.specs().any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv));
+        let (ck, fused) = own_rank_file(dir, ctx, "run")?;
         let counting = Counting { inner: &ck.file, bytes: AtomicUsize::new(0) };
         let out = rank_forward(ctx, comm, input_ids, &|ctx, device| {
             let model = LlamaForCausalLM::from_config(&cfg, ctx, crate::QkvLayout::gqa(fused), device)?;
@@ -199,17 +189,7 @@ pub fn mpi_train(
     let ctx = comm.context();
     let cfg = ModelConfig::read(&dir.join("config.json"))?;
     if dir.join(METADATA_PATH).exists() {
-        let ck = RankCheckpoint::open(dir, ctx.rank)?;
-        if ck.tp != ctx.size {
-            return Err(Error::Invalid(format!(
-                "{} is sharded at tp {}, but {} MPI processes train it (start one per rank: mpirun -np {})",
-                dir.display(),
-                ck.tp,
-                ctx.size,
-                ck.tp
-            )));
-        }
-        let fused = ck.metadata.specs().any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv));
+        let (ck, fused) = own_rank_file(dir, ctx, "train")?;
         let counting = Counting { inner: &ck.file, bytes: AtomicUsize::new(0) };
         let trained = train_rank(
             comm,
@@ -298,4 +278,21 @@ pub fn mpi_phi3_forward(
         hidden_shape: [b, s, cfg.hidden_size],
     };
     Ok(RankRun { output, bytes_read, source })
+}
+
+/// This process's own rank file of the sharded checkpoint in `dir` (refused when the checkpoint's tp is not
+/// the job's size), and whether its q/k/v are fused. `verb` says what the processes do with it.
+fn own_rank_file(dir: &Path, ctx: neuron_spec::module::TpContext, verb: &str) -> Result<(RankCheckpoint, bool)> {
+    let ck = RankCheckpoint::open(dir, ctx.rank)?;
+    if ck.tp != ctx.size {
+        return Err(Error::Invalid(format!(
+            "{} is sharded at tp {}, but {} MPI processes {verb} it (start one per rank: mpirun -np {})",
+            dir.display(),
+            ck.tp,
+            ctx.size,
+            ck.tp
+        )));
+    }
+    let fused = ck.metadata.specs().any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv));
+    Ok((ck, fused))
 }

@@ -300,17 +300,19 @@ fn check_adapter_file(what: &str, file: &Path, g: &dyn TensorSource, prefix: &st
     let f = open_abs(file);
     let names = TensorSource::names(&f);
     assert_eq!(names.len(), 28, "{what}: adapter tensors");
-    let (mut sum, mut count) = (0f64, 0usize);
+    let (mut sum, mut count, mut worst) = (0f64, 0usize, 0f32);
     for name in names {
         let gold = g.tensor(&format!("{prefix}.{name}")).unwrap();
         let ours = f.tensor(&name).unwrap();
         assert_eq!(ours.shape(), gold.shape(), "{what}: {name}");
         let (a, b) = (ours.to_f32_vec(), gold.to_f32_vec());
         close(&format!("{what}: {prefix}.{name}"), &a, &b, 5e-4, f64::INFINITY);
+        worst = worst.max(max_abs_diff(&a, &b).unwrap());
         sum += mean_abs_diff(&a, &b).unwrap() * a.len() as f64;
         count += a.len();
     }
     let mean = sum / count.max(1) as f64;
+    eprintln!("{what}: {prefix}.*: max abs diff {worst:e}, mean abs diff {mean:e}");
     assert!(mean < 1e-6, "{what}: {prefix}.*: mean abs diff over all factors {mean:e}");
 }
 
@@ -358,6 +360,43 @@ fn cli_lora_trains_resumes_and_consolidates_like_peft() {
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
         check_losses(&what, &step_losses(&out.stdout), &loss[1..]);
         assert!(String::from_utf8_lossy(&out.stdout).starts_with("step 2 "), "{what}");
+        let hf3 = tmp.path().join("hf3");
+        let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        check_adapter_file(&what, &hf3.join("default/adapter_model.safetensors"), &g, "after3");
+    }
+}
+
+/// `train --adapter --lora-mode mean` (the reference's semantics: q/k/v and gate/up share one A, the mean of
+/// the members') through the binary against torch training that shared A (`train_golden_lora_mean`): 1 step from
+/// HF, consolidate (`after1`), resume 2 steps from the checkpoint, consolidate (`after3`).
+#[test]
+fn cli_lora_mean_mode_trains_the_shared_a_like_torch() {
+    let g = open("llama-gqa-lora/train_golden_lora_mean.safetensors");
+    let loss = g.tensor("loss").unwrap().to_f32_vec();
+    let data = fixture("llama-gqa-lora/train_golden_lora_mean.safetensors");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    for tp in [1, 4] {
+        let what = format!("cli lora mean tp {tp} fuse true");
+        let tmp = tempfile::tempdir().unwrap();
+        let (one, three) = (tmp.path().join("one"), tmp.path().join("three"));
+        let mut args = vec!["train".to_string(), s(&fixture("llama-gqa")), s(&one), "--tp".into(), tp.to_string()];
+        args.extend(["--fuse-qkv".into(), "--adapter".into(), s(&fixture("llama-gqa-lora"))]);
+        args.extend(["--lora-mode".into(), "mean".into(), "--data".into(), s(&data), "--steps".into(), "1".into()]);
+        args.extend(HP.iter().map(|x| x.to_string()));
+        let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        check_losses(&what, &step_losses(&out.stdout), &loss[..1]);
+        let hf1 = tmp.path().join("hf1");
+        let out = bin(&["consolidate", &s(&one), &s(&hf1)]);
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        check_adapter_file(&what, &hf1.join("default/adapter_model.safetensors"), &g, "after1");
+        let mut args =
+            vec!["train".to_string(), s(&one), s(&three), "--data".into(), s(&data), "--steps".into(), "2".into()];
+        args.extend(HP.iter().map(|x| x.to_string()));
+        let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        check_losses(&what, &step_losses(&out.stdout), &loss[1..]);
         let hf3 = tmp.path().join("hf3");
         let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));

@@ -369,7 +369,7 @@ fn cli_lora_trains_resumes_and_consolidates_like_peft() {
 
 /// `train --adapter --lora-mode mean` (the reference's semantics: q/k/v and gate/up share one A, the mean of
 /// the members') through the binary against torch training that shared A (`train_golden_lora_mean`): 1 step from
-/// HF, consolidate (`after1`), resume 2 steps from the checkpoint, consolidate (`after3`).
+/// HF, consolidate (`after1`, the moments against torch's gradients), resume 2 steps, consolidate (`after3`).
 #[test]
 fn cli_lora_mean_mode_trains_the_shared_a_like_torch() {
     let g = open("llama-gqa-lora/train_golden_lora_mean.safetensors");
@@ -388,9 +388,12 @@ fn cli_lora_mean_mode_trains_the_shared_a_like_torch() {
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
         check_losses(&what, &step_losses(&out.stdout), &loss[..1]);
         let hf1 = tmp.path().join("hf1");
-        let out = bin(&["consolidate", &s(&one), &s(&hf1)]);
+        let out = bin(&["consolidate", &s(&one), &s(&hf1), "--optimizer"]);
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
         check_adapter_file(&what, &hf1.join("default/adapter_model.safetensors"), &g, "after1");
+        // The shared A's moments, under each member's name, against torch's gradient of the one Parameter: the
+        // sum over its uses (AdamW's update barely sees a 1/n scale of the gradient; the moments do).
+        check_moments_after_one_step(&what, &hf1.join("optimizer"), &g, "", 28);
         let mut args =
             vec!["train".to_string(), s(&one), s(&three), "--data".into(), s(&data), "--steps".into(), "2".into()];
         args.extend(HP.iter().map(|x| x.to_string()));

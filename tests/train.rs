@@ -473,6 +473,9 @@ fn cli_lora_bad_input_is_a_clear_error_and_writes_nothing() {
             ],
             "adapter name",
         ),
+        // One process per rank trains the full model only: LoRA under --comm mpi is refused before MPI starts.
+        (vec![gqa.clone(), "--adapter".into(), lora.clone(), "--comm".into(), "mpi".into()], "full model only"),
+        (vec![s(&run), "--comm".into(), "mpi".into()], "full model only"),
     ];
     for (i, (args, expected)) in cases.into_iter().enumerate() {
         let out_dir = tmp.path().join(format!("out{i}"));

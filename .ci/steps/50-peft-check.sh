@@ -4,9 +4,9 @@
 # wrote, fully or as an adapter, computing what torch's training computed (tests/check_trained_model.py).
 #
 # Python packages live in a cached venv OUTSIDE the clone ($NEURON_SPEC_VENV, default
-# ${XDG_CACHE_HOME:-$HOME/.cache}/neuron-spec-venv), created on first use when PyPI is reachable (torch from
+# ${XDG_CACHE_HOME:-$HOME/.cache}/neuron-spec-venv), created on first use from the package registry (torch from
 # PyPI pulls the CUDA wheels: several GB and minutes the first time; reused afterwards). Without Python or
-# PyPI the step prints a LOUD skip and succeeds; NEURON_SPEC_REQUIRE_PEFT=1 makes a skip fail.
+# a registry the step prints a LOUD skip and succeeds; NEURON_SPEC_REQUIRE_PEFT=1 makes a skip fail.
 set -euo pipefail
 VENV=${NEURON_SPEC_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/neuron-spec-venv}
 PKGS=(torch==2.8.0 transformers==4.57.1 peft==0.17.0 safetensors)
@@ -18,14 +18,15 @@ skip() {
     exit 0
 }
 have_pkgs() { "$VENV/bin/python" -c "import torch, transformers, peft, safetensors" 2>/dev/null; }
-if ! have_pkgs; then
+if have_pkgs; then
+    echo "venv: found $VENV ($("$VENV/bin/python" -c 'import torch, transformers, peft; print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__)'))"
+else
     command -v python3 >/dev/null || skip "no python3"
-    python3 -c "import urllib.request; urllib.request.urlopen('https://pypi.org/simple/peft/', timeout=10)" \
-        2>/dev/null || skip "PyPI unreachable, and no usable venv at $VENV"
+    echo "venv: none usable at $VENV: creating it (${PKGS[*]})"
     start=$(date +%s)
     python3 -m venv "$VENV" || skip "python3 -m venv failed (Debian: apt-get install python3-venv)"
     "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q "${PKGS[@]}" || skip "pip install ${PKGS[*]} failed"
+    "$VENV/bin/pip" install -q "${PKGS[@]}" || skip "pip install ${PKGS[*]} failed (no package registry?)"
     echo "venv $VENV created in $(( $(date +%s) - start )) s"
     have_pkgs || skip "the venv at $VENV cannot import torch/transformers/peft"
 fi

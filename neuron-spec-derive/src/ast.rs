@@ -1,10 +1,16 @@
-//! The derive's model of the input struct: `parse` builds it, `validate` checks it, `expand` emits it.
+//! The derive's model of the input struct or enum: `parse` builds it, `validate` checks it, `expand` emits it.
 //!
 //! It keeps the tokens errors point at, so every later check can span the offending token.
 
 use proc_macro2::{Span, TokenStream};
 use syn::ext::IdentExt;
 use syn::{Generics, Ident, LitStr, Type};
+
+/// The derive's input: a struct or an enum.
+pub(crate) enum Input<'a> {
+    Struct(Struct<'a>),
+    Enum(Enum<'a>),
+}
 
 /// A struct with named fields (a unit struct has none).
 pub(crate) struct Struct<'a> {
@@ -13,13 +19,29 @@ pub(crate) struct Struct<'a> {
     pub fields: Vec<Field<'a>>,
 }
 
+/// An enum whose variants each hold one module; the variants `parse` rejected are left out.
+pub(crate) struct Enum<'a> {
+    pub ident: &'a Ident,
+    pub generics: &'a Generics,
+    pub variants: Vec<Variant<'a>>,
+}
+
+/// A one-field tuple variant: `Gqa(GqaAttention)`.
+pub(crate) struct Variant<'a> {
+    pub ident: &'a Ident,
+    pub ty: &'a Type,
+}
+
 /// One field and what its attributes say about it.
 pub(crate) struct Field<'a> {
     /// The Rust field name.
     pub member: &'a Ident,
     pub ty: &'a Type,
-    /// `#[hf(rename = "..")]`: the HF path segment when it differs from the Rust name.
+    /// `#[hf(rename = "..")]`: the HF path (one segment, or several joined by `.`) when it differs from the
+    /// Rust name.
     pub rename: Option<LitStr>,
+    /// `#[hf(index_offset = field)]`: the sibling field holding the HF index of the list's first element.
+    pub index_offset: Option<Ident>,
     /// Why the field is not part of the HF tree, if it is not.
     pub skip: Option<Skip>,
     /// Spec attributes in source order; `validate` allows at most one.
@@ -27,7 +49,7 @@ pub(crate) struct Field<'a> {
 }
 
 impl Field<'_> {
-    /// The field's HF path segment: the rename, or the Rust name without `r#`.
+    /// The field's HF path: the rename, or the Rust name without `r#`.
     pub fn hf_name(&self) -> String {
         match &self.rename {
             Some(lit) => lit.value(),

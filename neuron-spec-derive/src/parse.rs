@@ -1,20 +1,23 @@
 //! syn → [`ast`](crate::ast): the grammar of the attributes.
 //!
-//! A shape the derive cannot handle at all (enum, union, tuple struct) stops here. Anything wrong inside
-//! an attribute is recorded and parsing goes on, so `validate` still sees every other field.
+//! A shape the derive cannot handle at all (union, tuple struct) stops here. Anything wrong inside an
+//! attribute, or with one enum variant, is recorded and parsing goes on, so `validate` still sees the rest.
 
-use crate::ast::{name_of, Field, GqaQkv, Qkv, Skip, SpecAttr, SpecKind, Struct};
+use crate::ast::{name_of, Enum, Field, GqaQkv, Input, Qkv, Skip, SpecAttr, SpecKind, Struct, Variant};
 use crate::errors::Errors;
 use quote::ToTokens;
 use syn::parse::{Parse, ParseStream, Parser};
 use syn::punctuated::Punctuated;
-use syn::{Attribute, Data, DeriveInput, Expr, ExprLit, Fields, Ident, Lit, LitStr, Meta, MetaList, Token, Type};
+use syn::{
+    Attribute, Data, DataEnum, DeriveInput, Expr, ExprLit, ExprPath, Fields, Ident, Lit, LitStr, Meta, MetaList, Token,
+    Type,
+};
 
 /// The attributes this derive owns (declared as helpers on the derive).
 const HELPERS: [&str; 3] = ["fused_linears", "gqa_qkv", "hf"];
 
-/// Parses the input; `Err` only when it is not a struct with named fields (or a unit struct).
-pub(crate) fn parse<'a>(input: &'a DeriveInput, errors: &mut Errors) -> syn::Result<Struct<'a>> {
+/// Parses the input; `Err` only when it is neither a struct with named fields (or a unit struct) nor an enum.
+pub(crate) fn parse<'a>(input: &'a DeriveInput, errors: &mut Errors) -> syn::Result<Input<'a>> {
     let fields = match &input.data {
         Data::Struct(data) => match &data.fields {
             Fields::Named(named) => named.named.iter().collect(),
@@ -27,27 +30,20 @@ pub(crate) fn parse<'a>(input: &'a DeriveInput, errors: &mut Errors) -> syn::Res
                 ))
             }
         },
-        Data::Enum(data) => {
-            return Err(syn::Error::new(
-                data.enum_token.span,
-                "#[derive(CustomModule)] supports only structs: an enum has no fixed HF module layout",
-            ))
-        }
+        Data::Enum(data) => return Ok(Input::Enum(parse_enum(input, data, errors))),
         Data::Union(data) => {
             return Err(syn::Error::new(
                 data.union_token.span,
-                "#[derive(CustomModule)] supports only structs: a union has no fixed HF module layout",
+                "#[derive(CustomModule)] supports structs and enums: a union has no fixed HF module layout",
             ))
         }
     };
 
-    for attr in &input.attrs {
-        if HELPERS.iter().any(|h| attr.path().is_ident(h)) {
-            errors.push(syn::Error::new_spanned(
-                attr.path(),
-                "this attribute goes on a field of the struct, not on the struct itself",
-            ));
-        }
+    for attr in helpers(&input.attrs) {
+        errors.push(syn::Error::new_spanned(
+            attr.path(),
+            "this attribute goes on a field of the struct, not on the struct itself",
+        ));
     }
 
     let fields = fields
@@ -58,11 +54,75 @@ pub(crate) fn parse<'a>(input: &'a DeriveInput, errors: &mut Errors) -> syn::Res
             Some(parse_field(member, &field.ty, &field.attrs, errors))
         })
         .collect();
-    Ok(Struct { ident: &input.ident, generics: &input.generics, fields })
+    Ok(Input::Struct(Struct { ident: &input.ident, generics: &input.generics, fields }))
+}
+
+/// Records this derive's attributes on an enum, a variant or a variant's field (`place`): none means anything there.
+fn reject_on_enum(attrs: &[Attribute], place: &str, errors: &mut Errors) {
+    for attr in helpers(attrs) {
+        errors.push(syn::Error::new_spanned(
+            attr.path(),
+            format!(
+                "#[{}] does nothing on {place}: a variant delegates to its module under the same HF path; \
+                 put it on a field of the module's struct",
+                attr.path().to_token_stream()
+            ),
+        ));
+    }
+}
+
+/// The attributes among `attrs` that this derive owns.
+fn helpers(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
+    attrs.iter().filter(|attr| HELPERS.iter().any(|h| attr.path().is_ident(h)))
+}
+
+/// An enum of one-field tuple variants. Any other variant, an empty enum, and this derive's attributes
+/// anywhere on the enum are recorded as errors; the well-formed variants are kept.
+fn parse_enum<'a>(input: &'a DeriveInput, data: &'a DataEnum, errors: &mut Errors) -> Enum<'a> {
+    let ident = &input.ident;
+    if data.variants.is_empty() {
+        errors.push(syn::Error::new(
+            ident.span(),
+            format!("#[derive(CustomModule)] on an empty enum: `{ident}` has no variant to delegate to"),
+        ));
+    }
+    reject_on_enum(&input.attrs, "an enum", errors);
+    let mut variants = Vec::new();
+    for v in &data.variants {
+        reject_on_enum(&v.attrs, "an enum variant", errors);
+        let name = &v.ident;
+        match &v.fields {
+            Fields::Unnamed(f) if f.unnamed.len() == 1 => {
+                for field in &f.unnamed {
+                    reject_on_enum(&field.attrs, "the field of an enum variant", errors);
+                    variants.push(Variant { ident: name, ty: &field.ty });
+                }
+            }
+            Fields::Unnamed(f) => errors.push(syn::Error::new_spanned(
+                f,
+                format!(
+                    "variant `{name}` has {} fields; a variant holds exactly one module: `{name}(Module)`",
+                    f.unnamed.len()
+                ),
+            )),
+            Fields::Named(f) => errors.push(syn::Error::new_spanned(
+                f,
+                format!(
+                    "variant `{name}` has named fields; a variant holds one module as a tuple variant: \
+                     `{name}(Module)`, where `Module` is a struct deriving CustomModule"
+                ),
+            )),
+            Fields::Unit => errors.push(syn::Error::new(
+                name.span(),
+                format!("unit variant `{name}` holds no module; each variant holds one: `{name}(Module)`"),
+            )),
+        }
+    }
+    Enum { ident, generics: &input.generics, variants }
 }
 
 fn parse_field<'a>(member: &'a Ident, ty: &'a Type, attrs: &[Attribute], errors: &mut Errors) -> Field<'a> {
-    let mut field = Field { member, ty, rename: None, skip: None, specs: Vec::new() };
+    let mut field = Field { member, ty, rename: None, index_offset: None, skip: None, specs: Vec::new() };
     let mut hf_skip = false;
     for attr in attrs {
         let path = attr.path();
@@ -73,7 +133,7 @@ fn parse_field<'a>(member: &'a Ident, ty: &'a Type, attrs: &[Attribute], errors:
                 Err(e) => errors.push(e),
             }
         } else if path.is_ident("hf") {
-            if let Err(e) = parse_hf(attr, &mut field.rename, &mut hf_skip, errors) {
+            if let Err(e) = parse_hf(attr, &mut field, &mut hf_skip, errors) {
                 errors.push(e);
             }
         } else if path.is_ident("module") && has_burn_skip(attr) {
@@ -257,13 +317,17 @@ fn gqa_from_entries(name: &Ident, entries: Punctuated<Entry, Token![,]>, errors:
     ok.then_some(GqaQkv { qkv: Qkv::Separate { q, k, v }, o })
 }
 
-/// `#[hf(rename = "..")]`, `#[hf(skip)]` or both options in one list; options may be split over several
-/// `#[hf]` attributes but not repeated.
-fn parse_hf(attr: &Attribute, rename: &mut Option<LitStr>, skip: &mut bool, errors: &mut Errors) -> syn::Result<()> {
-    let list = require_list(attr, "#[hf(rename = \"hf_name\")] or #[hf(skip)]")?;
+/// `#[hf(rename = "..")]`, `#[hf(index_offset = field)]`, `#[hf(skip)]` or several options in one list;
+/// options may be split over several `#[hf]` attributes but not repeated.
+fn parse_hf(attr: &Attribute, field: &mut Field, skip: &mut bool, errors: &mut Errors) -> syn::Result<()> {
+    let list = require_list(attr, "#[hf(rename = \"hf_name\")], #[hf(index_offset = field)] or #[hf(skip)]")?;
     let options = list.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)?;
     for option in options {
         let path = option.path();
+        let value = match &option {
+            Meta::NameValue(nv) => Some(&nv.value),
+            _ => None,
+        };
         if path.is_ident("skip") {
             if !matches!(option, Meta::Path(_)) {
                 errors.push(syn::Error::new_spanned(&option, "`skip` takes no value: #[hf(skip)]"));
@@ -273,28 +337,40 @@ fn parse_hf(attr: &Attribute, rename: &mut Option<LitStr>, skip: &mut bool, erro
                 *skip = true;
             }
         } else if path.is_ident("rename") {
-            let lit = match &option {
-                Meta::NameValue(nv) => match &nv.value {
-                    Expr::Lit(ExprLit { lit: Lit::Str(lit), .. }) => Some(lit.clone()),
-                    _ => None,
-                },
+            let lit = match value {
+                Some(Expr::Lit(ExprLit { lit: Lit::Str(lit), .. })) => Some(lit.clone()),
                 _ => None,
             };
-            match lit {
-                None => errors.push(syn::Error::new_spanned(&option, "expected `rename = \"hf_name\"`")),
-                Some(_) if rename.is_some() => {
-                    errors.push(syn::Error::new_spanned(path, "duplicate #[hf] option `rename`"))
-                }
-                Some(lit) => *rename = Some(lit),
-            }
+            set_option(&mut field.rename, lit, &option, "rename = \"hf_name\"", errors);
+        } else if path.is_ident("index_offset") {
+            let ident = match value {
+                Some(Expr::Path(ExprPath { qself: None, path, .. })) => path.get_ident().cloned(),
+                _ => None,
+            };
+            set_option(&mut field.index_offset, ident, &option, "index_offset = sibling_field", errors);
         } else {
             errors.push(syn::Error::new_spanned(
                 path,
-                format!("unknown #[hf] option `{}`; expected `rename = \"hf_name\"` or `skip`", path.to_token_stream()),
+                format!(
+                    "unknown #[hf] option `{}`; expected `rename = \"hf_name\"`, `index_offset = field` or `skip`",
+                    path.to_token_stream()
+                ),
             ));
         }
     }
     Ok(())
+}
+
+/// Stores the value of a `key = value` #[hf] option, recording a malformed (`None`) or repeated one.
+fn set_option<T>(slot: &mut Option<T>, value: Option<T>, option: &Meta, expected: &str, errors: &mut Errors) {
+    match value {
+        None => errors.push(syn::Error::new_spanned(option, format!("expected `{expected}`"))),
+        Some(_) if slot.is_some() => errors.push(syn::Error::new_spanned(
+            option.path(),
+            format!("duplicate #[hf] option `{}`", option.path().to_token_stream()),
+        )),
+        Some(value) => *slot = Some(value),
+    }
 }
 
 /// Whether burn's `#[module(..)]` says `skip`. Malformed content is burn's derive's to report.
@@ -330,6 +406,41 @@ pub(crate) fn is_primitive_ident(name: &str) -> bool {
             | "f64"
             | "String"
     )
+}
+
+/// Whether the type is a primitive integer (`usize`, `u32`, `i64`, ...).
+pub(crate) fn is_integer_type(ty: &Type) -> bool {
+    match ty {
+        Type::Path(p) if p.qself.is_none() => p.path.segments.last().is_some_and(|seg| {
+            seg.arguments.is_none()
+                && matches!(
+                    seg.ident.to_string().as_str(),
+                    "u8" | "u16" | "u32" | "u64" | "u128" | "usize" | "i8" | "i16" | "i32" | "i64" | "i128" | "isize"
+                )
+        }),
+        Type::Paren(p) => is_integer_type(&p.elem),
+        Type::Group(g) => is_integer_type(&g.elem),
+        _ => false,
+    }
+}
+
+/// The element type of `Vec<T>` (written as a path ending in `Vec`), if the type is one.
+pub(crate) fn vec_element(ty: &Type) -> Option<&Type> {
+    match ty {
+        Type::Path(p) if p.qself.is_none() => {
+            let seg = p.path.segments.last().filter(|seg| seg.ident == "Vec")?;
+            match &seg.arguments {
+                syn::PathArguments::AngleBracketed(args) if args.args.len() == 1 => match args.args.first() {
+                    Some(syn::GenericArgument::Type(t)) => Some(t),
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+        Type::Paren(p) => vec_element(&p.elem),
+        Type::Group(g) => vec_element(&g.elem),
+        _ => None,
+    }
 }
 
 /// Containers that hold several values or an optional one; a spec attribute never sits on one, and

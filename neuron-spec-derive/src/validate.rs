@@ -1,22 +1,27 @@
-//! Semantic checks on the parsed struct: what is well-formed but still cannot describe an HF layout.
+//! Semantic checks on the parsed struct: what is well-formed but still cannot describe an HF layout. An enum
+//! needs none beyond its shape, which `parse` checks.
 
-use crate::ast::{name_of, Field, GqaQkv, Skip, SpecAttr, SpecKind, Struct};
+use crate::ast::{name_of, Field, GqaQkv, Input, Skip, SpecAttr, SpecKind, Struct};
 use crate::errors::Errors;
-use crate::parse::{is_container_ident, is_primitive_ident};
+use crate::parse::{is_container_ident, is_integer_type, is_primitive_ident, vec_element};
 use quote::ToTokens;
 use std::collections::HashMap;
 use syn::{Ident, Type};
 
 /// Records every problem; `expand` runs only if there is none.
-pub(crate) fn validate(s: &Struct, errors: &mut Errors) {
+pub(crate) fn validate(input: &Input, errors: &mut Errors) {
+    let Input::Struct(s) = input else {
+        return;
+    };
     for field in &s.fields {
         check_rename(field, errors);
         check_specs(s, field, errors);
+        check_index_offset(s, field, errors);
     }
     check_unique_hf_names(s, errors);
 }
 
-/// A rename is one non-empty path segment, on a field that is in the HF tree.
+/// A rename is a non-empty path (segments joined by `.`, none empty), on a field that is in the HF tree.
 fn check_rename(field: &Field, errors: &mut Errors) {
     let Some(lit) = &field.rename else {
         return;
@@ -24,12 +29,10 @@ fn check_rename(field: &Field, errors: &mut Errors) {
     let value = lit.value();
     if value.is_empty() {
         errors.push(syn::Error::new(lit.span(), "#[hf(rename)] needs a non-empty HF name"));
-    } else if value.contains('.') {
+    } else if value.split('.').any(str::is_empty) {
         errors.push(syn::Error::new(
             lit.span(),
-            format!(
-                "#[hf(rename = \"{value}\")] must be one HF path segment, without `.`; nest structs for deeper paths"
-            ),
+            format!("#[hf(rename = \"{value}\")] has an empty path segment; write `a.b`, one `.` between names"),
         ));
     }
     if let Some(skip) = &field.skip {
@@ -67,6 +70,17 @@ fn check_specs(s: &Struct, field: &Field, errors: &mut Errors) {
         errors.push(syn::Error::new(
             first.name.span(),
             format!("#[{}] on a field that {} leaves out of the HF tree", first.name, skip.describe()),
+        ));
+    }
+    if let Some(lit) = field.rename.as_ref().filter(|lit| lit.value().contains('.')) {
+        errors.push(syn::Error::new(
+            lit.span(),
+            format!(
+                "#[{}] names linears relative to this struct, so its field's HF name is one path segment, \
+                 not `{}`; nest a struct for the deeper path",
+                first.name,
+                lit.value()
+            ),
         ));
     }
     for spec in &field.specs {
@@ -146,6 +160,52 @@ fn check_gqa(s: &Struct, field: &Field, gqa: &GqaQkv, errors: &mut Errors) {
         format!("`o = {o}` names no sibling field of `{}` (its HF names: {known})", s.ident)
     };
     errors.push(syn::Error::new(gqa.o.span(), message));
+}
+
+/// `#[hf(index_offset = n)]` sits on a `Vec<..>` field of the HF tree, and `n` names a sibling field of
+/// integer type (never in the HF tree: burn treats an integer as a constant).
+fn check_index_offset(s: &Struct, field: &Field, errors: &mut Errors) {
+    let Some(offset) = &field.index_offset else {
+        return;
+    };
+    if let Some(skip) = &field.skip {
+        errors.push(syn::Error::new(
+            offset.span(),
+            format!(
+                "#[hf(index_offset)] has no effect: `{}` is not part of the HF tree ({})",
+                field.member,
+                skip.describe()
+            ),
+        ));
+    } else if vec_element(field.ty).is_none() {
+        errors.push(syn::Error::new_spanned(
+            field.ty,
+            format!(
+                "#[hf(index_offset)] numbers the elements of a `Vec<..>` field; `{}` is not one",
+                field.ty.to_token_stream()
+            ),
+        ));
+    }
+    let n = name_of(offset);
+    match s.fields.iter().find(|f| name_of(f.member) == n) {
+        None => {
+            let names: Vec<String> =
+                s.fields.iter().filter(|f| is_integer_type(f.ty)).map(|f| format!("`{}`", f.member)).collect();
+            let known = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+            errors.push(syn::Error::new(
+                offset.span(),
+                format!("`index_offset = {n}` names no field of `{}` (its integer fields: {known})", s.ident),
+            ));
+        }
+        Some(f) if !is_integer_type(f.ty) => errors.push(syn::Error::new(
+            offset.span(),
+            format!(
+                "`index_offset = {n}`: field `{n}` is `{}`, not a primitive integer type like `usize`",
+                f.ty.to_token_stream()
+            ),
+        )),
+        Some(_) => {}
+    }
 }
 
 /// Two fields of the HF tree never share a path segment.

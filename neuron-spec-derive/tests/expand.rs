@@ -70,6 +70,26 @@ struct Wrapper<L> {
     rest: Vec<L>,
 }
 
+/// An enum: each variant delegates to its module under the same prefix.
+#[derive(neuron_spec::CustomModule)]
+enum FeedForward {
+    Fused(Mlp),
+    Plain(Linear),
+}
+
+/// A pipeline stage of `ForCausalLm`: fields under dotted HF paths, layers numbered from a sibling field.
+#[derive(neuron_spec::CustomModule)]
+struct Stage {
+    #[hf(rename = "model.embed_tokens")]
+    embed_tokens: Option<Linear>,
+    #[hf(rename = "model.layers", index_offset = first_layer)]
+    layers: Vec<Decoder>,
+    #[hf(rename = "model.norm")]
+    norm: Option<Linear>,
+    lm_head: Option<Linear>,
+    first_layer: usize,
+}
+
 fn decoder(i: usize, tp: usize) -> Decoder {
     Decoder {
         attention: Attention { qkv_proj: Qkv::new(tp), o_proj: Linear::new(tp) },
@@ -233,4 +253,106 @@ fn generic_structs_get_field_bounds() {
     assert_eq!(f.linear_names, ["a", "b", "c"]);
     let names: Vec<String> = w.create_parameter_metadata().unwrap().parameters.into_keys().collect();
     assert_eq!(names, ["fused.weight", "rest.0.weight", "rest.1.weight"]);
+}
+
+fn mlp() -> Mlp {
+    Mlp { gate_up_proj: Linear::new(2), down_proj: Linear::new(2) }
+}
+
+/// Everything the derived methods report under `prefix`: specs, metadata, TP contexts, saved tensor names.
+fn report(m: &impl CustomModule, prefix: &str) -> (Vec<String>, Vec<Spec>, Vec<String>, Vec<TpContext>, Vec<String>) {
+    let mut specs = Vec::new();
+    m.collect_specs(prefix, &mut specs).unwrap();
+    let mut metadata = indexmap::IndexMap::new();
+    m.collect_parameter_metadata(prefix, &mut metadata).unwrap();
+    let mut contexts = Vec::new();
+    m.collect_tp_contexts(&mut contexts);
+    let mut saved = StateDict::new();
+    m.save_rank_tensors(prefix, &mut saved).unwrap();
+    (
+        specs.iter().map(|s| s.module_fully_qualified_name.clone()).collect(),
+        specs.into_iter().flat_map(|s| s.specs).collect(),
+        metadata.into_keys().collect(),
+        contexts,
+        saved.into_keys().collect(),
+    )
+}
+
+#[test]
+fn an_enum_reports_what_its_variant_module_reports_under_the_same_prefix() {
+    let prefix = "model.layers.0.mlp";
+    assert_eq!(report(&FeedForward::Fused(mlp()), prefix), report(&mlp(), prefix));
+    assert_eq!(report(&FeedForward::Plain(Linear::new(2)), prefix), report(&Linear::new(2), prefix));
+    assert_eq!(report(&FeedForward::Fused(mlp()), prefix).0, [prefix]);
+}
+
+#[test]
+fn an_enum_loads_its_variant_module_and_keeps_the_variant() {
+    let mut saved = StateDict::new();
+    mlp().save_rank_tensors("mlp", &mut saved).unwrap();
+    let loaded = FeedForward::Fused(mlp()).load_rank_tensors("mlp", &saved, &Device::default()).unwrap();
+    let FeedForward::Fused(m) = loaded else { panic!("the variant changed") };
+    assert_eq!(m.down_proj.loaded_from.as_deref(), Some("mlp.down_proj"));
+    assert!(FeedForward::Plain(Linear::new(2)).load_rank_tensors("mlp", &saved, &Device::default()).is_err());
+}
+
+fn stage(first_layer: usize, layers: usize) -> Stage {
+    Stage {
+        embed_tokens: None,
+        layers: (0..layers).map(|i| decoder(first_layer.wrapping_add(i), 2)).collect(),
+        norm: Some(Linear::new(2)),
+        lm_head: Some(Linear::new(2)),
+        first_layer,
+    }
+}
+
+#[test]
+fn a_stage_reports_its_part_of_the_whole_model_under_the_whole_models_paths() {
+    let whole = ForCausalLm {
+        model: Model { layers: (0..4).map(|i| decoder(i, 2)).collect(), norm: Some(Linear::new(2)) },
+        lm_head: Linear::new(2),
+        config: NotAModule { value: 7 },
+    };
+    let whole_specs = whole.transformation_specs().unwrap();
+    let stage_specs = stage(2, 2).transformation_specs().unwrap();
+    assert_eq!(stage_specs, whole_specs[4..]);
+    assert_eq!(stage_specs[0].module_fully_qualified_name, "model.layers.2.self_attn");
+
+    let in_stage = |name: &&String| !name.starts_with("model.layers.0.") && !name.starts_with("model.layers.1.");
+    let whole_names: Vec<String> = whole.create_parameter_metadata().unwrap().parameters.into_keys().collect();
+    let stage_names: Vec<String> = stage(2, 2).create_parameter_metadata().unwrap().parameters.into_keys().collect();
+    assert_eq!(stage_names, whole_names.iter().filter(in_stage).cloned().collect::<Vec<_>>());
+
+    let mut first = stage(0, 1);
+    first.embed_tokens = Some(Linear::new(2));
+    let names: Vec<String> = first.create_parameter_metadata().unwrap().parameters.into_keys().collect();
+    assert!(names.contains(&"model.embed_tokens.weight".to_string()));
+    assert!(names.contains(&"model.layers.0.mlp.down_proj.weight".to_string()));
+}
+
+#[test]
+fn a_stage_loads_its_layers_from_their_global_names() {
+    let s = stage(3, 2);
+    let mut saved = StateDict::new();
+    s.save_rank_tensors("", &mut saved).unwrap();
+    assert!(saved.contains_key("model.layers.4.self_attn.qkv_proj.weight_qkv"));
+    let loaded = s.load_rank_tensors("", &saved, &Device::default()).unwrap();
+    assert_eq!(loaded.first_layer, 3);
+    let layer = &loaded.layers[1];
+    assert_eq!(layer.attention.qkv_proj.loaded_from.as_deref(), Some("model.layers.4.self_attn.qkv_proj"));
+    assert_eq!(layer.layer_idx, 4);
+    assert_eq!(loaded.norm.and_then(|n| n.loaded_from).as_deref(), Some("model.norm"));
+}
+
+#[test]
+fn an_index_offset_that_overflows_is_an_error() {
+    let s = stage(usize::MAX, 2);
+    let err = s.create_parameter_metadata().unwrap_err().to_string();
+    assert!(err.contains("Stage.first_layer"), "{err}");
+    let s = stage(usize::MAX, 1);
+    assert!(s
+        .create_parameter_metadata()
+        .unwrap()
+        .parameters
+        .contains_key(&format!("model.layers.{}.mlp.down_proj.weight", usize::MAX)));
 }

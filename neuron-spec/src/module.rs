@@ -50,8 +50,20 @@ pub fn join_path(prefix: &str, name: &str) -> String {
     }
 }
 
-/// A node of a model tree that knows its HF layout. Derived for structs; implemented by the parallel layers
-/// and by `Vec`/`Option` of nodes.
+/// The HF path of element `i` of a list whose first element is numbered `offset` (`#[hf(index_offset)]`):
+/// `prefix.name.<offset + i>`. `offset_field` names the offset for the error when that is no valid index.
+pub fn offset_index_path<O>(prefix: &str, name: &str, offset: O, i: usize, offset_field: &str) -> Result<String>
+where
+    O: TryInto<usize> + Copy + std::fmt::Display,
+{
+    let index = offset.try_into().ok().and_then(|o: usize| o.checked_add(i)).ok_or_else(|| {
+        Error::spec("index_offset", offset_field, format!("{offset} + element {i} is not a valid list index"))
+    })?;
+    Ok(join_path(&join_path(prefix, name), &index.to_string()))
+}
+
+/// A node of a model tree that knows its HF layout. Derived for structs and enums; implemented by the parallel
+/// layers and by `Vec`/`Option` of nodes.
 pub trait CustomModule: Sized {
     /// Appends the specs of this subtree; module paths are under `prefix`.
     fn collect_specs(&self, prefix: &str, out: &mut Vec<ModelWeightTransformationSpecs>) -> Result<()>;

@@ -9,7 +9,7 @@ struct Decoder {
     qkv_proj: Qkv,
     #[fused_linears(gate_proj, gate_proj)]
     gate_up_proj: Linear,
-    #[hf(rename = "a.b")]
+    #[hf(rename = "a..b")]
     norm: Linear,
     #[hf(unknown)]
     other: Linear,

@@ -1,5 +1,6 @@
 // Shapes the derive accepts beyond the plain case: unit structs, no HF fields at all, raw identifiers,
-// generics (type, const, lifetime, an existing where clause) and names that shadow the generated ones.
+// generics (type, const, lifetime, an existing where clause), generic enums, index offsets of any integer
+// type and names that shadow the generated ones.
 #![deny(warnings)]
 
 #[allow(dead_code)]
@@ -46,6 +47,27 @@ where
     marker: PhantomData<&'a [u8; N]>,
 }
 
+#[derive(neuron_spec::CustomModule)]
+enum Either<'a, L: Marker, R>
+where
+    R: Send,
+{
+    Left(L),
+    r#Right(Vec<R>),
+    Optional(Option<L>,),
+    Phantom(Generic<'a, Qkv, L, 2>),
+}
+
+#[derive(neuron_spec::CustomModule)]
+struct Offsets {
+    #[hf(rename = "a.b", index_offset = start)]
+    small: Vec<Linear>,
+    #[hf(index_offset = r#signed)]
+    big: std::vec::Vec<Linear>,
+    start: u8,
+    r#signed: i64,
+}
+
 // Lower-case items with the names of the generated parameters and locals must not capture them.
 #[allow(non_upper_case_globals)]
 mod shadowing {
@@ -56,6 +78,8 @@ mod shadowing {
     const src: u8 = 0;
     const device: u8 = 0;
     const specs: u8 = 0;
+    const item: u8 = 0;
+    const index: u8 = 0;
 
     #[derive(neuron_spec::CustomModule)]
     pub struct Block {
@@ -67,8 +91,21 @@ mod shadowing {
         pub specs: Linear,
     }
 
+    #[derive(neuron_spec::CustomModule)]
+    pub struct Stage {
+        #[hf(rename = "model.layers", index_offset = first)]
+        pub item: Vec<Linear>,
+        pub first: usize,
+    }
+
+    #[derive(neuron_spec::CustomModule)]
+    pub enum Switch {
+        Item(Linear),
+        Index(Stage),
+    }
+
     pub fn consts() -> (&'static str, u8) {
-        (prefix, out + src + device + specs)
+        (prefix, out + src + device + specs + item + index)
     }
 }
 
@@ -127,4 +164,27 @@ fn main() {
         ]
     );
     assert_eq!(shadowing::consts(), ("shadowed", 0));
+
+    let stage = shadowing::Stage {
+        item: vec![Linear::new(1), Linear::new(1)],
+        first: 3,
+    };
+    assert_eq!(names(&stage), ["model.layers.3.weight", "model.layers.4.weight"]);
+    assert_eq!(names(&shadowing::Switch::Index(stage)), ["model.layers.3.weight", "model.layers.4.weight"]);
+    assert_eq!(names(&shadowing::Switch::Item(Linear::new(1))), ["weight"]);
+
+    let e: Either<'_, Linear, Linear> = Either::r#Right(vec![Linear::new(1)]);
+    assert_eq!(names(&e), ["0.weight"]);
+    let e: Either<'_, Linear, Linear> = Either::Optional(Some(Linear::new(1)));
+    assert_eq!(names(&e), ["weight"]);
+
+    let o = Offsets {
+        small: vec![Linear::new(1)],
+        big: vec![Linear::new(1)],
+        start: 255,
+        r#signed: -1,
+    };
+    assert!(o.create_parameter_metadata().is_err());
+    let o = Offsets { r#signed: 7, ..o };
+    assert_eq!(names(&o), ["a.b.255.weight", "signed.7.weight"]);
 }

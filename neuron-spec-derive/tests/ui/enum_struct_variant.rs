@@ -2,9 +2,9 @@
 struct Linear;
 
 #[derive(neuron_spec::CustomModule)]
-struct Decoder {
-    #[hf(rename = "self_attn.qkv_proj")]
-    qkv_proj: Linear,
+enum FeedForward {
+    Dense { up_proj: Linear },
+    Sparse { experts: Vec<Linear> },
 }
 
 fn main() {}

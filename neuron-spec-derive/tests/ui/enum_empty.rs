@@ -1,0 +1,6 @@
+#![allow(dead_code)]
+
+#[derive(neuron_spec::CustomModule)]
+enum Mlp {}
+
+fn main() {}

@@ -1,10 +1,10 @@
-//! `#[derive(CustomModule)]`: implements `neuron_spec::module::CustomModule` for a burn model struct, so
-//! the model reports its transformation specs, parameter metadata and rank-local tensors under fully
+//! `#[derive(CustomModule)]`: implements `neuron_spec::module::CustomModule` for a burn model struct or enum,
+//! so the model reports its transformation specs, parameter metadata and rank-local tensors under fully
 //! qualified HF paths (`model.layers.3.self_attn`). Use it through `neuron_spec::CustomModule`.
 //!
 //! # Attributes
 //!
-//! On fields (all optional; numbers such as head counts never appear here, they come from the layers):
+//! On struct fields (all optional; numbers such as head counts never appear here, they come from the layers):
 //!
 //! - `#[fused_linears(gate_proj, up_proj)]`: the field is one layer standing for these HF linears, in
 //!   fusing order (at least one, each once). Its type implements `FusedLinearLayer`.
@@ -15,14 +15,23 @@
 //!   one tensor (Phi-3's `qkv_proj`: q rows, then k, then v).
 //! - `#[fused_linears(packed = gate_up_proj)]`: the HF checkpoint stores the members as one tensor, in order
 //!   along the fuse axis; their number and sizes come from the layer (`with_fused_dims`).
-//! - `#[hf(rename = "self_attn")]`: the field's HF path segment when it differs from the Rust name
-//!   (one segment: non-empty, no `.`).
+//! - `#[hf(rename = "self_attn")]`: the field's HF path when it differs from the Rust name; dotted
+//!   (`"model.norm"`) for a deeper path, with no empty segment. A spec field's name is one segment.
+//! - `#[hf(index_offset = first_layer)]`: on a `Vec<..>` field, element `i` is at `name.<first_layer + i>`
+//!   (a pipeline stage's layers under their global names); the offset is a sibling field of primitive
+//!   integer type.
 //! - `#[hf(skip)]`: the field is not part of the HF tree.
 //!
 //! A spec attribute sits on a field holding one layer (a plain path type, not `Vec<..>`, `Option<..>` or
 //! a primitive), at most one per field. Fields burn's `Module` derive does not treat as modules are left
 //! out of the HF tree without `#[hf(skip)]`: those marked `#[module(skip)]` and those of a type burn
 //! classifies as a constant (`usize`, `String`, `Vec<f32>`, ...).
+//!
+//! # Enums
+//!
+//! Each variant holds exactly one module, as a one-field tuple variant (`Gqa(GqaAttention)`). Every method
+//! delegates to the variant present, under the same prefix: the variant adds no path segment. The
+//! attributes above mean nothing on an enum, a variant or a variant's field, and are errors there.
 //!
 //! # What it generates
 //!
@@ -33,7 +42,7 @@
 //! `load_rank_tensors` rebuilds the struct, loading the HF fields and moving the others over unchanged.
 //!
 //! A generic struct gets a `CustomModule` bound (and the spec trait, for a spec field) on each HF field
-//! whose type mentions a type parameter.
+//! whose type mentions a type parameter; a generic enum, on each such variant type.
 //!
 //! Every misuse is a compile error pointing at the offending token, and all of them are reported at once.
 //!
@@ -96,11 +105,18 @@
 //!     down_proj: Layer,
 //! }
 //!
+//! /// A layer choice: the variant present reports its module's paths.
+//! #[derive(neuron_spec::CustomModule)]
+//! enum FeedForward {
+//!     Fused(Mlp),
+//!     Plain(Layer),
+//! }
+//!
 //! #[derive(neuron_spec::CustomModule)]
 //! struct Decoder {
 //!     #[hf(rename = "self_attn")]
 //!     attention: Attention,
-//!     mlp: Mlp,
+//!     mlp: FeedForward,
 //!     /// Not a module: left out of the HF tree.
 //!     num_heads: usize,
 //! }
@@ -118,7 +134,7 @@
 //!
 //! let decoder = || Decoder {
 //!     attention: Attention { qkv_proj: Layer, o_proj: Layer },
-//!     mlp: Mlp { gate_up_proj: Layer, down_proj: Layer },
+//!     mlp: FeedForward::Fused(Mlp { gate_up_proj: Layer, down_proj: Layer }),
 //!     num_heads: 4,
 //! };
 //! let lm = ForCausalLm { model: Model { layers: vec![decoder(), decoder()] }, lm_head: Layer };
@@ -135,6 +151,17 @@
 //! let metadata = lm.create_parameter_metadata()?;
 //! assert!(metadata.parameters.contains_key("model.layers.1.self_attn.qkv_proj.weight"));
 //! assert!(metadata.parameters.contains_key("lm_head.weight"));
+//!
+//! /// A pipeline stage: its layers under the whole model's paths.
+//! #[derive(neuron_spec::CustomModule)]
+//! struct Stage {
+//!     #[hf(rename = "model.layers", index_offset = first_layer)]
+//!     layers: Vec<Decoder>,
+//!     first_layer: usize,
+//! }
+//!
+//! let stage = Stage { layers: vec![decoder()], first_layer: 1 };
+//! assert_eq!(stage.transformation_specs()?[0].module_fully_qualified_name, "model.layers.1.self_attn");
 //! # Ok::<(), neuron_spec::Error>(())
 //! ```
 
@@ -147,7 +174,7 @@ mod validate;
 use proc_macro::TokenStream;
 use syn::DeriveInput;
 
-/// Derives `neuron_spec::module::CustomModule`; see the crate docs for the attributes.
+/// Derives `neuron_spec::module::CustomModule` for a struct or enum; see the crate docs for the attributes.
 #[proc_macro_derive(CustomModule, attributes(fused_linears, gqa_qkv, hf))]
 pub fn derive_custom_module(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as DeriveInput);

@@ -180,10 +180,7 @@ fn check_index_offset(s: &Struct, field: &Field, errors: &mut Errors) {
     } else if vec_element(field.ty).is_none() {
         errors.push(syn::Error::new_spanned(
             field.ty,
-            format!(
-                "#[hf(index_offset)] numbers the elements of a `Vec<..>` field; `{}` is not one",
-                field.ty.to_token_stream()
-            ),
+            format!("#[hf(index_offset)] numbers the elements of a `Vec<..>` field; `{}` is not one", field.member),
         ));
     }
     let n = name_of(offset);
@@ -199,10 +196,7 @@ fn check_index_offset(s: &Struct, field: &Field, errors: &mut Errors) {
         }
         Some(f) if !is_integer_type(f.ty) => errors.push(syn::Error::new(
             offset.span(),
-            format!(
-                "`index_offset = {n}`: field `{n}` is `{}`, not a primitive integer type like `usize`",
-                f.ty.to_token_stream()
-            ),
+            format!("`index_offset = {n}`: field `{n}` is not of a primitive integer type like `usize`"),
         )),
         Some(_) => {}
     }

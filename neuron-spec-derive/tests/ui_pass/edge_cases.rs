@@ -186,5 +186,5 @@ fn main() {
     };
     assert!(o.create_parameter_metadata().is_err());
     let o = Offsets { r#signed: 7, ..o };
-    assert_eq!(names(&o), ["a.b.255.weight", "signed.7.weight"]);
+    assert_eq!(names(&o), ["a.b.255.weight", "big.7.weight"]);
 }

@@ -29,10 +29,13 @@ struct Locals {
     out: Ident,
     src: Ident,
     device: Ident,
-    /// The struct's own specs; a list element or a variant's module.
+    /// The struct's own specs.
     specs: Ident,
+    /// A variant's module, or an element of an `#[hf(index_offset)]` list.
     item: Ident,
+    /// The element's position in the list, and the list's offset (copied out of `self`).
     index: Ident,
+    offset: Ident,
 }
 
 impl Locals {
@@ -46,6 +49,7 @@ impl Locals {
             specs: local("__specs"),
             item: local("__item"),
             index: local("__index"),
+            offset: local("__offset"),
         }
     }
 }
@@ -185,8 +189,9 @@ fn expand_struct(s: &Struct) -> TokenStream {
                     let (item, index) = (&l.item, &l.index);
                     let path = indexed_path_of(s, f, offset, quote!(self.#offset), &l);
                     let call = element_call(f, method, quote!(#item), quote!(&#path?, #out));
+                    let items = quote!(::core::iter::IntoIterator::into_iter(&self.#m));
                     quote! {
-                        for (#index, #item) in ::core::iter::Iterator::enumerate(::core::iter::IntoIterator::into_iter(&self.#m)) {
+                        for (#index, #item) in ::core::iter::Iterator::enumerate(#items) {
                             #call?;
                         }
                     }
@@ -212,7 +217,7 @@ fn expand_struct(s: &Struct) -> TokenStream {
             (None, Some(offset)) => {
                 let (item, index) = (&l.item, &l.index);
                 // The offset is copied out first: the closure must not borrow a partly moved `self`.
-                let value = Ident::new("__offset", Span::mixed_site());
+                let value = &l.offset;
                 let path = indexed_path_of(s, f, offset, value.to_token_stream(), &l);
                 let load = element_call(f, "load_rank_tensors", quote!(#item), quote!(&#path?, #src, #device));
                 quote! {

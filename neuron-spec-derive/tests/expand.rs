@@ -1,4 +1,7 @@
 //! What the derived impl does on a model tree: module paths, spec order, parameter names, rank tensors.
+// `Device` is a unit struct here (neuron-spec without burn) but not with burn: `Device::default()` is the
+// form that builds with both.
+#![allow(clippy::default_constructed_unit_structs)]
 
 #[path = "support/mocks.rs"]
 #[allow(dead_code)]
@@ -259,8 +262,11 @@ fn mlp() -> Mlp {
     Mlp { gate_up_proj: Linear::new(2), down_proj: Linear::new(2) }
 }
 
-/// Everything the derived methods report under `prefix`: specs, metadata, TP contexts, saved tensor names.
-fn report(m: &impl CustomModule, prefix: &str) -> (Vec<String>, Vec<Spec>, Vec<String>, Vec<TpContext>, Vec<String>) {
+/// Spec paths, specs, parameter names, TP contexts and saved tensor names.
+type Report = (Vec<String>, Vec<Spec>, Vec<String>, Vec<TpContext>, Vec<String>);
+
+/// Everything the derived methods report under `prefix`.
+fn report(m: &impl CustomModule, prefix: &str) -> Report {
     let mut specs = Vec::new();
     m.collect_specs(prefix, &mut specs).unwrap();
     let mut metadata = indexmap::IndexMap::new();

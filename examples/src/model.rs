@@ -12,16 +12,14 @@ use burn::module::Module;
 use burn::nn::{LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use indexmap::IndexMap;
 use neuron_spec::layers::{
     ColumnParallelLinear, ColumnParallelLinearConfig, Communicator, GqaQkvColumnParallelLinear,
     GqaQkvColumnParallelLinearConfig, ParallelEmbedding, ParallelEmbeddingConfig, RowParallelLinear,
     RowParallelLinearConfig,
 };
-use neuron_spec::metadata::ParameterMetadata;
 use neuron_spec::module::{CustomModule as _, TpContext};
-use neuron_spec::specs::{ModelWeightTransformationSpecs, MAX_HEADS};
-use neuron_spec::{CheckpointMetadata, CustomModule, Error, Result, StateDict, TensorSource};
+use neuron_spec::specs::MAX_HEADS;
+use neuron_spec::{CheckpointMetadata, CustomModule, Error, Result};
 
 /// The largest `num_hidden_layers` accepted (the layout lists every layer's parameters up front).
 pub const MAX_LAYERS: usize = 1 << 14;
@@ -136,7 +134,7 @@ pub struct PlainAttention {
 
 /// The attention of a layer, in one of the layouts of [`QkvLayout`].
 #[allow(clippy::large_enum_variant)]
-#[derive(Module, Debug)]
+#[derive(Module, CustomModule, Debug)]
 pub enum SelfAttention {
     /// The GQA layer (fused or separate q/k/v).
     Gqa(LlamaAttention),
@@ -147,43 +145,13 @@ pub enum SelfAttention {
 /// The MLP of a layer.
 // One per layer, built once: boxing would buy nothing (and burn's Module is not implemented for Box).
 #[allow(clippy::large_enum_variant)]
-#[derive(Module, Debug)]
+#[derive(Module, CustomModule, Debug)]
 pub enum FeedForward {
     /// A dense SwiGLU MLP.
     Dense(LlamaMlp),
     /// Qwen3-MoE's router and experts.
     Sparse(Qwen3MoeSparseMoeBlock),
 }
-
-/// `CustomModule` for an enum of nodes: every method goes to the variant present.
-macro_rules! delegate_custom_module {
-    ($ty:ident { $($v:ident),* }) => {
-        impl neuron_spec::module::CustomModule for $ty {
-            fn collect_specs(&self, prefix: &str, out: &mut Vec<ModelWeightTransformationSpecs>) -> Result<()> {
-                match self { $($ty::$v(m) => m.collect_specs(prefix, out),)* }
-            }
-            fn collect_parameter_metadata(
-                &self,
-                prefix: &str,
-                out: &mut IndexMap<String, ParameterMetadata>,
-            ) -> Result<()> {
-                match self { $($ty::$v(m) => m.collect_parameter_metadata(prefix, out),)* }
-            }
-            fn collect_tp_contexts(&self, out: &mut Vec<TpContext>) {
-                match self { $($ty::$v(m) => m.collect_tp_contexts(out),)* }
-            }
-            fn load_rank_tensors(self, prefix: &str, src: &dyn TensorSource, device: &Device) -> Result<Self> {
-                Ok(match self { $($ty::$v(m) => $ty::$v(m.load_rank_tensors(prefix, src, device)?),)* })
-            }
-            fn save_rank_tensors(&self, prefix: &str, out: &mut StateDict) -> Result<()> {
-                match self { $($ty::$v(m) => m.save_rank_tensors(prefix, out),)* }
-            }
-        }
-    };
-}
-
-delegate_custom_module!(SelfAttention { Gqa, Plain });
-delegate_custom_module!(FeedForward { Dense, Sparse });
 
 /// The outputs of one forward pass on one rank.
 #[derive(Debug, Clone)]

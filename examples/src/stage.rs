@@ -10,13 +10,10 @@ use crate::model::{check_seq, embed, run_layers, Builder, DecoderOptions, LlamaD
 use burn::module::Module;
 use burn::nn::RmsNorm;
 use burn::tensor::{Device, Int, Tensor};
-use indexmap::IndexMap;
 use neuron_spec::layers::{ColumnParallelLinear, Communicator, ParallelEmbedding};
-use neuron_spec::metadata::ParameterMetadata;
-use neuron_spec::module::{join_path, CustomModule, TpContext};
-use neuron_spec::specs::ModelWeightTransformationSpecs;
+use neuron_spec::module::TpContext;
 use neuron_spec::stages::StageAssignment;
-use neuron_spec::{Error, Result, StateDict, TensorSource};
+use neuron_spec::{CustomModule, Error, Result};
 use std::ops::Range;
 
 /// What a stage consumes.
@@ -39,14 +36,17 @@ pub struct StageOutput {
     pub hidden_states: Vec<Tensor<3>>,
 }
 
-/// A stage of `LlamaForCausalLM` at one TP rank.
-#[derive(Module, Debug)]
+/// A stage of `LlamaForCausalLM` at one TP rank. HF names: each part under its name in the whole model.
+#[derive(Module, CustomModule, Debug)]
 pub struct LlamaStage {
     /// `model.embed_tokens`: on the first stage (the input), and on the last when tied (the output).
+    #[hf(rename = "model.embed_tokens")]
     pub embed_tokens: Option<ParallelEmbedding>,
     /// This stage's decoder layers, `model.layers.<first_layer + i>`.
+    #[hf(rename = "model.layers", index_offset = first_layer)]
     pub layers: Vec<LlamaDecoderLayer>,
     /// `model.norm` (the last stage).
+    #[hf(rename = "model.norm")]
     pub norm: Option<RmsNorm>,
     /// `lm_head` (the last stage, untied).
     pub lm_head: Option<ColumnParallelLinear>,
@@ -133,64 +133,5 @@ impl LlamaStage {
         };
         let s = o.logits_scaling;
         Ok(StageOutput { output: if s == 1.0 { logits } else { logits / s }, hidden_states })
-    }
-
-    fn layer_prefix(&self, prefix: &str, i: usize) -> String {
-        join_path(prefix, &format!("model.layers.{}", self.first_layer + i))
-    }
-}
-
-/// HF names: each part under its name in the whole model.
-impl CustomModule for LlamaStage {
-    fn collect_specs(&self, prefix: &str, out: &mut Vec<ModelWeightTransformationSpecs>) -> Result<()> {
-        self.embed_tokens.collect_specs(&join_path(prefix, "model.embed_tokens"), out)?;
-        for (i, l) in self.layers.iter().enumerate() {
-            l.collect_specs(&self.layer_prefix(prefix, i), out)?;
-        }
-        self.norm.collect_specs(&join_path(prefix, "model.norm"), out)?;
-        self.lm_head.collect_specs(&join_path(prefix, "lm_head"), out)
-    }
-
-    fn collect_parameter_metadata(&self, prefix: &str, out: &mut IndexMap<String, ParameterMetadata>) -> Result<()> {
-        self.embed_tokens.collect_parameter_metadata(&join_path(prefix, "model.embed_tokens"), out)?;
-        for (i, l) in self.layers.iter().enumerate() {
-            l.collect_parameter_metadata(&self.layer_prefix(prefix, i), out)?;
-        }
-        self.norm.collect_parameter_metadata(&join_path(prefix, "model.norm"), out)?;
-        self.lm_head.collect_parameter_metadata(&join_path(prefix, "lm_head"), out)
-    }
-
-    fn collect_tp_contexts(&self, out: &mut Vec<neuron_spec::module::TpContext>) {
-        self.embed_tokens.collect_tp_contexts(out);
-        self.layers.collect_tp_contexts(out);
-        self.norm.collect_tp_contexts(out);
-        self.lm_head.collect_tp_contexts(out);
-    }
-
-    fn load_rank_tensors(self, prefix: &str, src: &dyn TensorSource, device: &Device) -> Result<Self> {
-        let names: Vec<String> = (0..self.layers.len()).map(|i| self.layer_prefix(prefix, i)).collect();
-        let Self { embed_tokens, layers, norm, lm_head, first_layer, ends, options } = self;
-        Ok(Self {
-            embed_tokens: embed_tokens.load_rank_tensors(&join_path(prefix, "model.embed_tokens"), src, device)?,
-            layers: layers
-                .into_iter()
-                .zip(&names)
-                .map(|(l, n)| l.load_rank_tensors(n, src, device))
-                .collect::<Result<_>>()?,
-            norm: norm.load_rank_tensors(&join_path(prefix, "model.norm"), src, device)?,
-            lm_head: lm_head.load_rank_tensors(&join_path(prefix, "lm_head"), src, device)?,
-            first_layer,
-            ends,
-            options,
-        })
-    }
-
-    fn save_rank_tensors(&self, prefix: &str, out: &mut StateDict) -> Result<()> {
-        self.embed_tokens.save_rank_tensors(&join_path(prefix, "model.embed_tokens"), out)?;
-        for (i, l) in self.layers.iter().enumerate() {
-            l.save_rank_tensors(&self.layer_prefix(prefix, i), out)?;
-        }
-        self.norm.save_rank_tensors(&join_path(prefix, "model.norm"), out)?;
-        self.lm_head.save_rank_tensors(&join_path(prefix, "lm_head"), out)
     }
 }

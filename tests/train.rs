@@ -464,6 +464,53 @@ fn cli_lora_mean_mode_trains_the_shared_a_like_torch() {
     }
 }
 
+/// LoRA-only training of every expert of `qwen3-moe-e8` (`qwen3-moe-e8-lora-experts/train_golden_lora.safetensors`,
+/// peft 0.17.0, the same AdamW recipe) through the CLI: 1 step at tp 2, resume for 2 more, = peft's 3 steps.
+/// An adapter on the MoE routers (`mlp.gate`) is refused by name before anything is written.
+#[test]
+fn cli_lora_on_moe_experts_trains_like_peft_and_router_lora_is_refused() {
+    let g = open("qwen3-moe-e8-lora-experts/train_golden_lora.safetensors");
+    let loss = g.tensor("loss").unwrap().to_f32_vec();
+    let data = fixture("qwen3-moe-e8-lora-experts/train_golden_lora.safetensors");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, three, hf3) = (tmp.path().join("one"), tmp.path().join("three"), tmp.path().join("hf3"));
+    let base = s(&fixture("qwen3-moe-e8"));
+    let mut args = vec!["train".to_string(), base.clone(), s(&one), "--tp".into(), "2".into(), "--adapter".into()];
+    args.extend([s(&fixture("qwen3-moe-e8-lora-experts")), "--data".into(), s(&data), "--steps".into(), "1".into()]);
+    args.extend(HP.iter().map(|x| x.to_string()));
+    let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check_losses("moe experts lora", &step_losses(&out.stdout), &loss[..1]);
+    let mut args =
+        vec!["train".to_string(), s(&one), s(&three), "--data".into(), s(&data), "--steps".into(), "2".into()];
+    args.extend(HP.iter().map(|x| x.to_string()));
+    let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check_losses("moe experts lora", &step_losses(&out.stdout), &loss[1..]);
+    let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let f = open_abs(&hf3.join("default/adapter_model.safetensors"));
+    let names = TensorSource::names(&f);
+    assert_eq!(names.len(), 96, "2 layers x 8 experts x 3 linears x (A, B)");
+    let (mut sum, mut count) = (0f64, 0usize);
+    for name in names {
+        let (ours, gold) = (f.tensor(&name).unwrap().to_f32_vec(), g.tensor(&format!("after3.{name}")).unwrap());
+        close(&format!("moe experts lora after3.{name}"), &ours, &gold.to_f32_vec(), 5e-4, f64::INFINITY);
+        sum += mean_abs_diff(&ours, &gold.to_f32_vec()).unwrap() * ours.len() as f64;
+        count += ours.len();
+    }
+    assert!(sum / (count as f64) < 1e-6, "moe experts lora after3: mean {:e}", sum / count as f64);
+    let router = tmp.path().join("router");
+    let mut args = vec!["train".to_string(), base, s(&router), "--tp".into(), "2".into(), "--adapter".into()];
+    args.extend([s(&fixture("qwen3-moe-e8-lora-router")), "--data".into(), s(&data), "--steps".into(), "1".into()]);
+    let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("LoRA factors for model.layers.0.mlp.gate") && err.lines().count() == 1, "{err}");
+    assert!(!router.exists(), "output written");
+}
+
 /// A LoRA run moves to another tp: 1 step at tp 4 (CLI), `reshard_trained` to tp 2 (the adapter and its
 /// moments follow the adapter's plans), 2 more steps (CLI) = peft's 3 steps.
 #[test]

@@ -56,15 +56,17 @@ fn check_consolidated(what: &str, dir: &Path, g: &dyn TensorSource, prefix: &str
     // are model-wide: 1.2e-4 max, 8e-8 mean; a missing weight decay shows as 2.5e-5 mean). A per-tensor mean
     // would fail on float noise alone: Qwen3's k_norm has a gradient element of 6.5e-7, below AdamW's eps, where
     // the first update lr·g/(|g|+eps) amplifies a 6e-8 gradient difference 3700-fold, in a 16-element tensor.
-    let (mut sum, mut count) = (0f64, 0usize);
+    let (mut sum, mut count, mut worst) = (0f64, 0usize, 0f32);
     for name in names {
         let gold = g.tensor(&format!("{prefix}.{name}")).unwrap().to_f32_vec();
         let ours = hf.tensor(&name).unwrap().to_f32_vec();
         close(&format!("{what}: {prefix}.{name}"), &ours, &gold, 5e-4, f64::INFINITY);
         sum += mean_abs_diff(&ours, &gold).unwrap() * ours.len() as f64;
         count += ours.len();
+        worst = worst.max(max_abs_diff(&ours, &gold).unwrap());
     }
     let mean = sum / count.max(1) as f64;
+    eprintln!("{what}: {prefix}.*: max abs diff {worst:e}, mean {mean:e}");
     assert!(mean < 1e-6, "{what}: {prefix}.*: mean abs diff over all parameters {mean:e}");
 }
 
@@ -107,7 +109,7 @@ fn case_with(dir: &str, golden: &str, options: TrainOptions, tp: usize, fuse: bo
     let grads = to_original_weights(&meta, &gs).unwrap();
     assert_eq!(grads.len(), n_tensors);
     // A gradient absent from the golden (an expert no token reached: torch's grad is None) counts as zero.
-    let mut absent = Vec::new();
+    let (mut absent, mut worst) = (Vec::new(), 0f32);
     for (name, t) in &grads {
         let ours = t.to_f32_vec();
         let gold = match g.tensor(&format!("grad.{name}")) {
@@ -118,7 +120,9 @@ fn case_with(dir: &str, golden: &str, options: TrainOptions, tp: usize, fuse: bo
             }
         };
         close(&format!("{what}: grad.{name}"), &ours, &gold, 1e-4, f64::INFINITY);
+        worst = worst.max(max_abs_diff(&ours, &gold).unwrap());
     }
+    eprintln!("{what}: grad.*: max abs diff {worst:e}; absent from the golden (zero here): {absent:?}");
     // The MoE router is replicated: its gradient is the same on every rank, bit for bit.
     for name in run.grads[0].as_ref().unwrap().keys().filter(|n| n.ends_with("mlp.gate.weight")) {
         let first = run.grads[0].as_ref().unwrap()[name].to_f32_vec();
@@ -254,6 +258,37 @@ fn qwen3_moe_8_experts_training_matches_torch() {
         for fuse in [true, false] {
             case("qwen3-moe-e8", tp, fuse, tp);
         }
+    }
+}
+
+/// The CLI on `qwen3-moe-e8`: after step 1, `state.json` counts one skipped step for layer 1's expert 5 (no token
+/// reached it), by rank tensor name; `consolidate --optimizer` renames the count to its HF parameters, whose
+/// moments are zero.
+#[test]
+fn cli_moe_skipped_experts_are_recorded_and_consolidated_by_hf_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (one, hf1) = (tmp.path().join("one"), tmp.path().join("hf1"));
+    let data = fixture("qwen3-moe-e8/train_golden.safetensors");
+    let mut args = vec!["train".to_string(), s(&fixture("qwen3-moe-e8")), s(&one), "--tp".into(), "2".into()];
+    args.extend(["--data".into(), s(&data), "--steps".into(), "1".into()]);
+    args.extend(HP.iter().map(|x| x.to_string()));
+    let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p.join("optimizer/state.json")).unwrap()).unwrap()
+    };
+    let e5 = "model.layers.1.mlp.experts.5";
+    let expected = serde_json::json!({format!("{e5}.down_proj.weight"): 1, format!("{e5}.gate_up_proj.weight"): 1});
+    assert_eq!(read(&one)["skipped_steps"], expected);
+    let out = bin(&["consolidate", &s(&one), &s(&hf1), "--optimizer"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let names = ["down_proj", "gate_proj", "up_proj"].map(|m| format!("{e5}.{m}.weight"));
+    let expected: serde_json::Map<String, serde_json::Value> = names.iter().map(|n| (n.clone(), 1.into())).collect();
+    assert_eq!(read(&hf1)["skipped_steps"], serde_json::Value::Object(expected));
+    let m1 = open_abs(&hf1.join("optimizer/exp_avg.safetensors"));
+    for n in &names {
+        assert!(m1.tensor(n).unwrap().to_f32_vec().iter().all(|x| *x == 0.0), "{n}");
     }
 }
 

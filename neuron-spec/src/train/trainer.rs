@@ -108,7 +108,8 @@ impl ModuleMapper for RequireGrad {
     }
 }
 
-/// Replaces every parameter by its gradient (zeros where it has none, its id then in `missing`), keeping ids.
+/// Replaces every parameter by its gradient (zeros where it has none; a trainable one's id then in `missing`),
+/// keeping ids.
 struct ToGrads<'a> {
     grads: &'a burn::tensor::Gradients,
     missing: HashSet<ParamId>,
@@ -120,7 +121,10 @@ impl ModuleMapper for ToGrads<'_> {
         let g = match v.grad(self.grads) {
             Some(g) => g,
             None => {
-                self.missing.insert(param.id);
+                // A frozen parameter (LoRA-only training) has none by design; only a trainable one is missing.
+                if v.is_require_grad() {
+                    self.missing.insert(param.id);
+                }
                 Tensor::zeros(v.shape(), &v.device().inner())
             }
         };

@@ -16,9 +16,9 @@ use crate::metadata::CheckpointMetadata;
 use crate::module::{CustomModule, TpContext};
 use crate::plan::{TensorInfo, TensorSource};
 use crate::tensor::{HostTensor, StateDict};
+use burn::module::ParamId;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Tensor};
-use burn::module::ParamId;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Which parameters train.
@@ -250,7 +250,11 @@ impl<M: Module + CustomModule + Clone> RankTrainer<M> {
             if !names.contains(n) || *k > state.step {
                 return Err(Error::Invalid(format!(
                     "optimizer state: `skipped_steps` names {n} with {k} skipped steps, but {}",
-                    if names.contains(n) { format!("only {} steps were taken", state.step) } else { "it is not a trainable tensor".into() }
+                    if names.contains(n) {
+                        format!("only {} steps were taken", state.step)
+                    } else {
+                        "it is not a trainable tensor".into()
+                    }
                 )));
             }
         }

@@ -254,6 +254,31 @@ fn train_args<'a>(model: &'a Path, out: &'a Path, data: &'a Path, extra: &[&'a s
     a
 }
 
+/// 1 step from the HF checkpoint `hf` on `np` rank threads into `thr1` and on `np` MPI processes into `mpi1`:
+/// the same bytes and torch's step-1 loss; returns mpirun's stdout.
+fn step1_threads_and_mpi(
+    hf: &Path,
+    data: &Path,
+    np: usize,
+    fuse: bool,
+    (thr1, mpi1): (&Path, &Path),
+    torch: &[f32],
+    what: &str,
+) -> String {
+    let tp = np.to_string();
+    let fuse_arg: &[&str] = if fuse { &["--fuse-qkv"] } else { &[] };
+    let mut extra = vec!["--tp", &tp];
+    extra.extend(fuse_arg);
+    threads(&train_args(hf, thr1, data, &extra));
+    let mut args = train_args(hf, mpi1, data, fuse_arg);
+    args.extend(["--comm", "mpi"]);
+    let (out, _) = mpirun(np, &args);
+    let stdout = ok(&out, &format!("{what}: mpirun train from HF"));
+    check_losses(&format!("{what} step 1"), &step_losses(&stdout), &torch[..1]);
+    assert_same_tree(thr1, mpi1, &format!("{what} step 1"));
+    stdout
+}
+
 #[test]
 fn mpi_train_writes_the_threaded_checkpoint_byte_for_byte() {
     if !have_mpirun() {
@@ -264,19 +289,9 @@ fn mpi_train_writes_the_threaded_checkpoint_byte_for_byte() {
     let data = hf.join("train_golden.safetensors");
     let torch = torch_losses();
     for (np, fuse) in [(2usize, false), (4, true)] {
-        let tp = np.to_string();
-        let fuse_arg: &[&str] = if fuse { &["--fuse-qkv"] } else { &[] };
         // Step 1 from the HF checkpoint: each process adapts its own slices.
         let (thr1, mpi1) = (tmp.path().join(format!("thr1-{np}")), tmp.path().join(format!("mpi1-{np}")));
-        let mut extra = vec!["--tp", &tp];
-        extra.extend(fuse_arg);
-        threads(&train_args(&hf, &thr1, &data, &extra));
-        let mut args = train_args(&hf, &mpi1, &data, fuse_arg);
-        args.extend(["--comm", "mpi"]);
-        let (out, _) = mpirun(np, &args);
-        let stdout = ok(&out, &format!("mpirun -np {np} train from HF"));
-        check_losses(&format!("np {np} step 1"), &step_losses(&stdout), &torch[..1]);
-        assert_same_tree(&thr1, &mpi1, &format!("np {np} step 1"));
+        let stdout = step1_threads_and_mpi(&hf, &data, np, fuse, (&thr1, &mpi1), &torch, &format!("np {np}"));
         assert_eq!(bytes_per_rank(&stdout, np), planned_bytes_with(&hf, np, fuse), "np {np}: bytes each process read");
         no_partials(&mpi1);
 
@@ -314,19 +329,9 @@ fn mpi_moe_training_equals_threads_byte_for_byte() {
         let data = hf.join("train_golden.safetensors");
         let g = neuron_spec::io::SafetensorsFile::open(&data).unwrap();
         let torch = g.tensor("loss").unwrap().to_f32_vec();
-        let tp = np.to_string();
-        let fuse_arg: &[&str] = if fuse { &["--fuse-qkv"] } else { &[] };
         let what = format!("{dir} np {np}");
         let (thr1, mpi1) = (tmp.path().join(format!("{dir}-thr1")), tmp.path().join(format!("{dir}-mpi1")));
-        let mut extra = vec!["--tp", &tp];
-        extra.extend(fuse_arg);
-        threads(&train_args(&hf, &thr1, &data, &extra));
-        let mut args = train_args(&hf, &mpi1, &data, fuse_arg);
-        args.extend(["--comm", "mpi"]);
-        let (out, _) = mpirun(np, &args);
-        let stdout = ok(&out, &format!("{what}: train from HF"));
-        check_losses(&format!("{what} step 1"), &step_losses(&stdout), &torch[..1]);
-        assert_same_tree(&thr1, &mpi1, &format!("{what} step 1"));
+        step1_threads_and_mpi(&hf, &data, np, fuse, (&thr1, &mpi1), &torch, &what);
         no_partials(&mpi1);
         let (thr3, mpi3) = (tmp.path().join(format!("{dir}-thr3")), tmp.path().join(format!("{dir}-mpi3")));
         let resume = |from: &Path, to: &Path, mpi: bool| {

@@ -386,12 +386,12 @@ fn open_abs(p: &Path) -> neuron_spec::io::SafetensorsFile {
     neuron_spec::io::SafetensorsFile::open(p).unwrap()
 }
 
-/// Compares a PEFT adapter file with the golden's `prefix.*` (peft's names and shapes): max per tensor,
-/// mean over all.
-fn check_adapter_file(what: &str, file: &Path, g: &dyn TensorSource, prefix: &str) {
+/// Compares a PEFT adapter file (`n` tensors) with the golden's `prefix.*` (peft's names and shapes): max per
+/// tensor, mean over all.
+fn check_adapter_file(what: &str, file: &Path, g: &dyn TensorSource, prefix: &str, n: usize) {
     let f = open_abs(file);
     let names = TensorSource::names(&f);
-    assert_eq!(names.len(), 28, "{what}: adapter tensors");
+    assert_eq!(names.len(), n, "{what}: adapter tensors");
     let (mut sum, mut count, mut worst) = (0f64, 0usize, 0f32);
     for name in names {
         let gold = g.tensor(&format!("{prefix}.{name}")).unwrap();
@@ -436,7 +436,7 @@ fn cli_lora_trains_resumes_and_consolidates_like_peft() {
         let hf1 = tmp.path().join("hf1");
         let out = bin(&["consolidate", &s(&one), &s(&hf1), "--optimizer"]);
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-        check_adapter_file(&what, &hf1.join("default/adapter_model.safetensors"), &g, "after1");
+        check_adapter_file(&what, &hf1.join("default/adapter_model.safetensors"), &g, "after1", 28);
         check_moments_after_one_step(&what, &hf1.join("optimizer"), &g, "", 28);
         // The base is frozen: consolidated, it is the HF model's, bit for bit.
         let b = HfCheckpoint::open(&hf1).unwrap();
@@ -455,7 +455,7 @@ fn cli_lora_trains_resumes_and_consolidates_like_peft() {
         let hf3 = tmp.path().join("hf3");
         let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-        check_adapter_file(&what, &hf3.join("default/adapter_model.safetensors"), &g, "after3");
+        check_adapter_file(&what, &hf3.join("default/adapter_model.safetensors"), &g, "after3", 28);
     }
 }
 
@@ -482,7 +482,7 @@ fn cli_lora_mean_mode_trains_the_shared_a_like_torch() {
         let hf1 = tmp.path().join("hf1");
         let out = bin(&["consolidate", &s(&one), &s(&hf1), "--optimizer"]);
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-        check_adapter_file(&what, &hf1.join("default/adapter_model.safetensors"), &g, "after1");
+        check_adapter_file(&what, &hf1.join("default/adapter_model.safetensors"), &g, "after1", 28);
         // The shared A's moments, under each member's name, against torch's gradient of the one Parameter: the
         // sum over its uses (AdamW's update barely sees a 1/n scale of the gradient; the moments do).
         check_moments_after_one_step(&what, &hf1.join("optimizer"), &g, "", 28);
@@ -495,7 +495,7 @@ fn cli_lora_mean_mode_trains_the_shared_a_like_torch() {
         let hf3 = tmp.path().join("hf3");
         let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-        check_adapter_file(&what, &hf3.join("default/adapter_model.safetensors"), &g, "after3");
+        check_adapter_file(&what, &hf3.join("default/adapter_model.safetensors"), &g, "after3", 28);
     }
 }
 
@@ -525,17 +525,8 @@ fn cli_lora_on_moe_experts_trains_like_peft_and_router_lora_is_refused() {
     check_losses("moe experts lora", &step_losses(&out.stdout), &loss[1..]);
     let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let f = open_abs(&hf3.join("default/adapter_model.safetensors"));
-    let names = TensorSource::names(&f);
-    assert_eq!(names.len(), 96, "2 layers x 8 experts x 3 linears x (A, B)");
-    let (mut sum, mut count) = (0f64, 0usize);
-    for name in names {
-        let (ours, gold) = (f.tensor(&name).unwrap().to_f32_vec(), g.tensor(&format!("after3.{name}")).unwrap());
-        close(&format!("moe experts lora after3.{name}"), &ours, &gold.to_f32_vec(), 5e-4, f64::INFINITY);
-        sum += mean_abs_diff(&ours, &gold.to_f32_vec()).unwrap() * ours.len() as f64;
-        count += ours.len();
-    }
-    assert!(sum / (count as f64) < 1e-6, "moe experts lora after3: mean {:e}", sum / count as f64);
+    // 2 layers x 8 experts x 3 linears x (A, B).
+    check_adapter_file("moe experts lora", &hf3.join("default/adapter_model.safetensors"), &g, "after3", 96);
     let router = tmp.path().join("router");
     let mut args = vec!["train".to_string(), base, s(&router), "--tp".into(), "2".into(), "--adapter".into()];
     args.extend([s(&fixture("qwen3-moe-e8-lora-router")), "--data".into(), s(&data), "--steps".into(), "1".into()]);
@@ -573,7 +564,7 @@ fn lora_run_reshards_and_resumes_like_peft() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("at tp 2"));
     let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    check_adapter_file("lora reshard", &hf3.join("default/adapter_model.safetensors"), &g, "after3");
+    check_adapter_file("lora reshard", &hf3.join("default/adapter_model.safetensors"), &g, "after3", 28);
 }
 
 #[test]

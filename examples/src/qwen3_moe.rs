@@ -6,7 +6,8 @@
 //!   layer and whose down_proj is row-parallel (TP inside every expert);
 //! - routing as transformers 4.57's `Qwen3MoeSparseMoeBlock`: softmax of the router logits in f32, top
 //!   `num_experts_per_tok`, renormalised when `norm_topk_prob`, experts' outputs weighted and summed in
-//!   expert order;
+//!   expert order; the top-k selection is made on the host, the weights are the selected probabilities in the
+//!   autodiff graph (so training reaches the router), and each expert runs on its own tokens only;
 //! - layer `i` is sparse when `i` is not in `mlp_only_layers` and `(i + 1) % decoder_sparse_step == 0`.
 
 use crate::mlp::LlamaMlp;

@@ -1,4 +1,5 @@
-//! Model families against transformers 4.57.1's goldens (`llama3-rope`, `qwen3`, `granite`, `qwen3-moe`):
+//! Model families against transformers 4.57.1's goldens (`llama3-rope`, `qwen3`, `granite`, `qwen3-moe`,
+//! `qwen3-moe-h6`, `qwen3-moe-e8`):
 //! the TP forward at every tp the heads allow, fused and separate qkv; shard → consolidate byte for byte;
 //! reshard equal to direct sharding; RoPE `inv_freq` and attention scaling of every rope_type against
 //! transformers'; and the refusals (unknown model_type, unimplemented fields and rope types).
@@ -139,6 +140,19 @@ fn qwen3_moe_6_heads_without_norm_topk_prob_matches_golden_at_tp_1_3_6() {
     assert!(!moe.norm_topk_prob);
     forward_matches("qwen3-moe-h6", Family::Qwen3Moe, &[1, 3, 6]);
     round_trips("qwen3-moe-h6", 3, 6);
+}
+
+#[test]
+fn qwen3_moe_8_experts_without_norm_topk_prob_matches_golden_at_tp_1_2_4() {
+    // Our fixture (tests/fixtures/make/make_qwen3_moe_e8.py): 8 experts, top 2 not renormalised, both layers
+    // sparse, 8 heads / 4 kv heads (tp 4: one kv head per rank), each expert's 16 columns split at tp 4.
+    let c = cfg("qwen3-moe-e8");
+    let moe = c.moe.as_ref().unwrap();
+    assert_eq!((moe.num_experts, moe.num_experts_per_tok), (8, 2));
+    assert_eq!(moe.sparse_layers, vec![true, true]);
+    assert!(!moe.norm_topk_prob);
+    forward_matches("qwen3-moe-e8", Family::Qwen3Moe, &[1, 2, 4]);
+    round_trips("qwen3-moe-e8", 2, 4);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! PEFT LoRA adapters against the fixtures: exact import matches peft's logits at every tp, shard → consolidate
 //! gives the adapter back byte for byte, merge, partial groups, several adapters with hyphenated names, row-fused
-//! groups. Mean mode against the reference's own output is `tests/lora_reference.rs`.
+//! groups, LoRA on MoE experts (peft's logits) and on a MoE router (refused by name). Mean mode against the
+//! reference's own output is `tests/lora_reference.rs`.
 
 mod common;
 use common::*;
@@ -54,6 +55,34 @@ fn lora_diff(dir: &str, tp: usize, fuse: bool, o: LoraImportOptions) -> f32 {
     let a = import(dir, tp, fuse, o);
     let out = run_tp_forward_with_adapters(&hf("llama-gqa"), &cfg(), tp, fuse, &[a], &ids).unwrap();
     max_abs_diff(&out.logits, &g)
+}
+
+/// LoRA on every expert of `qwen3-moe-e8` (each expert's gate/up a fused group, down_proj row-parallel) equals
+/// peft's logits; LoRA on the routers (`mlp.gate`, a replicated burn `Linear` without a LoRA branch) is
+/// refused by name instead of being dropped (peft's logits differ by 0.62 with it).
+#[test]
+fn moe_expert_lora_matches_peft_and_router_lora_is_refused_by_name() {
+    let c = ModelConfig::read(&fixture("qwen3-moe-e8").join("config.json")).unwrap();
+    let src = hf("qwen3-moe-e8");
+    for tp in [1, 2, 4] {
+        let meta = model_metadata(&c, tp, true).unwrap();
+        let (ids, g) = golden("qwen3-moe-e8-lora-experts");
+        let peft = PeftAdapter::open(&fixture("qwen3-moe-e8-lora-experts")).unwrap();
+        let a = import_adapter(&meta, &peft, "default", opts(LoraMode::Exact, false)).unwrap();
+        let out = run_tp_forward_with_adapters(&src, &c, tp, true, &[a], &ids).unwrap();
+        let d = max_abs_diff(&out.logits, &g);
+        assert!(d <= TOL, "experts lora tp {tp}: {d}");
+        let (ids, _) = golden("qwen3-moe-e8-lora-router");
+        let peft = PeftAdapter::open(&fixture("qwen3-moe-e8-lora-router")).unwrap();
+        let a = import_adapter(&meta, &peft, "default", opts(LoraMode::Exact, false)).unwrap();
+        match run_tp_forward_with_adapters(&src, &c, tp, true, &[a], &ids) {
+            Err(neuron_spec::Error::Lora { adapter, reason }) => {
+                assert_eq!(adapter, "default");
+                assert!(reason.contains("model.layers.0.mlp.gate") && reason.contains("not implemented"), "{reason}");
+            }
+            other => panic!("router lora at tp {tp}: {:?}", other.map(|o| o.logits.len())),
+        }
+    }
 }
 
 #[test]

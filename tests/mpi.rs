@@ -1,7 +1,8 @@
 //! `forward --comm mpi` and `train --comm mpi` under mpirun (built only with `--features mpi`; skipped loudly
 //! without mpirun): one process per rank, logits bitwise equal to the threaded run and within 1e-4 of
 //! transformers' golden, trained checkpoints byte-equal to the threaded `train` with torch's losses, each
-//! process reading only its own bytes, and one failing rank failing the whole job quickly, leaving nothing.
+//! process reading only its own bytes, and one failing rank failing the whole job quickly, leaving nothing;
+//! Qwen3-MoE training (router and skipped experts) byte-equal to the threaded run.
 
 mod common;
 use common::*;
@@ -253,6 +254,31 @@ fn train_args<'a>(model: &'a Path, out: &'a Path, data: &'a Path, extra: &[&'a s
     a
 }
 
+/// 1 step from the HF checkpoint `hf` on `np` rank threads into `thr1` and on `np` MPI processes into `mpi1`:
+/// the same bytes and torch's step-1 loss; returns mpirun's stdout.
+fn step1_threads_and_mpi(
+    hf: &Path,
+    data: &Path,
+    np: usize,
+    fuse: bool,
+    (thr1, mpi1): (&Path, &Path),
+    torch: &[f32],
+    what: &str,
+) -> String {
+    let tp = np.to_string();
+    let fuse_arg: &[&str] = if fuse { &["--fuse-qkv"] } else { &[] };
+    let mut extra = vec!["--tp", &tp];
+    extra.extend(fuse_arg);
+    threads(&train_args(hf, thr1, data, &extra));
+    let mut args = train_args(hf, mpi1, data, fuse_arg);
+    args.extend(["--comm", "mpi"]);
+    let (out, _) = mpirun(np, &args);
+    let stdout = ok(&out, &format!("{what}: mpirun train from HF"));
+    check_losses(&format!("{what} step 1"), &step_losses(&stdout), &torch[..1]);
+    assert_same_tree(thr1, mpi1, &format!("{what} step 1"));
+    stdout
+}
+
 #[test]
 fn mpi_train_writes_the_threaded_checkpoint_byte_for_byte() {
     if !have_mpirun() {
@@ -263,19 +289,9 @@ fn mpi_train_writes_the_threaded_checkpoint_byte_for_byte() {
     let data = hf.join("train_golden.safetensors");
     let torch = torch_losses();
     for (np, fuse) in [(2usize, false), (4, true)] {
-        let tp = np.to_string();
-        let fuse_arg: &[&str] = if fuse { &["--fuse-qkv"] } else { &[] };
         // Step 1 from the HF checkpoint: each process adapts its own slices.
         let (thr1, mpi1) = (tmp.path().join(format!("thr1-{np}")), tmp.path().join(format!("mpi1-{np}")));
-        let mut extra = vec!["--tp", &tp];
-        extra.extend(fuse_arg);
-        threads(&train_args(&hf, &thr1, &data, &extra));
-        let mut args = train_args(&hf, &mpi1, &data, fuse_arg);
-        args.extend(["--comm", "mpi"]);
-        let (out, _) = mpirun(np, &args);
-        let stdout = ok(&out, &format!("mpirun -np {np} train from HF"));
-        check_losses(&format!("np {np} step 1"), &step_losses(&stdout), &torch[..1]);
-        assert_same_tree(&thr1, &mpi1, &format!("np {np} step 1"));
+        let stdout = step1_threads_and_mpi(&hf, &data, np, fuse, (&thr1, &mpi1), &torch, &format!("np {np}"));
         assert_eq!(bytes_per_rank(&stdout, np), planned_bytes_with(&hf, np, fuse), "np {np}: bytes each process read");
         no_partials(&mpi1);
 
@@ -296,6 +312,45 @@ fn mpi_train_writes_the_threaded_checkpoint_byte_for_byte() {
             assert_eq!(b, payload, "rank {r} read exactly its rank file's tensors");
         }
         no_partials(&mpi2);
+    }
+}
+
+/// Qwen3-MoE under MPI (issue 19): the router trained through the routing weights, experts no token reached
+/// skipped by AdamW, every process routing alike; 1 step from HF, then 2 resumed steps (the skipped-step
+/// counts read back), checkpoints byte-equal to the threaded run, losses torch's.
+#[test]
+fn mpi_moe_training_equals_threads_byte_for_byte() {
+    if !have_mpirun() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for (dir, np, fuse) in [("qwen3-moe", 2usize, false), ("qwen3-moe-e8", 4, true)] {
+        let hf = fixture(dir);
+        let data = hf.join("train_golden.safetensors");
+        let g = neuron_spec::io::SafetensorsFile::open(&data).unwrap();
+        let torch = g.tensor("loss").unwrap().to_f32_vec();
+        let what = format!("{dir} np {np}");
+        let (thr1, mpi1) = (tmp.path().join(format!("{dir}-thr1")), tmp.path().join(format!("{dir}-mpi1")));
+        step1_threads_and_mpi(&hf, &data, np, fuse, (&thr1, &mpi1), &torch, &what);
+        no_partials(&mpi1);
+        let (thr3, mpi3) = (tmp.path().join(format!("{dir}-thr3")), tmp.path().join(format!("{dir}-mpi3")));
+        let resume = |from: &Path, to: &Path, mpi: bool| {
+            let mut a = vec!["train".to_string(), s(from).into(), s(to).into(), "--data".into(), s(&data).into()];
+            a.extend(["--steps".into(), "2".into()]);
+            a.extend(HP.iter().map(|x| x.to_string()));
+            if mpi {
+                a.extend(["--comm".into(), "mpi".into()]);
+            }
+            a
+        };
+        let a = resume(&thr1, &thr3, false);
+        threads(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        let a = resume(&mpi1, &mpi3, true);
+        let (out, _) = mpirun(np, &a.iter().map(String::as_str).collect::<Vec<_>>());
+        let stdout = ok(&out, &format!("{what}: train resumed"));
+        check_losses(&format!("{what} steps 2, 3"), &step_losses(&stdout), &torch[1..]);
+        assert_same_tree(&thr3, &mpi3, &format!("{what} step 3"));
+        no_partials(&mpi3);
     }
 }
 

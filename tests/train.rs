@@ -56,15 +56,17 @@ fn check_consolidated(what: &str, dir: &Path, g: &dyn TensorSource, prefix: &str
     // are model-wide: 1.2e-4 max, 8e-8 mean; a missing weight decay shows as 2.5e-5 mean). A per-tensor mean
     // would fail on float noise alone: Qwen3's k_norm has a gradient element of 6.5e-7, below AdamW's eps, where
     // the first update lr·g/(|g|+eps) amplifies a 6e-8 gradient difference 3700-fold, in a 16-element tensor.
-    let (mut sum, mut count) = (0f64, 0usize);
+    let (mut sum, mut count, mut worst) = (0f64, 0usize, 0f32);
     for name in names {
         let gold = g.tensor(&format!("{prefix}.{name}")).unwrap().to_f32_vec();
         let ours = hf.tensor(&name).unwrap().to_f32_vec();
         close(&format!("{what}: {prefix}.{name}"), &ours, &gold, 5e-4, f64::INFINITY);
         sum += mean_abs_diff(&ours, &gold).unwrap() * ours.len() as f64;
         count += ours.len();
+        worst = worst.max(max_abs_diff(&ours, &gold).unwrap());
     }
     let mean = sum / count.max(1) as f64;
+    eprintln!("{what}: {prefix}.*: max abs diff {worst:e}, mean {mean:e}");
     assert!(mean < 1e-6, "{what}: {prefix}.*: mean abs diff over all parameters {mean:e}");
 }
 
@@ -106,9 +108,28 @@ fn case_with(dir: &str, golden: &str, options: TrainOptions, tp: usize, fuse: bo
     let gs: Vec<&dyn TensorSource> = grads.iter().map(|s| s as &dyn TensorSource).collect();
     let grads = to_original_weights(&meta, &gs).unwrap();
     assert_eq!(grads.len(), n_tensors);
+    // A gradient absent from the golden (an expert no token reached: torch's grad is None) counts as zero.
+    let (mut absent, mut worst) = (Vec::new(), 0f32);
     for (name, t) in &grads {
-        let gold = g.tensor(&format!("grad.{name}")).unwrap().to_f32_vec();
-        close(&format!("{what}: grad.{name}"), &t.to_f32_vec(), &gold, 1e-4, f64::INFINITY);
+        let ours = t.to_f32_vec();
+        let gold = match g.tensor(&format!("grad.{name}")) {
+            Ok(gold) => gold.to_f32_vec(),
+            Err(_) => {
+                absent.push(name.clone());
+                vec![0.0; ours.len()]
+            }
+        };
+        close(&format!("{what}: grad.{name}"), &ours, &gold, 1e-4, f64::INFINITY);
+        worst = worst.max(max_abs_diff(&ours, &gold).unwrap());
+    }
+    eprintln!("{what}: grad.*: max abs diff {worst:e}; absent from the golden (zero here): {absent:?}");
+    // The MoE router is replicated: its gradient is the same on every rank, bit for bit.
+    for name in run.grads[0].as_ref().unwrap().keys().filter(|n| n.ends_with("mlp.gate.weight")) {
+        let first = run.grads[0].as_ref().unwrap()[name].to_f32_vec();
+        assert!(first.iter().any(|x| *x != 0.0), "{what}: {name} got no gradient");
+        for (r, gr) in run.grads.iter().enumerate() {
+            assert_eq!(gr.as_ref().unwrap()[name].to_f32_vec(), first, "{what}: rank {r}'s {name} gradient");
+        }
     }
     // Padded vocabulary rows got no gradient and stay zero (weight decay keeps zeros at zero).
     let vocab = cfg.llama.vocab_size;
@@ -121,6 +142,12 @@ fn case_with(dir: &str, golden: &str, options: TrainOptions, tp: usize, fuse: bo
     let one = tmp.path().join("step1");
     write_trained_checkpoint(&one, &fixture(dir), &meta, &run.ranks, &ADAMW, false).unwrap();
     check_consolidated(&what, &one, &g, "after1", n_tensors);
+    // torch's AdamW skips a parameter without gradient: not even weight decay moves it.
+    let after1 = HfCheckpoint::open(&one.with_extension("hf")).unwrap();
+    for name in &absent {
+        let (a, b) = (after1.tensor(name).unwrap().to_f32_vec(), ck.tensor(name).unwrap().to_f32_vec());
+        assert!(a == b, "{what}: {name} got no gradient but moved");
+    }
     // The moments consolidate to HF names like the weights (first moment after 1 step: (1 − β1)·grad, the
     // gradient scaled by clip_grad_norm_'s coefficient from torch's step-1 norm when clipping).
     let coef = match options().grad_clip {
@@ -209,6 +236,71 @@ fn qwen3_training_matches_torch() {
     }
 }
 
+/// Qwen3-MoE (`qwen3-moe`: 4 experts, top 2, `norm_topk_prob`; layer 0 sparse): the routing weights are the
+/// router's probabilities in the graph, so `mlp.gate.weight` gets torch's gradient (issue 19).
+#[test]
+fn qwen3_moe_training_trains_the_router_like_torch() {
+    for tp in [1, 2, 4] {
+        for fuse in [true, false] {
+            case("qwen3-moe", tp, fuse, tp);
+        }
+    }
+}
+
+/// Qwen3-MoE with 8 experts, top 2 not renormalised, both layers sparse (`qwen3-moe-e8`, our fixture): at step 1
+/// no token reaches layer 1's expert 5 (no gradient in torch: it must get none here and not move), and experts
+/// skipped at step 2 are reached again at step 3 (AdamW's per-parameter step count, as torch's).
+#[test]
+fn qwen3_moe_8_experts_training_matches_torch() {
+    let g = open("qwen3-moe-e8/train_golden.safetensors");
+    assert!(g.tensor("grad.model.layers.1.mlp.experts.5.up_proj.weight").is_err(), "the golden's unreached expert");
+    for tp in [1, 2, 4] {
+        for fuse in [true, false] {
+            case("qwen3-moe-e8", tp, fuse, tp);
+        }
+    }
+}
+
+/// The CLI on `qwen3-moe-e8`: after step 1, `state.json` counts one skipped step for layer 1's expert 5 (no token
+/// reached it), by rank tensor name; `consolidate --optimizer` renames the count to its HF parameters, whose
+/// moments are zero.
+#[test]
+fn cli_moe_skipped_experts_are_recorded_and_consolidated_by_hf_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (one, hf1) = (tmp.path().join("one"), tmp.path().join("hf1"));
+    let data = fixture("qwen3-moe-e8/train_golden.safetensors");
+    let mut args = vec!["train".to_string(), s(&fixture("qwen3-moe-e8")), s(&one), "--tp".into(), "2".into()];
+    args.extend(["--data".into(), s(&data), "--steps".into(), "1".into()]);
+    args.extend(HP.iter().map(|x| x.to_string()));
+    let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p.join("optimizer/state.json")).unwrap()).unwrap()
+    };
+    let e5 = "model.layers.1.mlp.experts.5";
+    let expected = serde_json::json!({format!("{e5}.down_proj.weight"): 1, format!("{e5}.gate_up_proj.weight"): 1});
+    assert_eq!(read(&one)["skipped_steps"], expected);
+    let out = bin(&["consolidate", &s(&one), &s(&hf1), "--optimizer"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let names = ["down_proj", "gate_proj", "up_proj"].map(|m| format!("{e5}.{m}.weight"));
+    let expected: serde_json::Map<String, serde_json::Value> = names.iter().map(|n| (n.clone(), 1.into())).collect();
+    assert_eq!(read(&hf1)["skipped_steps"], serde_json::Value::Object(expected));
+    let m1 = open_abs(&hf1.join("optimizer/exp_avg.safetensors"));
+    for n in &names {
+        assert!(m1.tensor(n).unwrap().to_f32_vec().iter().all(|x| *x == 0.0), "{n}");
+    }
+}
+
+/// A MoE run moves to another tp through `reshard_trained` after 1 step (the moments and the experts' skipped
+/// steps follow), then 2 more steps: torch's 3 steps.
+#[test]
+fn qwen3_moe_one_step_reshard_two_more_equals_torch() {
+    case("qwen3-moe", 4, true, 2);
+    case("qwen3-moe-e8", 1, false, 4);
+    case("qwen3-moe-e8", 4, true, 2);
+}
+
 fn bin(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_neuron-spec")).args(args).output().unwrap()
 }
@@ -294,12 +386,12 @@ fn open_abs(p: &Path) -> neuron_spec::io::SafetensorsFile {
     neuron_spec::io::SafetensorsFile::open(p).unwrap()
 }
 
-/// Compares a PEFT adapter file with the golden's `prefix.*` (peft's names and shapes): max per tensor,
-/// mean over all.
-fn check_adapter_file(what: &str, file: &Path, g: &dyn TensorSource, prefix: &str) {
+/// Compares a PEFT adapter file (`n` tensors) with the golden's `prefix.*` (peft's names and shapes): max per
+/// tensor, mean over all.
+fn check_adapter_file(what: &str, file: &Path, g: &dyn TensorSource, prefix: &str, n: usize) {
     let f = open_abs(file);
     let names = TensorSource::names(&f);
-    assert_eq!(names.len(), 28, "{what}: adapter tensors");
+    assert_eq!(names.len(), n, "{what}: adapter tensors");
     let (mut sum, mut count, mut worst) = (0f64, 0usize, 0f32);
     for name in names {
         let gold = g.tensor(&format!("{prefix}.{name}")).unwrap();
@@ -344,7 +436,7 @@ fn cli_lora_trains_resumes_and_consolidates_like_peft() {
         let hf1 = tmp.path().join("hf1");
         let out = bin(&["consolidate", &s(&one), &s(&hf1), "--optimizer"]);
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-        check_adapter_file(&what, &hf1.join("default/adapter_model.safetensors"), &g, "after1");
+        check_adapter_file(&what, &hf1.join("default/adapter_model.safetensors"), &g, "after1", 28);
         check_moments_after_one_step(&what, &hf1.join("optimizer"), &g, "", 28);
         // The base is frozen: consolidated, it is the HF model's, bit for bit.
         let b = HfCheckpoint::open(&hf1).unwrap();
@@ -363,7 +455,7 @@ fn cli_lora_trains_resumes_and_consolidates_like_peft() {
         let hf3 = tmp.path().join("hf3");
         let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-        check_adapter_file(&what, &hf3.join("default/adapter_model.safetensors"), &g, "after3");
+        check_adapter_file(&what, &hf3.join("default/adapter_model.safetensors"), &g, "after3", 28);
     }
 }
 
@@ -390,7 +482,7 @@ fn cli_lora_mean_mode_trains_the_shared_a_like_torch() {
         let hf1 = tmp.path().join("hf1");
         let out = bin(&["consolidate", &s(&one), &s(&hf1), "--optimizer"]);
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-        check_adapter_file(&what, &hf1.join("default/adapter_model.safetensors"), &g, "after1");
+        check_adapter_file(&what, &hf1.join("default/adapter_model.safetensors"), &g, "after1", 28);
         // The shared A's moments, under each member's name, against torch's gradient of the one Parameter: the
         // sum over its uses (AdamW's update barely sees a 1/n scale of the gradient; the moments do).
         check_moments_after_one_step(&what, &hf1.join("optimizer"), &g, "", 28);
@@ -403,8 +495,46 @@ fn cli_lora_mean_mode_trains_the_shared_a_like_torch() {
         let hf3 = tmp.path().join("hf3");
         let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-        check_adapter_file(&what, &hf3.join("default/adapter_model.safetensors"), &g, "after3");
+        check_adapter_file(&what, &hf3.join("default/adapter_model.safetensors"), &g, "after3", 28);
     }
+}
+
+/// LoRA-only training of every expert of `qwen3-moe-e8` (`qwen3-moe-e8-lora-experts/train_golden_lora.safetensors`,
+/// peft 0.17.0, the same AdamW recipe) through the CLI: 1 step at tp 2, resume for 2 more, = peft's 3 steps.
+/// An adapter on the MoE routers (`mlp.gate`) is refused by name before anything is written.
+#[test]
+fn cli_lora_on_moe_experts_trains_like_peft_and_router_lora_is_refused() {
+    let g = open("qwen3-moe-e8-lora-experts/train_golden_lora.safetensors");
+    let loss = g.tensor("loss").unwrap().to_f32_vec();
+    let data = fixture("qwen3-moe-e8-lora-experts/train_golden_lora.safetensors");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, three, hf3) = (tmp.path().join("one"), tmp.path().join("three"), tmp.path().join("hf3"));
+    let base = s(&fixture("qwen3-moe-e8"));
+    let mut args = vec!["train".to_string(), base.clone(), s(&one), "--tp".into(), "2".into(), "--adapter".into()];
+    args.extend([s(&fixture("qwen3-moe-e8-lora-experts")), "--data".into(), s(&data), "--steps".into(), "1".into()]);
+    args.extend(HP.iter().map(|x| x.to_string()));
+    let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check_losses("moe experts lora", &step_losses(&out.stdout), &loss[..1]);
+    let mut args =
+        vec!["train".to_string(), s(&one), s(&three), "--data".into(), s(&data), "--steps".into(), "2".into()];
+    args.extend(HP.iter().map(|x| x.to_string()));
+    let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check_losses("moe experts lora", &step_losses(&out.stdout), &loss[1..]);
+    let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // 2 layers x 8 experts x 3 linears x (A, B).
+    check_adapter_file("moe experts lora", &hf3.join("default/adapter_model.safetensors"), &g, "after3", 96);
+    let router = tmp.path().join("router");
+    let mut args = vec!["train".to_string(), base, s(&router), "--tp".into(), "2".into(), "--adapter".into()];
+    args.extend([s(&fixture("qwen3-moe-e8-lora-router")), "--data".into(), s(&data), "--steps".into(), "1".into()]);
+    let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("LoRA factors for model.layers.0.mlp.gate") && err.lines().count() == 1, "{err}");
+    assert!(!router.exists(), "output written");
 }
 
 /// A LoRA run moves to another tp: 1 step at tp 4 (CLI), `reshard_trained` to tp 2 (the adapter and its
@@ -434,7 +564,7 @@ fn lora_run_reshards_and_resumes_like_peft() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("at tp 2"));
     let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    check_adapter_file("lora reshard", &hf3.join("default/adapter_model.safetensors"), &g, "after3");
+    check_adapter_file("lora reshard", &hf3.join("default/adapter_model.safetensors"), &g, "after3", 28);
 }
 
 #[test]

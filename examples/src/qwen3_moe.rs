@@ -6,14 +6,15 @@
 //!   layer and whose down_proj is row-parallel (TP inside every expert);
 //! - routing as transformers 4.57's `Qwen3MoeSparseMoeBlock`: softmax of the router logits in f32, top
 //!   `num_experts_per_tok`, renormalised when `norm_topk_prob`, experts' outputs weighted and summed in
-//!   expert order;
+//!   expert order; the top-k selection is made on the host, the weights are the selected probabilities in the
+//!   autodiff graph (so training reaches the router), and each expert runs on its own tokens only;
 //! - layer `i` is sparse when `i` is not in `mlp_only_layers` and `(i + 1) % decoder_sparse_step == 0`.
 
 use crate::mlp::LlamaMlp;
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use neuron_spec::layers::Communicator;
 use neuron_spec::{CustomModule, Error, Result};
 use serde_json::Value;
@@ -115,43 +116,73 @@ pub struct Qwen3MoeSparseMoeBlock {
 
 impl Qwen3MoeSparseMoeBlock {
     /// `[batch, seq, hidden]` → the weighted sum of each token's top-k experts.
+    ///
+    /// The top-k *selection* is made on the host from the router probabilities (indices carry no gradient,
+    /// in torch either); the routing *weights* are the selected probabilities taken from the graph (masked,
+    /// renormalised when `norm_topk_prob`), so the loss's gradient reaches the router. As in transformers,
+    /// each expert runs on the tokens routed to it only, and an expert no token picked is not called: its
+    /// parameters get no gradient (and AdamW skips them, as torch's does).
     pub fn forward<C: Communicator>(&self, x: Tensor<3>, comm: &C) -> Result<Tensor<3>> {
         let [b, s, h] = x.dims();
         let e = self.experts.len();
         let n = b * s;
         let flat = x.reshape([n, h]);
         let probs = softmax(self.gate.forward(flat.clone()), 1);
-        let probs: Vec<f32> = probs
+        let host: Vec<f32> = probs
+            .clone()
+            .detach()
             .try_into_data()
             .map_err(|e| Error::Invalid(format!("router probabilities: {e:?}")))?
+            .convert::<f32>()
             .try_into_vec::<f32>()
             .map_err(|e| Error::Invalid(format!("router probabilities: {e:?}")))?;
-        if probs.len() != n * e || self.top_k == 0 || self.top_k > e {
+        if host.len() != n * e || self.top_k == 0 || self.top_k > e {
             return Err(Error::Invalid(format!(
                 "router: {} probabilities for {n} tokens, {e} experts, top {}",
-                probs.len(),
+                host.len(),
                 self.top_k
             )));
         }
-        // Dense routing weights [n, e]: zero where an expert is not among a token's top k.
-        let mut weights = vec![0f32; n * e];
-        for (t, row) in probs.chunks(e).enumerate() {
-            let mut order: Vec<usize> = (0..e).collect();
-            // torch.topk: the largest first (ties: the lower index).
-            order.sort_by(|a, b| row[*b].total_cmp(&row[*a]).then(a.cmp(b)));
-            let top = &order[..self.top_k];
-            let sum: f32 = top.iter().map(|i| row[*i]).sum();
-            for &i in top {
-                weights[t * e + i] = if self.norm_topk_prob { row[i] / sum } else { row[i] };
-            }
-        }
+        let (mask, routed) = top_k_routing(&host, e, self.top_k);
         let device = flat.device();
-        let weights: Tensor<2> = Tensor::from_data(TensorData::new(weights, [n, e]), &device);
+        // The selected probabilities, in the graph (zero where an expert is not among a token's top k).
+        let mask: Tensor<2> = Tensor::from_data(TensorData::new(mask, [n, e]), &device);
+        let selected = probs * mask;
+        let weights = if self.norm_topk_prob { selected.clone() / selected.sum_dim(1) } else { selected };
         let mut out: Tensor<2> = Tensor::zeros([n, h], &device);
-        for (i, expert) in self.experts.iter().enumerate() {
-            let y: Tensor<2> = expert.forward(flat.clone().unsqueeze_dim::<3>(0), comm)?.reshape([n, h]);
-            out = out + y * weights.clone().narrow(1, i, 1);
+        for (i, (expert, tokens)) in self.experts.iter().zip(routed).enumerate() {
+            if tokens.is_empty() {
+                continue;
+            }
+            let m = tokens.len();
+            let idx = Tensor::<1, Int>::from_data(TensorData::new(tokens, [m]), &device);
+            let xi = flat.clone().select(0, idx.clone()).unsqueeze_dim::<3>(0);
+            let y: Tensor<2> = expert.forward(xi, comm)?.reshape([m, h]);
+            let w = weights.clone().narrow(1, i, 1).select(0, idx.clone());
+            out = out.select_assign(0, idx, y * w, IndexingUpdateOp::Add);
         }
         Ok(out.reshape([b, s, h]))
     }
+}
+
+/// torch.topk over each token's `e` probabilities (the largest first; ties: the lower index): a 0/1 mask
+/// `[n, e]` of the selection, and for each expert the tokens that picked it, in token order.
+fn top_k_routing(probs: &[f32], e: usize, k: usize) -> (Vec<f32>, Vec<Vec<i64>>) {
+    let mut mask = vec![0f32; probs.len()];
+    let mut routed = vec![Vec::new(); e];
+    for (t, row) in probs.chunks(e).enumerate() {
+        let mut order: Vec<usize> = (0..e).collect();
+        order.sort_by(|a, b| row[*b].total_cmp(&row[*a]).then(a.cmp(b)));
+        for &i in &order[..k] {
+            mask[t * e + i] = 1.0;
+        }
+    }
+    for (t, row) in mask.chunks(e).enumerate() {
+        for (i, &m) in row.iter().enumerate() {
+            if m != 0.0 {
+                routed[i].push(t as i64);
+            }
+        }
+    }
+    (mask, routed)
 }

@@ -4,8 +4,10 @@
 //! ```text
 //! <out>/optimizer/exp_avg.safetensors      first moments, one tensor per trained HF parameter
 //! <out>/optimizer/exp_avg_sq.safetensors   second moments
-//! <out>/optimizer/state.json               step and hyperparameters (as in the sharded checkpoint), and
-//!                                          `parameters`: the HF names the moments have
+//! <out>/optimizer/state.json               step and hyperparameters (as in the sharded checkpoint),
+//!                                          `parameters`: the HF names the moments have, and for full
+//!                                          training `skipped_steps` under HF names (steps at which a
+//!                                          parameter got no gradient: its own AdamW step is step − count)
 //! ```
 //!
 //! Full training names them as `model.safetensors` does (`model.layers.0.self_attn.q_proj.weight`); a LoRA
@@ -78,6 +80,15 @@ pub fn consolidate_optimizer(
     std::fs::create_dir_all(&dst).map_err(|e| Error::io(&dst, e))?;
     let mut files = Vec::new();
     let mut names = Vec::new();
+    // Rank tensors that got no gradient at some steps (`skipped_steps`): renamed to the HF names they make.
+    let skipped: BTreeMap<String, u64> = match state.get("skipped_steps") {
+        None => BTreeMap::new(),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| Error::Json {
+            path: dir.join(OPTIMIZER_DIR).join(STATE_JSON),
+            reason: format!("`skipped_steps` must map tensor names to step counts: {e}"),
+        })?,
+    };
+    let mut hf_skipped = BTreeMap::new();
     for what in ["exp_avg", "exp_avg_sq"] {
         let src = dir.join(OPTIMIZER_DIR).join(what);
         let ck = ShardedCheckpoint::open(&src)?;
@@ -93,6 +104,9 @@ pub fn consolidate_optimizer(
                 let mut sd = StateDict::new();
                 for t in &inverse {
                     sd.insert(t.name.clone(), consolidate_tensor(t, &sources, replicas)?);
+                    if let Some(k) = t.blocks.iter().find_map(|b| skipped.get(&b.src.name)) {
+                        hf_skipped.insert(t.name.clone(), *k);
+                    }
                 }
                 sd
             }
@@ -107,6 +121,9 @@ pub fn consolidate_optimizer(
     }
     if let Some(o) = state.as_object_mut() {
         o.insert("parameters".into(), serde_json::json!(names));
+        if adapter.is_none() && !skipped.is_empty() {
+            o.insert("skipped_steps".into(), serde_json::json!(hf_skipped));
+        }
     }
     let path = dst.join(STATE_JSON);
     let text = serde_json::to_string_pretty(&state).map_err(|e| Error::Invalid(format!("{STATE_JSON}: {e}")))?;

@@ -2,10 +2,11 @@
 //! `Linear` (`weight` stored `[out, in]` as in HF, so transposed like the parallel layers), `Embedding`,
 //! `LayerNorm` / `GroupNorm` / `InstanceNorm` (`gamma` → `weight`, `beta` → `bias`), `PRelu` (`alpha` →
 //! `weight`) and the convolutions (`weight`, `bias`; burn and PyTorch agree on their layout). `RmsNorm` is in
-//! `rms_norm.rs`. Every tensor is copied whole to every rank.
+//! `rms_norm.rs`. Every tensor is copied whole to every rank. None has a LoRA branch: LoRA factors for one of
+//! them (e.g. an adapter on a MoE router, `mlp.gate`) are refused by name, never dropped.
 
 use super::{load_linear_weight, load_same, pname, replicated_meta, save_linear_weight, save_same};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metadata::ParameterMetadata;
 use crate::module::{CustomModule, TpContext};
 use crate::plan::TensorSource;
@@ -31,6 +32,23 @@ fn load<const D: usize>(
     load_same(src, name, p, shape, device)
 }
 
+/// Refuses LoRA factors the source holds for the leaf at `prefix` (it would load its weight and drop them:
+/// peft's output would differ with no error).
+fn refuse_lora(prefix: &str, src: &dyn TensorSource, kind: &str) -> Result<()> {
+    for adapter in src.lora_adapters() {
+        if src.info(&format!("{prefix}.lora_A.{adapter}.weight")).is_some() {
+            return Err(Error::Lora {
+                adapter,
+                reason: format!(
+                    "it has LoRA factors for {prefix}, a replicated {kind} without a LoRA branch (e.g. a MoE \
+                     router): LoRA on it is not implemented"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Implements `CustomModule` for a burn module whose parameters keep their layout: `(field, HF name)` pairs
 /// for required parameters, then `opt (field, HF name)` for optional ones.
 macro_rules! same_layout_leaf {
@@ -52,6 +70,7 @@ macro_rules! same_layout_leaf {
             fn collect_tp_contexts(&self, _: &mut Vec<TpContext>) {}
             #[allow(unused_mut)]
             fn load_rank_tensors(mut self, prefix: &str, src: &dyn TensorSource, device: &Device) -> Result<Self> {
+                refuse_lora(prefix, src, stringify!($ty))?;
                 $(self.$f = load(&self.$f, src, &pname(prefix, $n), device)?;)*
                 $(if let Some(p) = &self.$of { self.$of = Some(load(p, src, &pname(prefix, $on), device)?); })*
                 Ok(self)
@@ -96,6 +115,7 @@ impl CustomModule for Linear {
     fn collect_tp_contexts(&self, _: &mut Vec<TpContext>) {}
 
     fn load_rank_tensors(mut self, prefix: &str, src: &dyn TensorSource, device: &Device) -> Result<Self> {
+        refuse_lora(prefix, src, "Linear")?;
         let [i, o] = self.weight.lazy_shape().dims();
         self.weight = load_linear_weight(src, &pname(prefix, "weight"), &self.weight, o, i, device)?;
         if let Some(b) = &self.bias {

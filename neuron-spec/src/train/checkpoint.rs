@@ -139,14 +139,17 @@ pub fn write_trained_metadata(
         write_rank_metadata(&opt.join(m), meta, names, written.iter().map(|w| w.moments[i].clone()).collect())?;
     }
     let names: Vec<String> = state.exp_avg.keys().cloned().collect();
-    write_state_json(&opt, steps[0], adamw, names, None)
+    write_state_json(&opt, steps[0], &state.skipped, adamw, names, None)
 }
 
-/// `state.json`: the step, the AdamW hyperparameters, the moments' parameter names, and for a LoRA run its
-/// adapter (`"mode": "lora", "adapter": NAME`).
+/// `state.json`: the step, the AdamW hyperparameters, the moments' parameter names, for a LoRA run its
+/// adapter (`"mode": "lora", "adapter": NAME`), and when some rank tensors got no gradient at some steps
+/// (experts no token reached), `"skipped_steps": {rank tensor name: count}` (their own AdamW step is
+/// `step − count`).
 fn write_state_json(
     opt: &Path,
     step: u64,
+    skipped: &BTreeMap<String, u64>,
     adamw: &AdamWConfig,
     names: Vec<String>,
     adapter: Option<&str>,
@@ -164,6 +167,9 @@ fn write_state_json(
     });
     if let (Some(name), Some(o)) = (adapter, state.as_object_mut()) {
         o.insert("adapter".into(), serde_json::Value::String(name.to_string()));
+    }
+    if let (false, Some(o)) = (skipped.is_empty(), state.as_object_mut()) {
+        o.insert("skipped_steps".into(), serde_json::json!(skipped));
     }
     write_file_synced(&opt.join(STATE_JSON), state.to_string().as_bytes())
 }
@@ -226,7 +232,8 @@ pub(super) fn write_optimizer(
         }
     }
     let names = m1.first().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
-    write_state_json(&opt, steps.first().copied().unwrap_or(0), adamw, names, adapter.map(|(n, _)| n))
+    let skipped = ranks.first().map(|(_, s)| s.skipped.clone()).unwrap_or_default();
+    write_state_json(&opt, steps.first().copied().unwrap_or(0), &skipped, adamw, names, adapter.map(|(n, _)| n))
 }
 
 /// Rank `rank`'s AdamW state from a trained checkpoint (its own rank file of each moment, checksum verified). A checkpoint without one is an
@@ -254,7 +261,14 @@ pub fn read_optimizer_state(dir: &Path, rank: usize) -> Result<OptimizerState> {
         }
         Ok(sd)
     };
-    Ok(OptimizerState { step, exp_avg: read(MOMENTS[0])?, exp_avg_sq: read(MOMENTS[1])? })
+    let skipped = match v.get("skipped_steps") {
+        None => BTreeMap::new(),
+        Some(s) => serde_json::from_value::<BTreeMap<String, u64>>(s.clone()).map_err(|e| Error::Json {
+            path: p.clone(),
+            reason: format!("`skipped_steps` must map tensor names to step counts: {e}"),
+        })?,
+    };
+    Ok(OptimizerState { step, skipped, exp_avg: read(MOMENTS[0])?, exp_avg_sq: read(MOMENTS[1])? })
 }
 
 /// `reshard` for a trained checkpoint: the weights, then each moment directory with the same plan

@@ -16,9 +16,10 @@ use crate::metadata::CheckpointMetadata;
 use crate::module::{CustomModule, TpContext};
 use crate::plan::{TensorInfo, TensorSource};
 use crate::tensor::{HostTensor, StateDict};
+use burn::module::ParamId;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Tensor};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Which parameters train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,10 @@ pub struct TrainOptions {
 pub struct OptimizerState {
     /// Steps taken.
     pub step: u64,
+    /// Steps at which a rank tensor got no gradient (an expert no token was routed to), by name; absent means
+    /// none. As torch's AdamW, such a step leaves the parameter and its moments alone and does not count in
+    /// its own step (`step − skipped`, which its bias correction uses).
+    pub skipped: BTreeMap<String, u64>,
     /// First moments.
     pub exp_avg: StateDict,
     /// Second moments.
@@ -103,16 +108,41 @@ impl ModuleMapper for RequireGrad {
     }
 }
 
-/// Replaces every parameter by its gradient (zeros where it has none), keeping ids.
+/// Replaces every parameter by its gradient (zeros where it has none; a trainable one's id then in `missing`),
+/// keeping ids.
 struct ToGrads<'a> {
     grads: &'a burn::tensor::Gradients,
+    missing: HashSet<ParamId>,
 }
 
 impl ModuleMapper for ToGrads<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let v = param.val();
-        let g = v.grad(self.grads).unwrap_or_else(|| Tensor::zeros(v.shape(), &v.device().inner()));
+        let g = match v.grad(self.grads) {
+            Some(g) => g,
+            None => {
+                // A frozen parameter (LoRA-only training) has none by design; only a trainable one is missing.
+                if v.is_require_grad() {
+                    self.missing.insert(param.id);
+                }
+                Tensor::zeros(v.shape(), &v.device().inner())
+            }
+        };
         Param::initialized(param.id, g)
+    }
+}
+
+/// Replaces every parameter by ones where it got no gradient (its id in `missing`), zeros elsewhere: the
+/// rank tensors saved from it tell which names had none.
+struct NoGradMarks<'a> {
+    missing: &'a HashSet<ParamId>,
+}
+
+impl ModuleMapper for NoGradMarks<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let v = param.val();
+        let mark = if self.missing.contains(&param.id) { 1.0 } else { 0.0 };
+        Param::initialized(param.id, Tensor::full(v.shape(), mark, &v.device().inner()))
     }
 }
 
@@ -216,6 +246,18 @@ impl<M: Module + CustomModule + Clone> RankTrainer<M> {
                 }
             }
         }
+        for (n, k) in &state.skipped {
+            if !names.contains(n) || *k > state.step {
+                return Err(Error::Invalid(format!(
+                    "optimizer state: `skipped_steps` names {n} with {k} skipped steps, but {}",
+                    if names.contains(n) {
+                        format!("only {} steps were taken", state.step)
+                    } else {
+                        "it is not a trainable tensor".into()
+                    }
+                )));
+            }
+        }
         self.state = state;
         Ok(self)
     }
@@ -237,11 +279,14 @@ impl<M: Module + CustomModule + Clone> RankTrainer<M> {
         let mut values = StateDict::new();
         self.model.save_rank_tensors("", &mut values)?;
         let mut gsd = StateDict::new();
-        self.model.clone().map(&mut ToGrads { grads: &grads }).save_rank_tensors("", &mut gsd)?;
+        let mut to_grads = ToGrads { grads: &grads, missing: HashSet::new() };
+        self.model.clone().map(&mut to_grads).save_rank_tensors("", &mut gsd)?;
+        let missing = std::mem::take(&mut to_grads.missing);
         drop(grads);
         let names = self.trainable(&values);
+        let no_grad = self.without_gradient(&missing, &names)?;
         let mut g: GradMap = GradMap::new();
-        for n in &names {
+        for n in names.iter().filter(|n| !no_grad.contains(*n)) {
             let t = gsd.get(n).ok_or_else(|| Error::Invalid(format!("no gradient for {n}")))?;
             g.insert(n.clone(), (t.shape().to_vec(), t.to_f32_vec()));
         }
@@ -256,6 +301,11 @@ impl<M: Module + CustomModule + Clone> RankTrainer<M> {
             for (n, (shape, v)) in &g {
                 kept.insert(n.clone(), HostTensor::from_f32(shape.clone(), v)?);
             }
+            for n in &no_grad {
+                let shape = values[n].shape().to_vec();
+                let len = shape.iter().product();
+                kept.insert(n.clone(), HostTensor::from_f32(shape, &vec![0.0; len])?);
+            }
             self.last_grads = Some(kept);
         }
         if let Some(max_norm) = self.options.grad_clip {
@@ -269,12 +319,24 @@ impl<M: Module + CustomModule + Clone> RankTrainer<M> {
             }
         }
         let t = self.state.step + 1;
+        for n in &no_grad {
+            // torch's AdamW skips a parameter without gradient: no decay, no moment update, no step of its own.
+            *self.state.skipped.entry(n.clone()).or_insert(0) += 1;
+            let shape = values[n].shape().to_vec();
+            let len: usize = shape.iter().product();
+            for m in [&mut self.state.exp_avg, &mut self.state.exp_avg_sq] {
+                if !m.contains_key(n) {
+                    m.insert(n.clone(), HostTensor::from_f32(shape.clone(), &vec![0.0; len])?);
+                }
+            }
+        }
         for (n, (shape, grad)) in &g {
             let mut p = values[n].to_f32_vec();
             let take = |m: &mut StateDict| m.get(n).map(HostTensor::to_f32_vec).unwrap_or_else(|| vec![0.0; p.len()]);
             let mut m = take(&mut self.state.exp_avg);
             let mut v = take(&mut self.state.exp_avg_sq);
-            self.options.adamw.update(t, &mut p, grad, &mut m, &mut v);
+            let own = t - self.state.skipped.get(n).copied().unwrap_or(0);
+            self.options.adamw.update(own, &mut p, grad, &mut m, &mut v);
             values.insert(n.clone(), HostTensor::from_f32(shape.clone(), &p)?);
             self.state.exp_avg.insert(n.clone(), HostTensor::from_f32(shape.clone(), &m)?);
             self.state.exp_avg_sq.insert(n.clone(), HostTensor::from_f32(shape.clone(), &v)?);
@@ -284,6 +346,30 @@ impl<M: Module + CustomModule + Clone> RankTrainer<M> {
         let model = self.model.clone().load_rank_tensors("", &src, &self.device)?;
         self.model = model.map(&mut RequireGrad { mode: self.options.mode, containers: vec![] });
         Ok(value)
+    }
+
+    /// The trainable rank tensors that got no gradient at all this step (every parameter behind them outside
+    /// the graph: an expert no token was routed to). A rank tensor only partly without gradient is an error.
+    fn without_gradient(&self, missing: &HashSet<ParamId>, names: &[String]) -> Result<Vec<String>> {
+        if missing.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut marks = StateDict::new();
+        self.model.clone().map(&mut NoGradMarks { missing }).save_rank_tensors("", &mut marks)?;
+        let mut out = Vec::new();
+        for n in names {
+            let v = marks.get(n).map(HostTensor::to_f32_vec).unwrap_or_default();
+            let none = v.iter().filter(|x| **x != 0.0).count();
+            if none == v.len() && none > 0 {
+                out.push(n.clone());
+            } else if none > 0 {
+                return Err(Error::Invalid(format!(
+                    "{n}: {none} of its {} entries got no gradient and the others did (a rank tensor trains as one)",
+                    v.len()
+                )));
+            }
+        }
+        Ok(out)
     }
 
     /// The rank tensors (trained values), as the rank file stores them.

@@ -8,6 +8,7 @@ mod adapter_args;
 mod cli;
 mod comm_arg;
 mod exit;
+mod generate_cmd;
 mod inspect_cmd;
 mod layouts;
 #[cfg(feature = "mpi")]

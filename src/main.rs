@@ -12,6 +12,8 @@ mod generate_cmd;
 mod inspect_cmd;
 mod layouts;
 #[cfg(feature = "mpi")]
+mod mpi_generate;
+#[cfg(feature = "mpi")]
 mod mpi_train;
 mod plan_cmd;
 mod plan_svg;

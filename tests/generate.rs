@@ -177,6 +177,11 @@ fn text_input_errors_name_the_file() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("--temperature"), "{err}");
+    // Phi-3 is refused by name (its model has no KV cache here).
+    let o = run(&["generate", fixture("phi3").to_str().unwrap(), "--prompt", "a"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("phi3"), "{err}");
 }
 
 /// The last position's logits of a no-cache forward pass over `ids`.

@@ -337,14 +337,7 @@ pub fn generate_text(
         None => Some(neuron_spec::io::HfCheckpoint::open(dir)?),
     };
     let mut stream = m.tokenizer.stream();
-    let mut emit = |id: i64| -> Result<()> {
-        let piece = stream.step(id)?;
-        if piece.is_empty() {
-            Ok(())
-        } else {
-            on_text(&piece)
-        }
-    };
+    let mut emit = |id: i64| stream.step_to(id, on_text);
     let ids = generate_threads(m.tp(tp), &prompt_ids, &opts, &|ctx, d| m.load_rank(hf.as_ref(), ctx, d), &mut emit)?;
     let text = m.tokenizer.decode(&ids)?;
     Ok(Generated { prompt_ids, ids, text })

@@ -233,6 +233,16 @@ impl TextStream<'_> {
         let id = u32::try_from(id).map_err(|_| tok_err(&self.path, format!("token id {id} is not a vocabulary id")))?;
         Ok(self.inner.step(id).map_err(|e| tok_err(&self.path, e))?.unwrap_or_default())
     }
+
+    /// [`Self::step`], handing the text it completes (when there is some) to `on_text`.
+    pub fn step_to(&mut self, id: i64, on_text: &mut dyn FnMut(&str) -> Result<()>) -> Result<()> {
+        let piece = self.step(id)?;
+        if piece.is_empty() {
+            Ok(())
+        } else {
+            on_text(&piece)
+        }
+    }
 }
 
 /// The EOS ids generation stops at: generation_config.json's `eos_token_id` (an int or a list), else

@@ -612,6 +612,12 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             };
             forward_command(runner, &dir, tp, fuse_qkv, &lora.resolve()?, comm, &files)
         }
+        Command::Generate(args) if args.comm == Comm::Mpi => {
+            #[cfg(feature = "mpi")]
+            return crate::mpi_generate::run(&args);
+            #[cfg(not(feature = "mpi"))]
+            Err(Error::Invalid("--comm mpi: this build has no MPI support (build with `--features mpi`)".into()))
+        }
         Command::Generate(args) => crate::generate_cmd::run(&args),
         Command::Train(args) if args.comm == Comm::Mpi => {
             let options = crate::train_cmd::mpi_options(&args)?;

@@ -1,7 +1,6 @@
 //! `neuron-spec generate`: parses the arguments, hands them to the library's generation task
 //! (`neuron_spec_examples::generate`) and prints: the text as it is produced, or one JSON object.
 
-use crate::cli::parse_tp;
 use crate::comm_arg::Comm;
 use crate::exit::{usage, EXIT_OK};
 use clap::Args;
@@ -25,9 +24,9 @@ pub struct GenerateArgs {
     /// The most tokens to generate (generation also stops at an EOS id of generation_config.json or config.json).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_new_tokens: u32,
-    /// TP size (HF input only, default 1; a sharded checkpoint has its own).
-    #[arg(long, value_parser = parse_tp)]
-    pub tp: Option<usize>,
+    /// TP size, 1 to 4096 (HF input only, default 1; a sharded checkpoint has its own).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub tp: Option<u32>,
     /// Where the ranks run: threads of this process, or one MPI process per rank (under mpirun/srun).
     #[arg(long, value_enum, default_value_t = Comm::Threads)]
     pub comm: Comm,
@@ -108,30 +107,32 @@ pub fn finish(json: bool, g: &Generated) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-/// Runs `generate`.
-pub fn run(a: &GenerateArgs) -> Result<i32> {
-    if a.tp.is_some() && crate::layouts::is_sharded(&a.dir) {
-        return usage(format!(
+/// The usage error of an option that does not apply to the input (exit 2), if any.
+pub fn misuse(a: &GenerateArgs) -> Option<String> {
+    (a.tp.is_some() && crate::layouts::is_sharded(&a.dir)).then(|| {
+        format!(
             "--tp: {} is a sharded checkpoint, which runs at its own tp; leave --tp out (or `neuron-spec reshard` it)",
             a.dir.display()
-        ));
-    }
+        )
+    })
+}
+
+/// The prompt text and the checked options.
+pub fn inputs(a: &GenerateArgs) -> Result<(String, GenerateOptions)> {
     let opts = a.options();
     opts.sampling.check()?;
-    let prompt = a.prompt_text()?;
-    match a.comm {
-        Comm::Threads => {
-            let json = a.json;
-            let mut on_text = |piece: &str| if json { Ok(()) } else { print_piece(piece) };
-            let g =
-                neuron_spec_examples::generate_text(&a.dir, a.tp.unwrap_or(1), &prompt, a.chat, &opts, &mut on_text)?;
-            finish(a.json, &g)
-        }
-        #[cfg(feature = "mpi")]
-        Comm::Mpi => crate::mpi_generate::run(a, &prompt, &opts),
-        #[cfg(not(feature = "mpi"))]
-        Comm::Mpi => {
-            Err(Error::Invalid("--comm mpi: this build has no MPI support (build with `--features mpi`)".into()))
-        }
+    Ok((a.prompt_text()?, opts))
+}
+
+/// Runs `generate` with the ranks on threads (`--comm mpi`: `mpi_generate`).
+pub fn run(a: &GenerateArgs) -> Result<i32> {
+    if let Some(m) = misuse(a) {
+        return usage(m);
     }
+    let (prompt, opts) = inputs(a)?;
+    let json = a.json;
+    let mut on_text = |piece: &str| if json { Ok(()) } else { print_piece(piece) };
+    let tp = a.tp.unwrap_or(1) as usize;
+    let g = neuron_spec_examples::generate_text(&a.dir, tp, &prompt, a.chat, &opts, &mut on_text)?;
+    finish(a.json, &g)
 }

@@ -262,6 +262,10 @@ pub enum Command {
         /// safetensors file with `input_ids` (I64 [batch, seq]).
         #[arg(long)]
         input_ids: Option<PathBuf>,
+        /// Text, encoded with the folder's tokenizer.json (special tokens added) as one row; prints the 5 most
+        /// likely next tokens (text, token, id, logit).
+        #[arg(long, conflicts_with_all = ["input_ids", "golden"])]
+        prompt: Option<String>,
         /// Golden file with `logits`; prints `max_abs_diff` and fails above 1e-4.
         #[arg(long)]
         golden: Option<PathBuf>,
@@ -277,6 +281,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Comm::Threads)]
         comm: Comm,
     },
+    /// Generate text after a prompt with the folder's tokenizer (greedy, or sampling with a seed), on a KV
+    /// cache; streams the text as it is produced.
+    Generate(crate::generate_cmd::GenerateArgs),
     /// Train the model at tp N (full fine-tuning, AdamW as torch's); writes the trained sharded checkpoint
     /// with its optimizer state. MODEL is an HF directory or a trained checkpoint (resumes).
     Train(crate::train_cmd::TrainArgs),
@@ -579,7 +586,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             })
         }
         Command::Inspect { dir, json } => crate::inspect_cmd::inspect_command(&dir, json),
-        Command::Forward { dir, tp, fuse_qkv, input_ids, golden, lora, comm, output } => {
+        Command::Forward { dir, tp, fuse_qkv, input_ids, prompt, golden, lora, comm, output } => {
             let runner = runner.ok_or_else(|| Error::Invalid("this build has no model for `forward`".into()))?;
             if is_sharded(&dir) {
                 let which = match (tp, fuse_qkv) {
@@ -597,10 +604,21 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                 }
             }
             let tp = tp.unwrap_or(1);
-            let files =
-                ForwardFiles { input_ids: input_ids.as_deref(), golden: golden.as_deref(), output: output.as_deref() };
+            let files = ForwardFiles {
+                input_ids: input_ids.as_deref(),
+                prompt: prompt.as_deref(),
+                golden: golden.as_deref(),
+                output: output.as_deref(),
+            };
             forward_command(runner, &dir, tp, fuse_qkv, &lora.resolve()?, comm, &files)
         }
+        Command::Generate(args) if args.comm == Comm::Mpi => {
+            #[cfg(feature = "mpi")]
+            return crate::mpi_generate::run(&args);
+            #[cfg(not(feature = "mpi"))]
+            Err(Error::Invalid("--comm mpi: this build has no MPI support (build with `--features mpi`)".into()))
+        }
+        Command::Generate(args) => crate::generate_cmd::run(&args),
         Command::Train(args) if args.comm == Comm::Mpi => {
             let options = crate::train_cmd::mpi_options(&args)?;
             #[cfg(feature = "mpi")]
@@ -659,6 +677,8 @@ pub fn read_input_ids(path: &Path) -> Result<Vec<Vec<i64>>> {
 /// The files `forward` reads and writes besides the checkpoint.
 struct ForwardFiles<'a> {
     input_ids: Option<&'a Path>,
+    /// `--prompt`: text instead of `input_ids`.
+    prompt: Option<&'a str>,
     golden: Option<&'a Path>,
     output: Option<&'a Path>,
 }
@@ -695,9 +715,24 @@ fn forward_command(
     comm: Comm,
     files: &ForwardFiles<'_>,
 ) -> Result<i32> {
-    let ids = match files.input_ids.or(files.golden) {
-        Some(p) => read_input_ids(p)?,
-        None => DEFAULT_INPUT_IDS.iter().map(|r| r.to_vec()).collect(),
+    let tokenizer = files.prompt.map(|_| neuron_spec_examples::TextTokenizer::open(dir)).transpose()?;
+    let ids = match (files.prompt, &tokenizer) {
+        (Some(text), Some(tok)) => {
+            let row = tok.encode(text, true)?;
+            tok.check_in_vocab(&row, config_vocab_size(dir)?)?;
+            if row.is_empty() {
+                return Err(Error::Invalid("--prompt encodes to no token".into()));
+            }
+            vec![row]
+        }
+        _ => match files.input_ids.or(files.golden) {
+            Some(p) => read_input_ids(p)?,
+            None => DEFAULT_INPUT_IDS.iter().map(|r| r.to_vec()).collect(),
+        },
+    };
+    let top = |logits: &[f32], shape: &[usize]| match &tokenizer {
+        Some(tok) => print_top_tokens(tok, logits, shape),
+        None => Ok(()),
     };
     match comm {
         Comm::Threads => {
@@ -705,14 +740,52 @@ fn forward_command(
             let Some(l) = outputs.iter().find(|o| o.name == "logits") else {
                 return Err(Error::Invalid("the model's forward returned no logits".into()));
             };
-            finish_logits(&l.values, &l.shape, files.golden, files.output.map(|p| (p, &outputs[..])))
+            let code = finish_logits(&l.values, &l.shape, files.golden, files.output.map(|p| (p, &outputs[..])))?;
+            top(&l.values, &l.shape)?;
+            Ok(code)
         }
         // Rank 0 gets the gathered logits (the hidden states stay on the ranks).
         Comm::Mpi => runner.forward_mpi(dir, tp, fuse_qkv, adapters, &ids, &mut |logits: &[f32], shape: &[usize]| {
             let outputs = [NamedOutput { name: "logits".into(), values: logits.to_vec(), shape: shape.to_vec() }];
-            finish_logits(logits, shape, files.golden, files.output.map(|p| (p, &outputs[..])))
+            let code = finish_logits(logits, shape, files.golden, files.output.map(|p| (p, &outputs[..])))?;
+            top(logits, shape)?;
+            Ok(code)
         }),
     }
+}
+
+/// `vocab_size` of `dir/config.json` (any family).
+fn config_vocab_size(dir: &Path) -> Result<usize> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Json { path: path.clone(), reason: e.to_string() })?;
+    v.get("vocab_size").and_then(serde_json::Value::as_u64).map(|n| n as usize).ok_or_else(|| Error::InvalidSpec {
+        spec: "config".into(),
+        field: "vocab_size".into(),
+        reason: format!("{}: missing or not a whole number", path.display()),
+    })
+}
+
+/// The 5 most likely next tokens after the last position of row 0 (`--prompt`): rank, id, logit, the token
+/// and its decoded text.
+fn print_top_tokens(tok: &neuron_spec_examples::TextTokenizer, logits: &[f32], shape: &[usize]) -> Result<()> {
+    let (Some(&seq), Some(&vocab)) = (shape.get(1), shape.get(2)) else {
+        return Err(Error::Invalid(format!("logits of shape {shape:?}: expected [batch, seq, vocab]")));
+    };
+    let last = logits.get((seq - 1) * vocab..seq * vocab).ok_or_else(|| {
+        Error::Invalid(format!("logits hold {} values, fewer than their shape {shape:?}", logits.len()))
+    })?;
+    let mut order: Vec<usize> = (0..vocab).collect();
+    order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
+    out!("next token after the prompt ({seq} tokens), most likely first:");
+    out!("  {:>4}  {:>8}  {:>12}  {:<16}  text", "rank", "id", "logit", "token");
+    for (k, &id) in order.iter().take(5).enumerate() {
+        let token = tok.id_to_token(id as i64).unwrap_or_default();
+        let text = tok.decode(&[id as i64])?;
+        out!("  {:>4}  {id:>8}  {:>12.6}  {:<16}  {text:?}", k + 1, last[id], format!("{token:?}"));
+    }
+    Ok(())
 }
 
 /// Prints the logits' shape, writes `output` (a file and what goes in it) and compares with `golden`.
@@ -850,5 +923,29 @@ fn quickstart(runner: Option<&dyn ForwardRunner>, model: &Path, work_dir: Option
         return Err(Error::Invalid("round trip added tensors".into()));
     }
     out!("   {} tensors, {}: all {same} byte-identical to the input", c.tensors, human(c.bytes_written));
+    quickstart_generate(&sharded, tp)?;
     Ok(EXIT_OK)
+}
+
+/// quickstart's prompt for `generate`.
+const QUICKSTART_PROMPT: &str = "The fox sat by the river and";
+
+/// quickstart's last step: greedy `generate` from the sharded checkpoint through the tokenizer it carries.
+fn quickstart_generate(sharded: &Path, tp: usize) -> Result<()> {
+    if !sharded.join(neuron_spec_examples::text::TOKENIZER_FILE).exists()
+        || neuron_spec_examples::model_type_of(sharded).as_deref() == Some("phi3")
+    {
+        out!("4. generate: skipped (the model has no tokenizer.json, or is not of a family that generates)");
+        return Ok(());
+    }
+    out!("4. generate: {tp} ranks, greedy, 20 new tokens after {QUICKSTART_PROMPT:?} (the model is random: so is its text)");
+    let opts = neuron_spec_examples::GenerateOptions {
+        max_new_tokens: 20,
+        eos_token_ids: Vec::new(),
+        sampling: neuron_spec_examples::Sampling::Greedy,
+    };
+    let g = neuron_spec_examples::generate_text(sharded, tp, QUICKSTART_PROMPT, false, &opts, &mut |_| Ok(()))?;
+    out!("   ids {:?}", g.ids);
+    out!("   text {:?}", g.text);
+    Ok(())
 }

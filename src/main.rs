@@ -8,8 +8,11 @@ mod adapter_args;
 mod cli;
 mod comm_arg;
 mod exit;
+mod generate_cmd;
 mod inspect_cmd;
 mod layouts;
+#[cfg(feature = "mpi")]
+mod mpi_generate;
 #[cfg(feature = "mpi")]
 mod mpi_train;
 mod plan_cmd;

@@ -2,7 +2,7 @@
 //! metadata and commits the output once every rank has reported success.
 
 use crate::exit::{EXIT_ERROR, EXIT_OK};
-use crate::train_cmd::{batches, read_rows, TrainArgs};
+use crate::train_cmd::{batches, training_rows, TrainArgs};
 use neuron_spec::checkpoint::METADATA_PATH;
 use neuron_spec::layers::{Communicator, MpiCommunicator};
 use neuron_spec::train::{has_optimizer_state, write_trained_checkpoint_mpi, TrainOptions};
@@ -58,7 +58,7 @@ fn train(
         return Err(Error::Invalid(format!("{} exists (use --force to replace it)", a.out.display())));
     }
     let cfg = ModelConfig::read(&a.model.join("config.json"))?;
-    let data = batches(&a.data, read_rows(&a.data)?, a.batch_size, cfg.llama.vocab_size)?;
+    let data = batches(&a.data, training_rows(a)?, a.batch_size, cfg.llama.vocab_size)?;
     if a.model.join(METADATA_PATH).exists() && !has_optimizer_state(&a.model) {
         return Err(Error::Invalid(format!(
             "{}: no optimizer state (optimizer/state.json): cannot resume training from it",

@@ -41,9 +41,15 @@ pub struct TrainArgs {
     /// One fused `weight_qkv` per layer (an HF model).
     #[arg(long)]
     pub fuse_qkv: bool,
-    /// Training data: a safetensors file with `input_ids` I64 [batch, seq], or JSONL of {"input_ids": [...]}.
+    /// Training data: a safetensors file with `input_ids` I64 [batch, seq], JSONL of {"input_ids": [...]}, or
+    /// text: a `.txt` file (one document) or JSONL of {"text": "..."} (one document a line), tokenized with
+    /// the model folder's tokenizer.json and packed into rows of --seq-len.
     #[arg(long)]
     pub data: PathBuf,
+    /// Text data: tokens per row. Each document is encoded with special tokens, followed by the EOS id; the
+    /// documents are concatenated and cut into rows of this length; the remainder is dropped.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
+    pub seq_len: Option<u32>,
     /// Optimizer steps (batches are cycled).
     #[arg(long)]
     pub steps: usize,
@@ -85,7 +91,36 @@ pub struct TrainArgs {
     pub comm: crate::comm_arg::Comm,
 }
 
-pub use neuron_spec::train_data::{batches, read_rows};
+pub use neuron_spec::train_data::batches;
+use neuron_spec::train_data::{read_data, TrainData};
+
+/// The training rows of `--data`: token-id rows as they are, or text tokenized with the model folder's
+/// tokenizer and packed into rows of `--seq-len`.
+pub fn training_rows(a: &TrainArgs) -> Result<Vec<Vec<i64>>> {
+    match (read_data(&a.data)?, a.seq_len) {
+        (TrainData::Rows(rows), None) => Ok(rows),
+        (TrainData::Rows(_), Some(_)) => Err(Error::Invalid(format!(
+            "--seq-len applies to text data; {} holds token-id rows, which train as they are",
+            a.data.display()
+        ))),
+        (TrainData::Documents(_), None) => Err(Error::Invalid(format!(
+            "{} holds text: --seq-len N is needed (the tokens of each row)",
+            a.data.display()
+        ))),
+        (TrainData::Documents(docs), Some(seq)) => {
+            let tok = neuron_spec_examples::TextTokenizer::open(&a.model)?;
+            let rows = tok.training_rows(&docs, seq as usize)?;
+            if rows.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "{}: its {} document(s) give fewer tokens than one row of --seq-len {seq}",
+                    a.data.display(),
+                    docs.len()
+                )));
+            }
+            Ok(rows)
+        }
+    }
+}
 
 fn parse_betas(s: &str) -> Result<(f64, f64)> {
     let bad = || Error::Invalid(format!("--betas: expected B1,B2 (e.g. 0.9,0.999), got {s:?}"));
@@ -286,7 +321,7 @@ pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
         return Err(Error::Invalid(format!("{} exists (use --force to replace it)", a.out.display())));
     }
     let job = TrainJob::new(&a)?;
-    let data = batches(&a.data, read_rows(&a.data)?, a.batch_size, job.cfg.llama.vocab_size)?;
+    let data = batches(&a.data, training_rows(&a)?, a.batch_size, job.cfg.llama.vocab_size)?;
     let bar = if !quiet && std::io::stderr().is_terminal() {
         let b = ProgressBar::new(a.steps as u64);
         if let Ok(s) = ProgressStyle::with_template("training [{bar:40}] {pos}/{len} steps, {msg} eta {eta}") {

@@ -318,6 +318,11 @@ fn quickstart_runs_end_to_end() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
     assert!(stdout.contains("max_abs_diff") && stdout.contains("all 21 byte-identical"), "{stdout}");
+    // It ends with a greedy generate through the tokenizer: transformers' ids for the same prompt.
+    let g = std::fs::read_to_string(fixture("text/generate_golden.json")).unwrap();
+    let g: serde_json::Value = serde_json::from_str(&g).unwrap();
+    let ids: Vec<i64> = serde_json::from_value(g["plain"]["ids"].clone()).unwrap();
+    assert!(stdout.contains(&format!("ids {ids:?}")), "{stdout}");
     assert_same_tensors(
         &neuron_spec::io::HfCheckpoint::open(&work.join("consolidated")).unwrap(),
         &hf("llama-gqa"),

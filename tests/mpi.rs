@@ -2,7 +2,8 @@
 //! without mpirun): one process per rank, logits bitwise equal to the threaded run and within 1e-4 of
 //! transformers' golden, trained checkpoints byte-equal to the threaded `train` with torch's losses, each
 //! process reading only its own bytes, and one failing rank failing the whole job quickly, leaving nothing;
-//! Qwen3-MoE training (router and skipped experts) byte-equal to the threaded run.
+//! Qwen3-MoE training (router and skipped experts) byte-equal to the threaded run;
+//! `generate --comm mpi` gives transformers' greedy ids (and the threaded run's sampled ones).
 
 mod common;
 use common::*;
@@ -428,4 +429,33 @@ fn mpi_forward_runs_phi3_like_threads_bit_for_bit() {
         let payload: usize = file.names().map(|n| file.tensor(n).unwrap().bytes().len()).sum();
         assert_eq!(b, payload, "rank {r} read exactly its rank file's tensors");
     }
+}
+
+/// The ids `generate --json` printed.
+fn generated_ids(stdout: &str) -> Vec<i64> {
+    let v: serde_json::Value = serde_json::from_str(stdout).expect("generate --json prints one JSON object");
+    v["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
+}
+
+#[test]
+fn mpi_generate_equals_transformers_greedy_ids_and_streams_on_rank_0_only() {
+    if !have_mpirun() {
+        return;
+    }
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("text/generate_golden.json")).unwrap()).unwrap();
+    let golden: Vec<i64> = g["plain"]["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+    let prompt = g["prompt"].as_str().unwrap();
+    let dir = fixture("llama-gqa");
+    let args = ["generate", s(&dir), "--prompt", prompt, "--max-new-tokens", "20", "--comm", "mpi"];
+    let (out, _) = mpirun(2, &[&args[..], &["--json"]].concat());
+    assert_eq!(generated_ids(&ok(&out, "mpi generate -np 2")), golden);
+    // Streamed: rank 0 prints the text once.
+    let (out, _) = mpirun(2, &args);
+    assert_eq!(ok(&out, "mpi generate streamed"), format!("{}\n", g["plain"]["text"].as_str().unwrap()));
+    // Seeded sampling: the threaded run's tokens.
+    let sample = ["--seed", "7", "--temperature", "1.5", "--json"];
+    let (out, _) = mpirun(2, &[&args[..], &sample[..]].concat());
+    let threaded = threads(&[&args[..6], &sample[..], &["--tp", "2"]].concat());
+    assert_eq!(generated_ids(&ok(&out, "mpi sampling")), generated_ids(&threaded));
 }

@@ -89,6 +89,7 @@
 pub mod config;
 pub mod config_fields;
 pub mod family;
+pub mod generate;
 pub mod granite;
 pub mod llama;
 mod mlp;
@@ -103,17 +104,22 @@ pub mod rope;
 mod run;
 mod stage;
 pub mod synthetic;
+pub mod text;
 mod train;
 
 pub use config::{model_type_of, Family, ModelConfig, MODEL_TYPES};
 pub use config_fields::FIELDS_ANY_FAMILY;
 pub use family::{hf_tensor_infos, layout_of_dir};
+pub use generate::{
+    choose_token, generate_text, generate_threads, rank_generate, GenerateOptions, Generated, Sampling, SplitMix64,
+    TextModel,
+};
 pub use granite::GraniteScales;
 pub use llama::LlamaConfig;
 pub use mlp::LlamaMlp;
 pub use model::{
-    layout, DecoderOptions, FeedForward, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaModel, LlamaOutput,
-    PlainAttention, QkvLayout, SelfAttention, MAX_LAYERS,
+    layout, DecoderOptions, FeedForward, KvCache, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaModel,
+    LlamaOutput, PlainAttention, QkvLayout, SelfAttention, MAX_LAYERS,
 };
 pub use phi3::{
     load_phi3_hf_rank, load_phi3_rank_file, phi3_layout, run_phi3_forward, run_phi3_ranks, run_phi3_sharded,
@@ -129,6 +135,7 @@ pub use run::{
     ForwardOutput,
 };
 pub use stage::{LlamaStage, StageInput, StageOutput};
+pub use text::{eos_token_ids, TextStream, TextTokenizer};
 pub use train::{
     load_rank_file_model, load_sharded_rank_model, train_rank, train_ranks, RankInit, RankTrained, TrainRun,
 };

@@ -163,6 +163,32 @@ pub struct LlamaOutput {
     pub hidden_states: Vec<Tensor<3>>,
 }
 
+/// One rank's keys and values of the positions seen so far, per decoder layer (`[batch, local kv heads, past,
+/// head_dim]`, after RoPE and the head norms, before the GQA expansion): what
+/// [`LlamaForCausalLM::forward_cached`] appends to. After an error its contents are unspecified: start a new one.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// Checks what the model supports, naming the config field; sizes are bounded so that no product overflows.
 fn check_config(cfg: &LlamaConfig) -> Result<()> {
     let bad = |field: &str, reason: String| Err(Error::spec("config", field, reason));
@@ -369,6 +395,40 @@ impl LlamaForCausalLM {
         Ok(LlamaOutput { logits: self.scale_logits(logits), hidden_states })
     }
 
+    /// The next-token logits `[batch, 1, vocab]` after `input_ids` (`[batch, new]`, at positions `cache.len()..`),
+    /// attending over the cached positions and the new ones; appends the new keys and values to `cache`. The
+    /// first call (the prompt, an empty cache) uses the causal mask; a single new token needs none. Every rank
+    /// runs this with its own cache and communicator, on the same ids.
+    pub fn forward_cached<C: Communicator>(
+        &self,
+        input_ids: Tensor<2, Int>,
+        cache: &mut KvCache,
+        comm: &C,
+    ) -> Result<Tensor<3>> {
+        let [_, s] = input_ids.dims();
+        let past = cache.len;
+        if s == 0 {
+            return Err(Error::Invalid("forward_cached: no new token".into()));
+        }
+        check_seq(past + s, &self.options)?;
+        let o = &self.options;
+        let mut x = embed(&self.model.embed_tokens, input_ids, o, comm)?;
+        let device = x.device();
+        let rope = Rope::at(&o.rope, past, s, &device)?;
+        let mask = (s > 1).then(|| causal_mask(past, s, &device));
+        cache.layers.resize_with(self.model.layers.len(), || None);
+        for (layer, kv) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(x, &rope, mask.as_ref(), o, comm, Some(kv))?;
+        }
+        cache.len = past + s;
+        let x = self.model.norm.forward(x.narrow(1, s - 1, 1));
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(x, comm)?,
+            None => self.model.embed_tokens.attend(x, comm)?,
+        };
+        Ok(self.scale_logits(logits))
+    }
+
     /// Granite's `logits / logits_scaling` (the identity elsewhere); elementwise, so it applies to a rank's
     /// vocab shard as well as to the gathered logits.
     pub(crate) fn scale_logits(&self, logits: Tensor<3>) -> Tensor<3> {
@@ -430,9 +490,9 @@ pub(crate) fn run_layers<C: Communicator>(
     check_seq(seq, o)?;
     let device = x.device();
     let rope = Rope::new(&o.rope, seq, &device)?;
-    let mask = causal_mask(seq, &device);
+    let mask = causal_mask(0, seq, &device);
     for layer in layers {
-        x = layer.forward(x, &rope, &mask, o, comm)?;
+        x = layer.forward(x, &rope, Some(&mask), o, comm, None)?;
         hidden_states.push(x.clone());
     }
     Ok(x)
@@ -443,9 +503,10 @@ impl LlamaDecoderLayer {
         &self,
         x: Tensor<3>,
         rope: &Rope,
-        mask: &Tensor<2, Bool>,
+        mask: Option<&Tensor<2, Bool>>,
         o: &DecoderOptions,
         comm: &C,
+        kv: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Result<Tensor<3>> {
         let scale = |h: Tensor<3>| if o.residual_multiplier != 1.0 { h * o.residual_multiplier } else { h };
         let attn = match &self.self_attn {
@@ -457,7 +518,7 @@ impl LlamaDecoderLayer {
                 ))
             }
         };
-        let h = attn.forward(self.input_layernorm.forward(x.clone()), rope, mask, o.attention_scale, comm)?;
+        let h = attn.forward(self.input_layernorm.forward(x.clone()), rope, mask, o.attention_scale, comm, kv)?;
         let x = x + scale(h);
         let y = self.post_attention_layernorm.forward(x.clone());
         let h = match &self.mlp {
@@ -468,10 +529,11 @@ impl LlamaDecoderLayer {
     }
 }
 
-/// `true` where query `i` may not see key `j` (`j > i`).
-fn causal_mask(seq: usize, device: &Device) -> Tensor<2, Bool> {
-    let v: Vec<bool> = (0..seq).flat_map(|i| (0..seq).map(move |j| j > i)).collect();
-    Tensor::from_bool(TensorData::new(v, [seq, seq]), device)
+/// `[seq, past + seq]`: `true` where the new query `i` (at position `past + i`) may not see key `j` (`j > past + i`).
+fn causal_mask(past: usize, seq: usize, device: &Device) -> Tensor<2, Bool> {
+    let t = past + seq;
+    let v: Vec<bool> = (0..seq).flat_map(|i| (0..t).map(move |j| j > past + i)).collect();
+    Tensor::from_bool(TensorData::new(v, [seq, t]), device)
 }
 
 impl LlamaAttention {
@@ -479,9 +541,10 @@ impl LlamaAttention {
         &self,
         x: Tensor<3>,
         rope: &Rope,
-        mask: &Tensor<2, Bool>,
+        mask: Option<&Tensor<2, Bool>>,
         scale: f64,
         comm: &C,
+        kv: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Result<Tensor<3>> {
         let [b, s, _] = x.dims();
         let p = &self.qkv_proj;
@@ -507,12 +570,28 @@ impl LlamaAttention {
         let q = rope.apply(norm(heads(qkv.q, hq), &self.q_norm)?);
         let k = rope.apply(norm(heads(qkv.k, hkv), &self.k_norm)?);
         let v = heads(qkv.v, hkv);
+        // With a cache: the cached positions' keys and values, then the new ones.
+        let (k, v) = match kv {
+            Some(slot) => {
+                let kv = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+                    None => (k, v),
+                };
+                *slot = Some(kv.clone());
+                kv
+            }
+            None => (k, v),
+        };
+        let t = k.dims()[2];
         // Local kv head j serves the consecutive local query heads [j·g, (j+1)·g).
         let g = hq / hkv;
-        let expand = |t: Tensor<4>| t.unsqueeze_dim::<5>(2).expand([b, hkv, g, s, hd]).reshape([b, hq, s, hd]);
+        let expand = |x: Tensor<4>| x.unsqueeze_dim::<5>(2).expand([b, hkv, g, t, hd]).reshape([b, hq, t, hd]);
         let (k, v) = (expand(k), expand(v));
         let scores = q.matmul(k.swap_dims(2, 3)) * scale;
-        let scores = scores.mask_fill(mask.clone().unsqueeze::<4>().expand([b, hq, s, s]), f32::NEG_INFINITY);
+        let scores = match mask {
+            Some(m) => scores.mask_fill(m.clone().unsqueeze::<4>().expand([b, hq, s, t]), f32::NEG_INFINITY),
+            None => scores,
+        };
         let out = softmax(scores, 3).matmul(v);
         let out = out.swap_dims(1, 2).reshape([b, s, hq * hd]);
         self.o_proj.forward(out, comm)

@@ -296,3 +296,27 @@ fn own_rank_file(dir: &Path, ctx: neuron_spec::module::TpContext, verb: &str) ->
     let fused = ck.metadata.specs().any(|(_, s)| matches!(s, Spec::GqaQkv(g) if g.fuse_qkv));
     Ok((ck, fused))
 }
+
+/// This process's rank of `generate` (the rank MPI gave it) with the model of `m`: its slices of the HF
+/// checkpoint, or its own rank file of the sharded checkpoint (whose tp must be the world size), then
+/// [`crate::generate::rank_generate`]'s loop; `on_token` is called on rank 0 only. Every rank returns the same ids
+/// (checked at every step).
+pub fn mpi_generate(
+    comm: &MpiCommunicator,
+    m: &crate::generate::TextModel,
+    prompt: &[i64],
+    opts: &crate::generate::GenerateOptions,
+    on_token: &mut dyn FnMut(i64) -> Result<()>,
+) -> Result<Vec<i64>> {
+    let ctx = comm.context();
+    let device = burn::tensor::Device::default();
+    let model = match &m.sharded {
+        Some(_) => {
+            let (ck, _) = own_rank_file(&m.dir, ctx, "generate")?;
+            load_rank_file_model(&ck.dir, &ck.metadata, ck.tp, &ck.file, &m.cfg, ctx, &device)?
+        }
+        None => m.load_rank(Some(&HfCheckpoint::open(&m.dir)?), ctx, &device)?,
+    };
+    let mut emit = |id: i64| if ctx.rank == 0 { on_token(id) } else { Ok(()) };
+    crate::generate::rank_generate(&model, comm, prompt, opts, &mut emit)
+}

@@ -357,13 +357,20 @@ pub(crate) struct Rope {
 
 impl Rope {
     pub(crate) fn new(cfg: &RopeConfig, seq: usize, device: &Device) -> Result<Self> {
+        Self::at(cfg, 0, seq, device)
+    }
+
+    /// The tables of positions `start..start + seq` (the new tokens after a KV cache of `start`), with the
+    /// frequencies of a sequence of `start + seq` positions, as transformers' `dynamic_rope_update` computes
+    /// them at each cached step (the cached keys keep the rotation they were given).
+    pub(crate) fn at(cfg: &RopeConfig, start: usize, seq: usize, device: &Device) -> Result<Self> {
         cfg.validate()?;
-        let (inv, scaling) = cfg.inv_freq(seq);
+        let (inv, scaling) = cfg.inv_freq(start + seq);
         let (half, d) = (cfg.dim / 2, cfg.dim);
         let scaling = scaling as f32;
         let mut cos = Vec::with_capacity(seq * d);
         let mut sin = Vec::with_capacity(seq * d);
-        for p in 0..seq {
+        for p in start..start + seq {
             for j in 0..d {
                 let f = p as f32 * inv[j % half];
                 cos.push(f.cos() * scaling);

@@ -154,6 +154,23 @@ pub enum Error {
         /// What is wrong, naming the module, tensor or field.
         reason: String,
     },
+    /// A model folder's tokenizer files (`tokenizer.json`, `tokenizer_config.json`, a chat template,
+    /// `generation_config.json`) cannot be read or used as asked, or text cannot be encoded or decoded.
+    #[error("{path}: {reason}")]
+    Tokenizer {
+        /// The file (or the folder, when the file is missing).
+        path: PathBuf,
+        /// What is wrong, naming the key or token.
+        reason: String,
+    },
+    /// The TP ranks computed different results where every rank must compute the same bits.
+    #[error("rank {rank} {what} than rank 0")]
+    RanksDisagree {
+        /// The first rank that differs from rank 0.
+        rank: usize,
+        /// What differed, e.g. "chose another next token at step 3".
+        what: String,
+    },
     /// Any other invalid argument.
     #[error("{0}")]
     Invalid(String),

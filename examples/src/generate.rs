@@ -1,0 +1,353 @@
+//! Text generation with a KV cache: the prompt in one forward pass (the prefill, causal mask), then one token
+//! at a time, each rank appending its own heads' keys and values per layer. The next token is chosen from the
+//! gathered logits (identical bits on every rank), greedily or by seeded sampling with the same generator on
+//! every rank, and the ranks' choices are compared at every step (a collective: threads and MPI alike).
+//!
+//! The model is loaded by the same per-rank loaders `forward` and `train` use (an HF folder at any tp, or a
+//! sharded checkpoint at its own tp); the ranks run on threads ([`generate_threads`]) or as MPI processes
+//! (`mpi_run::mpi_generate`).
+
+use crate::model::{KvCache, LlamaForCausalLM};
+use crate::run::{ids_tensor, load_hf_rank_model, on_rank_threads};
+use crate::text::{eos_token_ids, TextTokenizer};
+use crate::train::load_sharded_rank_model;
+use crate::ModelConfig;
+use burn::tensor::{Device, Tensor, TensorData};
+use neuron_spec::checkpoint::{ShardedCheckpoint, METADATA_PATH};
+use neuron_spec::layers::Communicator;
+use neuron_spec::module::TpContext;
+use neuron_spec::{Error, Result};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// How the next token is chosen from the logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// The largest logit (the lowest id among equals), as transformers' `do_sample=False`.
+    Greedy,
+    /// Sampling, as transformers' `do_sample=True` orders its warpers: logits / `temperature`, then the `top_k`
+    /// largest, then the smallest set of largest probabilities reaching `top_p`, then a draw from the
+    /// renormalized probabilities with [`SplitMix64`] seeded by `seed`.
+    Sample {
+        /// Divides the logits (> 0).
+        temperature: f64,
+        /// Keep only the k most likely tokens (k ≥ 1).
+        top_k: Option<usize>,
+        /// Keep the most likely tokens until their probabilities sum to `top_p` (in (0, 1]).
+        top_p: Option<f64>,
+        /// The generator's seed.
+        seed: u64,
+    },
+}
+
+impl Sampling {
+    /// Refuses a temperature, top-k or top-p that does not define a distribution, naming the option.
+    pub fn check(&self) -> Result<()> {
+        if let Sampling::Sample { temperature, top_k, top_p, .. } = *self {
+            if !(temperature.is_finite() && temperature > 0.0) {
+                return Err(Error::Invalid(format!("--temperature must be a positive number, got {temperature}")));
+            }
+            if top_k == Some(0) {
+                return Err(Error::Invalid("--top-k must be at least 1".into()));
+            }
+            if let Some(p) = top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+                return Err(Error::Invalid(format!("--top-p must be in (0, 1], got {p}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// The most tokens generated (the EOS token included when produced).
+    pub max_new_tokens: usize,
+    /// Generation stops after producing any of these.
+    pub eos_token_ids: Vec<i64>,
+    /// How each token is chosen.
+    pub sampling: Sampling,
+}
+
+/// SplitMix64 (Steele, Lea and Flood, 2014): the fixed generator behind `--seed`, so a seed gives the same
+/// draws on every rank, at every tp and on every platform.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform draw in [0, 1) (53 bits).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The next token from one row of logits. NaN logits are refused (no choice among them is meaningful).
+pub fn choose_token(logits: &[f32], sampling: &Sampling, rng: &mut SplitMix64) -> Result<i64> {
+    if let Some(i) = logits.iter().position(|x| x.is_nan()) {
+        return Err(Error::Invalid(format!("the logits hold NaN (token id {i}): no next token")));
+    }
+    // Token ids, most likely first; ties keep the lower id first (stable sort), as argmax does.
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    let first = *order.first().ok_or_else(|| Error::Invalid("empty logits".into()))?;
+    let (temperature, top_k, top_p) = match *sampling {
+        Sampling::Greedy => return Ok(first as i64),
+        Sampling::Sample { temperature, top_k, top_p, .. } => (temperature, top_k, top_p),
+    };
+    if let Some(k) = top_k {
+        order.truncate(k.max(1));
+    }
+    let max = f64::from(logits[first]) / temperature;
+    let mut probs: Vec<f64> = order.iter().map(|&i| (f64::from(logits[i]) / temperature - max).exp()).collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    if let Some(p) = top_p {
+        let mut acc = 0.0;
+        let keep = probs.iter().position(|q| {
+            acc += q;
+            acc >= p
+        });
+        let keep = keep.map_or(probs.len(), |i| i + 1);
+        order.truncate(keep);
+        probs.truncate(keep);
+        let total: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|q| *q /= total);
+    }
+    let u = rng.next_f64();
+    let mut acc = 0.0;
+    for (&i, q) in order.iter().zip(&probs) {
+        acc += q;
+        if u < acc {
+            return Ok(i as i64);
+        }
+    }
+    Ok(*order.last().unwrap_or(&first) as i64)
+}
+
+/// Fails on every rank when a rank chose another token than rank 0 at `step`.
+fn check_same_token<C: Communicator>(comm: &C, token: i64, step: usize, device: &Device) -> Result<()> {
+    // Ids are below the largest vocabulary (2^24): exact in f32.
+    let t = Tensor::<1>::from_data(TensorData::new(vec![token as f32], [1]), device);
+    let all = comm
+        .all_gather(t, 0)?
+        .try_into_data()
+        .map_err(|e| Error::Invalid(format!("gathered tokens: {e:?}")))?
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::Invalid(format!("gathered tokens: {e:?}")))?;
+    match all.iter().position(|x| x.to_bits() != all[0].to_bits()) {
+        Some(rank) => {
+            Err(Error::RanksDisagree { rank, what: format!("chose token {} at step {step}, other", all[rank]) })
+        }
+        None => Ok(()),
+    }
+}
+
+/// One rank's generation after `prompt`: the new ids, EOS included when produced. `on_token` sees each id as it
+/// is chosen (every rank chooses the same; the drivers call it on rank 0 only).
+pub fn rank_generate<C: Communicator>(
+    model: &LlamaForCausalLM,
+    comm: &C,
+    prompt: &[i64],
+    opts: &GenerateOptions,
+    on_token: &mut dyn FnMut(i64) -> Result<()>,
+) -> Result<Vec<i64>> {
+    opts.sampling.check()?;
+    let device = Device::default();
+    let mut rng = SplitMix64::new(match opts.sampling {
+        Sampling::Sample { seed, .. } => seed,
+        Sampling::Greedy => 0,
+    });
+    let mut cache = KvCache::new();
+    let mut input = prompt.to_vec();
+    let mut out = Vec::new();
+    for step in 0..opts.max_new_tokens {
+        let logits = model.forward_cached(ids_tensor(&[input], &device)?, &mut cache, comm)?;
+        let row = logits
+            .try_into_data()
+            .map_err(|e| Error::Invalid(format!("logits: {e:?}")))?
+            .try_into_vec::<f32>()
+            .map_err(|e| Error::Invalid(format!("logits: {e:?}")))?;
+        let next = choose_token(&row, &opts.sampling, &mut rng)?;
+        check_same_token(comm, next, step, &device)?;
+        out.push(next);
+        on_token(next)?;
+        if opts.eos_token_ids.contains(&next) {
+            break;
+        }
+        input = vec![next];
+    }
+    Ok(out)
+}
+
+/// A per-rank model loader (what `forward` and `train` pass their rank runners).
+pub type RankLoader<'a> = dyn Fn(TpContext, &Device) -> Result<LlamaForCausalLM> + Sync + 'a;
+
+/// Runs [`rank_generate`] on `tp` threads, each rank loading its model with `load`; `on_token` is called on
+/// rank 0's thread. Returns rank 0's ids (every rank's choices were checked at every step).
+pub fn generate_threads(
+    tp: usize,
+    prompt: &[i64],
+    opts: &GenerateOptions,
+    load: &RankLoader<'_>,
+    on_token: &mut (dyn FnMut(i64) -> Result<()> + Send),
+) -> Result<Vec<i64>> {
+    let sink = Mutex::new(on_token);
+    let outs = on_rank_threads(tp, &|comm| {
+        let ctx = comm.context();
+        let model = load(ctx, &Device::default())?;
+        let mut emit = |id: i64| -> Result<()> {
+            if ctx.rank != 0 {
+                return Ok(());
+            }
+            let mut f = sink.lock().map_err(|_| Error::Invalid("the token sink panicked".into()))?;
+            (*f)(id)
+        };
+        rank_generate(&model, comm, prompt, opts, &mut emit)
+    })?;
+    outs.into_iter().next().ok_or_else(|| Error::Invalid("no ranks ran".into()))
+}
+
+/// A model folder to generate with: its config, tokenizer, EOS ids and the per-rank loader of its weights (an
+/// HF folder at any tp, or a sharded checkpoint of one pipeline stage, without adapters, at its own tp).
+pub struct TextModel {
+    /// The folder.
+    pub dir: std::path::PathBuf,
+    /// Its config.
+    pub cfg: ModelConfig,
+    /// Its tokenizer.
+    pub tokenizer: TextTokenizer,
+    /// generation_config.json's EOS ids (else config.json's).
+    pub eos_token_ids: Vec<i64>,
+    /// The sharded checkpoint, `None` for an HF folder.
+    pub sharded: Option<ShardedCheckpoint>,
+}
+
+impl TextModel {
+    /// Opens `dir` (HF or sharded); refuses what generation does not implement, by name.
+    pub fn open(dir: &Path) -> Result<Self> {
+        if crate::model_type_of(dir).as_deref() == Some("phi3") {
+            return Err(Error::Invalid(format!(
+                "{}: generate is not implemented for model_type \"phi3\" (its model has no KV cache here)",
+                dir.display()
+            )));
+        }
+        let cfg = ModelConfig::read(&dir.join("config.json"))?;
+        let sharded = if dir.join(METADATA_PATH).exists() {
+            let pp = neuron_spec::stage_checkpoint::stage_count(dir)?;
+            if pp > 1 {
+                return Err(Error::Invalid(format!(
+                    "{}: generate runs a checkpoint of one pipeline stage; this one has {pp} (reshard with --pp 1)",
+                    dir.display()
+                )));
+            }
+            let adapters = neuron_spec::lora::disk::sharded_adapters(dir)?;
+            if !adapters.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "{}: generate does not load a sharded checkpoint's LoRA adapters, and they change the output \
+                     (consolidate with --merge-adapter, then shard the merged folder)",
+                    dir.display()
+                )));
+            }
+            Some(ShardedCheckpoint::open(dir)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            tokenizer: TextTokenizer::open(dir)?,
+            eos_token_ids: eos_token_ids(dir)?,
+            cfg,
+            sharded,
+        })
+    }
+
+    /// The tp a run uses: a sharded checkpoint's own, else `tp`.
+    pub fn tp(&self, tp: usize) -> usize {
+        self.sharded.as_ref().map_or(tp, |ck| ck.tp)
+    }
+
+    /// Loads rank `ctx.rank`'s model: its slices of the HF checkpoint `hf` (opened by the caller: each MPI
+    /// process opens its own), or its own rank file of the sharded checkpoint.
+    pub fn load_rank(
+        &self,
+        hf: Option<&neuron_spec::io::HfCheckpoint>,
+        ctx: TpContext,
+        device: &Device,
+    ) -> Result<LlamaForCausalLM> {
+        match (&self.sharded, hf) {
+            (Some(ck), _) => load_sharded_rank_model(ck, &self.cfg, ctx, device),
+            (None, Some(hf)) => load_hf_rank_model(hf, &self.cfg, ctx, true, device),
+            (None, None) => Err(Error::Invalid(format!("{}: no checkpoint opened", self.dir.display()))),
+        }
+    }
+
+    /// The prompt's ids: encoded as the tokenizer's `encode` does with special tokens, or (`chat`) one user
+    /// message through the chat template. Refuses ids outside the model's vocabulary.
+    pub fn prompt_ids(&self, prompt: &str, chat: bool) -> Result<Vec<i64>> {
+        let ids = if chat { self.tokenizer.chat_ids(prompt)? } else { self.tokenizer.encode(prompt, true)? };
+        if ids.is_empty() {
+            return Err(Error::Invalid("the prompt encodes to no token".into()));
+        }
+        self.tokenizer.check_in_vocab(&ids, self.cfg.llama.vocab_size)?;
+        Ok(ids)
+    }
+}
+
+/// What [`generate_text`] produced.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// The prompt's ids.
+    pub prompt_ids: Vec<i64>,
+    /// The new ids (EOS included when produced).
+    pub ids: Vec<i64>,
+    /// Their text, special tokens left out (the tokenizer's decode).
+    pub text: String,
+}
+
+/// Generates after `prompt` with the model in `dir` at `tp` (a sharded checkpoint: its own) on threads;
+/// `on_text` receives the text as it is produced (whole UTF-8 characters only). `opts.eos_token_ids` empty
+/// means the folder's.
+pub fn generate_text(
+    dir: &Path,
+    tp: usize,
+    prompt: &str,
+    chat: bool,
+    opts: &GenerateOptions,
+    on_text: &mut (dyn FnMut(&str) -> Result<()> + Send),
+) -> Result<Generated> {
+    let m = TextModel::open(dir)?;
+    let prompt_ids = m.prompt_ids(prompt, chat)?;
+    let opts = with_folder_eos(opts, &m);
+    let hf = match m.sharded {
+        Some(_) => None,
+        None => Some(neuron_spec::io::HfCheckpoint::open(dir)?),
+    };
+    let mut stream = m.tokenizer.stream();
+    let mut emit = |id: i64| stream.step_to(id, on_text);
+    let ids = generate_threads(m.tp(tp), &prompt_ids, &opts, &|ctx, d| m.load_rank(hf.as_ref(), ctx, d), &mut emit)?;
+    let text = m.tokenizer.decode(&ids)?;
+    Ok(Generated { prompt_ids, ids, text })
+}
+
+/// `opts` with the folder's EOS ids when it names none.
+pub fn with_folder_eos(opts: &GenerateOptions, m: &TextModel) -> GenerateOptions {
+    let mut o = opts.clone();
+    if o.eos_token_ids.is_empty() {
+        o.eos_token_ids = m.eos_token_ids.clone();
+    }
+    o
+}

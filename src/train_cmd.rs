@@ -166,6 +166,8 @@ impl TrainJob {
             (ck.tp, fuse, Source::Sharded(ck), run_adapter)
         } else {
             let tp = a.tp.ok_or_else(|| Error::Invalid("--tp is required to train an HF checkpoint".into()))?;
+            // A tp the model does not fit is refused naming the tp sizes that do.
+            crate::layouts::hf_layout(&a.model, tp, neuron_spec_examples::QkvLayout::gqa(a.fuse_qkv))?;
             (tp, a.fuse_qkv, Source::Hf(HfCheckpoint::open(&a.model)?), None)
         };
         let meta = model_metadata(&cfg, tp, fuse)?;

@@ -88,6 +88,7 @@
 
 pub mod config;
 pub mod config_fields;
+mod config_read_sets;
 pub mod family;
 pub mod granite;
 pub mod llama;
@@ -106,7 +107,7 @@ pub mod synthetic;
 mod train;
 
 pub use config::{model_type_of, Family, ModelConfig, MODEL_TYPES};
-pub use config_fields::FIELDS_ANY_FAMILY;
+pub use config_fields::{ignored_keys, IMPLEMENTED_ANY_FAMILY, READ_SETS};
 pub use family::{hf_tensor_infos, layout_of_dir};
 pub use granite::GraniteScales;
 pub use llama::LlamaConfig;

@@ -2,6 +2,7 @@
 
 /// For each `model_type`, the `config.json` keys transformers reads when it builds and runs that family's
 /// causal LM (see the script for how they are found), sorted.
+#[rustfmt::skip] // as the script writes it (`--check` compares byte for byte)
 pub const READ_SETS: &[(&str, &[&str])] = &[
     ("llama", &[
         "attention_bias",

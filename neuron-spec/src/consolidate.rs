@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 /// let files = neuron_spec::write_hf_folder(&out, &state, Some(&model), None, false)?;
 /// assert!(files.iter().any(|f| f.ends_with("config.json")));
 /// let back = neuron_spec::io::HfCheckpoint::open(&out)?;
-/// assert_eq!(back.names(), vec!["model.norm.weight".to_string()]);
+/// assert_eq!(neuron_spec::TensorSource::names(&back), vec!["model.norm.weight".to_string()]);
 /// # std::fs::remove_dir_all(&tmp).ok();
 /// # Ok(())
 /// # }
@@ -50,7 +50,8 @@ pub fn write_hf_folder(
             .map(|(n, t)| TensorInfo { name: n.clone(), dtype: t.dtype(), shape: t.shape().to_vec() })
             .collect();
         let written = write_hf_checkpoint(staging.path(), &infos, max_shard_size, &mut |info| {
-            let t = state.get(&info.name).ok_or_else(|| Error::Invalid(format!("{}: not in the state dict", info.name)))?;
+            let t =
+                state.get(&info.name).ok_or_else(|| Error::Invalid(format!("{}: not in the state dict", info.name)))?;
             Ok(vec![t.clone()])
         })?;
         let mut files: Vec<PathBuf> =

@@ -8,7 +8,7 @@ pub use crate::layouts::{hf_layout, is_sharded, layout_from_file, LayoutArgs};
 use crate::out::human;
 use clap::{Parser, Subcommand};
 use neuron_spec::checkpoint::{WriteOptions, METADATA_PATH};
-use neuron_spec::compare::max_abs_diff;
+use neuron_spec::compare::{allclose, DEFAULT_ATOL, DEFAULT_RTOL};
 use neuron_spec::error::{Error, Result};
 use neuron_spec::io::{parse_size, HfCheckpoint};
 use neuron_spec::plan::TensorSource;
@@ -40,8 +40,14 @@ pub fn parse_regex(s: &str) -> std::result::Result<regex::Regex, String> {
     regex::Regex::new(s).map_err(|e| e.to_string())
 }
 
-/// The largest |logit - golden| that `forward --golden` and `quickstart` accept.
-pub const GOLDEN_TOL: f32 = 1e-4;
+/// `--atol` / `--rtol`: a finite tolerance, zero or above.
+pub fn parse_tolerance(s: &str) -> std::result::Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        Ok(t) => Err(format!("a tolerance must be finite and not negative, got {t}")),
+        Err(_) => Err(format!("expected a number such as 1e-4, got {s:?}")),
+    }
+}
 
 /// Move model weights between the Hugging Face layout and tensor-parallel ranks.
 #[derive(Debug, Parser)]
@@ -266,9 +272,17 @@ pub enum Command {
         /// likely next tokens (text, token, id, logit).
         #[arg(long, conflicts_with_all = ["input_ids", "golden"])]
         prompt: Option<String>,
-        /// Golden file with `logits`; prints `max_abs_diff` and fails above 1e-4.
+        /// Golden file with `logits` (and the `input_ids` used when --input-ids is absent): passes when
+        /// |logit - golden| <= atol + rtol·|golden| everywhere (numpy's allclose; a NaN always fails), exit 3
+        /// otherwise; prints the largest absolute and relative differences and where they are.
         #[arg(long)]
         golden: Option<PathBuf>,
+        /// The absolute tolerance of --golden.
+        #[arg(long, value_parser = parse_tolerance, default_value_t = DEFAULT_ATOL)]
+        atol: f32,
+        /// The relative tolerance of --golden.
+        #[arg(long, value_parser = parse_tolerance, default_value_t = DEFAULT_RTOL)]
+        rtol: f32,
         /// Writes `logits` (and `hidden_0`, `hidden_1` where the model exposes them; logits only under MPI,
         /// by rank 0) as F32 safetensors.
         #[arg(long)]
@@ -401,10 +415,25 @@ pub fn main_with(runner: Option<&dyn ForwardRunner>) -> i32 {
         Ok(cli) => run(cli, runner),
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            if e.use_stderr() && wants_json(std::env::args().skip(1)) {
+                // `plan --json` / `inspect --json` print JSON whatever happens, usage errors included.
+                let v = serde_json::json!({"ok": false, "error": e.render().to_string().trim_end()});
+                return match crate::out::json(&v) {
+                    Ok(()) => code,
+                    Err(_) => EXIT_ERROR,
+                };
+            }
             let _ = e.print();
             code
         }
     }
+}
+
+/// Whether the command line asks `plan` or `inspect` for JSON (the commands whose output is JSON in every case).
+fn wants_json(args: impl Iterator<Item = String>) -> bool {
+    let args: Vec<String> = args.collect();
+    let command = args.iter().find(|a| !a.starts_with('-'));
+    matches!(command.map(String::as_str), Some("plan" | "inspect")) && args.iter().any(|a| a == "--json")
 }
 
 /// Fails with a hint when `dir` is a sharded checkpoint where an HF folder is expected.
@@ -586,7 +615,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
             })
         }
         Command::Inspect { dir, json } => crate::inspect_cmd::inspect_command(&dir, json),
-        Command::Forward { dir, tp, fuse_qkv, input_ids, prompt, golden, lora, comm, output } => {
+        Command::Forward { dir, tp, fuse_qkv, input_ids, prompt, golden, atol, rtol, lora, comm, output } => {
             let runner = runner.ok_or_else(|| Error::Invalid("this build has no model for `forward`".into()))?;
             if is_sharded(&dir) {
                 let which = match (tp, fuse_qkv) {
@@ -604,11 +633,23 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                 }
             }
             let tp = tp.unwrap_or(1);
+            if input_ids.is_none() && golden.is_none() && prompt.is_none() {
+                return usage(
+                    "forward needs the token ids to run on: --input-ids FILE (a safetensors file with `input_ids`, \
+                     I64 [batch, seq]) or --prompt TEXT (--golden FILE also supplies the golden's input_ids)"
+                        .into(),
+                );
+            }
+            if !is_sharded(&dir) {
+                // A tp the model does not fit is refused naming the tp sizes that do.
+                hf_layout(&dir, tp, QkvLayout::gqa(fuse_qkv))?;
+            }
             let files = ForwardFiles {
                 input_ids: input_ids.as_deref(),
                 prompt: prompt.as_deref(),
                 golden: golden.as_deref(),
                 output: output.as_deref(),
+                tolerance: (atol, rtol),
             };
             forward_command(runner, &dir, tp, fuse_qkv, &lora.resolve()?, comm, &files)
         }
@@ -681,6 +722,8 @@ struct ForwardFiles<'a> {
     prompt: Option<&'a str>,
     golden: Option<&'a Path>,
     output: Option<&'a Path>,
+    /// `--atol`, `--rtol`.
+    tolerance: (f32, f32),
 }
 
 /// Writes `outputs` as one F32 safetensors file, through a temporary sibling renamed into place.
@@ -727,7 +770,7 @@ fn forward_command(
         }
         _ => match files.input_ids.or(files.golden) {
             Some(p) => read_input_ids(p)?,
-            None => DEFAULT_INPUT_IDS.iter().map(|r| r.to_vec()).collect(),
+            None => return Err(Error::Invalid("forward: no --input-ids".into())),
         },
     };
     let top = |logits: &[f32], shape: &[usize]| match &tokenizer {
@@ -740,14 +783,14 @@ fn forward_command(
             let Some(l) = outputs.iter().find(|o| o.name == "logits") else {
                 return Err(Error::Invalid("the model's forward returned no logits".into()));
             };
-            let code = finish_logits(&l.values, &l.shape, files.golden, files.output.map(|p| (p, &outputs[..])))?;
+            let code = finish_logits(&l.values, &l.shape, files, &outputs)?;
             top(&l.values, &l.shape)?;
             Ok(code)
         }
         // Rank 0 gets the gathered logits (the hidden states stay on the ranks).
         Comm::Mpi => runner.forward_mpi(dir, tp, fuse_qkv, adapters, &ids, &mut |logits: &[f32], shape: &[usize]| {
             let outputs = [NamedOutput { name: "logits".into(), values: logits.to_vec(), shape: shape.to_vec() }];
-            let code = finish_logits(logits, shape, files.golden, files.output.map(|p| (p, &outputs[..])))?;
+            let code = finish_logits(logits, shape, files, &outputs)?;
             top(logits, shape)?;
             Ok(code)
         }),
@@ -788,20 +831,15 @@ fn print_top_tokens(tok: &neuron_spec_examples::TextTokenizer, logits: &[f32], s
     Ok(())
 }
 
-/// Prints the logits' shape, writes `output` (a file and what goes in it) and compares with `golden`.
-fn finish_logits(
-    logits: &[f32],
-    shape: &[usize],
-    golden: Option<&Path>,
-    output: Option<(&Path, &[NamedOutput])>,
-) -> Result<i32> {
+/// Prints the logits' shape, writes `outputs` to `files.output` and compares with `files.golden`.
+fn finish_logits(logits: &[f32], shape: &[usize], files: &ForwardFiles<'_>, outputs: &[NamedOutput]) -> Result<i32> {
     let shape = shape.to_vec();
     out!("logits shape {shape:?}");
-    if let Some((path, outputs)) = output {
+    if let Some(path) = files.output {
         write_outputs(path, outputs)?;
         out!("wrote {} to {}", outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", "), path.display());
     }
-    if let Some(g) = golden {
+    if let Some(g) = files.golden {
         let f = neuron_spec::io::SafetensorsFile::open(g)?;
         let gl = f.tensor("logits")?;
         if gl.shape() != shape.as_slice() {
@@ -812,21 +850,36 @@ fn finish_logits(
                 file: Some(g.to_path_buf()),
             });
         }
-        if let Some(code) = check_golden(logits, &gl.to_f32_vec(), g, |d| format!("max_abs_diff {d:e}"))? {
+        if let Some(code) = check_golden(logits, &gl.to_f32_vec(), g, files.tolerance, "")? {
             return Ok(code);
         }
     }
     Ok(EXIT_OK)
 }
 
-/// Compares `logits` with the golden ones from `path` (a NaN or infinity on either side fails): prints
-/// `line(max_abs_diff)`, and returns the exit code of a mismatch.
-fn check_golden(logits: &[f32], golden: &[f32], path: &Path, line: impl Fn(f32) -> String) -> Result<Option<i32>> {
-    match max_abs_diff(logits, golden) {
-        Ok(diff) => {
-            out!("{}", line(diff));
-            if diff > GOLDEN_TOL {
-                errln!("error: max_abs_diff {diff:e} is above {GOLDEN_TOL:e}");
+/// Compares `logits` with the golden ones from `path` by [`allclose`] at `(atol, rtol)` (a NaN or infinity on
+/// either side fails): prints the verdict after `indent`, and returns the exit code of a mismatch.
+fn check_golden(
+    logits: &[f32],
+    golden: &[f32],
+    path: &Path,
+    (atol, rtol): (f32, f32),
+    indent: &str,
+) -> Result<Option<i32>> {
+    match allclose(logits, golden, atol, rtol) {
+        Ok(v) => {
+            out!("{indent}{v}");
+            if !v.pass {
+                let (i, j) = (v.max_abs_index, v.first_failure.unwrap_or(v.max_abs_index));
+                errln!(
+                    "error: logits against {}: {} value(s) outside atol {atol:e} + rtol {rtol:e}·|golden|; at index \
+                     {j}: computed {}, golden {}; max_abs_diff {:e} at index {i}",
+                    path.display(),
+                    v.failures,
+                    logits[j],
+                    golden[j],
+                    v.max_abs,
+                );
                 return Ok(Some(EXIT_MISMATCH));
             }
             Ok(None)
@@ -901,8 +954,8 @@ fn quickstart(runner: Option<&dyn ForwardRunner>, model: &Path, work_dir: Option
         let (logits, shape) = runner.forward(&sharded, tp, true, &ids)?;
         if golden.exists() {
             let g = neuron_spec::io::SafetensorsFile::open(&golden)?.tensor("logits")?.to_f32_vec();
-            let line = |d: f32| format!("   logits {shape:?}, max_abs_diff {d:e} (tolerance {GOLDEN_TOL:e})");
-            if let Some(code) = check_golden(&logits, &g, &golden, line)? {
+            out!("   logits {shape:?}");
+            if let Some(code) = check_golden(&logits, &g, &golden, (DEFAULT_ATOL, DEFAULT_RTOL), "   ")? {
                 return Ok(code);
             }
         }

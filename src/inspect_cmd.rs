@@ -124,18 +124,29 @@ fn summarize(dir: &Path) -> Result<Value> {
         }))
     } else {
         let hf = HfCheckpoint::open(dir)?;
+        // The verdict `shard` gives on the config (its family and every key), at tp 1.
+        neuron_spec_examples::layout_of_dir(dir, 1, neuron_spec_examples::QkvLayout::Separate)?;
+        let ignored = neuron_spec_examples::ignored_keys(dir)?;
         let tensors: Vec<TensorInfo> = hf.names().into_iter().filter_map(|n| hf.info(&n)).collect();
         Ok(json!({
             "kind": "hf", "tp": 1, "format_version": null, "total_bytes": hf.total_bytes(),
             "dtypes": dtype_counts(&tensors), "specs": [], "weight_files": hf.files().len(),
             "adapters": hf_adapters(dir)?, "files": files, "tensors": tensors_json(&tensors),
+            "ignored_config_keys": ignored,
         }))
     }
 }
 
 /// Runs `inspect`.
 pub fn inspect_command(dir: &Path, json: bool) -> Result<i32> {
-    let v = summarize(dir)?;
+    let v = match summarize(dir) {
+        Ok(v) => v,
+        Err(e) if json => {
+            crate::out::json(&json!({"ok": false, "dir": dir, "error": e.to_string()}))?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     if json {
         crate::out::json(&v)?;
         return Ok(EXIT_OK);
@@ -186,6 +197,11 @@ pub fn inspect_command(dir: &Path, json: bool) -> Result<i32> {
                 _ => String::new(),
             }
         );
+    }
+    let ignored: Vec<&str> =
+        v["ignored_config_keys"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    if !ignored.is_empty() {
+        out!("  config keys ignored (transformers never reads them): {}", ignored.join(", "));
     }
     let files: Vec<&str> = v["files"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
     if !files.is_empty() {

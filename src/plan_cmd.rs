@@ -114,6 +114,10 @@ fn evaluate(a: &PlanArgs) -> std::result::Result<Outcome, Error> {
         });
         return Ok(Outcome { source, tp: Some(tp), checks, plan });
     }
+    if !dir.is_dir() {
+        let reason = if dir.exists() { "not a directory" } else { "no such directory" };
+        return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, reason)));
+    }
     let tp = a.tp.ok_or_else(|| Error::Invalid("--tp is required for an HF checkpoint".into()))?;
     let source = "HF checkpoint".to_string();
     let qkv = a.layout.qkv();
@@ -126,6 +130,14 @@ fn evaluate(a: &PlanArgs) -> std::result::Result<Outcome, Error> {
             format!("the family's layout: {} parameters, {} specs", m.parameters.len(), m.specs().count())
         }),
     };
+    if a.layout_file.is_none() {
+        if let Ok(ignored) = neuron_spec_examples::ignored_keys(dir).map(|k| k.join(", ")) {
+            if !ignored.is_empty() {
+                let m = format!("ignored (transformers never reads them for this model_type): {ignored}");
+                checks.push(Check { what: "config.json keys".into(), result: Ok(m) });
+            }
+        }
+    }
     let hf = check(&mut checks, "checkpoint files", HfCheckpoint::open(dir), |h| {
         format!("{} tensors, {}", h.names().len(), human(h.total_bytes() as u64))
     });

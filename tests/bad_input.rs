@@ -1027,7 +1027,7 @@ fn damaged_rank_file_fails_forward_consolidate_and_reshard_naming_it() {
     fs::write(&f, bytes).unwrap();
     let words = [s(&f), "damaged rank file", "xxh3-64"];
     let nothing = tmp.path().join("nothing");
-    fails(&mut cli(["forward", s(&dir)]), &nothing, &words);
+    fails(&mut cli(["forward", s(&dir), "--input-ids", s(&fixture("llama-gqa/golden.safetensors"))]), &nothing, &words);
     let out = tmp.path().join("out");
     fails(&mut consolidate_cmd(&dir, &out), &out, &words);
     fails(&mut cli(["reshard", s(&dir), s(&out), "--tp", "4"]), &out, &words);
@@ -1043,7 +1043,7 @@ fn metadata_without_rank_files_is_an_error_not_a_skipped_check() {
     let ranks = dir.join(RANKS_DIR);
     let words = [s(&ranks), "records no rank_files", "checksums"];
     let nothing = tmp.path().join("nothing");
-    fails(&mut cli(["forward", s(&dir)]), &nothing, &words);
+    fails(&mut cli(["forward", s(&dir), "--input-ids", s(&fixture("llama-gqa/golden.safetensors"))]), &nothing, &words);
     let out = tmp.path().join("out");
     fails(&mut consolidate_cmd(&dir, &out), &out, &words);
     fails(&mut cli(["reshard", s(&dir), s(&out), "--tp", "4"]), &out, &words);

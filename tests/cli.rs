@@ -215,7 +215,9 @@ fn forward_on_a_sharded_checkpoint_runs_its_adapter() {
     let o = run(&["forward", s(&sharded), "--golden", s(&qv.join("golden_lora.safetensors"))]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    let d: f32 = stdout.lines().find_map(|l| l.strip_prefix("max_abs_diff ")).unwrap().parse().unwrap();
+    // "max_abs_diff D at index I, max_rel_diff ...": the allclose verdict line
+    let line = stdout.lines().find_map(|l| l.strip_prefix("max_abs_diff ")).unwrap();
+    let d: f32 = line.split_whitespace().next().unwrap().parse().unwrap();
     assert!(d <= 1e-4, "{stdout}");
 }
 

@@ -120,7 +120,9 @@ fn plan_reports_every_check_a_summary_and_the_table_on_request() {
     let o = run(&["plan", s(&f), "--tp", "4"]);
     exits(&o, 0, &[]);
     let out = text(&o.stdout);
-    assert_eq!(out.matches("  ok: ").count(), 9, "{out}");
+    // 9 checks, plus the config keys transformers never reads (architectures, pretraining_tp, ...), listed as ignored
+    assert_eq!(out.matches("  ok: ").count(), 10, "{out}");
+    assert!(out.contains("config.json keys: ignored") && out.contains("pretraining_tp"), "{out}");
     assert!(out.contains("pipeline stages (pp 1): stage 0: layers 0..2 + embed_tokens + norm, lm_head"), "{out}");
     assert!(!out.contains("gate_up_proj.weight"), "{out}");
     assert!(out.contains("total") && out.contains("KiB"), "{out}");

@@ -126,7 +126,17 @@ fn mpi_forward_equals_threads_bit_for_bit_and_reads_only_each_ranks_bytes() {
         // HF input: each process adapts its own slices.
         let thr: PathBuf = tmp.path().join(format!("threads-hf-{np}.safetensors"));
         let mpi: PathBuf = tmp.path().join(format!("mpi-hf-{np}.safetensors"));
-        threads(&["forward", s(&hf), "--tp", &np.to_string(), "--fuse-qkv", "--output", s(&thr)]);
+        threads(&[
+            "forward",
+            s(&hf),
+            "--tp",
+            &np.to_string(),
+            "--fuse-qkv",
+            "--input-ids",
+            s(&fixture("llama-gqa/golden.safetensors")),
+            "--output",
+            s(&thr),
+        ]);
         let (out, _) = mpirun(
             np,
             &["forward", s(&hf), "--fuse-qkv", "--comm", "mpi", "--golden", s(&golden), "--output", s(&mpi)],
@@ -144,8 +154,27 @@ fn mpi_forward_equals_threads_bit_for_bit_and_reads_only_each_ranks_bytes() {
         threads(&["shard", s(&hf), s(&sharded), "--tp", &np.to_string(), "--fuse-qkv"]);
         let thr = tmp.path().join(format!("threads-sh-{np}.safetensors"));
         let mpi = tmp.path().join(format!("mpi-sh-{np}.safetensors"));
-        threads(&["forward", s(&sharded), "--output", s(&thr)]);
-        let (out, _) = mpirun(np, &["forward", s(&sharded), "--comm", "mpi", "--output", s(&mpi)]);
+        threads(&[
+            "forward",
+            s(&sharded),
+            "--input-ids",
+            s(&fixture("llama-gqa/golden.safetensors")),
+            "--output",
+            s(&thr),
+        ]);
+        let (out, _) = mpirun(
+            np,
+            &[
+                "forward",
+                s(&sharded),
+                "--comm",
+                "mpi",
+                "--input-ids",
+                s(&fixture("llama-gqa/golden.safetensors")),
+                "--output",
+                s(&mpi),
+            ],
+        );
         let stdout = ok(&out, &format!("mpirun -np {np} sharded"));
         assert!(logits(&thr) == logits(&mpi), "np {np}: sharded logits differ");
         for (r, b) in bytes_per_rank(&stdout, np).into_iter().enumerate() {
@@ -172,7 +201,19 @@ fn one_failing_rank_fails_the_job_with_its_error_within_seconds() {
     bytes[n - 100] ^= 0xff; // damage in the tensor data, not the header
     std::fs::write(&bad, bytes).unwrap();
     let out_file = tmp.path().join("logits.safetensors");
-    let (out, took) = mpirun(4, &["forward", s(&sharded), "--comm", "mpi", "--output", s(&out_file)]);
+    let (out, took) = mpirun(
+        4,
+        &[
+            "forward",
+            s(&sharded),
+            "--comm",
+            "mpi",
+            "--input-ids",
+            s(&fixture("llama-gqa/golden.safetensors")),
+            "--output",
+            s(&out_file),
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the job must fail:\n{stderr}");
     assert!(stderr.contains("error: rank 2/4:"), "rank 2's error is printed:\n{stderr}");
@@ -181,7 +222,19 @@ fn one_failing_rank_fails_the_job_with_its_error_within_seconds() {
     assert!(!out_file.exists(), "no output");
 
     // A tp that disagrees with the number of processes is refused on every rank.
-    let (out, _) = mpirun(2, &["forward", s(&fixture("llama-gqa")), "--tp", "4", "--comm", "mpi"]);
+    let (out, _) = mpirun(
+        2,
+        &[
+            "forward",
+            s(&fixture("llama-gqa")),
+            "--tp",
+            "4",
+            "--comm",
+            "mpi",
+            "--input-ids",
+            s(&fixture("llama-gqa/golden.safetensors")),
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("--tp 4 with --comm mpi"), "{stderr}");
 }
@@ -419,7 +472,7 @@ fn mpi_forward_runs_phi3_like_threads_bit_for_bit() {
     let sharded = tmp.path().join("sharded");
     threads(&["shard", s(&hf), s(&sharded), "--tp", "4", "--fuse-qkv"]);
     let (thr, mpi) = (tmp.path().join("thr4.safetensors"), tmp.path().join("mpi4.safetensors"));
-    threads(&["forward", s(&sharded), "--output", s(&thr)]);
+    threads(&["forward", s(&sharded), "--input-ids", s(&golden), "--output", s(&thr)]);
     let (out, _) = mpirun(4, &["forward", s(&sharded), "--comm", "mpi", "--golden", s(&golden), "--output", s(&mpi)]);
     let stdout = ok(&out, "mpirun -np 4 phi3 sharded");
     assert!(logits(&thr) == logits(&mpi), "phi3 sharded logits differ");

@@ -1,7 +1,7 @@
 //! Which family a `config.json` is (its `model_type`), refusing what no family implements, and the model
 //! configuration read from it.
 
-use crate::config_fields::{check_fields, FIELDS_ANY_FAMILY};
+use crate::config_fields::{check_keys, reads};
 use crate::granite::{GraniteScales, GRANITE_FIELDS};
 use crate::llama::{LlamaConfig, LLAMA_FIELDS};
 use crate::qwen3::QWEN3_FIELDS;
@@ -49,7 +49,8 @@ impl Family {
         }
     }
 
-    /// The fields this family's configs may hold beyond [`FIELDS_ANY_FAMILY`].
+    /// The keys of transformers' read set this family implements beyond
+    /// [`IMPLEMENTED_ANY_FAMILY`](crate::config_fields::IMPLEMENTED_ANY_FAMILY).
     fn fields(self) -> &'static [&'static str] {
         match self {
             Family::Llama => LLAMA_FIELDS,
@@ -100,7 +101,12 @@ impl ModelConfig {
         let v: Value =
             serde_json::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), reason: e.to_string() })?;
         let family = Family::of(llama.model_type.as_deref(), path)?;
-        check_fields(&v, path, &[FIELDS_ANY_FAMILY, family.fields()])?;
+        check_keys(&v, path, family.fields())?;
+        // A key transformers does not read for this model_type has no effect there, so none here either
+        // (e.g. `mlp_bias` on qwen3, `attention_bias` on mistral and qwen2).
+        let ty = llama.model_type.clone().unwrap_or_default();
+        llama.attention_bias &= reads(&ty, "attention_bias");
+        llama.mlp_bias &= reads(&ty, "mlp_bias");
         if family == Family::Qwen3 && llama.head_dim.is_none() {
             llama.head_dim = Some(128); // Qwen3Config's default, not hidden / heads
         }
@@ -119,10 +125,13 @@ impl ModelConfig {
             .get("layer_types")
             .and_then(Value::as_array)
             .is_some_and(|t| t.iter().any(|t| t.as_str() == Some("sliding_attention")));
+        // Mistral never reads use_sliding_window: its window is always on.
         let use_window = sliding_layers
-            || v.get("use_sliding_window")
-                .and_then(Value::as_bool)
-                .unwrap_or(llama.model_type.as_deref() == Some("mistral"));
+            || if reads(&ty, "use_sliding_window") {
+                v.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false)
+            } else {
+                ty == "mistral"
+            };
         Ok(Self { llama, family, rope, sliding_window: window.filter(|_| use_window), scales, moe })
     }
 

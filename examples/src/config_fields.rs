@@ -1,15 +1,19 @@
-//! The `config.json` fields a family may hold: every other field is refused by name, so a knob that changes the
-//! math is never silently ignored.
+//! Which `config.json` keys a family accepts, by transformers' own rule: a key changes the math only if
+//! transformers reads it when it builds and runs that family. [`READ_SETS`] (generated from transformers 4.57.1
+//! by `tests/fixtures/make/config_read_sets.py`) lists those keys per `model_type`. A key it reads that we do
+//! not implement is refused by name; `quantization_config` is refused for every family; a key it never reads
+//! (`_name_or_path`, `unk_token_id`, a tool's note, ...) cannot change the math: it is accepted and listed as
+//! ignored ([`ignored_keys`], printed by `plan`). Every refused key of a config is named in one error.
 
+pub use crate::config_read_sets::READ_SETS;
 use neuron_spec::{Error, Result};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::path::Path;
 
-/// Fields every family reads or that do not change the forward pass (bookkeeping, generation defaults,
-/// training-only knobs such as dropout and initialisation).
-pub const FIELDS_ANY_FAMILY: &[&str] = &[
-    // read by every family
-    "model_type",
+/// Keys of the read sets that every family here implements: read by our config readers (sizes, heads, norms,
+/// RoPE, tying, biases, the sliding window), or unable to change the logits or the training math.
+pub const IMPLEMENTED_ANY_FAMILY: &[&str] = &[
+    // read by the config readers (`LlamaConfig`, `ModelConfig`, `RopeConfig`, `Phi3Config`)
     "hidden_size",
     "intermediate_size",
     "num_attention_heads",
@@ -20,113 +24,132 @@ pub const FIELDS_ANY_FAMILY: &[&str] = &[
     "rms_norm_eps",
     "rope_theta",
     "rope_scaling",
+    "max_position_embeddings",
+    "original_max_position_embeddings",
     "tie_word_embeddings",
     "attention_bias",
+    "mlp_bias",
     "hidden_act",
-    "max_position_embeddings",
     "layer_types",
-    "original_max_position_embeddings",
-    // no effect on the weights or the eval-mode forward pass
-    "architectures",
-    "_name_or_path",
+    "sliding_window",
+    "use_sliding_window",
+    "max_window_layers",
+    // the compute dtype of from_pretrained(dtype="auto"): the weights keep their file's dtype, math is in f32
     "dtype",
     "torch_dtype",
-    "transformers_version",
+    // which outputs are returned and whether a KV cache is kept: the logits are the same
     "use_cache",
-    "initializer_range",
-    "attention_dropout",
-    "bos_token_id",
-    "eos_token_id",
-    "pad_token_id",
-    "sep_token_id",
-    "decoder_start_token_id",
-    "id2label",
-    "label2id",
-    "problem_type",
-    "finetuning_task",
-    "tokenizer_class",
-    "prefix",
-    "task_specific_params",
-    "return_dict",
-    "output_hidden_states",
     "output_attentions",
-    "torchscript",
-    "use_bfloat16",
-    "tf_legacy_loss",
-    "is_decoder",
-    "cross_attention_hidden_size",
-    "bad_words_ids",
-    "begin_suppress_tokens",
-    "suppress_tokens",
-    "diversity_penalty",
-    "do_sample",
-    "early_stopping",
-    "encoder_no_repeat_ngram_size",
-    "exponential_decay_length_penalty",
-    "forced_bos_token_id",
-    "forced_eos_token_id",
-    "length_penalty",
-    "max_length",
-    "min_length",
-    "no_repeat_ngram_size",
-    "num_beam_groups",
-    "num_beams",
-    "num_return_sequences",
-    "output_scores",
-    "remove_invalid_values",
-    "repetition_penalty",
-    "return_dict_in_generate",
-    "temperature",
-    "top_k",
-    "top_p",
-    "typical_p",
+    "output_hidden_states",
+    "return_dict",
+    // nn.Embedding's padding_idx: no effect on the forward pass
+    "pad_token_id",
 ];
 
-/// Fields accepted only at the value that leaves the math unchanged.
-fn neutral_value(key: &str, v: &Value) -> Option<bool> {
-    Some(match key {
-        "pruned_heads" => v.as_object().is_some_and(|m| m.is_empty()) || v.is_null(),
-        "add_cross_attention" | "is_encoder_decoder" | "tie_encoder_decoder" => v.as_bool() == Some(false),
-        "chunk_size_feed_forward" => v.as_u64() == Some(0),
+/// Keys of the read sets accepted only at the value that leaves the math unchanged; `Err` says why another
+/// value is refused.
+fn neutral_value(key: &str, v: &Value) -> Option<std::result::Result<(), String>> {
+    let ok = match key {
+        // dropout: none in eval, but training would differ from transformers'
+        "attention_dropout" | "resid_pdrop" => v.as_f64() == Some(0.0),
         "partial_rotary_factor" => v.as_f64() == Some(1.0),
+        "is_encoder_decoder" | "tie_encoder_decoder" | "torchscript" => v.as_bool() == Some(false),
+        "pruned_heads" => v.as_object().is_some_and(Map::is_empty),
+        "loss_type" => v.as_str() == Some("ForCausalLM"),
+        // the load-balancing loss added to the training loss
+        "output_router_logits" => v.as_bool() == Some(false),
         _ => return None,
-    })
+    };
+    Some(if ok { Ok(()) } else { Err(format!("{v} changes the model and is not implemented")) })
 }
 
-/// Refuses a config field that none of `allowed` lists (naming it), and fields whose value changes the math.
-pub fn check_fields(v: &Value, path: &Path, allowed: &[&[&str]]) -> Result<()> {
-    let file = path.display().to_string();
-    let m = v.as_object().ok_or_else(|| Error::Json { path: path.to_path_buf(), reason: "not an object".into() })?;
-    for (k, val) in m {
-        if allowed.iter().any(|a| a.contains(&k.as_str())) {
+/// The keys transformers reads for `model_type` (empty for a model_type it does not know).
+pub fn read_set(model_type: &str) -> &'static [&'static str] {
+    READ_SETS.iter().find(|(t, _)| *t == model_type).map(|(_, k)| *k).unwrap_or(&[])
+}
+
+/// Whether transformers reads `key` for `model_type`.
+pub fn reads(model_type: &str, key: &str) -> bool {
+    read_set(model_type).contains(&key)
+}
+
+/// The verdict on a config's keys.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyVerdict {
+    /// Keys transformers never reads for this `model_type`: accepted, without effect.
+    pub ignored: Vec<String>,
+    /// Keys refused, each with the reason.
+    pub refused: Vec<(String, String)>,
+}
+
+/// Sorts every key of `config` into accepted, ignored and refused; `implemented` lists the keys of the read set
+/// the family implements beyond [`IMPLEMENTED_ANY_FAMILY`]. A `null` value is transformers' "not set" and is
+/// accepted.
+pub fn classify_keys(config: &Map<String, Value>, implemented: &[&str]) -> KeyVerdict {
+    let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("");
+    let mut verdict = KeyVerdict::default();
+    for (k, val) in config {
+        let refuse = |reason: String| (k.clone(), reason);
+        if k == "quantization_config" {
+            if !val.is_null() {
+                verdict.refused.push(refuse("quantized checkpoints are not implemented".into()));
+            }
+            continue;
+        }
+        if k == "model_type" {
+            continue;
+        }
+        if !reads(model_type, k) {
+            verdict.ignored.push(k.clone());
+            continue;
+        }
+        if val.is_null() {
             continue;
         }
         match neutral_value(k, val) {
-            Some(true) => continue,
-            Some(false) => {
-                return Err(Error::spec(&file, k, format!("{val} changes the model and is not implemented")))
-            }
-            None => {
-                let ty = m.get("model_type").and_then(Value::as_str).unwrap_or("?");
-                return Err(Error::spec(
-                    &file,
-                    k,
-                    format!(
-                        "not implemented for model_type {ty:?} (refused rather than ignored: it may change the math)"
-                    ),
-                ));
-            }
+            Some(Ok(())) => {}
+            Some(Err(reason)) => verdict.refused.push(refuse(reason)),
+            None if IMPLEMENTED_ANY_FAMILY.contains(&k.as_str()) || implemented.contains(&k.as_str()) => {}
+            None => verdict.refused.push(refuse(format!(
+                "read by transformers' {model_type:?} model and not implemented (refused rather than ignored: it \
+                 may change the math)"
+            ))),
         }
     }
-    if let Some(act) = m.get("hidden_act").and_then(Value::as_str) {
+    if let Some(act) = config.get("hidden_act").and_then(Value::as_str) {
         if act != "silu" {
-            return Err(Error::spec(&file, "hidden_act", format!("only silu (SwiGLU) is implemented, found {act:?}")));
+            verdict.refused.push(("hidden_act".into(), format!("only silu (SwiGLU) is implemented, found {act:?}")));
         }
     }
-    if let Some(types) = m.get("layer_types").and_then(Value::as_array) {
+    if let Some(types) = config.get("layer_types").and_then(Value::as_array) {
         if let Some(t) = types.iter().find(|t| !matches!(t.as_str(), Some("full_attention" | "sliding_attention"))) {
-            return Err(Error::spec(&file, "layer_types", format!("layer type {t} is not implemented")));
+            verdict.refused.push(("layer_types".into(), format!("layer type {t} is not implemented")));
         }
     }
-    Ok(())
+    verdict
+}
+
+/// Refuses, all in one error, every key of the config `v` (read from `path`) that transformers reads and the
+/// family does not implement (see [`classify_keys`]); returns the ignored keys.
+pub fn check_keys(v: &Value, path: &Path, implemented: &[&str]) -> Result<Vec<String>> {
+    let m = v.as_object().ok_or_else(|| Error::Json { path: path.to_path_buf(), reason: "not an object".into() })?;
+    let verdict = classify_keys(m, implemented);
+    if verdict.refused.is_empty() {
+        return Ok(verdict.ignored);
+    }
+    Err(Error::RefusedConfigKeys {
+        file: path.to_path_buf(),
+        model_type: m.get("model_type").and_then(Value::as_str).unwrap_or("?").to_string(),
+        keys: verdict.refused,
+    })
+}
+
+/// The keys of `dir/config.json` that transformers never reads for its `model_type` (accepted, without effect).
+pub fn ignored_keys(dir: &Path) -> Result<Vec<String>> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let v: Value =
+        serde_json::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), reason: e.to_string() })?;
+    let m = v.as_object().ok_or_else(|| Error::Json { path: path.to_path_buf(), reason: "not an object".into() })?;
+    Ok(classify_keys(m, &[]).ignored)
 }

@@ -7,9 +7,9 @@ use neuron_spec::{Error, Result};
 use serde_json::Value;
 use std::path::Path;
 
-/// The fields a Granite config may hold beyond `FIELDS_ANY_FAMILY`.
+/// The keys of transformers' read set a Granite config may set beyond `IMPLEMENTED_ANY_FAMILY`.
 pub const GRANITE_FIELDS: &[&str] =
-    &["mlp_bias", "embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling"];
+    &["embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling"];
 
 /// Granite's multipliers; [`Default`] is what the other families compute (no scaling, softmax scale
 /// `1/√head_dim`).

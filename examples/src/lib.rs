@@ -88,6 +88,7 @@
 
 pub mod config;
 pub mod config_fields;
+mod config_read_sets;
 pub mod family;
 pub mod generate;
 pub mod granite;
@@ -108,7 +109,7 @@ pub mod text;
 mod train;
 
 pub use config::{model_type_of, Family, ModelConfig, MODEL_TYPES};
-pub use config_fields::FIELDS_ANY_FAMILY;
+pub use config_fields::{ignored_keys, IMPLEMENTED_ANY_FAMILY, READ_SETS};
 pub use family::{hf_tensor_infos, layout_of_dir};
 pub use generate::{
     choose_token, generate_text, generate_threads, rank_generate, GenerateOptions, Generated, Sampling, SplitMix64,

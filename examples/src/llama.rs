@@ -2,7 +2,7 @@
 //! `model.rs` with nothing added: GQA attention with RoPE (every `rope_scaling` type of `rope.rs`), SwiGLU MLP,
 //! RMSNorm, optional tied embeddings; Qwen2 has q/k/v biases and no o bias, Mistral a sliding window.
 
-use crate::config_fields::{check_fields, FIELDS_ANY_FAMILY};
+use crate::config_fields::check_keys;
 use neuron_spec::{Error, Result};
 use serde::Deserialize;
 use serde_json::Value;
@@ -86,11 +86,12 @@ impl LlamaConfig {
     }
 }
 
-/// The fields a Llama/Mistral/Qwen2 config may hold beyond [`FIELDS_ANY_FAMILY`].
-pub const LLAMA_FIELDS: &[&str] =
-    &["mlp_bias", "pretraining_tp", "sliding_window", "use_sliding_window", "max_window_layers"];
+/// The keys of transformers' read sets a Llama/Mistral/Qwen2 config may set beyond
+/// [`crate::config_fields::IMPLEMENTED_ANY_FAMILY`] (none).
+pub const LLAMA_FIELDS: &[&str] = &[];
 
-/// Checks a Llama-family config: every field is known, and those that change the math are implemented.
-pub fn check_llama(v: &Value, path: &Path) -> Result<()> {
-    check_fields(v, path, &[FIELDS_ANY_FAMILY, LLAMA_FIELDS])
+/// Checks a Llama-family config: every key transformers reads for its `model_type` is implemented; returns
+/// the keys it never reads.
+pub fn check_llama(v: &Value, path: &Path) -> Result<Vec<String>> {
+    check_keys(v, path, LLAMA_FIELDS)
 }

@@ -64,6 +64,7 @@ impl Phi3Config {
         let at = |m: String| Error::Invalid(format!("{}: {m}", path.display()));
         let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| at(e.to_string()))?;
+        crate::config_fields::check_keys(&v, path, &[])?;
         let field = |k: &str| v.get(k).filter(|x| !x.is_null());
         let int = |k: &str| -> Result<Option<usize>> {
             field(k)

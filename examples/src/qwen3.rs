@@ -3,5 +3,5 @@
 //! the other norms). `head_dim` is explicit (q_proj's output need not be the hidden size; Qwen3Config's
 //! default is 128), `attention_bias` puts a bias on q, k, v and o, and the MLP has no bias.
 
-/// The fields a Qwen3 config may hold beyond `FIELDS_ANY_FAMILY`.
-pub const QWEN3_FIELDS: &[&str] = &["sliding_window", "use_sliding_window", "max_window_layers"];
+/// The keys of transformers' read set a Qwen3 config may set beyond `IMPLEMENTED_ANY_FAMILY` (none).
+pub const QWEN3_FIELDS: &[&str] = &[];

@@ -20,19 +20,16 @@ use neuron_spec::{CustomModule, Error, Result};
 use serde_json::Value;
 use std::path::Path;
 
-/// The fields a Qwen3-MoE config may hold beyond `FIELDS_ANY_FAMILY`.
+/// The keys of transformers' read set a Qwen3-MoE config may set beyond `IMPLEMENTED_ANY_FAMILY`
+/// (`output_router_logits` only at false: see `config_fields`).
 pub const QWEN3_MOE_FIELDS: &[&str] = &[
-    "sliding_window",
-    "use_sliding_window",
-    "max_window_layers",
     "decoder_sparse_step",
     "moe_intermediate_size",
     "num_experts",
     "num_experts_per_tok",
     "norm_topk_prob",
     "mlp_only_layers",
-    // training-only: the auxiliary load-balancing loss
-    "output_router_logits",
+    // the weight of the load-balancing loss, only added with output_router_logits (refused when true)
     "router_aux_loss_coef",
 ];
 

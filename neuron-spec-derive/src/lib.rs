@@ -2,49 +2,10 @@
 //! so the model reports its transformation specs, parameter metadata and rank-local tensors under fully
 //! qualified HF paths (`model.layers.3.self_attn`). Use it through `neuron_spec::CustomModule`.
 //!
-//! # Attributes
-//!
-//! On struct fields (all optional; numbers such as head counts never appear here, they come from the layers):
-//!
-//! - `#[fused_linears(gate_proj, up_proj)]`: the field is one layer standing for these HF linears, in
-//!   fusing order (at least one, each once). Its type implements `FusedLinearLayer`.
-//! - `#[gqa_qkv(q = q_proj, k = k_proj, v = v_proj, o = o_proj)]`: the field is a GQA q/k/v layer
-//!   replacing the HF `q`/`k`/`v` projections; `o` is the HF name of the sibling field holding the output
-//!   projection. All four keys are required, each once. Its type implements `GqaQkvLayer`.
-//! - `#[gqa_qkv(packed = qkv_proj, o = o_proj)]`: the same layer where the HF checkpoint stores q, k and v as
-//!   one tensor (Phi-3's `qkv_proj`: q rows, then k, then v).
-//! - `#[fused_linears(packed = gate_up_proj)]`: the HF checkpoint stores the members as one tensor, in order
-//!   along the fuse axis; their number and sizes come from the layer (`with_fused_dims`).
-//! - `#[hf(rename = "self_attn")]`: the field's HF path when it differs from the Rust name; dotted
-//!   (`"model.norm"`) for a deeper path, with no empty segment. A spec field's name is one segment.
-//! - `#[hf(index_offset = first_layer)]`: on a `Vec<..>` field, element `i` is at `name.<first_layer + i>`
-//!   (a pipeline stage's layers under their global names); the offset is a sibling field of primitive
-//!   integer type.
-//! - `#[hf(skip)]`: the field is not part of the HF tree.
-//!
-//! A spec attribute sits on a field holding one layer (a plain path type, not `Vec<..>`, `Option<..>` or
-//! a primitive), at most one per field. Fields burn's `Module` derive does not treat as modules are left
-//! out of the HF tree without `#[hf(skip)]`: those marked `#[module(skip)]` and those of a type burn
-//! classifies as a constant (`usize`, `String`, `Vec<f32>`, ...).
-//!
-//! # Enums
-//!
-//! Each variant holds exactly one module, as a one-field tuple variant (`Gqa(GqaAttention)`). Every method
-//! delegates to the variant present, under the same prefix: the variant adds no path segment. The
-//! attributes above mean nothing on an enum, a variant or a variant's field, and are errors there.
-//!
-//! # What it generates
-//!
-//! Every method recurses into the fields of the HF tree, in declaration order, under
-//! `join_path(prefix, hf_name)`. A struct with spec fields also pushes one
-//! `ModelWeightTransformationSpecs` for itself (path = its prefix, specs in field order) *before* its
-//! children's, so a model lists `model.layers.0.self_attn` before anything nested deeper.
-//! `load_rank_tensors` rebuilds the struct, loading the HF fields and moving the others over unchanged.
-//!
-//! A generic struct gets a `CustomModule` bound (and the spec trait, for a spec field) on each HF field
-//! whose type mentions a type parameter; a generic enum, on each such variant type.
-//!
-//! Every misuse is a compile error pointing at the offending token, and all of them are reported at once.
+//! The attribute reference (what each attribute means, where it goes) and what the derive generates are
+//! documented on the derive itself, [`CustomModule`](derive@CustomModule), which `neuron_spec` re-exports as
+//! `neuron_spec::CustomModule` (the same text shows there). The derive does not generate constructors or a
+//! `forward`: a model writes its own `new`/`forward` (see `examples/src/model.rs`).
 //!
 //! # Example
 //!
@@ -174,7 +135,54 @@ mod validate;
 use proc_macro::TokenStream;
 use syn::DeriveInput;
 
-/// Derives `neuron_spec::module::CustomModule` for a struct or enum; see the crate docs for the attributes.
+/// Derives `neuron_spec::module::CustomModule` for a burn model struct or enum: the model reports its
+/// transformation specs, parameter metadata and rank-local tensors under fully qualified HF paths. A worked
+/// example is in this crate's docs; it generates no constructor and no `forward` (the model's own methods).
+///
+/// # Attributes
+///
+/// On struct fields (all optional; numbers such as head counts never appear here, they come from the layers):
+///
+/// - `#[fused_linears(gate_proj, up_proj)]`: the field is one layer standing for these HF linears, in
+///   fusing order (at least one, each once). Its type implements `FusedLinearLayer`.
+/// - `#[gqa_qkv(q = q_proj, k = k_proj, v = v_proj, o = o_proj)]`: the field is a GQA q/k/v layer
+///   replacing the HF `q`/`k`/`v` projections; `o` is the HF name of the sibling field holding the output
+///   projection. All four keys are required, each once. Its type implements `GqaQkvLayer`.
+/// - `#[gqa_qkv(packed = qkv_proj, o = o_proj)]`: the same layer where the HF checkpoint stores q, k and v as
+///   one tensor (Phi-3's `qkv_proj`: q rows, then k, then v).
+/// - `#[fused_linears(packed = gate_up_proj)]`: the HF checkpoint stores the members as one tensor, in order
+///   along the fuse axis; their number and sizes come from the layer (`with_fused_dims`).
+/// - `#[hf(rename = "self_attn")]`: the field's HF path when it differs from the Rust name; dotted
+///   (`"model.norm"`) for a deeper path, with no empty segment. A spec field's name is one segment.
+/// - `#[hf(index_offset = first_layer)]`: on a `Vec<..>` field, element `i` is at `name.<first_layer + i>`
+///   (a pipeline stage's layers under their global names); the offset is a sibling field of primitive
+///   integer type.
+/// - `#[hf(skip)]`: the field is not part of the HF tree.
+///
+/// A spec attribute sits on a field holding one layer (a plain path type, not `Vec<..>`, `Option<..>` or
+/// a primitive), at most one per field. Fields burn's `Module` derive does not treat as modules are left
+/// out of the HF tree without `#[hf(skip)]`: those marked `#[module(skip)]` and those of a type burn
+/// classifies as a constant (`usize`, `String`, `Vec<f32>`, ...).
+///
+/// # Enums
+///
+/// Each variant holds exactly one module, as a one-field tuple variant (`Gqa(GqaAttention)`). Every method
+/// delegates to the variant present, under the same prefix: the variant adds no path segment. The
+/// attributes above mean nothing on an enum, a variant or a variant's field, and are errors there.
+///
+/// # What it generates
+///
+/// Every method recurses into the fields of the HF tree, in declaration order, under
+/// `join_path(prefix, hf_name)`. A struct with spec fields also pushes one
+/// `ModelWeightTransformationSpecs` for itself (path = its prefix, specs in field order) *before* its
+/// children's, so a model lists `model.layers.0.self_attn` before anything nested deeper.
+/// `load_rank_tensors` rebuilds the struct, loading the HF fields and moving the others over unchanged.
+///
+/// A generic struct gets a `CustomModule` bound (and the spec trait, for a spec field) on each HF field
+/// whose type mentions a type parameter; a generic enum, on each such variant type.
+///
+/// Every misuse is a compile error pointing at the offending token, and all of them are reported at once.
+///
 #[proc_macro_derive(CustomModule, attributes(fused_linears, gqa_qkv, hf))]
 pub fn derive_custom_module(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as DeriveInput);

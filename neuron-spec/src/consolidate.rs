@@ -11,6 +11,61 @@ use crate::staging::Staging;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// Writes `state` (e.g. what [`to_original_weights`](crate::to_original_weights) returns) as an HF model
+/// folder `dir` in one call: `model.safetensors` (or `model-0000K-of-0000N.safetensors` and an index above
+/// `max_shard_size` bytes), each tensor in its own dtype, plus the non-weight files of `side_files_from`
+/// (`config.json`, tokenizer, generation config, chat templates, ...; see
+/// [`side_files`](crate::checkpoint::side_files)) byte for byte. Staged, then renamed: nothing is left at `dir` on
+/// failure, and an existing `dir` is replaced only with `force`. Returns the files written, relative to `dir`.
+///
+/// ```
+/// use neuron_spec::tensor::{HostTensor, StateDict};
+/// # fn main() -> neuron_spec::Result<()> {
+/// let tmp = std::env::temp_dir().join(format!("neuron-spec-doc-write-hf-{}", std::process::id()));
+/// let (model, out) = (tmp.join("model"), tmp.join("out"));
+/// std::fs::create_dir_all(&model).map_err(|e| neuron_spec::Error::io(&model, e))?;
+/// std::fs::write(model.join("config.json"), b"{\"model_type\": \"llama\"}").map_err(|e| neuron_spec::Error::io(&model, e))?;
+/// // e.g. `let state = neuron_spec::to_original_weights(&meta, &ranks)?;`
+/// let mut state = StateDict::new();
+/// state.insert("model.norm.weight".into(), HostTensor::from_f32(vec![4], &[1.0; 4])?);
+/// let files = neuron_spec::write_hf_folder(&out, &state, Some(&model), None, false)?;
+/// assert!(files.iter().any(|f| f.ends_with("config.json")));
+/// let back = neuron_spec::io::HfCheckpoint::open(&out)?;
+/// assert_eq!(neuron_spec::TensorSource::names(&back), vec!["model.norm.weight".to_string()]);
+/// # std::fs::remove_dir_all(&tmp).ok();
+/// # Ok(())
+/// # }
+/// ```
+pub fn write_hf_folder(
+    dir: &Path,
+    state: &crate::tensor::StateDict,
+    side_files_from: Option<&Path>,
+    max_shard_size: Option<u64>,
+    force: bool,
+) -> Result<Vec<PathBuf>> {
+    let staging = Staging::new(dir, force)?;
+    let r = (|| {
+        let infos: Vec<TensorInfo> = state
+            .iter()
+            .map(|(n, t)| TensorInfo { name: n.clone(), dtype: t.dtype(), shape: t.shape().to_vec() })
+            .collect();
+        let written = write_hf_checkpoint(staging.path(), &infos, max_shard_size, &mut |info| {
+            let t =
+                state.get(&info.name).ok_or_else(|| Error::Invalid(format!("{}: not in the state dict", info.name)))?;
+            Ok(vec![t.clone()])
+        })?;
+        let mut files: Vec<PathBuf> =
+            written.iter().filter_map(|p| p.strip_prefix(staging.path()).ok().map(Path::to_path_buf)).collect();
+        if let Some(src) = side_files_from {
+            files.extend(copy_side_files(src, staging.path(), None)?);
+        }
+        Ok(files)
+    })();
+    let files = r.map_err(|e| staging.describe(e))?;
+    staging.commit()?;
+    Ok(files)
+}
+
 /// Which adapters [`consolidate_with_adapters`] writes, and which one it merges.
 #[derive(Debug, Clone, Default)]
 pub struct AdapterOptions {

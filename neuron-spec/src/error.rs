@@ -171,6 +171,17 @@ pub enum Error {
         /// What differed, e.g. "chose another next token at step 3".
         what: String,
     },
+    /// Configuration keys refused because each may change the math and is not implemented: all of a file's,
+    /// in one error.
+    #[error("{}: model_type {model_type:?}: {}", .file.display(), refused_keys_message(.keys))]
+    RefusedConfigKeys {
+        /// The config file.
+        file: PathBuf,
+        /// Its `model_type`.
+        model_type: String,
+        /// Each refused key with the reason.
+        keys: Vec<(String, String)>,
+    },
     /// Any other invalid argument.
     #[error("{0}")]
     Invalid(String),
@@ -178,6 +189,11 @@ pub enum Error {
 
 fn in_file(file: &Option<PathBuf>) -> String {
     file.as_ref().map(|f| format!(" in {}", f.display())).unwrap_or_default()
+}
+
+fn refused_keys_message(keys: &[(String, String)]) -> String {
+    let list: Vec<String> = keys.iter().map(|(k, r)| format!("`{k}`: {r}")).collect();
+    format!("{} config key(s) refused: {}", keys.len(), list.join("; "))
 }
 
 fn key_mismatch_message(context: &str, missing: &[(String, Option<String>)], unexpected: &[String]) -> String {

@@ -9,8 +9,9 @@
 //!
 //! 1. **Annotate** a burn model: `#[derive(Module, CustomModule)]` on each struct, field names as HF module
 //!    names, and on each fused layer the HF linears it replaces (`#[fused_linears(..)]`, `#[gqa_qkv(..)]`,
-//!    `#[hf(rename = "..")]`, `#[hf(skip)]`: the attributes are documented on the derive,
-//!    [`CustomModule`](derive@CustomModule)). Every number (heads, sizes, TP size and rank) is read from the
+//!    `#[hf(rename = "..")]`, `#[hf(skip)]`: the attribute reference is on the derive itself,
+//!    [`CustomModule`](derive@CustomModule)). The derive generates the spec, metadata and load/save methods,
+//!    not a constructor or a `forward`: those are the model's own. Every number (heads, sizes, TP size and rank) is read from the
 //!    layers.
 //! 2. **Build one rank**: each layer gets a [`TpContext`](module::TpContext) (an explicit value, no globals).
 //! 3. **Ask the model**: `transformation_specs()` (the reference's specs, by module path) and
@@ -153,7 +154,9 @@ pub mod __private {
     pub use indexmap::IndexMap;
 }
 
-pub use consolidate::{consolidate, consolidate_with_adapters, consolidate_with_optimizer, AdapterOptions};
+pub use consolidate::{
+    consolidate, consolidate_with_adapters, consolidate_with_optimizer, write_hf_folder, AdapterOptions,
+};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use metadata::{CheckpointMetadata, ParameterMetadata};

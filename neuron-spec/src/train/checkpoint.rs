@@ -106,8 +106,8 @@ pub fn write_trained_rank(
 }
 
 /// Writes what a trained checkpoint holds besides the rank files, under `root`: the metadata of the weights
-/// and of each moment directory (from `written`, every rank's report in rank order), `config_dir`'s
-/// `config.json` and the optimizer's `state.json`. `rank0` is rank 0's trained tensors and state (their names
+/// and of each moment directory (from `written`, every rank's report in rank order), `config_dir`'s non-weight
+/// files ([`side_files`](crate::checkpoint::side_files): config, tokenizer, ...) and the optimizer's `state.json`. `rank0` is rank 0's trained tensors and state (their names
 /// go into the metadata).
 pub fn write_trained_metadata(
     root: &Path,
@@ -129,11 +129,9 @@ pub fn write_trained_metadata(
     }
     let (weights, state) = rank0;
     write_rank_metadata(root, meta, weights, written.iter().map(|w| w.weights.clone()).collect())?;
-    let c = config_dir.join("config.json");
-    if c.exists() {
-        let bytes = std::fs::read(&c).map_err(|e| Error::io(&c, e))?;
-        write_file_synced(&root.join("config.json"), &bytes)?;
-    }
+    // Every non-weight file of the input (config, tokenizer, generation config, chat template, ...), as `shard`
+    // carries them.
+    crate::checkpoint::copy_side_files(config_dir, root, None)?;
     let opt = root.join(OPTIMIZER_DIR);
     for (i, (m, names)) in MOMENTS.iter().zip([&state.exp_avg, &state.exp_avg_sq]).enumerate() {
         write_rank_metadata(&opt.join(m), meta, names, written.iter().map(|w| w.moments[i].clone()).collect())?;
@@ -176,7 +174,7 @@ fn write_state_json(
 
 /// Writes the trained rank tensors and their AdamW state (every rank's, in rank order) to `out_dir` (staged,
 /// then renamed: nothing is left at `out_dir` on failure). `meta` is the model's layout; `config_dir`'s
-/// `config.json` is copied along. With one process per rank, each writes its own part with
+/// non-weight files are copied along. With one process per rank, each writes its own part with
 /// [`write_trained_rank`] and one writes [`write_trained_metadata`] (`write_trained_checkpoint_mpi`, feature `mpi`).
 pub fn write_trained_checkpoint(
     out_dir: &Path,

@@ -51,7 +51,7 @@ fn token() -> String {
 
 /// Writes this process's rank of a trained checkpoint to `out_dir` (see the module docs); every rank of `comm`
 /// calls it together, with its own trained tensors and AdamW state. `meta` is the model's layout,
-/// `config_dir`'s `config.json` is copied along (by rank 0). Returns the same error on every rank when any
+/// `config_dir`'s non-weight files are copied along (by rank 0). Returns the same error on every rank when any
 /// rank failed, and then leaves nothing at `out_dir` (an existing `out_dir` is replaced, with `force`, only by
 /// a complete output).
 #[allow(clippy::too_many_arguments)]

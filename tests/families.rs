@@ -1,4 +1,5 @@
-//! Model families against transformers 4.57.1's goldens (`llama3-rope`, `qwen3`, `granite`, `qwen3-moe`):
+//! Model families against transformers 4.57.1's goldens (`llama3-rope`, `qwen3`, `granite`, `qwen3-moe`, and
+//! our `qwen2`, `mistral`):
 //! the TP forward at every tp the heads allow, fused and separate qkv; shard → consolidate byte for byte;
 //! reshard equal to direct sharding; RoPE `inv_freq` and attention scaling of every rope_type against
 //! transformers'; and the refusals (unknown model_type, unimplemented fields and rope types).
@@ -118,6 +119,18 @@ fn qwen3_matches_golden_at_tp_1_2_4_8() {
 #[test]
 fn granite_matches_golden_at_tp_1_2_4_8() {
     forward_matches("granite", "granite", &[1, 2, 4, 8]);
+}
+
+/// Our fixtures (`tests/fixtures/make/make_qwen2_mistral.py`): Qwen2's q/k/v biases (no o bias) and tied
+/// embeddings; Mistral's sliding window (16, longer than the input: active, and exact).
+#[test]
+fn qwen2_and_mistral_match_golden_at_tp_1_2_4_8() {
+    let c = cfg("qwen2");
+    assert!(c.qkv_bias && !c.o_bias && c.sliding_window.is_none());
+    forward_matches("qwen2", "qwen2", &[1, 2, 4, 8]);
+    let c = cfg("mistral");
+    assert!(!c.qkv_bias && c.sliding_window == Some(16));
+    forward_matches("mistral", "mistral", &[1, 2, 4, 8]);
 }
 
 #[test]

@@ -56,15 +56,17 @@ fn check_consolidated(what: &str, dir: &Path, g: &dyn TensorSource, prefix: &str
     // are model-wide: 1.2e-4 max, 8e-8 mean; a missing weight decay shows as 2.5e-5 mean). A per-tensor mean
     // would fail on float noise alone: Qwen3's k_norm has a gradient element of 6.5e-7, below AdamW's eps, where
     // the first update lr·g/(|g|+eps) amplifies a 6e-8 gradient difference 3700-fold, in a 16-element tensor.
-    let (mut sum, mut count) = (0f64, 0usize);
+    let (mut sum, mut count, mut worst) = (0f64, 0usize, 0f32);
     for name in names {
         let gold = g.tensor(&format!("{prefix}.{name}")).unwrap().to_f32_vec();
         let ours = hf.tensor(&name).unwrap().to_f32_vec();
         close(&format!("{what}: {prefix}.{name}"), &ours, &gold, 5e-4, f64::INFINITY);
         sum += mean_abs_diff(&ours, &gold).unwrap() * ours.len() as f64;
         count += ours.len();
+        worst = worst.max(max_abs_diff(&ours, &gold).unwrap());
     }
     let mean = sum / count.max(1) as f64;
+    eprintln!("{what}: {prefix}.*: max abs diff {worst:.2e}, mean {mean:.2e}");
     assert!(mean < 1e-6, "{what}: {prefix}.*: mean abs diff over all parameters {mean:e}");
 }
 
@@ -209,6 +211,31 @@ fn qwen3_training_matches_torch() {
     }
 }
 
+/// `(tp, fused qkv, tp resumed at)`.
+type TrainCase = (usize, bool, usize);
+
+/// Every family of the table trains like torch (each fixture's `train_golden.safetensors`): per family, the
+/// `(tp, fused qkv, resume tp)` cases run. All at tp 2 fused; each at one more tp and the separate layout; Phi-3
+/// (whose checkpoint packs q/k/v) in both rank layouts and resumed after a reshard. llama-gqa and qwen3 have
+/// their own tests above. Qwen3-MoE joins with a line here once its router gradient is fixed (issue 19).
+const FAMILY_CASES: &[(&str, &[TrainCase])] = &[
+    ("llama3-rope", &[(2, true, 2), (4, false, 4)]),
+    ("qwen2", &[(2, true, 2), (1, false, 1)]),
+    ("mistral", &[(2, true, 2), (4, false, 4)]),
+    ("qwen3", &[(2, false, 2)]),
+    ("granite", &[(2, true, 2), (4, false, 4)]),
+    ("phi3", &[(1, true, 1), (2, true, 2), (2, false, 2), (4, false, 2)]),
+];
+
+#[test]
+fn every_family_trains_like_torch() {
+    for (dir, cases) in FAMILY_CASES {
+        for &(tp, fuse, resume_tp) in *cases {
+            case(dir, tp, fuse, resume_tp);
+        }
+    }
+}
+
 fn bin(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_neuron-spec")).args(args).output().unwrap()
 }
@@ -295,11 +322,16 @@ fn open_abs(p: &Path) -> neuron_spec::io::SafetensorsFile {
 }
 
 /// Compares a PEFT adapter file with the golden's `prefix.*` (peft's names and shapes): max per tensor,
-/// mean over all.
+/// mean over all. The llama-gqa-lora adapter's 28 factors; [`check_adapter_file_n`] for another.
 fn check_adapter_file(what: &str, file: &Path, g: &dyn TensorSource, prefix: &str) {
+    check_adapter_file_n(what, file, g, prefix, 28)
+}
+
+/// [`check_adapter_file`] of an adapter with `n` factors.
+fn check_adapter_file_n(what: &str, file: &Path, g: &dyn TensorSource, prefix: &str, n: usize) {
     let f = open_abs(file);
     let names = TensorSource::names(&f);
-    assert_eq!(names.len(), 28, "{what}: adapter tensors");
+    assert_eq!(names.len(), n, "{what}: adapter tensors");
     let (mut sum, mut count, mut worst) = (0f64, 0usize, 0f32);
     for name in names {
         let gold = g.tensor(&format!("{prefix}.{name}")).unwrap();
@@ -321,20 +353,33 @@ fn check_adapter_file(what: &str, file: &Path, g: &dyn TensorSource, prefix: &st
 /// from the checkpoint, consolidate (`after3`).
 #[test]
 fn cli_lora_trains_resumes_and_consolidates_like_peft() {
-    let g = open("llama-gqa-lora/train_golden_lora.safetensors");
+    cli_lora_like_peft("llama-gqa", "llama-gqa-lora", &[(1, true), (4, true), (2, false)], 28);
+}
+
+/// Phi-3's adapter on the packed `qkv_proj` / `gate_up_proj` (and `o_proj`, `down_proj`), trained like peft
+/// (`phi3-lora/train_golden_lora.safetensors`, `make/make_train_golden_phi3_lora.py`).
+#[test]
+fn cli_phi3_lora_trains_resumes_and_consolidates_like_peft() {
+    cli_lora_like_peft("phi3", "phi3-lora", &[(2, true), (4, false)], 16);
+}
+
+/// [`cli_lora_trains_resumes_and_consolidates_like_peft`] for the HF model `model` and the adapter `adapter`
+/// (with `factors` tensors, and its `train_golden_lora.safetensors`), at each `(tp, fused qkv)`.
+fn cli_lora_like_peft(model: &str, adapter: &str, cases: &[(usize, bool)], factors: usize) {
+    let g = open(&format!("{adapter}/train_golden_lora.safetensors"));
     let loss = g.tensor("loss").unwrap().to_f32_vec();
-    let data = fixture("llama-gqa-lora/train_golden_lora.safetensors");
-    let base = hf("llama-gqa");
+    let data = fixture(&format!("{adapter}/train_golden_lora.safetensors"));
+    let base = hf(model);
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    for (tp, fuse) in [(1, true), (4, true), (2, false)] {
-        let what = format!("cli lora tp {tp} fuse {fuse}");
+    for &(tp, fuse) in cases {
+        let what = format!("cli {adapter} tp {tp} fuse {fuse}");
         let tmp = tempfile::tempdir().unwrap();
         let (one, three) = (tmp.path().join("one"), tmp.path().join("three"));
-        let mut args = vec!["train".to_string(), s(&fixture("llama-gqa")), s(&one), "--tp".into(), tp.to_string()];
+        let mut args = vec!["train".to_string(), s(&fixture(model)), s(&one), "--tp".into(), tp.to_string()];
         if fuse {
             args.push("--fuse-qkv".into());
         }
-        args.extend(["--adapter".into(), s(&fixture("llama-gqa-lora")), "--lora-mode".into(), "exact".into()]);
+        args.extend(["--adapter".into(), s(&fixture(adapter)), "--lora-mode".into(), "exact".into()]);
         args.extend(["--data".into(), s(&data), "--steps".into(), "1".into()]);
         args.extend(HP.iter().map(|x| x.to_string()));
         let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -344,8 +389,8 @@ fn cli_lora_trains_resumes_and_consolidates_like_peft() {
         let hf1 = tmp.path().join("hf1");
         let out = bin(&["consolidate", &s(&one), &s(&hf1), "--optimizer"]);
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-        check_adapter_file(&what, &hf1.join("default/adapter_model.safetensors"), &g, "after1");
-        check_moments_after_one_step(&what, &hf1.join("optimizer"), &g, "", 28);
+        check_adapter_file_n(&what, &hf1.join("default/adapter_model.safetensors"), &g, "after1", factors);
+        check_moments_after_one_step(&what, &hf1.join("optimizer"), &g, "", factors);
         // The base is frozen: consolidated, it is the HF model's, bit for bit.
         let b = HfCheckpoint::open(&hf1).unwrap();
         assert_eq!(b.names().len(), base.names().len(), "{what}");
@@ -363,7 +408,7 @@ fn cli_lora_trains_resumes_and_consolidates_like_peft() {
         let hf3 = tmp.path().join("hf3");
         let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-        check_adapter_file(&what, &hf3.join("default/adapter_model.safetensors"), &g, "after3");
+        check_adapter_file_n(&what, &hf3.join("default/adapter_model.safetensors"), &g, "after3", factors);
     }
 }
 

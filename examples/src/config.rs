@@ -50,6 +50,10 @@ pub struct LlamaConfig {
     /// The positions RoPE was trained for (dynamic, yarn and longrope RoPE read it).
     #[serde(default)]
     pub max_position_embeddings: Option<f64>,
+    /// The embedding's `padding_idx` (transformers passes it to `nn.Embedding`): that row gets no gradient from
+    /// the token lookup (the forward pass is unchanged).
+    #[serde(default)]
+    pub pad_token_id: Option<i64>,
 }
 
 fn default_eps() -> f64 {

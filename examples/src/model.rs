@@ -64,6 +64,8 @@ pub struct DecoderOptions {
     pub attention_scale: f64,
     /// Granite's `logits_scaling` (1 elsewhere).
     pub logits_scaling: f64,
+    /// `pad_token_id`, torch's `padding_idx`: the token lookup passes no gradient to that embedding row.
+    pub padding_idx: Option<usize>,
 }
 
 /// Causal LM: the decoder stack and the vocab-parallel head (`None` when tied to `embed_tokens`).
@@ -255,7 +257,20 @@ fn check_config(cfg: &LlamaConfig) -> Result<()> {
     if cfg.rope_theta.is_nan() || cfg.rope_theta <= 0.0 {
         return bad("rope_theta", format!("must be positive, got {}", cfg.rope_theta));
     }
+    padding_idx(cfg)?;
     Ok(())
+}
+
+/// `pad_token_id` as an embedding row (negative counts from the end, as torch's `padding_idx`); outside the
+/// vocabulary it is refused, as `nn.Embedding` refuses it.
+fn padding_idx(cfg: &LlamaConfig) -> Result<Option<usize>> {
+    let Some(p) = cfg.pad_token_id else { return Ok(None) };
+    let vocab = cfg.vocab_size as i64;
+    let row = if p < 0 { p + vocab } else { p };
+    if !(0..vocab).contains(&row) {
+        return Err(Error::spec("config", "pad_token_id", format!("{p} is outside the vocabulary (vocab_size {vocab})")));
+    }
+    Ok(Some(row as usize))
 }
 
 fn rms_norm(d: usize, eps: f64, device: &Device) -> RmsNorm {
@@ -392,16 +407,17 @@ impl<'a> Builder<'a> {
     }
 
     /// The forward-pass constants.
-    pub(crate) fn options(&self) -> DecoderOptions {
+    pub(crate) fn options(&self) -> Result<DecoderOptions> {
         let (cfg, s) = (self.cfg, &self.cfg.scales);
-        DecoderOptions {
+        Ok(DecoderOptions {
             rope: cfg.rope.clone(),
             sliding_window: cfg.sliding_window,
             embedding_multiplier: s.embedding_multiplier,
             residual_multiplier: s.residual_multiplier,
             attention_scale: s.attention_multiplier.unwrap_or(1.0 / (cfg.llama.head_dim() as f64).sqrt()),
             logits_scaling: s.logits_scaling,
-        }
+            padding_idx: padding_idx(&cfg.llama)?,
+        })
     }
 }
 
@@ -426,7 +442,7 @@ impl LlamaForCausalLM {
         Ok(Self {
             model: LlamaModel { embed_tokens: b.embedding()?, layers, norm: b.final_norm() },
             lm_head: b.lm_head()?,
-            options: b.options(),
+            options: b.options()?,
         })
     }
 
@@ -467,13 +483,23 @@ impl LlamaForCausalLM {
 }
 
 /// The token embedding (Granite: times `embedding_multiplier`): `[batch, seq]` ids → `[batch, seq, hidden]`.
+/// The rows of `padding_idx` tokens are detached: as torch's `nn.Embedding(padding_idx=..)`, the lookup gives
+/// that embedding row no gradient (the values are the same).
 pub(crate) fn embed<C: Communicator>(
     embed_tokens: &ParallelEmbedding,
     input_ids: Tensor<2, Int>,
     o: &DecoderOptions,
     comm: &C,
 ) -> Result<Tensor<3>> {
+    let pad = o.padding_idx.map(|p| input_ids.clone().equal_elem(p as i64));
     let x = embed_tokens.forward(input_ids, comm)?;
+    let x = match pad {
+        Some(mask) => {
+            let mask = mask.unsqueeze_dim::<3>(2).expand(x.dims());
+            x.clone().mask_where(mask, x.detach())
+        }
+        None => x,
+    };
     Ok(if o.embedding_multiplier != 1.0 { x * o.embedding_multiplier } else { x })
 }
 

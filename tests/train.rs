@@ -289,6 +289,72 @@ fn cli_trains_resumes_and_consolidates_like_torch() {
     }
 }
 
+/// `neuron-spec reshard` carries a trained checkpoint's AdamW state (full and LoRA runs): `train` 1 step at tp 4,
+/// `reshard --tp 2`, `train` 2 more steps equals torch's 3 steps (llama-gqa, Phi-3, and the llama-gqa-lora
+/// adapter against peft). `consolidate` without `--optimizer` says that it leaves the state out.
+#[test]
+fn cli_reshard_keeps_the_optimizer_state_and_training_resumes_like_torch() {
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    for (model, golden, adapter, fuse) in [
+        ("llama-gqa", "llama-gqa/train_golden.safetensors", None, true),
+        ("phi3", "phi3/train_golden.safetensors", None, false),
+        ("llama-gqa", "llama-gqa-lora/train_golden_lora.safetensors", Some("llama-gqa-lora"), true),
+    ] {
+        let what = format!("cli reshard {golden}");
+        let g = open(golden);
+        let loss = g.tensor("loss").unwrap().to_f32_vec();
+        let data = fixture(golden);
+        let tmp = tempfile::tempdir().unwrap();
+        let (one, two, three, hf3) =
+            (tmp.path().join("one"), tmp.path().join("two"), tmp.path().join("three"), tmp.path().join("hf3"));
+        let mut args = vec!["train".to_string(), s(&fixture(model)), s(&one), "--tp".into(), "4".into()];
+        if fuse {
+            args.push("--fuse-qkv".into());
+        }
+        if let Some(a) = adapter {
+            args.extend(["--adapter".into(), s(&fixture(a))]);
+        }
+        args.extend(["--data".into(), s(&data), "--steps".into(), "1".into()]);
+        args.extend(HP.iter().map(|x| x.to_string()));
+        let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        check_losses(&what, &step_losses(&out.stdout), &loss[..1]);
+        let out = bin(&["reshard", &s(&one), &s(&two), "--tp", "2"]);
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("optimizer state resharded"), "{what}");
+        assert!(two.join("optimizer/state.json").is_file(), "{what}: no optimizer state after reshard");
+        let mut args =
+            vec!["train".to_string(), s(&two), s(&three), "--data".into(), s(&data), "--steps".into(), "2".into()];
+        args.extend(HP.iter().map(|x| x.to_string()));
+        let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        check_losses(&what, &step_losses(&out.stdout), &loss[1..]);
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("step 2 "), "{what}");
+        let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("pass --optimizer"),
+            "{what}: the state left out is said"
+        );
+        match adapter {
+            Some(_) => check_adapter_file(&what, &hf3.join("default/adapter_model.safetensors"), &g, "after3"),
+            None => {
+                let hf = HfCheckpoint::open(&hf3).unwrap();
+                for name in hf.names() {
+                    let gold = g.tensor(&format!("after3.{name}")).unwrap().to_f32_vec();
+                    close(
+                        &format!("{what}: after3.{name}"),
+                        &hf.tensor(&name).unwrap().to_f32_vec(),
+                        &gold,
+                        5e-4,
+                        1e-6,
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// `DIR/optimizer/` of `consolidate --optimizer` after 1 step against the golden's step-1 gradients:
 /// `exp_avg = (1 − β1)·g`, `exp_avg_sq = (1 − β2)·g²` (torch's AdamW state after one step), names
 /// `prefix<HF name>`, the step in `state.json`.

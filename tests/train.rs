@@ -251,6 +251,19 @@ fn step_losses(stdout: &[u8]) -> Vec<f32> {
 
 const HP: [&str; 8] = ["--lr", "1e-2", "--betas", "0.9,0.999", "--eps", "1e-6", "--weight-decay", "0.01"];
 
+/// `neuron-spec train FROM OUT --data DATA --steps STEPS` with the goldens' hyperparameters and `extra` (`--tp`,
+/// `--fuse-qkv`, `--adapter`, ...); asserts success and returns the step losses it printed and its stdout.
+fn cli_train(what: &str, from: &Path, out: &Path, data: &Path, steps: usize, extra: &[String]) -> (Vec<f32>, String) {
+    let p = |p: &Path| p.to_str().unwrap().to_string();
+    let mut args = vec!["train".to_string(), p(from), p(out), "--data".into(), p(data), "--steps".into()];
+    args.push(steps.to_string());
+    args.extend(extra.iter().cloned());
+    args.extend(HP.iter().map(|x| x.to_string()));
+    let o = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+    (step_losses(&o.stdout), String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
 #[test]
 fn cli_trains_resumes_and_consolidates_like_torch() {
     let tmp = tempfile::tempdir().unwrap();
@@ -309,29 +322,21 @@ fn cli_reshard_keeps_the_optimizer_state_and_training_resumes_like_torch() {
         let tmp = tempfile::tempdir().unwrap();
         let (one, two, three, hf3) =
             (tmp.path().join("one"), tmp.path().join("two"), tmp.path().join("three"), tmp.path().join("hf3"));
-        let mut args = vec!["train".to_string(), s(&fixture(model)), s(&one), "--tp".into(), "4".into()];
+        let mut extra = vec!["--tp".to_string(), "4".into()];
         if fuse {
-            args.push("--fuse-qkv".into());
+            extra.push("--fuse-qkv".into());
         }
         if let Some(a) = adapter {
-            args.extend(["--adapter".into(), s(&fixture(a))]);
+            extra.extend(["--adapter".into(), s(&fixture(a))]);
         }
-        args.extend(["--data".into(), s(&data), "--steps".into(), "1".into()]);
-        args.extend(HP.iter().map(|x| x.to_string()));
-        let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-        check_losses(&what, &step_losses(&out.stdout), &loss[..1]);
+        check_losses(&what, &cli_train(&what, &fixture(model), &one, &data, 1, &extra).0, &loss[..1]);
         let out = bin(&["reshard", &s(&one), &s(&two), "--tp", "2"]);
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains("optimizer state resharded"), "{what}");
         assert!(two.join("optimizer/state.json").is_file(), "{what}: no optimizer state after reshard");
-        let mut args =
-            vec!["train".to_string(), s(&two), s(&three), "--data".into(), s(&data), "--steps".into(), "2".into()];
-        args.extend(HP.iter().map(|x| x.to_string()));
-        let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-        check_losses(&what, &step_losses(&out.stdout), &loss[1..]);
-        assert!(String::from_utf8_lossy(&out.stdout).starts_with("step 2 "), "{what}");
+        let (losses, stdout) = cli_train(&what, &two, &three, &data, 2, &[]);
+        check_losses(&what, &losses, &loss[1..]);
+        assert!(stdout.starts_with("step 2 "), "{what}");
         let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(
@@ -443,16 +448,12 @@ fn cli_lora_like_peft(model: &str, adapter: &str, cases: &[(usize, bool)], facto
         let what = format!("cli {adapter} tp {tp} fuse {fuse}");
         let tmp = tempfile::tempdir().unwrap();
         let (one, three) = (tmp.path().join("one"), tmp.path().join("three"));
-        let mut args = vec!["train".to_string(), s(&fixture(model)), s(&one), "--tp".into(), tp.to_string()];
+        let mut extra = vec!["--tp".to_string(), tp.to_string()];
         if fuse {
-            args.push("--fuse-qkv".into());
+            extra.push("--fuse-qkv".into());
         }
-        args.extend(["--adapter".into(), s(&fixture(adapter)), "--lora-mode".into(), "exact".into()]);
-        args.extend(["--data".into(), s(&data), "--steps".into(), "1".into()]);
-        args.extend(HP.iter().map(|x| x.to_string()));
-        let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-        check_losses(&what, &step_losses(&out.stdout), &loss[..1]);
+        extra.extend(["--adapter".into(), s(&fixture(adapter)), "--lora-mode".into(), "exact".into()]);
+        check_losses(&what, &cli_train(&what, &fixture(model), &one, &data, 1, &extra).0, &loss[..1]);
         assert!(one.join("adapter_default/adapter_config.json").is_file(), "{what}: shard --adapter's layout");
         let hf1 = tmp.path().join("hf1");
         let out = bin(&["consolidate", &s(&one), &s(&hf1), "--optimizer"]);
@@ -466,13 +467,9 @@ fn cli_lora_like_peft(model: &str, adapter: &str, cases: &[(usize, bool)], facto
             assert_eq!(b.tensor(&name).unwrap().bytes(), base.tensor(&name).unwrap().bytes(), "{what}: {name}");
         }
         // Resume: tp, step, moments and the adapter from the checkpoint.
-        let mut args =
-            vec!["train".to_string(), s(&one), s(&three), "--data".into(), s(&data), "--steps".into(), "2".into()];
-        args.extend(HP.iter().map(|x| x.to_string()));
-        let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-        check_losses(&what, &step_losses(&out.stdout), &loss[1..]);
-        assert!(String::from_utf8_lossy(&out.stdout).starts_with("step 2 "), "{what}");
+        let (losses, stdout) = cli_train(&what, &one, &three, &data, 2, &[]);
+        check_losses(&what, &losses, &loss[1..]);
+        assert!(stdout.starts_with("step 2 "), "{what}");
         let hf3 = tmp.path().join("hf3");
         let out = bin(&["consolidate", &s(&three), &s(&hf3)]);
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));

@@ -268,7 +268,11 @@ fn padding_idx(cfg: &LlamaConfig) -> Result<Option<usize>> {
     let vocab = cfg.vocab_size as i64;
     let row = if p < 0 { p + vocab } else { p };
     if !(0..vocab).contains(&row) {
-        return Err(Error::spec("config", "pad_token_id", format!("{p} is outside the vocabulary (vocab_size {vocab})")));
+        return Err(Error::spec(
+            "config",
+            "pad_token_id",
+            format!("{p} is outside the vocabulary (vocab_size {vocab})"),
+        ));
     }
     Ok(Some(row as usize))
 }

@@ -13,6 +13,7 @@ use neuron_spec::error::{Error, Result};
 use neuron_spec::io::{parse_size, HfCheckpoint};
 use neuron_spec::plan::TensorSource;
 use neuron_spec::reshard::reshard;
+use neuron_spec::train::{has_optimizer_state, reshard_trained, OPTIMIZER_DIR};
 use neuron_spec::{consolidate, shard, shard_with_adapters, AdapterOptions};
 use neuron_spec_examples::QkvLayout;
 use std::path::{Path, PathBuf};
@@ -488,6 +489,14 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                     ..Default::default()
                 },
             )?;
+            if has_optimizer_state(&hf_dir) {
+                // `consolidate --optimizer`'s moments (HF names): said, never dropped silently.
+                errln!(
+                    "note: {} holds an AdamW state ({OPTIMIZER_DIR}/), not sharded: training from the output starts \
+                     afresh (resume from the trained sharded checkpoint instead)",
+                    hf_dir.display()
+                );
+            }
             if !quiet {
                 out!(
                     "sharded {} into {} at tp {tp}, pp {pp}: {} rank files, {} tensors, {} written",
@@ -550,6 +559,14 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                 &AdapterOptions { only: (!adapters.is_empty()).then_some(adapters), merge: merge_adapter.clone() },
                 optimizer,
             )?;
+            if !optimizer && has_optimizer_state(&sharded_dir) {
+                // An HF folder has no place for it unless asked: said, never dropped silently.
+                errln!(
+                    "note: {} holds the AdamW state of a training run ({OPTIMIZER_DIR}/), not written: pass \
+                     --optimizer to write it too (or resume from the sharded checkpoint itself)",
+                    sharded_dir.display()
+                );
+            }
             if !quiet {
                 let weights = r.files.iter().filter(|f| f.extension().is_some_and(|e| e == "safetensors")).count();
                 let index = if r.files.len() > weights { " + index" } else { "" };
@@ -571,7 +588,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                     out!("  adapters: {} tensors, {} written", r.adapter_tensors, human(r.adapter_bytes));
                 }
                 if optimizer {
-                    out!("  optimizer state written: {}", out_dir.join(neuron_spec::train::OPTIMIZER_DIR).display());
+                    out!("  optimizer state written: {}", out_dir.join(OPTIMIZER_DIR).display());
                 }
             }
             Ok(EXIT_OK)
@@ -588,7 +605,13 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                 pp,
                 ..Default::default()
             };
-            let r = reshard(&sharded_dir, &out_dir, tp, &opts)?;
+            // A trained checkpoint's AdamW state follows its weights (`train` resumes from the output).
+            let trained = has_optimizer_state(&sharded_dir);
+            let r = if trained {
+                reshard_trained(&sharded_dir, &out_dir, tp, &opts)?
+            } else {
+                reshard(&sharded_dir, &out_dir, tp, &opts)?
+            };
             if !quiet {
                 out!(
                     "resharded {} into {} at tp {tp}: {} rank files, {} tensors, {} written",
@@ -599,6 +622,9 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                     human(r.bytes_written)
                 );
                 side_files_line(&r.side_files)?;
+                if trained {
+                    out!("  optimizer state resharded: {}", out_dir.join(OPTIMIZER_DIR).display());
+                }
             }
             Ok(EXIT_OK)
         }
@@ -985,10 +1011,8 @@ const QUICKSTART_PROMPT: &str = "The fox sat by the river and";
 
 /// quickstart's last step: greedy `generate` from the sharded checkpoint through the tokenizer it carries.
 fn quickstart_generate(sharded: &Path, tp: usize) -> Result<()> {
-    if !sharded.join(neuron_spec_examples::text::TOKENIZER_FILE).exists()
-        || neuron_spec_examples::model_type_of(sharded).as_deref() == Some("phi3")
-    {
-        out!("4. generate: skipped (the model has no tokenizer.json, or is not of a family that generates)");
+    if !sharded.join(neuron_spec_examples::text::TOKENIZER_FILE).exists() {
+        out!("4. generate: skipped (the model has no tokenizer.json)");
         return Ok(());
     }
     out!("4. generate: {tp} ranks, greedy, 20 new tokens after {QUICKSTART_PROMPT:?} (the model is random: so is its text)");

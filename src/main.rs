@@ -1,5 +1,5 @@
-//! The `neuron-spec` command line, with the example model families behind `forward` (dispatched on the
-//! config's `model_type`).
+//! The `neuron-spec` command line, with the example model families behind `forward` (the config's `model_type`
+//! picks the family in the examples' family table).
 
 use neuron_spec::checkpoint::{ShardedCheckpoint, METADATA_PATH};
 #[macro_use]
@@ -58,9 +58,6 @@ impl ForwardRunner for Llama {
         adapters: &[AdapterArg],
         input_ids: &[Vec<i64>],
     ) -> Result<Vec<NamedOutput>> {
-        if neuron_spec_examples::model_type_of(dir).as_deref() == Some("phi3") {
-            return phi3_outputs(dir, tp, fuse_qkv, adapters, input_ids);
-        }
         let cfg = ModelConfig::read(&dir.join("config.json"))?;
         let out = if dir.join(METADATA_PATH).exists() {
             let ck = ShardedCheckpoint::open(dir)?;
@@ -97,36 +94,6 @@ impl ForwardRunner for Llama {
     }
 }
 
-/// Phi-3 (its own model): an HF directory at `tp` with adapters, or a sharded checkpoint at its own tp.
-fn phi3_outputs(
-    dir: &Path,
-    tp: usize,
-    fuse_qkv: bool,
-    adapters: &[AdapterArg],
-    input_ids: &[Vec<i64>],
-) -> Result<Vec<NamedOutput>> {
-    use neuron_spec_examples::{phi3_layout, run_phi3_forward, run_phi3_sharded, Phi3Config, QkvLayout};
-    let cfg = Phi3Config::read(&dir.join("config.json"))?;
-    let out = if dir.join(METADATA_PATH).exists() {
-        if !adapters.is_empty() {
-            return Err(neuron_spec::Error::Invalid(
-                "--adapter: Phi-3 takes adapters with an HF checkpoint only (shard the adapter along instead)".into(),
-            ));
-        }
-        run_phi3_sharded(dir, &cfg, input_ids)?
-    } else {
-        let imported = import_adapters(&phi3_layout(&cfg, tp, QkvLayout::gqa(fuse_qkv))?, adapters)?;
-        let ck = neuron_spec::io::HfCheckpoint::open(dir)?;
-        run_phi3_forward(&ck, &cfg, tp, fuse_qkv, &imported, input_ids)?
-    };
-    let (b, s) = (input_ids.len(), input_ids.first().map_or(0, Vec::len));
-    Ok(vec![
-        NamedOutput { name: "logits".into(), values: out.logits, shape: vec![b, s, cfg.vocab_size] },
-        NamedOutput { name: "hidden_0".into(), values: out.hidden_0, shape: vec![b, s, cfg.hidden_size] },
-        NamedOutput { name: "hidden_1".into(), values: out.hidden_1, shape: vec![b, s, cfg.hidden_size] },
-    ])
-}
-
 /// `forward --comm mpi`: this process is one rank; any error ends the whole job with that rank's message.
 #[cfg(feature = "mpi")]
 mod mpi_forward {
@@ -136,8 +103,8 @@ mod mpi_forward {
     use neuron_spec::layers::{Communicator, MpiCommunicator};
     use neuron_spec::lora::ImportedAdapter;
     use neuron_spec::{Error, Result, Spec};
-    use neuron_spec_examples::mpi_run::{mpi_forward, mpi_phi3_forward};
-    use neuron_spec_examples::{model_metadata, phi3_layout, ModelConfig, Phi3Config, QkvLayout};
+    use neuron_spec_examples::mpi_run::mpi_forward;
+    use neuron_spec_examples::{model_metadata, ModelConfig};
     use std::path::Path;
 
     pub fn run(
@@ -162,7 +129,7 @@ mod mpi_forward {
         Ok(bytes.first().map_or(code, |c| i32::from(*c)))
     }
 
-    /// `adapters` imported for the layout of the (Llama-family) model in `dir` at `tp`.
+    /// `adapters` imported for the layout of the model in `dir` at `tp`.
     fn imported_for_model(
         dir: &Path,
         fuse_qkv: bool,
@@ -196,27 +163,9 @@ mod mpi_forward {
                 ctx.size
             )));
         }
-        let phi3 = neuron_spec_examples::model_type_of(dir).as_deref() == Some("phi3");
-        let sharded = dir.join(METADATA_PATH).exists();
-        let imported = if adapters.is_empty() {
-            Vec::new()
-        } else if phi3 {
-            if sharded {
-                return Err(Error::Invalid(
-                    "--adapter: Phi-3 takes adapters with an HF checkpoint only (shard the adapter along instead)"
-                        .into(),
-                ));
-            }
-            let cfg = Phi3Config::read(&dir.join("config.json"))?;
-            import_adapters(&phi3_layout(&cfg, ctx.size, QkvLayout::gqa(fuse_qkv))?, adapters)?
-        } else {
-            imported_for_model(dir, fuse_qkv, ctx.size, adapters)?
-        };
-        let run = if phi3 {
-            mpi_phi3_forward(comm, dir, fuse_qkv, &imported, input_ids)?
-        } else {
-            mpi_forward(comm, dir, fuse_qkv, &imported, input_ids)?
-        };
+        let imported =
+            if adapters.is_empty() { Vec::new() } else { imported_for_model(dir, fuse_qkv, ctx.size, adapters)? };
+        let run = mpi_forward(comm, dir, fuse_qkv, &imported, input_ids)?;
 
         crate::mpi_train::print_bytes_read(ctx, run.bytes_read, &run.source)?;
         // Every rank has finished its forward pass (the logits check above was a collective): rank 0 writes.

@@ -59,9 +59,6 @@ fn train(
     }
     let cfg = ModelConfig::read(&a.model.join("config.json"))?;
     let data = batches(&a.data, training_rows(a)?, a.batch_size, cfg.llama.vocab_size)?;
-    if a.adapter.is_none() {
-        crate::train_cmd::refuse_pad_ids(&a.model, &a.data, &data)?;
-    }
     if a.model.join(METADATA_PATH).exists() && !has_optimizer_state(&a.model) {
         return Err(Error::Invalid(format!(
             "{}: no optimizer state (optimizer/state.json): cannot resume training from it",

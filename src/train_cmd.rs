@@ -314,30 +314,6 @@ pub fn mpi_options(a: &TrainArgs) -> Result<TrainOptions> {
     Ok(TrainOptions { adamw, grad_clip: a.grad_clip, mode: TrainMode::Full })
 }
 
-/// Full training on ids that hold the config's `pad_token_id` is refused: transformers builds the embedding as
-/// `nn.Embedding(..., padding_idx=pad_token_id)`, whose lookups never update that row, and we do not implement
-/// that. (The forward pass, and training on other ids, are the same either way.)
-pub fn refuse_pad_ids(model_dir: &Path, data_file: &Path, data: &[Vec<Vec<i64>>]) -> Result<()> {
-    let path = model_dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::Json { path: path.clone(), reason: e.to_string() })?;
-    let Some(pad) = v.get("pad_token_id").and_then(serde_json::Value::as_i64) else { return Ok(()) };
-    if data.iter().flatten().flatten().any(|id| *id == pad) {
-        return Err(Error::spec(
-            &path.display().to_string(),
-            "pad_token_id",
-            format!(
-                "{pad}: the training data {} holds this id, and transformers' embedding (padding_idx={pad}) never \
-                 updates its row from those lookups; full training with padding_idx is not implemented (remove the \
-                 id from the data, or train a LoRA adapter)",
-                data_file.display()
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// Runs `train`; prints `step K loss X` per step and the throughput.
 pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
     if a.steps == 0 {
@@ -348,9 +324,6 @@ pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
     }
     let job = TrainJob::new(&a)?;
     let data = batches(&a.data, training_rows(&a)?, a.batch_size, job.cfg.llama.vocab_size)?;
-    if job.adapter.is_none() {
-        refuse_pad_ids(&job.model_dir, &a.data, &data)?;
-    }
     let bar = if !quiet && std::io::stderr().is_terminal() {
         let b = ProgressBar::new(a.steps as u64);
         if let Ok(s) = ProgressStyle::with_template("training [{bar:40}] {pos}/{len} steps, {msg} eta {eta}") {

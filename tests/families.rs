@@ -1,5 +1,5 @@
 //! Model families against transformers 4.57.1's goldens (`llama3-rope`, `qwen3`, `granite`, `qwen3-moe`,
-//! `qwen3-moe-h6`, `qwen3-moe-e8`):
+//! `qwen3-moe-h6`, `qwen3-moe-e8`, and our `qwen2`, `mistral`):
 //! the TP forward at every tp the heads allow, fused and separate qkv; shard → consolidate byte for byte;
 //! reshard equal to direct sharding; RoPE `inv_freq` and attention scaling of every rope_type against
 //! transformers'; and the refusals (unknown model_type, unimplemented fields and rope types).
@@ -16,8 +16,8 @@ use neuron_spec::reshard::reshard;
 use neuron_spec::{consolidate, shard};
 use neuron_spec::{CustomModule as DeriveCustomModule, HostTensor, StateDict};
 use neuron_spec_examples::{
-    layout, layout_of_dir, run_sharded_forward, run_tp_forward, Family, ForwardOutput, ModelConfig, QkvLayout,
-    RopeConfig, RopeScaling,
+    layout, layout_of_dir, run_sharded_forward, run_tp_forward, ForwardOutput, ModelConfig, QkvLayout, RopeConfig,
+    RopeScaling,
 };
 
 const TOL: f32 = 1e-4;
@@ -59,9 +59,9 @@ fn cfg(dir: &str) -> ModelConfig {
 }
 
 /// Forward at every `tp`, fused and separate qkv, against the golden.
-fn forward_matches(dir: &str, family: Family, tps: &[usize]) {
+fn forward_matches(dir: &str, model_type: &str, tps: &[usize]) {
     let c = cfg(dir);
-    assert_eq!(c.family, family);
+    assert_eq!(c.family.model_type, model_type);
     let g = golden(dir);
     let src = hf(dir);
     for &tp in tps {
@@ -108,17 +108,29 @@ fn llama3_rope_matches_golden_at_tp_1_2_4() {
     // 4 query heads, 2 kv heads: tp 8 (or 3, 6) cannot hold whole heads.
     let c = cfg("llama3-rope");
     assert!(matches!(c.rope.scaling, RopeScaling::Llama3 { .. }), "{:?}", c.rope.scaling);
-    forward_matches("llama3-rope", Family::Llama, &[1, 2, 4]);
+    forward_matches("llama3-rope", "llama", &[1, 2, 4]);
 }
 
 #[test]
 fn qwen3_matches_golden_at_tp_1_2_4_8() {
-    forward_matches("qwen3", Family::Qwen3, &[1, 2, 4, 8]);
+    forward_matches("qwen3", "qwen3", &[1, 2, 4, 8]);
 }
 
 #[test]
 fn granite_matches_golden_at_tp_1_2_4_8() {
-    forward_matches("granite", Family::Granite, &[1, 2, 4, 8]);
+    forward_matches("granite", "granite", &[1, 2, 4, 8]);
+}
+
+/// Our fixtures (`tests/fixtures/make/make_qwen2_mistral.py`): Qwen2's q/k/v biases (no o bias) and tied
+/// embeddings; Mistral's sliding window (16, longer than the input: active, and exact).
+#[test]
+fn qwen2_and_mistral_match_golden_at_tp_1_2_4_8() {
+    let c = cfg("qwen2");
+    assert!(c.qkv_bias && !c.o_bias && c.sliding_window.is_none());
+    forward_matches("qwen2", "qwen2", &[1, 2, 4, 8]);
+    let c = cfg("mistral");
+    assert!(!c.qkv_bias && c.sliding_window == Some(16));
+    forward_matches("mistral", "mistral", &[1, 2, 4, 8]);
 }
 
 #[test]
@@ -127,7 +139,7 @@ fn qwen3_moe_matches_golden_at_tp_1_2_4_8() {
     let moe = c.moe.as_ref().unwrap();
     assert_eq!(moe.sparse_layers, vec![true, false]);
     assert!(moe.norm_topk_prob);
-    forward_matches("qwen3-moe", Family::Qwen3Moe, &[1, 2, 4, 8]);
+    forward_matches("qwen3-moe", "qwen3_moe", &[1, 2, 4, 8]);
 }
 
 #[test]
@@ -138,7 +150,7 @@ fn qwen3_moe_6_heads_without_norm_topk_prob_matches_golden_at_tp_1_3_6() {
     let moe = c.moe.as_ref().unwrap();
     assert_eq!(moe.sparse_layers, vec![false, true]);
     assert!(!moe.norm_topk_prob);
-    forward_matches("qwen3-moe-h6", Family::Qwen3Moe, &[1, 3, 6]);
+    forward_matches("qwen3-moe-h6", "qwen3_moe", &[1, 3, 6]);
     round_trips("qwen3-moe-h6", 3, 6);
 }
 

@@ -1,9 +1,9 @@
 //! `forward --comm mpi` and `train --comm mpi` under mpirun (built only with `--features mpi`; skipped loudly
 //! without mpirun): one process per rank, logits bitwise equal to the threaded run and within 1e-4 of
 //! transformers' golden, trained checkpoints byte-equal to the threaded `train` with torch's losses, each
-//! process reading only its own bytes, and one failing rank failing the whole job quickly, leaving nothing;
-//! Qwen3-MoE training (router and skipped experts) byte-equal to the threaded run;
-//! `generate --comm mpi` gives transformers' greedy ids (and the threaded run's sampled ones).
+//! process reading only its own bytes (Phi-3, on the shared decoder, forward and training alike), and one failing
+//! rank failing the whole job quickly, leaving nothing; Qwen3-MoE training (router and skipped experts) byte-equal
+//! to the threaded run; `generate --comm mpi` gives transformers' greedy ids (and the threaded run's sampled ones).
 
 mod common;
 use common::*;
@@ -450,6 +450,32 @@ fn a_failing_rank_fails_mpi_training_within_seconds_and_leaves_nothing() {
     let (out, _) = mpirun(2, &train_args(&trained, &tmp.path().join("o2"), &data, &["--comm", "mpi"]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("sharded at tp 4, but 2 MPI processes"), "{stderr}");
+}
+
+/// Phi-3 trains under MPI as on threads (the shared decoder's packed variants): 1 step from HF at -np 2
+/// (separate q/k/v), then 1 resumed step, each checkpoint byte for byte the threaded one, the losses torch's.
+#[test]
+fn mpi_train_runs_phi3_like_threads_byte_for_byte() {
+    if !have_mpirun() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = fixture("phi3");
+    let data = hf.join("train_golden.safetensors");
+    let g = neuron_spec::io::SafetensorsFile::open(&data).unwrap();
+    let torch = g.tensor("loss").unwrap().to_f32_vec();
+    let (thr1, mpi1, thr2, mpi2) =
+        (tmp.path().join("thr1"), tmp.path().join("mpi1"), tmp.path().join("thr2"), tmp.path().join("mpi2"));
+    threads(&train_args(&hf, &thr1, &data, &["--tp", "2"]));
+    let (out, _) = mpirun(2, &train_args(&hf, &mpi1, &data, &["--comm", "mpi"]));
+    let stdout = ok(&out, "mpirun -np 2 train phi3 from HF");
+    check_losses("phi3 step 1", &step_losses(&stdout), &torch[..1]);
+    assert_same_tree(&thr1, &mpi1, "phi3 step 1");
+    threads(&train_args(&thr1, &thr2, &data, &[]));
+    let (out, _) = mpirun(2, &train_args(&mpi1, &mpi2, &data, &["--comm", "mpi"]));
+    let stdout = ok(&out, "mpirun -np 2 train phi3 resumed");
+    check_losses("phi3 step 2", &step_losses(&stdout), &torch[1..]);
+    assert_same_tree(&thr2, &mpi2, "phi3 step 2");
 }
 
 #[test]

@@ -1,31 +1,26 @@
-//! Phi-3, whose HF checkpoint stores q/k/v and gate/up already fused (`qkv_proj`, `gate_up_proj`): the TP
-//! forward equals transformers' golden at every tp the heads allow, fused and separate rank-local q/k/v; shard →
-//! consolidate and reshard are byte-exact; a peft adapter on the packed modules imports, runs and exports
-//! exactly.
+//! Phi-3, whose HF checkpoint stores q/k/v and gate/up already fused (`qkv_proj`, `gate_up_proj`), run by the
+//! shared decoder's packed variants: the TP forward equals transformers' golden at every tp the heads allow,
+//! fused and separate rank-local q/k/v; shard → consolidate and reshard are byte-exact; a peft adapter on the
+//! packed modules imports, runs and exports exactly; unimplemented config fields are refused by name.
 
 mod common;
-use burn::tensor::Device;
 use common::*;
 use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
 use neuron_spec::io::{HfCheckpoint, SafetensorsFile};
 use neuron_spec::lora::{import_adapter, LoraImportOptions, LoraMode, PeftAdapter};
-use neuron_spec::module::{CustomModule, TpContext};
 use neuron_spec::reshard::reshard;
 use neuron_spec::{consolidate, consolidate_with_adapters, shard, shard_with_adapters, AdapterOptions};
 use neuron_spec::{CheckpointMetadata, Spec, TensorSource};
-use neuron_spec_examples::{run_phi3_forward, Phi3Config, Phi3ForCausalLM};
+use neuron_spec_examples::{layout, run_tp_forward_with_adapters, ModelConfig, QkvLayout};
 
 const TOL: f32 = 1e-4;
 
-fn cfg() -> Phi3Config {
-    Phi3Config::read(&fixture("phi3/config.json")).unwrap()
+fn cfg() -> ModelConfig {
+    ModelConfig::read(&fixture("phi3/config.json")).unwrap()
 }
 
 fn meta(tp: usize, fuse: bool) -> CheckpointMetadata {
-    Phi3ForCausalLM::new(&cfg(), TpContext::new(tp, 0).unwrap(), fuse, &Device::default())
-        .unwrap()
-        .create_parameter_metadata()
-        .unwrap()
+    layout(&cfg(), tp, QkvLayout::gqa(fuse)).unwrap()
 }
 
 fn ids_and(file: &str, names: &[&str]) -> (Vec<Vec<i64>>, Vec<Vec<f32>>) {
@@ -60,8 +55,9 @@ fn forward_matches_the_golden_at_tp_1_2_4_8_fused_and_separate_qkv() {
     let src = hf("phi3");
     for tp in [1, 2, 4, 8] {
         for fuse in [true, false] {
-            let out = run_phi3_forward(&src, &cfg(), tp, fuse, &[], &ids).unwrap();
-            let (dl, d0, d1) = (diff(&out.logits, &g[0]), diff(&out.hidden_0, &g[1]), diff(&out.hidden_1, &g[2]));
+            let out = run_tp_forward_with_adapters(&src, &cfg(), tp, fuse, &[], &ids).unwrap();
+            let h1 = out.hidden_1.unwrap();
+            let (dl, d0, d1) = (diff(&out.logits, &g[0]), diff(&out.hidden_0, &g[1]), diff(&h1, &g[2]));
             eprintln!("phi3 tp {tp} fuse_qkv {fuse}: max |Δ| logits {dl:.2e}, hidden_0 {d0:.2e}, hidden_1 {d1:.2e}");
             assert!(dl <= TOL && d0 <= TOL && d1 <= TOL, "tp {tp} fuse {fuse}: {dl} {d0} {d1}");
         }
@@ -98,7 +94,7 @@ fn peft_adapter_on_the_packed_modules_matches_its_golden_and_exports_byte_for_by
     for tp in [1, 2, 4, 8] {
         for fuse in [true, false] {
             let a = import_adapter(&meta(tp, fuse), &peft, "default", exact()).unwrap();
-            let out = run_phi3_forward(&src, &cfg(), tp, fuse, &[a], &ids).unwrap();
+            let out = run_tp_forward_with_adapters(&src, &cfg(), tp, fuse, &[a], &ids).unwrap();
             let d = diff(&out.logits, &g[0]);
             eprintln!("phi3-lora tp {tp} fuse_qkv {fuse}: max |Δ| logits {d:.2e}");
             assert!(d <= TOL, "tp {tp} fuse {fuse}: {d}");
@@ -131,13 +127,13 @@ fn unimplemented_config_fields_are_refused_by_name() {
         ("rope_scaling", serde_json::json!({"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]})),
         ("partial_rotary_factor", serde_json::json!(0.5)),
         ("hidden_act", serde_json::json!("gelu")),
-        ("model_type", serde_json::json!("llama")),
+        ("mlp_bias", serde_json::json!(true)),
     ] {
         let mut c = base.clone();
         c[field] = value;
         let p = tmp.path().join("config.json");
         std::fs::write(&p, c.to_string()).unwrap();
-        let e = Phi3Config::read(&p).unwrap_err().to_string();
+        let e = ModelConfig::read(&p).unwrap_err().to_string();
         assert!(e.contains(field), "{field}: {e}");
     }
 }

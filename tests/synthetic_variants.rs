@@ -9,7 +9,7 @@ use neuron_spec::io::{write_hf_checkpoint, HfCheckpoint};
 use neuron_spec::model::to_original_weights;
 use neuron_spec::module::{CustomModule, TpContext};
 use neuron_spec::{HostTensor, StateDict, TensorInfo, TensorSource};
-use neuron_spec_examples::{load_hf_rank_model, run_tp_forward, LlamaForCausalLM, ModelConfig};
+use neuron_spec_examples::{layout, load_hf_rank_model, run_tp_forward, LlamaForCausalLM, ModelConfig, QkvLayout};
 use std::path::Path;
 
 /// A deterministic value stream in [-0.1, 0.1).
@@ -36,12 +36,12 @@ fn write_model(dir: &Path, config: serde_json::Value, seed: u64) -> ModelConfig 
             [("self_attn.q_proj", vec![q, h]), ("self_attn.k_proj", vec![kv, h]), ("self_attn.v_proj", vec![kv, h])]
         {
             shapes.push((format!("{p}.{n}.weight"), s.clone(), false));
-            if c.qkv_bias() {
+            if cfg.qkv_bias {
                 shapes.push((format!("{p}.{n}.bias"), vec![s[0]], false));
             }
         }
         shapes.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q], false));
-        if c.o_bias() {
+        if cfg.o_bias {
             shapes.push((format!("{p}.self_attn.o_proj.bias"), vec![h], false));
         }
         for (n, s) in [("mlp.gate_proj", vec![i, h]), ("mlp.up_proj", vec![i, h]), ("mlp.down_proj", vec![h, i])] {
@@ -104,11 +104,7 @@ fn check_variant(name: &str, config: serde_json::Value, tps: &[usize]) {
                     sd
                 })
                 .collect();
-            let dev = Device::default();
-            let meta = LlamaForCausalLM::new(&cfg.llama, TpContext::new(tp, 0).unwrap(), fuse, None, &dev)
-                .unwrap()
-                .create_parameter_metadata()
-                .unwrap();
+            let meta = layout(&cfg, tp, QkvLayout::gqa(fuse)).unwrap();
             let sources: Vec<&dyn TensorSource> = ranks.iter().map(|r| r as &dyn TensorSource).collect();
             let back = to_original_weights(&meta, &sources).unwrap();
             assert_same_tensors(&back, &src, &format!("{name} tp {tp} fuse {fuse}"));

@@ -1,64 +1,183 @@
-//! Which family a `config.json` is (its `model_type`), refusing what no family implements, and the model
-//! configuration read from it.
+//! The model configuration ([`ModelConfig`]: the shared fields of [`LlamaConfig`] and what the families add) and
+//! the description of a family ([`Family`]: its fields, its decoder [`Variants`], its own config reading). The
+//! families' descriptions are in their files, the table choosing one by `model_type` in `family.rs` (which
+//! also reads a `config.json` through it: `ModelConfig::read`).
 
-use crate::config_fields::{check_keys, reads};
-use crate::granite::{GraniteScales, GRANITE_FIELDS};
-use crate::llama::{LlamaConfig, LLAMA_FIELDS};
-use crate::qwen3::QWEN3_FIELDS;
-use crate::qwen3_moe::{MoeConfig, QWEN3_MOE_FIELDS};
-use crate::rope::{RopeConfig, RopeScaling};
+use crate::rope::RopeConfig;
 use neuron_spec::{Error, Result};
+use serde::Deserialize;
 use serde_json::Value;
 use std::path::Path;
 
-/// A model family, from `model_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    /// llama, mistral, qwen2.
-    Llama,
-    /// qwen3: per-head q_norm / k_norm.
-    Qwen3,
-    /// granite: embedding, residual, attention and logits multipliers.
-    Granite,
-    /// qwen3_moe: Qwen3 attention, sparse (router + experts) and dense MLPs.
-    Qwen3Moe,
+/// The fields of an HF `config.json` that every family here reads (sizes, heads, norms, RoPE base, biases,
+/// tying).
+#[derive(Debug, Clone, Deserialize)]
+pub struct LlamaConfig {
+    /// `model_type` (one of `crate::MODEL_TYPES`).
+    #[serde(default)]
+    pub model_type: Option<String>,
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// MLP size.
+    pub intermediate_size: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// kv heads (defaults to the query heads).
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Head size (defaults to hidden / heads).
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// RMSNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    /// RoPE base.
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    /// Whether lm_head shares embed_tokens.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// q/k/v/o biases (Llama's flag).
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// MLP biases.
+    #[serde(default)]
+    pub mlp_bias: bool,
+    /// The positions RoPE was trained for (dynamic, yarn and longrope RoPE read it).
+    #[serde(default)]
+    pub max_position_embeddings: Option<f64>,
+    /// The embedding's `padding_idx` (transformers passes it to `nn.Embedding`): that row gets no gradient from
+    /// the token lookup (the forward pass is unchanged).
+    #[serde(default)]
+    pub pad_token_id: Option<i64>,
 }
 
-/// The `model_type`s implemented.
-pub const MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "granite", "qwen3_moe"];
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_theta() -> f64 {
+    10000.0
+}
 
-impl Family {
-    /// The family of a `model_type`, refused by name when nothing implements it.
-    pub fn of(model_type: Option<&str>, path: &Path) -> Result<Self> {
-        let file = path.display().to_string();
-        match model_type {
-            Some("llama" | "mistral" | "qwen2") => Ok(Family::Llama),
-            Some("qwen3") => Ok(Family::Qwen3),
-            Some("granite") => Ok(Family::Granite),
-            Some("qwen3_moe") => Ok(Family::Qwen3Moe),
-            Some(other) => Err(Error::spec(
-                &file,
-                "model_type",
-                format!("model_type {other:?} is not implemented (implemented: {})", MODEL_TYPES.join(", ")),
-            )),
-            None => Err(Error::spec(
-                &file,
-                "model_type",
-                format!("missing: the family cannot be told (implemented: {})", MODEL_TYPES.join(", ")),
-            )),
-        }
+impl LlamaConfig {
+    /// Reads `config.json` (the shared fields only; [`crate::ModelConfig::read`] checks the rest).
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), reason: e.to_string() })
     }
 
-    /// The keys of transformers' read set this family implements beyond
-    /// [`IMPLEMENTED_ANY_FAMILY`](crate::config_fields::IMPLEMENTED_ANY_FAMILY).
-    fn fields(self) -> &'static [&'static str] {
-        match self {
-            Family::Llama => LLAMA_FIELDS,
-            Family::Qwen3 => QWEN3_FIELDS,
-            Family::Granite => GRANITE_FIELDS,
-            Family::Qwen3Moe => QWEN3_MOE_FIELDS,
-        }
+    /// kv heads.
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
+
+    /// Head size.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+}
+
+/// Granite's multipliers; [`Default`] is what the other families compute (no scaling, softmax scale
+/// `1/√head_dim`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GraniteScales {
+    /// Multiplies the embedding output.
+    pub embedding_multiplier: f64,
+    /// Multiplies the attention and MLP outputs before each residual add.
+    pub residual_multiplier: f64,
+    /// The softmax scale; `None`: `1/√head_dim`.
+    pub attention_multiplier: Option<f64>,
+    /// Divides the logits.
+    pub logits_scaling: f64,
+}
+
+impl Default for GraniteScales {
+    fn default() -> Self {
+        Self { embedding_multiplier: 1.0, residual_multiplier: 1.0, attention_multiplier: None, logits_scaling: 1.0 }
+    }
+}
+
+/// Routing and expert sizes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoeConfig {
+    /// Experts per sparse layer.
+    pub num_experts: usize,
+    /// Experts per token.
+    pub num_experts_per_tok: usize,
+    /// Each expert's MLP size.
+    pub moe_intermediate_size: usize,
+    /// Renormalise the top-k weights to sum to 1.
+    pub norm_topk_prob: bool,
+    /// Which layers are sparse.
+    pub sparse_layers: Vec<bool>,
+}
+
+/// How an HF checkpoint stores a group of linears that one rank-local layer replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// One HF tensor per linear (`q_proj`, `k_proj`, `v_proj`; `gate_proj`, `up_proj`).
+    Separate,
+    /// One HF tensor for the group (Phi-3's `qkv_proj`, `gate_up_proj`).
+    Packed,
+}
+
+/// The variants of the shared decoder a family is built from (the rest comes from its config: Granite's
+/// multipliers, Qwen3-MoE's sparse layers, the RoPE type, the biases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variants {
+    /// How the checkpoint stores q/k/v: `SelfAttention::Gqa` (separate) or `SelfAttention::Packed`.
+    pub qkv: Packing,
+    /// How it stores the MLP's gate/up: `FeedForward::Dense` (separate) or `FeedForward::Packed`.
+    pub gate_up: Packing,
+    /// Per-head `q_norm` / `k_norm` before RoPE (Qwen3).
+    pub head_norms: bool,
+    /// Whether a `sliding_window` is active without `use_sliding_window` / `layer_types` saying so (Mistral,
+    /// Phi-3: their attention always applies it).
+    pub sliding_window_by_default: bool,
+}
+
+impl Variants {
+    /// Llama's decoder: separate q/k/v and gate/up, no head norms, no window unless asked for.
+    pub const LLAMA: Variants = Variants {
+        qkv: Packing::Separate,
+        gate_up: Packing::Separate,
+        head_norms: false,
+        sliding_window_by_default: false,
+    };
+}
+
+/// What a family reads from its `config.json` beyond the shared fields, once these are read and every field is
+/// checked against the family's list: its own defaults, knobs and refusals (before RoPE is derived).
+pub type ReadExtras = fn(&Value, &Path, &mut ModelConfig) -> Result<()>;
+
+/// A family: one `model_type`, described as data.
+#[derive(Debug)]
+pub struct Family {
+    /// The `model_type` of its configs.
+    pub model_type: &'static str,
+    /// The keys of transformers' read set for this `model_type` that it implements beyond
+    /// [`IMPLEMENTED_ANY_FAMILY`](crate::config_fields::IMPLEMENTED_ANY_FAMILY) (any other read key is refused
+    /// by name; keys transformers never reads are ignored).
+    pub fields: &'static [&'static str],
+    /// The variants of the shared decoder it is built from.
+    pub variants: Variants,
+    /// Its own config reading.
+    pub read: ReadExtras,
+}
+
+impl PartialEq for Family {
+    fn eq(&self, other: &Self) -> bool {
+        self.model_type == other.model_type
+    }
+}
+
+/// A [`ReadExtras`] for a family that reads nothing of its own.
+pub fn no_extras(_: &Value, _: &Path, _: &mut ModelConfig) -> Result<()> {
+    Ok(())
 }
 
 /// The model configuration: the HF `config.json` fields the weights and the forward pass depend on.
@@ -66,8 +185,8 @@ impl Family {
 pub struct ModelConfig {
     /// Sizes, heads, norms, RoPE base, biases, tying.
     pub llama: LlamaConfig,
-    /// The family.
-    pub family: Family,
+    /// The family (its entry in the family table).
+    pub family: &'static Family,
     /// The RoPE tables' parameters.
     pub rope: RopeConfig,
     /// An active sliding window (Mistral; Qwen2/3 with `use_sliding_window`): longer sequences are refused,
@@ -77,74 +196,8 @@ pub struct ModelConfig {
     pub scales: GraniteScales,
     /// Qwen3-MoE's routing and experts.
     pub moe: Option<MoeConfig>,
-}
-
-impl From<LlamaConfig> for ModelConfig {
-    /// A plain Llama with default RoPE.
-    fn from(llama: LlamaConfig) -> Self {
-        let rope = RopeConfig {
-            theta: llama.rope_theta,
-            dim: llama.head_dim(),
-            max_position_embeddings: llama.max_position_embeddings,
-            original_max_position_embeddings: None,
-            scaling: RopeScaling::Default,
-        };
-        Self { llama, family: Family::Llama, rope, sliding_window: None, scales: GraniteScales::default(), moe: None }
-    }
-}
-
-impl ModelConfig {
-    /// Reads `config.json`, refusing an unknown `model_type` and any field its family does not implement.
-    pub fn read(path: &Path) -> Result<Self> {
-        let mut llama = LlamaConfig::read(path)?;
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), reason: e.to_string() })?;
-        let family = Family::of(llama.model_type.as_deref(), path)?;
-        check_keys(&v, path, family.fields())?;
-        // A key transformers does not read for this model_type has no effect there, so none here either
-        // (e.g. `mlp_bias` on qwen3, `attention_bias` on mistral and qwen2).
-        let ty = llama.model_type.clone().unwrap_or_default();
-        llama.attention_bias &= reads(&ty, "attention_bias");
-        llama.mlp_bias &= reads(&ty, "mlp_bias");
-        if family == Family::Qwen3 && llama.head_dim.is_none() {
-            llama.head_dim = Some(128); // Qwen3Config's default, not hidden / heads
-        }
-        let scales = if family == Family::Granite { GraniteScales::read(&v, path)? } else { GraniteScales::default() };
-        let moe =
-            if family == Family::Qwen3Moe { Some(MoeConfig::read(&v, path, llama.num_hidden_layers)?) } else { None };
-        let rope = RopeConfig {
-            theta: llama.rope_theta,
-            dim: llama.head_dim(),
-            max_position_embeddings: llama.max_position_embeddings,
-            original_max_position_embeddings: v.get("original_max_position_embeddings").and_then(Value::as_f64),
-            scaling: RopeScaling::parse(v.get("rope_scaling"))?,
-        };
-        let window = v.get("sliding_window").and_then(Value::as_u64).map(|w| w as usize);
-        let sliding_layers = v
-            .get("layer_types")
-            .and_then(Value::as_array)
-            .is_some_and(|t| t.iter().any(|t| t.as_str() == Some("sliding_attention")));
-        // Mistral never reads use_sliding_window: its window is always on.
-        let use_window = sliding_layers
-            || if reads(&ty, "use_sliding_window") {
-                v.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false)
-            } else {
-                ty == "mistral"
-            };
-        Ok(Self { llama, family, rope, sliding_window: window.filter(|_| use_window), scales, moe })
-    }
-
-    /// Reads `<dir>/config.json`.
-    pub fn read_dir(dir: &Path) -> Result<Self> {
-        Self::read(&dir.join("config.json"))
-    }
-}
-
-/// The `model_type` in `dir/config.json` (`None` when it cannot be read: the family's reader then says why).
-/// Phi-3 is its own model (`crate::phi3`); every other family goes through [`ModelConfig`].
-pub fn model_type_of(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
-    let v: Value = serde_json::from_str(&text).ok()?;
-    v.get("model_type")?.as_str().map(str::to_string)
+    /// Biases on q, k and v (`attention_bias`; Qwen2 always).
+    pub qkv_bias: bool,
+    /// A bias on o (`attention_bias`; never in Qwen2).
+    pub o_bias: bool,
 }

@@ -239,12 +239,6 @@ pub struct TextModel {
 impl TextModel {
     /// Opens `dir` (HF or sharded); refuses what generation does not implement, by name.
     pub fn open(dir: &Path) -> Result<Self> {
-        if crate::model_type_of(dir).as_deref() == Some("phi3") {
-            return Err(Error::Invalid(format!(
-                "{}: generate is not implemented for model_type \"phi3\" (its model has no KV cache here)",
-                dir.display()
-            )));
-        }
         let cfg = ModelConfig::read(&dir.join("config.json"))?;
         let sharded = if dir.join(METADATA_PATH).exists() {
             let pp = neuron_spec::stage_checkpoint::stage_count(dir)?;

@@ -3,6 +3,7 @@
 //! `residual_multiplier`, attention scores by `attention_multiplier` (instead of `1/√head_dim`), and the
 //! logits divided by `logits_scaling`. No extra tensors: the config alone changes the math.
 
+use crate::config::{Family, GraniteScales, ModelConfig, Variants};
 use neuron_spec::{Error, Result};
 use serde_json::Value;
 use std::path::Path;
@@ -11,25 +12,16 @@ use std::path::Path;
 pub const GRANITE_FIELDS: &[&str] =
     &["embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling"];
 
-/// Granite's multipliers; [`Default`] is what the other families compute (no scaling, softmax scale
-/// `1/√head_dim`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct GraniteScales {
-    /// Multiplies the embedding output.
-    pub embedding_multiplier: f64,
-    /// Multiplies the attention and MLP outputs before each residual add.
-    pub residual_multiplier: f64,
-    /// The softmax scale; `None`: `1/√head_dim`.
-    pub attention_multiplier: Option<f64>,
-    /// Divides the logits.
-    pub logits_scaling: f64,
-}
-
-impl Default for GraniteScales {
-    fn default() -> Self {
-        Self { embedding_multiplier: 1.0, residual_multiplier: 1.0, attention_multiplier: None, logits_scaling: 1.0 }
-    }
-}
+/// Granite: Llama with multipliers from the config.
+pub const GRANITE: Family = Family {
+    model_type: "granite",
+    fields: GRANITE_FIELDS,
+    variants: Variants::LLAMA,
+    read: |v, path, cfg: &mut ModelConfig| {
+        cfg.scales = GraniteScales::read(v, path)?;
+        Ok(())
+    },
+};
 
 impl GraniteScales {
     /// Reads the multipliers (GraniteConfig's defaults: 1.0 each).

@@ -1,8 +1,10 @@
 //! Model families on `neuron_spec`'s tensor-parallel burn layers, loaded rank by rank straight from an HF
-//! checkpoint (or from a sharded checkpoint) and run on threads: Llama / Mistral / Qwen2 (`llama.rs`), Qwen3
-//! (`qwen3.rs`), Granite (`granite.rs`) and Qwen3-MoE (`qwen3_moe.rs`) on the shared decoder of `model.rs`, with
-//! the RoPE variants of `rope.rs`. `family.rs` reads `config.json`, refuses what is not implemented, and gives
-//! the layout `shard`/`plan` use: the metadata of the same (lazily built) model that runs `forward`.
+//! checkpoint (or from a sharded checkpoint) and run on threads: Llama (`llama.rs`), Mistral (`mistral.rs`),
+//! Qwen2 (`qwen2.rs`), Qwen3 (`qwen3.rs`), Granite (`granite.rs`), Qwen3-MoE (`qwen3_moe.rs`) and Phi-3
+//! (`phi3.rs`), all on the shared decoder of `model.rs`, with the RoPE variants of `rope.rs`. Each family is one
+//! [`Family`] description in its own file, chosen by `model_type` in the one family table ([`FAMILIES`],
+//! `family.rs`); `config.rs` reads `config.json` through it, refusing what is not implemented, and the layout
+//! `shard`/`plan` use is the metadata of the same (lazily built) model that runs `forward`.
 //!
 //! GQA (including MQA, whose single kv head every rank replicates), tied embeddings (the logits use the
 //! vocab-parallel embedding weight), RMSNorm, RoPE with HF's `rotate_half` convention, SwiGLU MLP, causal
@@ -39,8 +41,8 @@
 //!
 //! #[derive(Module, Debug, CustomModule)]
 //! pub struct LlamaDecoderLayer {
-//!     pub self_attn: SelfAttention, // enum: Gqa(LlamaAttention) | Plain(PlainAttention)
-//!     pub mlp: FeedForward,         // enum: Dense(LlamaMlp) | Sparse(Qwen3MoeSparseMoeBlock)
+//!     pub self_attn: SelfAttention, // enum: Gqa(LlamaAttention) | Packed(PackedAttention) | Plain(PlainAttention)
+//!     pub mlp: FeedForward,         // enum: Dense(LlamaMlp) | Packed(PackedMlp) | Sparse(Qwen3MoeSparseMoeBlock)
 //!     pub input_layernorm: RmsNorm,
 //!     pub post_attention_layernorm: RmsNorm,
 //! }
@@ -65,6 +67,9 @@
 //!     pub down_proj: RowParallelLinear,
 //! }
 //! ```
+//!
+//! Phi-3's checkpoint packs q/k/v and gate/up: `PackedAttention` and `PackedMlp` are the same layers annotated
+//! `#[gqa_qkv(packed = qkv_proj, o = o_proj)]` and `#[fused_linears(packed = gate_up_proj)]`.
 //!
 //! Loading and running (one model per rank; [`run_tp_forward`] does this on threads):
 //!
@@ -93,12 +98,14 @@ pub mod family;
 pub mod generate;
 pub mod granite;
 pub mod llama;
+pub mod mistral;
 mod mlp;
 mod model;
 #[cfg(feature = "mpi")]
 pub mod mpi_run;
-mod phi3;
+pub mod phi3;
 mod pipeline_run;
+pub mod qwen2;
 pub mod qwen3;
 pub mod qwen3_moe;
 pub mod rope;
@@ -108,28 +115,22 @@ pub mod synthetic;
 pub mod text;
 mod train;
 
-pub use config::{model_type_of, Family, ModelConfig, MODEL_TYPES};
+pub use config::{Family, GraniteScales, LlamaConfig, ModelConfig, MoeConfig, Packing, ReadExtras, Variants};
 pub use config_fields::{ignored_keys, IMPLEMENTED_ANY_FAMILY, READ_SETS};
-pub use family::{hf_tensor_infos, layout_of_dir};
+pub use family::{hf_tensor_infos, layout_of_dir, FAMILIES, MODEL_TYPES};
 pub use generate::{
     choose_token, generate_text, generate_threads, rank_generate, GenerateOptions, Generated, Sampling, SplitMix64,
     TextModel,
 };
-pub use granite::GraniteScales;
-pub use llama::LlamaConfig;
-pub use mlp::LlamaMlp;
+pub use mlp::{LlamaMlp, PackedMlp};
 pub use model::{
     layout, DecoderOptions, FeedForward, KvCache, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaModel,
-    LlamaOutput, PlainAttention, QkvLayout, SelfAttention, MAX_LAYERS,
-};
-pub use phi3::{
-    load_phi3_hf_rank, load_phi3_rank_file, phi3_layout, run_phi3_forward, run_phi3_ranks, run_phi3_sharded,
-    Phi3Attention, Phi3Config, Phi3DecoderLayer, Phi3ForCausalLM, Phi3Forward, Phi3Mlp, Phi3Model, Phi3Output,
+    LlamaOutput, PackedAttention, PlainAttention, QkvLayout, SelfAttention, MAX_LAYERS,
 };
 pub use pipeline_run::{
     run_sharded_forward, run_sharded_forward_with_adapters, run_stage, Activations, StageData, StageRun,
 };
-pub use qwen3_moe::{MoeConfig, Qwen3MoeSparseMoeBlock};
+pub use qwen3_moe::Qwen3MoeSparseMoeBlock;
 pub use rope::{RopeConfig, RopeScaling};
 pub use run::{
     load_hf_rank_model, model_metadata, run_ranks, run_tp_forward, run_tp_forward_dir, run_tp_forward_with_adapters,

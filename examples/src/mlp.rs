@@ -1,4 +1,5 @@
-//! The SwiGLU MLP: Llama's dense MLP and each Qwen3-MoE expert.
+//! The SwiGLU MLP: Llama's dense MLP and each Qwen3-MoE expert, and Phi-3's, whose HF checkpoint packs gate
+//! and up into one tensor (the same layer under another annotation).
 
 use burn::module::Module;
 use burn::tensor::activation::silu;
@@ -17,17 +18,44 @@ pub struct LlamaMlp {
     pub down_proj: RowParallelLinear,
 }
 
+/// [`LlamaMlp`] whose HF checkpoint stores gate and up as one `gate_up_proj` tensor (gate rows, then up).
+#[derive(Module, CustomModule, Debug)]
+pub struct PackedMlp {
+    /// `[gate_local | up_local]` outputs, read from HF's packed `gate_up_proj`.
+    #[fused_linears(packed = gate_up_proj)]
+    pub gate_up_proj: ColumnParallelLinear,
+    /// Row-parallel down projection.
+    pub down_proj: RowParallelLinear,
+}
+
 impl LlamaMlp {
     /// `down(silu(gate(x)) · up(x))`.
     pub fn forward<C: Communicator>(&self, x: Tensor<3>, comm: &C) -> Result<Tensor<3>> {
-        let tp = self.gate_up_proj.tp.size;
-        let local: Vec<usize> = match &self.gate_up_proj.fused_dims {
-            Some(d) if d.len() == 2 => d.iter().map(|x| x.div_ceil(tp)).collect(), // members padded per rank
-            _ => return Err(Error::Invalid("gate_up_proj must fuse exactly gate_proj and up_proj".into())),
-        };
-        let y = self.gate_up_proj.forward(x, comm)?;
-        let gate = y.clone().narrow(2, 0, local[0]);
-        let up = y.narrow(2, local[0], local[1]);
-        self.down_proj.forward(silu(gate) * up, comm)
+        swiglu(&self.gate_up_proj, &self.down_proj, x, comm)
     }
+}
+
+impl PackedMlp {
+    /// `down(silu(gate(x)) · up(x))`.
+    pub fn forward<C: Communicator>(&self, x: Tensor<3>, comm: &C) -> Result<Tensor<3>> {
+        swiglu(&self.gate_up_proj, &self.down_proj, x, comm)
+    }
+}
+
+/// `down(silu(gate(x)) · up(x))` with gate and up fused into one column-parallel layer.
+fn swiglu<C: Communicator>(
+    gate_up_proj: &ColumnParallelLinear,
+    down_proj: &RowParallelLinear,
+    x: Tensor<3>,
+    comm: &C,
+) -> Result<Tensor<3>> {
+    let tp = gate_up_proj.tp.size;
+    let local: Vec<usize> = match &gate_up_proj.fused_dims {
+        Some(d) if d.len() == 2 => d.iter().map(|x| x.div_ceil(tp)).collect(), // members padded per rank
+        _ => return Err(Error::Invalid("gate_up_proj must fuse exactly gate_proj and up_proj".into())),
+    };
+    let y = gate_up_proj.forward(x, comm)?;
+    let gate = y.clone().narrow(2, 0, local[0]);
+    let up = y.narrow(2, local[0], local[1]);
+    down_proj.forward(silu(gate) * up, comm)
 }

@@ -1,11 +1,11 @@
 //! The decoder every family here shares, built from the parallel layers. Field names follow the HF module
 //! names, so burn paths are HF paths (see `neuron_spec::layers::HfRankStore` for the exceptions). What the
-//! families add is chosen from the config: Qwen3's `q_norm`/`k_norm`, Granite's multipliers, Qwen3-MoE's
-//! sparse blocks (`qwen3_moe.rs`), the RoPE variant (`rope.rs`).
+//! families add is chosen from their description (`family.rs`) and their config: Phi-3's packed q/k/v and
+//! gate/up, Qwen3's `q_norm`/`k_norm`, Granite's multipliers, Qwen3-MoE's sparse blocks (`qwen3_moe.rs`), the
+//! RoPE variant (`rope.rs`).
 
-use crate::config::{Family, ModelConfig};
-use crate::llama::LlamaConfig;
-use crate::mlp::LlamaMlp;
+use crate::config::{LlamaConfig, ModelConfig, Packing};
+use crate::mlp::{LlamaMlp, PackedMlp};
 use crate::qwen3_moe::Qwen3MoeSparseMoeBlock;
 use crate::rope::{Rope, RopeConfig};
 use burn::module::Module;
@@ -62,6 +62,8 @@ pub struct DecoderOptions {
     pub attention_scale: f64,
     /// Granite's `logits_scaling` (1 elsewhere).
     pub logits_scaling: f64,
+    /// `pad_token_id`, torch's `padding_idx`: the token lookup passes no gradient to that embedding row.
+    pub padding_idx: Option<usize>,
 }
 
 /// Causal LM: the decoder stack and the vocab-parallel head (`None` when tied to `embed_tokens`).
@@ -114,6 +116,21 @@ pub struct LlamaAttention {
     pub k_norm: Option<RmsNorm>,
 }
 
+/// [`LlamaAttention`] whose HF checkpoint stores q, k and v as one `qkv_proj` tensor (q rows, then k, then v):
+/// Phi-3.
+#[derive(Module, CustomModule, Debug)]
+pub struct PackedAttention {
+    /// q/k/v of this rank's heads, read from HF's packed `qkv_proj`.
+    #[gqa_qkv(packed = qkv_proj, o = o_proj)]
+    pub qkv_proj: GqaQkvColumnParallelLinear,
+    /// Output projection, row-parallel over the heads.
+    pub o_proj: RowParallelLinear,
+    /// Per-head query norm (`None` for Phi-3).
+    pub q_norm: Option<RmsNorm>,
+    /// Per-head key norm (`None` for Phi-3).
+    pub k_norm: Option<RmsNorm>,
+}
+
 /// q/k/v/o as plain column/row-parallel tensors under their HF names (`--plain-attention`): a storage
 /// layout for a tp that does not divide the heads; it does not run.
 #[derive(Module, CustomModule, Debug)]
@@ -138,6 +155,8 @@ pub struct PlainAttention {
 pub enum SelfAttention {
     /// The GQA layer (fused or separate q/k/v).
     Gqa(LlamaAttention),
+    /// The GQA layer read from a packed HF `qkv_proj`.
+    Packed(PackedAttention),
     /// Plain column/row-parallel q/k/v/o.
     Plain(PlainAttention),
 }
@@ -149,6 +168,8 @@ pub enum SelfAttention {
 pub enum FeedForward {
     /// A dense SwiGLU MLP.
     Dense(LlamaMlp),
+    /// A dense SwiGLU MLP read from a packed HF `gate_up_proj`.
+    Packed(PackedMlp),
     /// Qwen3-MoE's router and experts.
     Sparse(Qwen3MoeSparseMoeBlock),
 }
@@ -230,7 +251,24 @@ fn check_config(cfg: &LlamaConfig) -> Result<()> {
     if cfg.rope_theta.is_nan() || cfg.rope_theta <= 0.0 {
         return bad("rope_theta", format!("must be positive, got {}", cfg.rope_theta));
     }
+    padding_idx(cfg)?;
     Ok(())
+}
+
+/// `pad_token_id` as an embedding row (negative counts from the end, as torch's `padding_idx`); outside the
+/// vocabulary it is refused, as `nn.Embedding` refuses it.
+fn padding_idx(cfg: &LlamaConfig) -> Result<Option<usize>> {
+    let Some(p) = cfg.pad_token_id else { return Ok(None) };
+    let vocab = cfg.vocab_size as i64;
+    let row = if p < 0 { p + vocab } else { p };
+    if !(0..vocab).contains(&row) {
+        return Err(Error::spec(
+            "config",
+            "pad_token_id",
+            format!("{p} is outside the vocabulary (vocab_size {vocab})"),
+        ));
+    }
+    Ok(Some(row as usize))
 }
 
 fn rms_norm(d: usize, eps: f64, device: &Device) -> RmsNorm {
@@ -265,18 +303,37 @@ impl<'a> Builder<'a> {
         })
     }
 
+    /// The dense MLP of the family's variant.
+    fn dense_mlp(&self) -> Result<FeedForward> {
+        let m = self.dense(self.cfg.llama.intermediate_size)?;
+        Ok(match self.cfg.family.variants.gate_up {
+            Packing::Separate => FeedForward::Dense(m),
+            Packing::Packed => FeedForward::Packed(PackedMlp { gate_up_proj: m.gate_up_proj, down_proj: m.down_proj }),
+        })
+    }
+
     /// Decoder layer `l` (its index in the whole model: Qwen3-MoE's sparse layers depend on it).
     pub(crate) fn layer(&self, l: usize) -> Result<LlamaDecoderLayer> {
         let (cfg, tp, qkv, device) = (self.cfg, self.tp, self.qkv, self.device);
         let c = &cfg.llama;
         let (h, eps, hd) = (c.hidden_size, c.rms_norm_eps, c.head_dim());
         let (heads, kv) = (c.num_attention_heads, c.kv_heads());
-        let head_norms = matches!(cfg.family, Family::Qwen3 | Family::Qwen3Moe);
-        let norm = || head_norms.then(|| rms_norm(hd, eps, device));
-        let o_proj = RowParallelLinearConfig::new(heads * hd, h).with_bias(c.o_bias()).init(tp, device)?;
-        let self_attn = match qkv {
-            QkvLayout::Plain => {
-                let col = |out: usize| ColumnParallelLinearConfig::new(h, out).with_bias(c.qkv_bias()).init(tp, device);
+        let variants = cfg.family.variants;
+        let norm = || variants.head_norms.then(|| rms_norm(hd, eps, device));
+        let o_proj = RowParallelLinearConfig::new(heads * hd, h).with_bias(cfg.o_bias).init(tp, device)?;
+        let self_attn = match (qkv, variants.qkv) {
+            (QkvLayout::Plain, Packing::Packed) => {
+                return Err(Error::spec(
+                    "config",
+                    "model_type",
+                    format!(
+                        "--plain-attention is not implemented for {} (its packed qkv_proj is split by heads)",
+                        cfg.family.model_type
+                    ),
+                ))
+            }
+            (QkvLayout::Plain, Packing::Separate) => {
+                let col = |out: usize| ColumnParallelLinearConfig::new(h, out).with_bias(cfg.qkv_bias).init(tp, device);
                 SelfAttention::Plain(PlainAttention {
                     q_proj: col(heads * hd)?,
                     k_proj: col(kv * hd)?,
@@ -286,15 +343,17 @@ impl<'a> Builder<'a> {
                     k_norm: norm(),
                 })
             }
-            _ => SelfAttention::Gqa(LlamaAttention {
-                qkv_proj: GqaQkvColumnParallelLinearConfig::new(h, heads, kv, hd)
+            (_, packing) => {
+                let qkv_proj = GqaQkvColumnParallelLinearConfig::new(h, heads, kv, hd)
                     .with_fuse_qkv(qkv == QkvLayout::Fused)
-                    .with_biases(c.qkv_bias(), c.o_bias())
-                    .init(tp, device)?,
-                o_proj,
-                q_norm: norm(),
-                k_norm: norm(),
-            }),
+                    .with_biases(cfg.qkv_bias, cfg.o_bias)
+                    .init(tp, device)?;
+                let (q_norm, k_norm) = (norm(), norm());
+                match packing {
+                    Packing::Separate => SelfAttention::Gqa(LlamaAttention { qkv_proj, o_proj, q_norm, k_norm }),
+                    Packing::Packed => SelfAttention::Packed(PackedAttention { qkv_proj, o_proj, q_norm, k_norm }),
+                }
+            }
         };
         let mlp = match &cfg.moe {
             Some(m) if m.sparse_layers.get(l).copied().unwrap_or(false) => {
@@ -305,7 +364,7 @@ impl<'a> Builder<'a> {
                     norm_topk_prob: m.norm_topk_prob,
                 })
             }
-            _ => FeedForward::Dense(self.dense(c.intermediate_size)?),
+            _ => self.dense_mlp()?,
         };
         Ok(LlamaDecoderLayer {
             self_attn,
@@ -346,16 +405,17 @@ impl<'a> Builder<'a> {
     }
 
     /// The forward-pass constants.
-    pub(crate) fn options(&self) -> DecoderOptions {
+    pub(crate) fn options(&self) -> Result<DecoderOptions> {
         let (cfg, s) = (self.cfg, &self.cfg.scales);
-        DecoderOptions {
+        Ok(DecoderOptions {
             rope: cfg.rope.clone(),
             sliding_window: cfg.sliding_window,
             embedding_multiplier: s.embedding_multiplier,
             residual_multiplier: s.residual_multiplier,
             attention_scale: s.attention_multiplier.unwrap_or(1.0 / (cfg.llama.head_dim() as f64).sqrt()),
             logits_scaling: s.logits_scaling,
-        }
+            padding_idx: padding_idx(&cfg.llama)?,
+        })
     }
 }
 
@@ -380,7 +440,7 @@ impl LlamaForCausalLM {
         Ok(Self {
             model: LlamaModel { embed_tokens: b.embedding()?, layers, norm: b.final_norm() },
             lm_head: b.lm_head()?,
-            options: b.options(),
+            options: b.options()?,
         })
     }
 
@@ -455,13 +515,23 @@ impl LlamaForCausalLM {
 }
 
 /// The token embedding (Granite: times `embedding_multiplier`): `[batch, seq]` ids → `[batch, seq, hidden]`.
+/// The rows of `padding_idx` tokens are detached: as torch's `nn.Embedding(padding_idx=..)`, the lookup gives
+/// that embedding row no gradient (the values are the same).
 pub(crate) fn embed<C: Communicator>(
     embed_tokens: &ParallelEmbedding,
     input_ids: Tensor<2, Int>,
     o: &DecoderOptions,
     comm: &C,
 ) -> Result<Tensor<3>> {
+    let pad = o.padding_idx.map(|p| input_ids.clone().equal_elem(p as i64));
     let x = embed_tokens.forward(input_ids, comm)?;
+    let x = match pad {
+        Some(mask) => {
+            let mask = mask.unsqueeze_dim::<3>(2).expand(x.dims());
+            x.clone().mask_where(mask, x.detach())
+        }
+        None => x,
+    };
     Ok(if o.embedding_multiplier != 1.0 { x * o.embedding_multiplier } else { x })
 }
 
@@ -510,7 +580,12 @@ impl LlamaDecoderLayer {
     ) -> Result<Tensor<3>> {
         let scale = |h: Tensor<3>| if o.residual_multiplier != 1.0 { h * o.residual_multiplier } else { h };
         let attn = match &self.self_attn {
-            SelfAttention::Gqa(a) => a,
+            SelfAttention::Gqa(a) => {
+                Attention { qkv_proj: &a.qkv_proj, o_proj: &a.o_proj, q_norm: &a.q_norm, k_norm: &a.k_norm }
+            }
+            SelfAttention::Packed(a) => {
+                Attention { qkv_proj: &a.qkv_proj, o_proj: &a.o_proj, q_norm: &a.q_norm, k_norm: &a.k_norm }
+            }
             SelfAttention::Plain(_) => {
                 return Err(Error::Invalid(
                     "the plain q/k/v layout stores weights for any tp and does not run; shard with the GQA layout"
@@ -523,6 +598,7 @@ impl LlamaDecoderLayer {
         let y = self.post_attention_layernorm.forward(x.clone());
         let h = match &self.mlp {
             FeedForward::Dense(m) => m.forward(y, comm)?,
+            FeedForward::Packed(m) => m.forward(y, comm)?,
             FeedForward::Sparse(m) => m.forward(y, comm)?,
         };
         Ok(x + scale(h))
@@ -536,7 +612,15 @@ fn causal_mask(past: usize, seq: usize, device: &Device) -> Tensor<2, Bool> {
     Tensor::from_bool(TensorData::new(v, [seq, t]), device)
 }
 
-impl LlamaAttention {
+/// What the attention forward reads of a layer, whichever way its HF checkpoint stores q/k/v.
+struct Attention<'a> {
+    qkv_proj: &'a GqaQkvColumnParallelLinear,
+    o_proj: &'a RowParallelLinear,
+    q_norm: &'a Option<RmsNorm>,
+    k_norm: &'a Option<RmsNorm>,
+}
+
+impl Attention<'_> {
     fn forward<C: Communicator>(
         &self,
         x: Tensor<3>,
@@ -547,7 +631,7 @@ impl LlamaAttention {
         kv: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Result<Tensor<3>> {
         let [b, s, _] = x.dims();
-        let p = &self.qkv_proj;
+        let p = self.qkv_proj;
         let (hq, hkv, hd) = (p.local_heads(), p.local_kv_heads(), p.head_dim);
         if hkv == 0 || hq % hkv != 0 {
             return Err(Error::Invalid(format!("{hq} local query heads cannot share {hkv} local kv heads")));
@@ -567,8 +651,8 @@ impl LlamaAttention {
                 None => Ok(t),
             }
         };
-        let q = rope.apply(norm(heads(qkv.q, hq), &self.q_norm)?);
-        let k = rope.apply(norm(heads(qkv.k, hkv), &self.k_norm)?);
+        let q = rope.apply(norm(heads(qkv.q, hq), self.q_norm)?);
+        let k = rope.apply(norm(heads(qkv.k, hkv), self.k_norm)?);
         let v = heads(qkv.v, hkv);
         // With a cache: the cached positions' keys and values, then the new ones.
         let (k, v) = match kv {

@@ -221,65 +221,6 @@ pub fn mpi_train(
     }
 }
 
-/// [`mpi_forward`] for Phi-3 (its own model): an HF checkpoint at the world size with `adapters` active, or a
-/// sharded checkpoint at its own tp (base weights only: one holding `adapter_<name>/` directories is refused,
-/// as the threaded run refuses it). The outputs are those of [`mpi_forward`], shapes included.
-pub fn mpi_phi3_forward(
-    comm: &MpiCommunicator,
-    dir: &Path,
-    fuse_qkv: bool,
-    adapters: &[ImportedAdapter],
-    input_ids: &[Vec<i64>],
-) -> Result<RankRun> {
-    use crate::phi3::{load_phi3_hf_rank, load_phi3_rank_file, phi3_rank_forward, Phi3Config};
-    let ctx = comm.context();
-    let cfg = Phi3Config::read(&dir.join("config.json"))?;
-    let (out, bytes_read, source) = if dir.join(METADATA_PATH).exists() {
-        let has_adapters = std::fs::read_dir(dir)
-            .map_err(|e| Error::io(dir, e))?
-            .filter_map(|e| e.ok())
-            .any(|e| e.file_name().to_string_lossy().starts_with("adapter_") && e.path().is_dir());
-        if has_adapters || !adapters.is_empty() {
-            return Err(Error::Invalid(format!(
-                "{}: Phi-3 runs a sharded checkpoint's base weights only (run the HF checkpoint with --adapter)",
-                dir.display()
-            )));
-        }
-        let ck = RankCheckpoint::open(dir, ctx.rank)?;
-        if ck.tp != ctx.size {
-            return Err(Error::Invalid(format!(
-                "{} is sharded at tp {}, but {} MPI processes run it (start one per rank: mpirun -np {})",
-                dir.display(),
-                ck.tp,
-                ctx.size,
-                ck.tp
-            )));
-        }
-        let counting = Counting { inner: &ck.file, bytes: AtomicUsize::new(0) };
-        let out = phi3_rank_forward(comm, input_ids, &|ctx, device| {
-            load_phi3_rank_file(dir, &ck.metadata, &counting, &cfg, ctx, device)
-        })?;
-        (out, counting.bytes.load(Ordering::Relaxed), ck.file.path().to_path_buf())
-    } else {
-        let hf = HfCheckpoint::open(dir)?;
-        let counting = Counting { inner: &hf, bytes: AtomicUsize::new(0) };
-        let out = phi3_rank_forward(comm, input_ids, &|ctx, device| {
-            load_phi3_hf_rank(&counting, &cfg, ctx, fuse_qkv, adapters, device)
-        })?;
-        (out, counting.bytes.load(Ordering::Relaxed), dir.to_path_buf())
-    };
-    check_same_logits(comm, &out.logits)?;
-    let (b, s) = (input_ids.len(), input_ids.first().map_or(0, Vec::len));
-    let output = ForwardOutput {
-        logits: out.logits,
-        logits_shape: [b, s, cfg.vocab_size],
-        hidden_0: out.hidden_0,
-        hidden_1: Some(out.hidden_1),
-        hidden_shape: [b, s, cfg.hidden_size],
-    };
-    Ok(RankRun { output, bytes_read, source })
-}
-
 /// This process's own rank file of the sharded checkpoint in `dir` (refused when the checkpoint's tp is not
 /// the job's size), and whether its q/k/v are fused. `verb` says what the processes do with it.
 fn own_rank_file(dir: &Path, ctx: neuron_spec::module::TpContext, verb: &str) -> Result<(RankCheckpoint, bool)> {

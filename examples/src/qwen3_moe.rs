@@ -10,6 +10,7 @@
 //!   autodiff graph (so training reaches the router), and each expert runs on its own tokens only;
 //! - layer `i` is sparse when `i` is not in `mlp_only_layers` and `(i + 1) % decoder_sparse_step == 0`.
 
+use crate::config::{Family, ModelConfig, MoeConfig, Variants};
 use crate::mlp::LlamaMlp;
 use burn::module::Module;
 use burn::nn::Linear;
@@ -33,23 +34,19 @@ pub const QWEN3_MOE_FIELDS: &[&str] = &[
     "router_aux_loss_coef",
 ];
 
+/// Qwen3-MoE: Qwen3's attention, and sparse blocks on the layers its config says.
+pub const QWEN3_MOE: Family = Family {
+    model_type: "qwen3_moe",
+    fields: QWEN3_MOE_FIELDS,
+    variants: Variants { head_norms: true, ..Variants::LLAMA },
+    read: |v, path, cfg: &mut ModelConfig| {
+        cfg.moe = Some(MoeConfig::read(v, path, cfg.llama.num_hidden_layers)?);
+        Ok(())
+    },
+};
+
 /// The largest expert count accepted (the layout lists every expert's parameters).
 pub const MAX_EXPERTS: usize = 1 << 12;
-
-/// Routing and expert sizes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MoeConfig {
-    /// Experts per sparse layer.
-    pub num_experts: usize,
-    /// Experts per token.
-    pub num_experts_per_tok: usize,
-    /// Each expert's MLP size.
-    pub moe_intermediate_size: usize,
-    /// Renormalise the top-k weights to sum to 1.
-    pub norm_topk_prob: bool,
-    /// Which layers are sparse.
-    pub sparse_layers: Vec<bool>,
-}
 
 impl MoeConfig {
     /// Reads the MoE fields (Qwen3MoeConfig's defaults where absent).

@@ -93,7 +93,7 @@ impl LlamaStage {
             norm: last.then(|| b.final_norm()),
             lm_head: if last { b.lm_head()? } else { None },
             ends: (first, last),
-            options: b.options(),
+            options: b.options()?,
         })
     }
 

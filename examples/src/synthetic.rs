@@ -11,7 +11,7 @@ use std::path::Path;
 /// `max_file_size` bytes); returns the parameter count.
 pub fn generate(dir: &Path, shape: &Shape, max_file_size: u64) -> Result<u64> {
     let config = shape.llama_config();
-    let cfg: crate::llama::LlamaConfig =
+    let cfg: crate::config::LlamaConfig =
         serde_json::from_value(config.clone()).map_err(|e| Error::Invalid(format!("synthetic config: {e}")))?;
     let tensors = hf_tensor_infos(&ModelConfig::from(cfg), DType::BF16)?;
     neuron_spec::synthetic::generate(dir, &config, &tensors, max_file_size)

@@ -270,12 +270,18 @@ pub fn read_optimizer_state(dir: &Path, rank: usize) -> Result<OptimizerState> {
 }
 
 /// `reshard` for a trained checkpoint: the weights, then each moment directory with the same plan
-/// composition (the moments follow their parameters' layouts), and the optimizer's `state.json`.
-pub fn reshard_trained(src: &Path, dst: &Path, tp: usize, opts: &crate::checkpoint::WriteOptions) -> Result<()> {
+/// composition (the moments follow their parameters' layouts), and the optimizer's `state.json`. Returns the
+/// weights' report.
+pub fn reshard_trained(
+    src: &Path,
+    dst: &Path,
+    tp: usize,
+    opts: &crate::checkpoint::WriteOptions,
+) -> Result<crate::checkpoint::Report> {
     if !has_optimizer_state(src) {
         return Err(Error::Invalid(format!("{}: no optimizer state to reshard", src.display())));
     }
-    crate::reshard::reshard(src, dst, tp, opts)?;
+    let report = crate::reshard::reshard(src, dst, tp, opts)?;
     let r = (|| {
         let staging = Staging::new(&dst.join(OPTIMIZER_DIR), false)?;
         for m in ["exp_avg", "exp_avg_sq"] {
@@ -298,5 +304,5 @@ pub fn reshard_trained(src: &Path, dst: &Path, tp: usize, opts: &crate::checkpoi
         // Nothing half-made: without its optimizer state the resharded weights are not what was asked for.
         let _ = std::fs::remove_dir_all(dst);
     }
-    r
+    r.map(|()| report)
 }

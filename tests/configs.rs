@@ -155,7 +155,7 @@ fn a_key_transformers_ignores_for_this_model_type_changes_nothing() {
     let mut c = saved_config("mistral");
     c["attention_bias"] = json!(true);
     let cfg = ModelConfig::read_dir(config_dir(&c).path()).unwrap();
-    assert!(!cfg.llama.qkv_bias() && !cfg.llama.o_bias());
+    assert!(!cfg.qkv_bias && !cfg.o_bias);
     // Mistral never reads use_sliding_window: its window stays on.
     let mut c = saved_config("mistral");
     c["sliding_window"] = json!(4);

@@ -2,8 +2,8 @@
 //! numpy's allclose (`--atol`/`--rtol`) and still fails wrong math; `forward` needs `--input-ids`; `plan --json`
 //! and `inspect --json` print JSON in every case; `plan` names a missing directory; `inspect` refuses the
 //! configs `shard` refuses; the valid-tp hint on forward and train; every refused config key in one run; and
-//! `train` → (`reshard` →) `consolidate` keeps every non-weight file of
-//! the input, byte for byte.
+//! `train` → (`reshard` →) `consolidate` keeps every non-weight file of the input (and of the adapter folder:
+//! peft's README.md model card), byte for byte.
 
 mod common;
 
@@ -239,9 +239,17 @@ fn train_then_consolidate_keeps_every_non_weight_file() {
     ok(&bin(&["train", s(&p("full")), s(&p("full2")), "--data", s(&data), "--steps", "1", "-q"]));
     ok(&bin(&["consolidate", s(&p("full2")), s(&p("full2-hf"))]));
     assert_has_files(&p("full2-hf"), &files, "train → train → consolidate");
-    // LoRA training: the base folder keeps them; the adapter folder holds what peft's save_pretrained writes.
+    // LoRA training: the base folder keeps them; the adapter folder holds what peft's save_pretrained writes,
+    // its model card (README.md) included, byte for byte.
     let lora_data = fixture("llama-gqa-lora/train_golden_lora.safetensors");
-    let adapter = fixture("llama-gqa-lora");
+    let adapter = p("adapter");
+    std::fs::create_dir_all(&adapter).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(fixture("llama-gqa-lora").join(f), adapter.join(f)).unwrap();
+    }
+    let card = b"---\nbase_model: llama-gqa\nlibrary_name: peft\n---\n\n# Model Card for Model ID\n\u{e9}\n".to_vec();
+    std::fs::write(adapter.join("README.md"), &card).unwrap();
+    let card = [(PathBuf::from("README.md"), card)];
     ok(&bin(&[
         "train",
         s(&model),
@@ -267,4 +275,14 @@ fn train_then_consolidate_keeps_every_non_weight_file() {
     for f in ["adapter_config.json", "adapter_model.safetensors"] {
         assert!(adapter_dirs[0].join(f).is_file(), "{f}");
     }
+    assert_has_files(&adapter_dirs[0], &card, "LoRA train → consolidate: the adapter's model card");
+    // Resumed LoRA training, and shard --adapter → consolidate, keep the card too.
+    let lora_data_s = s(&lora_data);
+    ok(&bin(&["train", s(&p("lora")), s(&p("lora2")), "--data", lora_data_s, "--steps", "1", "-q"]));
+    ok(&bin(&["consolidate", s(&p("lora2")), s(&p("lora2-hf"))]));
+    assert_has_files(&p("lora2-hf").join("default"), &card, "LoRA train → train → consolidate");
+    ok(&bin(&["shard", s(&model), s(&p("sharded")), "--tp", "2", "--adapter", s(&adapter), "-q"]));
+    ok(&bin(&["consolidate", s(&p("sharded")), s(&p("sharded-hf"))]));
+    assert_has_files(&p("sharded-hf").join("default"), &card, "shard --adapter → consolidate");
+    assert_has_files(&p("sharded-hf"), &files, "shard --adapter → consolidate");
 }

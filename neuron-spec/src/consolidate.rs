@@ -235,6 +235,11 @@ fn consolidate_staged(
         let mut a = a.clone();
         a.config.base_model_name_or_path = Some(base_path.to_string_lossy().into_owned());
         crate::lora::export::write_adapter_dir(&dir, &a)?;
+        // The adapter folder's non-weight files (peft's README.md model card, ...) come back beside it.
+        let src = sharded_dir.join(crate::lora::disk::adapter_dir_name(name));
+        if src.is_dir() {
+            copy_side_files(&src, &dir, None).map_err(|e| staging.describe(e))?;
+        }
         report.adapter_files.push(shown.join(crate::lora::ADAPTER_WEIGHTS));
         report.adapter_tensors += a.tensors.len();
         report.adapter_bytes += a.tensors.iter().map(|(_, t)| t.bytes().len() as u64).sum::<u64>();

@@ -42,6 +42,9 @@ pub fn write_sharded_adapter(
         progress,
     )?;
     write_file_synced(&dir.join(ADAPTER_CONFIG), adapter.config.to_json()?.as_bytes())?;
+    if let Some(src) = &adapter.source_dir {
+        crate::checkpoint::copy_side_files(src, &dir, None)?;
+    }
     Ok(report)
 }
 

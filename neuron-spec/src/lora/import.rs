@@ -48,6 +48,9 @@ pub struct ImportedAdapter {
     pub tensors: StateDict,
     /// Things the user should know, said once per import (mean mode's loss).
     pub warnings: Vec<String>,
+    /// The folder it was read from: its non-weight files (peft's `README.md` model card, ...) travel with the
+    /// adapter into every checkpoint and folder written from it.
+    pub source_dir: Option<std::path::PathBuf>,
 }
 
 /// One HF module's factors in the adapter file.
@@ -409,7 +412,8 @@ pub fn import_adapter(
         serde_json::to_value(&layout).map_err(|e| Error::Invalid(format!("LoRA layout of {name}: {e}")))?;
     config.extra.insert(LAYOUT_KEY.to_string(), layout_value);
     let metadata = adapter_metadata_for_tp(base, &layout)?;
-    Ok(ImportedAdapter { name: name.to_string(), config, layout, metadata, tensors, warnings })
+    let source_dir = Some(adapter.dir.clone());
+    Ok(ImportedAdapter { name: name.to_string(), config, layout, metadata, tensors, warnings, source_dir })
 }
 
 /// A parameter with the partition attributes of `base`'s parameter `from` (replicated when absent).

@@ -128,5 +128,6 @@ pub fn trained_adapter(dir: &Path, name: &str, meta: &CheckpointMetadata) -> Res
         layout,
         tensors: a.consolidate(KvReplicas::Check)?,
         warnings: vec![],
+        source_dir: Some(dir.join(crate::lora::disk::adapter_dir_name(name))),
     })
 }

@@ -247,7 +247,9 @@ fn train_then_consolidate_keeps_every_non_weight_file() {
     for f in ["adapter_config.json", "adapter_model.safetensors"] {
         std::fs::copy(fixture("llama-gqa-lora").join(f), adapter.join(f)).unwrap();
     }
-    let card = b"---\nbase_model: llama-gqa\nlibrary_name: peft\n---\n\n# Model Card for Model ID\n\u{e9}\n".to_vec();
+    let card = "---\nbase_model: llama-gqa\nlibrary_name: peft\n---\n\n# Model Card for Model ID\n\u{e9}\n"
+        .as_bytes()
+        .to_vec();
     std::fs::write(adapter.join("README.md"), &card).unwrap();
     let card = [(PathBuf::from("README.md"), card)];
     ok(&bin(&[

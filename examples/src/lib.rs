@@ -91,6 +91,11 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 #![warn(missing_docs)]
 
+// The book's page whose Rust code uses this crate (docs/src/library.md), compiled as a doctest by `cargo test`.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/src/library.md")]
+mod book_library {}
+
 pub mod config;
 pub mod config_fields;
 mod config_read_sets;

@@ -104,6 +104,43 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Module map
+//!
+//! One line per top module; each module's own docs say what it owns.
+//!
+//! - [`checkpoint`]: sharded checkpoints on disk (the reference's layout, safetensors instead of pickles).
+//! - [`compare`]: computed values against golden ones (numpy's `allclose`; NaN and infinity fail).
+//! - [`consolidate`](mod@consolidate): a sharded checkpoint back to an HF folder, one tensor at a time.
+//! - [`dtype`]: element types of checkpoint tensors, and casts (round to nearest even).
+//! - [`error`]: the crate's typed error.
+//! - [`io`]: safetensors in and out: memory-mapped reads, streaming writes, HF folders and indexes.
+//! - [`layers`]: the tensor-parallel burn layers and the communicators (feature `burn`).
+//! - [`lora`]: PEFT LoRA adapters both ways (import, export, the fused-group modes).
+//! - [`metadata`]: the parameter metadata that makes a sharded checkpoint self-describing.
+//! - [`model`]: model-level entry points: HF → one rank (`adapt_state_dict`), ranks → HF, the plan compiler.
+//! - [`module`]: the module-tree contract that `#[derive(CustomModule)]` implements.
+//! - [`pipeline`]: a helper thread that computes the next tensor while the current one is written.
+//! - [`plan`]: plans as data: which slices of which source tensors land where.
+//! - [`prelude`]: what a model crate imports (feature `burn`).
+//! - [`progress`]: byte counts for long operations (the CLI draws the bar).
+//! - [`pt`]: optimum-neuron's `.pt` rank files, plain and xser.
+//! - [`rank_source`]: one TP rank of a sharded checkpoint as one tensor source, across pipeline stages.
+//! - [`reference_names`]: the reference's `guess_peft_type` and `get_tensor_model_parallel_attributes` (feature `burn`).
+//! - [`reshard`]: TP N → TP M without an HF round trip.
+//! - [`shard`](mod@shard): an HF checkpoint (and its adapters) to a sharded checkpoint.
+//! - [`sharding`]: the reference's sharding helpers, as plans, with zero padding for uneven splits.
+//! - [`specs`]: transformation specs and their layouts.
+//! - [`stage_checkpoint`]: one pipeline stage of a sharded checkpoint, opened on its own.
+//! - [`stages`]: pipeline-parallel stage assignment.
+//! - [`staging`]: outputs built in a temporary sibling and renamed into place when complete.
+//! - [`synthetic`]: synthetic checkpoints for benchmarks and memory tests.
+//! - [`tensor`]: host tensors that keep the checkpoint's bytes (bf16 stays bf16).
+//! - [`train`]: training the TP model: the loss, AdamW, the gradient all-reduce, trained checkpoints (feature `burn`).
+//! - [`train_data`]: training data files (safetensors, JSONL, text).
+//! - [`train_state`]: a trained checkpoint's optimizer state on disk, without burn.
+//!
+//! The user guide is the mdBook in `docs/` (`mdbook build docs`); its pages with Rust code are doctests here.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 #![warn(missing_docs)]
 
@@ -141,6 +178,11 @@ pub mod tensor;
 pub mod train;
 pub mod train_data;
 pub mod train_state;
+
+// The book's pages that hold Rust code (docs/src/), compiled and run as doctests by `cargo test`.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/src/architecture.md")]
+mod book_architecture {}
 
 // The derive emits `::neuron_spec::...` paths; this makes them resolve inside this crate too.
 extern crate self as neuron_spec;

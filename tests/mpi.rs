@@ -527,8 +527,10 @@ fn mpi_generate_equals_transformers_greedy_ids_and_streams_on_rank_0_only() {
     let prompt = g["prompt"].as_str().unwrap();
     let dir = fixture("llama-gqa");
     let args = ["generate", s(&dir), "--prompt", prompt, "--max-new-tokens", "20", "--comm", "mpi"];
-    let (out, _) = mpirun(2, &[&args[..], &["--json"]].concat());
-    assert_eq!(generated_ids(&ok(&out, "mpi generate -np 2")), golden);
+    for np in [1, 2, 4] {
+        let (out, _) = mpirun(np, &[&args[..], &["--json"]].concat());
+        assert_eq!(generated_ids(&ok(&out, &format!("mpi generate -np {np}"))), golden, "-np {np}");
+    }
     // Streamed: rank 0 prints the text once.
     let (out, _) = mpirun(2, &args);
     assert_eq!(ok(&out, "mpi generate streamed"), format!("{}\n", g["plain"]["text"].as_str().unwrap()));

@@ -55,6 +55,18 @@ HP=(--lr 1e-2 --betas 0.9,0.999 --eps 1e-6 --weight-decay 0.01)
 "$BIN" -q consolidate "$WORK/full" "$WORK/full-hf"
 "$VENV/bin/python" tests/check_trained_model.py full "$WORK/full-hf" "$F/llama-gqa" \
     "$F/llama-gqa/train_golden.safetensors"
+# The trained folder is complete: transformers loads its tokenizer (carried from llama-gqa), which encodes and
+# applies the chat template as the original folder's does.
+HF_HUB_OFFLINE=1 "$VENV/bin/python" - "$WORK/full-hf" "$F/llama-gqa" <<'PY'
+import sys
+from transformers import AutoTokenizer
+out, src = (AutoTokenizer.from_pretrained(d) for d in sys.argv[1:3])
+text = "The fox sat by the river and"
+assert out(text)["input_ids"] == src(text)["input_ids"], (out(text), src(text))
+chat = [{"role": "user", "content": text}]
+assert out.apply_chat_template(chat, add_generation_prompt=True) == src.apply_chat_template(chat, add_generation_prompt=True)
+print(f"transformers loads the trained folder's tokenizer ({len(out)} tokens) and chat template")
+PY
 # (b) LoRA-only: the adapter trained 3 steps (1, then resumed for 2), exported as a PEFT directory.
 "$BIN" -q train "$F/llama-gqa" "$WORK/lora1" --tp 4 --fuse-qkv --adapter "$F/llama-gqa-lora" \
     --data "$F/llama-gqa-lora/train_golden_lora.safetensors" --steps 1 "${HP[@]}" >/dev/null

@@ -1,6 +1,7 @@
 //! Pipeline stages: `shard --tp T --pp P` → consolidate is byte-exact, each stage holds only its layers,
 //! forward from a staged checkpoint matches the golden, reshard between (tp, pp) pairs equals direct
-//! sharding, multi-file HF sources work, and bad stage requests fail clearly.
+//! sharding, multi-file HF sources work, every family of the table runs in two stages, and bad stage requests
+//! fail clearly.
 
 mod common;
 use common::*;
@@ -263,4 +264,22 @@ fn the_reference_pt_checkpoint_runs_stage_by_stage() {
     eprintln!("on-ckpt tp 4 pp 2 plain, stage by stage: max |Δ| logits {d:.2e}");
     assert!(d <= 1e-4, "{d}");
     assert!(forward_diff(&dir, "llama-gqa") <= 1e-4);
+}
+
+/// Every family of the table in two stages (tp 2, fused qkv): the staged checkpoint's forward equals
+/// transformers' golden (logits, hidden_0, hidden_1) and consolidates back byte for byte.
+#[test]
+fn every_family_runs_in_two_stages() {
+    for dir in ["llama3-rope", "qwen2", "mistral", "qwen3", "granite", "qwen3-moe", "phi3"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (s, out) = (tmp.path().join("s"), tmp.path().join("hf"));
+        shard(&fixture(dir), &s, &layout(dir, 2, true), 2, &opts(2)).unwrap();
+        assert_eq!(ShardedCheckpoint::open(&s).unwrap().pp(), 2, "{dir}");
+        let d = forward_diff(&s, dir);
+        eprintln!("{dir} tp 2 pp 2: max |Δ| {d:.2e}");
+        assert!(d <= 1e-4, "{dir}: {d}");
+        consolidate(&s, &out, &WriteOptions::default()).unwrap();
+        let want = fs::read(fixture(&format!("{dir}/model.safetensors"))).unwrap();
+        assert!(fs::read(out.join("model.safetensors")).unwrap() == want, "{dir}: consolidated bytes differ");
+    }
 }

@@ -540,3 +540,33 @@ fn mpi_generate_equals_transformers_greedy_ids_and_streams_on_rank_0_only() {
     let threaded = threads(&[&args[..6], &sample[..], &["--tp", "2"]].concat());
     assert_eq!(generated_ids(&ok(&out, "mpi sampling")), generated_ids(&threaded));
 }
+
+/// optimum-neuron's own `.pt` checkpoints (plain and xser) under mpirun: each process opens only its own rank
+/// file, and the logits equal the threaded run's bit for bit (and transformers' golden).
+#[test]
+fn mpi_forward_reads_optimum_neuron_pt_checkpoints_like_threads() {
+    if !have_mpirun() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let golden = fixture("llama-gqa/golden.safetensors");
+    for (name, np) in [("on-ckpt/llama-gqa-tp2-plain", 2usize), ("on-ckpt/llama-gqa-tp4-xser", 4)] {
+        let dir = fixture(name);
+        let thr = tmp.path().join(format!("threads-{np}.safetensors"));
+        let mpi = tmp.path().join(format!("mpi-{np}.safetensors"));
+        threads(&["forward", s(&dir), "--input-ids", s(&golden), "--output", s(&thr)]);
+        let (out, _) = mpirun(np, &["forward", s(&dir), "--comm", "mpi", "--golden", s(&golden), "--output", s(&mpi)]);
+        let stdout = ok(&out, &format!("mpirun -np {np} {name}"));
+        assert!(stdout.contains("max_abs_diff"), "rank 0 compares with the golden:\n{stdout}");
+        assert!(logits(&thr) == logits(&mpi), "{name}: logits differ from the threaded run's");
+        for r in 0..np {
+            let own = format!("dp_rank_00_tp_rank_{r:02}_pp_rank_00.pt");
+            assert!(stdout.lines().any(|l| l.contains(&format!("rank {r}/{np}")) && l.contains(&own)), "{stdout}");
+        }
+    }
+    // optimum-neuron's adapter shards beside the `.pt` base are refused by name under MPI (threads read them).
+    let dir = fixture("on-ckpt/llama-gqa-tp4-lora-plain");
+    let (out, _) = mpirun(4, &["forward", s(&dir), "--comm", "mpi", "--input-ids", s(&golden)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("adapter_shards") && err.contains("reshard"), "{err}");
+}

@@ -71,6 +71,16 @@ fn own_sharded_adapters(dir: &Path, rank: usize) -> Result<Vec<LoraRankAdapter>>
         let e = e.map_err(|e| Error::io(dir, e))?;
         let n = e.file_name().to_string_lossy().to_string();
         if let Some(name) = n.strip_prefix("adapter_") {
+            if e.path().join(neuron_spec::lora::disk::REFERENCE_ADAPTER_SHARDS).is_dir() {
+                return Err(Error::lora(
+                    name,
+                    format!(
+                        "{}: optimum-neuron's adapter shards are read by the threaded runs only; under --comm mpi, \
+                         reshard the checkpoint first (neuron-spec reshard), which writes the adapter in our layout",
+                        e.path().join(neuron_spec::lora::disk::REFERENCE_ADAPTER_SHARDS).display()
+                    ),
+                ));
+            }
             if e.path().is_dir() {
                 dirs.push((name.to_string(), e.path()));
             }
@@ -82,8 +92,9 @@ fn own_sharded_adapters(dir: &Path, rank: usize) -> Result<Vec<LoraRankAdapter>>
             let config = LoraConfig::read(&p.join(ADAPTER_CONFIG))?;
             let ck = RankCheckpoint::open(&p, rank)?;
             let mut tensors = StateDict::new();
-            for n in ck.file.names() {
-                tensors.insert(n.to_string(), ck.file.tensor(n)?);
+            let src = ck.file.source();
+            for n in src.names() {
+                tensors.insert(n.clone(), src.tensor(&n)?);
             }
             rank_adapter(&name, &config, tensors)
         })
@@ -104,7 +115,7 @@ pub fn mpi_forward(
     let cfg = ModelConfig::read(&dir.join("config.json"))?;
     let (run, source) = if dir.join(METADATA_PATH).exists() {
         let (ck, fused) = own_rank_file(dir, ctx, "run")?;
-        let counting = Counting { inner: &ck.file, bytes: AtomicUsize::new(0) };
+        let counting = Counting { inner: ck.file.source(), bytes: AtomicUsize::new(0) };
         let out = rank_forward(ctx, comm, input_ids, &|ctx, device| {
             let model = LlamaForCausalLM::from_config(&cfg, ctx, crate::QkvLayout::gqa(fused), device)?;
             let ours = model.create_parameter_metadata()?;
@@ -190,14 +201,15 @@ pub fn mpi_train(
     let cfg = ModelConfig::read(&dir.join("config.json"))?;
     if dir.join(METADATA_PATH).exists() {
         let (ck, fused) = own_rank_file(dir, ctx, "train")?;
-        let counting = Counting { inner: &ck.file, bytes: AtomicUsize::new(0) };
+        let counting = Counting { inner: ck.file.source(), bytes: AtomicUsize::new(0) };
         let trained = train_rank(
             comm,
             batches,
             steps,
             &|ctx, device| {
                 let model = load_rank_file_model(&ck.dir, &ck.metadata, ck.tp, &counting, &cfg, ctx, device)?;
-                RankTrainer::new(model, &ck.file, options, device)?.with_state(read_optimizer_state(dir, ctx.rank)?)
+                RankTrainer::new(model, ck.file.source(), options, device)?
+                    .with_state(read_optimizer_state(dir, ctx.rank)?)
             },
             on_step,
         )?;
@@ -254,7 +266,7 @@ pub fn mpi_generate(
     let model = match &m.sharded {
         Some(_) => {
             let (ck, _) = own_rank_file(&m.dir, ctx, "generate")?;
-            load_rank_file_model(&ck.dir, &ck.metadata, ck.tp, &ck.file, &m.cfg, ctx, &device)?
+            load_rank_file_model(&ck.dir, &ck.metadata, ck.tp, ck.file.source(), &m.cfg, ctx, &device)?
         }
         None => m.load_rank(Some(&HfCheckpoint::open(&m.dir)?), ctx, &device)?,
     };

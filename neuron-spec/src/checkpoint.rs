@@ -544,8 +544,9 @@ pub struct RankCheckpoint {
     pub tp: usize,
     /// This rank.
     pub rank: usize,
-    /// This rank's file, verified against the metadata's size and xxh3-64 when recorded.
-    pub file: SafetensorsFile,
+    /// This rank's file: ours (`.safetensors`, verified against the metadata's size and xxh3-64 when
+    /// recorded) or optimum-neuron's (`.pt`, plain or xser), detected from the files present.
+    pub file: StageFile,
 }
 
 impl RankCheckpoint {
@@ -566,17 +567,12 @@ impl RankCheckpoint {
             )));
         }
         check_rank_entries(&rdir, &metadata, tp, 0)?;
-        let path = rdir.join(rank_file_name(rank));
+        let (_, format) = rank_files_present(&rdir)?;
+        let path = rdir.join(stage_rank_file_name(rank, 0, format.ext()));
         let entry = metadata.rank_files.get(rank);
-        let file = SafetensorsFile::open(&path).map_err(|e| match entry {
-            Some(entry) => match crate::io::file_xxh3(&path).and_then(|w| check_rank_file(&path, entry, w)) {
-                Err(damage @ Error::Checksum { .. }) => damage,
-                _ => e,
-            },
-            None => e,
-        })?;
-        if let Some(entry) = entry {
-            check_rank_file(&path, entry, file.xxh3())?;
+        let file = open_rank_file(&path, format, entry)?;
+        if let (StageFile::Safetensors(f), Some(entry)) = (&file, entry) {
+            check_rank_file(&path, entry, f.xxh3())?;
         }
         Ok(Self { dir: dir.to_path_buf(), metadata, tp, rank, file })
     }

@@ -248,8 +248,8 @@ pub fn read_optimizer_state(dir: &Path, rank: usize) -> Result<OptimizerState> {
     let read = |what: &str| -> Result<StateDict> {
         let ck = RankCheckpoint::open(&dir.join(OPTIMIZER_DIR).join(what), rank)?;
         let mut sd = StateDict::new();
-        for n in TensorSource::names(&ck.file) {
-            let t = TensorSource::tensor(&ck.file, &n)?;
+        for n in ck.file.source().names() {
+            let t = ck.file.source().tensor(&n)?;
             // A LoRA run stores its moments as its adapter's factors, without the adapter name.
             let name = match &adapter {
                 Some(a) => crate::lora::insert_adapter_name(&n, a),

@@ -788,7 +788,7 @@ fn forward_command(
     let ids = match (files.prompt, &tokenizer) {
         (Some(text), Some(tok)) => {
             let row = tok.encode(text, true)?;
-            tok.check_in_vocab(&row, config_vocab_size(dir)?)?;
+            tok.check_in_vocab(&row, neuron_spec_examples::ModelConfig::read_dir(dir)?.llama.vocab_size)?;
             if row.is_empty() {
                 return Err(Error::Invalid("--prompt encodes to no token".into()));
             }
@@ -821,19 +821,6 @@ fn forward_command(
             Ok(code)
         }),
     }
-}
-
-/// `vocab_size` of `dir/config.json` (any family).
-fn config_vocab_size(dir: &Path) -> Result<usize> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::Json { path: path.clone(), reason: e.to_string() })?;
-    v.get("vocab_size").and_then(serde_json::Value::as_u64).map(|n| n as usize).ok_or_else(|| Error::InvalidSpec {
-        spec: "config".into(),
-        field: "vocab_size".into(),
-        reason: format!("{}: missing or not a whole number", path.display()),
-    })
 }
 
 /// The 5 most likely next tokens after the last position of row 0 (`--prompt`): rank, id, logit, the token

@@ -177,13 +177,7 @@ impl TextTokenizer {
             });
         }
         let cfg = self.dir.join("config.json");
-        let v = read_json(&cfg)?;
-        let id = match v.get("eos_token_id") {
-            Some(Value::Array(a)) => a.first().and_then(Value::as_i64),
-            Some(x) => x.as_i64(),
-            None => None,
-        };
-        id.filter(|i| *i >= 0).ok_or_else(|| {
+        eos_ids_in(&cfg)?.and_then(|ids| ids.first().copied()).ok_or_else(|| {
             tok_err(&cfg, "no EOS token: neither tokenizer_config.json's `eos_token` nor config.json's `eos_token_id`")
         })
     }
@@ -250,20 +244,26 @@ impl TextStream<'_> {
 pub fn eos_token_ids(dir: &Path) -> Result<Vec<i64>> {
     for file in [GENERATION_CONFIG, "config.json"] {
         let path = dir.join(file);
-        if !path.is_file() {
-            continue;
-        }
-        let v = read_json(&path)?;
-        let bad = |found: &Value| {
-            tok_err(&path, format!("`eos_token_id` must be a token id or a list of token ids, found {found}"))
-        };
-        match v.get("eos_token_id") {
-            None | Some(Value::Null) => continue,
-            Some(Value::Array(a)) => {
-                return a.iter().map(|x| x.as_i64().filter(|i| *i >= 0).ok_or_else(|| bad(x))).collect()
+        if path.is_file() {
+            if let Some(ids) = eos_ids_in(&path)? {
+                return Ok(ids);
             }
-            Some(x) => return Ok(vec![x.as_i64().filter(|i| *i >= 0).ok_or_else(|| bad(x))?]),
         }
     }
     Ok(Vec::new())
+}
+
+/// The `eos_token_id` of the JSON file `path` (an int or a list); `None` when absent or null.
+fn eos_ids_in(path: &Path) -> Result<Option<Vec<i64>>> {
+    let v = read_json(path)?;
+    let bad = |found: &Value| {
+        tok_err(path, format!("`eos_token_id` must be a token id or a list of token ids, found {found}"))
+    };
+    match v.get("eos_token_id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => {
+            a.iter().map(|x| x.as_i64().filter(|i| *i >= 0).ok_or_else(|| bad(x))).collect::<Result<_>>().map(Some)
+        }
+        Some(x) => Ok(Some(vec![x.as_i64().filter(|i| *i >= 0).ok_or_else(|| bad(x))?])),
+    }
 }

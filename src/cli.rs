@@ -1,5 +1,5 @@
 //! The `neuron-spec` command line: shard, consolidate, reshard, plan, inspect, and a `forward` hook that a
-//! model crate fills in (the binary lives next to the model; see `examples/`).
+//! model crate fills in (the binary lives next to the model; see `neuron-spec-models/`).
 
 use crate::adapter_args::{import_adapters, AdapterArg, AdapterArgs};
 pub use crate::comm_arg::Comm;
@@ -15,7 +15,7 @@ use neuron_spec::plan::TensorSource;
 use neuron_spec::reshard::reshard;
 use neuron_spec::train::{has_optimizer_state, reshard_trained, OPTIMIZER_DIR};
 use neuron_spec::{consolidate, shard, shard_with_adapters, AdapterOptions};
-use neuron_spec_examples::QkvLayout;
+use neuron_spec_models::QkvLayout;
 use std::path::{Path, PathBuf};
 
 /// `--tp`: a TP size from 1 to 4096 (a usage error otherwise: exit 2).
@@ -784,11 +784,11 @@ fn forward_command(
     comm: Comm,
     files: &ForwardFiles<'_>,
 ) -> Result<i32> {
-    let tokenizer = files.prompt.map(|_| neuron_spec_examples::TextTokenizer::open(dir)).transpose()?;
+    let tokenizer = files.prompt.map(|_| neuron_spec_models::TextTokenizer::open(dir)).transpose()?;
     let ids = match (files.prompt, &tokenizer) {
         (Some(text), Some(tok)) => {
             let row = tok.encode(text, true)?;
-            tok.check_in_vocab(&row, neuron_spec_examples::ModelConfig::read_dir(dir)?.llama.vocab_size)?;
+            tok.check_in_vocab(&row, neuron_spec_models::ModelConfig::read_dir(dir)?.llama.vocab_size)?;
             if row.is_empty() {
                 return Err(Error::Invalid("--prompt encodes to no token".into()));
             }
@@ -825,7 +825,7 @@ fn forward_command(
 
 /// The 5 most likely next tokens after the last position of row 0 (`--prompt`): rank, id, logit, the token
 /// and its decoded text.
-fn print_top_tokens(tok: &neuron_spec_examples::TextTokenizer, logits: &[f32], shape: &[usize]) -> Result<()> {
+fn print_top_tokens(tok: &neuron_spec_models::TextTokenizer, logits: &[f32], shape: &[usize]) -> Result<()> {
     let (Some(&seq), Some(&vocab)) = (shape.get(1), shape.get(2)) else {
         return Err(Error::Invalid(format!("logits of shape {shape:?}: expected [batch, seq, vocab]")));
     };
@@ -998,17 +998,17 @@ const QUICKSTART_PROMPT: &str = "The fox sat by the river and";
 
 /// quickstart's last step: greedy `generate` from the sharded checkpoint through the tokenizer it carries.
 fn quickstart_generate(sharded: &Path, tp: usize) -> Result<()> {
-    if !sharded.join(neuron_spec_examples::text::TOKENIZER_FILE).exists() {
+    if !sharded.join(neuron_spec_models::text::TOKENIZER_FILE).exists() {
         out!("4. generate: skipped (the model has no tokenizer.json)");
         return Ok(());
     }
     out!("4. generate: {tp} ranks, greedy, 20 new tokens after {QUICKSTART_PROMPT:?} (the model is random: so is its text)");
-    let opts = neuron_spec_examples::GenerateOptions {
+    let opts = neuron_spec_models::GenerateOptions {
         max_new_tokens: 20,
         eos_token_ids: Vec::new(),
-        sampling: neuron_spec_examples::Sampling::Greedy,
+        sampling: neuron_spec_models::Sampling::Greedy,
     };
-    let g = neuron_spec_examples::generate_text(sharded, tp, QUICKSTART_PROMPT, false, &opts, &mut |_| Ok(()))?;
+    let g = neuron_spec_models::generate_text(sharded, tp, QUICKSTART_PROMPT, false, &opts, &mut |_| Ok(()))?;
     out!("   ids {:?}", g.ids);
     out!("   text {:?}", g.text);
     Ok(())

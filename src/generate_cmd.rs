@@ -1,11 +1,11 @@
 //! `neuron-spec generate`: parses the arguments, hands them to the library's generation task
-//! (`neuron_spec_examples::generate`) and prints: the text as it is produced, or one JSON object.
+//! (`neuron_spec_models::generate`) and prints: the text as it is produced, or one JSON object.
 
 use crate::comm_arg::Comm;
 use crate::exit::{usage, EXIT_OK};
 use clap::Args;
 use neuron_spec::{Error, Result};
-use neuron_spec_examples::{GenerateOptions, Generated, Sampling};
+use neuron_spec_models::{GenerateOptions, Generated, Sampling};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -133,6 +133,6 @@ pub fn run(a: &GenerateArgs) -> Result<i32> {
     let json = a.json;
     let mut on_text = |piece: &str| if json { Ok(()) } else { print_piece(piece) };
     let tp = a.tp.unwrap_or(1) as usize;
-    let g = neuron_spec_examples::generate_text(&a.dir, tp, &prompt, a.chat, &opts, &mut on_text)?;
+    let g = neuron_spec_models::generate_text(&a.dir, tp, &prompt, a.chat, &opts, &mut on_text)?;
     finish(a.json, &g)
 }

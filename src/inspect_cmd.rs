@@ -125,8 +125,8 @@ fn summarize(dir: &Path) -> Result<Value> {
     } else {
         let hf = HfCheckpoint::open(dir)?;
         // The verdict `shard` gives on the config (its family and every key), at tp 1.
-        neuron_spec_examples::layout_of_dir(dir, 1, neuron_spec_examples::QkvLayout::Separate)?;
-        let ignored = neuron_spec_examples::ignored_keys(dir)?;
+        neuron_spec_models::layout_of_dir(dir, 1, neuron_spec_models::QkvLayout::Separate)?;
+        let ignored = neuron_spec_models::ignored_keys(dir)?;
         let tensors: Vec<TensorInfo> = hf.names().into_iter().filter_map(|n| hf.info(&n)).collect();
         Ok(json!({
             "kind": "hf", "tp": 1, "format_version": null, "total_bytes": hf.total_bytes(),

@@ -4,7 +4,7 @@
 use clap::Args;
 use neuron_spec::error::{Error, Result};
 use neuron_spec::metadata::CheckpointMetadata;
-use neuron_spec_examples::QkvLayout;
+use neuron_spec_models::QkvLayout;
 use std::path::Path;
 
 /// How attention is laid out on the ranks.
@@ -32,8 +32,8 @@ impl LayoutArgs {
 /// runs `forward`; unknown model types and unimplemented fields are refused. When `tp` does not fit the model,
 /// the error names the tp sizes that do (and `--plain-attention`'s).
 pub fn hf_layout(dir: &Path, tp: usize, qkv: QkvLayout) -> Result<CheckpointMetadata> {
-    neuron_spec_examples::layout_of_dir(dir, tp, qkv).map_err(|e| {
-        if neuron_spec_examples::layout_of_dir(dir, 1, qkv).is_err() {
+    neuron_spec_models::layout_of_dir(dir, tp, qkv).map_err(|e| {
+        if neuron_spec_models::layout_of_dir(dir, 1, qkv).is_err() {
             return e; // not a tp problem: the config itself is refused
         }
         let heads = std::fs::read_to_string(dir.join("config.json"))
@@ -44,7 +44,7 @@ pub fn hf_layout(dir: &Path, tp: usize, qkv: QkvLayout) -> Result<CheckpointMeta
             .clamp(1, 256) as usize;
         let fits = |q: QkvLayout| -> Vec<String> {
             (1..=heads)
-                .filter(|t| neuron_spec_examples::layout_of_dir(dir, *t, q).is_ok())
+                .filter(|t| neuron_spec_models::layout_of_dir(dir, *t, q).is_ok())
                 .map(|t| t.to_string())
                 .collect()
         };

@@ -23,7 +23,7 @@ mod train_cmd;
 use adapter_args::{import_adapters, AdapterArg};
 use cli::{main_with, ForwardRunner, NamedOutput};
 use neuron_spec::{Result, Spec};
-use neuron_spec_examples::{
+use neuron_spec_models::{
     model_metadata, run_sharded_forward_with_adapters, run_tp_forward_with_adapters, ModelConfig,
 };
 use std::path::Path;
@@ -103,8 +103,8 @@ mod mpi_forward {
     use neuron_spec::layers::{Communicator, MpiCommunicator};
     use neuron_spec::lora::ImportedAdapter;
     use neuron_spec::{Error, Result, Spec};
-    use neuron_spec_examples::mpi_run::mpi_forward;
-    use neuron_spec_examples::{model_metadata, ModelConfig};
+    use neuron_spec_models::mpi_run::mpi_forward;
+    use neuron_spec_models::{model_metadata, ModelConfig};
     use std::path::Path;
 
     pub fn run(
@@ -179,7 +179,7 @@ mod mpi_forward {
 
 fn main() {
     let code = main_with(Some(&Llama));
-    // For tests/memory_bound.rs: this process's own peak RSS (wait4's rusage would count the parent's too).
+    // For tests/it/memory_bound.rs: this process's own peak RSS (wait4's rusage would count the parent's too).
     if std::env::var_os("NEURON_SPEC_REPORT_VMHWM").is_some() {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         if let Some(v) = status.lines().find_map(|l| l.strip_prefix("VmHWM:")) {

@@ -5,9 +5,9 @@ use crate::exit::usage;
 use crate::generate_cmd::{finish, inputs, misuse, print_piece, GenerateArgs};
 use neuron_spec::layers::{Communicator, MpiCommunicator};
 use neuron_spec::{Error, Result};
-use neuron_spec_examples::generate::with_folder_eos;
-use neuron_spec_examples::mpi_run::mpi_generate;
-use neuron_spec_examples::{GenerateOptions, Generated, TextModel};
+use neuron_spec_models::generate::with_folder_eos;
+use neuron_spec_models::mpi_run::mpi_generate;
+use neuron_spec_models::{GenerateOptions, Generated, TextModel};
 
 /// Runs this process's rank; returns rank 0's exit code (the others' 0).
 pub fn run(a: &GenerateArgs) -> Result<i32> {

@@ -7,8 +7,8 @@ use neuron_spec::checkpoint::METADATA_PATH;
 use neuron_spec::layers::{Communicator, MpiCommunicator};
 use neuron_spec::train::{has_optimizer_state, write_trained_checkpoint_mpi, TrainOptions};
 use neuron_spec::{CheckpointMetadata, Error, Result};
-use neuron_spec_examples::mpi_run::{mpi_train, RankTrainRun};
-use neuron_spec_examples::{model_metadata, ModelConfig};
+use neuron_spec_models::mpi_run::{mpi_train, RankTrainRun};
+use neuron_spec_models::{model_metadata, ModelConfig};
 use std::time::Instant;
 
 /// Runs this process's rank. A failure while training ends the job (`MPI_Abort`) with that rank's error;

@@ -126,12 +126,12 @@ fn evaluate(a: &PlanArgs) -> std::result::Result<Outcome, Error> {
         Some(f) => check(&mut checks, &format!("layout {}", f.display()), CheckpointMetadata::read(f), |m| {
             format!("{} parameters, {} specs", m.parameters.len(), m.specs().count())
         }),
-        None => check(&mut checks, "config.json", neuron_spec_examples::layout_of_dir(dir, 1, qkv), |m| {
+        None => check(&mut checks, "config.json", neuron_spec_models::layout_of_dir(dir, 1, qkv), |m| {
             format!("the family's layout: {} parameters, {} specs", m.parameters.len(), m.specs().count())
         }),
     };
     if a.layout_file.is_none() {
-        if let Ok(ignored) = neuron_spec_examples::ignored_keys(dir).map(|k| k.join(", ")) {
+        if let Ok(ignored) = neuron_spec_models::ignored_keys(dir).map(|k| k.join(", ")) {
             if !ignored.is_empty() {
                 let m = format!("ignored (transformers never reads them for this model_type): {ignored}");
                 checks.push(Check { what: "config.json keys".into(), result: Ok(m) });

@@ -19,7 +19,7 @@ use neuron_spec::train::{
     TrainOptions,
 };
 use neuron_spec::{CheckpointMetadata, Error, Result, Spec, StateDict, TensorSource};
-use neuron_spec_examples::{
+use neuron_spec_models::{
     load_hf_rank_model, load_sharded_rank_model, model_metadata, train_ranks, LlamaForCausalLM, ModelConfig, QkvLayout,
 };
 use std::io::IsTerminal;
@@ -108,7 +108,7 @@ pub fn training_rows(a: &TrainArgs) -> Result<Vec<Vec<i64>>> {
             a.data.display()
         ))),
         (TrainData::Documents(docs), Some(seq)) => {
-            let tok = neuron_spec_examples::TextTokenizer::open(&a.model)?;
+            let tok = neuron_spec_models::TextTokenizer::open(&a.model)?;
             let rows = tok.training_rows(&docs, seq as usize)?;
             if rows.is_empty() {
                 return Err(Error::Invalid(format!(
@@ -202,7 +202,7 @@ impl TrainJob {
         } else {
             let tp = a.tp.ok_or_else(|| Error::Invalid("--tp is required to train an HF checkpoint".into()))?;
             // A tp the model does not fit is refused naming the tp sizes that do.
-            crate::layouts::hf_layout(&a.model, tp, neuron_spec_examples::QkvLayout::gqa(a.fuse_qkv))?;
+            crate::layouts::hf_layout(&a.model, tp, neuron_spec_models::QkvLayout::gqa(a.fuse_qkv))?;
             (tp, a.fuse_qkv, Source::Hf(HfCheckpoint::open(&a.model)?), None)
         };
         let meta = model_metadata(&cfg, tp, fuse)?;

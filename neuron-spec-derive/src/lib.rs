@@ -5,7 +5,7 @@
 //! The attribute reference (what each attribute means, where it goes) and what the derive generates are
 //! documented on the derive itself, [`CustomModule`](derive@CustomModule), which `neuron_spec` re-exports as
 //! `neuron_spec::CustomModule` (the same text shows there). The derive does not generate constructors or a
-//! `forward`: a model writes its own `new`/`forward` (see `examples/src/model.rs`).
+//! `forward`: a model writes its own `new`/`forward` (see `neuron-spec-models/src/model.rs`).
 //!
 //! # Example
 //!

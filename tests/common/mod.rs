@@ -1,7 +1,7 @@
 #![allow(dead_code)]
 use neuron_spec::io::{HfCheckpoint, SafetensorsFile};
 use neuron_spec::{CheckpointMetadata, TensorSource};
-use neuron_spec_examples::{layout_of_dir, QkvLayout};
+use neuron_spec_models::{layout_of_dir, QkvLayout};
 use std::path::PathBuf;
 
 pub fn fixture(rel: &str) -> PathBuf {

@@ -12,7 +12,7 @@
 
 use neuron_spec::synthetic::Shape;
 use neuron_spec::{HostTensor, TensorInfo};
-use neuron_spec_examples::synthetic::generate;
+use neuron_spec_models::synthetic::generate;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -10,8 +10,8 @@ use neuron_spec::model::{plan_shards, PlanOptions};
 use neuron_spec::module::{CustomModule, TpContext};
 use neuron_spec::tensor::HostTensor;
 use neuron_spec::{Error, Result, TensorInfo, TensorSource};
-use neuron_spec_examples::LlamaConfig;
-use neuron_spec_examples::LlamaForCausalLM;
+use neuron_spec_models::LlamaConfig;
+use neuron_spec_models::LlamaForCausalLM;
 use std::time::Instant;
 
 /// HF tensor shapes without bytes (and an index by name).

@@ -11,7 +11,7 @@
 
 use neuron_spec::train::{AdamWConfig, RankTrainer, TrainMode, TrainOptions};
 use neuron_spec::{HostTensor, StateDict};
-use neuron_spec_examples::{load_hf_rank_model, train_ranks, ModelConfig};
+use neuron_spec_models::{load_hf_rank_model, train_ranks, ModelConfig};
 use std::time::Instant;
 
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;

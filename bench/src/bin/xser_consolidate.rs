@@ -15,7 +15,7 @@
 use neuron_spec::checkpoint::WriteOptions;
 use neuron_spec::synthetic::Shape;
 use neuron_spec::{consolidate, shard};
-use neuron_spec_examples::synthetic::generate;
+use neuron_spec_models::synthetic::generate;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -127,7 +127,7 @@ fn real_main() -> Res<()> {
     let (hf, st, xs) = (dir.join("hf"), dir.join("st-tp4"), dir.join("xser-tp4"));
     let t = Instant::now();
     let params = generate(&hf, &shape, 500_000_000)?;
-    let meta = neuron_spec_examples::layout_of_dir(&hf, 4, neuron_spec_examples::QkvLayout::Fused)?;
+    let meta = neuron_spec_models::layout_of_dir(&hf, 4, neuron_spec_models::QkvLayout::Fused)?;
     shard(&hf, &st, &meta, 4, &WriteOptions::default())?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("make_xser.py");
     let ok = Command::new(&python).arg(&script).arg(&st).arg(&xs).status()?.success();

@@ -1,0 +1,128 @@
+//! The TP forward pass of the example Llama model against the HF goldens (eager attention, f32).
+
+use crate::common;
+use common::*;
+use neuron_spec::checkpoint::WriteOptions;
+use neuron_spec::io::SafetensorsFile;
+use neuron_spec::module::{CustomModule, TpContext};
+use neuron_spec::shard;
+use neuron_spec::TensorSource;
+use neuron_spec_models::{run_sharded_forward, run_tp_forward, ForwardOutput, LlamaForCausalLM, ModelConfig};
+
+const TOL: f32 = 1e-4;
+
+struct Golden {
+    input_ids: Vec<Vec<i64>>,
+    logits: Vec<f32>,
+    hidden_0: Vec<f32>,
+    hidden_1: Vec<f32>,
+}
+
+fn golden(dir: &str) -> Golden {
+    let f = SafetensorsFile::open(&fixture(dir).join("golden.safetensors")).unwrap();
+    let ids = f.tensor("input_ids").unwrap();
+    let s = ids.shape()[1];
+    let flat = ids.to_i64_vec().unwrap();
+    Golden {
+        input_ids: flat.chunks(s).map(<[i64]>::to_vec).collect(),
+        logits: f.tensor("logits").unwrap().to_f32_vec(),
+        hidden_0: f.tensor("hidden_0").unwrap().to_f32_vec(),
+        hidden_1: f.tensor("hidden_1").unwrap().to_f32_vec(),
+    }
+}
+
+/// NaN- and Inf-aware: any non-finite value on either side fails the test.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    neuron_spec::compare::max_abs_diff(a, b).unwrap_or_else(|m| panic!("{m}"))
+}
+
+/// Checks logits and both hidden states within `TOL`; returns the logits' max abs diff.
+fn check(out: &ForwardOutput, g: &Golden, what: &str) -> f32 {
+    assert_eq!(out.logits.len(), g.logits.len(), "{what}: logits size");
+    let dl = max_abs_diff(&out.logits, &g.logits);
+    let d0 = max_abs_diff(&out.hidden_0, &g.hidden_0);
+    let d1 = max_abs_diff(out.hidden_1.as_deref().unwrap(), &g.hidden_1);
+    eprintln!("{what}: max |Δ| logits {dl:.2e}, hidden_0 {d0:.2e}, hidden_1 {d1:.2e}");
+    assert!(dl <= TOL && d0 <= TOL && d1 <= TOL, "{what}: logits {dl}, hidden_0 {d0}, hidden_1 {d1}");
+    dl
+}
+
+fn run_dir(dir: &str, golden_dir: &str, tps: &[usize], fuses: &[bool]) {
+    let g = golden(golden_dir);
+    let cfg = ModelConfig::read(&fixture(dir).join("config.json")).unwrap();
+    let src = hf(dir);
+    for &tp in tps {
+        for &fuse in fuses {
+            let out = run_tp_forward(&src, &cfg, tp, fuse, &g.input_ids).unwrap();
+            assert_eq!(out.logits_shape, [2, 7, cfg.llama.vocab_size]);
+            check(&out, &g, &format!("{dir} tp {tp} fuse_qkv {fuse}"));
+        }
+    }
+}
+
+#[test]
+fn llama_gqa_matches_golden_at_tp_1_2_4_8_fused_and_separate_qkv() {
+    run_dir("llama-gqa", "llama-gqa", &[1, 2, 4, 8], &[true, false]);
+}
+
+#[test]
+fn llama_gqa_sharded_hf_files_match_golden() {
+    run_dir("llama-gqa-sharded", "llama-gqa", &[4], &[true]);
+    run_dir("llama-gqa-sharded", "llama-gqa", &[8], &[false]);
+}
+
+#[test]
+fn llama_gqa_bf16_weights_run_in_f32_and_match_their_golden() {
+    run_dir("llama-gqa-bf16", "llama-gqa-bf16", &[1, 4], &[true]);
+}
+
+#[test]
+fn llama_mha_tied_with_padded_vocab_matches_golden_at_tp_1_2_4() {
+    // Vocab 250: tp 4 gives 63 rows per rank, the last rank padded with 2 zero rows.
+    run_dir("llama-mha-tied", "llama-mha-tied", &[1, 2, 4], &[true, false]);
+}
+
+#[test]
+fn sharded_checkpoint_directory_runs_and_matches_golden() {
+    let g = golden("llama-gqa");
+    let cfg = ModelConfig::read(&fixture("llama-gqa").join("config.json")).unwrap();
+    for (tp, fuse) in [(4, true), (2, false)] {
+        let d = burn::tensor::Device::default();
+        let model = LlamaForCausalLM::new(&cfg.llama, TpContext::new(tp, 0).unwrap(), fuse, None, &d).unwrap();
+        let meta = model.create_parameter_metadata().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let out_dir = tmp.path().join("sharded");
+        shard(&fixture("llama-gqa"), &out_dir, &meta, tp, &WriteOptions::default()).unwrap();
+        let out = run_sharded_forward(&out_dir, &g.input_ids).unwrap();
+        check(&out, &g, &format!("sharded dir tp {tp} fuse_qkv {fuse}"));
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let cfg = ModelConfig::read(&fixture("llama-gqa").join("config.json")).unwrap();
+    let src = hf("llama-gqa");
+    let e = run_tp_forward(&src, &cfg, 2, true, &[vec![1, 256]]).unwrap_err().to_string();
+    assert!(e.contains("256") && e.contains("vocabulary"), "{e}");
+    let e = run_tp_forward(&src, &cfg, 2, true, &[vec![1, 2], vec![3]]).unwrap_err().to_string();
+    assert!(e.contains("row 1"), "{e}");
+    // 8 heads do not split over 3 ranks: every rank fails at build time, none hangs.
+    let e = run_tp_forward(&src, &cfg, 3, true, &[vec![1, 2]]).unwrap_err().to_string();
+    assert!(e.contains("num_attention_heads") || e.contains("tp 3"), "{e}");
+    // A checkpoint lacking a tensor names it.
+    struct Without<'a>(&'a neuron_spec::io::HfCheckpoint, &'a str);
+    impl TensorSource for Without<'_> {
+        fn info(&self, n: &str) -> Option<neuron_spec::TensorInfo> {
+            (n != self.1).then(|| self.0.info(n)).flatten()
+        }
+        fn tensor(&self, n: &str) -> neuron_spec::Result<neuron_spec::HostTensor> {
+            self.0.tensor(n)
+        }
+        fn names(&self) -> Vec<String> {
+            self.0.names().into_iter().filter(|n| n != self.1).collect()
+        }
+    }
+    let w = Without(&src, "model.layers.1.mlp.up_proj.weight");
+    let e = run_tp_forward(&w, &cfg, 2, true, &[vec![1, 2]]).unwrap_err().to_string();
+    assert!(e.contains("model.layers.1.mlp.up_proj.weight"), "{e}");
+}

@@ -1,7 +1,7 @@
 //! `forward --comm mpi` and `train --comm mpi` under mpirun (built only with `--features mpi`; skipped loudly
 //! without mpirun): one process per rank, logits bitwise equal to the threaded run and within 1e-4 of
 //! transformers' golden, trained checkpoints byte-equal to the threaded `train` with torch's losses, each
-//! process reading only its own bytes (Phi-3, on the shared decoder, forward and training alike), and one failing
+//! process reading only its own bytes (Phi-3 and Gemma 3, on the shared decoder, forward and training alike), and one failing
 //! rank failing the whole job quickly, leaving nothing; Qwen3-MoE training (router and skipped experts) byte-equal
 //! to the threaded run; `generate --comm mpi` gives transformers' greedy ids (and the threaded run's sampled ones).
 
@@ -452,61 +452,67 @@ fn a_failing_rank_fails_mpi_training_within_seconds_and_leaves_nothing() {
     assert!(!out.status.success() && stderr.contains("sharded at tp 4, but 2 MPI processes"), "{stderr}");
 }
 
-/// Phi-3 trains under MPI as on threads (the shared decoder's packed variants): 1 step from HF at -np 2
-/// (separate q/k/v), then 1 resumed step, each checkpoint byte for byte the threaded one, the losses torch's.
+/// Phi-3 and Gemma 3 train under MPI as on threads (the shared decoder's packed variants; Gemma's norms, sliding
+/// layers and GELU-tanh MLP): 1 step from HF at -np 2 (separate q/k/v), then 1 resumed step, each checkpoint byte
+/// for byte the threaded one, the losses torch's.
 #[test]
-fn mpi_train_runs_phi3_like_threads_byte_for_byte() {
+fn mpi_train_runs_phi3_and_gemma3_like_threads_byte_for_byte() {
     if !have_mpirun() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let hf = fixture("phi3");
-    let data = hf.join("train_golden.safetensors");
-    let g = neuron_spec::io::SafetensorsFile::open(&data).unwrap();
-    let torch = g.tensor("loss").unwrap().to_f32_vec();
-    let (thr1, mpi1, thr2, mpi2) =
-        (tmp.path().join("thr1"), tmp.path().join("mpi1"), tmp.path().join("thr2"), tmp.path().join("mpi2"));
-    threads(&train_args(&hf, &thr1, &data, &["--tp", "2"]));
-    let (out, _) = mpirun(2, &train_args(&hf, &mpi1, &data, &["--comm", "mpi"]));
-    let stdout = ok(&out, "mpirun -np 2 train phi3 from HF");
-    check_losses("phi3 step 1", &step_losses(&stdout), &torch[..1]);
-    assert_same_tree(&thr1, &mpi1, "phi3 step 1");
-    threads(&train_args(&thr1, &thr2, &data, &[]));
-    let (out, _) = mpirun(2, &train_args(&mpi1, &mpi2, &data, &["--comm", "mpi"]));
-    let stdout = ok(&out, "mpirun -np 2 train phi3 resumed");
-    check_losses("phi3 step 2", &step_losses(&stdout), &torch[1..]);
-    assert_same_tree(&thr2, &mpi2, "phi3 step 2");
+    for dir in ["phi3", "gemma3"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let hf = fixture(dir);
+        let data = hf.join("train_golden.safetensors");
+        let g = neuron_spec::io::SafetensorsFile::open(&data).unwrap();
+        let torch = g.tensor("loss").unwrap().to_f32_vec();
+        let (thr1, mpi1, thr2, mpi2) =
+            (tmp.path().join("thr1"), tmp.path().join("mpi1"), tmp.path().join("thr2"), tmp.path().join("mpi2"));
+        threads(&train_args(&hf, &thr1, &data, &["--tp", "2"]));
+        let (out, _) = mpirun(2, &train_args(&hf, &mpi1, &data, &["--comm", "mpi"]));
+        let stdout = ok(&out, &format!("mpirun -np 2 train {dir} from HF"));
+        check_losses(&format!("{dir} step 1"), &step_losses(&stdout), &torch[..1]);
+        assert_same_tree(&thr1, &mpi1, &format!("{dir} step 1"));
+        threads(&train_args(&thr1, &thr2, &data, &[]));
+        let (out, _) = mpirun(2, &train_args(&mpi1, &mpi2, &data, &["--comm", "mpi"]));
+        let stdout = ok(&out, &format!("mpirun -np 2 train {dir} resumed"));
+        check_losses(&format!("{dir} step 2"), &step_losses(&stdout), &torch[1..]);
+        assert_same_tree(&thr2, &mpi2, &format!("{dir} step 2"));
+    }
 }
 
 #[test]
-fn mpi_forward_runs_phi3_like_threads_bit_for_bit() {
+fn mpi_forward_runs_phi3_and_gemma3_like_threads_bit_for_bit() {
     if !have_mpirun() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let hf = fixture("phi3");
-    let golden = hf.join("golden.safetensors");
-    // HF at -np 2 (separate q/k/v), against transformers' golden and the threaded run.
-    let (thr, mpi) = (tmp.path().join("thr.safetensors"), tmp.path().join("mpi.safetensors"));
-    threads(&["forward", s(&hf), "--tp", "2", "--golden", s(&golden), "--output", s(&thr)]);
-    let (out, _) = mpirun(2, &["forward", s(&hf), "--comm", "mpi", "--golden", s(&golden), "--output", s(&mpi)]);
-    let stdout = ok(&out, "mpirun -np 2 phi3");
-    assert!(stdout.contains("max_abs_diff"), "{stdout}");
-    assert!(logits(&thr) == logits(&mpi), "phi3 HF logits differ");
-    assert_eq!(bytes_per_rank(&stdout, 2), planned_bytes_with(&hf, 2, false), "bytes each process read");
-    // A sharded checkpoint at -np 4 (fused): each process opens its own rank file.
-    let sharded = tmp.path().join("sharded");
-    threads(&["shard", s(&hf), s(&sharded), "--tp", "4", "--fuse-qkv"]);
-    let (thr, mpi) = (tmp.path().join("thr4.safetensors"), tmp.path().join("mpi4.safetensors"));
-    threads(&["forward", s(&sharded), "--input-ids", s(&golden), "--output", s(&thr)]);
-    let (out, _) = mpirun(4, &["forward", s(&sharded), "--comm", "mpi", "--golden", s(&golden), "--output", s(&mpi)]);
-    let stdout = ok(&out, "mpirun -np 4 phi3 sharded");
-    assert!(logits(&thr) == logits(&mpi), "phi3 sharded logits differ");
-    for (r, b) in bytes_per_rank(&stdout, 4).into_iter().enumerate() {
-        let f = sharded.join(format!("shards/model/dp_rank_00_tp_rank_{r:02}_pp_rank_00.safetensors"));
-        let file = neuron_spec::io::SafetensorsFile::open(&f).unwrap();
-        let payload: usize = file.names().map(|n| file.tensor(n).unwrap().bytes().len()).sum();
-        assert_eq!(b, payload, "rank {r} read exactly its rank file's tensors");
+    for dir in ["phi3", "gemma3"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let hf = fixture(dir);
+        let golden = hf.join("golden.safetensors");
+        // HF at -np 2 (separate q/k/v), against transformers' golden and the threaded run.
+        let (thr, mpi) = (tmp.path().join("thr.safetensors"), tmp.path().join("mpi.safetensors"));
+        threads(&["forward", s(&hf), "--tp", "2", "--golden", s(&golden), "--output", s(&thr)]);
+        let (out, _) = mpirun(2, &["forward", s(&hf), "--comm", "mpi", "--golden", s(&golden), "--output", s(&mpi)]);
+        let stdout = ok(&out, &format!("mpirun -np 2 {dir}"));
+        assert!(stdout.contains("max_abs_diff"), "{stdout}");
+        assert!(logits(&thr) == logits(&mpi), "{dir} HF logits differ");
+        assert_eq!(bytes_per_rank(&stdout, 2), planned_bytes_with(&hf, 2, false), "bytes each process read");
+        // A sharded checkpoint at -np 4 (fused): each process opens its own rank file.
+        let sharded = tmp.path().join("sharded");
+        threads(&["shard", s(&hf), s(&sharded), "--tp", "4", "--fuse-qkv"]);
+        let (thr, mpi) = (tmp.path().join("thr4.safetensors"), tmp.path().join("mpi4.safetensors"));
+        threads(&["forward", s(&sharded), "--input-ids", s(&golden), "--output", s(&thr)]);
+        let (out, _) =
+            mpirun(4, &["forward", s(&sharded), "--comm", "mpi", "--golden", s(&golden), "--output", s(&mpi)]);
+        let stdout = ok(&out, &format!("mpirun -np 4 {dir} sharded"));
+        assert!(logits(&thr) == logits(&mpi), "{dir} sharded logits differ");
+        for (r, b) in bytes_per_rank(&stdout, 4).into_iter().enumerate() {
+            let f = sharded.join(format!("shards/model/dp_rank_00_tp_rank_{r:02}_pp_rank_00.safetensors"));
+            let file = neuron_spec::io::SafetensorsFile::open(&f).unwrap();
+            let payload: usize = file.names().map(|n| file.tensor(n).unwrap().bytes().len()).sum();
+            assert_eq!(b, payload, "rank {r} read exactly its rank file's tensors");
+        }
     }
 }
 

@@ -138,6 +138,15 @@ pub struct Variants {
     /// Whether a `sliding_window` is active without `use_sliding_window` / `layer_types` saying so (Mistral,
     /// Phi-3: their attention always applies it).
     pub sliding_window_by_default: bool,
+    /// RMSNorm weights stored as offsets from 1: `x / rms(x) · (1 + w)` (Gemma), every norm of the model.
+    pub norm_offset: bool,
+    /// Four norms per layer (Gemma): `post_attention_layernorm` normalises the attention output before its
+    /// residual add, `pre_feedforward_layernorm` the MLP input and `post_feedforward_layernorm` its output.
+    pub sandwich_norms: bool,
+    /// The sliding window is applied per layer as a window mask on the sliding layers, with their own RoPE
+    /// ([`ModelConfig::layer_windows`], [`ModelConfig::local_rope`]); otherwise an active window refuses longer
+    /// sequences.
+    pub window_mask: bool,
 }
 
 impl Variants {
@@ -147,7 +156,20 @@ impl Variants {
         gate_up: Packing::Separate,
         head_norms: false,
         sliding_window_by_default: false,
+        norm_offset: false,
+        sandwich_norms: false,
+        window_mask: false,
     };
+}
+
+/// The MLP's activation (`hidden_act` / Gemma's `hidden_activation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    /// SwiGLU: `silu(gate) · up`.
+    #[default]
+    Silu,
+    /// GeGLU with torch's tanh-approximated GELU (`gelu_pytorch_tanh`): `gelu_tanh(gate) · up`.
+    GeluTanh,
 }
 
 /// What a family reads from its `config.json` beyond the shared fields, once these are read and every field is
@@ -200,4 +222,13 @@ pub struct ModelConfig {
     pub qkv_bias: bool,
     /// A bias on o (`attention_bias`; never in Qwen2).
     pub o_bias: bool,
+    /// The MLP's activation.
+    pub activation: Activation,
+    /// Per layer, the window of a sliding layer (`Some`: the window mask and [`Self::local_rope`]); empty
+    /// unless the family's [`Variants::window_mask`] is set.
+    pub layer_windows: Vec<Option<usize>>,
+    /// The RoPE of the sliding layers (Gemma 3: `rope_local_base_freq`, no scaling); `None`: [`Self::rope`].
+    pub local_rope: Option<RopeConfig>,
+    /// Gemma's `final_logit_softcapping`: the logits become `c · tanh(logits / c)`.
+    pub final_logit_softcapping: Option<f64>,
 }

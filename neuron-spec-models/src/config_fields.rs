@@ -116,7 +116,7 @@ pub fn classify_keys(config: &Map<String, Value>, implemented: &[&str]) -> KeyVe
             ))),
         }
     }
-    if let Some(act) = config.get("hidden_act").and_then(Value::as_str) {
+    if let Some(act) = config.get("hidden_act").and_then(Value::as_str).filter(|_| reads(model_type, "hidden_act")) {
         if act != "silu" {
             verdict.refused.push(("hidden_act".into(), format!("only silu (SwiGLU) is implemented, found {act:?}")));
         }

@@ -8,7 +8,7 @@
 //! tensor list of a config, both read off the lazily built model.
 
 use crate::config::GraniteScales;
-use crate::config::{Family, LlamaConfig, ModelConfig};
+use crate::config::{Activation, Family, LlamaConfig, ModelConfig};
 use crate::config_fields::{check_keys, reads};
 use crate::model::{layout, QkvLayout};
 use crate::rope::{RopeConfig, RopeScaling};
@@ -17,7 +17,7 @@ use serde_json::Value;
 use std::path::Path;
 
 /// Every family, by `model_type`: the one place a `model_type` is looked up.
-pub const FAMILIES: [&Family; 7] = [
+pub const FAMILIES: [&Family; 8] = [
     &crate::llama::LLAMA,
     &crate::mistral::MISTRAL,
     &crate::qwen2::QWEN2,
@@ -25,7 +25,11 @@ pub const FAMILIES: [&Family; 7] = [
     &crate::granite::GRANITE,
     &crate::qwen3_moe::QWEN3_MOE,
     &crate::phi3::PHI3,
+    &crate::gemma3::GEMMA3_TEXT,
 ];
+
+/// `model_type`s near a family of the table but not implemented, each with what to say when it is refused.
+const NOT_IMPLEMENTED: &[(&str, &str)] = &[crate::gemma3::VISION];
 
 const MODEL_TYPE_LIST: [&str; FAMILIES.len()] = {
     let mut out = [""; FAMILIES.len()];
@@ -60,6 +64,10 @@ impl From<LlamaConfig> for ModelConfig {
             moe: None,
             qkv_bias,
             o_bias,
+            activation: Activation::Silu,
+            layer_windows: Vec::new(),
+            local_rope: None,
+            final_logit_softcapping: None,
         }
     }
 }
@@ -101,7 +109,9 @@ impl ModelConfig {
             } else {
                 family.variants.sliding_window_by_default
             };
-        cfg.sliding_window = window.filter(|_| use_window);
+        // A family that masks the window per layer (Gemma 3) refuses no sequence length: its layers' windows
+        // were read with the family's own fields.
+        cfg.sliding_window = window.filter(|_| use_window && !family.variants.window_mask);
         Ok(cfg)
     }
 
@@ -118,10 +128,14 @@ impl Family {
         let implemented = MODEL_TYPES.join(", ");
         match model_type {
             Some(t) => FAMILIES.iter().copied().find(|f| f.model_type == t).ok_or_else(|| {
+                let why = NOT_IMPLEMENTED.iter().find(|(n, _)| *n == t).map(|(_, w)| format!(": {w}"));
                 Error::spec(
                     &file,
                     "model_type",
-                    format!("model_type {t:?} is not implemented (implemented: {implemented})"),
+                    format!(
+                        "model_type {t:?} is not implemented{} (implemented: {implemented})",
+                        why.unwrap_or_default()
+                    ),
                 )
             }),
             None => Err(Error::spec(

@@ -1,10 +1,11 @@
 //! Model families on `neuron_spec`'s tensor-parallel burn layers, loaded rank by rank straight from an HF
 //! checkpoint (or from a sharded checkpoint) and run on threads: Llama (`llama.rs`), Mistral (`mistral.rs`),
-//! Qwen2 (`qwen2.rs`), Qwen3 (`qwen3.rs`), Granite (`granite.rs`), Qwen3-MoE (`qwen3_moe.rs`) and Phi-3
-//! (`phi3.rs`), all on the shared decoder of `model.rs`, with the RoPE variants of `rope.rs`. Each family is one
-//! [`Family`] description in its own file, chosen by `model_type` in the one family table ([`FAMILIES`],
-//! `family.rs`); `config.rs` reads `config.json` through it, refusing what is not implemented, and the layout
-//! `shard`/`plan` use is the metadata of the same (lazily built) model that runs `forward`.
+//! Qwen2 (`qwen2.rs`), Qwen3 (`qwen3.rs`), Granite (`granite.rs`), Qwen3-MoE (`qwen3_moe.rs`), Phi-3
+//! (`phi3.rs`) and Gemma 3 text (`gemma3.rs`), all on the shared decoder of `model.rs`, with the RoPE variants
+//! of `rope.rs`. Each family is one [`Family`] description in its own file, chosen by `model_type` in the one
+//! family table ([`FAMILIES`], `family.rs`); `config.rs` reads `config.json` through it, refusing what is not
+//! implemented, and the layout `shard`/`plan` use is the metadata of the same (lazily built) model that runs
+//! `forward`.
 //!
 //! GQA (including MQA, whose single kv head every rank replicates), tied embeddings (the logits use the
 //! vocab-parallel embedding weight), RMSNorm, RoPE with HF's `rotate_half` convention, SwiGLU MLP, causal
@@ -100,6 +101,7 @@ pub mod config;
 pub mod config_fields;
 mod config_read_sets;
 pub mod family;
+pub mod gemma3;
 pub mod generate;
 pub mod granite;
 pub mod llama;
@@ -120,7 +122,9 @@ pub mod synthetic;
 pub mod text;
 mod train;
 
-pub use config::{Family, GraniteScales, LlamaConfig, ModelConfig, MoeConfig, Packing, ReadExtras, Variants};
+pub use config::{
+    Activation, Family, GraniteScales, LlamaConfig, ModelConfig, MoeConfig, Packing, ReadExtras, Variants,
+};
 pub use config_fields::{ignored_keys, IMPLEMENTED_ANY_FAMILY, READ_SETS};
 pub use family::{hf_tensor_infos, layout_of_dir, FAMILIES, MODEL_TYPES};
 pub use generate::{

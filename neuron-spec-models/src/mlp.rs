@@ -1,8 +1,9 @@
-//! The SwiGLU MLP: Llama's dense MLP and each Qwen3-MoE expert, and Phi-3's, whose HF checkpoint packs gate
-//! and up into one tensor (the same layer under another annotation).
+//! The gated MLP (SwiGLU, or Gemma's GELU-tanh): Llama's dense MLP and each Qwen3-MoE expert, and Phi-3's, whose
+//! HF checkpoint packs gate and up into one tensor (the same layer under another annotation).
 
+use crate::config::Activation;
 use burn::module::Module;
-use burn::tensor::activation::silu;
+use burn::tensor::activation::{gelu_approximate, silu};
 use burn::tensor::Tensor;
 use neuron_spec::layers::{ColumnParallelLinear, Communicator, RowParallelLinear};
 use neuron_spec::prelude::CustomModule;
@@ -16,6 +17,9 @@ pub struct LlamaMlp {
     pub gate_up_proj: ColumnParallelLinear,
     /// Row-parallel down projection.
     pub down_proj: RowParallelLinear,
+    /// The activation of the gate.
+    #[module(skip)]
+    pub activation: Activation,
 }
 
 /// [`LlamaMlp`] whose HF checkpoint stores gate and up as one `gate_up_proj` tensor (gate rows, then up).
@@ -26,26 +30,30 @@ pub struct PackedMlp {
     pub gate_up_proj: ColumnParallelLinear,
     /// Row-parallel down projection.
     pub down_proj: RowParallelLinear,
+    /// The activation of the gate.
+    #[module(skip)]
+    pub activation: Activation,
 }
 
 impl LlamaMlp {
-    /// `down(silu(gate(x)) · up(x))`.
+    /// `down(act(gate(x)) · up(x))`.
     pub fn forward<C: Communicator>(&self, x: Tensor<3>, comm: &C) -> Result<Tensor<3>> {
-        swiglu(&self.gate_up_proj, &self.down_proj, x, comm)
+        gated(&self.gate_up_proj, &self.down_proj, self.activation, x, comm)
     }
 }
 
 impl PackedMlp {
-    /// `down(silu(gate(x)) · up(x))`.
+    /// `down(act(gate(x)) · up(x))`.
     pub fn forward<C: Communicator>(&self, x: Tensor<3>, comm: &C) -> Result<Tensor<3>> {
-        swiglu(&self.gate_up_proj, &self.down_proj, x, comm)
+        gated(&self.gate_up_proj, &self.down_proj, self.activation, x, comm)
     }
 }
 
-/// `down(silu(gate(x)) · up(x))` with gate and up fused into one column-parallel layer.
-fn swiglu<C: Communicator>(
+/// `down(act(gate(x)) · up(x))` with gate and up fused into one column-parallel layer.
+fn gated<C: Communicator>(
     gate_up_proj: &ColumnParallelLinear,
     down_proj: &RowParallelLinear,
+    activation: Activation,
     x: Tensor<3>,
     comm: &C,
 ) -> Result<Tensor<3>> {
@@ -57,5 +65,9 @@ fn swiglu<C: Communicator>(
     let y = gate_up_proj.forward(x, comm)?;
     let gate = y.clone().narrow(2, 0, local[0]);
     let up = y.narrow(2, local[0], local[1]);
-    down_proj.forward(silu(gate) * up, comm)
+    let gate = match activation {
+        Activation::Silu => silu(gate),
+        Activation::GeluTanh => gelu_approximate(gate),
+    };
+    down_proj.forward(gate * up, comm)
 }

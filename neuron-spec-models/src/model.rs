@@ -2,7 +2,8 @@
 //! names, so burn paths are HF paths (see `neuron_spec::layers::HfRankStore` for the exceptions). What the
 //! families add is chosen from their description (`family.rs`) and their config: Phi-3's packed q/k/v and
 //! gate/up, Qwen3's `q_norm`/`k_norm`, Granite's multipliers, Qwen3-MoE's sparse blocks (`qwen3_moe.rs`), the
-//! RoPE variant (`rope.rs`).
+//! RoPE variant (`rope.rs`), Gemma 3's `(1 + w)` norms, four norms per layer, GELU-tanh MLP, sliding layers
+//! (window mask, own RoPE) and final logit softcapping.
 
 use crate::config::{LlamaConfig, ModelConfig, Packing};
 use crate::mlp::{LlamaMlp, PackedMlp};
@@ -64,6 +65,34 @@ pub struct DecoderOptions {
     pub logits_scaling: f64,
     /// `pad_token_id`, torch's `padding_idx`: the token lookup passes no gradient to that embedding row.
     pub padding_idx: Option<usize>,
+    /// Gemma: every RMSNorm weight is an offset from 1 (`x / rms(x) · (1 + w)`).
+    pub norm_offset: bool,
+    /// The RoPE of the sliding layers, when not `rope` (Gemma 3's `rope_local_base_freq`).
+    pub local_rope: Option<RopeConfig>,
+    /// Gemma's `final_logit_softcapping` `c`: the logits become `c · tanh(logits / c)`.
+    pub final_logit_softcapping: Option<f64>,
+}
+
+impl DecoderOptions {
+    /// The RMSNorm `n` of `x` (with Gemma's `1 +` offset on the weight when set).
+    pub(crate) fn norm<const D: usize>(&self, n: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
+        if !self.norm_offset {
+            return n.forward(x);
+        }
+        let rms = (x.clone().square().mean_dim(D - 1) + n.epsilon).sqrt();
+        (x / rms) * (n.gamma.val() + 1.0).unsqueeze()
+    }
+
+    /// Granite's `logits / logits_scaling`, then Gemma's softcapping (the identity elsewhere); elementwise, so
+    /// it applies to a rank's vocab shard as well as to the gathered logits.
+    pub(crate) fn finish_logits(&self, logits: Tensor<3>) -> Tensor<3> {
+        let s = self.logits_scaling;
+        let logits = if s == 1.0 { logits } else { logits / s };
+        match self.final_logit_softcapping {
+            Some(c) => (logits / c).tanh() * c,
+            None => logits,
+        }
+    }
 }
 
 /// Causal LM: the decoder stack and the vocab-parallel head (`None` when tied to `embed_tokens`).
@@ -98,8 +127,16 @@ pub struct LlamaDecoderLayer {
     pub mlp: FeedForward,
     /// Norm before attention.
     pub input_layernorm: RmsNorm,
-    /// Norm before the MLP.
+    /// Norm before the MLP (Gemma's sandwich norms: of the attention output, before its residual add).
     pub post_attention_layernorm: RmsNorm,
+    /// Gemma: the norm before the MLP.
+    pub pre_feedforward_layernorm: Option<RmsNorm>,
+    /// Gemma: the norm of the MLP output, before its residual add.
+    pub post_feedforward_layernorm: Option<RmsNorm>,
+    /// A sliding layer's window `w` (Gemma 3's `layer_types`): each query sees the last `w` positions, itself
+    /// included, rotated by the sliding layers' RoPE; `None`: every earlier position.
+    #[module(skip)]
+    pub sliding_window: Option<usize>,
 }
 
 /// Eager causal GQA attention with RoPE; q/k/v/o are split by heads across ranks.
@@ -300,6 +337,7 @@ impl<'a> Builder<'a> {
                 .with_fused_dims(vec![i, i])
                 .init(tp, device)?,
             down_proj: RowParallelLinearConfig::new(i, h).with_bias(c.mlp_bias).init(tp, device)?,
+            activation: self.cfg.activation,
         })
     }
 
@@ -308,7 +346,11 @@ impl<'a> Builder<'a> {
         let m = self.dense(self.cfg.llama.intermediate_size)?;
         Ok(match self.cfg.family.variants.gate_up {
             Packing::Separate => FeedForward::Dense(m),
-            Packing::Packed => FeedForward::Packed(PackedMlp { gate_up_proj: m.gate_up_proj, down_proj: m.down_proj }),
+            Packing::Packed => FeedForward::Packed(PackedMlp {
+                gate_up_proj: m.gate_up_proj,
+                down_proj: m.down_proj,
+                activation: m.activation,
+            }),
         })
     }
 
@@ -366,11 +408,15 @@ impl<'a> Builder<'a> {
             }
             _ => self.dense_mlp()?,
         };
+        let sandwich = || variants.sandwich_norms.then(|| rms_norm(h, eps, device));
         Ok(LlamaDecoderLayer {
             self_attn,
             mlp,
             input_layernorm: rms_norm(h, eps, device),
             post_attention_layernorm: rms_norm(h, eps, device),
+            pre_feedforward_layernorm: sandwich(),
+            post_feedforward_layernorm: sandwich(),
+            sliding_window: cfg.layer_windows.get(l).copied().flatten(),
         })
     }
 
@@ -415,6 +461,9 @@ impl<'a> Builder<'a> {
             attention_scale: s.attention_multiplier.unwrap_or(1.0 / (cfg.llama.head_dim() as f64).sqrt()),
             logits_scaling: s.logits_scaling,
             padding_idx: padding_idx(&cfg.llama)?,
+            norm_offset: cfg.family.variants.norm_offset,
+            local_rope: cfg.local_rope.clone(),
+            final_logit_softcapping: cfg.final_logit_softcapping,
         })
     }
 }
@@ -452,7 +501,7 @@ impl LlamaForCausalLM {
             Some(head) => head.forward(x, comm)?,
             None => self.model.embed_tokens.attend(x, comm)?,
         };
-        Ok(LlamaOutput { logits: self.scale_logits(logits), hidden_states })
+        Ok(LlamaOutput { logits: self.options.finish_logits(logits), hidden_states })
     }
 
     /// The next-token logits `[batch, 1, vocab]` after `input_ids` (`[batch, new]`, at positions `cache.len()..`),
@@ -474,30 +523,24 @@ impl LlamaForCausalLM {
         let o = &self.options;
         let mut x = embed(&self.model.embed_tokens, input_ids, o, comm)?;
         let device = x.device();
-        let rope = Rope::at(&o.rope, past, s, &device)?;
-        let mask = (s > 1).then(|| causal_mask(past, s, &device));
+        let masks = Masks::new(&self.model.layers, o, past, s, &device)?;
         cache.layers.resize_with(self.model.layers.len(), || None);
         for (layer, kv) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(x, &rope, mask.as_ref(), o, comm, Some(kv))?;
+            let (rope, mask) = masks.of(layer);
+            x = layer.forward(x, rope, mask, o, comm, Some(kv))?;
         }
         cache.len = past + s;
-        let x = self.model.norm.forward(x.narrow(1, s - 1, 1));
+        let x = o.norm(&self.model.norm, x.narrow(1, s - 1, 1));
         let logits = match &self.lm_head {
             Some(head) => head.forward(x, comm)?,
             None => self.model.embed_tokens.attend(x, comm)?,
         };
-        Ok(self.scale_logits(logits))
+        Ok(o.finish_logits(logits))
     }
 
-    /// Granite's `logits / logits_scaling` (the identity elsewhere); elementwise, so it applies to a rank's
-    /// vocab shard as well as to the gathered logits.
+    /// Granite's logits scaling and Gemma's softcapping ([`DecoderOptions::finish_logits`]).
     pub(crate) fn scale_logits(&self, logits: Tensor<3>) -> Tensor<3> {
-        let s = self.options.logits_scaling;
-        if s == 1.0 {
-            logits
-        } else {
-            logits / s
-        }
+        self.options.finish_logits(logits)
     }
 
     /// The final-normed hidden states (the lm_head's input) and the residual stream.
@@ -510,7 +553,7 @@ impl LlamaForCausalLM {
         let mut x = embed(&self.model.embed_tokens, input_ids, &self.options, comm)?;
         let mut hidden_states = vec![x.clone()];
         x = run_layers(&self.model.layers, x, &self.options, comm, &mut hidden_states)?;
-        Ok((self.model.norm.forward(x), hidden_states))
+        Ok((self.options.norm(&self.model.norm, x), hidden_states))
     }
 }
 
@@ -559,13 +602,46 @@ pub(crate) fn run_layers<C: Communicator>(
     let [_, seq, _] = x.dims();
     check_seq(seq, o)?;
     let device = x.device();
-    let rope = Rope::new(&o.rope, seq, &device)?;
-    let mask = causal_mask(0, seq, &device);
+    let masks = Masks::new(layers, o, 0, seq, &device)?;
     for layer in layers {
-        x = layer.forward(x, &rope, Some(&mask), o, comm, None)?;
+        let (rope, mask) = masks.of(layer);
+        x = layer.forward(x, rope, mask, o, comm, None)?;
         hidden_states.push(x.clone());
     }
     Ok(x)
+}
+
+/// The RoPE tables and masks of `seq` new positions after `past` cached ones: the full layers' (causal; none for
+/// a single new position) and, when some layer slides, the sliding layers' (their RoPE, the window mask).
+struct Masks {
+    rope: Rope,
+    causal: Option<Tensor<2, Bool>>,
+    sliding: Option<(Rope, Tensor<2, Bool>)>,
+}
+
+impl Masks {
+    fn new(layers: &[LlamaDecoderLayer], o: &DecoderOptions, past: usize, seq: usize, device: &Device) -> Result<Self> {
+        let window = layers.iter().find_map(|l| l.sliding_window);
+        if let Some(l) = layers.iter().find(|l| l.sliding_window.is_some_and(|w| Some(w) != window)) {
+            return Err(Error::Invalid(format!("sliding windows {:?} and {window:?} in one model", l.sliding_window)));
+        }
+        let rope = Rope::at(&o.rope, past, seq, device)?;
+        let sliding = match window {
+            Some(w) => Some((
+                Rope::at(o.local_rope.as_ref().unwrap_or(&o.rope), past, seq, device)?,
+                window_mask(past, seq, w, device),
+            )),
+            None => None,
+        };
+        Ok(Self { rope, causal: (seq > 1).then(|| causal_mask(past, seq, device)), sliding })
+    }
+
+    fn of(&self, layer: &LlamaDecoderLayer) -> (&Rope, Option<&Tensor<2, Bool>>) {
+        match (&self.sliding, layer.sliding_window) {
+            (Some((rope, mask)), Some(_)) => (rope, Some(mask)),
+            _ => (&self.rope, self.causal.as_ref()),
+        }
+    }
 }
 
 impl LlamaDecoderLayer {
@@ -593,15 +669,26 @@ impl LlamaDecoderLayer {
                 ))
             }
         };
-        let h = attn.forward(self.input_layernorm.forward(x.clone()), rope, mask, o.attention_scale, comm, kv)?;
-        let x = x + scale(h);
-        let y = self.post_attention_layernorm.forward(x.clone());
-        let h = match &self.mlp {
-            FeedForward::Dense(m) => m.forward(y, comm)?,
-            FeedForward::Packed(m) => m.forward(y, comm)?,
-            FeedForward::Sparse(m) => m.forward(y, comm)?,
+        let h = attn.forward(o.norm(&self.input_layernorm, x.clone()), rope, mask, o, comm, kv)?;
+        let mlp = |y: Tensor<3>| match &self.mlp {
+            FeedForward::Dense(m) => m.forward(y, comm),
+            FeedForward::Packed(m) => m.forward(y, comm),
+            FeedForward::Sparse(m) => m.forward(y, comm),
         };
-        Ok(x + scale(h))
+        match (&self.pre_feedforward_layernorm, &self.post_feedforward_layernorm) {
+            // Gemma: each branch normed on its way in and on its way out.
+            (Some(pre), Some(post)) => {
+                let x = x + scale(o.norm(&self.post_attention_layernorm, h));
+                let h = mlp(o.norm(pre, x.clone()))?;
+                Ok(x + scale(o.norm(post, h)))
+            }
+            (None, None) => {
+                let x = x + scale(h);
+                let h = mlp(o.norm(&self.post_attention_layernorm, x.clone()))?;
+                Ok(x + scale(h))
+            }
+            _ => Err(Error::Invalid("a decoder layer has one of the two feed-forward norms, not both".into())),
+        }
     }
 }
 
@@ -609,6 +696,14 @@ impl LlamaDecoderLayer {
 fn causal_mask(past: usize, seq: usize, device: &Device) -> Tensor<2, Bool> {
     let t = past + seq;
     let v: Vec<bool> = (0..seq).flat_map(|i| (0..t).map(move |j| j > past + i)).collect();
+    Tensor::from_bool(TensorData::new(v, [seq, t]), device)
+}
+
+/// [`causal_mask`] with a sliding window of `w` positions, as transformers' `sliding_window_causal_mask_function`:
+/// query `q = past + i` sees key `j` when `q - w < j <= q`.
+fn window_mask(past: usize, seq: usize, w: usize, device: &Device) -> Tensor<2, Bool> {
+    let t = past + seq;
+    let v: Vec<bool> = (0..seq).flat_map(|i| (0..t).map(move |j| j > past + i || j + w <= past + i)).collect();
     Tensor::from_bool(TensorData::new(v, [seq, t]), device)
 }
 
@@ -626,11 +721,12 @@ impl Attention<'_> {
         x: Tensor<3>,
         rope: &Rope,
         mask: Option<&Tensor<2, Bool>>,
-        scale: f64,
+        o: &DecoderOptions,
         comm: &C,
         kv: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Result<Tensor<3>> {
         let [b, s, _] = x.dims();
+        let scale = o.attention_scale;
         let p = self.qkv_proj;
         let (hq, hkv, hd) = (p.local_heads(), p.local_kv_heads(), p.head_dim);
         if hkv == 0 || hq % hkv != 0 {
@@ -638,13 +734,14 @@ impl Attention<'_> {
         }
         let qkv = p.forward_with(x, comm)?;
         let heads = |t: Tensor<3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
-        // Qwen3's q/k norms: burn's RmsNorm formula, with the replicated weight passed through
+        // Qwen3's and Gemma's q/k norms: burn's RmsNorm formula, with the replicated weight passed through
         // `copy_to_tp_region` (identity forward, all-reduce backward): each rank applies it to its own heads
         // only, so its gradient is the sum over the ranks.
         let norm = |t: Tensor<4>, n: &Option<RmsNorm>| -> Result<Tensor<4>> {
             match n {
                 Some(n) => {
                     let w = neuron_spec::layers::copy_to_tp_region(n.gamma.val(), comm)?;
+                    let w = if o.norm_offset { w + 1.0 } else { w };
                     let rms = (t.clone().square().mean_dim(3) + n.epsilon).sqrt();
                     Ok((t / rms) * w.unsqueeze::<4>())
                 }

@@ -27,6 +27,7 @@ pub const PHI3: Family = Family {
         gate_up: Packing::Packed,
         head_norms: false,
         sliding_window_by_default: true,
+        ..Variants::LLAMA
     },
     read: read_phi3,
 };

@@ -356,10 +356,6 @@ pub(crate) struct Rope {
 }
 
 impl Rope {
-    pub(crate) fn new(cfg: &RopeConfig, seq: usize, device: &Device) -> Result<Self> {
-        Self::at(cfg, 0, seq, device)
-    }
-
     /// The tables of positions `start..start + seq` (the new tokens after a KV cache of `start`), with the
     /// frequencies of a sequence of `start + seq` positions, as transformers' `dynamic_rope_update` computes
     /// them at each cached step (the cached keys keep the rotation they were given).

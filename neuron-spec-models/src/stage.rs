@@ -125,13 +125,12 @@ impl LlamaStage {
             return Ok(StageOutput { output: x, hidden_states });
         }
         let norm = self.norm.as_ref().ok_or_else(|| Error::Invalid("the last stage has no model.norm".into()))?;
-        let x = norm.forward(x);
+        let x = o.norm(norm, x);
         let logits = match (&self.lm_head, &self.embed_tokens) {
             (Some(head), _) => head.forward(x, comm)?,
             (None, Some(emb)) => emb.attend(x, comm)?,
             (None, None) => return Err(Error::Invalid("the last stage has neither lm_head nor embed_tokens".into())),
         };
-        let s = o.logits_scaling;
-        Ok(StageOutput { output: if s == 1.0 { logits } else { logits / s }, hidden_states })
+        Ok(StageOutput { output: o.finish_logits(logits), hidden_states })
     }
 }

@@ -1,5 +1,6 @@
 //! Model families against transformers 4.57.1's goldens (`llama3-rope`, `qwen3`, `granite`, `qwen3-moe`,
-//! `qwen3-moe-h6`, `qwen3-moe-e8`, and our `qwen2`, `mistral`):
+//! `qwen3-moe-h6`, `qwen3-moe-e8`, `gemma3`, and our `qwen2`, `mistral`, `gemma3-softcap`, `gemma3-attn-softcap`,
+//! `gemma3-window`):
 //! the TP forward at every tp the heads allow, fused and separate qkv; shard → consolidate byte for byte;
 //! reshard equal to direct sharding; RoPE `inv_freq` and attention scaling of every rope_type against
 //! transformers'; and the refusals (unknown model_type, unimplemented fields and rope types).
@@ -512,4 +513,134 @@ fn qwen3_lora_shard_consolidate_gives_the_adapter_back_byte_for_byte() {
     };
     same(&dir.join("adapter_model.safetensors"), &fixture("qwen3-lora/adapter_model.safetensors"));
     assert_same_tensors(&HfCheckpoint::open(&out).unwrap(), &hf("qwen3"), "qwen3 base weights");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Gemma 3 text (`gemma3`: the shared fixture; `gemma3-softcap`, `gemma3-attn-softcap`, `gemma3-window`: ours,
+// tests/fixtures/make/make_gemma3.py). 4 query heads / 2 kv heads: tp 1, 2 and 4.
+
+#[test]
+fn gemma3_matches_golden_at_tp_1_2_4() {
+    let c = cfg("gemma3");
+    assert_eq!(c.layer_windows, [Some(4), None]);
+    assert!(c.llama.tie_word_embeddings && c.sliding_window.is_none());
+    forward_matches("gemma3", "gemma3_text", &[1, 2, 4]);
+}
+
+/// `final_logit_softcapping` 1.5 (the raw logits reach 4.1: the cap binds).
+#[test]
+fn gemma3_final_logit_softcapping_matches_golden_at_tp_1_2_4() {
+    assert_eq!(cfg("gemma3-softcap").final_logit_softcapping, Some(1.5));
+    forward_matches("gemma3-softcap", "gemma3_text", &[1, 2, 4]);
+}
+
+/// `attn_logit_softcapping` 0.5: transformers 4.57.1's Gemma 3 stores it and never applies it (its golden
+/// equals the uncapped logits; capping as Gemma 2 does would move them by 1.1), so it is accepted as ignored.
+#[test]
+fn gemma3_attn_logit_softcapping_is_ignored_as_transformers_ignores_it() {
+    let ignored = neuron_spec_models::ignored_keys(&fixture("gemma3-attn-softcap")).unwrap();
+    assert!(ignored.contains(&"attn_logit_softcapping".to_string()), "{ignored:?}");
+    forward_matches("gemma3-attn-softcap", "gemma3_text", &[1, 2, 4]);
+}
+
+/// A second pattern: layer_types [full, sliding, sliding], a window of 3 (the golden's 7 tokens are longer: the
+/// window binds), local RoPE base 100 on the sliding layers, linear rope_scaling on the full one, and
+/// query_pre_attn_scalar 24.
+#[test]
+fn gemma3_window_pattern_matches_golden_at_tp_1_2_4() {
+    let c = cfg("gemma3-window");
+    assert_eq!(c.layer_windows, [None, Some(3), Some(3)]);
+    assert!(matches!(c.rope.scaling, RopeScaling::Linear { .. }));
+    assert!(golden("gemma3-window").input_ids[0].len() > 3);
+    forward_matches("gemma3-window", "gemma3_text", &[1, 2, 4]);
+}
+
+#[test]
+fn gemma3_round_trips_reshards_and_runs_in_two_stages() {
+    round_trips("gemma3", 2, 4);
+    round_trips("gemma3-window", 4, 1);
+    for dir in ["gemma3", "gemma3-window", "gemma3-softcap"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = tmp.path().join("s");
+        let opts = WriteOptions { pp: Some(2), ..Default::default() };
+        shard(&fixture(dir), &s, &layout_of_dir(&fixture(dir), 2, QkvLayout::Separate).unwrap(), 2, &opts).unwrap();
+        check(&run_sharded_forward(&s, &golden(dir).input_ids).unwrap(), &golden(dir), &format!("{dir} tp 2 pp 2"));
+    }
+}
+
+/// Without `layer_types` (older Gemma 3 configs), transformers derives them from `sliding_window_pattern`
+/// (default 6): every layer slides but each pattern-th.
+#[test]
+fn gemma3_layer_types_default_to_the_sliding_window_pattern() {
+    let read = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture("gemma3-window/config.json")).unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("layer_types");
+        edit(&mut v);
+        std::fs::write(tmp.path().join("config.json"), v.to_string()).unwrap();
+        ModelConfig::read_dir(tmp.path()).unwrap()
+    };
+    assert_eq!(read(&|_| {}).layer_windows, [Some(3); 3]);
+    assert_eq!(read(&|v| v["sliding_window_pattern"] = 2.into()).layer_windows, [Some(3), None, Some(3)]);
+}
+
+#[test]
+fn gemma3_refuses_what_it_does_not_implement_by_name() {
+    assert_names(
+        &config_error("gemma3", |c| c["use_bidirectional_attention"] = true.into()),
+        &["use_bidirectional_attention", "config.json"],
+    );
+    assert_names(
+        &config_error("gemma3", |c| c["hidden_activation"] = "gelu".into()),
+        &["hidden_activation", "gelu_pytorch_tanh", "\"gelu\""],
+    );
+    assert_names(
+        &config_error("gemma3", |c| c["layer_types"] = serde_json::json!(["sliding_attention"])),
+        &["layer_types", "num_hidden_layers"],
+    );
+    assert_names(&config_error("gemma3", |c| c["final_logit_softcapping"] = 0.into()), &["final_logit_softcapping"]);
+    // The vision-language checkpoint (its config nests the text config under text_config).
+    assert_names(
+        &config_error("gemma3", |c| {
+            c["model_type"] = "gemma3".into();
+            c["architectures"] = serde_json::json!(["Gemma3ForConditionalGeneration"]);
+        }),
+        &["model_type", "Gemma3ForConditionalGeneration", "gemma3_text"],
+    );
+}
+
+fn gemma3_lora(tp: usize, fuse: bool) -> neuron_spec::lora::ImportedAdapter {
+    use neuron_spec::lora::{import_adapter, LoraImportOptions, LoraMode, PeftAdapter};
+    let meta = layout(&cfg("gemma3"), tp, QkvLayout::gqa(fuse)).unwrap();
+    let o = LoraImportOptions { mode: LoraMode::Exact, allow_partial: false };
+    import_adapter(&meta, &PeftAdapter::open(&fixture("gemma3-lora")).unwrap(), "default", o).unwrap()
+}
+
+/// peft's adapter on all seven linears of Gemma 3 (`tests/fixtures/make/make_gemma3_lora.py`).
+#[test]
+fn gemma3_with_a_lora_adapter_matches_peft_at_tp_1_2_4() {
+    let f = SafetensorsFile::open(&fixture("gemma3-lora/golden_lora.safetensors")).unwrap();
+    let g = Golden {
+        input_ids: f.tensor("input_ids").unwrap().to_i64_vec().unwrap().chunks(7).map(<[i64]>::to_vec).collect(),
+        logits: f.tensor("logits").unwrap().to_f32_vec(),
+        hidden_0: f.tensor("hidden_0").unwrap().to_f32_vec(),
+        hidden_1: f.tensor("hidden_1").unwrap().to_f32_vec(),
+    };
+    assert!(diff(&golden("gemma3").logits, &g.logits) > 0.1, "the adapter moves the logits");
+    for tp in [1, 2, 4] {
+        for fuse in [true, false] {
+            let a = gemma3_lora(tp, fuse);
+            let out = neuron_spec_models::run_tp_forward_with_adapters(
+                &hf("gemma3"),
+                &cfg("gemma3"),
+                tp,
+                fuse,
+                &[a],
+                &g.input_ids,
+            )
+            .unwrap();
+            check(&out, &g, &format!("gemma3-lora tp {tp} fuse_qkv {fuse}"));
+        }
+    }
 }

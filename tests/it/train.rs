@@ -254,8 +254,10 @@ type TrainCase = (usize, bool, usize);
 
 /// Every family of the table trains like torch (each fixture's `train_golden.safetensors`): per family, the
 /// `(tp, fused qkv, resume tp)` cases run. All at tp 2 fused; each at one more tp and the separate layout; Phi-3
-/// (whose checkpoint packs q/k/v) in both rank layouts and resumed after a reshard. llama-gqa and qwen3 have
-/// their own tests above. Qwen3-MoE has its own tests above (router, skipped experts).
+/// (whose checkpoint packs q/k/v) in both rank layouts and resumed after a reshard; Gemma 3 at tp 1, 2 and 4, each
+/// resumed after a reshard, and our two Gemma 3 configs (final logit softcapping; a window shorter than the
+/// batch). llama-gqa and qwen3 have their own tests above. Qwen3-MoE has its own tests above (router, skipped
+/// experts).
 const FAMILY_CASES: &[(&str, &[TrainCase])] = &[
     ("llama3-rope", &[(2, true, 2), (4, false, 4)]),
     ("qwen2", &[(2, true, 2), (1, false, 1)]),
@@ -263,6 +265,9 @@ const FAMILY_CASES: &[(&str, &[TrainCase])] = &[
     ("qwen3", &[(2, false, 2)]),
     ("granite", &[(2, true, 2), (4, false, 4)]),
     ("phi3", &[(1, true, 1), (2, true, 2), (2, false, 2), (4, false, 2)]),
+    ("gemma3", &[(1, true, 1), (2, false, 4), (4, true, 2)]),
+    ("gemma3-softcap", &[(2, true, 2)]),
+    ("gemma3-window", &[(4, false, 1)]),
 ];
 
 #[test]
@@ -519,6 +524,13 @@ fn cli_lora_trains_resumes_and_consolidates_like_peft() {
 #[test]
 fn cli_phi3_lora_trains_resumes_and_consolidates_like_peft() {
     cli_lora_like_peft("phi3", "phi3-lora", &[(2, true), (4, false)], 16);
+}
+
+/// The same on Gemma 3 with peft's adapter on all seven linears (`gemma3-lora/train_golden_lora.safetensors`,
+/// `make/make_gemma3_lora.py`).
+#[test]
+fn cli_gemma3_lora_trains_resumes_and_consolidates_like_peft() {
+    cli_lora_like_peft("gemma3", "gemma3-lora", &[(1, true), (2, false), (4, true)], 28);
 }
 
 /// [`cli_lora_trains_resumes_and_consolidates_like_peft`] for the HF model `model` and the adapter `adapter`

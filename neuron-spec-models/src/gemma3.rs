@@ -45,8 +45,8 @@ pub const GEMMA3_TEXT: Family = Family {
 /// The vision-language Gemma 3's `model_type`, refused with this reason.
 pub const VISION: (&str, &str) = (
     "gemma3",
-    "Gemma3ForConditionalGeneration (vision and text) is not implemented; its text model alone (model_type \
-     gemma3_text, Gemma3ForCausalLM) is",
+    "it is Gemma3ForConditionalGeneration (vision and text); only its text model is implemented (model_type \
+     gemma3_text, Gemma3ForCausalLM)",
 );
 
 fn read_gemma3(v: &Value, path: &Path, cfg: &mut ModelConfig) -> Result<()> {

@@ -138,6 +138,9 @@ pub struct Variants {
     /// Whether a `sliding_window` is active without `use_sliding_window` / `layer_types` saying so (Mistral,
     /// Phi-3: their attention always applies it).
     pub sliding_window_by_default: bool,
+    /// Whether the sparse layers are Mixtral's `block_sparse_moe` (experts' `w1`/`w3`/`w2`) rather than
+    /// Qwen3-MoE's `mlp` (experts' `gate_proj`/`up_proj`/`down_proj`).
+    pub block_sparse_moe: bool,
 }
 
 impl Variants {
@@ -147,6 +150,7 @@ impl Variants {
         gate_up: Packing::Separate,
         head_norms: false,
         sliding_window_by_default: false,
+        block_sparse_moe: false,
     };
 }
 
@@ -194,7 +198,7 @@ pub struct ModelConfig {
     pub sliding_window: Option<usize>,
     /// Granite's multipliers (all 1 elsewhere).
     pub scales: GraniteScales,
-    /// Qwen3-MoE's routing and experts.
+    /// Qwen3-MoE's and Mixtral's routing and experts.
     pub moe: Option<MoeConfig>,
     /// Biases on q, k and v (`attention_bias`; Qwen2 always).
     pub qkv_bias: bool,

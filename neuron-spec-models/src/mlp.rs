@@ -1,4 +1,4 @@
-//! The SwiGLU MLP: Llama's dense MLP and each Qwen3-MoE expert, and Phi-3's, whose HF checkpoint packs gate
+//! The SwiGLU MLP: Llama's dense MLP and each Qwen3-MoE (and Mixtral) expert, and Phi-3's, whose HF checkpoint packs gate
 //! and up into one tensor (the same layer under another annotation).
 
 use burn::module::Module;
@@ -43,7 +43,7 @@ impl PackedMlp {
 }
 
 /// `down(silu(gate(x)) · up(x))` with gate and up fused into one column-parallel layer.
-fn swiglu<C: Communicator>(
+pub(crate) fn swiglu<C: Communicator>(
     gate_up_proj: &ColumnParallelLinear,
     down_proj: &RowParallelLinear,
     x: Tensor<3>,

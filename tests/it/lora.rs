@@ -85,6 +85,26 @@ fn moe_expert_lora_matches_peft_and_router_lora_is_refused_by_name() {
     }
 }
 
+/// Mixtral with peft's adapter on q/k/v/o and every expert's w1/w2/w3 (`mixtral-lora`,
+/// `make/make_mixtral_lora.py`: w1/w3 a fused column-parallel group, w2 row-parallel, inside each
+/// `block_sparse_moe` expert) equals peft's logits at every tp the heads allow, fused and separate qkv.
+#[test]
+fn mixtral_lora_on_attention_and_experts_matches_peft_at_tp_1_2_4_8() {
+    let c = ModelConfig::read(&fixture("mixtral").join("config.json")).unwrap();
+    let (src, (ids, g)) = (hf("mixtral"), golden("mixtral-lora"));
+    let peft = PeftAdapter::open(&fixture("mixtral-lora")).unwrap();
+    for tp in [1, 2, 4, 8] {
+        for fuse in [true, false] {
+            let meta = model_metadata(&c, tp, fuse).unwrap();
+            let a = import_adapter(&meta, &peft, "default", opts(LoraMode::Exact, false)).unwrap();
+            let out = run_tp_forward_with_adapters(&src, &c, tp, fuse, &[a], &ids).unwrap();
+            let d = max_abs_diff(&out.logits, &g);
+            eprintln!("mixtral-lora tp {tp} fuse_qkv {fuse}: max |Δ logits| {d:.2e}");
+            assert!(d <= TOL, "mixtral lora tp {tp} fuse {fuse}: {d}");
+        }
+    }
+}
+
 #[test]
 fn exact_lora_matches_golden_at_tp_1_2_4_8_fused_and_separate_qkv() {
     for tp in [1, 2, 4, 8] {

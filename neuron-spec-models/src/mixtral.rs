@@ -17,7 +17,6 @@ use burn::tensor::Tensor;
 use neuron_spec::layers::{ColumnParallelLinear, Communicator, RowParallelLinear};
 use neuron_spec::{CustomModule, Error, Result};
 use serde_json::Value;
-use std::path::Path;
 
 /// The keys of transformers' read set a Mixtral config may set beyond `IMPLEMENTED_ANY_FAMILY`
 /// (`output_router_logits` only at false: see `config_fields`).

@@ -129,6 +129,7 @@ pub use generate::{
     choose_token, generate_text, generate_threads, rank_generate, GenerateOptions, Generated, Sampling, SplitMix64,
     TextModel,
 };
+pub use mixtral::{MixtralExpert, MixtralSparseMoeBlock};
 pub use mlp::{LlamaMlp, PackedMlp};
 pub use model::{
     layout, DecoderOptions, FeedForward, KvCache, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaModel,
@@ -137,7 +138,6 @@ pub use model::{
 pub use pipeline_run::{
     run_sharded_forward, run_sharded_forward_with_adapters, run_stage, Activations, StageData, StageRun,
 };
-pub use mixtral::{MixtralExpert, MixtralSparseMoeBlock};
 pub use qwen3_moe::Qwen3MoeSparseMoeBlock;
 pub use rope::{RopeConfig, RopeScaling};
 pub use run::{

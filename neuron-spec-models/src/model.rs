@@ -366,8 +366,8 @@ impl<'a> Builder<'a> {
                 if variants.block_sparse_moe {
                     (None, Some(MixtralSparseMoeBlock::new(gate, experts, k)))
                 } else {
-                    let norm_topk_prob = m.norm_topk_prob;
-                    (Some(FeedForward::Sparse(Qwen3MoeSparseMoeBlock { gate, experts, top_k: k, norm_topk_prob })), None)
+                    let block = Qwen3MoeSparseMoeBlock { gate, experts, top_k: k, norm_topk_prob: m.norm_topk_prob };
+                    (Some(FeedForward::Sparse(block)), None)
                 }
             }
             _ => (Some(self.dense_mlp()?), None),

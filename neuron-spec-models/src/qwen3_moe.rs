@@ -147,7 +147,10 @@ pub(crate) fn route(
         .try_into_vec::<f32>()
         .map_err(|e| Error::Invalid(format!("router probabilities: {e:?}")))?;
     if host.len() != n * e || top_k == 0 || top_k > e {
-        return Err(Error::Invalid(format!("router: {} probabilities for {n} tokens, {e} experts, top {top_k}", host.len())));
+        return Err(Error::Invalid(format!(
+            "router: {} probabilities for {n} tokens, {e} experts, top {top_k}",
+            host.len()
+        )));
     }
     let (mask, routed) = top_k_routing(&host, e, top_k);
     let device = flat.device();

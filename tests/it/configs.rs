@@ -9,8 +9,8 @@ use crate::common;
 use common::fixture;
 use neuron_spec::Error;
 use neuron_spec_models::{
-    granite::GRANITE_FIELDS, ignored_keys, layout_of_dir, llama::LLAMA_FIELDS, qwen3::QWEN3_FIELDS,
-    mixtral::MIXTRAL_FIELDS, qwen3_moe::QWEN3_MOE_FIELDS, ModelConfig, QkvLayout, IMPLEMENTED_ANY_FAMILY, READ_SETS,
+    granite::GRANITE_FIELDS, ignored_keys, layout_of_dir, llama::LLAMA_FIELDS, mixtral::MIXTRAL_FIELDS,
+    qwen3::QWEN3_FIELDS, qwen3_moe::QWEN3_MOE_FIELDS, ModelConfig, QkvLayout, IMPLEMENTED_ANY_FAMILY, READ_SETS,
 };
 use serde_json::{json, Value};
 use std::path::Path;

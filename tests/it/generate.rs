@@ -198,7 +198,15 @@ fn kv_cache_next_token_logits_equal_the_full_forward_at_every_step() {
     // A prompt, then tokens fed one by one (those transformers generated on llama-gqa; any ids would do).
     let g = golden();
     let (prompt, steps) = (ids(&g["plain"]["prompt_ids"]), ids(&g["plain"]["ids"]));
-    for (dir, tp) in [("llama-gqa", 1), ("llama-gqa", 2), ("qwen3", 2), ("granite", 1), ("qwen3-moe", 2), ("phi3", 2), ("mixtral", 2)] {
+    for (dir, tp) in [
+        ("llama-gqa", 1),
+        ("llama-gqa", 2),
+        ("qwen3", 2),
+        ("granite", 1),
+        ("qwen3-moe", 2),
+        ("phi3", 2),
+        ("mixtral", 2),
+    ] {
         let cfg = ModelConfig::read(&fixture(dir).join("config.json")).unwrap();
         let vocab = cfg.llama.vocab_size as i64;
         let src = hf(dir);

@@ -68,10 +68,8 @@ fn configs_as_save_pretrained_writes_them_are_accepted_unmodified() {
         }
     }
     // The family of the script that no model here implements yet is refused by its model_type.
-    for model_type in ["gemma3_text"] {
-        let e = read_layout(config_dir(&saved_config(model_type)).path()).unwrap_err().to_string();
-        assert!(e.contains("model_type") && e.contains(model_type), "{e}");
-    }
+    let e = read_layout(config_dir(&saved_config("gemma3_text")).path()).unwrap_err().to_string();
+    assert!(e.contains("model_type") && e.contains("gemma3_text"), "{e}");
 }
 
 #[test]

@@ -17,9 +17,7 @@ use neuron_spec::module::{CustomModule, TpContext};
 use neuron_spec::specs::{FuseAxis, FusedLinearsSpec};
 use neuron_spec::{consolidate_with_adapters, shard_with_adapters, AdapterOptions};
 use neuron_spec::{CheckpointMetadata, HostTensor, ModelWeightTransformationSpecs, Spec, StateDict, TensorSource};
-use neuron_spec_models::{
-    model_metadata, run_tp_forward, run_tp_forward_with_adapters, LlamaForCausalLM, ModelConfig,
-};
+use neuron_spec_models::{model_metadata, run_tp_forward, run_tp_forward_with_adapters, LlamaForCausalLM, ModelConfig};
 
 const TOL: f32 = 1e-4;
 

@@ -369,7 +369,7 @@ fn mpi_train_writes_the_threaded_checkpoint_byte_for_byte() {
     }
 }
 
-/// Qwen3-MoE under MPI (issue 19): the router trained through the routing weights, experts no token reached
+/// Qwen3-MoE and Mixtral under MPI (issue 19): the router trained through the routing weights, experts no token reached
 /// skipped by AdamW, every process routing alike; 1 step from HF, then 2 resumed steps (the skipped-step
 /// counts read back), checkpoints byte-equal to the threaded run, losses torch's.
 #[test]
@@ -378,7 +378,7 @@ fn mpi_moe_training_equals_threads_byte_for_byte() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    for (dir, np, fuse) in [("qwen3-moe", 2usize, false), ("qwen3-moe-e8", 4, true)] {
+    for (dir, np, fuse) in [("qwen3-moe", 2usize, false), ("qwen3-moe-e8", 4, true), ("mixtral", 2, true)] {
         let hf = fixture(dir);
         let data = hf.join("train_golden.safetensors");
         let g = neuron_spec::io::SafetensorsFile::open(&data).unwrap();

@@ -147,6 +147,9 @@ pub struct Variants {
     /// ([`ModelConfig::layer_windows`], [`ModelConfig::local_rope`]); otherwise an active window refuses longer
     /// sequences.
     pub window_mask: bool,
+    /// Whether the sparse layers are Mixtral's `block_sparse_moe` (experts' `w1`/`w3`/`w2`) rather than
+    /// Qwen3-MoE's `mlp` (experts' `gate_proj`/`up_proj`/`down_proj`).
+    pub block_sparse_moe: bool,
 }
 
 impl Variants {
@@ -159,6 +162,7 @@ impl Variants {
         norm_offset: false,
         sandwich_norms: false,
         window_mask: false,
+        block_sparse_moe: false,
     };
 }
 
@@ -216,7 +220,7 @@ pub struct ModelConfig {
     pub sliding_window: Option<usize>,
     /// Granite's multipliers (all 1 elsewhere).
     pub scales: GraniteScales,
-    /// Qwen3-MoE's routing and experts.
+    /// Qwen3-MoE's and Mixtral's routing and experts.
     pub moe: Option<MoeConfig>,
     /// Biases on q, k and v (`attention_bias`; Qwen2 always).
     pub qkv_bias: bool,

@@ -17,7 +17,7 @@ use serde_json::Value;
 use std::path::Path;
 
 /// Every family, by `model_type`: the one place a `model_type` is looked up.
-pub const FAMILIES: [&Family; 8] = [
+pub const FAMILIES: [&Family; 9] = [
     &crate::llama::LLAMA,
     &crate::mistral::MISTRAL,
     &crate::qwen2::QWEN2,
@@ -25,6 +25,7 @@ pub const FAMILIES: [&Family; 8] = [
     &crate::granite::GRANITE,
     &crate::qwen3_moe::QWEN3_MOE,
     &crate::phi3::PHI3,
+    &crate::mixtral::MIXTRAL,
     &crate::gemma3::GEMMA3_TEXT,
 ];
 

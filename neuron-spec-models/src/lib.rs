@@ -1,11 +1,11 @@
 //! Model families on `neuron_spec`'s tensor-parallel burn layers, loaded rank by rank straight from an HF
 //! checkpoint (or from a sharded checkpoint) and run on threads: Llama (`llama.rs`), Mistral (`mistral.rs`),
 //! Qwen2 (`qwen2.rs`), Qwen3 (`qwen3.rs`), Granite (`granite.rs`), Qwen3-MoE (`qwen3_moe.rs`), Phi-3
-//! (`phi3.rs`) and Gemma 3 text (`gemma3.rs`), all on the shared decoder of `model.rs`, with the RoPE variants
-//! of `rope.rs`. Each family is one [`Family`] description in its own file, chosen by `model_type` in the one
-//! family table ([`FAMILIES`], `family.rs`); `config.rs` reads `config.json` through it, refusing what is not
-//! implemented, and the layout `shard`/`plan` use is the metadata of the same (lazily built) model that runs
-//! `forward`.
+//! (`phi3.rs`), Mixtral (`mixtral.rs`) and Gemma 3 text (`gemma3.rs`), all on the shared decoder of `model.rs`,
+//! with the RoPE variants of `rope.rs`. Each family is one [`Family`] description in its own file, chosen by
+//! `model_type` in the one family table ([`FAMILIES`], `family.rs`); `config.rs` reads `config.json` through it,
+//! refusing what is not implemented, and the layout `shard`/`plan` use is the metadata of the same (lazily built)
+//! model that runs `forward`.
 //!
 //! GQA (including MQA, whose single kv head every rank replicates), tied embeddings (the logits use the
 //! vocab-parallel embedding weight), RMSNorm, RoPE with HF's `rotate_half` convention, SwiGLU MLP, causal
@@ -43,7 +43,8 @@
 //! #[derive(Module, Debug, CustomModule)]
 //! pub struct LlamaDecoderLayer {
 //!     pub self_attn: SelfAttention, // enum: Gqa(LlamaAttention) | Packed(PackedAttention) | Plain(PlainAttention)
-//!     pub mlp: FeedForward,         // enum: Dense(LlamaMlp) | Packed(PackedMlp) | Sparse(Qwen3MoeSparseMoeBlock)
+//!     pub mlp: Option<FeedForward>, // enum: Dense(LlamaMlp) | Packed(PackedMlp) | Sparse(Qwen3MoeSparseMoeBlock)
+//!     pub block_sparse_moe: Option<MixtralSparseMoeBlock>, // Mixtral's, under its HF name
 //!     pub input_layernorm: RmsNorm,
 //!     pub post_attention_layernorm: RmsNorm,
 //! }
@@ -106,6 +107,7 @@ pub mod generate;
 pub mod granite;
 pub mod llama;
 pub mod mistral;
+pub mod mixtral;
 mod mlp;
 mod model;
 #[cfg(feature = "mpi")]
@@ -131,6 +133,7 @@ pub use generate::{
     choose_token, generate_text, generate_threads, rank_generate, GenerateOptions, Generated, Sampling, SplitMix64,
     TextModel,
 };
+pub use mixtral::{MixtralExpert, MixtralSparseMoeBlock};
 pub use mlp::{LlamaMlp, PackedMlp};
 pub use model::{
     layout, DecoderOptions, FeedForward, KvCache, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaModel,

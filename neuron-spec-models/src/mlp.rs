@@ -1,5 +1,5 @@
-//! The gated MLP (SwiGLU, or Gemma's GELU-tanh): Llama's dense MLP and each Qwen3-MoE expert, and Phi-3's, whose
-//! HF checkpoint packs gate and up into one tensor (the same layer under another annotation).
+//! The gated MLP (SwiGLU, or Gemma's GELU-tanh): Llama's dense MLP and each Qwen3-MoE (and Mixtral) expert, and
+//! Phi-3's, whose HF checkpoint packs gate and up into one tensor (the same layer under another annotation).
 
 use crate::config::Activation;
 use burn::module::Module;
@@ -47,6 +47,16 @@ impl PackedMlp {
     pub fn forward<C: Communicator>(&self, x: Tensor<3>, comm: &C) -> Result<Tensor<3>> {
         gated(&self.gate_up_proj, &self.down_proj, self.activation, x, comm)
     }
+}
+
+/// `down(silu(gate(x)) · up(x))` with gate and up fused into one column-parallel layer.
+pub(crate) fn swiglu<C: Communicator>(
+    gate_up_proj: &ColumnParallelLinear,
+    down_proj: &RowParallelLinear,
+    x: Tensor<3>,
+    comm: &C,
+) -> Result<Tensor<3>> {
+    gated(gate_up_proj, down_proj, Activation::Silu, x, comm)
 }
 
 /// `down(act(gate(x)) · up(x))` with gate and up fused into one column-parallel layer.

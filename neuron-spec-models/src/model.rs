@@ -1,11 +1,12 @@
 //! The decoder every family here shares, built from the parallel layers. Field names follow the HF module
 //! names, so burn paths are HF paths (see `neuron_spec::layers::HfRankStore` for the exceptions). What the
 //! families add is chosen from their description (`family.rs`) and their config: Phi-3's packed q/k/v and
-//! gate/up, Qwen3's `q_norm`/`k_norm`, Granite's multipliers, Qwen3-MoE's sparse blocks (`qwen3_moe.rs`), the
-//! RoPE variant (`rope.rs`), Gemma 3's `(1 + w)` norms, four norms per layer, GELU-tanh MLP, sliding layers
-//! (window mask, own RoPE) and final logit softcapping.
+//! gate/up, Qwen3's `q_norm`/`k_norm`, Granite's multipliers, Qwen3-MoE's sparse blocks (`qwen3_moe.rs`),
+//! Mixtral's `block_sparse_moe` (`mixtral.rs`), the RoPE variant (`rope.rs`), Gemma 3's `(1 + w)` norms, four
+//! norms per layer, GELU-tanh MLP, sliding layers (window mask, own RoPE) and final logit softcapping.
 
 use crate::config::{LlamaConfig, ModelConfig, Packing};
+use crate::mixtral::MixtralSparseMoeBlock;
 use crate::mlp::{LlamaMlp, PackedMlp};
 use crate::qwen3_moe::Qwen3MoeSparseMoeBlock;
 use crate::rope::{Rope, RopeConfig};
@@ -123,8 +124,10 @@ pub struct LlamaModel {
 pub struct LlamaDecoderLayer {
     /// Self-attention.
     pub self_attn: SelfAttention,
-    /// SwiGLU MLP, or a sparse MoE block.
-    pub mlp: FeedForward,
+    /// SwiGLU MLP, or a sparse MoE block (`None` on Mixtral's layers).
+    pub mlp: Option<FeedForward>,
+    /// Mixtral's sparse block, under its HF name (`None` elsewhere).
+    pub block_sparse_moe: Option<MixtralSparseMoeBlock>,
     /// Norm before attention.
     pub input_layernorm: RmsNorm,
     /// Norm before the MLP (Gemma's sandwich norms: of the attention output, before its residual add).
@@ -397,21 +400,25 @@ impl<'a> Builder<'a> {
                 }
             }
         };
-        let mlp = match &cfg.moe {
+        let (mlp, block_sparse_moe) = match &cfg.moe {
             Some(m) if m.sparse_layers.get(l).copied().unwrap_or(false) => {
-                FeedForward::Sparse(Qwen3MoeSparseMoeBlock {
-                    gate: LinearConfig::new(h, m.num_experts).with_bias(false).init(device),
-                    experts: (0..m.num_experts).map(|_| self.dense(m.moe_intermediate_size)).collect::<Result<_>>()?,
-                    top_k: m.num_experts_per_tok,
-                    norm_topk_prob: m.norm_topk_prob,
-                })
+                let gate = LinearConfig::new(h, m.num_experts).with_bias(false).init(device);
+                let experts = (0..m.num_experts).map(|_| self.dense(m.moe_intermediate_size)).collect::<Result<_>>()?;
+                let k = m.num_experts_per_tok;
+                if variants.block_sparse_moe {
+                    (None, Some(MixtralSparseMoeBlock::new(gate, experts, k)))
+                } else {
+                    let block = Qwen3MoeSparseMoeBlock { gate, experts, top_k: k, norm_topk_prob: m.norm_topk_prob };
+                    (Some(FeedForward::Sparse(block)), None)
+                }
             }
-            _ => self.dense_mlp()?,
+            _ => (Some(self.dense_mlp()?), None),
         };
         let sandwich = || variants.sandwich_norms.then(|| rms_norm(h, eps, device));
         Ok(LlamaDecoderLayer {
             self_attn,
             mlp,
+            block_sparse_moe,
             input_layernorm: rms_norm(h, eps, device),
             post_attention_layernorm: rms_norm(h, eps, device),
             pre_feedforward_layernorm: sandwich(),
@@ -670,10 +677,12 @@ impl LlamaDecoderLayer {
             }
         };
         let h = attn.forward(o.norm(&self.input_layernorm, x.clone()), rope, mask, o, comm, kv)?;
-        let mlp = |y: Tensor<3>| match &self.mlp {
-            FeedForward::Dense(m) => m.forward(y, comm),
-            FeedForward::Packed(m) => m.forward(y, comm),
-            FeedForward::Sparse(m) => m.forward(y, comm),
+        let mlp = |y: Tensor<3>| match (&self.mlp, &self.block_sparse_moe) {
+            (Some(FeedForward::Dense(m)), None) => m.forward(y, comm),
+            (Some(FeedForward::Packed(m)), None) => m.forward(y, comm),
+            (Some(FeedForward::Sparse(m)), None) => m.forward(y, comm),
+            (None, Some(m)) => m.forward(y, comm),
+            _ => Err(Error::Invalid("a decoder layer needs exactly one of mlp and block_sparse_moe".into())),
         };
         match (&self.pre_feedforward_layernorm, &self.post_feedforward_layernorm) {
             // Gemma: each branch normed on its way in and on its way out.

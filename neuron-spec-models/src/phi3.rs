@@ -25,7 +25,6 @@ pub const PHI3: Family = Family {
     variants: Variants {
         qkv: Packing::Packed,
         gate_up: Packing::Packed,
-        head_norms: false,
         sliding_window_by_default: true,
         ..Variants::LLAMA
     },

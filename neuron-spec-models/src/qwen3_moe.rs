@@ -117,46 +117,60 @@ impl Qwen3MoeSparseMoeBlock {
     /// each expert runs on the tokens routed to it only, and an expert no token picked is not called: its
     /// parameters get no gradient (and AdamW skips them, as torch's does).
     pub fn forward<C: Communicator>(&self, x: Tensor<3>, comm: &C) -> Result<Tensor<3>> {
-        let [b, s, h] = x.dims();
-        let e = self.experts.len();
-        let n = b * s;
-        let flat = x.reshape([n, h]);
-        let probs = softmax(self.gate.forward(flat.clone()), 1);
-        let host: Vec<f32> = probs
-            .clone()
-            .detach()
-            .try_into_data()
-            .map_err(|e| Error::Invalid(format!("router probabilities: {e:?}")))?
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| Error::Invalid(format!("router probabilities: {e:?}")))?;
-        if host.len() != n * e || self.top_k == 0 || self.top_k > e {
-            return Err(Error::Invalid(format!(
-                "router: {} probabilities for {n} tokens, {e} experts, top {}",
-                host.len(),
-                self.top_k
-            )));
-        }
-        let (mask, routed) = top_k_routing(&host, e, self.top_k);
-        let device = flat.device();
-        // The selected probabilities, in the graph (zero where an expert is not among a token's top k).
-        let mask: Tensor<2> = Tensor::from_data(TensorData::new(mask, [n, e]), &device);
-        let selected = probs * mask;
-        let weights = if self.norm_topk_prob { selected.clone() / selected.sum_dim(1) } else { selected };
-        let mut out: Tensor<2> = Tensor::zeros([n, h], &device);
-        for (i, (expert, tokens)) in self.experts.iter().zip(routed).enumerate() {
-            if tokens.is_empty() {
-                continue;
-            }
-            let m = tokens.len();
-            let idx = Tensor::<1, Int>::from_data(TensorData::new(tokens, [m]), &device);
-            let xi = flat.clone().select(0, idx.clone()).unsqueeze_dim::<3>(0);
-            let y: Tensor<2> = expert.forward(xi, comm)?.reshape([m, h]);
-            let w = weights.clone().narrow(1, i, 1).select(0, idx.clone());
-            out = out.select_assign(0, idx, y * w, IndexingUpdateOp::Add);
-        }
-        Ok(out.reshape([b, s, h]))
+        let experts = |i: usize, xi: Tensor<3>| self.experts[i].forward(xi, comm);
+        route(&self.gate, self.experts.len(), self.top_k, self.norm_topk_prob, x, experts)
     }
+}
+
+/// The routing of a sparse block (Qwen3-MoE's, Mixtral's): `[batch, seq, hidden]` → the weighted sum of each
+/// token's top-k experts, `expert(i, x)` running expert `i` on `[1, tokens, hidden]`. The router `gate` gives
+/// `e` logits per token; softmax, top `top_k` (on the host), renormalised when `renormalise`; see
+/// [`Qwen3MoeSparseMoeBlock::forward`].
+pub(crate) fn route(
+    gate: &Linear,
+    e: usize,
+    top_k: usize,
+    renormalise: bool,
+    x: Tensor<3>,
+    expert: impl Fn(usize, Tensor<3>) -> Result<Tensor<3>>,
+) -> Result<Tensor<3>> {
+    let [b, s, h] = x.dims();
+    let n = b * s;
+    let flat = x.reshape([n, h]);
+    let probs = softmax(gate.forward(flat.clone()), 1);
+    let host: Vec<f32> = probs
+        .clone()
+        .detach()
+        .try_into_data()
+        .map_err(|e| Error::Invalid(format!("router probabilities: {e:?}")))?
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::Invalid(format!("router probabilities: {e:?}")))?;
+    if host.len() != n * e || top_k == 0 || top_k > e {
+        return Err(Error::Invalid(format!(
+            "router: {} probabilities for {n} tokens, {e} experts, top {top_k}",
+            host.len()
+        )));
+    }
+    let (mask, routed) = top_k_routing(&host, e, top_k);
+    let device = flat.device();
+    // The selected probabilities, in the graph (zero where an expert is not among a token's top k).
+    let mask: Tensor<2> = Tensor::from_data(TensorData::new(mask, [n, e]), &device);
+    let selected = probs * mask;
+    let weights = if renormalise { selected.clone() / selected.sum_dim(1) } else { selected };
+    let mut out: Tensor<2> = Tensor::zeros([n, h], &device);
+    for (i, tokens) in routed.into_iter().enumerate() {
+        if tokens.is_empty() {
+            continue;
+        }
+        let m = tokens.len();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(tokens, [m]), &device);
+        let xi = flat.clone().select(0, idx.clone()).unsqueeze_dim::<3>(0);
+        let y: Tensor<2> = expert(i, xi)?.reshape([m, h]);
+        let w = weights.clone().narrow(1, i, 1).select(0, idx.clone());
+        out = out.select_assign(0, idx, y * w, IndexingUpdateOp::Add);
+    }
+    Ok(out.reshape([b, s, h]))
 }
 
 /// torch.topk over each token's `e` probabilities (the largest first; ties: the lower index): a 0/1 mask

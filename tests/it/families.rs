@@ -180,6 +180,53 @@ fn qwen3_moe_without_norm_topk_prob_changes_the_answer() {
     assert!(diff(&out.hidden_0, &g.hidden_0) <= TOL);
 }
 
+/// Mixtral (the shared `mixtral` fixture: 8 heads / 2 kv heads, every layer a `block_sparse_moe` of 4 experts,
+/// top 2 renormalised, experts' w1/w3 fused column-parallel and w2 row-parallel): the forward at every tp the
+/// heads allow, the round trips, and its layout under Mixtral's HF names.
+#[test]
+fn mixtral_matches_golden_at_tp_1_2_4_8_and_round_trips() {
+    let c = cfg("mixtral");
+    let moe = c.moe.as_ref().unwrap();
+    assert_eq!((moe.num_experts, moe.num_experts_per_tok, moe.moe_intermediate_size), (4, 2, 96));
+    assert_eq!(moe.sparse_layers, vec![true, true]);
+    assert!(moe.norm_topk_prob && c.sliding_window.is_none());
+    forward_matches("mixtral", "mixtral", &[1, 2, 4, 8]);
+    round_trips("mixtral", 2, 8);
+    round_trips("mixtral", 4, 1);
+    let m = layout(&c, 2, QkvLayout::Fused).unwrap();
+    let gate = &m.parameters["model.layers.1.block_sparse_moe.gate.weight"];
+    assert!(!gate.tensor_model_parallel);
+    assert_eq!(gate.shape.as_deref(), Some(&[4, 64][..]));
+    assert!(m.parameters["model.layers.0.block_sparse_moe.experts.3.gate_up_proj.weight"].tensor_model_parallel);
+    assert!(m.parameters["model.layers.0.block_sparse_moe.experts.3.w2.weight"].tensor_model_parallel);
+    assert!(!m.parameters.keys().any(|n| n.contains(".mlp.")), "no dense MLP");
+    let modules: Vec<&str> =
+        m.model_weight_transformation_specs.iter().map(|s| s.module_fully_qualified_name.as_str()).collect();
+    assert!(modules.contains(&"model.layers.1.block_sparse_moe.experts.2"), "{modules:?}");
+}
+
+/// Mixtral applies its `sliding_window` whenever it is set (transformers' Mixtral picks the sliding-window mask
+/// on `sliding_window` alone): within the window the forward is the golden's, beyond it the run is refused.
+#[test]
+fn mixtral_sliding_window_is_computed_within_it_and_refused_beyond() {
+    let edited = |w: usize| {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture("mixtral").join("config.json")).unwrap()).unwrap();
+        v["sliding_window"] = w.into();
+        v["use_sliding_window"] = false.into(); // not read by transformers' Mixtral
+        let p = tmp.path().join("config.json");
+        std::fs::write(&p, v.to_string()).unwrap();
+        ModelConfig::read(&p).unwrap()
+    };
+    let g = golden("mixtral");
+    let c = edited(7);
+    assert_eq!(c.sliding_window, Some(7));
+    check(&run_tp_forward(&hf("mixtral"), &c, 2, true, &g.input_ids).unwrap(), &g, "mixtral window 7, 7 tokens");
+    let e = run_tp_forward(&hf("mixtral"), &edited(4), 2, true, &g.input_ids).unwrap_err().to_string();
+    assert_names(&e, &["sliding window", "7 tokens"]);
+}
+
 #[test]
 fn families_round_trip_and_reshard() {
     round_trips("llama3-rope", 2, 4);
@@ -284,8 +331,8 @@ fn assert_names(e: &str, words: &[&str]) {
 #[test]
 fn an_unknown_model_type_is_refused_naming_it() {
     assert_names(
-        &config_error("llama-gqa", |c| c["model_type"] = "mixtral".into()),
-        &["model_type", "\"mixtral\"", "not implemented"],
+        &config_error("llama-gqa", |c| c["model_type"] = "falcon".into()),
+        &["model_type", "\"falcon\"", "not implemented"],
     );
     assert_names(
         &config_error("llama-gqa", |c| {
@@ -305,6 +352,9 @@ fn unimplemented_fields_are_refused_naming_them() {
         // shared_expert_intermediate_size on qwen3_moe) are accepted and ignored instead: tests/it/configs.rs.
         ("qwen3", "torchscript", serde_json::json!(true)),
         ("qwen3-moe", "output_router_logits", serde_json::json!(true)),
+        ("mixtral", "output_router_logits", serde_json::json!(true)),
+        // Mixtral's training-time noise on the router's input
+        ("mixtral", "router_jitter_noise", serde_json::json!(0.1)),
         ("llama-gqa", "attention_chunk_size", serde_json::json!(16)),
         ("granite", "pruned_heads", serde_json::json!({"0": [1]})),
     ] {

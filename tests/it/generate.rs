@@ -206,6 +206,7 @@ fn kv_cache_next_token_logits_equal_the_full_forward_at_every_step() {
         ("granite", 1),
         ("qwen3-moe", 2),
         ("phi3", 2),
+        ("mixtral", 2),
         ("gemma3", 2),
         ("gemma3-window", 1),
         ("gemma3-softcap", 4),

@@ -17,9 +17,7 @@ use neuron_spec::module::{CustomModule, TpContext};
 use neuron_spec::specs::{FuseAxis, FusedLinearsSpec};
 use neuron_spec::{consolidate_with_adapters, shard_with_adapters, AdapterOptions};
 use neuron_spec::{CheckpointMetadata, HostTensor, ModelWeightTransformationSpecs, Spec, StateDict, TensorSource};
-use neuron_spec_models::{
-    model_metadata, run_tp_forward, run_tp_forward_with_adapters, LlamaForCausalLM, ModelConfig,
-};
+use neuron_spec_models::{model_metadata, run_tp_forward, run_tp_forward_with_adapters, LlamaForCausalLM, ModelConfig};
 
 const TOL: f32 = 1e-4;
 
@@ -81,6 +79,26 @@ fn moe_expert_lora_matches_peft_and_router_lora_is_refused_by_name() {
                 assert!(reason.contains("model.layers.0.mlp.gate") && reason.contains("not implemented"), "{reason}");
             }
             other => panic!("router lora at tp {tp}: {:?}", other.map(|o| o.logits.len())),
+        }
+    }
+}
+
+/// Mixtral with peft's adapter on q/k/v/o and every expert's w1/w2/w3 (`mixtral-lora`,
+/// `make/make_mixtral_lora.py`: w1/w3 a fused column-parallel group, w2 row-parallel, inside each
+/// `block_sparse_moe` expert) equals peft's logits at every tp the heads allow, fused and separate qkv.
+#[test]
+fn mixtral_lora_on_attention_and_experts_matches_peft_at_tp_1_2_4_8() {
+    let c = ModelConfig::read(&fixture("mixtral").join("config.json")).unwrap();
+    let (src, (ids, g)) = (hf("mixtral"), golden("mixtral-lora"));
+    let peft = PeftAdapter::open(&fixture("mixtral-lora")).unwrap();
+    for tp in [1, 2, 4, 8] {
+        for fuse in [true, false] {
+            let meta = model_metadata(&c, tp, fuse).unwrap();
+            let a = import_adapter(&meta, &peft, "default", opts(LoraMode::Exact, false)).unwrap();
+            let out = run_tp_forward_with_adapters(&src, &c, tp, fuse, &[a], &ids).unwrap();
+            let d = max_abs_diff(&out.logits, &g);
+            eprintln!("mixtral-lora tp {tp} fuse_qkv {fuse}: max |Δ logits| {d:.2e}");
+            assert!(d <= TOL, "mixtral lora tp {tp} fuse {fuse}: {d}");
         }
     }
 }

@@ -1,13 +1,13 @@
 //! The CLI package's tests, one binary (burn is linked once): each module was a test file of its own; its
 //! `//!` header says what it covers. `tests/mpi.rs` (the `mpi` feature) stays a binary of its own.
 
-#[path = "../common/mod.rs"]
-mod common;
 mod bad_input;
 mod ci_steps;
 mod cli;
 mod cli_edges;
 mod cli_verdicts;
+#[path = "../common/mod.rs"]
+mod common;
 mod configs;
 mod derive_burn;
 mod families;

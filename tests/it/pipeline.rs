@@ -270,7 +270,7 @@ fn the_reference_pt_checkpoint_runs_stage_by_stage() {
 /// transformers' golden (logits, hidden_0, hidden_1) and consolidates back byte for byte.
 #[test]
 fn every_family_runs_in_two_stages() {
-    for dir in ["llama3-rope", "qwen2", "mistral", "qwen3", "granite", "qwen3-moe", "phi3", "gemma3"] {
+    for dir in ["llama3-rope", "qwen2", "mistral", "qwen3", "granite", "qwen3-moe", "phi3", "mixtral", "gemma3"] {
         let tmp = tempfile::tempdir().unwrap();
         let (s, out) = (tmp.path().join("s"), tmp.path().join("hf"));
         shard(&fixture(dir), &s, &layout(dir, 2, true), 2, &opts(2)).unwrap();

@@ -125,8 +125,9 @@ fn case_with(dir: &str, golden: &str, options: TrainOptions, tp: usize, fuse: bo
         worst = worst.max(max_abs_diff(&ours, &gold).unwrap());
     }
     eprintln!("{what}: grad.*: max abs diff {worst:e}; absent from the golden (zero here): {absent:?}");
-    // The MoE router is replicated: its gradient is the same on every rank, bit for bit.
-    for name in run.grads[0].as_ref().unwrap().keys().filter(|n| n.ends_with("mlp.gate.weight")) {
+    // The MoE router (Qwen3-MoE's mlp.gate, Mixtral's block_sparse_moe.gate) is replicated: its gradient is the
+    // same on every rank, bit for bit.
+    for name in run.grads[0].as_ref().unwrap().keys().filter(|n| n.ends_with(".gate.weight")) {
         let first = run.grads[0].as_ref().unwrap()[name].to_f32_vec();
         assert!(first.iter().any(|x| *x != 0.0), "{what}: {name} got no gradient");
         for (r, gr) in run.grads.iter().enumerate() {
@@ -247,6 +248,25 @@ fn qwen3_moe_training_trains_the_router_like_torch() {
             case("qwen3-moe", tp, fuse, tp);
         }
     }
+}
+
+/// Mixtral (the shared `mixtral` fixture: every layer a `block_sparse_moe` of 4 experts, top 2 renormalised):
+/// the routers `block_sparse_moe.gate` get torch's gradient (the golden's `grad.*gate*`), at tp 1, 2 and 4, fused
+/// and separate, and through a resume across a reshard (1 step at one tp, 2 more at another).
+#[test]
+fn mixtral_training_trains_the_router_like_torch() {
+    let g = open("mixtral/train_golden.safetensors");
+    for l in 0..2 {
+        let router = g.tensor(&format!("grad.model.layers.{l}.block_sparse_moe.gate.weight")).unwrap().to_f32_vec();
+        assert!(router.iter().any(|x| *x != 0.0), "the golden's layer {l} router gradient");
+    }
+    for tp in [1, 2, 4] {
+        for fuse in [true, false] {
+            case("mixtral", tp, fuse, tp);
+        }
+    }
+    case("mixtral", 4, true, 2);
+    case("mixtral", 1, false, 4);
 }
 
 /// `(tp, fused qkv, tp resumed at)`.
@@ -526,7 +546,14 @@ fn cli_phi3_lora_trains_resumes_and_consolidates_like_peft() {
     cli_lora_like_peft("phi3", "phi3-lora", &[(2, true), (4, false)], 16);
 }
 
-/// The same on Gemma 3 with peft's adapter on all seven linears (`gemma3-lora/train_golden_lora.safetensors`,
+/// Mixtral's adapter on q/k/v/o and every expert's w1/w2/w3 (`mixtral-lora/train_golden_lora.safetensors`,
+/// `make/make_mixtral_lora.py`), trained like peft: 2 layers x (4 attention + 4 experts x 3) linears x (A, B).
+#[test]
+fn cli_mixtral_lora_trains_resumes_and_consolidates_like_peft() {
+    cli_lora_like_peft("mixtral", "mixtral-lora", &[(1, false), (2, true), (4, false)], 64);
+}
+
+/// Gemma 3's adapter on all seven linears (`gemma3-lora/train_golden_lora.safetensors`,
 /// `make/make_gemma3_lora.py`).
 #[test]
 fn cli_gemma3_lora_trains_resumes_and_consolidates_like_peft() {

@@ -1,5 +1,5 @@
 // Mock layers for the derive's tests: they return real specs and parameter names but hold no tensors,
-// so the tests do not depend on the real parallel layers. Included by `tests/expand.rs` (as a module)
+// so the tests do not depend on the real parallel layers. Included by `tests/it/main.rs` (as a module)
 // and by the trybuild pass cases (`include!`), hence no inner attributes or doc comments here.
 
 use indexmap::IndexMap;

@@ -1,7 +1,7 @@
 //! Compile-time behaviour of the derive: every misuse fails with a spanned message (`tests/ui`), and the
 //! accepted forms compile without warnings and run (`tests/ui_pass`).
 //!
-//! Regenerate the expected output with `TRYBUILD=overwrite cargo test -p neuron-spec-derive --test ui`,
+//! Regenerate the expected output with `TRYBUILD=overwrite cargo test -p neuron-spec-derive --test it ui`,
 //! then read every `.stderr`.
 
 #[test]

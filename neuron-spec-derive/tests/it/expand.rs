@@ -3,11 +3,7 @@
 // form that builds with both.
 #![allow(clippy::default_constructed_unit_structs)]
 
-#[path = "support/mocks.rs"]
-#[allow(dead_code)]
-mod mocks;
-
-use mocks::{Linear, NotAModule, Qkv};
+use crate::mocks::{Linear, NotAModule, Qkv};
 use neuron_spec::module::Device;
 use neuron_spec::module::{CustomModule, TpContext};
 use neuron_spec::{Spec, StateDict};

@@ -4,7 +4,7 @@
 use clap::Args;
 use neuron_spec::error::{Error, Result};
 use neuron_spec::lora::{import_adapter, ImportedAdapter, LoraImportOptions, LoraMode, PeftAdapter};
-use neuron_spec::metadata::CheckpointMetadata;
+use neuron_spec::spec::metadata::CheckpointMetadata;
 use std::path::PathBuf;
 
 /// `--lora-mode` values.

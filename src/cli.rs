@@ -10,9 +10,9 @@ use clap::{Parser, Subcommand};
 use neuron_spec::checkpoint::{WriteOptions, METADATA_PATH};
 use neuron_spec::compare::{allclose, DEFAULT_ATOL, DEFAULT_RTOL};
 use neuron_spec::error::{Error, Result};
-use neuron_spec::io::{parse_size, HfCheckpoint};
-use neuron_spec::plan::TensorSource;
-use neuron_spec::reshard::reshard;
+use neuron_spec::format::{parse_size, HfCheckpoint};
+use neuron_spec::ops::reshard::reshard;
+use neuron_spec::tensor::TensorSource;
 use neuron_spec::train::{has_optimizer_state, reshard_trained, OPTIMIZER_DIR};
 use neuron_spec::{consolidate, shard, shard_with_adapters, AdapterOptions};
 use neuron_spec_models::QkvLayout;
@@ -519,7 +519,7 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                         a.name,
                         a.layout.mode,
                         a.layout.modules.len(),
-                        out_dir.join(neuron_spec::lora::disk::adapter_dir_name(&a.name)).display()
+                        out_dir.join(neuron_spec::checkpoint::adapters::adapter_dir_name(&a.name)).display()
                     );
                 }
                 if !adapters.is_empty() {
@@ -726,7 +726,7 @@ fn side_files_line(files: &[PathBuf]) -> Result<()> {
 
 /// Reads `input_ids` ([batch, seq], I64/I32) from a safetensors file.
 pub fn read_input_ids(path: &Path) -> Result<Vec<Vec<i64>>> {
-    let f = neuron_spec::io::SafetensorsFile::open(path)?;
+    let f = neuron_spec::format::SafetensorsFile::open(path)?;
     let t = f.tensor("input_ids")?;
     let shape = t.shape().to_vec();
     if shape.len() != 2 {
@@ -765,7 +765,7 @@ fn write_outputs(path: &Path, outputs: &[NamedOutput]) -> Result<()> {
         .collect();
     let name = path.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a file name", path.display())))?;
     let tmp = path.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
-    let written = neuron_spec::io::write_safetensors(&tmp, &infos, &Default::default(), &mut |info| {
+    let written = neuron_spec::format::write_safetensors(&tmp, &infos, &Default::default(), &mut |info| {
         Ok(tensors.iter().filter(|(n, _)| *n == info.name).map(|(_, t)| t.clone()).collect())
     });
     let renamed = written.and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
@@ -853,7 +853,7 @@ fn finish_logits(logits: &[f32], shape: &[usize], files: &ForwardFiles<'_>, outp
         out!("wrote {} to {}", outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", "), path.display());
     }
     if let Some(g) = files.golden {
-        let f = neuron_spec::io::SafetensorsFile::open(g)?;
+        let f = neuron_spec::format::SafetensorsFile::open(g)?;
         let gl = f.tensor("logits")?;
         if gl.shape() != shape.as_slice() {
             return Err(Error::ShapeMismatch {
@@ -966,7 +966,7 @@ fn quickstart(runner: Option<&dyn ForwardRunner>, model: &Path, work_dir: Option
         };
         let (logits, shape) = runner.forward(&sharded, tp, true, &ids)?;
         if golden.exists() {
-            let g = neuron_spec::io::SafetensorsFile::open(&golden)?.tensor("logits")?.to_f32_vec();
+            let g = neuron_spec::format::SafetensorsFile::open(&golden)?.tensor("logits")?.to_f32_vec();
             out!("   logits {shape:?}");
             if let Some(code) = check_golden(&logits, &g, &golden, (DEFAULT_ATOL, DEFAULT_RTOL), "   ")? {
                 return Ok(code);

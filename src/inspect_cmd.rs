@@ -6,10 +6,10 @@ use crate::layouts::is_sharded;
 use crate::out::human;
 use neuron_spec::checkpoint::{side_files, ShardedCheckpoint, RANKS_DIR};
 use neuron_spec::error::{Error, Result};
-use neuron_spec::io::HfCheckpoint;
+use neuron_spec::format::HfCheckpoint;
 use neuron_spec::lora::{LoraConfig, PeftAdapter, ADAPTER_CONFIG};
-use neuron_spec::plan::TensorInfo;
-use neuron_spec::plan::TensorSource;
+use neuron_spec::tensor::TensorInfo;
+use neuron_spec::tensor::TensorSource;
 use neuron_spec::Spec;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -91,7 +91,7 @@ fn summarize(dir: &Path) -> Result<Value> {
         } else {
             format!("verified: {} rank files match their recorded size and xxh3-64", rank_files.len())
         };
-        let adapters: Vec<Value> = neuron_spec::lora::disk::sharded_adapters(dir)?
+        let adapters: Vec<Value> = neuron_spec::checkpoint::adapters::sharded_adapters(dir)?
             .iter()
             .map(|a| {
                 let n: usize = a.checkpoint.ranks.first().map_or(0, |r| r.names().count());

@@ -3,7 +3,7 @@
 
 use clap::Args;
 use neuron_spec::error::{Error, Result};
-use neuron_spec::metadata::CheckpointMetadata;
+use neuron_spec::spec::metadata::CheckpointMetadata;
 use neuron_spec_models::QkvLayout;
 use std::path::Path;
 
@@ -61,7 +61,7 @@ pub fn hf_layout(dir: &Path, tp: usize, qkv: QkvLayout) -> Result<CheckpointMeta
 pub fn layout_from_file(file: &Path, tp: usize) -> Result<CheckpointMetadata> {
     let meta = CheckpointMetadata::read(file)?;
     let at = |t: usize| -> Result<CheckpointMetadata> {
-        let mut m = neuron_spec::reshard::metadata_for_tp(&meta, t)?;
+        let mut m = neuron_spec::ops::reshard::metadata_for_tp(&meta, t)?;
         m.rank_files.clear();
         for (module, s) in m.specs() {
             s.validate(t).map_err(|e| Error::Invalid(format!("{module}: {e}")))?;

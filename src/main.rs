@@ -66,7 +66,7 @@ impl ForwardRunner for Llama {
             run_sharded_forward_with_adapters(dir, &imported, input_ids)?
         } else {
             let imported = import_adapters(&model_metadata(&cfg, tp, fuse_qkv)?, adapters)?;
-            let ck = neuron_spec::io::HfCheckpoint::open(dir)?;
+            let ck = neuron_spec::format::HfCheckpoint::open(dir)?;
             run_tp_forward_with_adapters(&ck, &cfg, tp, fuse_qkv, &imported, input_ids)?
         };
         let hidden_shape = out.hidden_shape.to_vec();
@@ -100,7 +100,7 @@ mod mpi_forward {
     use crate::adapter_args::{import_adapters, AdapterArg};
     use crate::cli::FinishLogits;
     use neuron_spec::checkpoint::METADATA_PATH;
-    use neuron_spec::layers::{Communicator, MpiCommunicator};
+    use neuron_spec::comm::{Communicator, MpiCommunicator};
     use neuron_spec::lora::ImportedAdapter;
     use neuron_spec::{Error, Result, Spec};
     use neuron_spec_models::mpi_run::mpi_forward;

@@ -3,7 +3,7 @@
 
 use crate::exit::usage;
 use crate::generate_cmd::{finish, inputs, misuse, print_piece, GenerateArgs};
-use neuron_spec::layers::{Communicator, MpiCommunicator};
+use neuron_spec::comm::{Communicator, MpiCommunicator};
 use neuron_spec::{Error, Result};
 use neuron_spec_models::generate::with_folder_eos;
 use neuron_spec_models::mpi_run::mpi_generate;

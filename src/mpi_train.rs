@@ -4,7 +4,7 @@
 use crate::exit::{EXIT_ERROR, EXIT_OK};
 use crate::train_cmd::{batches, training_rows, TrainArgs};
 use neuron_spec::checkpoint::METADATA_PATH;
-use neuron_spec::layers::{Communicator, MpiCommunicator};
+use neuron_spec::comm::{Communicator, MpiCommunicator};
 use neuron_spec::train::{has_optimizer_state, write_trained_checkpoint_mpi, TrainOptions};
 use neuron_spec::{CheckpointMetadata, Error, Result};
 use neuron_spec_models::mpi_run::{mpi_train, RankTrainRun};
@@ -85,7 +85,11 @@ fn train(
 }
 
 /// `rank R/N: read B bytes of SOURCE (pid P)`: what this process read (forward and train print it).
-pub fn print_bytes_read(ctx: neuron_spec::module::TpContext, bytes: usize, source: &std::path::Path) -> Result<()> {
+pub fn print_bytes_read(
+    ctx: neuron_spec::spec::contract::TpContext,
+    bytes: usize,
+    source: &std::path::Path,
+) -> Result<()> {
     crate::out::line(format_args!(
         "rank {}/{}: read {bytes} bytes of {} (pid {})",
         ctx.rank,

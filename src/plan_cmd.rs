@@ -6,10 +6,11 @@ use crate::layouts::{hf_layout, is_sharded, layout_from_file, LayoutArgs};
 use crate::out::human;
 use neuron_spec::checkpoint::ShardedCheckpoint;
 use neuron_spec::error::{Error, Result};
-use neuron_spec::io::HfCheckpoint;
-use neuron_spec::metadata::CheckpointMetadata;
-use neuron_spec::model::{plan_shards, PlanOptions};
-use neuron_spec::plan::{ShardPlan, TensorPlan, TensorSource};
+use neuron_spec::format::HfCheckpoint;
+use neuron_spec::plan::{ShardPlan, TensorPlan};
+use neuron_spec::spec::compile::{plan_shards, PlanOptions};
+use neuron_spec::spec::metadata::CheckpointMetadata;
+use neuron_spec::tensor::TensorSource;
 use std::path::PathBuf;
 
 /// `plan`'s options.
@@ -71,7 +72,7 @@ fn check_specs(checks: &mut Vec<Check>, meta: &CheckpointMetadata, tp: usize) ->
 
 /// Adds the pipeline-stage assignment of `meta` at `pp` as a check (which layers and tensors each stage holds).
 fn check_stages(checks: &mut Vec<Check>, meta: &CheckpointMetadata, pp: usize) {
-    let r = neuron_spec::stages::StageAssignment::for_metadata(meta, pp);
+    let r = neuron_spec::spec::pipeline::StageAssignment::for_metadata(meta, pp);
     check(checks, &format!("pipeline stages (pp {pp})"), r, |st| {
         st.layers
             .iter()
@@ -109,7 +110,7 @@ fn evaluate(a: &PlanArgs) -> std::result::Result<Outcome, Error> {
             return Ok(Outcome { source, tp: Some(tp), checks, plan: None });
         }
         check_stages(&mut checks, &ck.metadata, a.pp.unwrap_or(ck.pp()));
-        let plan = check(&mut checks, "reshard plan", neuron_spec::reshard::reshard_plan(&ck, tp), |_| {
+        let plan = check(&mut checks, "reshard plan", neuron_spec::ops::reshard::reshard_plan(&ck, tp), |_| {
             format!("every tensor planned from tp {} to tp {tp}", ck.tp)
         });
         return Ok(Outcome { source, tp: Some(tp), checks, plan });

@@ -3,8 +3,8 @@
 //! replica, i.e. a kv head some lower rank holds too, is hatched), fused members, padding (rows no block fills).
 
 use neuron_spec::error::{Error, Result};
-use neuron_spec::metadata::CheckpointMetadata;
 use neuron_spec::plan::{ShardPlan, TensorPlan};
+use neuron_spec::spec::metadata::CheckpointMetadata;
 use neuron_spec::Spec;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;

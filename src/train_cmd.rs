@@ -8,11 +8,11 @@
 use crate::adapter_args::{import_adapters, AdapterArg, LoraModeArg};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use neuron_spec::checkpoint::adapters::imported_rank_adapter;
 use neuron_spec::checkpoint::{ShardedCheckpoint, METADATA_PATH};
-use neuron_spec::io::HfCheckpoint;
-use neuron_spec::lora::disk::imported_rank_adapter;
+use neuron_spec::format::HfCheckpoint;
 use neuron_spec::lora::{ImportedAdapter, LoraImportOptions, LoraRankSource};
-use neuron_spec::module::{CustomModule, Device, TpContext};
+use neuron_spec::spec::contract::{CustomModule, Device, TpContext};
 use neuron_spec::train::{
     exact_lora_masks, has_optimizer_state, optimizer_adapter, read_optimizer_state, trained_adapter,
     write_lora_checkpoint, write_trained_checkpoint, AdamWConfig, FrozenBase, OptimizerState, RankTrainer, TrainMode,
@@ -91,8 +91,8 @@ pub struct TrainArgs {
     pub comm: crate::comm_arg::Comm,
 }
 
-pub use neuron_spec::train_data::batches;
-use neuron_spec::train_data::{read_data, TrainData};
+pub use neuron_spec::train::data::batches;
+use neuron_spec::train::data::{read_data, TrainData};
 
 /// The training rows of `--data`: token-id rows as they are, or text tokenized with the model folder's
 /// tokenizer and packed into rows of `--seq-len`.
@@ -237,7 +237,7 @@ impl TrainJob {
     /// Rank `ctx.rank`'s trainer on `device` (an autodiff device), from its own slices of the model (and
     /// adapter), with the saved AdamW state on resume.
     pub fn init_rank(&self, ctx: TpContext, device: &Device) -> Result<RankTrainer<LlamaForCausalLM>> {
-        fn rank_file(ck: &ShardedCheckpoint, rank: usize) -> Result<&neuron_spec::rank_source::RankSource> {
+        fn rank_file(ck: &ShardedCheckpoint, rank: usize) -> Result<&neuron_spec::checkpoint::rank::RankSource> {
             ck.ranks.get(rank).ok_or_else(|| Error::Invalid(format!("no rank file for rank {rank}")))
         }
         let mut t = match (&self.source, &self.adapter) {
@@ -254,7 +254,7 @@ impl TrainJob {
                 let local;
                 let base: &dyn TensorSource = match source {
                     Source::Hf(hf) => {
-                        local = neuron_spec::model::adapt_state_dict(
+                        local = neuron_spec::spec::compile::adapt_state_dict(
                             &self.meta,
                             hf,
                             ctx.size,

@@ -111,7 +111,7 @@ fn planned_bytes_with(dir: &Path, tp: usize, fuse_qkv: bool) -> Vec<usize> {
 /// The `logits` tensor of a `forward --output` file, bit for bit (the threaded run also writes the hidden
 /// states; MPI's rank 0 writes the gathered logits only).
 fn logits(path: &std::path::Path) -> neuron_spec::HostTensor {
-    neuron_spec::io::SafetensorsFile::open(path).unwrap().tensor("logits").unwrap()
+    neuron_spec::format::SafetensorsFile::open(path).unwrap().tensor("logits").unwrap()
 }
 
 #[test]
@@ -180,7 +180,7 @@ fn mpi_forward_equals_threads_bit_for_bit_and_reads_only_each_ranks_bytes() {
         for (r, b) in bytes_per_rank(&stdout, np).into_iter().enumerate() {
             let f = sharded.join(format!("shards/model/dp_rank_00_tp_rank_{r:02}_pp_rank_00.safetensors"));
             assert!(stdout.contains(s(&f)), "rank {r} names its own file:\n{stdout}");
-            let file = neuron_spec::io::SafetensorsFile::open(&f).unwrap();
+            let file = neuron_spec::format::SafetensorsFile::open(&f).unwrap();
             let payload: usize = file.names().map(|n| file.tensor(n).unwrap().bytes().len()).sum();
             assert_eq!(b, payload, "rank {r} read exactly its rank file's tensors");
         }
@@ -287,7 +287,7 @@ fn step_losses(stdout: &str) -> Vec<f32> {
 
 /// torch's losses of the `llama-gqa` training golden (AdamW lr 1e-2, eps 1e-6, weight decay 0.01).
 fn torch_losses() -> Vec<f32> {
-    let g = neuron_spec::io::SafetensorsFile::open(&fixture("llama-gqa/train_golden.safetensors")).unwrap();
+    let g = neuron_spec::format::SafetensorsFile::open(&fixture("llama-gqa/train_golden.safetensors")).unwrap();
     g.tensor("loss").unwrap().to_f32_vec()
 }
 
@@ -361,7 +361,7 @@ fn mpi_train_writes_the_threaded_checkpoint_byte_for_byte() {
         for (r, b) in bytes_per_rank(&stdout, np).into_iter().enumerate() {
             let f = mpi1.join(format!("shards/model/dp_rank_00_tp_rank_{r:02}_pp_rank_00.safetensors"));
             assert!(stdout.contains(s(&f)), "rank {r} names its own file:\n{stdout}");
-            let file = neuron_spec::io::SafetensorsFile::open(&f).unwrap();
+            let file = neuron_spec::format::SafetensorsFile::open(&f).unwrap();
             let payload: usize = file.names().map(|n| file.tensor(n).unwrap().bytes().len()).sum();
             assert_eq!(b, payload, "rank {r} read exactly its rank file's tensors");
         }
@@ -381,7 +381,7 @@ fn mpi_moe_training_equals_threads_byte_for_byte() {
     for (dir, np, fuse) in [("qwen3-moe", 2usize, false), ("qwen3-moe-e8", 4, true), ("mixtral", 2, true)] {
         let hf = fixture(dir);
         let data = hf.join("train_golden.safetensors");
-        let g = neuron_spec::io::SafetensorsFile::open(&data).unwrap();
+        let g = neuron_spec::format::SafetensorsFile::open(&data).unwrap();
         let torch = g.tensor("loss").unwrap().to_f32_vec();
         let what = format!("{dir} np {np}");
         let (thr1, mpi1) = (tmp.path().join(format!("{dir}-thr1")), tmp.path().join(format!("{dir}-mpi1")));
@@ -464,7 +464,7 @@ fn mpi_train_runs_phi3_and_gemma3_like_threads_byte_for_byte() {
         let tmp = tempfile::tempdir().unwrap();
         let hf = fixture(dir);
         let data = hf.join("train_golden.safetensors");
-        let g = neuron_spec::io::SafetensorsFile::open(&data).unwrap();
+        let g = neuron_spec::format::SafetensorsFile::open(&data).unwrap();
         let torch = g.tensor("loss").unwrap().to_f32_vec();
         let (thr1, mpi1, thr2, mpi2) =
             (tmp.path().join("thr1"), tmp.path().join("mpi1"), tmp.path().join("thr2"), tmp.path().join("mpi2"));
@@ -509,7 +509,7 @@ fn mpi_forward_runs_phi3_and_gemma3_like_threads_bit_for_bit() {
         assert!(logits(&thr) == logits(&mpi), "{dir} sharded logits differ");
         for (r, b) in bytes_per_rank(&stdout, 4).into_iter().enumerate() {
             let f = sharded.join(format!("shards/model/dp_rank_00_tp_rank_{r:02}_pp_rank_00.safetensors"));
-            let file = neuron_spec::io::SafetensorsFile::open(&f).unwrap();
+            let file = neuron_spec::format::SafetensorsFile::open(&f).unwrap();
             let payload: usize = file.names().map(|n| file.tensor(n).unwrap().bytes().len()).sum();
             assert_eq!(b, payload, "rank {r} read exactly its rank file's tensors");
         }

@@ -9,10 +9,10 @@
 //! start with the same warm page cache.
 
 use neuron_spec::checkpoint::WriteOptions;
-use neuron_spec::io::HfCheckpoint;
-use neuron_spec::model::{plan_shards, PlanOptions};
-use neuron_spec::reshard::reshard;
-use neuron_spec::synthetic::Shape;
+use neuron_spec::format::synthetic::Shape;
+use neuron_spec::format::HfCheckpoint;
+use neuron_spec::ops::reshard::reshard;
+use neuron_spec::spec::compile::{plan_shards, PlanOptions};
 use neuron_spec::TensorSource;
 use neuron_spec::{consolidate, shard};
 use neuron_spec_models::synthetic::generate;

@@ -64,7 +64,7 @@ struct Bodies {
 }
 
 fn trait_path() -> TokenStream {
-    quote!(::neuron_spec::module::CustomModule)
+    quote!(::neuron_spec::spec::contract::CustomModule)
 }
 
 /// The impl around `bodies`; `uses_params` is false when the bodies never read their parameters (they are
@@ -90,7 +90,7 @@ fn impl_block(
             fn collect_specs(
                 &self,
                 #prefix: &str,
-                #out: &mut ::std::vec::Vec<::neuron_spec::specs::ModelWeightTransformationSpecs>,
+                #out: &mut ::std::vec::Vec<::neuron_spec::spec::ModelWeightTransformationSpecs>,
             ) -> ::neuron_spec::Result<()> {
                 #collect_specs
             }
@@ -100,20 +100,20 @@ fn impl_block(
                 #prefix: &str,
                 #out: &mut ::neuron_spec::__private::IndexMap<
                     ::std::string::String,
-                    ::neuron_spec::metadata::ParameterMetadata,
+                    ::neuron_spec::spec::metadata::ParameterMetadata,
                 >,
             ) -> ::neuron_spec::Result<()> {
                 #collect_metadata
             }
 
-            fn collect_tp_contexts(&self, #out: &mut ::std::vec::Vec<::neuron_spec::module::TpContext>) {
+            fn collect_tp_contexts(&self, #out: &mut ::std::vec::Vec<::neuron_spec::spec::contract::TpContext>) {
                 #tp_contexts
             }
 
             fn load_rank_tensors(
                 self,
                 #prefix: &str,
-                #src: &dyn ::neuron_spec::plan::TensorSource,
+                #src: &dyn ::neuron_spec::tensor::TensorSource,
                 #device: &::neuron_spec::__private::Device,
             ) -> ::neuron_spec::Result<Self> {
                 #load
@@ -239,7 +239,7 @@ fn expand_struct(s: &Struct) -> TokenStream {
     } else {
         quote! {
             let #specs = ::std::vec![#(#own_specs),*];
-            #out.push(::neuron_spec::specs::ModelWeightTransformationSpecs {
+            #out.push(::neuron_spec::spec::ModelWeightTransformationSpecs {
                 module_fully_qualified_name: ::std::string::ToString::to_string(#prefix),
                 specs: #specs,
             });
@@ -260,7 +260,7 @@ fn expand_struct(s: &Struct) -> TokenStream {
 /// `join_path(prefix, "hf.name")`.
 fn path_of(f: &Field, prefix: &Ident) -> TokenStream {
     let hf = f.hf_name();
-    quote!(::neuron_spec::module::join_path(#prefix, #hf))
+    quote!(::neuron_spec::spec::contract::join_path(#prefix, #hf))
 }
 
 /// The `Result` of `prefix.hf.name.<offset + index>` for an `#[hf(index_offset = offset)]` field, where
@@ -268,7 +268,7 @@ fn path_of(f: &Field, prefix: &Ident) -> TokenStream {
 fn indexed_path_of(s: &Struct, f: &Field, offset: &Ident, value: TokenStream, l: &Locals) -> TokenStream {
     let (hf, prefix, index) = (f.hf_name(), &l.prefix, &l.index);
     let field = format!("{}.{}", s.ident, name_of(offset));
-    quote!(::neuron_spec::module::offset_index_path(#prefix, #hf, #value, #index, #field))
+    quote!(::neuron_spec::spec::contract::offset_index_path(#prefix, #hf, #value, #index, #field))
 }
 
 /// A call of `method` on an element of a `Vec` field, spanned on the field type.
@@ -301,14 +301,14 @@ fn own_specs(live: &[&Field]) -> Vec<TokenStream> {
                 SpecKind::FusedLinears(names) => {
                     let names = names.iter().map(name_of);
                     quote_spanned! {ty.span()=>
-                        <#ty as ::neuron_spec::module::FusedLinearLayer>::fused_linears_spec(&self.#m, #hf, &[#(#names),*])?
+                        <#ty as ::neuron_spec::spec::contract::FusedLinearLayer>::fused_linears_spec(&self.#m, #hf, &[#(#names),*])?
                     }
                 }
                 SpecKind::FusedPacked(p) => {
                     let p = name_of(p);
                     quote_spanned! {ty.span()=>
-                        ::neuron_spec::specs::Spec::with_packed_source(
-                            <#ty as ::neuron_spec::module::FusedLinearLayer>::fused_linears_spec(&self.#m, #hf, &[])?,
+                        ::neuron_spec::spec::Spec::with_packed_source(
+                            <#ty as ::neuron_spec::spec::contract::FusedLinearLayer>::fused_linears_spec(&self.#m, #hf, &[])?,
                             #p,
                         )?
                     }
@@ -319,14 +319,14 @@ fn own_specs(live: &[&Field]) -> Vec<TokenStream> {
                         Qkv::Separate { q, k, v } => {
                             let [q, k, v] = [q, k, v].map(name_of);
                             quote_spanned! {ty.span()=>
-                                <#ty as ::neuron_spec::module::GqaQkvLayer>::gqa_qkv_spec(&self.#m, #hf, #q, #k, #v, #o)?
+                                <#ty as ::neuron_spec::spec::contract::GqaQkvLayer>::gqa_qkv_spec(&self.#m, #hf, #q, #k, #v, #o)?
                             }
                         }
                         Qkv::Packed(p) => {
                             let p = name_of(p);
                             quote_spanned! {ty.span()=>
-                                ::neuron_spec::specs::Spec::with_packed_source(
-                                    <#ty as ::neuron_spec::module::GqaQkvLayer>::gqa_qkv_spec(&self.#m, #hf, #p, #p, #p, #o)?,
+                                ::neuron_spec::spec::Spec::with_packed_source(
+                                    <#ty as ::neuron_spec::spec::contract::GqaQkvLayer>::gqa_qkv_spec(&self.#m, #hf, #p, #p, #p, #o)?,
                                     #p,
                                 )?
                             }
@@ -348,13 +348,13 @@ fn bounds<'a>(generics: &Generics, parts: impl Iterator<Item = (&'a Type, &'a [S
     }
     let mut bounds = Vec::new();
     for (ty, specs) in parts.filter(|(ty, _)| mentions(ty.to_token_stream(), &params)) {
-        bounds.push(quote!(#ty: ::neuron_spec::module::CustomModule));
+        bounds.push(quote!(#ty: ::neuron_spec::spec::contract::CustomModule));
         for spec in specs {
             bounds.push(match spec.kind {
                 SpecKind::FusedLinears(_) | SpecKind::FusedPacked(_) => {
-                    quote!(#ty: ::neuron_spec::module::FusedLinearLayer)
+                    quote!(#ty: ::neuron_spec::spec::contract::FusedLinearLayer)
                 }
-                SpecKind::GqaQkv(_) => quote!(#ty: ::neuron_spec::module::GqaQkvLayer),
+                SpecKind::GqaQkv(_) => quote!(#ty: ::neuron_spec::spec::contract::GqaQkvLayer),
             });
         }
     }

@@ -1,4 +1,4 @@
-//! `#[derive(CustomModule)]`: implements `neuron_spec::module::CustomModule` for a burn model struct or enum,
+//! `#[derive(CustomModule)]`: implements `neuron_spec::spec::contract::CustomModule` for a burn model struct or enum,
 //! so the model reports its transformation specs, parameter metadata and rank-local tensors under fully
 //! qualified HF paths (`model.layers.3.self_attn`). Use it through `neuron_spec::CustomModule`.
 //!
@@ -10,12 +10,12 @@
 //! # Example
 //!
 //! ```
-//! use neuron_spec::module::CustomModule;
-//! # use neuron_spec::module::{join_path, FusedLinearLayer, GqaQkvLayer, TpContext};
+//! use neuron_spec::spec::contract::CustomModule;
+//! # use neuron_spec::spec::contract::{join_path, FusedLinearLayer, GqaQkvLayer, TpContext};
 //! # use neuron_spec::{FuseAxis, FusedLinearsSpec, GqaQkvColumnParallelLinearSpec, ParameterMetadata};
 //! # use neuron_spec::{Result, Spec, StateDict, TensorSource};
-//! # use neuron_spec::specs::ModelWeightTransformationSpecs;
-//! # use neuron_spec::module::Device;
+//! # use neuron_spec::spec::ModelWeightTransformationSpecs;
+//! # use neuron_spec::spec::contract::Device;
 //! # use indexmap::IndexMap;
 //! #
 //! # /// A stand-in for a real parallel layer: one `weight`.
@@ -135,7 +135,7 @@ mod validate;
 use proc_macro::TokenStream;
 use syn::DeriveInput;
 
-/// Derives `neuron_spec::module::CustomModule` for a burn model struct or enum: the model reports its
+/// Derives `neuron_spec::spec::contract::CustomModule` for a burn model struct or enum: the model reports its
 /// transformation specs, parameter metadata and rank-local tensors under fully qualified HF paths. A worked
 /// example is in this crate's docs; it generates no constructor and no `forward` (the model's own methods).
 ///

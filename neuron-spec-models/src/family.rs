@@ -177,5 +177,5 @@ pub fn hf_tensor_infos(cfg: &ModelConfig, dtype: DType) -> Result<Vec<TensorInfo
         let shape = p.shape.clone().ok_or_else(|| Error::Invalid(format!("{name}: the layout records no shape")))?;
         local.push(TensorInfo { name: name.clone(), dtype, shape });
     }
-    neuron_spec::model::original_infos(&meta, &Shapes(local), 1)
+    neuron_spec::spec::compile::original_infos(&meta, &Shapes(local), 1)
 }

@@ -14,8 +14,8 @@ use crate::train::load_sharded_rank_model;
 use crate::ModelConfig;
 use burn::tensor::{Device, Tensor, TensorData};
 use neuron_spec::checkpoint::{ShardedCheckpoint, METADATA_PATH};
-use neuron_spec::layers::Communicator;
-use neuron_spec::module::TpContext;
+use neuron_spec::comm::Communicator;
+use neuron_spec::spec::contract::TpContext;
 use neuron_spec::{Error, Result};
 use std::path::Path;
 use std::sync::Mutex;
@@ -241,14 +241,14 @@ impl TextModel {
     pub fn open(dir: &Path) -> Result<Self> {
         let cfg = ModelConfig::read(&dir.join("config.json"))?;
         let sharded = if dir.join(METADATA_PATH).exists() {
-            let pp = neuron_spec::stage_checkpoint::stage_count(dir)?;
+            let pp = neuron_spec::checkpoint::stage::stage_count(dir)?;
             if pp > 1 {
                 return Err(Error::Invalid(format!(
                     "{}: generate runs a checkpoint of one pipeline stage; this one has {pp} (reshard with --pp 1)",
                     dir.display()
                 )));
             }
-            let adapters = neuron_spec::lora::disk::sharded_adapters(dir)?;
+            let adapters = neuron_spec::checkpoint::adapters::sharded_adapters(dir)?;
             if !adapters.is_empty() {
                 return Err(Error::Invalid(format!(
                     "{}: generate does not load a sharded checkpoint's LoRA adapters, and they change the output \
@@ -278,7 +278,7 @@ impl TextModel {
     /// process opens its own), or its own rank file of the sharded checkpoint.
     pub fn load_rank(
         &self,
-        hf: Option<&neuron_spec::io::HfCheckpoint>,
+        hf: Option<&neuron_spec::format::HfCheckpoint>,
         ctx: TpContext,
         device: &Device,
     ) -> Result<LlamaForCausalLM> {
@@ -328,7 +328,7 @@ pub fn generate_text(
     let opts = with_folder_eos(opts, &m);
     let hf = match m.sharded {
         Some(_) => None,
-        None => Some(neuron_spec::io::HfCheckpoint::open(dir)?),
+        None => Some(neuron_spec::format::HfCheckpoint::open(dir)?),
     };
     let mut stream = m.tokenizer.stream();
     let mut emit = |id: i64| stream.step_to(id, on_text);

@@ -83,12 +83,12 @@
 //!
 //! # More than one device
 //!
-//! The layers talk to other ranks only through `neuron_spec::layers::Communicator` (all-reduce and
+//! The layers talk to other ranks only through `neuron_spec::comm::Communicator` (all-reduce and
 //! all-gather). To run ranks on separate devices or processes, implement it over the device collective
 //! library (NCCL, MPI, ...) and pass it to `forward` instead of the `LocalCommunicator`; see that trait's
 //! module docs for the two requirements (bitwise identical results on every rank, and failing instead of
 //! hanging when a rank dies). With the `mpi` feature, `mpi_run` runs this process's rank with
-//! `neuron_spec::layers::MpiCommunicator` (one process per rank). No device implementation ships: burn 0.22's
+//! `neuron_spec::comm::MpiCommunicator` (one process per rank). No device implementation ships: burn 0.22's
 //! own all-reduce only covers CUDA and Remote devices, and burn-collective 0.21 does not build with burn 0.22.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 #![warn(missing_docs)]

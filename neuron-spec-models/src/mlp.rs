@@ -5,7 +5,8 @@ use crate::config::Activation;
 use burn::module::Module;
 use burn::tensor::activation::{gelu_approximate, silu};
 use burn::tensor::Tensor;
-use neuron_spec::layers::{ColumnParallelLinear, Communicator, RowParallelLinear};
+use neuron_spec::comm::Communicator;
+use neuron_spec::layers::{ColumnParallelLinear, RowParallelLinear};
 use neuron_spec::prelude::CustomModule;
 use neuron_spec::{Error, Result};
 

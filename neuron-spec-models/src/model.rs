@@ -14,13 +14,10 @@ use burn::module::Module;
 use burn::nn::{LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use neuron_spec::layers::{
-    ColumnParallelLinear, ColumnParallelLinearConfig, Communicator, GqaQkvColumnParallelLinear,
-    GqaQkvColumnParallelLinearConfig, ParallelEmbedding, ParallelEmbeddingConfig, RowParallelLinear,
-    RowParallelLinearConfig,
-};
-use neuron_spec::module::{CustomModule as _, TpContext};
-use neuron_spec::specs::MAX_HEADS;
+use neuron_spec::layers::{ColumnParallelLinear, ColumnParallelLinearConfig, GqaQkvColumnParallelLinear, GqaQkvColumnParallelLinearConfig, ParallelEmbedding, ParallelEmbeddingConfig, RowParallelLinear, RowParallelLinearConfig};
+use neuron_spec::comm::Communicator;
+use neuron_spec::spec::contract::{CustomModule as _, TpContext};
+use neuron_spec::spec::MAX_HEADS;
 use neuron_spec::{CheckpointMetadata, CustomModule, Error, Result};
 
 /// The largest `num_hidden_layers` accepted (the layout lists every layer's parameters up front).
@@ -749,7 +746,7 @@ impl Attention<'_> {
         let norm = |t: Tensor<4>, n: &Option<RmsNorm>| -> Result<Tensor<4>> {
             match n {
                 Some(n) => {
-                    let w = neuron_spec::layers::copy_to_tp_region(n.gamma.val(), comm)?;
+                    let w = neuron_spec::comm::copy_to_tp_region(n.gamma.val(), comm)?;
                     let w = if o.norm_offset { w + 1.0 } else { w };
                     let rms = (t.clone().square().mean_dim(3) + n.epsilon).sqrt();
                     Ok((t / rms) * w.unsqueeze::<4>())

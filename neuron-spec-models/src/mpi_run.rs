@@ -5,13 +5,13 @@ use crate::config::ModelConfig;
 use crate::model::LlamaForCausalLM;
 use crate::run::{load_hf_rank_model, load_with_adapters, rank_forward, ForwardOutput};
 use crate::train::{load_rank_file_model, train_rank, RankTrained};
+use neuron_spec::checkpoint::adapters::{imported_rank_adapter, rank_adapter};
 use neuron_spec::checkpoint::{RankCheckpoint, METADATA_PATH};
-use neuron_spec::io::HfCheckpoint;
-use neuron_spec::layers::{Communicator, MpiCommunicator};
-use neuron_spec::lora::disk::{imported_rank_adapter, rank_adapter};
+use neuron_spec::comm::{Communicator, MpiCommunicator};
+use neuron_spec::format::HfCheckpoint;
 use neuron_spec::lora::{ImportedAdapter, LoraConfig, LoraRankAdapter, ADAPTER_CONFIG};
-use neuron_spec::model::PlanOptions;
-use neuron_spec::module::CustomModule;
+use neuron_spec::spec::compile::PlanOptions;
+use neuron_spec::spec::contract::CustomModule;
 use neuron_spec::tensor::StateDict;
 use neuron_spec::train::{read_optimizer_state, RankTrainer, TrainOptions};
 use neuron_spec::{Error, HostTensor, Result, Spec, TensorInfo, TensorSource};
@@ -71,13 +71,13 @@ fn own_sharded_adapters(dir: &Path, rank: usize) -> Result<Vec<LoraRankAdapter>>
         let e = e.map_err(|e| Error::io(dir, e))?;
         let n = e.file_name().to_string_lossy().to_string();
         if let Some(name) = n.strip_prefix("adapter_") {
-            if e.path().join(neuron_spec::lora::disk::REFERENCE_ADAPTER_SHARDS).is_dir() {
+            if e.path().join(neuron_spec::checkpoint::adapters::REFERENCE_ADAPTER_SHARDS).is_dir() {
                 return Err(Error::lora(
                     name,
                     format!(
                         "{}: optimum-neuron's adapter shards are read by the threaded runs only; under --comm mpi, \
                          reshard the checkpoint first (neuron-spec reshard), which writes the adapter in our layout",
-                        e.path().join(neuron_spec::lora::disk::REFERENCE_ADAPTER_SHARDS).display()
+                        e.path().join(neuron_spec::checkpoint::adapters::REFERENCE_ADAPTER_SHARDS).display()
                     ),
                 ));
             }
@@ -140,8 +140,13 @@ pub fn mpi_forward(
         let out = rank_forward(ctx, comm, input_ids, &|ctx, device| {
             let model = LlamaForCausalLM::from_config(&cfg, ctx, crate::QkvLayout::gqa(fuse_qkv), device)?;
             let meta = model.create_parameter_metadata()?;
-            let local =
-                neuron_spec::model::adapt_state_dict(&meta, &counting, ctx.size, ctx.rank, PlanOptions::default())?;
+            let local = neuron_spec::spec::compile::adapt_state_dict(
+                &meta,
+                &counting,
+                ctx.size,
+                ctx.rank,
+                PlanOptions::default(),
+            )?;
             let ras = adapters
                 .iter()
                 .map(|a| imported_rank_adapter(&meta, a, ctx.size, ctx.rank))
@@ -235,7 +240,11 @@ pub fn mpi_train(
 
 /// This process's own rank file of the sharded checkpoint in `dir` (refused when the checkpoint's tp is not
 /// the job's size), and whether its q/k/v are fused. `verb` says what the processes do with it.
-fn own_rank_file(dir: &Path, ctx: neuron_spec::module::TpContext, verb: &str) -> Result<(RankCheckpoint, bool)> {
+fn own_rank_file(
+    dir: &Path,
+    ctx: neuron_spec::spec::contract::TpContext,
+    verb: &str,
+) -> Result<(RankCheckpoint, bool)> {
     let ck = RankCheckpoint::open(dir, ctx.rank)?;
     if ck.tp != ctx.size {
         return Err(Error::Invalid(format!(

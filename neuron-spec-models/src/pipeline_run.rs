@@ -1,5 +1,5 @@
 //! Running a sharded checkpoint stage by stage: each pipeline stage is opened on its own
-//! (`neuron_spec::stage_checkpoint::StageCheckpoint`: its metadata and its TP rank files only), its TP ranks
+//! (`neuron_spec::checkpoint::stage::StageCheckpoint`: its metadata and its TP rank files only), its TP ranks
 //! build their [`LlamaStage`] and run on threads, and the residual stream that leaves the stage is handed to
 //! the next as a host value ([`Activations`]). [`run_stage`] is the unit a process-per-stage transport would
 //! call: receive the stage's input, run it, send its output on. A checkpoint with one stage is the same path.
@@ -9,13 +9,13 @@ use crate::model::QkvLayout;
 use crate::run::{ids_tensor, load_with_adapters, on_rank_threads, ForwardOutput};
 use crate::stage::{LlamaStage, StageInput};
 use burn::tensor::{Device, Tensor, TensorData};
+use neuron_spec::checkpoint::adapters::{imported_rank_adapter, sharded_adapters};
+use neuron_spec::checkpoint::stage::stage_count;
 use neuron_spec::checkpoint::{metadata_path, StageCheckpoint};
-use neuron_spec::layers::Communicator;
-use neuron_spec::lora::disk::{imported_rank_adapter, sharded_adapters};
+use neuron_spec::comm::Communicator;
 use neuron_spec::lora::ImportedAdapter;
-use neuron_spec::module::CustomModule;
-use neuron_spec::stage_checkpoint::stage_count;
-use neuron_spec::stages::StageAssignment;
+use neuron_spec::spec::contract::CustomModule;
+use neuron_spec::spec::pipeline::StageAssignment;
 use neuron_spec::{Error, Result, Spec};
 use std::path::Path;
 

@@ -4,12 +4,12 @@
 use crate::config::ModelConfig;
 use crate::model::{LlamaForCausalLM, QkvLayout};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use neuron_spec::io::HfCheckpoint;
-use neuron_spec::layers::{Communicator, LocalCommunicator};
-use neuron_spec::lora::disk::imported_rank_adapter;
+use neuron_spec::checkpoint::adapters::imported_rank_adapter;
+use neuron_spec::comm::{Communicator, LocalCommunicator};
+use neuron_spec::format::HfCheckpoint;
 use neuron_spec::lora::{ImportedAdapter, LoraRankAdapter, LoraRankSource};
-use neuron_spec::model::PlanOptions;
-use neuron_spec::module::{CustomModule, TpContext};
+use neuron_spec::spec::compile::{HfWeights, PlanOptions};
+use neuron_spec::spec::contract::{CustomModule, TpContext};
 use neuron_spec::{CheckpointMetadata, Error, Result, TensorSource};
 use std::path::Path;
 
@@ -84,7 +84,8 @@ pub fn run_tp_forward_with_adapters(
     run_ranks(tp, input_ids, &|ctx, device| {
         let model = LlamaForCausalLM::from_config(cfg, ctx, QkvLayout::gqa(fuse_qkv), device)?;
         let meta = model.create_parameter_metadata()?;
-        let local = neuron_spec::model::adapt_state_dict(&meta, src, ctx.size, ctx.rank, PlanOptions::default())?;
+        let local =
+            neuron_spec::spec::compile::adapt_state_dict(&meta, src, ctx.size, ctx.rank, PlanOptions::default())?;
         let ras =
             adapters.iter().map(|a| imported_rank_adapter(&meta, a, ctx.size, ctx.rank)).collect::<Result<Vec<_>>>()?;
         load_with_adapters(model, &local, ras, device)

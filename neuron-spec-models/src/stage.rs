@@ -1,4 +1,4 @@
-//! One pipeline stage of the decoder at one TP rank: only the parts `neuron_spec::stages::StageAssignment`
+//! One pipeline stage of the decoder at one TP rank: only the parts `neuron_spec::spec::pipeline::StageAssignment`
 //! gives the stage. Stage 0 holds `model.embed_tokens` and runs token ids; every stage holds its decoder
 //! layers under their global names (`model.layers.<i>`); the last holds `model.norm` and `lm_head`, or, with
 //! tied embeddings, its own copy of `model.embed_tokens` for the output projection. Between stages the
@@ -10,9 +10,10 @@ use crate::model::{check_seq, embed, run_layers, Builder, DecoderOptions, LlamaD
 use burn::module::Module;
 use burn::nn::RmsNorm;
 use burn::tensor::{Device, Int, Tensor};
-use neuron_spec::layers::{ColumnParallelLinear, Communicator, ParallelEmbedding};
-use neuron_spec::module::TpContext;
-use neuron_spec::stages::StageAssignment;
+use neuron_spec::comm::Communicator;
+use neuron_spec::layers::{ColumnParallelLinear, ParallelEmbedding};
+use neuron_spec::spec::contract::TpContext;
+use neuron_spec::spec::pipeline::StageAssignment;
 use neuron_spec::{CustomModule, Error, Result};
 use std::ops::Range;
 

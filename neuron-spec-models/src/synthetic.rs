@@ -3,7 +3,7 @@
 
 use crate::config::ModelConfig;
 use crate::family::hf_tensor_infos;
-use neuron_spec::synthetic::Shape;
+use neuron_spec::format::synthetic::Shape;
 use neuron_spec::{DType, Error, Result};
 use std::path::Path;
 
@@ -14,5 +14,5 @@ pub fn generate(dir: &Path, shape: &Shape, max_file_size: u64) -> Result<u64> {
     let cfg: crate::config::LlamaConfig =
         serde_json::from_value(config.clone()).map_err(|e| Error::Invalid(format!("synthetic config: {e}")))?;
     let tensors = hf_tensor_infos(&ModelConfig::from(cfg), DType::BF16)?;
-    neuron_spec::synthetic::generate(dir, &config, &tensors, max_file_size)
+    neuron_spec::format::synthetic::generate(dir, &config, &tensors, max_file_size)
 }

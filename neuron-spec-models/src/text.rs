@@ -183,11 +183,11 @@ impl TextTokenizer {
     }
 
     /// Text training rows: each document encoded with special tokens, followed by [`Self::eos_id`], packed
-    /// into rows of `seq_len` by `neuron_spec::train_data::pack_documents` (the remainder dropped).
+    /// into rows of `seq_len` by `neuron_spec::train::data::pack_documents` (the remainder dropped).
     pub fn training_rows(&self, docs: &[String], seq_len: usize) -> Result<Vec<Vec<i64>>> {
         let eos = self.eos_id()?;
         let ids = docs.iter().map(|d| self.encode(d, true)).collect::<Result<Vec<_>>>()?;
-        Ok(neuron_spec::train_data::pack_documents(&ids, eos, seq_len))
+        Ok(neuron_spec::train::data::pack_documents(&ids, eos, seq_len))
     }
 
     /// Refuses an id outside a model vocabulary of `vocab` (a tokenizer with more tokens than the model).

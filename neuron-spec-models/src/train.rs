@@ -1,9 +1,9 @@
 //! Training the example model: the vocab-parallel causal-LM loss, and a loop that runs every rank on its
-//! own thread (one [`RankTrainer`] per rank, joined by a [`LocalCommunicator`](neuron_spec::layers::LocalCommunicator)).
+//! own thread (one [`RankTrainer`] per rank, joined by a [`LocalCommunicator`](neuron_spec::comm::LocalCommunicator)).
 //!
 //! ```no_run
 //! use burn::tensor::Device;
-//! use neuron_spec::io::HfCheckpoint;
+//! use neuron_spec::format::HfCheckpoint;
 //! use neuron_spec::train::{AdamWConfig, RankTrainer, TrainMode, TrainOptions};
 //! use neuron_spec::StateDict;
 //! use neuron_spec_models::{load_hf_rank_model, train_ranks, ModelConfig};
@@ -37,9 +37,9 @@ use crate::model::LlamaForCausalLM;
 pub use burn::tensor::Device;
 use burn::tensor::{Int, Tensor, TensorData};
 use neuron_spec::checkpoint::ShardedCheckpoint;
-use neuron_spec::layers::Communicator;
-use neuron_spec::module::CustomModule;
-use neuron_spec::module::TpContext;
+use neuron_spec::comm::Communicator;
+use neuron_spec::spec::contract::CustomModule;
+use neuron_spec::spec::contract::TpContext;
 use neuron_spec::train::{vocab_parallel_causal_lm_loss, OptimizerState, RankTrainer};
 use neuron_spec::{CheckpointMetadata, Error, Result, Spec, StateDict, TensorSource};
 use std::path::Path;

@@ -54,7 +54,7 @@
 //! let meta = model.create_parameter_metadata()?; // meta.to_json()? is a `--layout` file
 //! assert!(meta.parameters["mlp.down_proj.weight"].tensor_model_parallel);
 //!
-//! // An HF checkpoint: here in memory; `neuron_spec::io::HfCheckpoint::open(dir)?` maps a folder.
+//! // An HF checkpoint: here in memory; `neuron_spec::format::HfCheckpoint::open(dir)?` maps a folder.
 //! let mut hf = StateDict::new();
 //! for (name, shape) in [("mlp.gate_proj.weight", [16, 8]), ("mlp.up_proj.weight", [16, 8]), ("mlp.down_proj.weight", [8, 16])] {
 //!     hf.insert(name.to_string(), HostTensor::from_f32(shape.to_vec(), &[0.5; 128])?);
@@ -89,7 +89,7 @@
 //! Without a model, the Llama-family layout comes from `config.json`:
 //!
 //! ```no_run
-//! use neuron_spec::io::HfCheckpoint;
+//! use neuron_spec::format::HfCheckpoint;
 //! use neuron_spec::{adapt_state_dict, CheckpointMetadata, PlanOptions};
 //! use std::path::Path;
 //!
@@ -107,77 +107,48 @@
 //!
 //! # Module map
 //!
-//! One line per top module; each module's own docs say what it owns.
+//! Folders by concern, in layers: a folder imports only the folders above it in this list (checked by the
+//! workspace test `module_dag`, which holds the same order). Each folder's `mod.rs` says what it owns.
 //!
-//! - [`checkpoint`]: sharded checkpoints on disk (the reference's layout, safetensors instead of pickles).
-//! - [`compare`]: computed values against golden ones (numpy's `allclose`; NaN and infinity fail).
-//! - [`consolidate`](mod@consolidate): a sharded checkpoint back to an HF folder, one tensor at a time.
-//! - [`dtype`]: element types of checkpoint tensors, and casts (round to nearest even).
-//! - [`error`]: the crate's typed error.
-//! - [`io`]: safetensors in and out: memory-mapped reads, streaming writes, HF folders and indexes.
-//! - [`layers`]: the tensor-parallel burn layers and the communicators (feature `burn`).
-//! - [`lora`]: PEFT LoRA adapters both ways (import, export, the fused-group modes).
-//! - [`metadata`]: the parameter metadata that makes a sharded checkpoint self-describing.
-//! - [`model`]: model-level entry points: HF → one rank (`adapt_state_dict`), ranks → HF, the plan compiler.
-//! - [`module`]: the module-tree contract that `#[derive(CustomModule)]` implements.
-//! - [`pipeline`]: a helper thread that computes the next tensor while the current one is written.
-//! - [`plan`]: plans as data: which slices of which source tensors land where.
-//! - [`prelude`]: what a model crate imports (feature `burn`).
-//! - [`progress`]: byte counts for long operations (the CLI draws the bar).
-//! - [`pt`]: optimum-neuron's `.pt` rank files, plain and xser.
-//! - [`rank_source`]: one TP rank of a sharded checkpoint as one tensor source, across pipeline stages.
-//! - [`reference_names`]: the reference's `guess_peft_type` and `get_tensor_model_parallel_attributes` (feature `burn`).
-//! - [`reshard`]: TP N → TP M without an HF round trip.
-//! - [`shard`](mod@shard): an HF checkpoint (and its adapters) to a sharded checkpoint.
-//! - [`sharding`]: the reference's sharding helpers, as plans, with zero padding for uneven splits.
-//! - [`specs`]: transformation specs and their layouts.
-//! - [`stage_checkpoint`]: one pipeline stage of a sharded checkpoint, opened on its own.
-//! - [`stages`]: pipeline-parallel stage assignment.
-//! - [`staging`]: outputs built in a temporary sibling and renamed into place when complete.
-//! - [`synthetic`]: synthetic checkpoints for benchmarks and memory tests.
-//! - [`tensor`]: host tensors that keep the checkpoint's bytes (bf16 stays bf16).
-//! - [`train`]: training the TP model: the loss, AdamW, the gradient all-reduce, trained checkpoints (feature `burn`).
-//! - [`train_data`]: training data files (safetensors, JSONL, text).
-//! - [`train_state`]: a trained checkpoint's optimizer state on disk, without burn.
+//! 1. [`error`], [`progress`], [`compare`]: the crate's typed error, byte counts for long operations, and
+//!    computed values against golden ones (numpy's `allclose`).
+//! 2. [`tensor`]: element types, host tensors that keep the checkpoint's bytes, [`TensorSource`].
+//! 3. [`format`]: safetensors read and write, HF folders, the writers' file-system calls, `.pt` rank files.
+//! 4. [`plan`]: plans as data (which slices of which source tensors land where), the sharding helpers, the
+//!    prefetch thread.
+//! 5. [`spec`]: specs and layouts, parameter metadata, pipeline stages, the `CustomModule` contract, and the
+//!    compiler from specs to plans (`adapt_state_dict`, the consolidation plan).
+//! 6. [`lora`]: PEFT LoRA adapters in memory and in HF form (import, export, the fused-group modes).
+//! 7. [`checkpoint`]: sharded checkpoints on disk: layout, rank files and their writer, stages, adapters,
+//!    optimizer state, outputs staged in a temporary sibling.
+//! 8. [`ops`]: shard, consolidate, reshard.
+//! 9. `comm`: the collectives between ranks: local, MPI, the differentiable ones (feature `burn`).
+//! 10. `layers`: the tensor-parallel burn layers (feature `burn`).
+//! 11. [`train`]: training data files; with `burn`, the loss, AdamW, the gradient all-reduce, trained
+//!     checkpoints.
+//! 12. `prelude`: what a model crate imports (feature `burn`).
 //!
 //! The user guide is the mdBook in `docs/` (`mdbook build docs`); its pages with Rust code are doctests here.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+#[cfg(feature = "burn")]
+pub mod comm;
 pub mod compare;
-pub mod consolidate;
-pub mod dtype;
 pub mod error;
-pub mod io;
+pub mod format;
 #[cfg(feature = "burn")]
 pub mod layers;
 pub mod lora;
-pub mod metadata;
-pub mod model;
-pub mod module;
-pub mod pipeline;
+pub mod ops;
 pub mod plan;
 #[cfg(feature = "burn")]
 pub mod prelude;
 pub mod progress;
-pub mod pt;
-pub mod rank_source;
-#[cfg(feature = "burn")]
-pub mod reference_names;
-pub mod reshard;
-pub mod shard;
-pub mod sharding;
-pub mod specs;
-pub mod stage_checkpoint;
-pub mod stages;
-pub mod staging;
-pub mod synthetic;
+pub mod spec;
 pub mod tensor;
-#[cfg(feature = "burn")]
 pub mod train;
-pub mod train_data;
-pub mod train_state;
 
 // The book's pages that hold Rust code (docs/src/), compiled and run as doctests by `cargo test`.
 #[cfg(doctest)]
@@ -192,19 +163,18 @@ pub use neuron_spec_derive::CustomModule;
 /// Types the derive's generated code names, so a model crate needs no direct `burn`/`indexmap` dependency.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::module::Device;
+    pub use crate::spec::contract::Device;
     pub use indexmap::IndexMap;
 }
 
-pub use consolidate::{
+pub use error::{Error, Result};
+pub use ops::consolidate::{
     consolidate, consolidate_with_adapters, consolidate_with_optimizer, write_hf_folder, AdapterOptions,
 };
-pub use dtype::DType;
-pub use error::{Error, Result};
-pub use metadata::{CheckpointMetadata, ParameterMetadata};
-pub use model::{adapt_state_dict, to_original_weights, PlanOptions};
-pub use plan::{Block, ShardPlan, Source, TensorInfo, TensorPlan, TensorSource};
-pub use shard::{shard, shard_with_adapters};
-pub use sharding::{create_local_fused_weight, create_local_weight_with_padding};
-pub use specs::{FuseAxis, FusedLinearsSpec, GqaQkvColumnParallelLinearSpec, ModelWeightTransformationSpecs, Spec};
-pub use tensor::{HostTensor, StateDict};
+pub use ops::shard::{shard, shard_with_adapters};
+pub use plan::split::{create_local_fused_weight, create_local_weight_with_padding};
+pub use plan::{Block, ShardPlan, Source, TensorPlan};
+pub use spec::compile::{adapt_state_dict, to_original_weights, PlanOptions};
+pub use spec::metadata::{CheckpointMetadata, ParameterMetadata};
+pub use spec::{FuseAxis, FusedLinearsSpec, GqaQkvColumnParallelLinearSpec, ModelWeightTransformationSpecs, Spec};
+pub use tensor::{DType, HostTensor, StateDict, TensorInfo, TensorSource};

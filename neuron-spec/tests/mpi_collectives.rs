@@ -3,7 +3,7 @@
 //! without mpirun.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use neuron_spec::layers::{Communicator, LocalCommunicator, MpiCommunicator};
+use neuron_spec::comm::{Communicator, LocalCommunicator, MpiCommunicator};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

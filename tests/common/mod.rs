@@ -1,5 +1,5 @@
 #![allow(dead_code)]
-use neuron_spec::io::{HfCheckpoint, SafetensorsFile};
+use neuron_spec::format::{HfCheckpoint, SafetensorsFile};
 use neuron_spec::{CheckpointMetadata, TensorSource};
 use neuron_spec_models::{layout_of_dir, QkvLayout};
 use std::path::PathBuf;

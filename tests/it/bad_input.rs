@@ -211,7 +211,7 @@ fn edit_json(path: &Path, edit: impl FnOnce(&mut Value)) {
 
 /// Recomputes the size and checksum the metadata records for rank `rank`.
 fn refresh_checksum(dir: &Path, rank: usize) {
-    let w = neuron_spec::io::file_xxh3(&dir.join(RANKS_DIR).join(rank_file_name(rank))).unwrap();
+    let w = neuron_spec::format::file_xxh3(&dir.join(RANKS_DIR).join(rank_file_name(rank))).unwrap();
     edit_json(&dir.join(METADATA_PATH), |m| {
         m["rank_files"][rank]["size"] = json!(w.size);
         m["rank_files"][rank]["xxh3_64"] = json!(format!("{:016x}", w.xxh3));
@@ -666,7 +666,7 @@ fn rank_file_with_an_extra_tensor_is_not_dropped_silently() {
     // Accepting the loss is explicit.
     let o = cli(["consolidate", s(&dir), s(&out), "--allow-unexpected"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_same_tensors(&neuron_spec::io::HfCheckpoint::open(&out).unwrap(), &hf("llama-gqa"), "allow-unexpected");
+    assert_same_tensors(&neuron_spec::format::HfCheckpoint::open(&out).unwrap(), &hf("llama-gqa"), "allow-unexpected");
 }
 
 #[test]
@@ -712,7 +712,7 @@ fn kv_replicas_that_differ() {
         let out = tmp.path().join(format!("out-{mode}"));
         let o = cli(["consolidate", s(&dir), s(&out), "--kv-replicas", mode]).output().unwrap();
         assert!(o.status.success(), "{mode}: {}", String::from_utf8_lossy(&o.stderr));
-        let back = neuron_spec::io::HfCheckpoint::open(&out).unwrap();
+        let back = neuron_spec::format::HfCheckpoint::open(&out).unwrap();
         let k = back.tensor("model.layers.1.self_attn.k_proj.weight").unwrap().to_f32_vec();
         for (i, (x, y)) in k.iter().zip(&original).enumerate() {
             let d = if i == 5 { expected_delta } else { 0.0 };
@@ -741,7 +741,7 @@ fn kv_replicas_that_differ_stop_a_reshard() {
     let hf_out = tmp.path().join("hf");
     let o = consolidate_cmd(&out, &hf_out).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_same_tensors(&neuron_spec::io::HfCheckpoint::open(&hf_out).unwrap(), &hf("llama-gqa"), "reshard first");
+    assert_same_tensors(&neuron_spec::format::HfCheckpoint::open(&hf_out).unwrap(), &hf("llama-gqa"), "reshard first");
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -987,7 +987,7 @@ fn kill_9_in_the_middle_of_a_consolidation() {
     // The next run (another pid) removes the dead process's directory and succeeds.
     let o = consolidate_cmd(&dir, &out).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_same_tensors(&neuron_spec::io::HfCheckpoint::open(&out).unwrap(), &hf("llama-gqa"), "after kill -9");
+    assert_same_tensors(&neuron_spec::format::HfCheckpoint::open(&out).unwrap(), &hf("llama-gqa"), "after kill -9");
     assert!(!partial.exists(), "the dead process's partial directory is cleaned up");
     assert!(partials_in(tmp.path()).is_empty());
 }
@@ -1183,7 +1183,7 @@ fn sharded_complete(tp: usize) -> impl Fn(&Path) -> bool {
 }
 
 fn same_as_llama_gqa(d: &Path) -> bool {
-    let (Ok(a), b) = (neuron_spec::io::HfCheckpoint::open(d), hf("llama-gqa")) else { return false };
+    let (Ok(a), b) = (neuron_spec::format::HfCheckpoint::open(d), hf("llama-gqa")) else { return false };
     let (mut an, mut bn) = (a.names(), b.names());
     an.sort();
     bn.sort();

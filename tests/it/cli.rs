@@ -24,7 +24,7 @@ fn shard_then_consolidate_from_the_command_line() {
     let o = run(&["consolidate", s(&a), s(&b), "--max-shard-size", "100KB"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(b.join("model.safetensors.index.json").exists());
-    assert_same_tensors(&neuron_spec::io::HfCheckpoint::open(&b).unwrap(), &hf("llama-gqa"), "cli round trip");
+    assert_same_tensors(&neuron_spec::format::HfCheckpoint::open(&b).unwrap(), &hf("llama-gqa"), "cli round trip");
 }
 
 #[test]
@@ -276,7 +276,7 @@ fn forward_golden_with_a_nan_in_the_computed_logits_exits_3() {
     assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(err.contains("non-finite") && err.contains("computed NaN"), "{err}");
     // What was computed is written anyway, for inspection: the NaN is in it.
-    let f = neuron_spec::io::SafetensorsFile::open(&out).unwrap();
+    let f = neuron_spec::format::SafetensorsFile::open(&out).unwrap();
     assert!(f.tensor("logits").unwrap().to_f32_vec().iter().any(|v| v.is_nan()));
 }
 
@@ -297,8 +297,8 @@ fn forward_output_writes_logits_and_hidden_states_that_match_the_golden() {
         s(&out),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let ours = neuron_spec::io::SafetensorsFile::open(&out).unwrap();
-    let g = neuron_spec::io::SafetensorsFile::open(&golden).unwrap();
+    let ours = neuron_spec::format::SafetensorsFile::open(&out).unwrap();
+    let g = neuron_spec::format::SafetensorsFile::open(&golden).unwrap();
     let mut names: Vec<&str> = ours.names().collect();
     names.sort();
     assert_eq!(names, ["hidden_0", "hidden_1", "logits"]);
@@ -326,7 +326,7 @@ fn quickstart_runs_end_to_end() {
     let ids: Vec<i64> = serde_json::from_value(g["plain"]["ids"].clone()).unwrap();
     assert!(stdout.contains(&format!("ids {ids:?}")), "{stdout}");
     assert_same_tensors(
-        &neuron_spec::io::HfCheckpoint::open(&work.join("consolidated")).unwrap(),
+        &neuron_spec::format::HfCheckpoint::open(&work.join("consolidated")).unwrap(),
         &hf("llama-gqa"),
         "quickstart",
     );

@@ -4,8 +4,8 @@
 
 use crate::common;
 use common::*;
-use neuron_spec::io::SafetensorsFile;
-use neuron_spec::plan::TensorSource;
+use neuron_spec::format::SafetensorsFile;
+use neuron_spec::tensor::TensorSource;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -309,7 +309,7 @@ fn non_weight_files_travel_byte_for_byte_and_nothing_else_is_mixed_in() {
         fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
     names.sort();
     assert_eq!(names.len(), SIDE.len() - 1 + 1 + 1, "{names:?}"); // the side files (one dir) + model.safetensors
-    assert_same_tensors(&neuron_spec::io::HfCheckpoint::open(&out).unwrap(), &hf("llama-gqa"), "weights");
+    assert_same_tensors(&neuron_spec::format::HfCheckpoint::open(&out).unwrap(), &hf("llama-gqa"), "weights");
 }
 
 #[test]
@@ -320,14 +320,14 @@ fn consolidate_dtype_is_torchs_rounding_and_only_writes_a_subset() {
     // llama-gqa-bf16 is torch's `.to(torch.bfloat16)` of llama-gqa: the same bytes, tensor by tensor, and config.
     let bf = tmp.path().join("bf16");
     exits(&run(&["consolidate", s(&sharded), s(&bf), "--dtype", "bf16"]), 0, &[]);
-    assert_same_tensors(&neuron_spec::io::HfCheckpoint::open(&bf).unwrap(), &hf("llama-gqa-bf16"), "--dtype bf16");
+    assert_same_tensors(&neuron_spec::format::HfCheckpoint::open(&bf).unwrap(), &hf("llama-gqa-bf16"), "--dtype bf16");
     assert!(fs::read(bf.join("config.json")).unwrap() == fs::read(fixture("llama-gqa-bf16/config.json")).unwrap());
     // And back: bf16 → f32 is exact, so f32 → bf16 of that gives the bf16 bytes again.
     let s2 = tmp.path().join("s2");
     exits(&run(&["shard", s(&bf), s(&s2), "--tp", "2"]), 0, &[]);
     let f32_out = tmp.path().join("f32");
     exits(&run(&["consolidate", s(&s2), s(&f32_out), "--dtype", "f32"]), 0, &[]);
-    let widened = neuron_spec::io::HfCheckpoint::open(&f32_out).unwrap();
+    let widened = neuron_spec::format::HfCheckpoint::open(&f32_out).unwrap();
     let bf16 = hf("llama-gqa-bf16");
     for n in bf16.names() {
         let (w, b) = (widened.tensor(&n).unwrap(), bf16.tensor(&n).unwrap());

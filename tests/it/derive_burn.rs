@@ -6,8 +6,8 @@
 use burn::module::Module;
 use burn::tensor::Device;
 use indexmap::IndexMap;
-use neuron_spec::module::{join_path, CustomModule, FusedLinearLayer, TpContext};
-use neuron_spec::specs::ModelWeightTransformationSpecs;
+use neuron_spec::spec::contract::{join_path, CustomModule, FusedLinearLayer, TpContext};
+use neuron_spec::spec::ModelWeightTransformationSpecs;
 use neuron_spec::{FuseAxis, FusedLinearsSpec, ParameterMetadata, Result, Spec, StateDict, TensorSource};
 
 /// A burn module standing in for a parallel linear.

@@ -11,9 +11,9 @@ use burn::nn::{EmbeddingConfig, LayerNormConfig, LinearConfig};
 use burn::tensor::Device;
 use common::*;
 use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
-use neuron_spec::io::{HfCheckpoint, SafetensorsFile};
-use neuron_spec::module::CustomModule;
-use neuron_spec::reshard::reshard;
+use neuron_spec::format::{HfCheckpoint, SafetensorsFile};
+use neuron_spec::ops::reshard::reshard;
+use neuron_spec::spec::contract::CustomModule;
 use neuron_spec::{consolidate, shard};
 use neuron_spec::{CustomModule as DeriveCustomModule, HostTensor, StateDict};
 use neuron_spec_models::{
@@ -494,7 +494,7 @@ fn burn_linear_layer_norm_and_embedding_are_replicated_leaves_with_hf_names() {
 fn burn_store_loads_the_moe_model_through_its_enums_and_router() {
     use burn_store::ModuleSnapshot;
     use neuron_spec::layers::HfRankStore;
-    use neuron_spec::module::TpContext;
+    use neuron_spec::spec::contract::TpContext;
     let (c, src, d) = (cfg("qwen3-moe"), hf("qwen3-moe"), Device::default());
     let ctx = TpContext::new(2, 1).unwrap();
     let mut model = neuron_spec_models::LlamaForCausalLM::from_config(&c, ctx, QkvLayout::Fused, &d).unwrap();

@@ -9,7 +9,7 @@ use crate::common;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use common::*;
 use neuron_spec::checkpoint::WriteOptions;
-use neuron_spec::layers::{Communicator, LocalCommunicator};
+use neuron_spec::comm::{Communicator, LocalCommunicator};
 use neuron_spec_models::{load_hf_rank_model, KvCache, LlamaForCausalLM, ModelConfig};
 use serde_json::Value;
 use std::path::Path;

@@ -5,16 +5,16 @@
 
 use crate::common;
 use common::*;
+use neuron_spec::checkpoint::adapters::{imported_rank_adapter, sharded_adapters};
 use neuron_spec::checkpoint::WriteOptions;
-use neuron_spec::io::{HfCheckpoint, SafetensorsFile};
-use neuron_spec::lora::disk::{imported_rank_adapter, sharded_adapters};
+use neuron_spec::format::{HfCheckpoint, SafetensorsFile};
 use neuron_spec::lora::{
     adapt_peft_config_for_model, export_adapter, import_adapter, to_original_peft_config_for_model, LoraConfig,
     LoraImportOptions, LoraMode, LoraRankSource, PeftAdapter, TargetModules,
 };
-use neuron_spec::metadata::ParameterMetadata;
-use neuron_spec::module::{CustomModule, TpContext};
-use neuron_spec::specs::{FuseAxis, FusedLinearsSpec};
+use neuron_spec::spec::contract::{CustomModule, TpContext};
+use neuron_spec::spec::metadata::ParameterMetadata;
+use neuron_spec::spec::{FuseAxis, FusedLinearsSpec};
 use neuron_spec::{consolidate_with_adapters, shard_with_adapters, AdapterOptions};
 use neuron_spec::{CheckpointMetadata, HostTensor, ModelWeightTransformationSpecs, Spec, StateDict, TensorSource};
 use neuron_spec_models::{model_metadata, run_tp_forward, run_tp_forward_with_adapters, LlamaForCausalLM, ModelConfig};
@@ -234,7 +234,7 @@ fn several_adapters_side_by_side_with_hyphenated_names() {
     );
     // Resharding carries the adapters along: 2 → 4 → consolidate gives them back byte for byte.
     let r4 = tmp.path().join("tp4");
-    neuron_spec::reshard::reshard(&s, &r4, 4, &WriteOptions::default()).unwrap();
+    neuron_spec::ops::reshard::reshard(&s, &r4, 4, &WriteOptions::default()).unwrap();
     let back = tmp.path().join("back");
     consolidate_with_adapters(&r4, &back, &WriteOptions::default(), &AdapterOptions::default()).unwrap();
     same_bytes(
@@ -415,7 +415,7 @@ fn row_fused_group_imports_exactly_and_exports_back() {
     let infos: Vec<_> = sd.names().iter().map(|n| sd.info(n).unwrap()).collect();
     let meta = [("format".to_string(), "pt".to_string())].into();
     let weights = tmp.path().join("adapter_model.safetensors");
-    neuron_spec::io::write_safetensors(&weights, &infos, &meta, &mut |i| Ok(vec![sd.tensor(&i.name)?])).unwrap();
+    neuron_spec::format::write_safetensors(&weights, &infos, &meta, &mut |i| Ok(vec![sd.tensor(&i.name)?])).unwrap();
     let mut config = LoraConfig::read(&fixture("llama-gqa-lora")).unwrap();
     config.target_modules = TargetModules::List(vec!["x_proj".into(), "y_proj".into()]);
     (config.r, config.lora_alpha) = (2, 4.0);

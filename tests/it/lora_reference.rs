@@ -5,9 +5,9 @@
 
 use crate::common;
 use common::*;
+use neuron_spec::checkpoint::adapters::imported_rank_adapter;
 use neuron_spec::checkpoint::WriteOptions;
-use neuron_spec::io::{HfCheckpoint, SafetensorsFile};
-use neuron_spec::lora::disk::imported_rank_adapter;
+use neuron_spec::format::{HfCheckpoint, SafetensorsFile};
 use neuron_spec::lora::{
     adapt_peft_config_for_model, export_adapter, import_adapter, remove_adapter_name, ImportedAdapter, LoraConfig,
     LoraImportOptions, LoraMode, PeftAdapter, TargetModules,

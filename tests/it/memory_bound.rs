@@ -5,8 +5,8 @@
 //! The smaller one must also come back byte for byte. At most two copies of the larger one are on disk at once,
 //! in whichever of the temp dir and `/dev/shm` has more room (CI machines can be short of disk).
 
-use neuron_spec::io::HfCheckpoint;
-use neuron_spec::synthetic::Shape;
+use neuron_spec::format::synthetic::Shape;
+use neuron_spec::format::HfCheckpoint;
 use neuron_spec::TensorSource;
 use neuron_spec_models::synthetic::generate;
 use std::path::{Path, PathBuf};

@@ -6,8 +6,8 @@ use burn::tensor::Device;
 use burn_store::ModuleSnapshot;
 use common::*;
 use neuron_spec::layers::HfRankStore;
-use neuron_spec::model::to_original_weights;
-use neuron_spec::module::{CustomModule, TpContext};
+use neuron_spec::spec::compile::to_original_weights;
+use neuron_spec::spec::contract::{CustomModule, TpContext};
 use neuron_spec::{CheckpointMetadata, StateDict, TensorSource};
 use neuron_spec_models::{load_hf_rank_model, LlamaForCausalLM, ModelConfig};
 
@@ -146,7 +146,7 @@ fn burn_store_writes_a_rank_file_and_reports_wrong_shapes() {
     let path = tmp.path().join("rank1.safetensors");
     let mut store = HfRankStore::for_saving(&model).unwrap().with_output(&path);
     model.save_into(&mut store).unwrap();
-    let written = neuron_spec::io::SafetensorsFile::open(&path).unwrap();
+    let written = neuron_spec::format::SafetensorsFile::open(&path).unwrap();
     assert_same_tensors(&written, store.saved(), "written rank file");
     // A model built for tp 4 cannot take tp 2's layout: the store names the tensor and both shapes.
     let mut wrong = empty_model("llama-gqa", 4, 0, true);

@@ -1,6 +1,7 @@
 //! The modules of each crate form a DAG: no file reaches, through `crate::` / `super::` paths, a file that
 //! reaches it back. A module's own submodules (`mod x;` in `x`'s parent) are not edges; doc comments are
-//! ignored.
+//! ignored. The library's folders are layered besides: a folder never imports one listed after it in
+//! [`LIBRARY_LAYERS`] (the order of the module map in `neuron-spec/src/lib.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -125,7 +126,89 @@ fn the_check_sees_a_cycle() {
     ]
     .into();
     assert_eq!(find_cycle(&g), Some(vec!["a".into(), "b".into(), "c".into(), "a".into()]));
-    // and the real edges are found: checkpoint.rs uses model.rs
+    // and the real edges are found: checkpoint/mod.rs uses the compiler
     let files = modules(&Path::new(env!("CARGO_MANIFEST_DIR")).join("neuron-spec/src"));
-    assert!(edges(&files)["checkpoint"].contains("model"));
+    assert!(edges(&files)["checkpoint"].contains("spec::compile"));
+}
+
+/// The library's top modules from the bottom up: each may import the ones on its own line or above, never
+/// one below. Same order as the module map in `neuron-spec/src/lib.rs`.
+const LIBRARY_LAYERS: &[&[&str]] = &[
+    &["error", "progress", "compare"],
+    &["tensor"],
+    &["format"],
+    &["plan"],
+    &["spec"],
+    &["lora"],
+    &["checkpoint"],
+    &["ops"],
+    &["comm"],
+    &["layers"],
+    &["train"],
+    &["prelude", "lib"],
+];
+
+/// Imports that go up a layer, as `file: from -> to`. A `crate::` path whose first segment is no top module
+/// (a root re-export such as `crate::DType`) counts as an import of `lib`, the top.
+fn upward_imports(files: &BTreeMap<String, PathBuf>, layers: &[&[&str]]) -> Vec<String> {
+    let rank = |m: &str| layers.iter().position(|l| l.contains(&m));
+    let path_re = regex::Regex::new(r"\bcrate::([A-Za-z_][A-Za-z_0-9]*)").unwrap();
+    let mut out = Vec::new();
+    for (name, file) in files {
+        let top = name.split("::").next().unwrap_or(name);
+        let Some(mine) = rank(top) else {
+            out.push(format!("{}: top module `{top}` is in no layer", file.display()));
+            continue;
+        };
+        let text = std::fs::read_to_string(file).unwrap();
+        let text = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+        let code: String = text.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+        for c in path_re.captures_iter(&code) {
+            let to = if files.contains_key(&c[1]) { &c[1] } else { "lib" };
+            if rank(to).is_some_and(|r| r > mine) {
+                out.push(format!("{}: {top} -> {to}", file.display()));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn library_folders_are_layered() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("neuron-spec/src");
+    let files = modules(&root);
+    let up = upward_imports(&files, LIBRARY_LAYERS);
+    assert!(up.is_empty(), "a lower folder imports a higher one:\n{}", up.join("\n"));
+    // lib.rs's module map lists the same layers in the same order: `//! N. [`a`], `b`: ...`.
+    let lib = std::fs::read_to_string(root.join("lib.rs")).unwrap();
+    let item = regex::Regex::new(r"`([a-z_]+)`").unwrap();
+    let map = lib.split("//! # Module map").nth(1).expect("lib.rs has a module map");
+    let mapped: Vec<Vec<String>> = map
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! "))
+        .filter(|l| l.split_once(". ").is_some_and(|(n, _)| n.parse::<usize>().is_ok()))
+        .map(|l| {
+            let head = l.split_once(':').map_or(l, |(h, _)| h);
+            item.captures_iter(head).map(|c| c[1].to_string()).collect()
+        })
+        .collect();
+    let expected: Vec<Vec<String>> =
+        LIBRARY_LAYERS.iter().map(|l| l.iter().filter(|m| **m != "lib").map(|m| m.to_string()).collect()).collect();
+    assert_eq!(mapped, expected, "lib.rs's module map and LIBRARY_LAYERS differ");
+}
+
+#[test]
+fn the_layer_check_sees_an_upward_import() {
+    let dir = std::env::temp_dir().join(format!("neuron-spec-layers-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("low")).unwrap();
+    std::fs::write(dir.join("lib.rs"), "pub mod low;\npub mod high;\n").unwrap();
+    std::fs::write(dir.join("low/mod.rs"), "use crate::high::X;\n/// crate::high in a doc is no import\n").unwrap();
+    std::fs::write(dir.join("high.rs"), "pub struct X;\nuse crate::low;\nuse crate::Y;\n").unwrap();
+    let files = modules(&dir);
+    let up = upward_imports(&files, &[&["low"], &["high"], &["lib"]]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let up: Vec<String> = up.iter().map(|l| l.rsplit(": ").next().unwrap().to_string()).collect();
+    assert_eq!(up, ["high -> lib", "low -> high"]);
 }

@@ -6,8 +6,8 @@ use crate::common;
 use common::*;
 use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
 use neuron_spec::consolidate;
-use neuron_spec::io::HfCheckpoint;
-use neuron_spec::reshard::reshard;
+use neuron_spec::format::HfCheckpoint;
+use neuron_spec::ops::reshard::reshard;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -195,7 +195,7 @@ const LORA_LAYOUT: [(usize, bool); 3] = [(4, true), (4, true), (2, false)];
 
 /// The reference's `to_original_weights` of these rank files (at tp 4 fused; bit for bit the same as tp 2 unfused,
 /// which the fixture script checks).
-fn reference_consolidated() -> neuron_spec::io::SafetensorsFile {
+fn reference_consolidated() -> neuron_spec::format::SafetensorsFile {
     open("tp-ref-lora/llama-gqa-lora/tp4/consolidated_fused.safetensors")
 }
 
@@ -216,7 +216,7 @@ fn reference_adapters_consolidate_to_the_reference_to_original_weights() {
         let out = tmp.path().join("hf");
         consolidate_all(&fixture(&format!("on-ckpt/{n}")), &out);
         assert!(fs::read(out.join("model.safetensors")).unwrap() == want, "{n}: base differs");
-        let got = neuron_spec::io::SafetensorsFile::open(&out.join("default/adapter_model.safetensors")).unwrap();
+        let got = neuron_spec::format::SafetensorsFile::open(&out.join("default/adapter_model.safetensors")).unwrap();
         assert_same_tensors(&got, &reference_consolidated(), n);
         assert_eq!(got.names().count(), 28, "{n}");
         // The original adapter's config (its modules, r, alpha, no patterns), pointing at the consolidated base.
@@ -237,7 +237,7 @@ fn a_reference_adapter_has_the_mean_mode_layout() {
     for (n, (tp, fuse)) in LORA.into_iter().zip(LORA_LAYOUT) {
         let meta = neuron_spec_models::model_metadata(&cfg, tp, fuse).unwrap();
         let imported = neuron_spec::lora::import_adapter(&meta, &adapter, "default", opts).unwrap();
-        let all = neuron_spec::lora::disk::sharded_adapters(&fixture(&format!("on-ckpt/{n}"))).unwrap();
+        let all = neuron_spec::checkpoint::adapters::sharded_adapters(&fixture(&format!("on-ckpt/{n}"))).unwrap();
         assert_eq!(all.len(), 1, "{n}");
         let a = &all[0];
         assert_eq!((a.name.as_str(), a.checkpoint.tp), ("default", tp), "{n}");
@@ -297,7 +297,7 @@ fn reshard_carries_a_reference_adapter() {
         consolidate_all(&a, &out);
         assert_same_tensors(&HfCheckpoint::open(&out).unwrap(), &hf("llama-gqa"), n);
         assert_same_tensors(
-            &neuron_spec::io::SafetensorsFile::open(&out.join("default/adapter_model.safetensors")).unwrap(),
+            &neuron_spec::format::SafetensorsFile::open(&out.join("default/adapter_model.safetensors")).unwrap(),
             &reference_consolidated(),
             n,
         );

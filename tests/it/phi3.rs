@@ -6,9 +6,9 @@
 use crate::common;
 use common::*;
 use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
-use neuron_spec::io::{HfCheckpoint, SafetensorsFile};
+use neuron_spec::format::{HfCheckpoint, SafetensorsFile};
 use neuron_spec::lora::{import_adapter, LoraImportOptions, LoraMode, PeftAdapter};
-use neuron_spec::reshard::reshard;
+use neuron_spec::ops::reshard::reshard;
 use neuron_spec::{consolidate, consolidate_with_adapters, shard, shard_with_adapters, AdapterOptions};
 use neuron_spec::{CheckpointMetadata, Spec, TensorSource};
 use neuron_spec_models::{layout, run_tp_forward_with_adapters, ModelConfig, QkvLayout};

@@ -6,8 +6,8 @@
 use crate::common;
 use common::*;
 use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
-use neuron_spec::reshard::reshard;
-use neuron_spec::stages::layer_index;
+use neuron_spec::ops::reshard::reshard;
+use neuron_spec::spec::pipeline::layer_index;
 use neuron_spec::{consolidate, shard};
 use std::fs;
 use std::path::Path;
@@ -137,12 +137,12 @@ fn tied_embeddings_across_stages_are_checked() {
     assert!(ck.stages[1].parameters.contains_key("model.embed_tokens.weight"));
     drop(ck);
     consolidate(&s, &out, &WriteOptions::default()).unwrap();
-    assert_same_tensors(&neuron_spec::io::HfCheckpoint::open(&out).unwrap(), &hf("llama-mha-tied"), "tied pp 2");
+    assert_same_tensors(&neuron_spec::format::HfCheckpoint::open(&out).unwrap(), &hf("llama-mha-tied"), "tied pp 2");
     assert!(forward_diff(&s, "llama-mha-tied") <= 1e-4);
 
     // One element of stage 1's copy changed (checksum refreshed, so only the copy check can see it).
     let f = s.join("shards/model/dp_rank_00_tp_rank_01_pp_rank_01.safetensors");
-    let st = neuron_spec::io::SafetensorsFile::open(&f).unwrap();
+    let st = neuron_spec::format::SafetensorsFile::open(&f).unwrap();
     let t = st.tensor("model.embed_tokens.weight").unwrap();
     let mut bytes = fs::read(&f).unwrap();
     let at = bytes.windows(16).position(|w| w == &t.bytes()[..16]).unwrap();
@@ -151,7 +151,7 @@ fn tied_embeddings_across_stages_are_checked() {
     fs::write(&f, &bytes).unwrap();
     let mpath = s.join("shards/mp_metadata_pp_rank_1.json");
     let mut m: serde_json::Value = serde_json::from_str(&fs::read_to_string(&mpath).unwrap()).unwrap();
-    let w = neuron_spec::io::file_xxh3(&f).unwrap();
+    let w = neuron_spec::format::file_xxh3(&f).unwrap();
     m["rank_files"][1]["xxh3_64"] = format!("{:016x}", w.xxh3).into();
     fs::write(&mpath, serde_json::to_string(&m).unwrap()).unwrap();
     let out2 = tmp.path().join("hf2");

@@ -92,7 +92,8 @@ fn bytes_one_rank_reads_from_disk_are_measured() {
     let dir = tmp.path().join("hf");
     // bf16 rows of 2048 values are one 4 KiB page: a column slice (o_proj, down_proj at tp 8, 512 bytes of
     // each row) touches every page of the tensor.
-    let shape = neuron_spec::synthetic::Shape { hidden: 2048, layers: 1, heads: 16, kv: 4, inter: 2048, vocab: 2048 };
+    let shape =
+        neuron_spec::format::synthetic::Shape { hidden: 2048, layers: 1, heads: 16, kv: 4, inter: 2048, vocab: 2048 };
     neuron_spec_models::synthetic::generate(&dir, &shape, 500_000_000).unwrap();
     let files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -109,9 +110,10 @@ fn bytes_one_rank_reads_from_disk_are_measured() {
     }
     let (tp, rank) = (8, 0);
     let meta = neuron_spec_models::layout_of_dir(&dir, tp, neuron_spec_models::QkvLayout::Fused).unwrap();
-    let hf = neuron_spec::io::HfCheckpoint::open(&dir).unwrap();
-    let planned =
-        neuron_spec::model::plan_shards(&meta, &hf, tp, PlanOptions::default()).unwrap().bytes_read_per_rank()[rank];
+    let hf = neuron_spec::format::HfCheckpoint::open(&dir).unwrap();
+    let planned = neuron_spec::spec::compile::plan_shards(&meta, &hf, tp, PlanOptions::default())
+        .unwrap()
+        .bytes_read_per_rank()[rank];
     let local = adapt_state_dict(&meta, &hf, tp, rank, PlanOptions::default()).unwrap();
     drop(local);
     let measured: usize = files.iter().map(|f| resident_bytes(f)).sum::<usize>() - before;

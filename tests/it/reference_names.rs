@@ -6,12 +6,12 @@
 use crate::common;
 use burn::tensor::Device;
 use common::*;
+use neuron_spec::checkpoint::adapters::sharded_adapters;
 use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
-use neuron_spec::lora::disk::sharded_adapters;
 use neuron_spec::lora::{import_adapter, LoraImportOptions, LoraRankSource, PeftAdapter};
-use neuron_spec::module::{CustomModule, TpContext};
-use neuron_spec::reference_names::{get_tensor_model_parallel_attributes, guess_peft_type};
 use neuron_spec::shard_with_adapters;
+use neuron_spec::spec::contract::{CustomModule, TpContext};
+use neuron_spec::spec::reference_names::{get_tensor_model_parallel_attributes, guess_peft_type};
 use neuron_spec::CheckpointMetadata;
 use neuron_spec_models::{model_metadata, LlamaForCausalLM, ModelConfig};
 

@@ -2,7 +2,7 @@
 
 use crate::common;
 use common::*;
-use neuron_spec::model::{to_original_weights, PlanOptions};
+use neuron_spec::spec::compile::{to_original_weights, PlanOptions};
 use neuron_spec::{adapt_state_dict, CheckpointMetadata, GqaQkvColumnParallelLinearSpec, TensorSource};
 
 fn check_ranks(src_dir: &str, tp: usize, fuse: bool) {

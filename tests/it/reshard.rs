@@ -3,8 +3,8 @@
 use crate::common;
 use common::*;
 use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
-use neuron_spec::io::HfCheckpoint;
-use neuron_spec::reshard::reshard;
+use neuron_spec::format::HfCheckpoint;
+use neuron_spec::ops::reshard::reshard;
 use neuron_spec::TensorSource;
 use neuron_spec::{consolidate, shard};
 

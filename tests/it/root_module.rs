@@ -11,8 +11,8 @@ use neuron_spec::layers::{
     ColumnParallelLinear, ColumnParallelLinearConfig, GqaQkvColumnParallelLinear, GqaQkvColumnParallelLinearConfig,
     HfRankStore, RowParallelLinear, RowParallelLinearConfig,
 };
-use neuron_spec::model::to_original_weights;
-use neuron_spec::module::{CustomModule as _, TpContext};
+use neuron_spec::spec::compile::{to_original_weights, HfWeights};
+use neuron_spec::spec::contract::{CustomModule as _, TpContext};
 use neuron_spec::tensor::{HostTensor, StateDict};
 use neuron_spec::{CustomModule, PlanOptions, TensorSource};
 
@@ -67,7 +67,7 @@ const ATTN: &[(&str, [usize; 2])] =
     &[("q_proj.weight", [16, 16]), ("k_proj.weight", [8, 16]), ("v_proj.weight", [8, 16]), ("o_proj.weight", [16, 16])];
 
 /// Loads every rank both ways, checks they agree, and consolidates the saved ranks back to `src`.
-fn check<M: neuron_spec::module::CustomModule + ModuleSnapshot>(
+fn check<M: neuron_spec::spec::contract::CustomModule + ModuleSnapshot>(
     make: &dyn Fn(TpContext) -> M,
     src: &StateDict,
     what: &str,

@@ -3,7 +3,7 @@
 use crate::common;
 use common::*;
 use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
-use neuron_spec::io::{HfCheckpoint, SafetensorsFile};
+use neuron_spec::format::{HfCheckpoint, SafetensorsFile};
 use neuron_spec::{consolidate, shard};
 use neuron_spec::{DType, TensorSource};
 use neuron_spec_models::{layout_of_dir, QkvLayout};

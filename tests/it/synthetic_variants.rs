@@ -5,9 +5,9 @@
 use crate::common;
 use burn::tensor::Device;
 use common::assert_same_tensors;
-use neuron_spec::io::{write_hf_checkpoint, HfCheckpoint};
-use neuron_spec::model::to_original_weights;
-use neuron_spec::module::{CustomModule, TpContext};
+use neuron_spec::format::{write_hf_checkpoint, HfCheckpoint};
+use neuron_spec::spec::compile::to_original_weights;
+use neuron_spec::spec::contract::{CustomModule, TpContext};
 use neuron_spec::{HostTensor, StateDict, TensorInfo, TensorSource};
 use neuron_spec_models::{layout, load_hf_rank_model, run_tp_forward, LlamaForCausalLM, ModelConfig, QkvLayout};
 use std::path::Path;

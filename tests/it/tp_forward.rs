@@ -3,9 +3,9 @@
 use crate::common;
 use common::*;
 use neuron_spec::checkpoint::WriteOptions;
-use neuron_spec::io::SafetensorsFile;
-use neuron_spec::module::{CustomModule, TpContext};
+use neuron_spec::format::SafetensorsFile;
 use neuron_spec::shard;
+use neuron_spec::spec::contract::{CustomModule, TpContext};
 use neuron_spec::TensorSource;
 use neuron_spec_models::{run_sharded_forward, run_tp_forward, ForwardOutput, LlamaForCausalLM, ModelConfig};
 
@@ -110,7 +110,7 @@ fn bad_inputs_are_errors_not_panics() {
     let e = run_tp_forward(&src, &cfg, 3, true, &[vec![1, 2]]).unwrap_err().to_string();
     assert!(e.contains("num_attention_heads") || e.contains("tp 3"), "{e}");
     // A checkpoint lacking a tensor names it.
-    struct Without<'a>(&'a neuron_spec::io::HfCheckpoint, &'a str);
+    struct Without<'a>(&'a neuron_spec::format::HfCheckpoint, &'a str);
     impl TensorSource for Without<'_> {
         fn info(&self, n: &str) -> Option<neuron_spec::TensorInfo> {
             (n != self.1).then(|| self.0.info(n)).flatten()

@@ -15,8 +15,8 @@ use common::{fixture, hf, open};
 use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
 use neuron_spec::compare::{max_abs_diff, mean_abs_diff};
 use neuron_spec::consolidate;
-use neuron_spec::io::HfCheckpoint;
-use neuron_spec::model::to_original_weights;
+use neuron_spec::format::HfCheckpoint;
+use neuron_spec::spec::compile::to_original_weights;
 use neuron_spec::train::{
     read_optimizer_state, reshard_trained, write_trained_checkpoint, AdamWConfig, RankTrainer, TrainMode, TrainOptions,
 };
@@ -505,8 +505,8 @@ fn check_moments_after_one_step(what: &str, dir: &Path, g: &dyn TensorSource, pr
     assert_eq!(state["parameters"].as_array().map(Vec::len), Some(n), "{what}: {state}");
 }
 
-fn open_abs(p: &Path) -> neuron_spec::io::SafetensorsFile {
-    neuron_spec::io::SafetensorsFile::open(p).unwrap()
+fn open_abs(p: &Path) -> neuron_spec::format::SafetensorsFile {
+    neuron_spec::format::SafetensorsFile::open(p).unwrap()
 }
 
 /// Compares a PEFT adapter file (`n` tensors) with the golden's `prefix.*` (peft's names and shapes): max per
@@ -818,12 +818,12 @@ enum PathBufOr {
 /// LoRA-only training of `llama-gqa-lora` (exact mode) for `steps` steps; returns the losses, the step-1
 /// gradients and the trained adapter, both exported to peft's names.
 fn lora_run(tp: usize, fuse: bool, steps: usize) -> (Vec<f32>, StateDict, StateDict) {
-    use neuron_spec::lora::disk::imported_rank_adapter;
+    use neuron_spec::checkpoint::adapters::imported_rank_adapter;
     use neuron_spec::lora::{
         adapter_metadata_for_tp, export_adapter, import_adapter, is_lora_parameter, remove_adapter_name,
         LoraImportOptions, LoraMode, LoraRankSource, PeftAdapter,
     };
-    use neuron_spec::module::CustomModule;
+    use neuron_spec::spec::contract::CustomModule;
     use neuron_spec::train::exact_lora_masks;
     let g = open("llama-gqa-lora/train_golden_lora.safetensors");
     let ids = golden_ids(&g);
@@ -840,7 +840,7 @@ fn lora_run(tp: usize, fuse: bool, steps: usize) -> (Vec<f32>, StateDict, StateD
         steps,
         &|ctx, device| {
             let model = neuron_spec_models::LlamaForCausalLM::new(&cfg.llama, ctx, fuse, None, device)?;
-            let local = neuron_spec::model::adapt_state_dict(&meta, &ck, tp, ctx.rank, Default::default())?;
+            let local = neuron_spec::spec::compile::adapt_state_dict(&meta, &ck, tp, ctx.rank, Default::default())?;
             let src = LoraRankSource::new(&local, vec![imported_rank_adapter(&meta, &a, tp, ctx.rank)?])?;
             let model = model.load_rank_tensors("", &src, device)?;
             let mut t = RankTrainer::new(model, &src, opts, device)?;
@@ -903,7 +903,7 @@ fn lora_only_exact_training_equals_peft_training_the_separate_adapters() {
 #[test]
 fn conjugate_pairs_sum_gradients_over_ranks_and_keep_values() {
     use burn::tensor::{Device, Tensor, TensorData};
-    use neuron_spec::layers::{copy_to_tp_region, reduce_from_tp_region, Communicator, LocalCommunicator};
+    use neuron_spec::comm::{copy_to_tp_region, reduce_from_tp_region, Communicator, LocalCommunicator};
     let vec = |t: Tensor<1>| t.into_data().try_into_vec::<f32>().unwrap();
     // Rank r: y = copy(x)·(r + 1), z = reduce(y), loss_r = sum(z·10^r).
     let comms = LocalCommunicator::group(2).unwrap();

@@ -9,8 +9,8 @@ use crate::common;
 
 use common::{fixture, open};
 use neuron_spec::compare::{max_abs_diff, mean_abs_diff};
-use neuron_spec::io::HfCheckpoint;
-use neuron_spec::train_data::{read_data, TrainData};
+use neuron_spec::format::HfCheckpoint;
+use neuron_spec::train::data::{read_data, TrainData};
 use neuron_spec::TensorSource;
 use neuron_spec_models::TextTokenizer;
 use std::path::Path;

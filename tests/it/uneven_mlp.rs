@@ -5,8 +5,8 @@
 use crate::common;
 use common::*;
 use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
-use neuron_spec::io::{HfCheckpoint, SafetensorsFile};
-use neuron_spec::reshard::reshard;
+use neuron_spec::format::{HfCheckpoint, SafetensorsFile};
+use neuron_spec::ops::reshard::reshard;
 use neuron_spec::TensorSource;
 use neuron_spec::{consolidate, shard};
 use neuron_spec_models::{model_metadata, run_tp_forward, ModelConfig};

@@ -10,7 +10,7 @@
 //! slices, the forward pass, rank 0 writing the logits). Training step: (`--steps 3` − `--steps 1`) / 2 of the
 //! whole command, so start-up, loading and writing the checkpoint cancel out.
 
-use neuron_spec::synthetic::Shape;
+use neuron_spec::format::synthetic::Shape;
 use neuron_spec::{HostTensor, TensorInfo};
 use neuron_spec_models::synthetic::generate;
 use std::path::{Path, PathBuf};
@@ -106,7 +106,7 @@ fn bench(bin: &Path, dir: &Path, shape: &Shape, (b, s): (usize, usize), runs: us
     let ids_path = dir.join("input_ids.safetensors");
     let t = HostTensor::from_i64(vec![b, s], &ids)?;
     let info = TensorInfo { name: "input_ids".into(), dtype: t.dtype(), shape: vec![b, s] };
-    neuron_spec::io::write_safetensors(&ids_path, &[info], &Default::default(), &mut |_| Ok(vec![t.clone()]))?;
+    neuron_spec::format::write_safetensors(&ids_path, &[info], &Default::default(), &mut |_| Ok(vec![t.clone()]))?;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "model: {:.0}M parameters bf16 (hidden {}, {} layers, {} heads / {} kv, intermediate {}, vocab {}), \
@@ -138,7 +138,7 @@ fn bench(bin: &Path, dir: &Path, shape: &Shape, (b, s): (usize, usize), runs: us
             fp = fp.min(timed(c)?);
         }
         let logits = |f: &Path| -> Res<Vec<u8>> {
-            Ok(neuron_spec::io::SafetensorsFile::open(f)?.tensor("logits")?.bytes().to_vec())
+            Ok(neuron_spec::format::SafetensorsFile::open(f)?.tensor("logits")?.bytes().to_vec())
         };
         let f_same = logits(&lt)? == logits(&lp)?;
         // Training: the step time is (3 steps - 1 step) / 2 of the whole command.

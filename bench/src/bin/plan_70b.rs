@@ -5,9 +5,9 @@
 //!
 //! `cargo run --release -p neuron-spec-bench --bin plan_70b [-- --tp N]`
 
-use neuron_spec::dtype::DType;
-use neuron_spec::model::{plan_shards, PlanOptions};
-use neuron_spec::module::{CustomModule, TpContext};
+use neuron_spec::spec::compile::{plan_shards, PlanOptions};
+use neuron_spec::spec::contract::{CustomModule, TpContext};
+use neuron_spec::tensor::DType;
 use neuron_spec::tensor::HostTensor;
 use neuron_spec::{Error, Result, TensorInfo, TensorSource};
 use neuron_spec_models::LlamaConfig;

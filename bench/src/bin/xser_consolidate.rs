@@ -13,7 +13,7 @@
 //! consolidation of the safetensors checkpoint it was made from.
 
 use neuron_spec::checkpoint::WriteOptions;
-use neuron_spec::synthetic::Shape;
+use neuron_spec::format::synthetic::Shape;
 use neuron_spec::{consolidate, shard};
 use neuron_spec_models::synthetic::generate;
 use std::path::{Path, PathBuf};

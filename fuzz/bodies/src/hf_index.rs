@@ -2,7 +2,7 @@
 //! accepts plain file names; `HfCheckpoint::open` on a directory holding that index and two small
 //! safetensors files (`a.safetensors`, `b.safetensors`) never panics, and what it opens is readable.
 
-use neuron_spec::io::{parse_index, write_safetensors, HfCheckpoint, INDEX_FILE};
+use neuron_spec::format::{parse_index, write_safetensors, HfCheckpoint, INDEX_FILE};
 use neuron_spec::{DType, HostTensor, TensorInfo, TensorSource};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

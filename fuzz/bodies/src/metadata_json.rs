@@ -2,7 +2,7 @@
 //! round trip unchanged, and its tp size, spec validation and re-targeting (`metadata_for_tp`) return
 //! errors instead of panicking.
 
-use neuron_spec::reshard::metadata_for_tp;
+use neuron_spec::ops::reshard::metadata_for_tp;
 use neuron_spec::CheckpointMetadata;
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! classes, bounds sizes) and the stored-zip directory reader never panic, and what the zip reader accepts
 //! lies inside the input. Bytes that form a zip are parsed as a torch file too (its `data.pkl`).
 
-use neuron_spec::pt::{pickle, zip};
+use neuron_spec::format::pt::{pickle, zip};
 
 /// The target body.
 pub fn run(data: &[u8]) {

@@ -2,7 +2,7 @@
 //! tensor's byte range lies in the file, matches its dtype and shape, and ranges do not overlap). Small
 //! accepted files are written back with `write_safetensors` and reopened: same tensors, same bytes.
 
-use neuron_spec::io::{parse_safetensors, write_safetensors, SafetensorsFile};
+use neuron_spec::format::{parse_safetensors, write_safetensors, SafetensorsFile};
 use neuron_spec::{HostTensor, TensorSource};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

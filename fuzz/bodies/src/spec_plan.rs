@@ -5,9 +5,9 @@
 
 use arbitrary::Arbitrary;
 use indexmap::IndexMap;
-use neuron_spec::metadata::ParameterMetadata;
-use neuron_spec::model::{adapt_state_dict, plan_rank, to_original_weights, PlanOptions};
-use neuron_spec::specs::{
+use neuron_spec::spec::compile::{adapt_state_dict, plan_rank, to_original_weights, PlanOptions};
+use neuron_spec::spec::metadata::ParameterMetadata;
+use neuron_spec::spec::{
     FuseAxis, FusedLinearsSpec, GqaQkvColumnParallelLinearSpec, ModelWeightTransformationSpecs, Spec,
 };
 use neuron_spec::{CheckpointMetadata, DType, HostTensor, StateDict, TensorInfo, TensorSource};
@@ -229,7 +229,7 @@ pub fn run(data: &[u8]) {
     }
 
     let meta = CheckpointMetadata {
-        format_version: Some(neuron_spec::metadata::FORMAT_VERSION),
+        format_version: Some(neuron_spec::spec::metadata::FORMAT_VERSION),
         tp_size: Some(tp),
         parameters,
         model_weight_transformation_specs: specs,

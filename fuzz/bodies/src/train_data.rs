@@ -9,9 +9,9 @@ pub fn run(data: &[u8]) {
     if std::fs::write(&path, data).is_err() {
         return;
     }
-    if let Ok(rows) = neuron_spec::train_data::read_rows(&path) {
+    if let Ok(rows) = neuron_spec::train::data::read_rows(&path) {
         for bs in [None, Some(1), Some(2)] {
-            if let Ok(batches) = neuron_spec::train_data::batches(&path, rows.clone(), bs, 128) {
+            if let Ok(batches) = neuron_spec::train::data::batches(&path, rows.clone(), bs, 128) {
                 for b in &batches {
                     assert!(b.iter().all(|r| r.len() == b[0].len() && r.len() >= 2), "ragged batch accepted");
                     assert!(b.iter().flatten().all(|t| (0..128).contains(t)), "id outside the vocabulary accepted");
@@ -19,11 +19,11 @@ pub fn run(data: &[u8]) {
             }
         }
     }
-    if let Ok(neuron_spec::train_data::TrainData::Documents(docs)) = neuron_spec::train_data::read_data(&path) {
+    if let Ok(neuron_spec::train::data::TrainData::Documents(docs)) = neuron_spec::train::data::read_data(&path) {
         // Bytes stand in for token ids: packing keeps every id, in order, in whole rows.
         let ids: Vec<Vec<i64>> = docs.iter().map(|d| d.bytes().map(i64::from).collect()).collect();
         for seq in [1, 3, 8] {
-            let rows = neuron_spec::train_data::pack_documents(&ids, -1, seq);
+            let rows = neuron_spec::train::data::pack_documents(&ids, -1, seq);
             let total: usize = ids.iter().map(|d| d.len() + 1).sum();
             assert_eq!(rows.len(), total / seq, "rows of a packing");
             assert!(rows.iter().all(|r| r.len() == seq), "a packed row of another length");

@@ -4,8 +4,8 @@
 #![allow(clippy::default_constructed_unit_structs)]
 
 use crate::mocks::{Linear, NotAModule, Qkv};
-use neuron_spec::module::Device;
-use neuron_spec::module::{CustomModule, TpContext};
+use neuron_spec::spec::contract::Device;
+use neuron_spec::spec::contract::{CustomModule, TpContext};
 use neuron_spec::{Spec, StateDict};
 
 #[derive(neuron_spec::CustomModule)]

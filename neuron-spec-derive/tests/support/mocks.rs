@@ -3,9 +3,9 @@
 // and by the trybuild pass cases (`include!`), hence no inner attributes or doc comments here.
 
 use indexmap::IndexMap;
-use neuron_spec::module::Device;
-use neuron_spec::module::{join_path, CustomModule, FusedLinearLayer, GqaQkvLayer, TpContext};
-use neuron_spec::specs::ModelWeightTransformationSpecs;
+use neuron_spec::spec::contract::Device;
+use neuron_spec::spec::contract::{join_path, CustomModule, FusedLinearLayer, GqaQkvLayer, TpContext};
+use neuron_spec::spec::ModelWeightTransformationSpecs;
 use neuron_spec::{
     DType, FuseAxis, FusedLinearsSpec, GqaQkvColumnParallelLinearSpec, HostTensor, ParameterMetadata, Result, Spec,
     StateDict, TensorSource,

@@ -9,7 +9,7 @@ mod mocks {
 }
 
 use mocks::{Linear, NotAModule, Qkv};
-use neuron_spec::module::CustomModule;
+use neuron_spec::spec::contract::CustomModule;
 use std::marker::PhantomData;
 
 #[derive(neuron_spec::CustomModule)]

@@ -7,7 +7,7 @@ mod mocks {
 }
 
 use mocks::{Linear, NotAModule, Qkv};
-use neuron_spec::module::CustomModule;
+use neuron_spec::spec::contract::CustomModule;
 
 #[derive(neuron_spec::CustomModule)]
 struct Attention {

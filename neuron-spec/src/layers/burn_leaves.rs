@@ -7,11 +7,11 @@
 
 use super::{load_linear_weight, load_same, pname, replicated_meta, save_linear_weight, save_same};
 use crate::error::{Error, Result};
-use crate::metadata::ParameterMetadata;
-use crate::module::{CustomModule, TpContext};
-use crate::plan::TensorSource;
-use crate::specs::ModelWeightTransformationSpecs;
+use crate::spec::contract::{CustomModule, TpContext};
+use crate::spec::metadata::ParameterMetadata;
+use crate::spec::ModelWeightTransformationSpecs;
 use crate::tensor::StateDict;
+use crate::tensor::TensorSource;
 use burn::module::Param;
 use burn::nn::conv::{Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d};
 use burn::nn::{Embedding, GroupNorm, InstanceNorm, LayerNorm, Linear, PRelu};
@@ -157,17 +157,17 @@ mod tests {
         assert!(meta.contains_key("m.bias") && !meta["m.weight"].tensor_model_parallel);
         let mut src = StateDict::new();
         let w: Vec<f32> = (0..6).map(|i| i as f32).collect();
-        src.insert("m.weight".into(), crate::HostTensor::from_f32(vec![3, 2, 1, 1], &w).unwrap());
-        src.insert("m.bias".into(), crate::HostTensor::from_f32(vec![3], &[1., 2., 3.]).unwrap());
+        src.insert("m.weight".into(), crate::tensor::HostTensor::from_f32(vec![3, 2, 1, 1], &w).unwrap());
+        src.insert("m.bias".into(), crate::tensor::HostTensor::from_f32(vec![3], &[1., 2., 3.]).unwrap());
         assert_eq!(round_trip(conv, &src), src);
         let gn = GroupNormConfig::new(1, 2).init(&d);
         let mut src = StateDict::new();
-        src.insert("m.weight".into(), crate::HostTensor::from_f32(vec![2], &[2., 3.]).unwrap());
-        src.insert("m.bias".into(), crate::HostTensor::from_f32(vec![2], &[0.5, 0.25]).unwrap());
+        src.insert("m.weight".into(), crate::tensor::HostTensor::from_f32(vec![2], &[2., 3.]).unwrap());
+        src.insert("m.bias".into(), crate::tensor::HostTensor::from_f32(vec![2], &[0.5, 0.25]).unwrap());
         assert_eq!(round_trip(gn, &src), src);
         let prelu = PReluConfig::new().init(&d);
         let mut src = StateDict::new();
-        src.insert("m.weight".into(), crate::HostTensor::from_f32(vec![1], &[0.2]).unwrap());
+        src.insert("m.weight".into(), crate::tensor::HostTensor::from_f32(vec![1], &[0.2]).unwrap());
         assert_eq!(round_trip(prelu, &src), src);
     }
 }

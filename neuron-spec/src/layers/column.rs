@@ -1,13 +1,14 @@
 //! Column-parallel linear: the output features are split across ranks (HF weight rows, dim 0).
 
-use super::{check_fused, check_last_dim, lazy_zeros, parallel_meta, pname, Communicator};
+use super::{check_fused, check_last_dim, lazy_zeros, parallel_meta, pname};
+use crate::comm::Communicator;
 use crate::error::{Error, Result};
-use crate::metadata::ParameterMetadata;
-use crate::module::{CustomModule, FusedLinearLayer, TpContext};
-use crate::plan::TensorSource;
-use crate::sharding::per_partition_size;
-use crate::specs::{FuseAxis, ModelWeightTransformationSpecs, Spec};
+use crate::plan::split::per_partition_size;
+use crate::spec::contract::{CustomModule, FusedLinearLayer, TpContext};
+use crate::spec::metadata::ParameterMetadata;
+use crate::spec::{FuseAxis, ModelWeightTransformationSpecs, Spec};
 use crate::tensor::StateDict;
+use crate::tensor::TensorSource;
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
@@ -154,14 +155,14 @@ impl ColumnParallelLinear {
 impl ColumnParallelLinear {
     /// This rank's outputs, never gathered (the vocab-parallel loss reads an lm_head's this way).
     ///
-    /// For training, the replicated input passes [`copy_to_tp_region`](super::copy_to_tp_region) (its
+    /// For training, the replicated input passes [`copy_to_tp_region`](crate::comm::copy_to_tp_region) (its
     /// gradient is summed over ranks); a LoRA branch takes the input before that copy and copies `x·A`
     /// instead, so that A (replicated) gets the whole gradient and the input's gradient counts it once.
     pub fn forward_local<const D: usize, C: Communicator>(&self, x: Tensor<D>, comm: &C) -> Result<Tensor<D>> {
         check_last_dim(&x, self.in_features, "ColumnParallelLinear input")?;
-        let mut y = self.linear.forward(super::copy_to_tp_region(x.clone(), comm)?);
+        let mut y = self.linear.forward(crate::comm::copy_to_tp_region(x.clone(), comm)?);
         for b in &self.lora {
-            let h = super::copy_to_tp_region(b.down(x.clone()), comm)?;
+            let h = crate::comm::copy_to_tp_region(b.down(x.clone()), comm)?;
             y = y + b.up(h);
         }
         Ok(y)
@@ -216,7 +217,7 @@ impl FusedLinearLayer for ColumnParallelLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::LocalCommunicator;
+    use crate::comm::LocalCommunicator;
     use crate::tensor::HostTensor;
 
     #[test]

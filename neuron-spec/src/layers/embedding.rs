@@ -1,13 +1,14 @@
 //! Vocab-parallel embedding: the vocabulary rows are split across ranks (dim 0).
 
-use super::{lazy_zeros, load_same, parallel_meta, pname, save_same, Communicator};
+use super::{lazy_zeros, load_same, parallel_meta, pname, save_same};
+use crate::comm::Communicator;
 use crate::error::{Error, Result};
-use crate::metadata::ParameterMetadata;
-use crate::module::{CustomModule, TpContext};
-use crate::plan::TensorSource;
-use crate::sharding::per_partition_size;
-use crate::specs::ModelWeightTransformationSpecs;
+use crate::plan::split::per_partition_size;
+use crate::spec::contract::{CustomModule, TpContext};
+use crate::spec::metadata::ParameterMetadata;
+use crate::spec::ModelWeightTransformationSpecs;
 use crate::tensor::StateDict;
+use crate::tensor::TensorSource;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Int, Tensor};
 use indexmap::IndexMap;
@@ -96,14 +97,14 @@ impl ParallelEmbedding {
         let rows = self.weight.val().select(0, local.reshape([b * s]));
         let rows = rows.reshape([b, s, self.embedding_dim]);
         let mask = outside.unsqueeze_dim::<3>(2).expand([b, s, self.embedding_dim]);
-        super::reduce_from_tp_region(rows.mask_fill(mask, 0.0), comm)
+        crate::comm::reduce_from_tp_region(rows.mask_fill(mask, 0.0), comm)
     }
 
     /// The tied lm_head's local logits `x·E_localᵀ` (`[.., n]`, padding rows included), not gathered; the
-    /// replicated input passes [`copy_to_tp_region`](super::copy_to_tp_region).
+    /// replicated input passes [`copy_to_tp_region`](crate::comm::copy_to_tp_region).
     pub fn attend_local<C: Communicator>(&self, x: Tensor<3>, comm: &C) -> Result<Tensor<3>> {
         super::check_last_dim(&x, self.embedding_dim, "tied lm_head input")?;
-        let x = super::copy_to_tp_region(x, comm)?;
+        let x = crate::comm::copy_to_tp_region(x, comm)?;
         Ok(burn::tensor::module::linear(x, self.weight.val().transpose(), None))
     }
 
@@ -153,7 +154,8 @@ impl CustomModule for ParallelEmbedding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::{tensor_to_f32, LocalCommunicator};
+    use crate::comm::LocalCommunicator;
+    use crate::layers::tensor_to_f32;
     use crate::tensor::HostTensor;
     use burn::tensor::TensorData;
 
@@ -172,7 +174,9 @@ mod tests {
                         let d = Device::default();
                         let emb = ParallelEmbeddingConfig::new(5, 2).init(c.context(), &d).unwrap();
                         let mut src = StateDict::new();
-                        let local = crate::create_local_weight_with_padding(&full, 0, 1, 2, c.context().rank).unwrap();
+                        let local =
+                            crate::plan::split::create_local_weight_with_padding(&full, 0, 1, 2, c.context().rank)
+                                .unwrap();
                         src.insert("e.weight".into(), local);
                         let emb = emb.load_rank_tensors("e", &src, &d).unwrap();
                         let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![4i64, 0, 3, 2], [1, 4]), &d);

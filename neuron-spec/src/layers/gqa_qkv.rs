@@ -6,11 +6,11 @@ use super::{
     save_linear_weight, save_same,
 };
 use crate::error::{Error, Result};
-use crate::metadata::ParameterMetadata;
-use crate::module::{CustomModule, GqaQkvLayer, TpContext};
-use crate::plan::TensorSource;
-use crate::specs::{GqaQkvColumnParallelLinearSpec, ModelWeightTransformationSpecs, Spec};
+use crate::spec::contract::{CustomModule, GqaQkvLayer, TpContext};
+use crate::spec::metadata::ParameterMetadata;
+use crate::spec::{GqaQkvColumnParallelLinearSpec, ModelWeightTransformationSpecs, Spec};
 use crate::tensor::StateDict;
+use crate::tensor::TensorSource;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use indexmap::IndexMap;
@@ -256,21 +256,21 @@ impl GqaQkvColumnParallelLinear {
                     .into(),
             ));
         }
-        self.forward_with(x, &super::grad_comm::NoCollectives)
+        self.forward_with(x, &crate::comm::autodiff::NoCollectives)
     }
 
     /// [`forward`](Self::forward) for training: the replicated input passes
-    /// [`copy_to_tp_region`](super::copy_to_tp_region) (a LoRA branch copies `x·A` instead, as in
+    /// [`copy_to_tp_region`](crate::comm::copy_to_tp_region) (a LoRA branch copies `x·A` instead, as in
     /// [`ColumnParallelLinear::forward_local`](super::ColumnParallelLinear::forward_local)).
-    pub fn forward_with<C: super::Communicator>(&self, x: Tensor<3>, comm: &C) -> Result<QkvOutput> {
+    pub fn forward_with<C: crate::comm::Communicator>(&self, x: Tensor<3>, comm: &C) -> Result<QkvOutput> {
         check_last_dim(&x, self.hidden_size, "GqaQkvColumnParallelLinear input")?;
         let (q, kv) = (self.q_local(), self.kv_local());
-        let xc = super::copy_to_tp_region(x.clone(), comm)?;
+        let xc = crate::comm::copy_to_tp_region(x.clone(), comm)?;
         let lin = |w: &Option<Param<Tensor<2>>>, b: &Option<Param<Tensor<1>>>, what: &str| -> Result<Tensor<3>> {
             let w = w.as_ref().ok_or_else(|| Error::Invalid(format!("GqaQkvColumnParallelLinear has no {what}")))?;
             Ok(burn::tensor::module::linear(xc.clone(), w.val(), b.as_ref().map(|b| b.val())))
         };
-        let down = |br: &super::GqaLoraBranch| super::copy_to_tp_region(br.down(x.clone()), comm);
+        let down = |br: &super::GqaLoraBranch| crate::comm::copy_to_tp_region(br.down(x.clone()), comm);
         if self.fuse_qkv {
             let mut y = lin(&self.weight_qkv, &self.bias_qkv, "weight_qkv")?;
             for br in &self.lora {

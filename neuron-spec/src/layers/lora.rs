@@ -10,8 +10,8 @@
 
 use super::{lazy_zeros, load_linear_weight, pname, save_linear_weight};
 use crate::error::{Error, Result};
-use crate::plan::TensorSource;
 use crate::tensor::StateDict;
+use crate::tensor::TensorSource;
 use burn::module::{LoraAdapter, Module, Param};
 use burn::tensor::{Device, Tensor};
 

@@ -1,5 +1,5 @@
 //! Tensor-parallel burn layers that know their HF layout: each one implements
-//! [`CustomModule`](crate::module::CustomModule) as a leaf (parameter names, TP attributes, loading and
+//! [`CustomModule`](crate::spec::contract::CustomModule) as a leaf (parameter names, TP attributes, loading and
 //! saving rank-local tensors), and runs its forward pass with a [`Communicator`].
 //!
 //! Conventions shared by every layer:
@@ -13,38 +13,30 @@
 
 mod burn_leaves;
 mod column;
-mod comm;
 mod embedding;
 mod gqa_qkv;
-mod grad_comm;
 mod lora;
-#[cfg(feature = "mpi")]
-mod mpi_comm;
 mod rms_norm;
 mod row;
 mod store;
 mod transpose;
 
 pub use column::{ColumnParallelLinear, ColumnParallelLinearConfig};
-pub use comm::{Communicator, LocalCommunicator};
 pub use embedding::{ParallelEmbedding, ParallelEmbeddingConfig};
 pub use gqa_qkv::{GqaQkvColumnParallelLinear, GqaQkvColumnParallelLinearConfig, QkvOutput};
-pub use grad_comm::{copy_to_tp_region, reduce_from_tp_region, GradReducer, HostAllReduce, TpRegionBackend};
 pub use lora::{GqaLoraBranch, LoraBranch};
-#[cfg(feature = "mpi")]
-pub use mpi_comm::MpiCommunicator;
 pub use row::{RowParallelLinear, RowParallelLinearConfig};
 pub use store::{HfRankStore, HfRankStoreError};
 pub use transpose::transpose_2d;
 
 use crate::error::{Error, Result};
-use crate::metadata::ParameterMetadata;
-use crate::plan::TensorSource;
+use crate::spec::metadata::ParameterMetadata;
+use crate::tensor::TensorSource;
 use crate::tensor::{HostTensor, StateDict};
 use burn::module::{Param, ParamId};
 use burn::tensor::{Device, Tensor};
 
-pub(crate) use comm::{f32_tensor, tensor_to_f32};
+pub(crate) use crate::comm::{f32_tensor, tensor_to_f32};
 
 /// A parameter of `shape` that is only allocated (as zeros) if it is read before being loaded.
 pub(crate) fn lazy_zeros<const D: usize>(shape: [usize; D], device: &Device) -> Param<Tensor<D>> {
@@ -53,7 +45,7 @@ pub(crate) fn lazy_zeros<const D: usize>(shape: [usize; D], device: &Device) -> 
 
 /// `prefix.name`.
 pub(crate) fn pname(prefix: &str, name: &str) -> String {
-    crate::module::join_path(prefix, name)
+    crate::spec::contract::join_path(prefix, name)
 }
 
 /// Reads `name` from `src` as f32 values, checking its shape.
@@ -72,7 +64,10 @@ pub(crate) fn read_f32(src: &dyn TensorSource, name: &str, expected: &[usize]) -
         });
     }
     let t = src.tensor(name)?;
-    if !matches!(t.dtype(), crate::DType::F32 | crate::DType::F16 | crate::DType::BF16 | crate::DType::F64) {
+    if !matches!(
+        t.dtype(),
+        crate::tensor::DType::F32 | crate::tensor::DType::F16 | crate::tensor::DType::BF16 | crate::tensor::DType::F64
+    ) {
         return Err(Error::DtypeMismatch {
             tensor: name.to_string(),
             expected: "a float dtype".into(),
@@ -252,11 +247,11 @@ pub(crate) fn fused_linears_spec(
     fused_linear_name: &str,
     linear_names: &[&str],
     (bias, has_lora): (bool, bool),
-    axis: crate::specs::FuseAxis,
+    axis: crate::spec::FuseAxis,
     (configured, total): (Option<&[usize]>, usize),
     tp: usize,
-) -> Result<crate::specs::Spec> {
-    let spec = crate::specs::FusedLinearsSpec {
+) -> Result<crate::spec::Spec> {
+    let spec = crate::spec::FusedLinearsSpec {
         fused_linear_name: fused_linear_name.to_string(),
         linear_names: linear_names.iter().map(|s| s.to_string()).collect(),
         bias,
@@ -271,5 +266,5 @@ pub(crate) fn fused_linears_spec(
     if !linear_names.is_empty() {
         spec.validate(tp)?;
     }
-    Ok(crate::specs::Spec::FusedLinears(spec))
+    Ok(crate::spec::Spec::FusedLinears(spec))
 }

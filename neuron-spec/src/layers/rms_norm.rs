@@ -2,11 +2,11 @@
 
 use super::{load_same, pname, replicated_meta, save_same};
 use crate::error::Result;
-use crate::metadata::ParameterMetadata;
-use crate::module::{CustomModule, TpContext};
-use crate::plan::TensorSource;
-use crate::specs::ModelWeightTransformationSpecs;
+use crate::spec::contract::{CustomModule, TpContext};
+use crate::spec::metadata::ParameterMetadata;
+use crate::spec::ModelWeightTransformationSpecs;
 use crate::tensor::StateDict;
+use crate::tensor::TensorSource;
 use burn::nn::RmsNorm;
 use burn::tensor::Device;
 use indexmap::IndexMap;
@@ -47,7 +47,7 @@ mod tests {
         let norm = RmsNormConfig::new(3).init(&d);
         let mut src = StateDict::new();
         let bf: Vec<u8> = [1.5f32, -2.0, 0.25].iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect();
-        src.insert("n.weight".into(), HostTensor::new(crate::DType::BF16, vec![3], bf).unwrap());
+        src.insert("n.weight".into(), HostTensor::new(crate::tensor::DType::BF16, vec![3], bf).unwrap());
         let norm = norm.load_rank_tensors("n", &src, &d).unwrap();
         let mut out = StateDict::new();
         norm.save_rank_tensors("n", &mut out).unwrap();

@@ -1,14 +1,15 @@
 //! Row-parallel linear: the input features are split across ranks (HF weight columns, dim 1); the partial
 //! products are summed over ranks.
 
-use super::{check_fused, check_last_dim, lazy_zeros, parallel_meta, pname, replicated_meta, Communicator};
+use super::{check_fused, check_last_dim, lazy_zeros, parallel_meta, pname, replicated_meta};
+use crate::comm::Communicator;
 use crate::error::{Error, Result};
-use crate::metadata::ParameterMetadata;
-use crate::module::{CustomModule, FusedLinearLayer, TpContext};
-use crate::plan::TensorSource;
-use crate::sharding::per_partition_size;
-use crate::specs::{FuseAxis, ModelWeightTransformationSpecs, Spec};
+use crate::plan::split::per_partition_size;
+use crate::spec::contract::{CustomModule, FusedLinearLayer, TpContext};
+use crate::spec::metadata::ParameterMetadata;
+use crate::spec::{FuseAxis, ModelWeightTransformationSpecs, Spec};
 use crate::tensor::StateDict;
+use crate::tensor::TensorSource;
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
@@ -128,11 +129,11 @@ impl RowParallelLinear {
     pub fn forward<const D: usize, C: Communicator>(&self, x: Tensor<D>, comm: &C) -> Result<Tensor<D>> {
         check_last_dim(&x, self.local_in_features, "RowParallelLinear input")?;
         let partial = burn::tensor::module::linear(x.clone(), self.linear.weight.val(), None);
-        let mut y = super::reduce_from_tp_region(partial, comm)?;
+        let mut y = crate::comm::reduce_from_tp_region(partial, comm)?;
         // `x·A` is a partial sum (A holds this rank's input rows): reduced before the replicated B, so
         // that B's gradient is whole on every rank.
         for b in &self.lora {
-            y = y + b.up(super::reduce_from_tp_region(b.down(x.clone()), comm)?);
+            y = y + b.up(crate::comm::reduce_from_tp_region(b.down(x.clone()), comm)?);
         }
         Ok(match &self.linear.bias {
             Some(b) => y + b.val().unsqueeze(),
@@ -188,7 +189,8 @@ impl FusedLinearLayer for RowParallelLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::{tensor_to_f32, LocalCommunicator};
+    use crate::comm::LocalCommunicator;
+    use crate::layers::tensor_to_f32;
     use crate::tensor::HostTensor;
     use burn::tensor::TensorData;
 
@@ -211,7 +213,7 @@ mod tests {
                         let mut src = StateDict::new();
                         src.insert(
                             "o.weight".into(),
-                            crate::create_local_weight_with_padding(&full, 1, 1, 2, r).unwrap(),
+                            crate::plan::split::create_local_weight_with_padding(&full, 1, 1, 2, r).unwrap(),
                         );
                         src.insert("o.bias".into(), bias);
                         let layer = layer.load_rank_tensors("o", &src, &d).unwrap();

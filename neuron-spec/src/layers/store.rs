@@ -18,12 +18,12 @@
 
 use super::{tensor_to_f32, transpose_2d};
 use crate::error::{Error, Result};
-use crate::io::write_safetensors;
-use crate::metadata::CheckpointMetadata;
-use crate::model::{adapt_state_dict, PlanOptions};
-use crate::module::{CustomModule, TpContext};
-use crate::plan::{TensorInfo, TensorSource};
+use crate::format::write_safetensors;
+use crate::spec::compile::{adapt_state_dict, PlanOptions};
+use crate::spec::contract::{CustomModule, TpContext};
+use crate::spec::metadata::CheckpointMetadata;
 use crate::tensor::{HostTensor, StateDict};
+use crate::tensor::{TensorInfo, TensorSource};
 use burn::module::{ModuleVisitor, Param};
 use burn::tensor::{Tensor, TensorData};
 use burn_store::burn_pack::Tensor as PackTensor;

@@ -24,12 +24,10 @@
 //! with `rank_pattern` / `alpha_pattern` keeping the scaling.
 
 mod config;
-pub mod disk;
 pub mod export;
 pub mod import;
 mod names;
 mod peft;
-pub mod reference;
 mod source;
 
 pub use config::{full_match, suffix_match, LoraConfig, TargetModules, ADAPTER_CONFIG, ADAPTER_WEIGHTS, LAYOUT_KEY};
@@ -48,8 +46,7 @@ pub use source::{LoraRankAdapter, LoraRankSource};
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-/// The PEFT type a spec carries when its module has LoRA (reference: `peft_type = "lora"`).
-pub const PEFT_TYPE_LORA: &str = "lora";
+pub use crate::spec::PEFT_TYPE_LORA;
 
 /// How the LoRA A matrices of a fused group are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -63,12 +60,12 @@ pub enum LoraMode {
 }
 
 impl std::str::FromStr for LoraMode {
-    type Err = crate::Error;
-    fn from_str(s: &str) -> crate::Result<Self> {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> crate::error::Result<Self> {
         match s {
             "exact" => Ok(LoraMode::Exact),
             "mean" => Ok(LoraMode::Mean),
-            other => Err(crate::Error::Invalid(format!("LoRA mode must be exact or mean, found {other:?}"))),
+            other => Err(crate::error::Error::Invalid(format!("LoRA mode must be exact or mean, found {other:?}"))),
         }
     }
 }
@@ -134,3 +131,20 @@ pub struct LoraMember {
     /// Whether the imported adapter targeted it (partial mode leaves absent members at zero).
     pub present: bool,
 }
+
+/// A whole model's PEFT configs: provided for every [`CustomModule`](crate::spec::contract::CustomModule) (in
+/// the prelude).
+pub trait PeftConfigForModel: crate::spec::contract::CustomModule {
+    /// The PEFT config (one, or a map from adapter name to config) in this model's terms: every spec rewrites
+    /// `target_modules` for its fused layer (reference: `adapt_peft_config_for_model`).
+    fn adapt_peft_config<C: PeftConfigs>(&self, configs: &C, opts: &LoraImportOptions) -> crate::error::Result<C> {
+        adapt_peft_config_for_model(&self.create_parameter_metadata()?, configs, opts)
+    }
+
+    /// The inverse: the config in the HF model's terms (reference: `to_original_peft_config_for_model`).
+    fn to_original_peft_config<C: PeftConfigs>(&self, configs: &C) -> crate::error::Result<C> {
+        to_original_peft_config_for_model(&self.create_parameter_metadata()?, configs)
+    }
+}
+
+impl<T: crate::spec::contract::CustomModule> PeftConfigForModel for T {}

@@ -4,8 +4,8 @@
 use super::config::{suffix_match, LoraConfig, TargetModules, LAYOUT_KEY};
 use super::LoraImportOptions;
 use crate::error::{Error, Result};
-use crate::metadata::CheckpointMetadata;
-use crate::specs::{FuseAxis, Spec};
+use crate::spec::metadata::CheckpointMetadata;
+use crate::spec::{FuseAxis, Spec};
 use indexmap::IndexMap;
 
 /// The fused layer of a spec: its name, the HF modules it replaces (its members, or the one packed module)

@@ -2,8 +2,8 @@
 //! parallel layers read in `load_rank_tensors` to attach their LoRA branches.
 
 use crate::error::{Error, Result};
-use crate::plan::{TensorInfo, TensorSource};
 use crate::tensor::{HostTensor, StateDict};
+use crate::tensor::{TensorInfo, TensorSource};
 use indexmap::IndexMap;
 
 /// One adapter's rank-local factors (names without the adapter: `<module>.lora_A.weight`, as on disk) and its

@@ -14,15 +14,17 @@
 //! `state.json` names the adapter (`"mode": "lora", "adapter": NAME`).
 
 use super::{AdamWConfig, OptimizerState};
+use crate::checkpoint::atomic::Staging;
+use crate::checkpoint::optimizer::{
+    has_optimizer_state, optimizer_adapter, read_state_json, OPTIMIZER_DIR, STATE_JSON,
+};
 use crate::checkpoint::{rank_file_name, RankCheckpoint, METADATA_PATH, RANKS_DIR};
 use crate::error::{Error, Result};
-use crate::io::{write_file_synced, write_safetensors};
-use crate::metadata::{CheckpointMetadata, RankFileEntry, FORMAT_VERSION};
-use crate::plan::TensorSource;
-use crate::staging::Staging;
+use crate::format::{write_file_synced, write_safetensors};
+use crate::spec::metadata::{CheckpointMetadata, RankFileEntry, FORMAT_VERSION};
+use crate::tensor::DType;
 use crate::tensor::StateDict;
-use crate::train_state::{has_optimizer_state, optimizer_adapter, read_state_json, OPTIMIZER_DIR, STATE_JSON};
-use crate::DType;
+use crate::tensor::TensorSource;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -281,13 +283,13 @@ pub fn reshard_trained(
     if !has_optimizer_state(src) {
         return Err(Error::Invalid(format!("{}: no optimizer state to reshard", src.display())));
     }
-    let report = crate::reshard::reshard(src, dst, tp, opts)?;
+    let report = crate::ops::reshard::reshard(src, dst, tp, opts)?;
     let r = (|| {
         let staging = Staging::new(&dst.join(OPTIMIZER_DIR), false)?;
         for m in ["exp_avg", "exp_avg_sq"] {
             let o = crate::checkpoint::WriteOptions { force: false, ..opts.clone() };
             let (from, to) = (src.join(OPTIMIZER_DIR).join(m), staging.path().join(m));
-            crate::reshard::reshard(&from, &to, tp, &o)?;
+            crate::ops::reshard::reshard(&from, &to, tp, &o)?;
             // A LoRA run's moments carry their adapter's config (not a side file: reshard leaves it).
             let config = from.join(crate::lora::ADAPTER_CONFIG);
             if config.is_file() {

@@ -14,16 +14,16 @@
 
 use super::checkpoint::write_optimizer;
 use super::{AdamWConfig, OptimizerState};
+use crate::checkpoint::adapters::{sharded_adapters, write_sharded_adapter};
+use crate::checkpoint::atomic::Staging;
 use crate::checkpoint::{rank_file_name, write_sharded, KvReplicas, ShardedCheckpoint, METADATA_PATH, RANKS_DIR};
 use crate::error::{Error, Result};
-use crate::io::{write_file_synced, HfCheckpoint};
-use crate::lora::disk::{sharded_adapters, write_sharded_adapter};
+use crate::format::{write_file_synced, HfCheckpoint};
 use crate::lora::{adapter_metadata_for_tp, get_adapter_name, remove_adapter_name, ImportedAdapter};
-use crate::metadata::CheckpointMetadata;
-use crate::model::{plan_shards, to_original_weights, PlanOptions};
-use crate::plan::TensorSource;
-use crate::staging::Staging;
+use crate::spec::compile::{plan_shards, to_original_weights, PlanOptions};
+use crate::spec::metadata::CheckpointMetadata;
 use crate::tensor::StateDict;
+use crate::tensor::TensorSource;
 use std::path::Path;
 
 /// Where the frozen base weights of a LoRA run come from.
@@ -128,6 +128,6 @@ pub fn trained_adapter(dir: &Path, name: &str, meta: &CheckpointMetadata) -> Res
         layout,
         tensors: a.consolidate(KvReplicas::Check)?,
         warnings: vec![],
-        source_dir: Some(dir.join(crate::lora::disk::adapter_dir_name(name))),
+        source_dir: Some(dir.join(crate::checkpoint::adapters::adapter_dir_name(name))),
     })
 }

@@ -4,10 +4,10 @@
 //! training the members' separate adapters, and export gives each member its own factors back.
 
 use super::LoraMasks;
+use crate::checkpoint::adapters::imported_rank_adapter;
 use crate::error::{Error, Result};
-use crate::lora::disk::imported_rank_adapter;
 use crate::lora::{insert_adapter_name, ImportedAdapter, LoraMode};
-use crate::metadata::CheckpointMetadata;
+use crate::spec::metadata::CheckpointMetadata;
 use crate::tensor::HostTensor;
 
 /// The masks of `adapter`'s fused factors on rank `rank` of `tp`, keyed by the trainer's rank tensor names
@@ -30,7 +30,7 @@ pub fn exact_lora_masks(
         let parent = module.rsplit_once('.').map_or("", |(p, _)| p);
         for member in group.members.iter() {
             let factor = if group.fuse_axis == 0 { "lora_B" } else { "lora_A" };
-            let name = crate::module::join_path(parent, &format!("{}.{factor}.weight", member.name));
+            let name = crate::spec::contract::join_path(parent, &format!("{}.{factor}.weight", member.name));
             let Some(t) = ones.tensors.get_mut(&name) else {
                 if member.present {
                     return Err(Error::lora(&adapter.name, format!("no {name} for the fused group {module}")));

@@ -1,8 +1,8 @@
 //! Megatron's vocab-parallel cross-entropy: each rank holds a slice of the vocabulary's logits and the full
 //! logits are never gathered (a rank's memory for the loss scales as vocab / tp).
 
+use crate::comm::{reduce_from_tp_region, Communicator};
 use crate::error::{Error, Result};
-use crate::layers::{reduce_from_tp_region, Communicator};
 use burn::tensor::{Int, Tensor, TensorData};
 
 /// The mean next-token cross-entropy of a causal LM, as transformers computes it with `labels=input_ids`

@@ -14,10 +14,10 @@
 
 use super::checkpoint::{write_trained_metadata, write_trained_rank, RankWritten};
 use super::{AdamWConfig, OptimizerState};
+use crate::checkpoint::atomic::{describe_under, Staging};
+use crate::comm::{Communicator, MpiCommunicator};
 use crate::error::{Error, Result};
-use crate::layers::{Communicator, MpiCommunicator};
-use crate::metadata::CheckpointMetadata;
-use crate::staging::{describe_under, Staging};
+use crate::spec::metadata::CheckpointMetadata;
 use crate::tensor::StateDict;
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;

@@ -2,11 +2,11 @@
 //! times (their gradients are summed over the copies, so the copies stay identical and equal the HF
 //! parameter's gradient), and replicated tensors (counted once in the global gradient norm).
 
+use crate::comm::GradReducer;
 use crate::error::Result;
-use crate::layers::GradReducer;
-use crate::metadata::CheckpointMetadata;
-use crate::module::TpContext;
-use crate::specs::Spec;
+use crate::spec::contract::TpContext;
+use crate::spec::metadata::CheckpointMetadata;
+use crate::spec::Spec;
 use indexmap::IndexMap;
 
 /// A rank-local gradient: shape and values (HF orientation, rows = output features).
@@ -28,7 +28,7 @@ fn kv_layouts(meta: &CheckpointMetadata) -> Vec<KvLayout> {
             Spec::GqaQkv(g) if g.num_attention_heads > 0 && g.tp_size > 0 => {
                 let head_dim = g.q_output_size_per_partition * g.tp_size / g.num_attention_heads;
                 Some(KvLayout {
-                    prefix: crate::module::join_path(module, &g.gqa_qkv_projection_name),
+                    prefix: crate::spec::contract::join_path(module, &g.gqa_qkv_projection_name),
                     q_rows: g.q_output_size_per_partition,
                     kv_rows: g.kv_output_size_per_partition,
                     head_dim,

@@ -10,12 +10,13 @@
 
 use super::adamw::AdamWConfig;
 use super::replicas::{local_norm_sq, sum_kv_replicas, GradMap};
+use crate::comm::Communicator;
 use crate::error::{Error, Result};
-use crate::layers::{tensor_to_f32, Communicator};
-use crate::metadata::CheckpointMetadata;
-use crate::module::{CustomModule, TpContext};
-use crate::plan::{TensorInfo, TensorSource};
+use crate::layers::tensor_to_f32;
+use crate::spec::contract::{CustomModule, TpContext};
+use crate::spec::metadata::CheckpointMetadata;
 use crate::tensor::{HostTensor, StateDict};
+use crate::tensor::{TensorInfo, TensorSource};
 use burn::module::ParamId;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Tensor};

@@ -2,7 +2,7 @@
 //! directory reader never panic on mutated and truncated copies of the seed corpus (`fuzz/corpus/pickle/`),
 //! and what the zip reader accepts lies inside the input.
 
-use neuron_spec::pt::{pickle, zip};
+use neuron_spec::format::pt::{pickle, zip};
 use proptest::prelude::*;
 
 fn seeds() -> Vec<Vec<u8>> {

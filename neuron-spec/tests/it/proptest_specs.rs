@@ -1,9 +1,9 @@
 //! Property tests over random head counts, tp sizes, multipliers and fused dims.
 
 use indexmap::IndexMap;
-use neuron_spec::metadata::ParameterMetadata;
-use neuron_spec::model::{adapt_state_dict, to_original_weights, PlanOptions};
-use neuron_spec::specs::{
+use neuron_spec::spec::compile::{adapt_state_dict, to_original_weights, PlanOptions};
+use neuron_spec::spec::metadata::ParameterMetadata;
+use neuron_spec::spec::{
     FuseAxis, FusedLinearsSpec, GqaQkvColumnParallelLinearSpec, ModelWeightTransformationSpecs, Spec,
 };
 use neuron_spec::{CheckpointMetadata, Error, HostTensor, StateDict, TensorSource};

@@ -29,10 +29,11 @@ pub mod import;
 mod names;
 mod peft;
 mod source;
+mod tp_metadata;
 
 pub use config::{full_match, suffix_match, LoraConfig, TargetModules, ADAPTER_CONFIG, ADAPTER_WEIGHTS, LAYOUT_KEY};
 pub use export::{export_adapter, merge_deltas, write_adapter_dir, ExportedAdapter};
-pub use import::{adapter_metadata_for_tp, import_adapter, ImportedAdapter, PeftAdapter};
+pub use import::{import_adapter, ImportedAdapter, PeftAdapter};
 pub use names::{
     check_adapter_name, get_adapter_name, insert_adapter_name, is_base_layer, is_lora_parameter, peft_key,
     remove_adapter_name, split_peft_key, strip_base_layer, PEFT_PREFIX,
@@ -42,6 +43,7 @@ pub use peft::{
     to_original_peft_config_for_model, PeftConfigs,
 };
 pub use source::{LoraRankAdapter, LoraRankSource};
+pub use tp_metadata::adapter_metadata_for_tp;
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};

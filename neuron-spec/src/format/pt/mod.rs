@@ -18,6 +18,7 @@
 pub mod pickle;
 pub mod rank_file;
 pub mod torch_file;
+pub mod value;
 pub mod zip;
 
 pub use rank_file::{PtLayout, PtRankFile};

@@ -19,6 +19,7 @@ mod write;
 pub use read::{is_sharded_dir, RankCheckpoint, ShardedCheckpoint};
 pub(crate) use side_files::copy_side_files;
 pub use side_files::{side_files, SIDE_DIRS};
+pub use write::RankFileWriter;
 pub(crate) use write::{plan_unexpected, with_global_infos, write_sharded, write_staged};
 
 pub use crate::checkpoint::stage::{metadata_path, stage_rank_file_name, RankFormat, StageCheckpoint, RANKS_DIR};

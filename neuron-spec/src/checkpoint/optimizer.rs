@@ -19,7 +19,7 @@
 use crate::checkpoint::adapters::ShardedAdapter;
 use crate::checkpoint::{natural_cmp, KvReplicas, ShardedCheckpoint};
 use crate::error::{Error, Result};
-use crate::format::{write_file_synced, write_safetensors};
+use crate::format::{write_file_synced, write_state_dict};
 use crate::lora::{LoraConfig, ADAPTER_CONFIG};
 use crate::spec::compile::{consolidate_tensor, consolidation_plan};
 use crate::spec::metadata::CheckpointMetadata;
@@ -115,8 +115,7 @@ pub fn consolidate_optimizer(
         infos.sort_by(|a, b| natural_cmp(&a.name, &b.name));
         names = infos.iter().map(|i| i.name.clone()).collect();
         let path = dst.join(format!("{what}.safetensors"));
-        let meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-        write_safetensors(&path, &infos, &meta, &mut |i| Ok(vec![moments.tensor(&i.name)?]))?;
+        write_state_dict(&path, &moments)?;
         files.push(path);
     }
     if let Some(o) = state.as_object_mut() {

@@ -4,14 +4,14 @@ use super::side_files::copy_side_files;
 use super::stage::{metadata_path, stage_rank_file_name, RANKS_DIR};
 use super::Report;
 use crate::error::{Error, Result};
-use crate::format::{safetensors_order, write_file_synced, write_safetensors};
+use crate::format::{pt_metadata, safetensors_order, write_file_synced, write_safetensors};
 use crate::plan::prefetch::with_prefetch;
 use crate::plan::{ShardPlan, TensorPlan};
 use crate::spec::metadata::{CheckpointMetadata, RankFileEntry, FORMAT_VERSION};
 use crate::spec::pipeline::StageAssignment;
-use crate::tensor::{TensorInfo, TensorSource};
+use crate::tensor::{HostTensor, StateDict, TensorInfo, TensorSource};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Records each parameter's global (unpadded) shape and dtype in the metadata, from the plan.
 pub(crate) fn with_global_infos(meta: &CheckpointMetadata, plan: &ShardPlan) -> CheckpointMetadata {
@@ -112,11 +112,8 @@ fn write_stage(
     progress: &crate::progress::ProgressSink,
     stage: usize,
 ) -> Result<Report> {
-    let file_name = |rank: usize| stage_rank_file_name(rank, stage, "safetensors");
-    let ranks_dir = root.join(RANKS_DIR);
-    std::fs::create_dir_all(&ranks_dir).map_err(|e| Error::io(&ranks_dir, e))?;
+    let writer = RankFileWriter::new(root, stage)?;
     let mut report = Report { bytes_read_per_rank: plan.bytes_read_per_rank(), ..Default::default() };
-    let rank_meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     meta.rank_files.clear();
     let total: usize = plan.ranks.iter().flatten().map(TensorPlan::nbytes).sum();
     let bar = progress;
@@ -141,20 +138,15 @@ fn write_stage(
     }
     with_prefetch(&order, &|t| t.pieces(sources), |next| {
         for (rank, infos) in per_rank.iter().enumerate() {
-            let path = ranks_dir.join(file_name(rank));
-            let w = write_safetensors(&path, infos, &rank_meta, &mut |info| {
+            let entry = writer.write(rank, infos, &mut |info| {
                 let out = next(info)?;
                 bar.inc(out.iter().map(|p| p.bytes().len() as u64).sum());
                 Ok(out)
             })?;
-            report.bytes_written += w.size;
-            meta.rank_files.push(RankFileEntry {
-                file: file_name(rank),
-                size: w.size,
-                xxh3_64: format!("{:016x}", w.xxh3),
-            });
+            report.bytes_written += entry.size;
             report.tensors += infos.len();
-            report.files.push(out_dir.join(RANKS_DIR).join(file_name(rank)));
+            report.files.push(out_dir.join(RANKS_DIR).join(&entry.file));
+            meta.rank_files.push(entry);
         }
         Ok(())
     })?;
@@ -166,4 +158,44 @@ fn write_stage(
 pub(crate) fn plan_unexpected(src: &dyn TensorSource, plan: &ShardPlan) -> Vec<String> {
     let used: std::collections::HashSet<&str> = plan.originals.iter().map(|o| o.name.as_str()).collect();
     src.names().into_iter().filter(|n| !used.contains(n.as_str())).collect()
+}
+
+/// The one writer of rank files: stage `stage`'s `<root>/shards/model/dp_rank_00_tp_rank_XX_pp_rank_YY.safetensors`,
+/// each with `format: pt`, returning the entry (file, size, xxh3-64) the checkpoint metadata records. Sharding,
+/// resharding, adapters and trained checkpoints (threads or one MPI process per rank) all write through it.
+pub struct RankFileWriter {
+    dir: PathBuf,
+    stage: usize,
+}
+
+impl RankFileWriter {
+    /// A writer into `root`'s rank directory (created) for pipeline stage `stage`.
+    pub fn new(root: &Path, stage: usize) -> Result<Self> {
+        let dir = root.join(RANKS_DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(Self { dir, stage })
+    }
+
+    /// Rank `rank`'s file name in this stage.
+    pub fn file_name(&self, rank: usize) -> String {
+        stage_rank_file_name(rank, self.stage, "safetensors")
+    }
+
+    /// Writes rank `rank`'s file, asking `fill` for one tensor of `infos` at a time.
+    pub fn write(
+        &self,
+        rank: usize,
+        infos: &[TensorInfo],
+        fill: &mut dyn FnMut(&TensorInfo) -> Result<Vec<HostTensor>>,
+    ) -> Result<RankFileEntry> {
+        let file = self.file_name(rank);
+        let w = write_safetensors(&self.dir.join(&file), infos, &pt_metadata(), fill)?;
+        Ok(RankFileEntry { file, size: w.size, xxh3_64: format!("{:016x}", w.xxh3) })
+    }
+
+    /// Writes the tensors of `sd` as rank `rank`'s file.
+    pub fn write_state_dict(&self, rank: usize, sd: &StateDict) -> Result<RankFileEntry> {
+        let infos: Vec<TensorInfo> = sd.keys().filter_map(|n| sd.info(n)).collect();
+        self.write(rank, &infos, &mut |i| Ok(vec![sd.tensor(&i.name)?]))
+    }
 }

@@ -4,11 +4,10 @@
 use super::fs::write_file_synced;
 use super::safetensors::SafetensorsFile;
 use super::write::Checksum;
-use super::write::{safetensors_order, write_safetensors_with};
+use super::write::{pt_metadata, safetensors_order, write_safetensors_with};
 use crate::error::{Error, Result};
 use crate::tensor::{HostTensor, TensorInfo, TensorSource};
 use indexmap::IndexMap;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Single-file HF checkpoint name.
@@ -193,7 +192,7 @@ pub fn write_hf_checkpoint(
     fill: &mut dyn FnMut(&TensorInfo) -> Result<Vec<HostTensor>>,
 ) -> Result<Vec<PathBuf>> {
     let shards = hf_file_groups(tensors, max_shard_size);
-    let meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let meta = pt_metadata();
     if shards.len() == 1 {
         let p = dir.join(SINGLE_FILE);
         write_safetensors_with(&p, &shards[0], &meta, fill, Checksum::None)?;

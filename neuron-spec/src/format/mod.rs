@@ -12,4 +12,6 @@ pub mod write;
 pub use fs::{file_xxh3, write_file_synced, Written, FAIL_AFTER_BYTES_ENV, SLOW_WRITE_MS_ENV};
 pub use hf::{hf_file_groups, parse_index, parse_size, write_hf_checkpoint, HfCheckpoint, INDEX_FILE, SINGLE_FILE};
 pub use safetensors::{parse_safetensors, SafetensorsFile};
-pub use write::{safetensors_order, write_safetensors, write_safetensors_with, Checksum};
+pub use write::{
+    pt_metadata, safetensors_order, write_safetensors, write_safetensors_with, write_state_dict, Checksum,
+};

@@ -3,7 +3,7 @@
 use super::fs::{env_u64, CountingWriter, Written, FAIL_AFTER_BYTES_ENV, SLOW_WRITE_MS_ENV};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
-use crate::tensor::{numel, HostTensor, TensorInfo};
+use crate::tensor::{numel, HostTensor, StateDict, TensorInfo, TensorSource};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -11,6 +11,18 @@ use std::path::Path;
 /// The order safetensors writers use: larger dtypes first, then by name.
 pub fn safetensors_order(infos: &mut [TensorInfo]) {
     infos.sort_by(|a, b| b.dtype.size().cmp(&a.dtype.size()).then_with(|| a.name.cmp(&b.name)));
+}
+
+/// The `__metadata__` of every safetensors file this crate writes: `{"format": "pt"}`, as torch's and HF's
+/// writers record it.
+pub fn pt_metadata() -> BTreeMap<String, String> {
+    [("format".to_string(), "pt".to_string())].into()
+}
+
+/// Writes the tensors of `sd` to `path` (safetensors order, [`pt_metadata`]), with the file's checksum.
+pub fn write_state_dict(path: &Path, sd: &StateDict) -> Result<Written> {
+    let infos: Vec<TensorInfo> = sd.keys().filter_map(|n| sd.info(n)).collect();
+    write_safetensors(path, &infos, &pt_metadata(), &mut |i| Ok(vec![sd.tensor(&i.name)?]))
 }
 
 /// Whether a safetensors writer computes the file's checksum (rank files record it; HF outputs do not).

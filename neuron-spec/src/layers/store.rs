@@ -18,12 +18,12 @@
 
 use super::{tensor_to_f32, transpose_2d};
 use crate::error::{Error, Result};
-use crate::format::write_safetensors;
+use crate::format::write_state_dict;
 use crate::spec::compile::{adapt_state_dict, PlanOptions};
 use crate::spec::contract::{CustomModule, TpContext};
 use crate::spec::metadata::CheckpointMetadata;
+use crate::tensor::TensorSource;
 use crate::tensor::{HostTensor, StateDict};
-use crate::tensor::{TensorInfo, TensorSource};
 use burn::module::{ModuleVisitor, Param};
 use burn::tensor::{Tensor, TensorData};
 use burn_store::burn_pack::Tensor as PackTensor;
@@ -242,12 +242,7 @@ impl ModuleStore for HfRankStore<'_> {
             out.insert(name, HostTensor::from_f32(hf_shape(&v.shape, transpose), &values)?);
         }
         if let Some(path) = &self.output {
-            let infos: Vec<TensorInfo> = out
-                .iter()
-                .map(|(n, t)| TensorInfo { name: n.clone(), dtype: t.dtype(), shape: t.shape().to_vec() })
-                .collect();
-            let meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-            write_safetensors(path, &infos, &meta, &mut |i| Ok(vec![out.tensor(&i.name)?]))?;
+            write_state_dict(path, &out)?;
         }
         self.saved = out;
         self.cache = None;

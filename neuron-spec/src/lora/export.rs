@@ -6,13 +6,12 @@ use super::names::peft_key;
 use super::peft::{lora_group, plain_modules, to_original_peft_config_for_model};
 use super::LoraModule;
 use crate::error::{Error, Result};
-use crate::format::{write_file_synced, write_safetensors};
+use crate::format::{write_file_synced, write_state_dict};
 use crate::spec::metadata::CheckpointMetadata;
 use crate::spec::Spec;
+use crate::tensor::TensorSource;
 use crate::tensor::{HostTensor, StateDict};
-use crate::tensor::{TensorInfo, TensorSource};
 use indexmap::IndexMap;
-use std::collections::BTreeMap;
 use std::path::Path;
 
 /// An adapter in peft's terms, ready to write.
@@ -241,15 +240,7 @@ fn fix_patterns(config: &mut LoraConfig, modules: &IndexMap<String, (usize, f64)
 /// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir` (which must exist).
 pub fn write_adapter_dir(dir: &Path, adapter: &ExportedAdapter) -> Result<()> {
     write_file_synced(&dir.join(ADAPTER_CONFIG), adapter.config.to_json()?.as_bytes())?;
-    let infos: Vec<TensorInfo> = adapter
-        .tensors
-        .iter()
-        .map(|(n, t)| TensorInfo { name: n.clone(), dtype: t.dtype(), shape: t.shape().to_vec() })
-        .collect();
-    let meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    write_safetensors(&dir.join(ADAPTER_WEIGHTS), &infos, &meta, &mut |i| {
-        Ok(vec![adapter.tensors.tensor(&i.name)?])
-    })?;
+    write_state_dict(&dir.join(ADAPTER_WEIGHTS), &adapter.tensors)?;
     Ok(())
 }
 

@@ -18,13 +18,12 @@ use crate::checkpoint::atomic::Staging;
 use crate::checkpoint::optimizer::{
     has_optimizer_state, optimizer_adapter, read_state_json, OPTIMIZER_DIR, STATE_JSON,
 };
-use crate::checkpoint::{rank_file_name, RankCheckpoint, METADATA_PATH, RANKS_DIR};
+use crate::checkpoint::{RankCheckpoint, RankFileWriter, METADATA_PATH};
 use crate::error::{Error, Result};
-use crate::format::{write_file_synced, write_safetensors};
+use crate::format::write_file_synced;
 use crate::spec::metadata::{CheckpointMetadata, RankFileEntry, FORMAT_VERSION};
 use crate::tensor::DType;
 use crate::tensor::StateDict;
-use crate::tensor::TensorSource;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -55,13 +54,7 @@ pub(super) fn write_ranks(root: &Path, meta: &CheckpointMetadata, ranks: &[&Stat
 
 /// Writes one rank's tensors as its rank file under `root` (a sharded checkpoint's directory).
 fn write_rank_file(root: &Path, rank: usize, sd: &StateDict) -> Result<RankFileEntry> {
-    let dir = root.join(RANKS_DIR);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let rank_meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    let infos: Vec<_> = sd.keys().filter_map(|n| sd.info(n)).collect();
-    let path = dir.join(rank_file_name(rank));
-    let w = write_safetensors(&path, &infos, &rank_meta, &mut |i| Ok(vec![sd.tensor(&i.name)?]))?;
-    Ok(RankFileEntry { file: rank_file_name(rank), size: w.size, xxh3_64: format!("{:016x}", w.xxh3) })
+    RankFileWriter::new(root, 0)?.write_state_dict(rank, sd)
 }
 
 /// Writes the metadata of a sharded checkpoint under `root` whose rank files are `entries` (in rank order)

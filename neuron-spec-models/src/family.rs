@@ -161,7 +161,7 @@ impl TensorSource for Shapes {
         self.0.iter().find(|i| i.name == name).cloned()
     }
     fn tensor(&self, name: &str) -> Result<HostTensor> {
-        Err(Error::Invalid(format!("{name}: a shape-only source holds no data")))
+        Err(Error::Plan(format!("{name}: a shape-only source holds no data")))
     }
     fn names(&self) -> Vec<String> {
         self.0.iter().map(|i| i.name.clone()).collect()
@@ -174,7 +174,7 @@ pub fn hf_tensor_infos(cfg: &ModelConfig, dtype: DType) -> Result<Vec<TensorInfo
     let meta = layout(cfg, 1, QkvLayout::Separate)?;
     let mut local = Vec::with_capacity(meta.parameters.len());
     for (name, p) in &meta.parameters {
-        let shape = p.shape.clone().ok_or_else(|| Error::Invalid(format!("{name}: the layout records no shape")))?;
+        let shape = p.shape.clone().ok_or_else(|| Error::Plan(format!("{name}: the layout records no shape")))?;
         local.push(TensorInfo { name: name.clone(), dtype, shape });
     }
     neuron_spec::spec::compile::original_infos(&meta, &Shapes(local), 1)

@@ -71,7 +71,7 @@ fn gated<C: Communicator>(
     let tp = gate_up_proj.tp.size;
     let local: Vec<usize> = match &gate_up_proj.fused_dims {
         Some(d) if d.len() == 2 => d.iter().map(|x| x.div_ceil(tp)).collect(), // members padded per rank
-        _ => return Err(Error::Invalid("gate_up_proj must fuse exactly gate_proj and up_proj".into())),
+        _ => return Err(Error::Argument("gate_up_proj must fuse exactly gate_proj and up_proj".into())),
     };
     let y = gate_up_proj.forward(x, comm)?;
     let gate = y.clone().narrow(2, 0, local[0]);

@@ -521,7 +521,7 @@ impl LlamaForCausalLM {
         let [_, s] = input_ids.dims();
         let past = cache.len;
         if s == 0 {
-            return Err(Error::Invalid("forward_cached: no new token".into()));
+            return Err(Error::InputData("forward_cached: no new token".into()));
         }
         check_seq(past + s, &self.options)?;
         let o = &self.options;
@@ -585,10 +585,10 @@ pub(crate) fn embed<C: Communicator>(
 /// Refuses an empty sequence, and one longer than an active sliding window.
 pub(crate) fn check_seq(seq: usize, o: &DecoderOptions) -> Result<()> {
     if seq == 0 {
-        return Err(Error::Invalid("empty sequence".into()));
+        return Err(Error::InputData("empty sequence".into()));
     }
     match o.sliding_window {
-        Some(w) if seq > w => Err(Error::Invalid(format!(
+        Some(w) if seq > w => Err(Error::InputData(format!(
             "sequence of {seq} tokens is longer than the sliding window ({w}), which this model does not apply"
         ))),
         _ => Ok(()),
@@ -627,7 +627,7 @@ impl Masks {
     fn new(layers: &[LlamaDecoderLayer], o: &DecoderOptions, past: usize, seq: usize, device: &Device) -> Result<Self> {
         let window = layers.iter().find_map(|l| l.sliding_window);
         if let Some(l) = layers.iter().find(|l| l.sliding_window.is_some_and(|w| Some(w) != window)) {
-            return Err(Error::Invalid(format!("sliding windows {:?} and {window:?} in one model", l.sliding_window)));
+            return Err(Error::Argument(format!("sliding windows {:?} and {window:?} in one model", l.sliding_window)));
         }
         let rope = Rope::at(&o.rope, past, seq, device)?;
         let sliding = match window {
@@ -667,7 +667,7 @@ impl LlamaDecoderLayer {
                 Attention { qkv_proj: &a.qkv_proj, o_proj: &a.o_proj, q_norm: &a.q_norm, k_norm: &a.k_norm }
             }
             SelfAttention::Plain(_) => {
-                return Err(Error::Invalid(
+                return Err(Error::Argument(
                     "the plain q/k/v layout stores weights for any tp and does not run; shard with the GQA layout"
                         .into(),
                 ))
@@ -679,7 +679,7 @@ impl LlamaDecoderLayer {
             (Some(FeedForward::Packed(m)), None) => m.forward(y, comm),
             (Some(FeedForward::Sparse(m)), None) => m.forward(y, comm),
             (None, Some(m)) => m.forward(y, comm),
-            _ => Err(Error::Invalid("a decoder layer needs exactly one of mlp and block_sparse_moe".into())),
+            _ => Err(Error::Argument("a decoder layer needs exactly one of mlp and block_sparse_moe".into())),
         };
         match (&self.pre_feedforward_layernorm, &self.post_feedforward_layernorm) {
             // Gemma: each branch normed on its way in and on its way out.
@@ -693,7 +693,7 @@ impl LlamaDecoderLayer {
                 let h = mlp(o.norm(&self.post_attention_layernorm, x.clone()))?;
                 Ok(x + scale(h))
             }
-            _ => Err(Error::Invalid("a decoder layer has one of the two feed-forward norms, not both".into())),
+            _ => Err(Error::Argument("a decoder layer has one of the two feed-forward norms, not both".into())),
         }
     }
 }
@@ -736,7 +736,7 @@ impl Attention<'_> {
         let p = self.qkv_proj;
         let (hq, hkv, hd) = (p.local_heads(), p.local_kv_heads(), p.head_dim);
         if hkv == 0 || hq % hkv != 0 {
-            return Err(Error::Invalid(format!("{hq} local query heads cannot share {hkv} local kv heads")));
+            return Err(Error::Argument(format!("{hq} local query heads cannot share {hkv} local kv heads")));
         }
         let qkv = p.forward_with(x, comm)?;
         let heads = |t: Tensor<3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);

@@ -16,7 +16,7 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::activation::softmax;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
-use neuron_spec::comm::Communicator;
+use neuron_spec::layers::Communicator;
 use neuron_spec::{CustomModule, Error, Result};
 use serde_json::Value;
 use std::path::Path;
@@ -142,12 +142,12 @@ pub(crate) fn route(
         .clone()
         .detach()
         .try_into_data()
-        .map_err(|e| Error::Invalid(format!("router probabilities: {e:?}")))?
+        .map_err(|e| Error::Tensor(format!("router probabilities: {e:?}")))?
         .convert::<f32>()
         .try_into_vec::<f32>()
-        .map_err(|e| Error::Invalid(format!("router probabilities: {e:?}")))?;
+        .map_err(|e| Error::Tensor(format!("router probabilities: {e:?}")))?;
     if host.len() != n * e || top_k == 0 || top_k > e {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Tensor(format!(
             "router: {} probabilities for {n} tokens, {e} experts, top {top_k}",
             host.len()
         )));

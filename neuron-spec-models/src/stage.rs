@@ -73,7 +73,7 @@ impl LlamaStage {
         device: &Device,
     ) -> Result<Self> {
         if assignment.num_layers() != cfg.llama.num_hidden_layers {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Stage(format!(
                 "the stage assignment covers {} decoder layers, the config has {}",
                 assignment.num_layers(),
                 cfg.llama.num_hidden_layers
@@ -83,7 +83,7 @@ impl LlamaStage {
             .layers
             .get(stage)
             .cloned()
-            .ok_or_else(|| Error::Invalid(format!("no pipeline stage {stage} (pp is {})", assignment.pp())))?;
+            .ok_or_else(|| Error::Stage(format!("no pipeline stage {stage} (pp is {})", assignment.pp())))?;
         let (first, last) = (stage == 0, stage + 1 == assignment.pp());
         let b = Builder::new(cfg, tp, qkv, device)?;
         let tied = b.tied();
@@ -112,25 +112,25 @@ impl LlamaStage {
             }
             (StageInput::Hidden(x), _) if !first => x,
             (StageInput::Tokens(_), _) => {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Stage(format!(
                     "pipeline stage starting at layer {} takes hidden states, not token ids",
                     self.first_layer
                 )))
             }
             (StageInput::Hidden(_), _) => {
-                return Err(Error::Invalid("the first pipeline stage takes token ids, not hidden states".into()))
+                return Err(Error::Stage("the first pipeline stage takes token ids, not hidden states".into()))
             }
         };
         let x = run_layers(&self.layers, x, o, comm, &mut hidden_states)?;
         if !last {
             return Ok(StageOutput { output: x, hidden_states });
         }
-        let norm = self.norm.as_ref().ok_or_else(|| Error::Invalid("the last stage has no model.norm".into()))?;
+        let norm = self.norm.as_ref().ok_or_else(|| Error::Stage("the last stage has no model.norm".into()))?;
         let x = o.norm(norm, x);
         let logits = match (&self.lm_head, &self.embed_tokens) {
             (Some(head), _) => head.forward(x, comm)?,
             (None, Some(emb)) => emb.attend(x, comm)?,
-            (None, None) => return Err(Error::Invalid("the last stage has neither lm_head nor embed_tokens".into())),
+            (None, None) => return Err(Error::Stage("the last stage has neither lm_head nor embed_tokens".into())),
         };
         Ok(StageOutput { output: o.finish_logits(logits), hidden_states })
     }

@@ -12,7 +12,7 @@ use std::path::Path;
 pub fn generate(dir: &Path, shape: &Shape, max_file_size: u64) -> Result<u64> {
     let config = shape.llama_config();
     let cfg: crate::config::LlamaConfig =
-        serde_json::from_value(config.clone()).map_err(|e| Error::Invalid(format!("synthetic config: {e}")))?;
+        serde_json::from_value(config.clone()).map_err(|e| Error::Serialization(format!("synthetic config: {e}")))?;
     let tensors = hf_tensor_infos(&ModelConfig::from(cfg), DType::BF16)?;
     neuron_spec::format::synthetic::generate(dir, &config, &tensors, max_file_size)
 }

@@ -182,7 +182,54 @@ pub enum Error {
         /// Each refused key with the reason.
         keys: Vec<(String, String)>,
     },
-    /// Any other invalid argument.
+    /// A collective between ranks that one rank aborted (a failure elsewhere ends the collective on every
+    /// rank instead of hanging it): [`Error::is_collective_abort`] tells it from the failure that caused it.
+    #[error("collective aborted: {reason}")]
+    CollectiveAborted {
+        /// Which rank aborted and why.
+        reason: String,
+    },
+    /// A collective that cannot run: a communicator that cannot start, a tensor it cannot carry, a rank that
+    /// left or failed (named with its rank).
+    #[error("{0}")]
+    Collective(String),
+    /// Ranks (or the layers of one model) that must agree do not: TP contexts, step counts, rank reports.
+    #[error("{0}")]
+    RanksDiffer(String),
+    /// A value that cannot be serialized or a serialized report that does not parse, naming what it is.
+    #[error("{0}")]
+    Serialization(String),
+    /// A helper thread (checksums, the next tensor) that stopped or failed, naming the file or tensor.
+    #[error("{0}")]
+    Thread(String),
+    /// A tensor that cannot take the asked operation: byte length against dtype and shape, a dimension or
+    /// index range out of bounds, a dtype the operation does not handle; naming the tensor where known.
+    #[error("{0}")]
+    Tensor(String),
+    /// A plan that cannot be built, inverted or run: a missing source or block, blocks that do not tile
+    /// the tensor, a split the reference's helpers refuse; naming the tensor.
+    #[error("{0}")]
+    Plan(String),
+    /// Pipeline stages: a pp out of range, a parameter no stage holds, stages that disagree, an operation
+    /// not implemented over stages.
+    #[error("{0}")]
+    Stage(String),
+    /// Input data that does not fit the model: token ids or labels outside the vocabulary, shapes of a
+    /// batch, training data files.
+    #[error("{0}")]
+    InputData(String),
+    /// An argument or option value (a CLI option, a config field, a builder setting) outside what the
+    /// operation takes, naming the option and the value found.
+    #[error("{0}")]
+    Argument(String),
+    /// A training step that cannot run: no autodiff device, no trainable parameter, a missing gradient.
+    #[error("{0}")]
+    Training(String),
+    /// A checkpoint that lacks what the operation needs (optimizer state, rank files, one adapter) or holds
+    /// it at another TP size, naming the directory.
+    #[error("{0}")]
+    Checkpoint(String),
+    /// Anything no variant above fits; every use says why in a comment.
     #[error("{0}")]
     Invalid(String),
 }
@@ -215,6 +262,11 @@ fn key_mismatch_message(context: &str, missing: &[(String, Option<String>)], une
 }
 
 impl Error {
+    /// Is this the abort of a collective (the consequence of a failure on some rank, not the failure itself)?
+    pub fn is_collective_abort(&self) -> bool {
+        matches!(self, Error::CollectiveAborted { .. })
+    }
+
     /// Names the checkpoint directory in a missing/unexpected-tensors error that only said "checkpoint".
     pub fn in_checkpoint(self, dir: &std::path::Path) -> Self {
         match self {

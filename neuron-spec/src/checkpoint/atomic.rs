@@ -15,7 +15,7 @@ pub struct Staging {
 fn sibling(dest: &Path, tag: &str) -> Result<PathBuf> {
     let name = dest
         .file_name()
-        .ok_or_else(|| Error::Invalid(format!("{}: not a directory name", dest.display())))?
+        .ok_or_else(|| Error::Argument(format!("{}: not a directory name", dest.display())))?
         .to_string_lossy()
         .to_string();
     let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));

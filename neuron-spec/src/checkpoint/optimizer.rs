@@ -42,7 +42,7 @@ pub fn has_optimizer_state(dir: &Path) -> bool {
 pub fn read_state_json(dir: &Path) -> Result<serde_json::Value> {
     let p = dir.join(OPTIMIZER_DIR).join(STATE_JSON);
     if !p.is_file() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Checkpoint(format!(
             "{}: no optimizer state ({} missing): cannot resume training from it",
             dir.display(),
             p.display()
@@ -125,7 +125,7 @@ pub fn consolidate_optimizer(
         }
     }
     let path = dst.join(STATE_JSON);
-    let text = serde_json::to_string_pretty(&state).map_err(|e| Error::Invalid(format!("{STATE_JSON}: {e}")))?;
+    let text = serde_json::to_string_pretty(&state).map_err(|e| Error::Serialization(format!("{STATE_JSON}: {e}")))?;
     write_file_synced(&path, text.as_bytes())?;
     files.push(path);
     Ok(files)

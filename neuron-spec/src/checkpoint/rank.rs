@@ -99,7 +99,7 @@ impl RankSource {
             let (Some(fa), Some(fb)) = (self.files.get(*a), self.files.get(*b)) else { continue };
             let (x, y) = (fa.source().tensor(name)?, fb.source().tensor(name)?);
             if x != y {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Stage(format!(
                     "tensor {name}: the copy in pipeline stage {b} ({}) differs from stage {a}'s ({}); tied weights must agree across stages",
                     fb.path().display(),
                     fa.path().display()

@@ -187,7 +187,7 @@ impl ShardedCheckpoint {
                 (1..threads).map(|t| s.spawn(move || (t..jobs.len()).step_by(threads).try_for_each(check))).collect();
             let first = (0..jobs.len()).step_by(threads).try_for_each(check);
             handles.into_iter().try_fold(first, |acc, h| {
-                let r = h.join().map_err(|_| Error::Invalid("checksum thread failed".into()))?;
+                let r = h.join().map_err(|_| Error::Thread("checksum thread failed".into()))?;
                 Ok(acc.and(r))
             })?
         })
@@ -202,7 +202,7 @@ impl ShardedCheckpoint {
             match check.join() {
                 Ok(Ok(())) => out,
                 Ok(Err(damage)) => Err(damage),
-                Err(_) => Err(Error::Invalid("checksum thread failed".into())),
+                Err(_) => Err(Error::Thread("checksum thread failed".into())),
             }
         })
     }
@@ -267,7 +267,7 @@ impl RankCheckpoint {
             return Err(Error::RankFiles { dir: rdir, reason: format!("metadata says tp {tp}, no rank {rank}") });
         }
         if dir.join(metadata_path(1)).exists() {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Stage(format!(
                 "{}: a checkpoint with pipeline stages: one process per rank runs only pp 1 (reshard it with --pp 1)",
                 dir.display()
             )));

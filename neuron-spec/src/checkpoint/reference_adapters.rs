@@ -207,7 +207,8 @@ pub fn open_reference_adapter(dir: &Path, name: &str) -> Result<(LoraConfig, Sha
     let layout = mean_layout(dir, &base, &original, &modules)?;
     let opts = LoraImportOptions { mode: LoraMode::Mean, allow_partial: false };
     let mut config = adapt_peft_config_for_model(&base, &original, &opts)?;
-    let value = serde_json::to_value(&layout).map_err(|e| Error::Invalid(format!("LoRA layout of {name}: {e}")))?;
+    let value =
+        serde_json::to_value(&layout).map_err(|e| Error::Serialization(format!("LoRA layout of {name}: {e}")))?;
     config.extra.insert(LAYOUT_KEY.to_string(), value);
     let metadata = adapter_metadata_for_tp(&base, &layout)?;
 

@@ -133,7 +133,7 @@ impl StageCheckpoint {
     pub fn open_unverified(dir: &Path, stage: usize) -> Result<Self> {
         let pp = stage_count(dir)?;
         if stage >= pp {
-            return Err(Error::Invalid(format!("{}: no pipeline stage {stage} (pp is {pp})", dir.display())));
+            return Err(Error::Stage(format!("{}: no pipeline stage {stage} (pp is {pp})", dir.display())));
         }
         let mpath = dir.join(metadata_path(stage));
         let metadata = CheckpointMetadata::read(&mpath)?;

@@ -133,7 +133,7 @@ fn write_stage(
     for (infos, tensors) in per_rank.iter().zip(&plan.ranks) {
         let by_name: BTreeMap<&str, &TensorPlan> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
         for i in infos {
-            order.push(*by_name.get(i.name.as_str()).ok_or_else(|| Error::Invalid(format!("no plan for {}", i.name)))?);
+            order.push(*by_name.get(i.name.as_str()).ok_or_else(|| Error::Plan(format!("no plan for {}", i.name)))?);
         }
     }
     with_prefetch(&order, &|t| t.pieces(sources), |next| {

@@ -61,7 +61,7 @@ impl GradReducer {
             Err(p) => p.into_inner(),
         };
         match g.take() {
-            Some(e) => Err(Error::Invalid(format!("backward all-reduce failed: {e}"))),
+            Some(e) => Err(Error::Collective(format!("backward all-reduce failed: {e}"))),
             None => Ok(()),
         }
     }
@@ -147,7 +147,9 @@ pub fn copy_to_tp_region<const D: usize, C: Communicator>(x: Tensor<D>, comm: &C
         return Ok(x);
     }
     let reducer = comm.grad_reducer().ok_or_else(|| {
-        Error::Invalid("this communicator has no backward all-reduce (Communicator::grad_reducer): cannot train".into())
+        Error::Training(
+            "this communicator has no backward all-reduce (Communicator::grad_reducer): cannot train".into(),
+        )
     })?;
     Ok(Tensor::from_dispatch(<Dispatch as TpRegionBackend>::copy_to_tp_region(x.into_dispatch(), reducer)))
 }

@@ -40,7 +40,7 @@ pub trait Communicator: Send + Sync {
     fn broadcast<const D: usize>(&self, t: Tensor<D>, root: usize) -> Result<Tensor<D>> {
         let size = self.context().size;
         if root >= size {
-            return Err(Error::Invalid(format!("broadcast root {root} is not a rank of a group of {size}")));
+            return Err(Error::Collective(format!("broadcast root {root} is not a rank of a group of {size}")));
         }
         if size == 1 || D == 0 {
             return Ok(t);
@@ -99,20 +99,20 @@ impl std::fmt::Debug for LocalCommunicator {
 }
 
 fn poisoned<T>(_: T) -> Error {
-    Error::Invalid("a rank panicked inside a collective (communicator lock poisoned)".into())
+    Error::Collective("a rank panicked inside a collective (communicator lock poisoned)".into())
 }
 
 /// Reads a float tensor back as f32 values with its shape.
 pub(crate) fn tensor_to_f32<const D: usize>(t: Tensor<D>, what: &str) -> Result<(Vec<usize>, Vec<f32>)> {
     let data =
-        t.try_into_data().map_err(|e| Error::Invalid(format!("{what}: reading the tensor back failed: {e:?}")))?;
+        t.try_into_data().map_err(|e| Error::Collective(format!("{what}: reading the tensor back failed: {e:?}")))?;
     let shape = data.shape().to_vec();
     let data = if data.dtype() == DType::F32 {
         data
     } else {
-        data.try_cast_as::<f32>().map_err(|e| Error::Invalid(format!("{what}: cannot convert to f32: {e:?}")))?
+        data.try_cast_as::<f32>().map_err(|e| Error::Collective(format!("{what}: cannot convert to f32: {e:?}")))?
     };
-    let v = data.try_into_vec::<f32>().map_err(|e| Error::Invalid(format!("{what}: {e:?}")))?;
+    let v = data.try_into_vec::<f32>().map_err(|e| Error::Collective(format!("{what}: {e:?}")))?;
     Ok((shape, v))
 }
 
@@ -137,7 +137,7 @@ pub(crate) fn f32_tensor<const D: usize>(
 
 fn dims<const D: usize>(shape: &[usize], what: &str) -> Result<[usize; D]> {
     <[usize; D]>::try_from(shape)
-        .map_err(|_| Error::Invalid(format!("{what}: expected a rank-{D} tensor, found shape {shape:?}")))
+        .map_err(|_| Error::Collective(format!("{what}: expected a rank-{D} tensor, found shape {shape:?}")))
 }
 
 impl LocalCommunicator {
@@ -165,7 +165,7 @@ impl LocalCommunicator {
     }
 
     fn aborted_error(reason: &str) -> Error {
-        Error::Invalid(format!("collective aborted: {reason}"))
+        Error::CollectiveAborted { reason: reason.to_string() }
     }
 
     /// Waits until every rank has arrived; the guard is held again on return.
@@ -202,7 +202,7 @@ impl LocalCommunicator {
         let all: Option<Vec<Slot>> = st.slots.iter().cloned().collect();
         // Second rendezvous: nobody overwrites a slot of the next collective before everyone has read this one.
         drop(self.rendezvous(st)?);
-        all.ok_or_else(|| Error::Invalid("a rank left a collective without its contribution".into()))
+        all.ok_or_else(|| Error::Collective("a rank left a collective without its contribution".into()))
     }
 }
 
@@ -267,7 +267,7 @@ impl Communicator for LocalCommunicator {
 
     fn all_gather<const D: usize>(&self, t: Tensor<D>, dim: usize) -> Result<Tensor<D>> {
         if dim >= D {
-            return Err(Error::Invalid(format!("all_gather: dim {dim} out of range for a rank-{D} tensor")));
+            return Err(Error::Collective(format!("all_gather: dim {dim} out of range for a rank-{D} tensor")));
         }
         if self.shared.size == 1 {
             return Ok(t);

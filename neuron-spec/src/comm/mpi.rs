@@ -59,7 +59,7 @@ impl std::fmt::Debug for MpiCommunicator {
 
 fn count(n: usize, what: &str) -> Result<mpi::Count> {
     mpi::Count::try_from(n)
-        .map_err(|_| Error::Invalid(format!("{what}: {n} elements exceed what one MPI message can carry")))
+        .map_err(|_| Error::Collective(format!("{what}: {n} elements exceed what one MPI message can carry")))
 }
 
 impl MpiCommunicator {
@@ -67,16 +67,16 @@ impl MpiCommunicator {
     /// size as the TP context. Fails if MPI is already initialized in this process.
     pub fn init() -> Result<Self> {
         let (universe, provided) = mpi::initialize_with_threading(Threading::Serialized)
-            .ok_or_else(|| Error::Invalid("MPI is already initialized in this process".into()))?;
+            .ok_or_else(|| Error::Collective("MPI is already initialized in this process".into()))?;
         if !matches!(provided, Threading::Serialized | Threading::Multiple) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Collective(format!(
                 "the MPI library provides threading level {provided:?}, MPI_THREAD_SERIALIZED is needed"
             )));
         }
         let world = universe.world();
         let (size, rank) = (world.size(), world.rank());
-        let size = usize::try_from(size).map_err(|_| Error::Invalid(format!("MPI world size {size}")))?;
-        let rank = usize::try_from(rank).map_err(|_| Error::Invalid(format!("MPI rank {rank}")))?;
+        let size = usize::try_from(size).map_err(|_| Error::Collective(format!("MPI world size {size}")))?;
+        let rank = usize::try_from(rank).map_err(|_| Error::Collective(format!("MPI rank {rank}")))?;
         crate::plan::split::check_tp(size, rank)?;
         let core = Arc::new(Core { lock: Mutex::new(()), live: AtomicBool::new(true), size });
         Ok(Self { universe, core, size, rank })
@@ -140,7 +140,7 @@ impl MpiCommunicator {
 
     fn root(&self, root: usize) -> Result<mpi::Rank> {
         if root >= self.size {
-            return Err(Error::Invalid(format!("broadcast root {root} is not a rank of a group of {}", self.size)));
+            return Err(Error::Collective(format!("broadcast root {root} is not a rank of a group of {}", self.size)));
         }
         count(root, "broadcast root")
     }
@@ -211,7 +211,7 @@ impl Core {
     /// Every rank's shape (a fixed-size header: the rank count, then the dims), in rank order.
     fn gather_shapes(&self, shape: &[usize], what: &str) -> Result<Vec<Vec<usize>>> {
         if shape.len() > MAX_DIMS {
-            return Err(Error::Invalid(format!("{what}: tensors of rank {} (at most {MAX_DIMS})", shape.len())));
+            return Err(Error::Collective(format!("{what}: tensors of rank {} (at most {MAX_DIMS})", shape.len())));
         }
         let mut header = [0u64; MAX_DIMS + 1];
         header[0] = shape.len() as u64;
@@ -269,7 +269,7 @@ impl super::HostAllReduce for Core {
             return Ok(data);
         }
         if !self.live.load(Ordering::SeqCst) {
-            return Err(Error::Invalid("backward all-reduce after the MPI communicator was dropped".into()));
+            return Err(Error::Collective("backward all-reduce after the MPI communicator was dropped".into()));
         }
         self.sum_f32(shape, &data, "backward all_reduce_sum")
     }
@@ -288,13 +288,13 @@ impl Communicator for MpiCommunicator {
         let (shape, data) = tensor_to_f32(t, "all_reduce_sum")?;
         let out = self.core.sum_f32(&shape, &data, "all_reduce_sum")?;
         let dims = <[usize; D]>::try_from(shape.as_slice())
-            .map_err(|_| Error::Invalid(format!("all_reduce_sum: expected a rank-{D} tensor")))?;
+            .map_err(|_| Error::Collective(format!("all_reduce_sum: expected a rank-{D} tensor")))?;
         f32_tensor(out, dims, &device, "all_reduce_sum output")
     }
 
     fn all_gather<const D: usize>(&self, t: Tensor<D>, dim: usize) -> Result<Tensor<D>> {
         if dim >= D {
-            return Err(Error::Invalid(format!("all_gather: dim {dim} out of range for a rank-{D} tensor")));
+            return Err(Error::Collective(format!("all_gather: dim {dim} out of range for a rank-{D} tensor")));
         }
         if self.size == 1 {
             return Ok(t);
@@ -323,7 +323,7 @@ impl Communicator for MpiCommunicator {
         let mut out_shape = shape;
         out_shape[dim] = total;
         let dims = <[usize; D]>::try_from(out_shape.as_slice())
-            .map_err(|_| Error::Invalid(format!("all_gather: expected a rank-{D} tensor")))?;
+            .map_err(|_| Error::Collective(format!("all_gather: expected a rank-{D} tensor")))?;
         f32_tensor(out, dims, &device, "all_gather output")
     }
 
@@ -349,7 +349,7 @@ impl Communicator for MpiCommunicator {
             w.process_at_rank(root_rank).broadcast_into(&mut data[..]);
         }
         let dims = <[usize; D]>::try_from(shape.as_slice())
-            .map_err(|_| Error::Invalid(format!("broadcast: expected a rank-{D} tensor")))?;
+            .map_err(|_| Error::Collective(format!("broadcast: expected a rank-{D} tensor")))?;
         f32_tensor(data, dims, &device, "broadcast output")
     }
 

@@ -213,7 +213,7 @@ pub fn write_hf_checkpoint(
     }
     let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
     let ip = dir.join(INDEX_FILE);
-    let text = serde_json::to_string_pretty(&index).map_err(|e| Error::Invalid(e.to_string()))?;
+    let text = serde_json::to_string_pretty(&index).map_err(|e| Error::Serialization(e.to_string()))?;
     write_file_synced(&ip, text.as_bytes())?;
     files.push(ip);
     Ok(files)
@@ -225,7 +225,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
     let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let v: f64 =
-        num.parse().map_err(|_| Error::Invalid(format!("invalid size {s:?}: expected e.g. 5GB, 500MB or 20KB")))?;
+        num.parse().map_err(|_| Error::Argument(format!("invalid size {s:?}: expected e.g. 5GB, 500MB or 20KB")))?;
     let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 1.0,
         "KB" => 1e3,
@@ -235,11 +235,11 @@ pub fn parse_size(s: &str) -> Result<u64> {
         "KIB" => 1024.0,
         "MIB" => 1024.0 * 1024.0,
         "GIB" => 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(Error::Invalid(format!("invalid size {s:?}: unknown unit {unit:?}"))),
+        _ => return Err(Error::Argument(format!("invalid size {s:?}: unknown unit {unit:?}"))),
     };
     let bytes = v * mult;
     if bytes.is_nan() || bytes < 1.0 {
-        return Err(Error::Invalid(format!("invalid size {s:?}: must be at least one byte")));
+        return Err(Error::Argument(format!("invalid size {s:?}: must be at least one byte")));
     }
     Ok(bytes as u64)
 }

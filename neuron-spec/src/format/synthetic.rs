@@ -44,7 +44,7 @@ impl Shape {
 /// 1-D tensors (norms) in [1, 2).
 pub fn generate(dir: &Path, config: &serde_json::Value, tensors: &[TensorInfo], max_file_size: u64) -> Result<u64> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let text = serde_json::to_string_pretty(config).map_err(|e| Error::Invalid(e.to_string()))?;
+    let text = serde_json::to_string_pretty(config).map_err(|e| Error::Serialization(e.to_string()))?;
     crate::format::write_file_synced(&dir.join("config.json"), text.as_bytes())?;
     let infos: Vec<TensorInfo> = tensors
         .iter()

@@ -57,8 +57,10 @@ pub fn write_safetensors_with(
     safetensors_order(&mut order);
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        header
-            .insert("__metadata__".into(), serde_json::to_value(metadata).map_err(|e| Error::Invalid(e.to_string()))?);
+        header.insert(
+            "__metadata__".into(),
+            serde_json::to_value(metadata).map_err(|e| Error::Serialization(e.to_string()))?,
+        );
     }
     let mut off = 0usize;
     for t in &order {
@@ -69,7 +71,7 @@ pub fn write_safetensors_with(
         );
         off += n;
     }
-    let mut h = serde_json::to_vec(&header).map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut h = serde_json::to_vec(&header).map_err(|e| Error::Serialization(e.to_string()))?;
     while h.len() % 8 != 0 {
         h.push(b' ');
     }
@@ -105,7 +107,7 @@ pub fn write_safetensors_with(
             match &tx {
                 Some(tx) => tx
                     .send(piece)
-                    .map_err(|_| Error::Invalid(format!("{}: the checksum thread stopped", path.display()))),
+                    .map_err(|_| Error::Thread(format!("{}: the checksum thread stopped", path.display()))),
                 None => {
                     piece.release();
                     Ok(())
@@ -149,7 +151,7 @@ pub fn write_safetensors_with(
         drop(tx);
         let xxh3 = match hasher {
             Some(hh) => {
-                hh.join().map_err(|_| Error::Invalid(format!("{}: the checksum thread failed", path.display())))?
+                hh.join().map_err(|_| Error::Thread(format!("{}: the checksum thread failed", path.display())))?
             }
             None => 0,
         };

@@ -85,7 +85,7 @@ impl ParallelEmbedding {
         let (lo, hi) = super::int_range(&ids)?;
         if lo < 0 || hi >= self.num_embeddings as i64 {
             let bad = if lo < 0 { lo } else { hi };
-            return Err(Error::Invalid(format!(
+            return Err(Error::InputData(format!(
                 "token id {bad} is outside the vocabulary [0, {})",
                 self.num_embeddings
             )));

@@ -250,7 +250,7 @@ impl GqaQkvColumnParallelLinear {
     /// `x: [batch, seq, hidden]` → this rank's q, k, v.
     pub fn forward(&self, x: Tensor<3>) -> Result<QkvOutput> {
         if self.tp.size > 1 && x.is_tracked() {
-            return Err(Error::Invalid(
+            return Err(Error::Training(
                 "GqaQkvColumnParallelLinear::forward cannot be trained at tp > 1 (its input gradient needs the \
                  all-reduce): call forward_with(x, comm)"
                     .into(),
@@ -267,7 +267,7 @@ impl GqaQkvColumnParallelLinear {
         let (q, kv) = (self.q_local(), self.kv_local());
         let xc = crate::comm::copy_to_tp_region(x.clone(), comm)?;
         let lin = |w: &Option<Param<Tensor<2>>>, b: &Option<Param<Tensor<1>>>, what: &str| -> Result<Tensor<3>> {
-            let w = w.as_ref().ok_or_else(|| Error::Invalid(format!("GqaQkvColumnParallelLinear has no {what}")))?;
+            let w = w.as_ref().ok_or_else(|| Error::Argument(format!("GqaQkvColumnParallelLinear has no {what}")))?;
             Ok(burn::tensor::module::linear(xc.clone(), w.val(), b.as_ref().map(|b| b.val())))
         };
         let down = |br: &super::GqaLoraBranch| crate::comm::copy_to_tp_region(br.down(x.clone()), comm);

@@ -113,7 +113,7 @@ pub(crate) fn load_same<const D: usize>(
 pub(crate) fn save_linear_weight(p: &Param<Tensor<2>>, name: &str, out: &mut StateDict) -> Result<()> {
     let (shape, v) = tensor_to_f32(p.val(), name)?;
     let [inp, o] =
-        <[usize; 2]>::try_from(shape.as_slice()).map_err(|_| Error::Invalid(format!("{name}: not a matrix")))?;
+        <[usize; 2]>::try_from(shape.as_slice()).map_err(|_| Error::Tensor(format!("{name}: not a matrix")))?;
     let t = transpose_2d(&v, inp, o)?;
     out.insert(name.to_string(), HostTensor::from_f32(vec![o, inp], &t)?);
     Ok(())
@@ -201,13 +201,13 @@ pub(crate) fn check_fused(layer: &str, dims: &[usize], total: usize, _tp: usize)
 
 /// The smallest and largest value of an integer tensor (`(i64::MAX, i64::MIN)` when empty), read back to the host.
 pub(crate) fn int_range<const D: usize>(t: &Tensor<D, burn::tensor::Int>) -> Result<(i64, i64)> {
-    let data = t.try_to_data().map_err(|e| Error::Invalid(format!("reading token ids back failed: {e:?}")))?;
+    let data = t.try_to_data().map_err(|e| Error::InputData(format!("reading token ids back failed: {e:?}")))?;
     let data = if data.dtype() == burn::tensor::DType::I64 {
         data
     } else {
-        data.try_cast_as::<i64>().map_err(|e| Error::Invalid(format!("token ids: {e:?}")))?
+        data.try_cast_as::<i64>().map_err(|e| Error::InputData(format!("token ids: {e:?}")))?
     };
-    let v = data.as_slice::<i64>().map_err(|e| Error::Invalid(format!("token ids: {e:?}")))?;
+    let v = data.as_slice::<i64>().map_err(|e| Error::InputData(format!("token ids: {e:?}")))?;
     Ok(v.iter().fold((i64::MAX, i64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x))))
 }
 

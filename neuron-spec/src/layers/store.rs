@@ -202,7 +202,7 @@ impl<'a> HfRankStore<'a> {
 
     fn source(&self) -> Result<&'a dyn TensorSource> {
         self.source.ok_or_else(|| {
-            Error::Invalid("this HfRankStore was made for saving only; it has no checkpoint to load".into())
+            Error::Argument("this HfRankStore was made for saving only; it has no checkpoint to load".into())
         })
     }
 
@@ -225,7 +225,7 @@ impl<'a> HfRankStore<'a> {
             }
             self.cache = Some(map);
         }
-        self.cache.as_ref().ok_or_else(|| Error::Invalid("tensor cache".into()))
+        self.cache.as_ref().ok_or_else(|| Error::Plan("tensor cache".into()))
     }
 }
 
@@ -281,7 +281,7 @@ impl ModuleStore for HfRankStore<'_> {
         }
         let result = module.apply(tensors, None, None, false);
         if !result.errors.is_empty() || !result.missing.is_empty() {
-            return Err(Error::Invalid(format!("applying rank tensors: {result}")));
+            return Err(Error::Checkpoint(format!("applying rank tensors: {result}")));
         }
         Ok(result)
     }

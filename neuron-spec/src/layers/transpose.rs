@@ -8,9 +8,9 @@ const TILE: usize = 32;
 
 /// Transposes a row-major `[rows, cols]` matrix into a row-major `[cols, rows]` one, tile by tile.
 pub fn transpose_2d<T: Copy + Default>(src: &[T], rows: usize, cols: usize) -> Result<Vec<T>> {
-    let n = rows.checked_mul(cols).ok_or_else(|| Error::Invalid(format!("transpose: [{rows}, {cols}] overflows")))?;
+    let n = rows.checked_mul(cols).ok_or_else(|| Error::Tensor(format!("transpose: [{rows}, {cols}] overflows")))?;
     if src.len() != n {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Tensor(format!(
             "transpose: a [{rows}, {cols}] matrix needs {n} elements, got {}",
             src.len()
         )));

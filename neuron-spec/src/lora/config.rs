@@ -177,8 +177,8 @@ impl LoraConfig {
 
     /// JSON as peft writes it: keys sorted, two-space indent.
     pub fn to_json(&self) -> Result<String> {
-        let v = serde_json::to_value(self).map_err(|e| Error::Invalid(format!("adapter config: {e}")))?;
-        serde_json::to_string_pretty(&sorted(v)).map_err(|e| Error::Invalid(format!("adapter config: {e}")))
+        let v = serde_json::to_value(self).map_err(|e| Error::Serialization(format!("adapter config: {e}")))?;
+        serde_json::to_string_pretty(&sorted(v)).map_err(|e| Error::Serialization(format!("adapter config: {e}")))
     }
 
     /// The rank and alpha peft gives the module at `path` (`rank_pattern` / `alpha_pattern`, first matching key).

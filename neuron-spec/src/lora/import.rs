@@ -145,9 +145,9 @@ pub(crate) fn place(
     let mut out = vec![0u8; rows * cols * es];
     for (t, r0, c0) in blocks {
         let [sr, sc] = <[usize; 2]>::try_from(t.shape())
-            .map_err(|_| Error::Invalid(format!("LoRA factor of shape {:?} is not a matrix", t.shape())))?;
+            .map_err(|_| Error::Tensor(format!("LoRA factor of shape {:?} is not a matrix", t.shape())))?;
         if t.dtype() != dtype || r0 + sr > rows || c0 + sc > cols {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Tensor(format!(
                 "LoRA block {:?} {} at ({r0}, {c0}) does not fit [{rows}, {cols}] {dtype}",
                 t.shape(),
                 t.dtype()
@@ -164,7 +164,7 @@ pub(crate) fn place(
 
 /// The elementwise mean, computed in f32 (sum in order, then divide), in the inputs' dtype.
 pub(crate) fn mean(ts: &[&HostTensor]) -> Result<HostTensor> {
-    let first = ts.first().ok_or_else(|| Error::Invalid("mean of no tensors".into()))?;
+    let first = ts.first().ok_or_else(|| Error::Tensor("mean of no tensors".into()))?;
     let mut acc = first.to_f32_vec();
     for t in &ts[1..] {
         if t.shape() != first.shape() {
@@ -410,7 +410,7 @@ pub fn import_adapter(
         ));
     }
     let layout_value =
-        serde_json::to_value(&layout).map_err(|e| Error::Invalid(format!("LoRA layout of {name}: {e}")))?;
+        serde_json::to_value(&layout).map_err(|e| Error::Serialization(format!("LoRA layout of {name}: {e}")))?;
     config.extra.insert(LAYOUT_KEY.to_string(), layout_value);
     let metadata = adapter_metadata_for_tp(base, &layout)?;
     let source_dir = Some(adapter.dir.clone());

@@ -67,7 +67,7 @@ impl std::str::FromStr for LoraMode {
         match s {
             "exact" => Ok(LoraMode::Exact),
             "mean" => Ok(LoraMode::Mean),
-            other => Err(crate::error::Error::Invalid(format!("LoRA mode must be exact or mean, found {other:?}"))),
+            other => Err(crate::error::Error::Argument(format!("LoRA mode must be exact or mean, found {other:?}"))),
         }
     }
 }

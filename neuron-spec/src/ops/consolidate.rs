@@ -52,7 +52,7 @@ pub fn write_hf_folder(
             .collect();
         let written = write_hf_checkpoint(staging.path(), &infos, max_shard_size, &mut |info| {
             let t =
-                state.get(&info.name).ok_or_else(|| Error::Invalid(format!("{}: not in the state dict", info.name)))?;
+                state.get(&info.name).ok_or_else(|| Error::Plan(format!("{}: not in the state dict", info.name)))?;
             Ok(vec![t.clone()])
         })?;
         let mut files: Vec<PathBuf> =
@@ -104,7 +104,7 @@ pub fn consolidate_with_optimizer(
     optimizer: bool,
 ) -> Result<Report> {
     if optimizer && !crate::checkpoint::optimizer::has_optimizer_state(sharded_dir) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Checkpoint(format!(
             "--optimizer: {} has no optimizer state ({}/{} missing; only `neuron-spec train` writes one)",
             sharded_dir.display(),
             crate::checkpoint::optimizer::OPTIMIZER_DIR,
@@ -175,7 +175,7 @@ fn consolidate_staged(
         Some(re) => {
             let kept: Vec<TensorPlan> = inverse.into_iter().filter(|t| re.is_match(&t.name)).collect();
             if kept.is_empty() {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Argument(format!(
                     "--only {}: no tensor of {} matches",
                     re.as_str(),
                     sharded_dir.display()
@@ -200,7 +200,7 @@ fn consolidate_staged(
     let order = hf_file_groups(&infos, opts.max_shard_size)
         .into_iter()
         .flatten()
-        .map(|i| by_name.get(i.name.as_str()).copied().ok_or_else(|| Error::Invalid(format!("no plan for {}", i.name))))
+        .map(|i| by_name.get(i.name.as_str()).copied().ok_or_else(|| Error::Plan(format!("no plan for {}", i.name))))
         .collect::<Result<Vec<_>>>()?;
     // A tensor with a merged LoRA delta or a cast is assembled; every other one is written as pieces.
     let compute = |t: &TensorPlan| match (merged.get(&t.name), cast_to(t.dtype)) {
@@ -264,7 +264,7 @@ fn set_config_dtype(bytes: &[u8], dtype: Option<crate::tensor::DType>) -> Result
         crate::tensor::DType::F16 => "float16",
         crate::tensor::DType::F32 => "float32",
         crate::tensor::DType::F64 => "float64",
-        other => return Err(Error::Invalid(format!("--dtype {other}: only floating-point dtypes"))),
+        other => return Err(Error::Argument(format!("--dtype {other}: only floating-point dtypes"))),
     };
     let bad = |reason: String| Error::Json { path: PathBuf::from("config.json"), reason };
     let text = std::str::from_utf8(bytes).map_err(|e| bad(e.to_string()))?;

@@ -35,7 +35,7 @@ impl TensorSource for Infos {
         self.0.iter().find(|i| i.name == name).cloned()
     }
     fn tensor(&self, name: &str) -> Result<HostTensor> {
-        Err(Error::Invalid(format!("tensor {name}: shape-only source")))
+        Err(Error::Plan(format!("tensor {name}: shape-only source")))
     }
     fn names(&self) -> Vec<String> {
         self.0.iter().map(|i| i.name.clone()).collect()
@@ -54,10 +54,10 @@ pub fn compose(forward: &ShardPlan, inverse: &[TensorPlan]) -> Result<ShardPlan>
             for fb in &t.blocks {
                 let inv = by_name
                     .get(fb.src.name.as_str())
-                    .ok_or_else(|| Error::Invalid(format!("tensor {}: no consolidation plan", fb.src.name)))?;
+                    .ok_or_else(|| Error::Plan(format!("tensor {}: no consolidation plan", fb.src.name)))?;
                 for ib in &inv.blocks {
                     if ib.dim != fb.dim {
-                        return Err(Error::Invalid(format!(
+                        return Err(Error::Plan(format!(
                             "tensor {}: sharded along dim {} in the input and dim {} in the output",
                             fb.src.name, ib.dim, fb.dim
                         )));
@@ -99,12 +99,12 @@ fn compose_for_tp(
     layout: Option<&CheckpointMetadata>,
 ) -> Result<(ShardPlan, CheckpointMetadata)> {
     let sources = ck.sources();
-    let rank0 = sources.first().ok_or_else(|| Error::Invalid("a sharded checkpoint without rank files".into()))?;
+    let rank0 = sources.first().ok_or_else(|| Error::Checkpoint("a sharded checkpoint without rank files".into()))?;
     let originals = original_infos(&ck.metadata, *rank0, ck.tp)?;
     let new_meta = match layout {
         Some(m) => {
             if m.tp_size.is_some_and(|t| t != tp) {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Argument(format!(
                     "the target layout is for tp {:?}, resharding to tp {tp}",
                     m.tp_size
                 )));
@@ -116,7 +116,7 @@ fn compose_for_tp(
     // A target layout must describe the same HF tensors: planning reports any missing or unexpected one.
     let forward = plan_shards(&new_meta, &Infos(originals), tp, PlanOptions::default()).map_err(|e| {
         if layout.is_some() {
-            Error::Invalid(format!("the target layout does not fit the checkpoint: {e}"))
+            Error::Argument(format!("the target layout does not fit the checkpoint: {e}"))
         } else {
             e
         }
@@ -127,7 +127,7 @@ fn compose_for_tp(
 /// Writes the checkpoint in `src_dir` at TP size `tp` into `out_dir`.
 pub fn reshard(src_dir: &std::path::Path, out_dir: &std::path::Path, tp: usize, opts: &WriteOptions) -> Result<Report> {
     if opts.kv_replicas == crate::checkpoint::KvReplicas::Mean {
-        return Err(Error::Invalid(
+        return Err(Error::Argument(
             "reshard copies one replica of each kv head; to average them, consolidate with --kv-replicas mean and shard the result".into(),
         ));
     }
@@ -167,12 +167,12 @@ fn reshard_staged(
     let stages = crate::spec::pipeline::StageAssignment::for_metadata(&meta, pp)?;
     let adapters = crate::checkpoint::adapters::sharded_adapters(src_dir)?;
     if opts.layout.is_some() && !adapters.is_empty() {
-        return Err(Error::Invalid(
+        return Err(Error::Argument(
             "a checkpoint with adapters is resharded in its own layout (--layout would leave the adapters' layout behind)".into(),
         ));
     }
     if pp > 1 && !adapters.is_empty() {
-        return Err(Error::Invalid(format!("adapters cannot be resharded over pipeline stages yet (--pp {pp})")));
+        return Err(Error::Stage(format!("adapters cannot be resharded over pipeline stages yet (--pp {pp})")));
     }
     let staging = Staging::new(out_dir, opts.force)?;
     let mut report = crate::checkpoint::write_staged(

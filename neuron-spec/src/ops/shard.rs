@@ -37,7 +37,7 @@ pub fn shard_with_adapters(
     let pp = opts.pp.unwrap_or(1);
     let stages = StageAssignment::for_metadata(meta, pp)?;
     if pp > 1 && !adapters.is_empty() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Stage(format!(
             "adapters cannot be sharded over pipeline stages yet (--pp {pp}); shard them at --pp 1"
         )));
     }

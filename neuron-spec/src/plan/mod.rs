@@ -61,7 +61,7 @@ pub struct TensorPlan {
 fn read_block(sources: &[&dyn TensorSource], b: &Block) -> Result<HostTensor> {
     let src = sources
         .get(b.src.part)
-        .ok_or_else(|| Error::Invalid(format!("no source set {} for {}", b.src.part, b.src.name)))?;
+        .ok_or_else(|| Error::Plan(format!("no source set {} for {}", b.src.part, b.src.name)))?;
     let info = src.info(&b.src.name).ok_or_else(|| {
         let names = src.names();
         let c: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -345,7 +345,7 @@ impl ShardPlan {
             let candidates = by_original.remove(orig.name.as_str()).unwrap_or_default();
             let dim = candidates.first().map_or(0, |b| b.dim);
             if candidates.iter().any(|b| b.dim != dim) {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Plan(format!(
                     "tensor {}: its blocks are split along several dimensions, which cannot be inverted",
                     orig.name
                 )));
@@ -376,7 +376,7 @@ impl ShardPlan {
             }
             let total: usize = covered.iter().map(|(s, e)| e - s).sum();
             if total != full {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Plan(format!(
                     "tensor {}: the rank tensors cover {total} of its {full} indices along dimension {dim}",
                     orig.name
                 )));

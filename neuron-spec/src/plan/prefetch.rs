@@ -31,13 +31,13 @@ pub fn with_prefetch<R>(
         let mut next = move |info: &TensorInfo| -> Result<Vec<HostTensor>> {
             let expected = order.get(i).map(|t| t.name.as_str());
             if expected != Some(info.name.as_str()) {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Plan(format!(
                     "asked for tensor {} out of order (expected {expected:?})",
                     info.name
                 )));
             }
             i += 1;
-            rx.recv().map_err(|_| Error::Invalid(format!("tensor {}: the producer stopped", info.name)))?
+            rx.recv().map_err(|_| Error::Thread(format!("tensor {}: the producer stopped", info.name)))?
         };
         let out = consume(&mut next);
         // Close the channel before the scope joins the producer.
@@ -62,7 +62,7 @@ mod tests {
         let compute = |_: &TensorPlan| Ok(vec![HostTensor::zeros(DType::F32, vec![1])]);
         let r: Result<()> = with_prefetch(&order, &compute, |next| {
             next(&plans[0].info())?;
-            Err(Error::Invalid("disk full".into()))
+            Err(Error::Thread("disk full".into()))
         });
         assert!(r.is_err());
     }

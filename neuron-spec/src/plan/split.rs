@@ -26,14 +26,14 @@ pub fn partition_plan(
 ) -> Result<TensorPlan> {
     check_tp(tp, rank)?;
     let len = *src.shape.get(dim).ok_or_else(|| {
-        Error::Invalid(format!("tensor {}: partition dim {dim} is out of range for shape {:?}", src.name, src.shape))
+        Error::Plan(format!("tensor {}: partition dim {dim} is out of range for shape {:?}", src.name, src.shape))
     })?;
     if stride == 0 {
-        return Err(Error::Invalid(format!("tensor {}: partition stride 0", src.name)));
+        return Err(Error::Plan(format!("tensor {}: partition stride 0", src.name)));
     }
     let per = per_partition_size(len, tp);
     if !per.is_multiple_of(stride) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Plan(format!(
             "tensor {}: per-partition size {per} (dim {dim} of length {len} over tp {tp}) is not divisible by stride {stride}",
             src.name
         )));
@@ -104,7 +104,7 @@ pub fn fused_plan(
     let mut shape = first.shape.clone();
     for m in members {
         let len = *m.shape.get(partition_dim).ok_or_else(|| {
-            Error::Invalid(format!("tensor {}: dim {partition_dim} out of range for shape {:?}", m.name, m.shape))
+            Error::Plan(format!("tensor {}: dim {partition_dim} out of range for shape {:?}", m.name, m.shape))
         })?;
         if len % tp != 0 {
             return Err(Error::spec(

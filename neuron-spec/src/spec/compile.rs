@@ -178,7 +178,7 @@ impl TensorSource for InfoSource {
         self.0.get(name).cloned()
     }
     fn tensor(&self, name: &str) -> Result<HostTensor> {
-        Err(Error::Invalid(format!("tensor {name}: shape-only source")))
+        Err(Error::Plan(format!("tensor {name}: shape-only source")))
     }
     fn names(&self) -> Vec<String> {
         self.0.keys().cloned().collect()

@@ -86,7 +86,7 @@ pub trait CustomModule: Sized {
         self.collect_tp_contexts(&mut all);
         let first = all.first().copied().unwrap_or(TpContext { size: 1, rank: 0 });
         if let Some(other) = all.iter().find(|c| **c != first) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::RanksDiffer(format!(
                 "layers disagree on the TP context: tp {} rank {} vs tp {} rank {}",
                 first.size, first.rank, other.size, other.rank
             )));

@@ -310,7 +310,7 @@ impl GqaQkvColumnParallelLinearSpec {
         let len = *info
             .shape
             .get(dim)
-            .ok_or_else(|| Error::Invalid(format!("weight of shape {:?} has no dim {dim}", info.shape)))?;
+            .ok_or_else(|| Error::Tensor(format!("weight of shape {:?} has no dim {dim}", info.shape)))?;
         let per_rank = len / tp_size.max(1);
         let mut ranks = Vec::new();
         let src = single("hf", full_weight);
@@ -328,7 +328,7 @@ impl GqaQkvColumnParallelLinearSpec {
         }
         let plan = crate::plan::ShardPlan { tp: tp_size, originals: vec![info], ranks };
         let inv = plan.invert()?;
-        let Some(p) = inv.into_iter().next() else { return Err(Error::Invalid("empty plan".into())) };
+        let Some(p) = inv.into_iter().next() else { return Err(Error::Plan("empty plan".into())) };
         // Rank r's local weight is block r of the concatenation along `dim`.
         let locals: Vec<StateDict> = (0..tp_size)
             .map(|r| Ok(single(&r.to_string(), &full_weight.narrow(dim, r * per_rank, per_rank)?)))
@@ -440,7 +440,7 @@ fn heads_tensor(
         QueryOrOutput::Query => 0,
         QueryOrOutput::Output => 1,
     };
-    let len = *shape.get(dim).ok_or_else(|| Error::Invalid(format!("weight of shape {shape:?} has no dim {dim}")))?;
+    let len = *shape.get(dim).ok_or_else(|| Error::Tensor(format!("weight of shape {shape:?} has no dim {dim}")))?;
     let head_dim = len / num_heads.max(1);
     if head_dim == 0 || head_dim * num_heads != len {
         let mut e = shape.to_vec();

@@ -278,7 +278,7 @@ fn plan_tensor(
     for p in &t.parts {
         let info = require(src, &p.original)?;
         let Some(&have) = info.shape.get(dim) else {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Tensor(format!(
                 "tensor {}: no dimension {dim} in {:?} (read for {})",
                 info.name, info.shape, t.name
             )));
@@ -343,7 +343,7 @@ fn tensor_original_infos(class: &str, t: &LocalTensor, local: &dyn TensorSource,
     let info = require(local, &t.name)?;
     let dim = t.dim;
     let Some(&have) = info.shape.get(dim) else {
-        return Err(Error::Invalid(format!("tensor {}: no dimension {dim} in {:?}", t.name, info.shape)));
+        return Err(Error::Tensor(format!("tensor {}: no dimension {dim} in {:?}", t.name, info.shape)));
     };
     let whole_parts = t.parts.iter().filter(|p| p.map.member_len().is_none()).count();
     let fixed = t

@@ -115,7 +115,7 @@ impl CheckpointMetadata {
 
     /// Pretty JSON.
     pub fn to_json(&self) -> Result<String> {
-        serde_json::to_string_pretty(self).map_err(|e| Error::Invalid(e.to_string()))
+        serde_json::to_string_pretty(self).map_err(|e| Error::Serialization(e.to_string()))
     }
 
     /// The TP size: ours, or the reference's `num_partitions` / spec `tp_size` (which must agree).

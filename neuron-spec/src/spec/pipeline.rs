@@ -31,10 +31,10 @@ impl StageAssignment {
     /// `layers` decoder layers split evenly over `pp` stages (the first `layers % pp` stages get one more).
     pub fn evenly(layers: usize, pp: usize, tied_embeddings: bool) -> Result<Self> {
         if pp == 0 || pp > MAX_PP {
-            return Err(Error::Invalid(format!("pp {pp} is out of range (1 to {MAX_PP})")));
+            return Err(Error::Stage(format!("pp {pp} is out of range (1 to {MAX_PP})")));
         }
         if layers < pp {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Stage(format!(
                 "cannot split {layers} decoder layers over {pp} pipeline stages: every stage needs at least one layer (use --pp {layers} or less)"
             )));
         }
@@ -67,9 +67,12 @@ impl StageAssignment {
     pub fn stages_of(&self, name: &str) -> Result<Vec<usize>> {
         let last = self.pp().saturating_sub(1);
         if let Some(l) = layer_index(name) {
-            return self.layers.iter().position(|r| r.contains(&l)).map(|s| vec![s]).ok_or_else(|| {
-                Error::Invalid(format!("{name}: layer {l} is beyond the {} layers", self.num_layers()))
-            });
+            return self
+                .layers
+                .iter()
+                .position(|r| r.contains(&l))
+                .map(|s| vec![s])
+                .ok_or_else(|| Error::Stage(format!("{name}: layer {l} is beyond the {} layers", self.num_layers())));
         }
         let top = |p: &str| name == p || name.starts_with(&format!("{p}."));
         if top("model.embed_tokens") {
@@ -78,7 +81,7 @@ impl StageAssignment {
         if top("model.norm") || top("lm_head") {
             return Ok(vec![last]);
         }
-        Err(Error::Invalid(format!(
+        Err(Error::Stage(format!(
             "{name}: no pipeline stage for this parameter (stages hold model.embed_tokens, model.layers.N, model.norm and lm_head)"
         )))
     }

@@ -36,7 +36,7 @@ pub fn guess_peft_type<M: CustomModule>(
         .find(|s| s.class_name() == spec.class_name() && fused_layer_name(s) == name)
         .map(|s| s.peft_type().map(str::to_string))
         .ok_or_else(|| {
-            Error::Invalid(format!(
+            Error::Argument(format!(
                 "guess_peft_type: the model has no {} layer at {module_fully_qualified_name}.{name}",
                 spec.class_name()
             ))

@@ -53,7 +53,7 @@ impl HostTensor {
     pub fn new(dtype: DType, shape: Vec<usize>, bytes: Vec<u8>) -> Result<Self> {
         let expected = numel(&shape) * dtype.size();
         if bytes.len() != expected {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Tensor(format!(
                 "tensor of dtype {dtype} and shape {shape:?} needs {expected} bytes, got {}",
                 bytes.len()
             )));
@@ -86,7 +86,7 @@ impl HostTensor {
             return Ok(self.clone());
         }
         if !self.dtype().is_float() || !to.is_float() {
-            return Err(Error::Invalid(format!("cannot cast a {} tensor to {to}: floating-point only", self.dtype())));
+            return Err(Error::Tensor(format!("cannot cast a {} tensor to {to}: floating-point only", self.dtype())));
         }
         HostTensor::from_f32_as(to, self.shape().to_vec(), &self.to_f32_vec())
     }
@@ -98,7 +98,7 @@ impl HostTensor {
             DType::F64 => values.iter().flat_map(|v| (*v as f64).to_le_bytes()).collect(),
             DType::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
             DType::BF16 => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
-            other => return Err(Error::Invalid(format!("cannot build a {other} tensor from floats"))),
+            other => return Err(Error::Tensor(format!("cannot build a {other} tensor from floats"))),
         };
         Self::new(dtype, shape, bytes)
     }
@@ -182,9 +182,9 @@ impl HostTensor {
         let shape: Vec<usize> = if self.shape.is_empty() { vec![1] } else { self.shape.clone() };
         let full = *shape
             .get(dim)
-            .ok_or_else(|| Error::Invalid(format!("dim {dim} out of range for shape {:?}", self.shape)))?;
+            .ok_or_else(|| Error::Tensor(format!("dim {dim} out of range for shape {:?}", self.shape)))?;
         if offset.checked_add(len).is_none_or(|e| e > full) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Tensor(format!(
                 "indices {offset}..{} out of range for dim {dim} of shape {:?}",
                 offset.saturating_add(len),
                 self.shape
@@ -250,7 +250,7 @@ impl HostTensor {
                 .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
                 .collect(),
             DType::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect(),
-            other => return Err(Error::Invalid(format!("expected an integer tensor, found {other}"))),
+            other => return Err(Error::Tensor(format!("expected an integer tensor, found {other}"))),
         })
     }
 }

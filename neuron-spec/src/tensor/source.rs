@@ -37,7 +37,7 @@ pub trait TensorSource: Sync {
     /// return a view of just those bytes where they are contiguous.
     fn read_slice(&self, name: &str, dim: usize, offset: usize, len: usize) -> Result<HostTensor> {
         self.tensor(name)?.narrow(dim, offset, len).map_err(|e| match e {
-            Error::Invalid(m) => Error::Invalid(format!("tensor {name}: {m}")),
+            Error::Tensor(m) => Error::Tensor(format!("tensor {name}: {m}")),
             other => other,
         })
     }

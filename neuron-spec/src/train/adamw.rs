@@ -33,7 +33,7 @@ impl AdamWConfig {
     /// Refuses values torch refuses (and non-finite ones).
     pub fn validate(&self) -> Result<()> {
         let (b1, b2) = self.betas;
-        let bad = |what: &str, v: f64| Err(Error::Invalid(format!("AdamW: invalid {what} {v}")));
+        let bad = |what: &str, v: f64| Err(Error::Argument(format!("AdamW: invalid {what} {v}")));
         if !self.lr.is_finite() || self.lr < 0.0 {
             return bad("lr", self.lr);
         }

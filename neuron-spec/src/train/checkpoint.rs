@@ -47,7 +47,7 @@ pub struct RankWritten {
 
 /// Writes rank tensors (every rank's `StateDict`, the same names) as a sharded checkpoint under `root`.
 pub(super) fn write_ranks(root: &Path, meta: &CheckpointMetadata, ranks: &[&StateDict]) -> Result<()> {
-    let first = ranks.first().ok_or_else(|| Error::Invalid("no ranks to write".into()))?;
+    let first = ranks.first().ok_or_else(|| Error::Argument("no ranks to write".into()))?;
     let entries = ranks.iter().enumerate().map(|(r, sd)| write_rank_file(root, r, sd)).collect::<Result<Vec<_>>>()?;
     write_rank_metadata(root, meta, first, entries)
 }
@@ -113,14 +113,14 @@ pub fn write_trained_metadata(
     adamw: &AdamWConfig,
 ) -> Result<()> {
     if written.is_empty() {
-        return Err(Error::Invalid("no ranks to write".into()));
+        return Err(Error::Argument("no ranks to write".into()));
     }
     if let Some((r, w)) = written.iter().enumerate().find(|(r, w)| w.rank != *r) {
-        return Err(Error::Invalid(format!("rank {r}'s report names rank {}", w.rank)));
+        return Err(Error::RanksDiffer(format!("rank {r}'s report names rank {}", w.rank)));
     }
     let steps: Vec<u64> = written.iter().map(|w| w.step).collect();
     if steps.iter().any(|s| *s != steps[0]) {
-        return Err(Error::Invalid(format!("ranks disagree on the step count: {steps:?}")));
+        return Err(Error::RanksDiffer(format!("ranks disagree on the step count: {steps:?}")));
     }
     let (weights, state) = rank0;
     write_rank_metadata(root, meta, weights, written.iter().map(|w| w.weights.clone()).collect())?;
@@ -182,7 +182,7 @@ pub fn write_trained_checkpoint(
     let staging = Staging::new(out_dir, force)?;
     let root = staging.path().to_path_buf();
     let r = (|| {
-        let (w0, s0) = ranks.first().ok_or_else(|| Error::Invalid("no ranks to write".into()))?;
+        let (w0, s0) = ranks.first().ok_or_else(|| Error::Argument("no ranks to write".into()))?;
         let written = ranks
             .iter()
             .enumerate()
@@ -207,7 +207,7 @@ pub(super) fn write_optimizer(
     let opt = root.join(OPTIMIZER_DIR);
     let steps: Vec<u64> = ranks.iter().map(|(_, s)| s.step).collect();
     if steps.iter().any(|s| Some(s) != steps.first()) {
-        return Err(Error::Invalid(format!("ranks disagree on the step count: {steps:?}")));
+        return Err(Error::RanksDiffer(format!("ranks disagree on the step count: {steps:?}")));
     }
     let strip = |sd: &StateDict| -> StateDict {
         match adapter {
@@ -274,7 +274,7 @@ pub fn reshard_trained(
     opts: &crate::checkpoint::WriteOptions,
 ) -> Result<crate::checkpoint::Report> {
     if !has_optimizer_state(src) {
-        return Err(Error::Invalid(format!("{}: no optimizer state to reshard", src.display())));
+        return Err(Error::Checkpoint(format!("{}: no optimizer state to reshard", src.display())));
     }
     let report = crate::ops::reshard::reshard(src, dst, tp, opts)?;
     let r = (|| {

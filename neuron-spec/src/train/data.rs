@@ -9,7 +9,7 @@ use crate::tensor::DType;
 use std::path::Path;
 
 fn bad_data(path: &Path, reason: String) -> Error {
-    Error::Invalid(format!("{}: {reason}", path.display()))
+    Error::InputData(format!("{}: {reason}", path.display()))
 }
 
 /// What a training data file holds.
@@ -128,7 +128,7 @@ pub fn batches(
 ) -> Result<Vec<Vec<Vec<i64>>>> {
     let bs = batch_size.unwrap_or(rows.len());
     if bs == 0 {
-        return Err(Error::Invalid("--batch-size must be positive".into()));
+        return Err(Error::Argument("--batch-size must be positive".into()));
     }
     for (i, r) in rows.iter().enumerate() {
         if r.len() < 2 {

@@ -84,7 +84,7 @@ pub fn write_lora_checkpoint(
 fn copy_base(dir: &Path, root: &Path, tp: usize) -> Result<()> {
     let ck = ShardedCheckpoint::open(dir)?;
     if ck.tp != tp || ck.pp() != 1 {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Checkpoint(format!(
             "{}: the base is at tp {}, pp {}; the run is at tp {tp}, pp 1",
             dir.display(),
             ck.tp,
@@ -114,7 +114,7 @@ pub fn trained_adapter(dir: &Path, name: &str, meta: &CheckpointMetadata) -> Res
         Error::lora(name, format!("{} has no adapter_{name}/ (it has: {})", dir.display(), names.join(", ")))
     })?;
     if all.len() > 1 {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Checkpoint(format!(
             "{} holds several adapters ({}): training one beside others is not implemented",
             dir.display(),
             names.join(", ")

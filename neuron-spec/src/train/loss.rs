@@ -21,10 +21,10 @@ pub fn vocab_parallel_causal_lm_loss<C: Communicator>(
 ) -> Result<Tensor<1>> {
     let [b, s, n] = local_logits.dims();
     if b != input_ids.len() || input_ids.iter().any(|r| r.len() != s) {
-        return Err(Error::Invalid(format!("loss: logits are [{b}, {s}, {n}] but the ids are not [{b}, {s}]")));
+        return Err(Error::InputData(format!("loss: logits are [{b}, {s}, {n}] but the ids are not [{b}, {s}]")));
     }
     if s < 2 {
-        return Err(Error::Invalid(format!("loss: sequences of {s} token(s) have no next token to predict")));
+        return Err(Error::InputData(format!("loss: sequences of {s} token(s) have no next token to predict")));
     }
     let device = local_logits.device();
     let rows = b * (s - 1);
@@ -35,7 +35,7 @@ pub fn vocab_parallel_causal_lm_loss<C: Communicator>(
     for row in input_ids {
         for &t in &row[1..] {
             if t < 0 || t as usize >= vocab_size {
-                return Err(Error::Invalid(format!("label {t} is outside the vocabulary [0, {vocab_size})")));
+                return Err(Error::InputData(format!("label {t} is outside the vocabulary [0, {vocab_size})")));
             }
             let t = t as usize;
             let local = t >= vocab_start && t < vocab_start + n;

@@ -36,7 +36,7 @@ fn agree(comm: &MpiCommunicator, mine: Result<Vec<u8>>) -> Result<Vec<Vec<u8>>> 
     let all = comm.all_gather_bytes(&msg)?;
     if let Some((r, m)) = all.iter().enumerate().find(|(_, m)| m.first() != Some(&0)) {
         let text = String::from_utf8_lossy(m.get(1..).unwrap_or_default());
-        return Err(Error::Invalid(format!("rank {r}/{}: {text}", ctx.size)));
+        return Err(Error::Collective(format!("rank {r}/{}: {text}", ctx.size)));
     }
     Ok(all.into_iter().map(|m| m[1..].to_vec()).collect())
 }
@@ -91,7 +91,7 @@ pub fn write_trained_checkpoint_mpi(
         if rank != 0 {
             let seen = std::fs::read_to_string(root.join(MARKER)).unwrap_or_default();
             if seen != t {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Checkpoint(format!(
                     "rank 0's staging directory {} is not visible here: the output {} must be on a file system \
                      every process sees (a shared file system across hosts)",
                     root.display(),
@@ -100,7 +100,7 @@ pub fn write_trained_checkpoint_mpi(
             }
         }
         let w = write_trained_rank(&root, rank, weights, state).map_err(|e| describe_under(&root, out_dir, e))?;
-        serde_json::to_vec(&w).map_err(|e| Error::Invalid(format!("rank {rank}'s report: {e}")))
+        serde_json::to_vec(&w).map_err(|e| Error::Serialization(format!("rank {rank}'s report: {e}")))
     })();
     // On failure rank 0's `staging` is dropped here, which removes the directory and every rank's files.
     let all = agree(comm, mine)?;
@@ -113,7 +113,7 @@ pub fn write_trained_checkpoint_mpi(
                 .enumerate()
                 .map(|(r, b)| {
                     serde_json::from_slice::<RankWritten>(b)
-                        .map_err(|e| Error::Invalid(format!("rank {r}'s report does not parse: {e}")))
+                        .map_err(|e| Error::Serialization(format!("rank {r}'s report does not parse: {e}")))
                 })
                 .collect::<Result<Vec<_>>>()?;
             let marker = s.path().join(MARKER);

@@ -179,11 +179,11 @@ impl<M: Module + CustomModule + Clone> RankTrainer<M> {
         options.adamw.validate()?;
         if let Some(c) = options.grad_clip {
             if !c.is_finite() || c <= 0.0 {
-                return Err(Error::Invalid(format!("grad clip must be a positive number, got {c}")));
+                return Err(Error::Argument(format!("grad clip must be a positive number, got {c}")));
             }
         }
         if !device.is_autodiff() {
-            return Err(Error::Invalid("training needs an autodiff device (Device::default().autodiff())".into()));
+            return Err(Error::Training("training needs an autodiff device (Device::default().autodiff())".into()));
         }
         let metadata = model.create_parameter_metadata()?;
         let tp = metadata_tp(&model)?;
@@ -200,7 +200,7 @@ impl<M: Module + CustomModule + Clone> RankTrainer<M> {
             }
         }
         if options.mode == TrainMode::LoraOnly && !names.keys().any(|n| is_lora_name(n)) {
-            return Err(Error::Invalid("LoRA-only training of a model without LoRA adapters".into()));
+            return Err(Error::Training("LoRA-only training of a model without LoRA adapters".into()));
         }
         let model = model.map(&mut RequireGrad { mode: options.mode, containers: vec![] });
         Ok(Self {
@@ -249,7 +249,7 @@ impl<M: Module + CustomModule + Clone> RankTrainer<M> {
         }
         for (n, k) in &state.skipped {
             if !names.contains(n) || *k > state.step {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Training(format!(
                     "optimizer state: `skipped_steps` names {n} with {k} skipped steps, but {}",
                     if names.contains(n) {
                         format!("only {} steps were taken", state.step)
@@ -268,12 +268,12 @@ impl<M: Module + CustomModule + Clone> RankTrainer<M> {
     pub fn step<C: Communicator>(&mut self, comm: &C, loss: impl FnOnce(&M, &C) -> Result<Tensor<1>>) -> Result<f32> {
         let reducer = comm
             .grad_reducer()
-            .ok_or_else(|| Error::Invalid("this communicator has no backward all-reduce: cannot train".into()))?;
+            .ok_or_else(|| Error::Training("this communicator has no backward all-reduce: cannot train".into()))?;
         let l = loss(&self.model, comm)?;
         let (_, lv) = tensor_to_f32(l.clone().detach(), "loss")?;
-        let value = lv.first().copied().ok_or_else(|| Error::Invalid("the loss is empty".into()))?;
+        let value = lv.first().copied().ok_or_else(|| Error::Training("the loss is empty".into()))?;
         if !l.is_tracked() {
-            return Err(Error::Invalid("the loss does not depend on any trainable parameter".into()));
+            return Err(Error::Training("the loss does not depend on any trainable parameter".into()));
         }
         let grads = l.backward();
         reducer.take_error()?;
@@ -288,7 +288,7 @@ impl<M: Module + CustomModule + Clone> RankTrainer<M> {
         let no_grad = self.without_gradient(&missing, &names)?;
         let mut g: GradMap = GradMap::new();
         for n in names.iter().filter(|n| !no_grad.contains(*n)) {
-            let t = gsd.get(n).ok_or_else(|| Error::Invalid(format!("no gradient for {n}")))?;
+            let t = gsd.get(n).ok_or_else(|| Error::Training(format!("no gradient for {n}")))?;
             g.insert(n.clone(), (t.shape().to_vec(), t.to_f32_vec()));
         }
         sum_kv_replicas(&mut g, &self.metadata, self.tp, &reducer)?;
@@ -364,7 +364,7 @@ impl<M: Module + CustomModule + Clone> RankTrainer<M> {
             if none == v.len() && none > 0 {
                 out.push(n.clone());
             } else if none > 0 {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Training(format!(
                     "{n}: {none} of its {} entries got no gradient and the others did (a rank tensor trains as one)",
                     v.len()
                 )));
@@ -386,7 +386,7 @@ fn metadata_tp<M: CustomModule>(model: &M) -> Result<TpContext> {
     model.collect_tp_contexts(&mut v);
     match v.first() {
         Some(c) if v.iter().all(|x| x == c) => Ok(*c),
-        Some(_) => Err(Error::Invalid("the model's layers disagree on the TP size or rank".into())),
+        Some(_) => Err(Error::RanksDiffer("the model's layers disagree on the TP size or rank".into())),
         None => Ok(TpContext { size: 1, rank: 0 }),
     }
 }

@@ -8,7 +8,7 @@ use common::*;
 use neuron_spec::checkpoint::{ShardedCheckpoint, WriteOptions};
 use neuron_spec::ops::reshard::reshard;
 use neuron_spec::spec::pipeline::layer_index;
-use neuron_spec::{consolidate, shard};
+use neuron_spec::{consolidate, shard, Error};
 use std::fs;
 use std::path::Path;
 
@@ -87,8 +87,11 @@ fn shard_with_stages_then_consolidate_is_byte_exact_and_forward_matches() {
 fn fewer_layers_than_stages_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let s = tmp.path().join("s");
-    let e = shard(&fixture("llama-gqa"), &s, &layout("llama-gqa", 2, true), 2, &opts(3)).unwrap_err().to_string();
-    assert!(e.contains("2 decoder layers") && e.contains("3 pipeline stages"), "{e}");
+    let e = shard(&fixture("llama-gqa"), &s, &layout("llama-gqa", 2, true), 2, &opts(3)).unwrap_err();
+    assert!(
+        matches!(&e, Error::Stage(m) if m.contains("2 decoder layers") && m.contains("3 pipeline stages")),
+        "{e:?}"
+    );
     assert!(!s.exists());
 }
 
@@ -155,8 +158,12 @@ fn tied_embeddings_across_stages_are_checked() {
     m["rank_files"][1]["xxh3_64"] = format!("{:016x}", w.xxh3).into();
     fs::write(&mpath, serde_json::to_string(&m).unwrap()).unwrap();
     let out2 = tmp.path().join("hf2");
-    let e = consolidate(&s, &out2, &WriteOptions::default()).unwrap_err().to_string();
-    assert!(e.contains("model.embed_tokens.weight") && e.contains("stage 1") && e.contains("differs"), "{e}");
+    let e = consolidate(&s, &out2, &WriteOptions::default()).unwrap_err();
+    assert!(
+        matches!(&e, Error::Stage(m)
+            if m.contains("model.embed_tokens.weight") && m.contains("stage 1") && m.contains("differs")),
+        "{e:?}"
+    );
     assert!(!out2.exists());
 }
 

@@ -1,5 +1,5 @@
 //! Synthetic checkpoints (benchmarks, memory tests) whose tensor names and shapes come from the model's own
-//! layout: [`neuron_spec::synthetic`] writes random bf16 values for [`crate::hf_tensor_infos`].
+//! layout: [`neuron_spec::format::synthetic`] writes random bf16 values for [`crate::hf_tensor_infos`].
 
 use crate::config::ModelConfig;
 use crate::family::hf_tensor_infos;

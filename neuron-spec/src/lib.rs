@@ -3,7 +3,7 @@
 //! Built on burn `=0.22.1` with `default-features = false` and the features `std` and `ndarray` (add
 //! `autodiff` and `optim` to train); loading through burn-store (`=0.22.1`, features `std`, `safetensors`).
 //! This crate's own feature `burn` (on by default) holds the parallel layers ([`layers`]); without it the
-//! crate is the I/O, spec and plan runtime plus the module contract ([`module`], with a stand-in `Device`).
+//! crate is the I/O, spec and plan runtime plus the module contract ([`spec::contract`], with a stand-in `Device`).
 //!
 //! # From an annotated model to rank files and back
 //!
@@ -13,7 +13,7 @@
 //!    [`CustomModule`](derive@CustomModule)). The derive generates the spec, metadata and load/save methods,
 //!    not a constructor or a `forward`: those are the model's own. Every number (heads, sizes, TP size and rank) is read from the
 //!    layers.
-//! 2. **Build one rank**: each layer gets a [`TpContext`](module::TpContext) (an explicit value, no globals).
+//! 2. **Build one rank**: each layer gets a [`TpContext`](spec::contract::TpContext) (an explicit value, no globals).
 //! 3. **Ask the model**: `transformation_specs()` (the reference's specs, by module path) and
 //!    `create_parameter_metadata()` (what a sharded checkpoint records; its JSON is what
 //!    `neuron-spec shard --layout FILE` takes).
@@ -21,7 +21,7 @@
 //!    or through burn-store: `model.load_from(&mut HfRankStore::for_model(&model, &hf)?)`.
 //! 5. **Save**: `save_rank_tensors` gives the rank's tensors by HF name; [`shard()`] writes every
 //!    rank of an HF folder to disk with the model's metadata, [`consolidate()`] writes the HF folder
-//!    back and [`reshard::reshard`] changes the TP size.
+//!    back and [`ops::reshard::reshard`] changes the TP size.
 //!
 //! ```
 //! use burn::module::Module;
@@ -113,7 +113,8 @@
 //! 1. [`error`], [`progress`], [`compare`]: the crate's typed error, byte counts for long operations, and
 //!    computed values against golden ones (numpy's `allclose`).
 //! 2. [`tensor`]: element types, host tensors that keep the checkpoint's bytes, [`TensorSource`].
-//! 3. [`format`]: safetensors read and write, HF folders, the writers' file-system calls, `.pt` rank files.
+//! 3. [`format`](mod@format): safetensors read and write, HF folders, the writers' file-system calls, `.pt`
+//!    rank files.
 //! 4. [`plan`]: plans as data (which slices of which source tensors land where), the sharding helpers, the
 //!    prefetch thread.
 //! 5. [`spec`]: specs and layouts, parameter metadata, pipeline stages, the `CustomModule` contract, and the

@@ -1,4 +1,4 @@
-//! Training data files (`neuron_spec::train_data`) from arbitrary bytes, read as safetensors or JSONL:
+//! Training data files (`neuron_spec::train::data`) from arbitrary bytes, read as safetensors or JSONL:
 //! reading and batching return errors, never panic; what is accepted is rectangular and inside the vocabulary;
 //! text lines pack into whole rows.
 

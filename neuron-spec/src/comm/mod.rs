@@ -1,5 +1,5 @@
 //! Collectives between the TP ranks of one model (feature `burn`): the [`Communicator`] trait, its
-//! in-process implementation ([`LocalCommunicator`], in [`local`]), the MPI one ([`mpi`], feature `mpi`), and
+//! in-process implementation ([`LocalCommunicator`], in [`local`]), the MPI one (`mpi`, feature `mpi`), and
 //! the differentiable collectives a trained forward pass uses ([`autodiff`]: Megatron's conjugate pairs).
 
 pub mod autodiff;

@@ -151,7 +151,7 @@ fn copy_file_range_all(src: &File, offset: u64, dst: &File, len: usize) -> std::
     Ok(done)
 }
 
-/// xxh3-64 of a file's bytes (any file: the header is not parsed), hashed like [`SafetensorsFile::xxh3`].
+/// xxh3-64 of a file's bytes (any file: the header is not parsed), hashed like [`SafetensorsFile::xxh3`](super::SafetensorsFile::xxh3).
 pub fn file_xxh3(path: &Path) -> Result<Written> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: read-only, as in `SafetensorsFile::open`.

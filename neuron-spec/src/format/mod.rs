@@ -1,4 +1,4 @@
-//! File formats, below any notion of TP: safetensors read ([`safetensors`]) and write ([`write`]), HF
+//! File formats, below any notion of TP: safetensors read ([`safetensors`]) and write ([`write`](mod@write)), HF
 //! checkpoint directories ([`hf`]), the writers' file-system calls and fault-injection hooks ([`fs`]),
 //! optimum-neuron's `.pt` rank files ([`pt`]), and synthetic HF checkpoints for benchmarks ([`synthetic`]).
 

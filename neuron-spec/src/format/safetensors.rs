@@ -180,7 +180,7 @@ impl SafetensorsFile {
         self.tensors.get(name).map(|e| TensorInfo { name: name.to_string(), dtype: e.dtype, shape: e.shape.clone() })
     }
 
-    /// Size and xxh3-64 of the whole file (see [`file_xxh3`]).
+    /// Size and xxh3-64 of the whole file (see [`file_xxh3`](super::file_xxh3)).
     pub fn xxh3(&self) -> Written {
         mapped_xxh3(&self.map)
     }

@@ -1,6 +1,6 @@
 //! Tensor-parallel burn layers that know their HF layout: each one implements
 //! [`CustomModule`](crate::spec::contract::CustomModule) as a leaf (parameter names, TP attributes, loading and
-//! saving rank-local tensors), and runs its forward pass with a [`Communicator`].
+//! saving rank-local tensors), and runs its forward pass with a [`Communicator`](crate::comm::Communicator).
 //!
 //! Conventions shared by every layer:
 //! * the TP size and rank are explicit (`TpContext`, a `#[module(skip)]` field), never global state;

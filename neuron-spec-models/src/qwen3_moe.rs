@@ -16,7 +16,7 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::activation::softmax;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
-use neuron_spec::layers::Communicator;
+use neuron_spec::comm::Communicator;
 use neuron_spec::{CustomModule, Error, Result};
 use serde_json::Value;
 use std::path::Path;

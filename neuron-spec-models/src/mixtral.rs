@@ -14,8 +14,8 @@ use crate::qwen3_moe::{route, MAX_EXPERTS};
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::Tensor;
-use neuron_spec::layers::{ColumnParallelLinear, RowParallelLinear};
 use neuron_spec::comm::Communicator;
+use neuron_spec::layers::{ColumnParallelLinear, RowParallelLinear};
 use neuron_spec::{CustomModule, Error, Result};
 use serde_json::Value;
 

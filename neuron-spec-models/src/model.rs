@@ -14,8 +14,11 @@ use burn::module::Module;
 use burn::nn::{LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use neuron_spec::layers::{ColumnParallelLinear, ColumnParallelLinearConfig, GqaQkvColumnParallelLinear, GqaQkvColumnParallelLinearConfig, ParallelEmbedding, ParallelEmbeddingConfig, RowParallelLinear, RowParallelLinearConfig};
 use neuron_spec::comm::Communicator;
+use neuron_spec::layers::{
+    ColumnParallelLinear, ColumnParallelLinearConfig, GqaQkvColumnParallelLinear, GqaQkvColumnParallelLinearConfig,
+    ParallelEmbedding, ParallelEmbeddingConfig, RowParallelLinear, RowParallelLinearConfig,
+};
 use neuron_spec::spec::contract::{CustomModule as _, TpContext};
 use neuron_spec::spec::MAX_HEADS;
 use neuron_spec::{CheckpointMetadata, CustomModule, Error, Result};

@@ -749,6 +749,42 @@ fn gemma3_with_a_lora_adapter_matches_peft_at_tp_1_2_4() {
     }
 }
 
+/// peft's adapters on all seven linears of Mistral, Qwen2 and Granite (`tests/fixtures/make/make_family_lora.py`):
+/// the adapted logits and hidden states equal peft's at tp 2, fused and separate q/k/v.
+#[test]
+fn family_lora_adapters_match_peft_at_tp_2() {
+    use neuron_spec::lora::{import_adapter, LoraImportOptions, LoraMode, PeftAdapter};
+    for model in ["mistral", "qwen2", "granite"] {
+        let dir = format!("{model}-lora");
+        let f = SafetensorsFile::open(&fixture(&format!("{dir}/golden_lora.safetensors"))).unwrap();
+        let g = Golden {
+            input_ids: f.tensor("input_ids").unwrap().to_i64_vec().unwrap().chunks(7).map(<[i64]>::to_vec).collect(),
+            logits: f.tensor("logits").unwrap().to_f32_vec(),
+            hidden_0: f.tensor("hidden_0").unwrap().to_f32_vec(),
+            hidden_1: f.tensor("hidden_1").unwrap().to_f32_vec(),
+        };
+        let plain = neuron_spec_models::run(
+            &neuron_spec_models::Source::tensors(&hf(model), cfg(model)),
+            &neuron_spec_models::Transport::threads(1),
+            &neuron_spec_models::Forward::new(g.input_ids.to_vec()),
+        )
+        .unwrap();
+        assert!(diff(&plain.logits, &g.logits) > 0.05, "{dir}: the adapter moves the logits");
+        for fuse in [true, false] {
+            let meta = layout(&cfg(model), 2, QkvLayout::gqa(fuse)).unwrap();
+            let o = LoraImportOptions { mode: LoraMode::Exact, allow_partial: false };
+            let a = import_adapter(&meta, &PeftAdapter::open(&fixture(&dir)).unwrap(), "default", o).unwrap();
+            let out = neuron_spec_models::run(
+                &neuron_spec_models::Source::tensors(&hf(model), cfg(model)).fuse_qkv(fuse).with_imported(&[a]),
+                &neuron_spec_models::Transport::threads(2),
+                &neuron_spec_models::Forward::new(g.input_ids.to_vec()),
+            )
+            .unwrap();
+            check(&out, &g, &format!("{dir} tp 2 fuse_qkv {fuse}"));
+        }
+    }
+}
+
 /// The README's capability table ("What runs where") has one row per family of the family table, and no other:
 /// a family added without its row (or a row left for a family that is gone) fails here.
 #[test]

@@ -452,15 +452,16 @@ fn a_failing_rank_fails_mpi_training_within_seconds_and_leaves_nothing() {
     assert!(!out.status.success() && stderr.contains("sharded at tp 4, but 2 MPI processes"), "{stderr}");
 }
 
-/// Phi-3 and Gemma 3 train under MPI as on threads (the shared decoder's packed variants; Gemma's norms, sliding
-/// layers and GELU-tanh MLP): 1 step from HF at -np 2 (separate q/k/v), then 1 resumed step, each checkpoint byte
-/// for byte the threaded one, the losses torch's.
+/// Every dense family trains under MPI as on threads (Phi-3: the shared decoder's packed variants; Gemma 3: its
+/// norms, sliding layers and GELU-tanh MLP; Mistral, Qwen2, Qwen3, Granite): 1 step from HF at -np 2 (separate
+/// q/k/v), then 1 resumed step, each checkpoint byte for byte the threaded one, the losses torch's. (Llama, and the
+/// MoE families, in the tests above.)
 #[test]
-fn mpi_train_runs_phi3_and_gemma3_like_threads_byte_for_byte() {
+fn mpi_train_runs_every_dense_family_like_threads_byte_for_byte() {
     if !have_mpirun() {
         return;
     }
-    for dir in ["phi3", "gemma3"] {
+    for dir in ["phi3", "gemma3", "mistral", "qwen2", "qwen3", "granite"] {
         let tmp = tempfile::tempdir().unwrap();
         let hf = fixture(dir);
         let data = hf.join("train_golden.safetensors");
@@ -481,12 +482,14 @@ fn mpi_train_runs_phi3_and_gemma3_like_threads_byte_for_byte() {
     }
 }
 
+/// Every family but Llama (tested above) runs forward under MPI as on threads: from HF at -np 2 and from a
+/// sharded checkpoint at -np 4.
 #[test]
-fn mpi_forward_runs_phi3_and_gemma3_like_threads_bit_for_bit() {
+fn mpi_forward_runs_every_family_like_threads_bit_for_bit() {
     if !have_mpirun() {
         return;
     }
-    for dir in ["phi3", "gemma3"] {
+    for dir in ["phi3", "gemma3", "mistral", "qwen2", "qwen3", "granite", "qwen3-moe", "mixtral"] {
         let tmp = tempfile::tempdir().unwrap();
         let hf = fixture(dir);
         let golden = hf.join("golden.safetensors");

@@ -54,6 +54,13 @@ pub struct AdapterArg {
     pub opts: LoraImportOptions,
 }
 
+impl AdapterArg {
+    /// The runtime's adapter: imported for the run's layout when the run starts.
+    pub fn adapter(&self) -> neuron_spec_models::Adapter {
+        neuron_spec_models::Adapter::Peft { dir: self.dir.clone(), name: self.name.clone(), options: self.opts }
+    }
+}
+
 impl AdapterArgs {
     /// Pairs each `--adapter` with its name and mode.
     pub fn resolve(&self) -> Result<Vec<AdapterArg>> {

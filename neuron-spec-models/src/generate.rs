@@ -3,22 +3,19 @@
 //! gathered logits (identical bits on every rank), greedily or by seeded sampling with the same generator on
 //! every rank, and the ranks' choices are compared at every step (a collective: threads and MPI alike).
 //!
-//! The model is loaded by the same per-rank loaders `forward` and `train` use (an HF folder at any tp, or a
-//! sharded checkpoint at its own tp); the ranks run on threads ([`generate_threads`]) or as MPI processes
-//! (`mpi_run::mpi_generate`).
+//! The runtime's [`Generate`] task runs [`rank_generate`] on every rank, with the model the runtime's
+//! [`Source`] loads (any source, with its adapters), on threads or MPI processes; [`generate_text`] wraps it
+//! with the folder's tokenizer.
 
 use crate::model::{KvCache, LlamaForCausalLM};
-use crate::run::{ids_tensor, load_hf_rank_model, on_rank_threads};
+use crate::runtime::forward::ids_tensor;
+use crate::runtime::{run, Generate, Source, Transport};
 use crate::text::{eos_token_ids, TextTokenizer};
-use crate::train::load_sharded_rank_model;
 use crate::ModelConfig;
 use burn::tensor::{Device, Tensor, TensorData};
-use neuron_spec::checkpoint::{ShardedCheckpoint, METADATA_PATH};
 use neuron_spec::layers::Communicator;
-use neuron_spec::module::TpContext;
 use neuron_spec::{Error, Result};
 use std::path::Path;
-use std::sync::Mutex;
 
 /// How the next token is chosen from the logits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -193,36 +190,8 @@ pub fn rank_generate<C: Communicator>(
     Ok(out)
 }
 
-/// A per-rank model loader (what `forward` and `train` pass their rank runners).
-pub type RankLoader<'a> = dyn Fn(TpContext, &Device) -> Result<LlamaForCausalLM> + Sync + 'a;
-
-/// Runs [`rank_generate`] on `tp` threads, each rank loading its model with `load`; `on_token` is called on
-/// rank 0's thread. Returns rank 0's ids (every rank's choices were checked at every step).
-pub fn generate_threads(
-    tp: usize,
-    prompt: &[i64],
-    opts: &GenerateOptions,
-    load: &RankLoader<'_>,
-    on_token: &mut (dyn FnMut(i64) -> Result<()> + Send),
-) -> Result<Vec<i64>> {
-    let sink = Mutex::new(on_token);
-    let outs = on_rank_threads(tp, &|comm| {
-        let ctx = comm.context();
-        let model = load(ctx, &Device::default())?;
-        let mut emit = |id: i64| -> Result<()> {
-            if ctx.rank != 0 {
-                return Ok(());
-            }
-            let mut f = sink.lock().map_err(|_| Error::Invalid("the token sink panicked".into()))?;
-            (*f)(id)
-        };
-        rank_generate(&model, comm, prompt, opts, &mut emit)
-    })?;
-    outs.into_iter().next().ok_or_else(|| Error::Invalid("no ranks ran".into()))
-}
-
-/// A model folder to generate with: its config, tokenizer, EOS ids and the per-rank loader of its weights (an
-/// HF folder at any tp, or a sharded checkpoint of one pipeline stage, without adapters, at its own tp).
+/// A model folder's text side: its config, tokenizer and EOS ids (the weights are a
+/// [`Source`](crate::runtime::Source)).
 pub struct TextModel {
     /// The folder.
     pub dir: std::path::PathBuf,
@@ -232,61 +201,17 @@ pub struct TextModel {
     pub tokenizer: TextTokenizer,
     /// generation_config.json's EOS ids (else config.json's).
     pub eos_token_ids: Vec<i64>,
-    /// The sharded checkpoint, `None` for an HF folder.
-    pub sharded: Option<ShardedCheckpoint>,
 }
 
 impl TextModel {
-    /// Opens `dir` (HF or sharded); refuses what generation does not implement, by name.
+    /// Opens `dir`'s config, tokenizer and EOS ids (HF or sharded: a sharded checkpoint carries them).
     pub fn open(dir: &Path) -> Result<Self> {
-        let cfg = ModelConfig::read(&dir.join("config.json"))?;
-        let sharded = if dir.join(METADATA_PATH).exists() {
-            let pp = neuron_spec::stage_checkpoint::stage_count(dir)?;
-            if pp > 1 {
-                return Err(Error::Invalid(format!(
-                    "{}: generate runs a checkpoint of one pipeline stage; this one has {pp} (reshard with --pp 1)",
-                    dir.display()
-                )));
-            }
-            let adapters = neuron_spec::lora::disk::sharded_adapters(dir)?;
-            if !adapters.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "{}: generate does not load a sharded checkpoint's LoRA adapters, and they change the output \
-                     (consolidate with --merge-adapter, then shard the merged folder)",
-                    dir.display()
-                )));
-            }
-            Some(ShardedCheckpoint::open(dir)?)
-        } else {
-            None
-        };
         Ok(Self {
             dir: dir.to_path_buf(),
+            cfg: ModelConfig::read(&dir.join("config.json"))?,
             tokenizer: TextTokenizer::open(dir)?,
             eos_token_ids: eos_token_ids(dir)?,
-            cfg,
-            sharded,
         })
-    }
-
-    /// The tp a run uses: a sharded checkpoint's own, else `tp`.
-    pub fn tp(&self, tp: usize) -> usize {
-        self.sharded.as_ref().map_or(tp, |ck| ck.tp)
-    }
-
-    /// Loads rank `ctx.rank`'s model: its slices of the HF checkpoint `hf` (opened by the caller: each MPI
-    /// process opens its own), or its own rank file of the sharded checkpoint.
-    pub fn load_rank(
-        &self,
-        hf: Option<&neuron_spec::io::HfCheckpoint>,
-        ctx: TpContext,
-        device: &Device,
-    ) -> Result<LlamaForCausalLM> {
-        match (&self.sharded, hf) {
-            (Some(ck), _) => load_sharded_rank_model(ck, &self.cfg, ctx, device),
-            (None, Some(hf)) => load_hf_rank_model(hf, &self.cfg, ctx, true, device),
-            (None, None) => Err(Error::Invalid(format!("{}: no checkpoint opened", self.dir.display()))),
-        }
     }
 
     /// The prompt's ids: encoded as the tokenizer's `encode` does with special tokens, or (`chat`) one user
@@ -312,27 +237,23 @@ pub struct Generated {
     pub text: String,
 }
 
-/// Generates after `prompt` with the model in `dir` at `tp` (a sharded checkpoint: its own) on threads;
-/// `on_text` receives the text as it is produced (whole UTF-8 characters only). `opts.eos_token_ids` empty
-/// means the folder's.
+/// Generates after `prompt` with `source` (its directory gives the tokenizer and EOS ids) on `transport`:
+/// `on_text` receives the text as it is produced, on rank 0 (whole UTF-8 characters only).
+/// `opts.eos_token_ids` empty means the folder's.
 pub fn generate_text(
-    dir: &Path,
-    tp: usize,
+    source: &Source<'_>,
+    transport: &Transport<'_>,
     prompt: &str,
     chat: bool,
     opts: &GenerateOptions,
     on_text: &mut (dyn FnMut(&str) -> Result<()> + Send),
 ) -> Result<Generated> {
+    let dir =
+        source.dir().ok_or_else(|| Error::Invalid("generating text needs the model folder (its tokenizer)".into()))?;
     let m = TextModel::open(dir)?;
     let prompt_ids = m.prompt_ids(prompt, chat)?;
-    let opts = with_folder_eos(opts, &m);
-    let hf = match m.sharded {
-        Some(_) => None,
-        None => Some(neuron_spec::io::HfCheckpoint::open(dir)?),
-    };
-    let mut stream = m.tokenizer.stream();
-    let mut emit = |id: i64| stream.step_to(id, on_text);
-    let ids = generate_threads(m.tp(tp), &prompt_ids, &opts, &|ctx, d| m.load_rank(hf.as_ref(), ctx, d), &mut emit)?;
+    let task = Generate::new(prompt_ids.clone(), with_folder_eos(opts, &m)).streaming_text(&m.tokenizer, on_text);
+    let ids = run(source, transport, &task)?;
     let text = m.tokenizer.decode(&ids)?;
     Ok(Generated { prompt_ids, ids, text })
 }

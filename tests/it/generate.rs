@@ -10,7 +10,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use common::*;
 use neuron_spec::checkpoint::WriteOptions;
 use neuron_spec::layers::{Communicator, LocalCommunicator};
-use neuron_spec_models::{load_hf_rank_model, KvCache, LlamaForCausalLM, ModelConfig};
+use neuron_spec_models::{KvCache, LlamaForCausalLM, ModelConfig};
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -222,7 +222,10 @@ fn kv_cache_next_token_logits_equal_the_full_forward_at_every_step() {
                     let (cfg, src, prompt, steps) = (&cfg, &src, &prompt, &steps);
                     s.spawn(move || {
                         let d = Device::default();
-                        let m = load_hf_rank_model(src, cfg, comm.context(), true, &d).unwrap();
+                        let m = neuron_spec_models::Source::tensors(src, (cfg).clone())
+                            .fuse_qkv(true)
+                            .load(comm.context(), &d)
+                            .unwrap();
                         let mut cache = KvCache::new();
                         let mut seen: Vec<i64> = prompt.iter().map(|i| i % vocab).collect();
                         let mut input = seen.clone();

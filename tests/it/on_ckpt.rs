@@ -58,7 +58,15 @@ fn each_reshards_to_our_layout_at_another_tp() {
 fn each_runs_forward_to_the_golden() {
     let (ids, golden) = input_ids_and_logits();
     for n in NAMES {
-        let out = neuron_spec_models::run_sharded_forward(&fixture(&format!("on-ckpt/{n}")), &ids).unwrap();
+        let out = neuron_spec_models::Source::open(&fixture(&format!("on-ckpt/{n}")))
+            .and_then(|s| {
+                neuron_spec_models::run(
+                    &s,
+                    &neuron_spec_models::Transport::threads_at_source_tp(),
+                    &neuron_spec_models::Forward::new(ids.to_vec()),
+                )
+            })
+            .unwrap();
         let d = neuron_spec::compare::max_abs_diff(&out.logits, &golden).unwrap();
         eprintln!("{n}: max |Δ| logits {d:.2e}");
         assert!(d <= 1e-4, "{n}: {d}");
@@ -235,7 +243,7 @@ fn a_reference_adapter_has_the_mean_mode_layout() {
     let opts = neuron_spec::lora::LoraImportOptions { mode: neuron_spec::lora::LoraMode::Mean, allow_partial: false };
     let adapter = neuron_spec::lora::PeftAdapter::open(&fixture("llama-gqa-lora")).unwrap();
     for (n, (tp, fuse)) in LORA.into_iter().zip(LORA_LAYOUT) {
-        let meta = neuron_spec_models::model_metadata(&cfg, tp, fuse).unwrap();
+        let meta = neuron_spec_models::layout(&cfg, tp, neuron_spec_models::QkvLayout::gqa(fuse)).unwrap();
         let imported = neuron_spec::lora::import_adapter(&meta, &adapter, "default", opts).unwrap();
         let all = neuron_spec::lora::disk::sharded_adapters(&fixture(&format!("on-ckpt/{n}"))).unwrap();
         assert_eq!(all.len(), 1, "{n}");
@@ -278,7 +286,15 @@ fn forward_with_a_reference_adapter_matches_peft_on_its_consolidation() {
     let (_, base) = input_ids_and_logits();
     assert!(neuron_spec::compare::max_abs_diff(&base, &golden).unwrap() > 1e-2, "the adapter changes the logits");
     for n in LORA {
-        let out = neuron_spec_models::run_sharded_forward(&fixture(&format!("on-ckpt/{n}")), &ids).unwrap();
+        let out = neuron_spec_models::Source::open(&fixture(&format!("on-ckpt/{n}")))
+            .and_then(|s| {
+                neuron_spec_models::run(
+                    &s,
+                    &neuron_spec_models::Transport::threads_at_source_tp(),
+                    &neuron_spec_models::Forward::new(ids.to_vec()),
+                )
+            })
+            .unwrap();
         let d = neuron_spec::compare::max_abs_diff(&out.logits, &golden).unwrap();
         eprintln!("{n}: max |Δ| logits vs peft {d:.2e}");
         assert!(d <= 1e-4, "{n}: {d}");

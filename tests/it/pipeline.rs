@@ -29,7 +29,15 @@ fn golden_ids_and_logits(dir: &str) -> (Vec<Vec<i64>>, Vec<f32>) {
 fn forward_diff(dir: &Path, golden: &str) -> f32 {
     let (ids, logits) = golden_ids_and_logits(golden);
     let g = open(&format!("{golden}/golden.safetensors"));
-    let out = neuron_spec_models::run_sharded_forward(dir, &ids).unwrap();
+    let out = neuron_spec_models::Source::open(dir)
+        .and_then(|s| {
+            neuron_spec_models::run(
+                &s,
+                &neuron_spec_models::Transport::threads_at_source_tp(),
+                &neuron_spec_models::Forward::new(ids.to_vec()),
+            )
+        })
+        .unwrap();
     let d = |a: &[f32], b: &[f32]| neuron_spec::compare::max_abs_diff(a, b).unwrap_or_else(|m| panic!("{m}"));
     let h1 = out.hidden_1.as_deref().unwrap();
     d(&out.logits, &logits)
@@ -171,7 +179,7 @@ fn stage_params(stage: &neuron_spec::CheckpointMetadata) -> Vec<String> {
 /// holds layer 1, the norm and lm_head, and from that hand-over alone gives the golden logits.
 #[test]
 fn each_stage_is_built_from_its_own_tensors_and_hands_over_the_residual_stream() {
-    use neuron_spec_models::{run_stage, ModelConfig, StageData};
+    use neuron_spec_models::{ModelConfig, StageData};
     for (fixture_dir, tied) in [("llama-gqa", false), ("llama-mha-tied", true)] {
         let tmp = tempfile::tempdir().unwrap();
         let s = tmp.path().join("s");
@@ -180,7 +188,15 @@ fn each_stage_is_built_from_its_own_tensors_and_hands_over_the_residual_stream()
         let cfg = ModelConfig::read(&s.join("config.json")).unwrap();
         let (ids, logits) = golden_ids_and_logits(fixture_dir);
         let g = open(&format!("{fixture_dir}/golden.safetensors"));
-        let r0 = run_stage(&s, &cfg, 0, &StageData::Tokens(ids.clone()), &[]).unwrap();
+        let r0 = neuron_spec_models::Source::open(&s)
+            .and_then(|s| {
+                neuron_spec_models::run(
+                    &s,
+                    &neuron_spec_models::Transport::threads_at_source_tp(),
+                    &neuron_spec_models::StageForward { stage: 0, input: StageData::Tokens(ids.clone()) },
+                )
+            })
+            .unwrap();
         let mut p0 = r0.parameters.clone();
         p0.sort();
         assert_eq!(p0, stage_params(&ck.stages[0]));
@@ -191,7 +207,15 @@ fn each_stage_is_built_from_its_own_tensors_and_hands_over_the_residual_stream()
         assert!(dh <= 1e-4, "{fixture_dir}: stage 0's output against hidden_1: {dh}");
         assert_eq!(r0.output.shape, [ids.len(), ids[0].len(), cfg.llama.hidden_size]);
         // Stage 1 gets only the handed-over activations.
-        let r1 = run_stage(&s, &cfg, 1, &StageData::Hidden(r0.output.clone()), &[]).unwrap();
+        let r1 = neuron_spec_models::Source::open(&s)
+            .and_then(|s| {
+                neuron_spec_models::run(
+                    &s,
+                    &neuron_spec_models::Transport::threads_at_source_tp(),
+                    &neuron_spec_models::StageForward { stage: 1, input: StageData::Hidden(r0.output.clone()) },
+                )
+            })
+            .unwrap();
         let mut p1 = r1.parameters.clone();
         p1.sort();
         assert_eq!(p1, stage_params(&ck.stages[1]));
@@ -211,9 +235,27 @@ fn each_stage_is_built_from_its_own_tensors_and_hands_over_the_residual_stream()
         eprintln!("{fixture_dir} tp 2 pp 2 by hand: stage 0 vs hidden_1 {dh:.2e}, logits {dl:.2e}");
         assert!(dl <= 1e-4, "{fixture_dir}: {dl}");
         // A stage refuses the other kind of input.
-        let e = run_stage(&s, &cfg, 1, &StageData::Tokens(ids.clone()), &[]).unwrap_err().to_string();
+        let e = neuron_spec_models::Source::open(&s)
+            .and_then(|s| {
+                neuron_spec_models::run(
+                    &s,
+                    &neuron_spec_models::Transport::threads_at_source_tp(),
+                    &neuron_spec_models::StageForward { stage: 1, input: StageData::Tokens(ids.clone()) },
+                )
+            })
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("takes hidden states"), "{e}");
-        let e = run_stage(&s, &cfg, 0, &StageData::Hidden(r0.output), &[]).unwrap_err().to_string();
+        let e = neuron_spec_models::Source::open(&s)
+            .and_then(|s| {
+                neuron_spec_models::run(
+                    &s,
+                    &neuron_spec_models::Transport::threads_at_source_tp(),
+                    &neuron_spec_models::StageForward { stage: 0, input: StageData::Hidden(r0.output) },
+                )
+            })
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("takes token ids"), "{e}");
     }
 }
@@ -222,39 +264,97 @@ fn each_stage_is_built_from_its_own_tensors_and_hands_over_the_residual_stream()
 /// whole run naming that file; nothing of stage 1 is needed to build stage 0.
 #[test]
 fn a_damaged_stage_1_file_leaves_stage_0_alone_and_fails_the_run_naming_it() {
-    use neuron_spec_models::{run_sharded_forward, run_stage, ModelConfig, StageData};
+    use neuron_spec_models::StageData;
     let tmp = tempfile::tempdir().unwrap();
     let s = tmp.path().join("s");
     shard(&fixture("llama-gqa"), &s, &layout("llama-gqa", 2, true), 2, &opts(2)).unwrap();
-    let cfg = ModelConfig::read(&s.join("config.json")).unwrap();
     let (ids, _) = golden_ids_and_logits("llama-gqa");
-    let before = run_stage(&s, &cfg, 0, &StageData::Tokens(ids.clone()), &[]).unwrap();
+    let before = neuron_spec_models::Source::open(&s)
+        .and_then(|s| {
+            neuron_spec_models::run(
+                &s,
+                &neuron_spec_models::Transport::threads_at_source_tp(),
+                &neuron_spec_models::StageForward { stage: 0, input: StageData::Tokens(ids.clone()) },
+            )
+        })
+        .unwrap();
     let bad = s.join("shards/model/dp_rank_00_tp_rank_01_pp_rank_01.safetensors");
     let mut bytes = fs::read(&bad).unwrap();
     let n = bytes.len();
     bytes[n - 3] ^= 0x40;
     fs::write(&bad, &bytes).unwrap();
-    let after = run_stage(&s, &cfg, 0, &StageData::Tokens(ids.clone()), &[]).unwrap();
+    let after = neuron_spec_models::Source::open(&s)
+        .and_then(|s| {
+            neuron_spec_models::run(
+                &s,
+                &neuron_spec_models::Transport::threads_at_source_tp(),
+                &neuron_spec_models::StageForward { stage: 0, input: StageData::Tokens(ids.clone()) },
+            )
+        })
+        .unwrap();
     assert_eq!(before.output, after.output);
-    let e = run_sharded_forward(&s, &ids).unwrap_err().to_string();
+    let e = neuron_spec_models::Source::open(&s)
+        .and_then(|s| {
+            neuron_spec_models::run(
+                &s,
+                &neuron_spec_models::Transport::threads_at_source_tp(),
+                &neuron_spec_models::Forward::new(ids.to_vec()),
+            )
+        })
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("dp_rank_00_tp_rank_01_pp_rank_01.safetensors") && e.contains("xxh3"), "{e}");
     // Stage 1's file removed: stage 0 still builds and runs.
     fs::remove_file(&bad).unwrap();
-    assert_eq!(run_stage(&s, &cfg, 0, &StageData::Tokens(ids.clone()), &[]).unwrap().output, before.output);
-    let e = run_sharded_forward(&s, &ids).unwrap_err().to_string();
+    assert_eq!(
+        neuron_spec_models::Source::open(&s)
+            .and_then(|s| neuron_spec_models::run(
+                &s,
+                &neuron_spec_models::Transport::threads_at_source_tp(),
+                &neuron_spec_models::StageForward { stage: 0, input: StageData::Tokens(ids.clone()) }
+            ))
+            .unwrap()
+            .output,
+        before.output
+    );
+    let e = neuron_spec_models::Source::open(&s)
+        .and_then(|s| {
+            neuron_spec_models::run(
+                &s,
+                &neuron_spec_models::Transport::threads_at_source_tp(),
+                &neuron_spec_models::Forward::new(ids.to_vec()),
+            )
+        })
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("dp_rank_00_tp_rank_01_pp_rank_01.safetensors"), "{e}");
 }
 
 /// optimum-neuron's own 2-stage `.pt` checkpoint goes through the same stage-by-stage path.
 #[test]
 fn the_reference_pt_checkpoint_runs_stage_by_stage() {
-    use neuron_spec_models::{run_stage, ModelConfig, StageData};
+    use neuron_spec_models::StageData;
     let dir = fixture("on-ckpt/llama-gqa-tp4-pp2-plain");
     let ck = ShardedCheckpoint::open(&dir).unwrap();
-    let cfg = ModelConfig::read(&dir.join("config.json")).unwrap();
     let (ids, logits) = golden_ids_and_logits("llama-gqa");
-    let r0 = run_stage(&dir, &cfg, 0, &StageData::Tokens(ids), &[]).unwrap();
-    let r1 = run_stage(&dir, &cfg, 1, &StageData::Hidden(r0.output.clone()), &[]).unwrap();
+    let r0 = neuron_spec_models::Source::open(&dir)
+        .and_then(|s| {
+            neuron_spec_models::run(
+                &s,
+                &neuron_spec_models::Transport::threads_at_source_tp(),
+                &neuron_spec_models::StageForward { stage: 0, input: StageData::Tokens(ids) },
+            )
+        })
+        .unwrap();
+    let r1 = neuron_spec_models::Source::open(&dir)
+        .and_then(|s| {
+            neuron_spec_models::run(
+                &s,
+                &neuron_spec_models::Transport::threads_at_source_tp(),
+                &neuron_spec_models::StageForward { stage: 1, input: StageData::Hidden(r0.output.clone()) },
+            )
+        })
+        .unwrap();
     for (r, m) in [(&r0, &ck.stages[0]), (&r1, &ck.stages[1])] {
         let mut p = r.parameters.clone();
         p.sort();

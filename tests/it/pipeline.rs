@@ -383,3 +383,49 @@ fn every_family_runs_in_two_stages() {
         assert!(fs::read(out.join("model.safetensors")).unwrap() == want, "{dir}: consolidated bytes differ");
     }
 }
+
+/// A pp 2 checkpoint with an adapter (issue 20): `shard --pp 2 --adapter` keeps the adapter beside the stages
+/// as one checkpoint at the same tp; forward (each stage loading its own modules' factors) equals peft's
+/// logits, as does the PEFT adapter given at run time to a pp 2 base; resharded to pp 1 and to another tp at
+/// pp 2, forward still equals peft's; through the binary, `forward --golden` passes.
+#[test]
+fn a_pp_2_checkpoint_with_an_adapter_runs_forward_like_peft() {
+    use neuron_spec::lora::{import_adapter, LoraImportOptions, PeftAdapter};
+    use neuron_spec::shard_with_adapters;
+    use neuron_spec_models::{run, Adapter, Forward, Source, Transport};
+    let golden = fixture("llama-gqa-lora/golden_lora.safetensors");
+    let f = open("llama-gqa-lora/golden_lora.safetensors");
+    let ids: Vec<Vec<i64>> =
+        f.tensor("input_ids").unwrap().to_i64_vec().unwrap().chunks(7).map(<[i64]>::to_vec).collect();
+    let peft_logits = f.tensor("logits").unwrap().to_f32_vec();
+    let forward = |s: Source<'_>| run(&s, &Transport::threads_at_source_tp(), &Forward::new(ids.clone())).unwrap();
+    let d = |a: &[f32]| neuron_spec::compare::max_abs_diff(a, &peft_logits).unwrap_or_else(|m| panic!("{m}"));
+    for (tp, fuse) in [(2, true), (4, false)] {
+        let what = format!("tp {tp} fuse {fuse} pp 2");
+        let tmp = tempfile::tempdir().unwrap();
+        let (s, base, r1, r4) =
+            (tmp.path().join("s"), tmp.path().join("base"), tmp.path().join("r1"), tmp.path().join("r4"));
+        let meta = layout("llama-gqa", tp, fuse);
+        let peft = PeftAdapter::open(&fixture("llama-gqa-lora")).unwrap();
+        let a = import_adapter(&meta, &peft, "default", LoraImportOptions::default()).unwrap();
+        shard_with_adapters(&fixture("llama-gqa"), &s, &meta, tp, &[a], &opts(2)).unwrap();
+        assert_eq!(ShardedCheckpoint::open(&s).unwrap().pp(), 2, "{what}");
+        let with = forward(Source::open(&s).unwrap());
+        assert!(d(&with.logits) <= 1e-4, "{what}: {}", d(&with.logits));
+        // The adapter matters: the base alone is far from peft's logits.
+        shard(&fixture("llama-gqa"), &base, &meta, tp, &opts(2)).unwrap();
+        assert!(d(&forward(Source::open(&base).unwrap()).logits) > 1e-3, "{what}");
+        let given =
+            forward(Source::open(&base).unwrap().with_adapter(Adapter::peft(fixture("llama-gqa-lora"), "default")));
+        assert!(given.logits == with.logits, "{what}: the adapter given at run time");
+        reshard(&s, &r1, tp, &opts(1)).unwrap();
+        assert!(d(&forward(Source::open(&r1).unwrap()).logits) <= 1e-4, "{what} resharded to pp 1");
+        reshard(&s, &r4, 8 / tp, &opts(2)).unwrap();
+        assert!(d(&forward(Source::open(&r4).unwrap()).logits) <= 1e-4, "{what} resharded to tp {}", 8 / tp);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_neuron-spec"))
+            .args(["forward", s.to_str().unwrap(), "--golden", golden.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}

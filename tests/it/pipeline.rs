@@ -429,3 +429,40 @@ fn a_pp_2_checkpoint_with_an_adapter_runs_forward_like_peft() {
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+/// The runtime's one capability check (`runtime::refusal`): the only cell refused is a staged checkpoint under
+/// MPI (one process per rank reads one rank file), with its reason; every task runs every other cell.
+#[test]
+fn the_runtime_refuses_only_a_staged_checkpoint_under_mpi() {
+    use neuron_spec_models::runtime::{refusal, Source, TaskKind, TransportKind};
+    let staged = Source::open(&fixture("on-ckpt/llama-gqa-tp4-pp2-plain")).unwrap();
+    let sharded = Source::open(&fixture("on-ckpt/llama-gqa-tp2-plain")).unwrap();
+    let hf = Source::open(&fixture("llama-gqa")).unwrap();
+    for task in [TaskKind::Forward, TaskKind::Train, TaskKind::Generate] {
+        for t in [TransportKind::Threads, TransportKind::Mpi] {
+            assert_eq!(refusal(task, &hf, t), None, "{task:?} {t:?} HF");
+            assert_eq!(refusal(task, &sharded, t), None, "{task:?} {t:?} sharded");
+        }
+        assert_eq!(refusal(task, &staged, TransportKind::Threads), None, "{task:?} staged on threads");
+        let why = refusal(task, &staged, TransportKind::Mpi).unwrap();
+        assert!(why.contains("pipeline stages") && why.contains("--pp 1"), "{why}");
+    }
+}
+
+/// `generate` runs a staged checkpoint (its stages loaded as one model per TP rank): the greedy ids after the
+/// text fixture's prompt are transformers' (`text/generate_golden.json`), as from the HF folder.
+#[test]
+fn generate_runs_a_pp_2_checkpoint_like_transformers() {
+    use neuron_spec_models::{generate_text, GenerateOptions, Sampling, Source, Transport};
+    let g: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(fixture("text/generate_golden.json")).unwrap()).unwrap();
+    let golden: Vec<i64> = g["plain"]["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = tmp.path().join("s");
+    shard(&fixture("llama-gqa"), &s, &layout("llama-gqa", 2, true), 2, &opts(2)).unwrap();
+    let o = GenerateOptions { max_new_tokens: 20, eos_token_ids: vec![], sampling: Sampling::Greedy };
+    let source = Source::open(&s).unwrap();
+    let prompt = g["prompt"].as_str().unwrap();
+    let out = generate_text(&source, &Transport::threads_at_source_tp(), prompt, false, &o, &mut |_| Ok(())).unwrap();
+    assert_eq!(out.ids, golden);
+}

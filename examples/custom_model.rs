@@ -56,7 +56,8 @@ impl Encoder {
         Ok(Self {
             block: Block {
                 attn: Attention {
-                    qkv_proj: GqaQkvColumnParallelLinearConfig::new(HIDDEN, HEADS, KV_HEADS, HEAD_DIM).init(tp, device)?,
+                    qkv_proj: GqaQkvColumnParallelLinearConfig::new(HIDDEN, HEADS, KV_HEADS, HEAD_DIM)
+                        .init(tp, device)?,
                     o_proj: RowParallelLinearConfig::new(HEADS * HEAD_DIM, HIDDEN).init(tp, device)?,
                 },
                 mlp: Mlp {
@@ -124,7 +125,9 @@ fn hf_tensors() -> Result<StateDict> {
 fn write_hf(dir: &Path, sd: &StateDict) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let infos: Vec<TensorInfo> = sd.keys().filter_map(|n| sd.info(n)).collect();
-    write_safetensors(&dir.join("model.safetensors"), &infos, &Default::default(), &mut |i| Ok(vec![sd.tensor(&i.name)?]))?;
+    write_safetensors(&dir.join("model.safetensors"), &infos, &Default::default(), &mut |i| {
+        Ok(vec![sd.tensor(&i.name)?])
+    })?;
     Ok(())
 }
 
@@ -138,7 +141,8 @@ fn run_ranks(tp: usize, hf: &HfCheckpoint, x: &[f32]) -> Result<Vec<(Vec<f32>, S
             .map(|comm| {
                 s.spawn(move || -> Result<(Vec<f32>, StateDict)> {
                     let device = Device::default();
-                    let model = Encoder::new(comm.context(), &device)?.load_hf_rank(hf, &device, PlanOptions::default())?;
+                    let model =
+                        Encoder::new(comm.context(), &device)?.load_hf_rank(hf, &device, PlanOptions::default())?;
                     let input = Tensor::<3>::from_data(TensorData::new(x.to_vec(), [1, 3, HIDDEN]), &device);
                     let out = model.forward(input, comm)?;
                     let out = out.into_data().try_to_vec::<f32>().map_err(|e| Error::Invalid(format!("{e:?}")))?;

@@ -746,5 +746,31 @@ fn gemma3_with_a_lora_adapter_matches_peft_at_tp_1_2_4() {
             .unwrap();
             check(&out, &g, &format!("gemma3-lora tp {tp} fuse_qkv {fuse}"));
         }
+
+/// The README's capability table ("What runs where") has one row per family of the family table, and no other:
+/// a family added without its row (or a row left for a family that is gone) fails here.
+#[test]
+fn the_readme_capability_table_has_a_row_per_family() {
+    let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme.split("## What runs where").nth(1).expect("README has a \"What runs where\" section");
+    let section = section.split("\n## ").next().unwrap_or_default();
+    let mut rows: Vec<&str> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .collect();
+    let header = section.lines().find(|l| l.starts_with("| model_type")).expect("the table's header");
+    for column in ["forward", "train", "LoRA train", "resume after reshard", "`--pp`", "MPI", "`.pt` source"] {
+        assert!(header.contains(column), "the table has no {column} column: {header}");
+    }
+    rows.sort_unstable();
+    let mut families: Vec<&str> = neuron_spec_models::MODEL_TYPES.to_vec();
+    families.sort_unstable();
+    assert_eq!(rows, families, "README rows vs FAMILIES");
+    // Every cell says ✓ or why not.
+    for l in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+        assert_eq!(cells.len(), header.trim_matches('|').split('|').count(), "{l}");
+        assert!(cells[1..].iter().all(|c| !c.is_empty()), "an empty cell: {l}");
     }
 }

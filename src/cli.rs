@@ -4,17 +4,18 @@
 
 use crate::adapter_args::{import_adapters, AdapterArg, AdapterArgs};
 pub use crate::comm_arg::Comm;
+use crate::error::{CliError, Result};
 pub use crate::exit::{usage, EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE};
 pub use crate::layouts::{hf_layout, is_sharded, layout_from_file, LayoutArgs};
 use crate::out::human;
 use clap::{Parser, Subcommand};
 use neuron_spec::checkpoint::{WriteOptions, METADATA_PATH};
 use neuron_spec::compare::{allclose, DEFAULT_ATOL, DEFAULT_RTOL};
-use neuron_spec::error::{Error, Result};
 use neuron_spec::io::{parse_size, HfCheckpoint};
 use neuron_spec::plan::TensorSource;
 use neuron_spec::reshard::reshard;
 use neuron_spec::train::{has_optimizer_state, reshard_trained, OPTIMIZER_DIR};
+use neuron_spec::Error;
 use neuron_spec::{consolidate, shard, shard_with_adapters, AdapterOptions};
 use neuron_spec_models::runtime::{Forward, ForwardOutput, Source, Transport, TransportKind};
 use neuron_spec_models::{generate_text, QkvLayout};
@@ -377,7 +378,7 @@ fn wants_json(args: impl Iterator<Item = String>) -> bool {
 /// Fails with a hint when `dir` is a sharded checkpoint where an HF folder is expected.
 fn expect_hf(dir: &Path, command: &str) -> Result<()> {
     if is_sharded(dir) {
-        return Err(Error::Invalid(format!(
+        return Err(CliError::Command(format!(
             "{} is a sharded checkpoint ({METADATA_PATH}), not an HF folder: `{command}` takes an HF checkpoint; use \
              `neuron-spec reshard` for another tp size or `neuron-spec consolidate` to get the HF folder back",
             dir.display()
@@ -394,7 +395,7 @@ fn expect_sharded(dir: &Path, command: &str) -> Result<()> {
         } else {
             "is this the right directory?"
         };
-        return Err(Error::Invalid(format!(
+        return Err(CliError::Command(format!(
             "{} is not a sharded checkpoint (no {METADATA_PATH}): `{command}` takes one; {hint}",
             dir.display()
         )));
@@ -649,12 +650,12 @@ pub fn read_input_ids(path: &Path) -> Result<Vec<Vec<i64>>> {
     let t = f.tensor("input_ids")?;
     let shape = t.shape().to_vec();
     if shape.len() != 2 {
-        return Err(Error::ShapeMismatch {
+        return Err(CliError::Library(Error::ShapeMismatch {
             tensor: "input_ids".into(),
             expected: vec![0, 0],
             found: shape,
             file: Some(path.to_path_buf()),
-        });
+        }));
     }
     let v = t.to_i64_vec()?;
     Ok(v.chunks(shape[1].max(1)).map(<[i64]>::to_vec).collect())
@@ -685,13 +686,13 @@ fn forward_command(
             let row = tok.encode(text, true)?;
             tok.check_in_vocab(&row, neuron_spec_models::ModelConfig::read_dir(dir)?.llama.vocab_size)?;
             if row.is_empty() {
-                return Err(Error::Invalid("--prompt encodes to no token".into()));
+                return Err(CliError::Command("--prompt encodes to no token".into()));
             }
             vec![row]
         }
         _ => match files.input_ids.or(files.golden) {
             Some(p) => read_input_ids(p)?,
-            None => return Err(Error::Invalid("forward: no --input-ids".into())),
+            None => return Err(CliError::Command("forward: no --input-ids".into())),
         },
     };
     let source = adapters.iter().fold(Source::open(dir)?.fuse_qkv(fuse_qkv), |s, a| s.with_adapter(a.adapter()));
@@ -722,10 +723,10 @@ fn forward_command(
 /// and its decoded text.
 fn print_top_tokens(tok: &neuron_spec_models::TextTokenizer, logits: &[f32], shape: &[usize]) -> Result<()> {
     let (Some(&seq), Some(&vocab)) = (shape.get(1), shape.get(2)) else {
-        return Err(Error::Invalid(format!("logits of shape {shape:?}: expected [batch, seq, vocab]")));
+        return Err(CliError::Command(format!("logits of shape {shape:?}: expected [batch, seq, vocab]")));
     };
     let last = logits.get((seq - 1) * vocab..seq * vocab).ok_or_else(|| {
-        Error::Invalid(format!("logits hold {} values, fewer than their shape {shape:?}", logits.len()))
+        CliError::Command(format!("logits hold {} values, fewer than their shape {shape:?}", logits.len()))
     })?;
     let mut order: Vec<usize> = (0..vocab).collect();
     order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
@@ -751,12 +752,12 @@ fn finish_logits(out: &ForwardOutput, files: &ForwardFiles<'_>) -> Result<i32> {
         let f = neuron_spec::io::SafetensorsFile::open(g)?;
         let gl = f.tensor("logits")?;
         if gl.shape() != shape.as_slice() {
-            return Err(Error::ShapeMismatch {
+            return Err(CliError::Library(Error::ShapeMismatch {
                 tensor: "logits".into(),
                 expected: gl.shape().to_vec(),
                 found: shape,
                 file: Some(g.to_path_buf()),
-            });
+            }));
         }
         if let Some(code) = check_golden(&out.logits, &gl.to_f32_vec(), g, files.tolerance, "")? {
             return Ok(code);
@@ -818,14 +819,14 @@ fn quickstart(model: &Path, work_dir: Option<&Path>, force: bool) -> Result<i32>
         } else {
             "pass an HF checkpoint directory (config.json + model.safetensors) with --model <dir>".to_string()
         };
-        return Err(Error::Invalid(format!("{}: no config.json; {hint}", model.display())));
+        return Err(CliError::Command(format!("{}: no config.json; {hint}", model.display())));
     }
     let _cleanup;
     let work = match work_dir {
         Some(w) => {
             let non_empty = std::fs::read_dir(w).map(|mut d| d.next().is_some()).unwrap_or(false);
             if non_empty && !force {
-                return Err(Error::Invalid(format!(
+                return Err(CliError::Command(format!(
                     "{} exists and is not empty: pass --force to replace quickstart's outputs there, or another --work-dir",
                     w.display()
                 )));
@@ -872,12 +873,12 @@ fn quickstart(model: &Path, work_dir: Option<&Path>, force: bool) -> Result<i32>
     for n in a.names() {
         let (x, y) = (a.tensor(&n)?, b.tensor(&n)?);
         if x != y {
-            return Err(Error::Invalid(format!("round trip changed tensor {n}")));
+            return Err(CliError::Command(format!("round trip changed tensor {n}")));
         }
         same += 1;
     }
     if b.names().len() != same {
-        return Err(Error::Invalid("round trip added tensors".into()));
+        return Err(CliError::Command("round trip added tensors".into()));
     }
     out!("   {} tensors, {}: all {same} byte-identical to the input", c.tensors, human(c.bytes_written));
     quickstart_generate(&sharded, tp)?;

@@ -1,8 +1,8 @@
 //! `--comm threads|mpi`: where a command runs its ranks, as the runtime's [`Transport`].
 
+use crate::error::{CliError, Result};
 #[cfg(feature = "mpi")]
 use crate::exit::EXIT_ERROR;
-use neuron_spec::{Error, Result};
 use neuron_spec_models::runtime::{RankRead, Transport};
 
 /// Where `forward`, `train` and `generate` run their ranks.
@@ -30,7 +30,7 @@ pub fn on_ranks(comm: Comm, tp: Option<usize>, command: &str, work: &Work<'_>) -
 
 #[cfg(not(feature = "mpi"))]
 fn on_mpi(_: Option<usize>, command: &str, _: &Work<'_>) -> Result<i32> {
-    Err(Error::Invalid(format!("{command} --comm mpi: this build has no MPI support (build with `--features mpi`)")))
+    Err(CliError::Command(format!("{command} --comm mpi: this build has no MPI support (build with `--features mpi`)")))
 }
 
 #[cfg(feature = "mpi")]
@@ -39,7 +39,7 @@ fn on_mpi(tp: Option<usize>, _command: &str, work: &Work<'_>) -> Result<i32> {
     let comm = MpiCommunicator::init()?;
     let ctx = comm.context();
     if let Some(tp) = tp.filter(|t| *t != 1 && *t != ctx.size) {
-        comm.abort(&Error::Invalid(format!(
+        comm.abort(&CliError::Command(format!(
             "--tp {tp} with --comm mpi, but {} processes were started (the tp is the number of processes)",
             ctx.size
         )));

@@ -2,9 +2,10 @@
 //! processes) and prints: the text as it is produced, or one JSON object.
 
 use crate::comm_arg::Comm;
+use crate::error::{CliError, Result};
 use crate::exit::{usage, EXIT_OK};
 use clap::Args;
-use neuron_spec::{Error, Result};
+use neuron_spec::Error;
 use neuron_spec_models::{GenerateOptions, Generated, Sampling, Source};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -72,7 +73,7 @@ impl GenerateArgs {
         match (&self.prompt, &self.prompt_file) {
             (Some(p), _) => Ok(p.clone()),
             (None, Some(f)) => read_prompt(f),
-            (None, None) => Err(Error::Invalid("--prompt or --prompt-file is required".into())),
+            (None, None) => Err(CliError::Command("--prompt or --prompt-file is required".into())),
         }
     }
 
@@ -88,11 +89,11 @@ impl GenerateArgs {
 
 fn read_prompt(f: &Path) -> Result<String> {
     let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
-    String::from_utf8(bytes).map_err(|e| Error::Invalid(format!("{}: the prompt is not UTF-8 ({e})", f.display())))
+    String::from_utf8(bytes).map_err(|e| CliError::Command(format!("{}: the prompt is not UTF-8 ({e})", f.display())))
 }
 
 /// Writes a piece of streamed text and flushes it.
-pub fn print_piece(piece: &str) -> Result<()> {
+pub fn print_piece(piece: &str) -> neuron_spec::Result<()> {
     let mut o = std::io::stdout().lock();
     o.write_all(piece.as_bytes()).and_then(|_| o.flush()).map_err(|e| Error::io(crate::out::STDOUT, e))
 }

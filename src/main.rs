@@ -6,6 +6,7 @@ mod out;
 mod adapter_args;
 mod cli;
 mod comm_arg;
+mod error;
 mod exit;
 mod generate_cmd;
 mod inspect_cmd;

@@ -4,12 +4,12 @@
 
 use crate::adapter_args::LoraModeArg;
 use crate::comm_arg::Comm;
+use crate::error::{CliError, Result};
 use crate::exit::EXIT_OK;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use neuron_spec::lora::LoraImportOptions;
 use neuron_spec::train::AdamWConfig;
-use neuron_spec::{Error, Result};
 use neuron_spec_models::runtime::TransportKind;
 use neuron_spec_models::{Adapter, QkvLayout, Source, Train};
 use std::io::IsTerminal;
@@ -89,11 +89,11 @@ use neuron_spec::train_data::{read_data, TrainData};
 pub fn training_rows(a: &TrainArgs) -> Result<Vec<Vec<i64>>> {
     match (read_data(&a.data)?, a.seq_len) {
         (TrainData::Rows(rows), None) => Ok(rows),
-        (TrainData::Rows(_), Some(_)) => Err(Error::Invalid(format!(
+        (TrainData::Rows(_), Some(_)) => Err(CliError::Command(format!(
             "--seq-len applies to text data; {} holds token-id rows, which train as they are",
             a.data.display()
         ))),
-        (TrainData::Documents(_), None) => Err(Error::Invalid(format!(
+        (TrainData::Documents(_), None) => Err(CliError::Command(format!(
             "{} holds text: --seq-len N is needed (the tokens of each row)",
             a.data.display()
         ))),
@@ -101,7 +101,7 @@ pub fn training_rows(a: &TrainArgs) -> Result<Vec<Vec<i64>>> {
             let tok = neuron_spec_models::TextTokenizer::open(&a.model)?;
             let rows = tok.training_rows(&docs, seq as usize)?;
             if rows.is_empty() {
-                return Err(Error::Invalid(format!(
+                return Err(CliError::Command(format!(
                     "{}: its {} document(s) give fewer tokens than one row of --seq-len {seq}",
                     a.data.display(),
                     docs.len()
@@ -113,7 +113,7 @@ pub fn training_rows(a: &TrainArgs) -> Result<Vec<Vec<i64>>> {
 }
 
 fn parse_betas(s: &str) -> Result<(f64, f64)> {
-    let bad = || Error::Invalid(format!("--betas: expected B1,B2 (e.g. 0.9,0.999), got {s:?}"));
+    let bad = || CliError::Command(format!("--betas: expected B1,B2 (e.g. 0.9,0.999), got {s:?}"));
     let (a, b) = s.split_once(',').ok_or_else(bad)?;
     Ok((a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?))
 }
@@ -129,7 +129,7 @@ fn adamw(a: &TrainArgs) -> Result<AdamWConfig> {
 /// what each MPI rank read, and the throughput.
 pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
     if a.steps == 0 {
-        return Err(Error::Invalid("--steps must be at least 1".into()));
+        return Err(CliError::Command("--steps must be at least 1".into()));
     }
     let adamw = adamw(&a)?;
     let source = Source::open(&a.model)?;
@@ -139,7 +139,7 @@ pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
         let tp = match (a.tp, a.comm) {
             (Some(tp), _) => tp,
             (None, Comm::Threads) => {
-                return Err(Error::Invalid("--tp is required to train an HF checkpoint".into()));
+                return Err(CliError::Command("--tp is required to train an HF checkpoint".into()));
             }
             (None, Comm::Mpi) => 1,
         };

@@ -754,11 +754,8 @@ fn the_readme_capability_table_has_a_row_per_family() {
     let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let section = readme.split("## What runs where").nth(1).expect("README has a \"What runs where\" section");
     let section = section.split("\n## ").next().unwrap_or_default();
-    let mut rows: Vec<&str> = section
-        .lines()
-        .filter_map(|l| l.strip_prefix("| `"))
-        .filter_map(|l| l.split('`').next())
-        .collect();
+    let mut rows: Vec<&str> =
+        section.lines().filter_map(|l| l.strip_prefix("| `")).filter_map(|l| l.split('`').next()).collect();
     let header = section.lines().find(|l| l.starts_with("| model_type")).expect("the table's header");
     for column in ["forward", "train", "LoRA train", "resume after reshard", "`--pp`", "MPI", "`.pt` source"] {
         assert!(header.contains(column), "the table has no {column} column: {header}");

@@ -83,7 +83,7 @@ fn check_variant(name: &str, config: serde_json::Value, tps: &[usize]) {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = write_model(tmp.path(), config, 7);
     let src = HfCheckpoint::open(tmp.path()).unwrap();
-    let ids = vec![vec![1, 17, 42, 9, 3, 27, 44, 0], vec![5, 0, 8, 23, 11, 7, 36, 2]];
+    let ids = [vec![1, 17, 42, 9, 3, 27, 44, 0], vec![5, 0, 8, 23, 11, 7, 36, 2]];
     let reference = neuron_spec_models::run(
         &neuron_spec_models::Source::tensors(&src, cfg.clone()).fuse_qkv(false),
         &neuron_spec_models::Transport::threads(1),

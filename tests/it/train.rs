@@ -807,7 +807,7 @@ fn lora_run(tp: usize, fuse: bool, steps: usize) -> (Vec<f32>, StateDict, StateD
     let source = Source::tensors(&ck, cfg.clone()).fuse_qkv(fuse);
     let task = Train::new(vec![ids.clone()], steps, options().adamw)
         .grad_clip(options().grad_clip)
-        .lora(Adapter::Imported(a.clone()))
+        .lora(Adapter::Imported(Box::new(a.clone())))
         .keep_grads();
     let run = neuron_spec_models::run(&source, &Transport::threads(tp), &task).unwrap();
     let ameta = adapter_metadata_for_tp(&meta, &a.layout).unwrap();

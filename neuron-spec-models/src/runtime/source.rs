@@ -36,7 +36,7 @@ pub enum Adapter {
         options: LoraImportOptions,
     },
     /// An adapter already imported for the run's layout ([`Source::layout`] at the run's tp).
-    Imported(ImportedAdapter),
+    Imported(Box<ImportedAdapter>),
 }
 
 impl Adapter {
@@ -125,7 +125,7 @@ impl<'a> Source<'a> {
 
     /// Runs with these adapters, already imported for the run's layout, too.
     pub fn with_imported(mut self, adapters: &[ImportedAdapter]) -> Self {
-        self.adapters.extend(adapters.iter().cloned().map(Adapter::Imported));
+        self.adapters.extend(adapters.iter().map(|a| Adapter::Imported(Box::new(a.clone()))));
         self
     }
 
@@ -207,7 +207,7 @@ impl<'a> Source<'a> {
                 Adapter::Peft { dir, name, options } => {
                     import_adapter(&meta, &PeftAdapter::open(dir)?, name, *options)?
                 }
-                Adapter::Imported(i) => i.clone(),
+                Adapter::Imported(i) => (**i).clone(),
             };
             warnings.extend(imported.warnings.iter().cloned());
             adapters.push(PlannedAdapter::Imported(imported));

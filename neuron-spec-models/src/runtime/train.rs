@@ -172,7 +172,7 @@ impl Task for Train<'_> {
                     plan.warnings.extend(i.warnings.iter().cloned());
                     i
                 }
-                Adapter::Imported(i) => i.clone(),
+                Adapter::Imported(i) => (**i).clone(),
             });
         }
         if !plan.adapters.is_empty() {
@@ -315,12 +315,15 @@ mod wire {
     use neuron_spec::{DType, Error, HostTensor, Result, StateDict};
     use std::collections::BTreeMap;
 
+    /// A tensor's name, dtype, shape and byte length.
+    type Entry = (String, DType, Vec<usize>, usize);
+
     #[derive(serde::Serialize, serde::Deserialize)]
     struct Header {
         step: u64,
         skipped: BTreeMap<String, u64>,
         /// Per state dict (weights, exp_avg, exp_avg_sq): each tensor's name, dtype, shape and byte length.
-        dicts: [Vec<(String, DType, Vec<usize>, usize)>; 3],
+        dicts: [Vec<Entry>; 3],
     }
 
     pub fn encode_rank(weights: &StateDict, state: &OptimizerState) -> Result<Vec<u8>> {

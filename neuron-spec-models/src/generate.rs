@@ -191,7 +191,7 @@ pub fn rank_generate<C: Communicator>(
 }
 
 /// A model folder's text side: its config, tokenizer and EOS ids (the weights are a
-/// [`Source`](crate::runtime::Source)).
+/// [`Source`]).
 pub struct TextModel {
     /// The folder.
     pub dir: std::path::PathBuf,

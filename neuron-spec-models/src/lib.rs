@@ -2,11 +2,11 @@
 //! is a source (HF, sharded at any tp/pp, optimum-neuron `.pt`; with adapters) × a transport (threads or MPI
 //! processes) × a task (forward, train, generate), executed by one [`run`]. The families: Llama (`llama.rs`),
 //! Mistral (`mistral.rs`), Qwen2 (`qwen2.rs`), Qwen3 (`qwen3.rs`), Granite (`granite.rs`), Qwen3-MoE
-//! (`qwen3_moe.rs`), Phi-3 (`phi3.rs`), Mixtral (`mixtral.rs`) and Gemma 3 text (`gemma3.rs`), all on the shared decoder of `model.rs`, with
-//! the RoPE variants of `rope.rs`. Each family is one
-//! [`Family`] description in its own file, chosen by `model_type` in the one family table ([`FAMILIES`],
-//! `family.rs`); `config.rs` reads `config.json` through it, refusing what is not implemented, and the layout
-//! `shard`/`plan` use is the metadata of the same (lazily built) model that runs `forward`.
+//! (`qwen3_moe.rs`), Phi-3 (`phi3.rs`), Mixtral (`mixtral.rs`) and Gemma 3 text (`gemma3.rs`), all on the shared
+//! decoder of `model.rs`, with the RoPE variants of `rope.rs`. Each family is one [`Family`] description in its
+//! own file, chosen by `model_type` in the one family table ([`FAMILIES`], `family.rs`); `config.rs` reads
+//! `config.json` through it, refusing what is not implemented, and the layout `shard`/`plan` use is the metadata
+//! of the same (lazily built) model that runs `forward`.
 //!
 //! GQA (including MQA, whose single kv head every rank replicates), tied embeddings (the logits use the
 //! vocab-parallel embedding weight), RMSNorm, RoPE with HF's `rotate_half` convention, SwiGLU MLP, causal

@@ -6,7 +6,7 @@
 //!   adapters imported once); [`Plan::load`] builds a rank's model, checks the checkpoint's layout against
 //!   it and loads the base tensors and every adapter's rank factors.
 //! - **Transport**: the ranks as threads of this process, or as MPI processes (the communicator is a value
-//!   passed in: [`Transport::Mpi`], feature `mpi`).
+//!   passed in: `Transport::Mpi`, feature `mpi`).
 //! - **Task**: [`Forward`] (logits and hidden states; every pipeline stage in turn), [`StageForward`] (one
 //!   stage), [`Train`] (full or LoRA, exact or mean; new or resumed) and [`Generate`] (KV cache, greedy or
 //!   sampled). A task says what one rank does with its communicator, threads and processes alike.

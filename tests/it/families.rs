@@ -746,6 +746,8 @@ fn gemma3_with_a_lora_adapter_matches_peft_at_tp_1_2_4() {
             .unwrap();
             check(&out, &g, &format!("gemma3-lora tp {tp} fuse_qkv {fuse}"));
         }
+    }
+}
 
 /// The README's capability table ("What runs where") has one row per family of the family table, and no other:
 /// a family added without its row (or a row left for a family that is gone) fails here.

@@ -1,8 +1,8 @@
 //! `--adapter DIR [--adapter-name] [--lora-mode] [--lora-partial]`: which PEFT adapters a command imports, and
 //! importing them for a TP layout.
 
+use crate::error::{CliError, Result};
 use clap::Args;
-use neuron_spec::error::{Error, Result};
 use neuron_spec::lora::{import_adapter, ImportedAdapter, LoraImportOptions, LoraMode, PeftAdapter};
 use neuron_spec::spec::metadata::CheckpointMetadata;
 use std::path::PathBuf;
@@ -54,13 +54,20 @@ pub struct AdapterArg {
     pub opts: LoraImportOptions,
 }
 
+impl AdapterArg {
+    /// The runtime's adapter: imported for the run's layout when the run starts.
+    pub fn adapter(&self) -> neuron_spec_models::Adapter {
+        neuron_spec_models::Adapter::Peft { dir: self.dir.clone(), name: self.name.clone(), options: self.opts }
+    }
+}
+
 impl AdapterArgs {
     /// Pairs each `--adapter` with its name and mode.
     pub fn resolve(&self) -> Result<Vec<AdapterArg>> {
         let n = self.adapters.len();
         if n == 0 {
             if !self.names.is_empty() || !self.modes.is_empty() {
-                return Err(Error::Invalid("--adapter-name and --lora-mode need an --adapter".into()));
+                return Err(CliError::Command("--adapter-name and --lora-mode need an --adapter".into()));
             }
             return Ok(vec![]);
         }
@@ -68,7 +75,7 @@ impl AdapterArgs {
             (0, 1) => vec!["default".to_string()],
             (k, n) if k == n => self.names.clone(),
             (k, n) => {
-                return Err(Error::Invalid(format!(
+                return Err(CliError::Command(format!(
                 "{n} --adapter given with {k} --adapter-name: name every adapter (one --adapter-name each, in order)"
             )))
             }
@@ -77,7 +84,11 @@ impl AdapterArgs {
             0 => vec![LoraMode::Exact; n],
             1 => vec![self.modes[0].into(); n],
             k if k == n => self.modes.iter().map(|m| (*m).into()).collect(),
-            k => return Err(Error::Invalid(format!("{n} --adapter given with {k} --lora-mode: give one or one each"))),
+            k => {
+                return Err(CliError::Command(format!(
+                    "{n} --adapter given with {k} --lora-mode: give one or one each"
+                )))
+            }
         };
         Ok(self
             .adapters

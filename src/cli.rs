@@ -1,21 +1,24 @@
-//! The `neuron-spec` command line: shard, consolidate, reshard, plan, inspect, and a `forward` hook that a
-//! model crate fills in (the binary lives next to the model; see `neuron-spec-models/`).
+//! The `neuron-spec` command line: argument parsing and output; each command is one call into the library
+//! (shard, consolidate, reshard, plan, inspect) or into the runtime of `neuron-spec-models` (forward, train,
+//! generate: a source × a transport × a task).
 
 use crate::adapter_args::{import_adapters, AdapterArg, AdapterArgs};
 pub use crate::comm_arg::Comm;
+use crate::error::{CliError, Result};
 pub use crate::exit::{usage, EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE};
 pub use crate::layouts::{hf_layout, is_sharded, layout_from_file, LayoutArgs};
 use crate::out::human;
 use clap::{Parser, Subcommand};
 use neuron_spec::checkpoint::{WriteOptions, METADATA_PATH};
 use neuron_spec::compare::{allclose, DEFAULT_ATOL, DEFAULT_RTOL};
-use neuron_spec::error::{Error, Result};
 use neuron_spec::format::{parse_size, HfCheckpoint};
-use neuron_spec::ops::reshard::reshard;
 use neuron_spec::tensor::TensorSource;
+use neuron_spec::ops::reshard::reshard;
 use neuron_spec::train::{has_optimizer_state, reshard_trained, OPTIMIZER_DIR};
+use neuron_spec::Error;
 use neuron_spec::{consolidate, shard, shard_with_adapters, AdapterOptions};
-use neuron_spec_models::QkvLayout;
+use neuron_spec_models::runtime::{Forward, ForwardOutput, Source, Transport, TransportKind};
+use neuron_spec_models::{generate_text, QkvLayout};
 use std::path::{Path, PathBuf};
 
 /// `--tp`: a TP size from 1 to 4096 (a usage error otherwise: exit 2).
@@ -325,78 +328,13 @@ pub enum Command {
 /// `quickstart`'s default model: the repository's fixture (relative to the working directory).
 pub const QUICKSTART_MODEL: &str = "tests/fixtures/llama-gqa";
 
-/// What rank 0 does with the logits of an MPI forward (print, compare, write); returns the exit code.
-pub type FinishLogits<'a> = dyn FnMut(&[f32], &[usize]) -> Result<i32> + 'a;
-
-/// What a model crate provides for `forward`.
-pub trait ForwardRunner {
-    /// `forward --comm mpi`: this process runs its MPI rank; rank 0 calls `finish` with the logits, and its
-    /// exit code is every rank's. A failing rank ends the job (MPI_Abort) with its error; this returns only
-    /// on success. The default refuses (a build without the `mpi` feature).
-    fn forward_mpi(
-        &self,
-        _dir: &Path,
-        _tp: usize,
-        _fuse_qkv: bool,
-        _adapters: &[AdapterArg],
-        _input_ids: &[Vec<i64>],
-        _finish: &mut FinishLogits<'_>,
-    ) -> Result<i32> {
-        Err(Error::Invalid("--comm mpi: this build has no MPI support (build with `--features mpi`)".into()))
-    }
-
-    /// Runs the model on `dir` (HF or sharded) and returns the logits `[batch, seq, vocab]` flattened, with
-    /// their shape.
-    fn forward(&self, dir: &Path, tp: usize, fuse_qkv: bool, input_ids: &[Vec<i64>]) -> Result<(Vec<f32>, Vec<usize>)>;
-
-    /// [`forward`](Self::forward) with LoRA adapters imported from PEFT directories, all active. The default
-    /// refuses adapters.
-    fn forward_with_adapters(
-        &self,
-        dir: &Path,
-        tp: usize,
-        fuse_qkv: bool,
-        adapters: &[AdapterArg],
-        input_ids: &[Vec<i64>],
-    ) -> Result<(Vec<f32>, Vec<usize>)> {
-        if !adapters.is_empty() {
-            return Err(Error::Invalid("this model's forward does not take LoRA adapters".into()));
-        }
-        self.forward(dir, tp, fuse_qkv, input_ids)
-    }
-
-    /// [`forward_with_adapters`](Self::forward_with_adapters) with every output the model exposes, `logits`
-    /// first (then e.g. `hidden_0`, `hidden_1`). The default returns the logits only.
-    fn forward_outputs(
-        &self,
-        dir: &Path,
-        tp: usize,
-        fuse_qkv: bool,
-        adapters: &[AdapterArg],
-        input_ids: &[Vec<i64>],
-    ) -> Result<Vec<NamedOutput>> {
-        let (values, shape) = self.forward_with_adapters(dir, tp, fuse_qkv, adapters, input_ids)?;
-        Ok(vec![NamedOutput { name: "logits".into(), values, shape }])
-    }
-}
-
-/// One output of a forward run: row-major f32 values and their shape.
-pub struct NamedOutput {
-    /// `logits`, `hidden_0`, ...
-    pub name: String,
-    /// Row-major values.
-    pub values: Vec<f32>,
-    /// Their shape.
-    pub shape: Vec<usize>,
-}
-
 /// The default input ids (those of the fixtures' golden files).
 pub const DEFAULT_INPUT_IDS: [[i64; 7]; 2] = [[1, 17, 42, 99, 3, 127, 64], [5, 0, 88, 23, 111, 7, 56]];
 
 /// Runs a parsed command; returns the process exit code. Errors print on one line (more with `-v`).
-pub fn run(cli: Cli, runner: Option<&dyn ForwardRunner>) -> i32 {
+pub fn run(cli: Cli) -> i32 {
     let verbose = cli.verbose;
-    match dispatch(cli, runner) {
+    match dispatch(cli) {
         Ok(code) => code,
         // The reader of stdout went away (`| head -1`): nothing left to say to anyone.
         Err(e) if crate::out::is_closed_stdout(&e) => EXIT_OK,
@@ -411,9 +349,9 @@ pub fn run(cli: Cli, runner: Option<&dyn ForwardRunner>) -> i32 {
 }
 
 /// Parses `std::env::args` and runs; the `main` of the binary.
-pub fn main_with(runner: Option<&dyn ForwardRunner>) -> i32 {
+pub fn main_with() -> i32 {
     match Cli::try_parse() {
-        Ok(cli) => run(cli, runner),
+        Ok(cli) => run(cli),
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
             if e.use_stderr() && wants_json(std::env::args().skip(1)) {
@@ -440,7 +378,7 @@ fn wants_json(args: impl Iterator<Item = String>) -> bool {
 /// Fails with a hint when `dir` is a sharded checkpoint where an HF folder is expected.
 fn expect_hf(dir: &Path, command: &str) -> Result<()> {
     if is_sharded(dir) {
-        return Err(Error::Invalid(format!(
+        return Err(CliError::Command(format!(
             "{} is a sharded checkpoint ({METADATA_PATH}), not an HF folder: `{command}` takes an HF checkpoint; use \
              `neuron-spec reshard` for another tp size or `neuron-spec consolidate` to get the HF folder back",
             dir.display()
@@ -457,7 +395,7 @@ fn expect_sharded(dir: &Path, command: &str) -> Result<()> {
         } else {
             "is this the right directory?"
         };
-        return Err(Error::Invalid(format!(
+        return Err(CliError::Command(format!(
             "{} is not a sharded checkpoint (no {METADATA_PATH}): `{command}` takes one; {hint}",
             dir.display()
         )));
@@ -465,7 +403,7 @@ fn expect_sharded(dir: &Path, command: &str) -> Result<()> {
     Ok(())
 }
 
-fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
+fn dispatch(cli: Cli) -> Result<i32> {
     let quiet = cli.quiet;
     match cli.command {
         Command::Shard { hf_dir, out_dir, tp, pp, layout, force, allow_unexpected, lora, layout_file } => {
@@ -642,7 +580,6 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
         }
         Command::Inspect { dir, json } => crate::inspect_cmd::inspect_command(&dir, json),
         Command::Forward { dir, tp, fuse_qkv, input_ids, prompt, golden, atol, rtol, lora, comm, output } => {
-            let runner = runner.ok_or_else(|| Error::Invalid("this build has no model for `forward`".into()))?;
             if is_sharded(&dir) {
                 let which = match (tp, fuse_qkv) {
                     (Some(_), true) => Some("--tp and --fuse-qkv"),
@@ -658,7 +595,6 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                     ));
                 }
             }
-            let tp = tp.unwrap_or(1);
             if input_ids.is_none() && golden.is_none() && prompt.is_none() {
                 return usage(
                     "forward needs the token ids to run on: --input-ids FILE (a safetensors file with `input_ids`, \
@@ -666,9 +602,9 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                         .into(),
                 );
             }
-            if !is_sharded(&dir) {
+            if !is_sharded(&dir) && comm == Comm::Threads {
                 // A tp the model does not fit is refused naming the tp sizes that do.
-                hf_layout(&dir, tp, QkvLayout::gqa(fuse_qkv))?;
+                hf_layout(&dir, tp.unwrap_or(1), QkvLayout::gqa(fuse_qkv))?;
             }
             let files = ForwardFiles {
                 input_ids: input_ids.as_deref(),
@@ -677,31 +613,15 @@ fn dispatch(cli: Cli, runner: Option<&dyn ForwardRunner>) -> Result<i32> {
                 output: output.as_deref(),
                 tolerance: (atol, rtol),
             };
-            forward_command(runner, &dir, tp, fuse_qkv, &lora.resolve()?, comm, &files)
-        }
-        Command::Generate(args) if args.comm == Comm::Mpi => {
-            #[cfg(feature = "mpi")]
-            return crate::mpi_generate::run(&args);
-            #[cfg(not(feature = "mpi"))]
-            Err(Error::Invalid("--comm mpi: this build has no MPI support (build with `--features mpi`)".into()))
+            forward_command(&dir, tp, fuse_qkv, &lora.resolve()?, comm, &files)
         }
         Command::Generate(args) => crate::generate_cmd::run(&args),
-        Command::Train(args) if args.comm == Comm::Mpi => {
-            let options = crate::train_cmd::mpi_options(&args)?;
-            #[cfg(feature = "mpi")]
-            return crate::mpi_train::run(&args, options, quiet);
-            #[cfg(not(feature = "mpi"))]
-            {
-                let _ = options;
-                Err(Error::Invalid("--comm mpi: this build has no MPI support (build with `--features mpi`)".into()))
-            }
-        }
         Command::Train(args) => crate::train_cmd::run(args, quiet),
         Command::Quickstart { model, work_dir, force } => {
             if quiet {
                 return usage("-q/--quiet does not apply to quickstart: it exists to show its steps".into());
             }
-            quickstart(runner, &model, work_dir.as_deref(), force)
+            quickstart(&model, work_dir.as_deref(), force)
         }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -730,12 +650,12 @@ pub fn read_input_ids(path: &Path) -> Result<Vec<Vec<i64>>> {
     let t = f.tensor("input_ids")?;
     let shape = t.shape().to_vec();
     if shape.len() != 2 {
-        return Err(Error::ShapeMismatch {
+        return Err(CliError::Library(Error::ShapeMismatch {
             tensor: "input_ids".into(),
             expected: vec![0, 0],
             found: shape,
             file: Some(path.to_path_buf()),
-        });
+        }));
     }
     let v = t.to_i64_vec()?;
     Ok(v.chunks(shape[1].max(1)).map(<[i64]>::to_vec).collect())
@@ -752,33 +672,9 @@ struct ForwardFiles<'a> {
     tolerance: (f32, f32),
 }
 
-/// Writes `outputs` as one F32 safetensors file, through a temporary sibling renamed into place.
-fn write_outputs(path: &Path, outputs: &[NamedOutput]) -> Result<()> {
-    use neuron_spec::tensor::HostTensor;
-    let tensors = outputs
-        .iter()
-        .map(|o| Ok((o.name.clone(), HostTensor::from_f32(o.shape.clone(), &o.values)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let infos: Vec<_> = tensors
-        .iter()
-        .map(|(n, t)| neuron_spec::TensorInfo { name: n.clone(), dtype: t.dtype(), shape: t.shape().to_vec() })
-        .collect();
-    let name = path.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a file name", path.display())))?;
-    let tmp = path.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
-    let written = neuron_spec::format::write_safetensors(&tmp, &infos, &Default::default(), &mut |info| {
-        Ok(tensors.iter().filter(|(n, _)| *n == info.name).map(|(_, t)| t.clone()).collect())
-    });
-    let renamed = written.and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
-    if renamed.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    renamed
-}
-
 fn forward_command(
-    runner: &dyn ForwardRunner,
     dir: &Path,
-    tp: usize,
+    tp: Option<usize>,
     fuse_qkv: bool,
     adapters: &[AdapterArg],
     comm: Comm,
@@ -790,47 +686,47 @@ fn forward_command(
             let row = tok.encode(text, true)?;
             tok.check_in_vocab(&row, neuron_spec_models::ModelConfig::read_dir(dir)?.llama.vocab_size)?;
             if row.is_empty() {
-                return Err(Error::Invalid("--prompt encodes to no token".into()));
+                return Err(CliError::Command("--prompt encodes to no token".into()));
             }
             vec![row]
         }
         _ => match files.input_ids.or(files.golden) {
             Some(p) => read_input_ids(p)?,
-            None => return Err(Error::Invalid("forward: no --input-ids".into())),
+            None => return Err(CliError::Command("forward: no --input-ids".into())),
         },
     };
-    let top = |logits: &[f32], shape: &[usize]| match &tokenizer {
-        Some(tok) => print_top_tokens(tok, logits, shape),
-        None => Ok(()),
-    };
-    match comm {
-        Comm::Threads => {
-            let outputs = runner.forward_outputs(dir, tp, fuse_qkv, adapters, &ids)?;
-            let Some(l) = outputs.iter().find(|o| o.name == "logits") else {
-                return Err(Error::Invalid("the model's forward returned no logits".into()));
-            };
-            let code = finish_logits(&l.values, &l.shape, files, &outputs)?;
-            top(&l.values, &l.shape)?;
-            Ok(code)
+    let source = adapters.iter().fold(Source::open(dir)?.fuse_qkv(fuse_qkv), |s, a| s.with_adapter(a.adapter()));
+    let mut task = Forward::new(ids);
+    task.output = files.output.map(Path::to_path_buf);
+    crate::comm_arg::on_ranks(comm, tp, "forward", &|transport, rank0| {
+        let out = neuron_spec_models::run(&source, transport, &task)?;
+        if transport.kind() == TransportKind::Mpi {
+            for r in &out.reads {
+                crate::comm_arg::print_bytes_read(r, transport.tp().unwrap_or(1))?;
+            }
         }
-        // Rank 0 gets the gathered logits (the hidden states stay on the ranks).
-        Comm::Mpi => runner.forward_mpi(dir, tp, fuse_qkv, adapters, &ids, &mut |logits: &[f32], shape: &[usize]| {
-            let outputs = [NamedOutput { name: "logits".into(), values: logits.to_vec(), shape: shape.to_vec() }];
-            let code = finish_logits(logits, shape, files, &outputs)?;
-            top(logits, shape)?;
-            Ok(code)
-        }),
-    }
+        if !rank0 {
+            return Ok(EXIT_OK);
+        }
+        for w in &out.warnings {
+            errln!("warning: {w}");
+        }
+        let code = finish_logits(&out, files)?;
+        if let Some(tok) = &tokenizer {
+            print_top_tokens(tok, &out.logits, &out.logits_shape)?;
+        }
+        Ok(code)
+    })
 }
 
 /// The 5 most likely next tokens after the last position of row 0 (`--prompt`): rank, id, logit, the token
 /// and its decoded text.
 fn print_top_tokens(tok: &neuron_spec_models::TextTokenizer, logits: &[f32], shape: &[usize]) -> Result<()> {
     let (Some(&seq), Some(&vocab)) = (shape.get(1), shape.get(2)) else {
-        return Err(Error::Invalid(format!("logits of shape {shape:?}: expected [batch, seq, vocab]")));
+        return Err(CliError::Command(format!("logits of shape {shape:?}: expected [batch, seq, vocab]")));
     };
     let last = logits.get((seq - 1) * vocab..seq * vocab).ok_or_else(|| {
-        Error::Invalid(format!("logits hold {} values, fewer than their shape {shape:?}", logits.len()))
+        CliError::Command(format!("logits hold {} values, fewer than their shape {shape:?}", logits.len()))
     })?;
     let mut order: Vec<usize> = (0..vocab).collect();
     order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
@@ -844,26 +740,26 @@ fn print_top_tokens(tok: &neuron_spec_models::TextTokenizer, logits: &[f32], sha
     Ok(())
 }
 
-/// Prints the logits' shape, writes `outputs` to `files.output` and compares with `files.golden`.
-fn finish_logits(logits: &[f32], shape: &[usize], files: &ForwardFiles<'_>, outputs: &[NamedOutput]) -> Result<i32> {
-    let shape = shape.to_vec();
+/// Prints the logits' shape, says where the outputs were written and compares with `files.golden`.
+fn finish_logits(out: &ForwardOutput, files: &ForwardFiles<'_>) -> Result<i32> {
+    let shape = out.logits_shape.to_vec();
     out!("logits shape {shape:?}");
     if let Some(path) = files.output {
-        write_outputs(path, outputs)?;
-        out!("wrote {} to {}", outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", "), path.display());
+        let names: Vec<&str> = out.named().iter().map(|(n, _, _)| *n).collect();
+        out!("wrote {} to {}", names.join(", "), path.display());
     }
     if let Some(g) = files.golden {
         let f = neuron_spec::format::SafetensorsFile::open(g)?;
         let gl = f.tensor("logits")?;
         if gl.shape() != shape.as_slice() {
-            return Err(Error::ShapeMismatch {
+            return Err(CliError::Library(Error::ShapeMismatch {
                 tensor: "logits".into(),
                 expected: gl.shape().to_vec(),
                 found: shape,
                 file: Some(g.to_path_buf()),
-            });
+            }));
         }
-        if let Some(code) = check_golden(logits, &gl.to_f32_vec(), g, files.tolerance, "")? {
+        if let Some(code) = check_golden(&out.logits, &gl.to_f32_vec(), g, files.tolerance, "")? {
             return Ok(code);
         }
     }
@@ -913,7 +809,7 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn quickstart(runner: Option<&dyn ForwardRunner>, model: &Path, work_dir: Option<&Path>, force: bool) -> Result<i32> {
+fn quickstart(model: &Path, work_dir: Option<&Path>, force: bool) -> Result<i32> {
     if !model.join("config.json").exists() {
         let hint = if model == Path::new(QUICKSTART_MODEL) {
             format!(
@@ -923,14 +819,14 @@ fn quickstart(runner: Option<&dyn ForwardRunner>, model: &Path, work_dir: Option
         } else {
             "pass an HF checkpoint directory (config.json + model.safetensors) with --model <dir>".to_string()
         };
-        return Err(Error::Invalid(format!("{}: no config.json; {hint}", model.display())));
+        return Err(CliError::Command(format!("{}: no config.json; {hint}", model.display())));
     }
     let _cleanup;
     let work = match work_dir {
         Some(w) => {
             let non_empty = std::fs::read_dir(w).map(|mut d| d.next().is_some()).unwrap_or(false);
             if non_empty && !force {
-                return Err(Error::Invalid(format!(
+                return Err(CliError::Command(format!(
                     "{} exists and is not empty: pass --force to replace quickstart's outputs there, or another --work-dir",
                     w.display()
                 )));
@@ -956,21 +852,17 @@ fn quickstart(runner: Option<&dyn ForwardRunner>, model: &Path, work_dir: Option
     for (rank, b) in r.bytes_read_per_rank.iter().enumerate() {
         out!("   rank {rank}: read {}, file {}", human(*b as u64), r.files[rank].display());
     }
-    if let Some(runner) = runner {
-        let golden = model.join("golden.safetensors");
-        out!("2. forward: 4 ranks on threads, logits vs {}", golden.display());
-        let ids = if golden.exists() {
-            read_input_ids(&golden)?
-        } else {
-            DEFAULT_INPUT_IDS.iter().map(|r| r.to_vec()).collect()
-        };
-        let (logits, shape) = runner.forward(&sharded, tp, true, &ids)?;
-        if golden.exists() {
-            let g = neuron_spec::format::SafetensorsFile::open(&golden)?.tensor("logits")?.to_f32_vec();
-            out!("   logits {shape:?}");
-            if let Some(code) = check_golden(&logits, &g, &golden, (DEFAULT_ATOL, DEFAULT_RTOL), "   ")? {
-                return Ok(code);
-            }
+    let golden = model.join("golden.safetensors");
+    out!("2. forward: 4 ranks on threads, logits vs {}", golden.display());
+    let ids =
+        if golden.exists() { read_input_ids(&golden)? } else { DEFAULT_INPUT_IDS.iter().map(|r| r.to_vec()).collect() };
+    let fwd =
+        neuron_spec_models::run(&Source::open(&sharded)?, &Transport::threads_at_source_tp(), &Forward::new(ids))?;
+    if golden.exists() {
+        let g = neuron_spec::format::SafetensorsFile::open(&golden)?.tensor("logits")?.to_f32_vec();
+        out!("   logits {:?}", fwd.logits_shape);
+        if let Some(code) = check_golden(&fwd.logits, &g, &golden, (DEFAULT_ATOL, DEFAULT_RTOL), "   ")? {
+            return Ok(code);
         }
     }
     out!("3. consolidate → {}", out.display());
@@ -981,12 +873,12 @@ fn quickstart(runner: Option<&dyn ForwardRunner>, model: &Path, work_dir: Option
     for n in a.names() {
         let (x, y) = (a.tensor(&n)?, b.tensor(&n)?);
         if x != y {
-            return Err(Error::Invalid(format!("round trip changed tensor {n}")));
+            return Err(CliError::Command(format!("round trip changed tensor {n}")));
         }
         same += 1;
     }
     if b.names().len() != same {
-        return Err(Error::Invalid("round trip added tensors".into()));
+        return Err(CliError::Command("round trip added tensors".into()));
     }
     out!("   {} tensors, {}: all {same} byte-identical to the input", c.tensors, human(c.bytes_written));
     quickstart_generate(&sharded, tp)?;
@@ -1008,7 +900,8 @@ fn quickstart_generate(sharded: &Path, tp: usize) -> Result<()> {
         eos_token_ids: Vec::new(),
         sampling: neuron_spec_models::Sampling::Greedy,
     };
-    let g = neuron_spec_models::generate_text(sharded, tp, QUICKSTART_PROMPT, false, &opts, &mut |_| Ok(()))?;
+    let source = Source::open(sharded)?;
+    let g = generate_text(&source, &Transport::threads(tp), QUICKSTART_PROMPT, false, &opts, &mut |_| Ok(()))?;
     out!("   ids {:?}", g.ids);
     out!("   text {:?}", g.text);
     Ok(())

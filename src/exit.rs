@@ -1,6 +1,6 @@
 //! The exit codes, and usage errors found after parsing.
 
-use neuron_spec::error::Result;
+use crate::error::Result;
 
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;

@@ -1,11 +1,12 @@
-//! `neuron-spec generate`: parses the arguments, hands them to the library's generation task
-//! (`neuron_spec_models::generate`) and prints: the text as it is produced, or one JSON object.
+//! `neuron-spec generate`: parses the arguments, hands them to the runtime's generation task (threads or MPI
+//! processes) and prints: the text as it is produced, or one JSON object.
 
 use crate::comm_arg::Comm;
+use crate::error::{CliError, Result};
 use crate::exit::{usage, EXIT_OK};
 use clap::Args;
-use neuron_spec::{Error, Result};
-use neuron_spec_models::{GenerateOptions, Generated, Sampling};
+use neuron_spec::Error;
+use neuron_spec_models::{GenerateOptions, Generated, Sampling, Source};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -72,7 +73,7 @@ impl GenerateArgs {
         match (&self.prompt, &self.prompt_file) {
             (Some(p), _) => Ok(p.clone()),
             (None, Some(f)) => read_prompt(f),
-            (None, None) => Err(Error::Invalid("--prompt or --prompt-file is required".into())),
+            (None, None) => Err(CliError::Command("--prompt or --prompt-file is required".into())),
         }
     }
 
@@ -88,11 +89,11 @@ impl GenerateArgs {
 
 fn read_prompt(f: &Path) -> Result<String> {
     let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
-    String::from_utf8(bytes).map_err(|e| Error::Invalid(format!("{}: the prompt is not UTF-8 ({e})", f.display())))
+    String::from_utf8(bytes).map_err(|e| CliError::Command(format!("{}: the prompt is not UTF-8 ({e})", f.display())))
 }
 
 /// Writes a piece of streamed text and flushes it.
-pub fn print_piece(piece: &str) -> Result<()> {
+pub fn print_piece(piece: &str) -> neuron_spec::Result<()> {
     let mut o = std::io::stdout().lock();
     o.write_all(piece.as_bytes()).and_then(|_| o.flush()).map_err(|e| Error::io(crate::out::STDOUT, e))
 }
@@ -124,15 +125,22 @@ pub fn inputs(a: &GenerateArgs) -> Result<(String, GenerateOptions)> {
     Ok((a.prompt_text()?, opts))
 }
 
-/// Runs `generate` with the ranks on threads (`--comm mpi`: `mpi_generate`).
+/// Runs `generate` (threads or MPI processes): one call into the runtime; rank 0 streams and prints.
 pub fn run(a: &GenerateArgs) -> Result<i32> {
     if let Some(m) = misuse(a) {
         return usage(m);
     }
     let (prompt, opts) = inputs(a)?;
+    let source = Source::open(&a.dir)?;
     let json = a.json;
-    let mut on_text = |piece: &str| if json { Ok(()) } else { print_piece(piece) };
-    let tp = a.tp.unwrap_or(1) as usize;
-    let g = neuron_spec_models::generate_text(&a.dir, tp, &prompt, a.chat, &opts, &mut on_text)?;
-    finish(a.json, &g)
+    let tp = a.tp.map(|t| t as usize);
+    crate::comm_arg::on_ranks(a.comm, tp, "generate", &|transport, prints| {
+        let mut on_text = |piece: &str| if json || !prints { Ok(()) } else { print_piece(piece) };
+        let g = neuron_spec_models::generate_text(&source, transport, &prompt, a.chat, &opts, &mut on_text)?;
+        if prints {
+            finish(json, &g)
+        } else {
+            Ok(EXIT_OK)
+        }
+    })
 }

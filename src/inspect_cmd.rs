@@ -1,15 +1,16 @@
 //! `neuron-spec inspect`: what an HF folder, a sharded checkpoint or a PEFT adapter folder holds, with the
 //! adapters, the qkv layout, the kv multiplier and the rank files' checksums.
 
+use crate::error::Result;
 use crate::exit::EXIT_OK;
 use crate::layouts::is_sharded;
 use crate::out::human;
 use neuron_spec::checkpoint::{side_files, ShardedCheckpoint, RANKS_DIR};
-use neuron_spec::error::{Error, Result};
 use neuron_spec::format::HfCheckpoint;
 use neuron_spec::lora::{LoraConfig, PeftAdapter, ADAPTER_CONFIG};
 use neuron_spec::tensor::TensorInfo;
 use neuron_spec::tensor::TensorSource;
+use neuron_spec::Error;
 use neuron_spec::Spec;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

@@ -1,8 +1,8 @@
 //! Where a command's TP layout comes from: an HF folder's family model, a `--layout` file, or a sharded
 //! checkpoint's own metadata.
 
+use crate::error::{CliError, Result};
 use clap::Args;
-use neuron_spec::error::{Error, Result};
 use neuron_spec::spec::metadata::CheckpointMetadata;
 use neuron_spec_models::QkvLayout;
 use std::path::Path;
@@ -34,7 +34,7 @@ impl LayoutArgs {
 pub fn hf_layout(dir: &Path, tp: usize, qkv: QkvLayout) -> Result<CheckpointMetadata> {
     neuron_spec_models::layout_of_dir(dir, tp, qkv).map_err(|e| {
         if neuron_spec_models::layout_of_dir(dir, 1, qkv).is_err() {
-            return e; // not a tp problem: the config itself is refused
+            return CliError::Library(e); // not a tp problem: the config itself is refused
         }
         let heads = std::fs::read_to_string(dir.join("config.json"))
             .ok()
@@ -53,7 +53,7 @@ pub fn hf_layout(dir: &Path, tp: usize, qkv: QkvLayout) -> Result<CheckpointMeta
         if qkv != QkvLayout::Plain && plain != gqa && !plain.is_empty() {
             hint += &format!(" (with --plain-attention, storage only: {})", plain.join(", "));
         }
-        Error::Invalid(hint)
+        CliError::Command(hint)
     })
 }
 
@@ -64,13 +64,13 @@ pub fn layout_from_file(file: &Path, tp: usize) -> Result<CheckpointMetadata> {
         let mut m = neuron_spec::ops::reshard::metadata_for_tp(&meta, t)?;
         m.rank_files.clear();
         for (module, s) in m.specs() {
-            s.validate(t).map_err(|e| Error::Invalid(format!("{module}: {e}")))?;
+            s.validate(t).map_err(|e| CliError::Command(format!("{module}: {e}")))?;
         }
         Ok(m)
     };
     at(tp).map_err(|e| {
         let fits: Vec<String> = (1..=256).filter(|t| at(*t).is_ok()).map(|t| t.to_string()).collect();
-        Error::Invalid(format!("{}: {e}; valid tp sizes for this layout: {}", file.display(), fits.join(", ")))
+        CliError::Command(format!("{}: {e}; valid tp sizes for this layout: {}", file.display(), fits.join(", ")))
     })
 }
 

@@ -1,7 +1,8 @@
 //! Writing to stdout and stderr without panicking: a closed pipe (`plan ... | head -1`) ends the command
 //! quietly, a full disk (`> /dev/full`) is an error naming stdout; stderr failures are ignored.
 
-use neuron_spec::error::{Error, Result};
+use crate::error::{CliError, Result};
+use neuron_spec::Error;
 use std::io::Write;
 
 /// Prints one line on stdout; `?` propagates a write failure.
@@ -24,7 +25,7 @@ pub const STDOUT: &str = "<stdout>";
 /// Writes `args` and a newline to stdout, then flushes (so a failure surfaces here, not at exit).
 pub fn line(args: std::fmt::Arguments) -> Result<()> {
     let mut o = std::io::stdout().lock();
-    o.write_fmt(args).and_then(|_| o.write_all(b"\n")).and_then(|_| o.flush()).map_err(|e| Error::io(STDOUT, e))
+    Ok(o.write_fmt(args).and_then(|_| o.write_all(b"\n")).and_then(|_| o.flush()).map_err(|e| Error::io(STDOUT, e))?)
 }
 
 /// Writes `args` and a newline to stderr in one write (stderr is unbuffered: piecewise writes would let
@@ -36,8 +37,8 @@ pub fn err_line(args: std::fmt::Arguments) {
 }
 
 /// Whether `e` is stdout's reader having gone away (a closed pipe): the command ends quietly with success.
-pub fn is_closed_stdout(e: &Error) -> bool {
-    matches!(e, Error::Io { path, source } if path.as_os_str() == STDOUT && source.kind() == std::io::ErrorKind::BrokenPipe)
+pub fn is_closed_stdout(e: &CliError) -> bool {
+    matches!(e, CliError::Library(Error::Io { path, source }) if path.as_os_str() == STDOUT && source.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// Bytes in binary units, as the progress bar shows them (B, KiB, MiB, GiB, TiB).
@@ -58,6 +59,6 @@ pub fn human(bytes: u64) -> String {
 
 /// Pretty JSON on stdout.
 pub fn json(v: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(v).map_err(|e| Error::Invalid(e.to_string()))?;
+    let text = serde_json::to_string_pretty(v).map_err(|e| CliError::Command(e.to_string()))?;
     line(format_args!("{text}"))
 }

@@ -1,16 +1,17 @@
 //! `neuron-spec plan`: every validation result, a summary per rank, the per-tensor table on request, valid
 //! JSON with `--json` whatever happens, and an optional SVG of one layer.
 
+use crate::error::{CliError, Result};
 use crate::exit::{EXIT_ERROR, EXIT_OK};
 use crate::layouts::{hf_layout, is_sharded, layout_from_file, LayoutArgs};
 use crate::out::human;
 use neuron_spec::checkpoint::ShardedCheckpoint;
-use neuron_spec::error::{Error, Result};
 use neuron_spec::format::HfCheckpoint;
-use neuron_spec::plan::{ShardPlan, TensorPlan};
-use neuron_spec::spec::compile::{plan_shards, PlanOptions};
 use neuron_spec::spec::metadata::CheckpointMetadata;
+use neuron_spec::spec::compile::{plan_shards, PlanOptions};
+use neuron_spec::plan::{ShardPlan, TensorPlan};
 use neuron_spec::tensor::TensorSource;
+use neuron_spec::Error;
 use std::path::PathBuf;
 
 /// `plan`'s options.
@@ -36,7 +37,7 @@ pub struct PlanArgs {
 /// One validation result.
 struct Check {
     what: String,
-    result: std::result::Result<String, Error>,
+    result: Result<String>,
 }
 
 /// What the checks led to.
@@ -47,14 +48,19 @@ struct Outcome {
     plan: Option<(ShardPlan, CheckpointMetadata)>,
 }
 
-fn check<T>(checks: &mut Vec<Check>, what: &str, r: Result<T>, ok: impl FnOnce(&T) -> String) -> Option<T> {
+fn check<T, E: Into<CliError>>(
+    checks: &mut Vec<Check>,
+    what: &str,
+    r: std::result::Result<T, E>,
+    ok: impl FnOnce(&T) -> String,
+) -> Option<T> {
     match r {
         Ok(v) => {
             checks.push(Check { what: what.to_string(), result: Ok(ok(&v)) });
             Some(v)
         }
         Err(e) => {
-            checks.push(Check { what: what.to_string(), result: Err(e) });
+            checks.push(Check { what: what.to_string(), result: Err(e.into()) });
             None
         }
     }
@@ -95,7 +101,7 @@ fn check_stages(checks: &mut Vec<Check>, meta: &CheckpointMetadata, pp: usize) {
     });
 }
 
-fn evaluate(a: &PlanArgs) -> std::result::Result<Outcome, Error> {
+fn evaluate(a: &PlanArgs) -> Result<Outcome> {
     let dir = &a.dir;
     let mut checks = Vec::new();
     if is_sharded(dir) {
@@ -117,9 +123,9 @@ fn evaluate(a: &PlanArgs) -> std::result::Result<Outcome, Error> {
     }
     if !dir.is_dir() {
         let reason = if dir.exists() { "not a directory" } else { "no such directory" };
-        return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, reason)));
+        return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, reason)).into());
     }
-    let tp = a.tp.ok_or_else(|| Error::Invalid("--tp is required for an HF checkpoint".into()))?;
+    let tp = a.tp.ok_or_else(|| CliError::Command("--tp is required for an HF checkpoint".into()))?;
     let source = "HF checkpoint".to_string();
     let qkv = a.layout.qkv();
     // The layout at tp 1 (always valid), then every spec at the requested tp, each its own result.
@@ -222,7 +228,10 @@ pub fn plan_command(a: &PlanArgs) -> Result<i32> {
         });
         if a.tensors {
             if let (Some(obj), Some((p, _))) = (v.as_object_mut(), &o.plan) {
-                obj.insert("ranks".into(), serde_json::to_value(&p.ranks).map_err(|e| Error::Invalid(e.to_string()))?);
+                obj.insert(
+                    "ranks".into(),
+                    serde_json::to_value(&p.ranks).map_err(|e| CliError::Command(e.to_string()))?,
+                );
             }
         }
         crate::out::json(&v)?;

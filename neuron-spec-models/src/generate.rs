@@ -3,22 +3,19 @@
 //! gathered logits (identical bits on every rank), greedily or by seeded sampling with the same generator on
 //! every rank, and the ranks' choices are compared at every step (a collective: threads and MPI alike).
 //!
-//! The model is loaded by the same per-rank loaders `forward` and `train` use (an HF folder at any tp, or a
-//! sharded checkpoint at its own tp); the ranks run on threads ([`generate_threads`]) or as MPI processes
-//! (`mpi_run::mpi_generate`).
+//! The runtime's [`Generate`] task runs [`rank_generate`] on every rank, with the model the runtime's
+//! [`Source`] loads (any source, with its adapters), on threads or MPI processes; [`generate_text`] wraps it
+//! with the folder's tokenizer.
 
 use crate::model::{KvCache, LlamaForCausalLM};
-use crate::run::{ids_tensor, load_hf_rank_model, on_rank_threads};
+use crate::runtime::forward::ids_tensor;
+use crate::runtime::{run, Generate, Source, Transport};
 use crate::text::{eos_token_ids, TextTokenizer};
-use crate::train::load_sharded_rank_model;
 use crate::ModelConfig;
 use burn::tensor::{Device, Tensor, TensorData};
-use neuron_spec::checkpoint::{ShardedCheckpoint, METADATA_PATH};
 use neuron_spec::comm::Communicator;
-use neuron_spec::spec::contract::TpContext;
 use neuron_spec::{Error, Result};
 use std::path::Path;
-use std::sync::Mutex;
 
 /// How the next token is chosen from the logits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,13 +42,13 @@ impl Sampling {
     pub fn check(&self) -> Result<()> {
         if let Sampling::Sample { temperature, top_k, top_p, .. } = *self {
             if !(temperature.is_finite() && temperature > 0.0) {
-                return Err(Error::Argument(format!("--temperature must be a positive number, got {temperature}")));
+                return Err(Error::Invalid(format!("--temperature must be a positive number, got {temperature}")));
             }
             if top_k == Some(0) {
-                return Err(Error::Argument("--top-k must be at least 1".into()));
+                return Err(Error::Invalid("--top-k must be at least 1".into()));
             }
             if let Some(p) = top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
-                return Err(Error::Argument(format!("--top-p must be in (0, 1], got {p}")));
+                return Err(Error::Invalid(format!("--top-p must be in (0, 1], got {p}")));
             }
         }
         Ok(())
@@ -98,12 +95,12 @@ impl SplitMix64 {
 /// The next token from one row of logits. NaN logits are refused (no choice among them is meaningful).
 pub fn choose_token(logits: &[f32], sampling: &Sampling, rng: &mut SplitMix64) -> Result<i64> {
     if let Some(i) = logits.iter().position(|x| x.is_nan()) {
-        return Err(Error::Tensor(format!("the logits hold NaN (token id {i}): no next token")));
+        return Err(Error::Invalid(format!("the logits hold NaN (token id {i}): no next token")));
     }
     // Token ids, most likely first; ties keep the lower id first (stable sort), as argmax does.
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    let first = *order.first().ok_or_else(|| Error::Tensor("empty logits".into()))?;
+    let first = *order.first().ok_or_else(|| Error::Invalid("empty logits".into()))?;
     let (temperature, top_k, top_p) = match *sampling {
         Sampling::Greedy => return Ok(first as i64),
         Sampling::Sample { temperature, top_k, top_p, .. } => (temperature, top_k, top_p),
@@ -145,9 +142,9 @@ fn check_same_token<C: Communicator>(comm: &C, token: i64, step: usize, device: 
     let all = comm
         .all_gather(t, 0)?
         .try_into_data()
-        .map_err(|e| Error::Tensor(format!("gathered tokens: {e:?}")))?
+        .map_err(|e| Error::Invalid(format!("gathered tokens: {e:?}")))?
         .try_into_vec::<f32>()
-        .map_err(|e| Error::Tensor(format!("gathered tokens: {e:?}")))?;
+        .map_err(|e| Error::Invalid(format!("gathered tokens: {e:?}")))?;
     match all.iter().position(|x| x.to_bits() != all[0].to_bits()) {
         Some(rank) => {
             Err(Error::RanksDisagree { rank, what: format!("chose token {} at step {step}, other", all[rank]) })
@@ -178,9 +175,9 @@ pub fn rank_generate<C: Communicator>(
         let logits = model.forward_cached(ids_tensor(&[input], &device)?, &mut cache, comm)?;
         let row = logits
             .try_into_data()
-            .map_err(|e| Error::Tensor(format!("logits: {e:?}")))?
+            .map_err(|e| Error::Invalid(format!("logits: {e:?}")))?
             .try_into_vec::<f32>()
-            .map_err(|e| Error::Tensor(format!("logits: {e:?}")))?;
+            .map_err(|e| Error::Invalid(format!("logits: {e:?}")))?;
         let next = choose_token(&row, &opts.sampling, &mut rng)?;
         check_same_token(comm, next, step, &device)?;
         out.push(next);
@@ -193,36 +190,8 @@ pub fn rank_generate<C: Communicator>(
     Ok(out)
 }
 
-/// A per-rank model loader (what `forward` and `train` pass their rank runners).
-pub type RankLoader<'a> = dyn Fn(TpContext, &Device) -> Result<LlamaForCausalLM> + Sync + 'a;
-
-/// Runs [`rank_generate`] on `tp` threads, each rank loading its model with `load`; `on_token` is called on
-/// rank 0's thread. Returns rank 0's ids (every rank's choices were checked at every step).
-pub fn generate_threads(
-    tp: usize,
-    prompt: &[i64],
-    opts: &GenerateOptions,
-    load: &RankLoader<'_>,
-    on_token: &mut (dyn FnMut(i64) -> Result<()> + Send),
-) -> Result<Vec<i64>> {
-    let sink = Mutex::new(on_token);
-    let outs = on_rank_threads(tp, &|comm| {
-        let ctx = comm.context();
-        let model = load(ctx, &Device::default())?;
-        let mut emit = |id: i64| -> Result<()> {
-            if ctx.rank != 0 {
-                return Ok(());
-            }
-            let mut f = sink.lock().map_err(|_| Error::Thread("the token sink panicked".into()))?;
-            (*f)(id)
-        };
-        rank_generate(&model, comm, prompt, opts, &mut emit)
-    })?;
-    outs.into_iter().next().ok_or_else(|| Error::Argument("no ranks ran".into()))
-}
-
-/// A model folder to generate with: its config, tokenizer, EOS ids and the per-rank loader of its weights (an
-/// HF folder at any tp, or a sharded checkpoint of one pipeline stage, without adapters, at its own tp).
+/// A model folder's text side: its config, tokenizer and EOS ids (the weights are a
+/// [`Source`]).
 pub struct TextModel {
     /// The folder.
     pub dir: std::path::PathBuf,
@@ -232,61 +201,17 @@ pub struct TextModel {
     pub tokenizer: TextTokenizer,
     /// generation_config.json's EOS ids (else config.json's).
     pub eos_token_ids: Vec<i64>,
-    /// The sharded checkpoint, `None` for an HF folder.
-    pub sharded: Option<ShardedCheckpoint>,
 }
 
 impl TextModel {
-    /// Opens `dir` (HF or sharded); refuses what generation does not implement, by name.
+    /// Opens `dir`'s config, tokenizer and EOS ids (HF or sharded: a sharded checkpoint carries them).
     pub fn open(dir: &Path) -> Result<Self> {
-        let cfg = ModelConfig::read(&dir.join("config.json"))?;
-        let sharded = if dir.join(METADATA_PATH).exists() {
-            let pp = neuron_spec::checkpoint::stage::stage_count(dir)?;
-            if pp > 1 {
-                return Err(Error::Stage(format!(
-                    "{}: generate runs a checkpoint of one pipeline stage; this one has {pp} (reshard with --pp 1)",
-                    dir.display()
-                )));
-            }
-            let adapters = neuron_spec::checkpoint::adapters::sharded_adapters(dir)?;
-            if !adapters.is_empty() {
-                return Err(Error::Checkpoint(format!(
-                    "{}: generate does not load a sharded checkpoint's LoRA adapters, and they change the output \
-                     (consolidate with --merge-adapter, then shard the merged folder)",
-                    dir.display()
-                )));
-            }
-            Some(ShardedCheckpoint::open(dir)?)
-        } else {
-            None
-        };
         Ok(Self {
             dir: dir.to_path_buf(),
+            cfg: ModelConfig::read(&dir.join("config.json"))?,
             tokenizer: TextTokenizer::open(dir)?,
             eos_token_ids: eos_token_ids(dir)?,
-            cfg,
-            sharded,
         })
-    }
-
-    /// The tp a run uses: a sharded checkpoint's own, else `tp`.
-    pub fn tp(&self, tp: usize) -> usize {
-        self.sharded.as_ref().map_or(tp, |ck| ck.tp)
-    }
-
-    /// Loads rank `ctx.rank`'s model: its slices of the HF checkpoint `hf` (opened by the caller: each MPI
-    /// process opens its own), or its own rank file of the sharded checkpoint.
-    pub fn load_rank(
-        &self,
-        hf: Option<&neuron_spec::format::HfCheckpoint>,
-        ctx: TpContext,
-        device: &Device,
-    ) -> Result<LlamaForCausalLM> {
-        match (&self.sharded, hf) {
-            (Some(ck), _) => load_sharded_rank_model(ck, &self.cfg, ctx, device),
-            (None, Some(hf)) => load_hf_rank_model(hf, &self.cfg, ctx, true, device),
-            (None, None) => Err(Error::Checkpoint(format!("{}: no checkpoint opened", self.dir.display()))),
-        }
     }
 
     /// The prompt's ids: encoded as the tokenizer's `encode` does with special tokens, or (`chat`) one user
@@ -294,7 +219,7 @@ impl TextModel {
     pub fn prompt_ids(&self, prompt: &str, chat: bool) -> Result<Vec<i64>> {
         let ids = if chat { self.tokenizer.chat_ids(prompt)? } else { self.tokenizer.encode(prompt, true)? };
         if ids.is_empty() {
-            return Err(Error::InputData("the prompt encodes to no token".into()));
+            return Err(Error::Invalid("the prompt encodes to no token".into()));
         }
         self.tokenizer.check_in_vocab(&ids, self.cfg.llama.vocab_size)?;
         Ok(ids)
@@ -312,27 +237,23 @@ pub struct Generated {
     pub text: String,
 }
 
-/// Generates after `prompt` with the model in `dir` at `tp` (a sharded checkpoint: its own) on threads;
-/// `on_text` receives the text as it is produced (whole UTF-8 characters only). `opts.eos_token_ids` empty
-/// means the folder's.
+/// Generates after `prompt` with `source` (its directory gives the tokenizer and EOS ids) on `transport`:
+/// `on_text` receives the text as it is produced, on rank 0 (whole UTF-8 characters only).
+/// `opts.eos_token_ids` empty means the folder's.
 pub fn generate_text(
-    dir: &Path,
-    tp: usize,
+    source: &Source<'_>,
+    transport: &Transport<'_>,
     prompt: &str,
     chat: bool,
     opts: &GenerateOptions,
     on_text: &mut (dyn FnMut(&str) -> Result<()> + Send),
 ) -> Result<Generated> {
+    let dir =
+        source.dir().ok_or_else(|| Error::Invalid("generating text needs the model folder (its tokenizer)".into()))?;
     let m = TextModel::open(dir)?;
     let prompt_ids = m.prompt_ids(prompt, chat)?;
-    let opts = with_folder_eos(opts, &m);
-    let hf = match m.sharded {
-        Some(_) => None,
-        None => Some(neuron_spec::format::HfCheckpoint::open(dir)?),
-    };
-    let mut stream = m.tokenizer.stream();
-    let mut emit = |id: i64| stream.step_to(id, on_text);
-    let ids = generate_threads(m.tp(tp), &prompt_ids, &opts, &|ctx, d| m.load_rank(hf.as_ref(), ctx, d), &mut emit)?;
+    let task = Generate::new(prompt_ids.clone(), with_folder_eos(opts, &m)).streaming_text(&m.tokenizer, on_text);
+    let ids = run(source, transport, &task)?;
     let text = m.tokenizer.decode(&ids)?;
     Ok(Generated { prompt_ids, ids, text })
 }

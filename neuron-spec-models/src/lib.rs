@@ -1,11 +1,12 @@
-//! Model families on `neuron_spec`'s tensor-parallel burn layers, loaded rank by rank straight from an HF
-//! checkpoint (or from a sharded checkpoint) and run on threads: Llama (`llama.rs`), Mistral (`mistral.rs`),
-//! Qwen2 (`qwen2.rs`), Qwen3 (`qwen3.rs`), Granite (`granite.rs`), Qwen3-MoE (`qwen3_moe.rs`), Phi-3
-//! (`phi3.rs`), Mixtral (`mixtral.rs`) and Gemma 3 text (`gemma3.rs`), all on the shared decoder of `model.rs`,
-//! with the RoPE variants of `rope.rs`. Each family is one [`Family`] description in its own file, chosen by
-//! `model_type` in the one family table ([`FAMILIES`], `family.rs`); `config.rs` reads `config.json` through it,
-//! refusing what is not implemented, and the layout `shard`/`plan` use is the metadata of the same (lazily built)
-//! model that runs `forward`.
+//! Model families on `neuron_spec`'s tensor-parallel burn layers, and the [`runtime`] that runs them: a run
+//! is a source (HF, sharded at any tp/pp, optimum-neuron `.pt`; with adapters) × a transport (threads or MPI
+//! processes) × a task (forward, train, generate), executed by one [`run`]. The families: Llama (`llama.rs`),
+//! Mistral (`mistral.rs`), Qwen2 (`qwen2.rs`), Qwen3 (`qwen3.rs`), Granite (`granite.rs`), Qwen3-MoE
+//! (`qwen3_moe.rs`), Phi-3 (`phi3.rs`), Mixtral (`mixtral.rs`) and Gemma 3 text (`gemma3.rs`), all on the shared
+//! decoder of `model.rs`, with the RoPE variants of `rope.rs`. Each family is one [`Family`] description in its
+//! own file, chosen by `model_type` in the one family table ([`FAMILIES`], `family.rs`); `config.rs` reads
+//! `config.json` through it, refusing what is not implemented, and the layout `shard`/`plan` use is the metadata
+//! of the same (lazily built) model that runs `forward`.
 //!
 //! GQA (including MQA, whose single kv head every rank replicates), tied embeddings (the logits use the
 //! vocab-parallel embedding weight), RMSNorm, RoPE with HF's `rotate_half` convention, SwiGLU MLP, causal
@@ -73,7 +74,7 @@
 //! Phi-3's checkpoint packs q/k/v and gate/up: `PackedAttention` and `PackedMlp` are the same layers annotated
 //! `#[gqa_qkv(packed = qkv_proj, o = o_proj)]` and `#[fused_linears(packed = gate_up_proj)]`.
 //!
-//! Loading and running (one model per rank; [`run_tp_forward`] does this on threads):
+//! Loading and running one rank by hand (the [`runtime`] does this for every rank, on threads or MPI processes):
 //!
 //! ```ignore
 //! let model = LlamaForCausalLM::from_config(&cfg, TpContext::new(tp, rank)?, QkvLayout::Fused, &device)?
@@ -87,7 +88,7 @@
 //! all-gather). To run ranks on separate devices or processes, implement it over the device collective
 //! library (NCCL, MPI, ...) and pass it to `forward` instead of the `LocalCommunicator`; see that trait's
 //! module docs for the two requirements (bitwise identical results on every rank, and failing instead of
-//! hanging when a rank dies). With the `mpi` feature, `mpi_run` runs this process's rank with
+//! hanging when a rank dies). With the `mpi` feature, `runtime::Transport::Mpi` runs this process's rank with
 //! `neuron_spec::comm::MpiCommunicator` (one process per rank). No device implementation ships: burn 0.22's
 //! own all-reduce only covers CUDA and Remote devices, and burn-collective 0.21 does not build with burn 0.22.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -106,23 +107,20 @@ pub mod gemma3;
 pub mod generate;
 pub mod granite;
 pub mod llama;
+mod loss;
 pub mod mistral;
 pub mod mixtral;
 mod mlp;
 mod model;
-#[cfg(feature = "mpi")]
-pub mod mpi_run;
 pub mod phi3;
-mod pipeline_run;
 pub mod qwen2;
 pub mod qwen3;
 pub mod qwen3_moe;
 pub mod rope;
-mod run;
+pub mod runtime;
 mod stage;
 pub mod synthetic;
 pub mod text;
-mod train;
 
 pub use config::{
     Activation, Family, GraniteScales, LlamaConfig, ModelConfig, MoeConfig, Packing, ReadExtras, Variants,
@@ -130,8 +128,7 @@ pub use config::{
 pub use config_fields::{ignored_keys, IMPLEMENTED_ANY_FAMILY, READ_SETS};
 pub use family::{hf_tensor_infos, layout_of_dir, FAMILIES, MODEL_TYPES};
 pub use generate::{
-    choose_token, generate_text, generate_threads, rank_generate, GenerateOptions, Generated, Sampling, SplitMix64,
-    TextModel,
+    choose_token, generate_text, rank_generate, GenerateOptions, Generated, Sampling, SplitMix64, TextModel,
 };
 pub use mixtral::{MixtralExpert, MixtralSparseMoeBlock};
 pub use mlp::{LlamaMlp, PackedMlp};
@@ -139,17 +136,11 @@ pub use model::{
     layout, DecoderOptions, FeedForward, KvCache, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaModel,
     LlamaOutput, PackedAttention, PlainAttention, QkvLayout, SelfAttention, MAX_LAYERS,
 };
-pub use pipeline_run::{
-    run_sharded_forward, run_sharded_forward_with_adapters, run_stage, Activations, StageData, StageRun,
-};
 pub use qwen3_moe::Qwen3MoeSparseMoeBlock;
 pub use rope::{RopeConfig, RopeScaling};
-pub use run::{
-    load_hf_rank_model, model_metadata, run_ranks, run_tp_forward, run_tp_forward_dir, run_tp_forward_with_adapters,
-    ForwardOutput,
+pub use runtime::{
+    run, Activations, Adapter, Forward, ForwardOutput, Generate, Source, StageData, StageForward, StageRun, Train,
+    TrainOutput, Transport,
 };
 pub use stage::{LlamaStage, StageInput, StageOutput};
 pub use text::{eos_token_ids, TextStream, TextTokenizer};
-pub use train::{
-    load_rank_file_model, load_sharded_rank_model, train_rank, train_ranks, RankInit, RankTrained, TrainRun,
-};

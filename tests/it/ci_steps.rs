@@ -33,6 +33,13 @@ fn ci_checks_the_fuzz_package_runs_quickstart_and_the_peft_check() {
     runs(".ci/steps/25-fuzz-check.sh", "cargo check --manifest-path fuzz/Cargo.toml");
     runs(".ci/steps/40-quickstart.sh", "neuron-spec -- quickstart");
     runs(".ci/steps/50-peft-check.sh", "tests/check_peft_adapter.py");
+    // The examples a user copies run in CI, each of them (issue 20).
+    runs(".ci/steps/45-examples.sh", "cargo run --example \"$example\"");
+    let examples = read(".ci/steps/45-examples.sh");
+    for name in ["custom_model", "train_loop"] {
+        assert!(examples.contains(name), "45-examples.sh runs {name}");
+        assert!(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.rs")).is_file(), "{name}");
+    }
     // .ci/run runs every step in name order and stops at the first failure.
     let run = commands(".ci/run");
     assert!(run.iter().any(|l| l.starts_with("for step in .ci/steps/*.sh")), "{run:?}");

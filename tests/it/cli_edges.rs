@@ -359,7 +359,7 @@ fn layout_file_shards_like_the_built_in_layout() {
     let tmp = tempfile::tempdir().unwrap();
     // The JSON of the annotated model's create_parameter_metadata(), built at tp 2.
     let cfg = neuron_spec_models::ModelConfig::read(&fixture("llama-gqa/config.json")).unwrap();
-    let meta = neuron_spec_models::model_metadata(&cfg, 2, true).unwrap();
+    let meta = neuron_spec_models::layout(&cfg, 2, neuron_spec_models::QkvLayout::gqa(true)).unwrap();
     let file = tmp.path().join("layout.json");
     fs::write(&file, meta.to_json().unwrap()).unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
@@ -460,7 +460,11 @@ fn reshard_layout_file_changes_the_layout_like_direct_sharding() {
     // The annotated model's layout with fused q/k/v (written at tp 2; used at tp 4).
     let cfg = neuron_spec_models::ModelConfig::read(&fixture("llama-gqa/config.json")).unwrap();
     let file = tmp.path().join("fused.json");
-    fs::write(&file, neuron_spec_models::model_metadata(&cfg, 2, true).unwrap().to_json().unwrap()).unwrap();
+    fs::write(
+        &file,
+        neuron_spec_models::layout(&cfg, 2, neuron_spec_models::QkvLayout::gqa(true)).unwrap().to_json().unwrap(),
+    )
+    .unwrap();
     // Separate q/k/v at tp 2, resharded to fused q/k/v at tp 4: the rank files of direct fused sharding at tp 4.
     let (src, a, b) = (tmp.path().join("src"), tmp.path().join("a"), tmp.path().join("b"));
     shard_to(&src, "2", &[]);
@@ -474,7 +478,11 @@ fn reshard_layout_file_changes_the_layout_like_direct_sharding() {
     // A layout of another model is refused, naming a tensor it lacks, and nothing is written.
     let other = neuron_spec_models::ModelConfig::read(&fixture("llama-mha-tied/config.json")).unwrap();
     let bad = tmp.path().join("other.json");
-    fs::write(&bad, neuron_spec_models::model_metadata(&other, 2, true).unwrap().to_json().unwrap()).unwrap();
+    fs::write(
+        &bad,
+        neuron_spec_models::layout(&other, 2, neuron_spec_models::QkvLayout::gqa(true)).unwrap().to_json().unwrap(),
+    )
+    .unwrap();
     let c = tmp.path().join("c");
     exits(&run(&["reshard", s(&src), s(&c), "--tp", "2", "--layout", s(&bad)]), 1, &["target layout does not fit"]);
     assert!(!c.exists());

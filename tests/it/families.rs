@@ -16,10 +16,7 @@ use neuron_spec::ops::reshard::reshard;
 use neuron_spec::spec::contract::CustomModule;
 use neuron_spec::{consolidate, shard};
 use neuron_spec::{CustomModule as DeriveCustomModule, HostTensor, StateDict};
-use neuron_spec_models::{
-    layout, layout_of_dir, run_sharded_forward, run_tp_forward, ForwardOutput, ModelConfig, QkvLayout, RopeConfig,
-    RopeScaling,
-};
+use neuron_spec_models::{layout, layout_of_dir, ForwardOutput, ModelConfig, QkvLayout, RopeConfig, RopeScaling};
 
 const TOL: f32 = 1e-4;
 
@@ -67,7 +64,12 @@ fn forward_matches(dir: &str, model_type: &str, tps: &[usize]) {
     let src = hf(dir);
     for &tp in tps {
         for fuse in [true, false] {
-            let out = run_tp_forward(&src, &c, tp, fuse, &g.input_ids).unwrap();
+            let out = neuron_spec_models::run(
+                &neuron_spec_models::Source::tensors(&src, c.clone()).fuse_qkv(fuse),
+                &neuron_spec_models::Transport::threads(tp),
+                &neuron_spec_models::Forward::new(g.input_ids.to_vec()),
+            )
+            .unwrap();
             check(&out, &g, &format!("{dir} tp {tp} fuse_qkv {fuse}"));
         }
     }
@@ -96,7 +98,15 @@ fn round_trips(dir: &str, tp: usize, to: usize) {
         assert_eq!(rb.metadata.model_weight_transformation_specs, rd.metadata.model_weight_transformation_specs);
         if fuse {
             check(
-                &run_sharded_forward(&b, &golden(dir).input_ids).unwrap(),
+                &neuron_spec_models::Source::open(&b)
+                    .and_then(|s| {
+                        neuron_spec_models::run(
+                            &s,
+                            &neuron_spec_models::Transport::threads_at_source_tp(),
+                            &neuron_spec_models::Forward::new(golden(dir).input_ids.to_vec()),
+                        )
+                    })
+                    .unwrap(),
                 &golden(dir),
                 &format!("{dir} resharded to {to}"),
             );
@@ -174,7 +184,12 @@ fn qwen3_moe_without_norm_topk_prob_changes_the_answer() {
     let mut c = cfg("qwen3-moe");
     c.moe.as_mut().unwrap().norm_topk_prob = false;
     let g = golden("qwen3-moe");
-    let out = run_tp_forward(&hf("qwen3-moe"), &c, 2, true, &g.input_ids).unwrap();
+    let out = neuron_spec_models::run(
+        &neuron_spec_models::Source::tensors(&hf("qwen3-moe"), c.clone()).fuse_qkv(true),
+        &neuron_spec_models::Transport::threads(2),
+        &neuron_spec_models::Forward::new(g.input_ids.to_vec()),
+    )
+    .unwrap();
     assert!(diff(&out.logits, &g.logits) > 1e-3);
     // hidden_1 is layer 0 (sparse); the first hidden state does not depend on routing.
     assert!(diff(&out.hidden_0, &g.hidden_0) <= TOL);
@@ -222,8 +237,23 @@ fn mixtral_sliding_window_is_computed_within_it_and_refused_beyond() {
     let g = golden("mixtral");
     let c = edited(7);
     assert_eq!(c.sliding_window, Some(7));
-    check(&run_tp_forward(&hf("mixtral"), &c, 2, true, &g.input_ids).unwrap(), &g, "mixtral window 7, 7 tokens");
-    let e = run_tp_forward(&hf("mixtral"), &edited(4), 2, true, &g.input_ids).unwrap_err().to_string();
+    check(
+        &neuron_spec_models::run(
+            &neuron_spec_models::Source::tensors(&hf("mixtral"), c.clone()).fuse_qkv(true),
+            &neuron_spec_models::Transport::threads(2),
+            &neuron_spec_models::Forward::new(g.input_ids.to_vec()),
+        )
+        .unwrap(),
+        &g,
+        "mixtral window 7, 7 tokens",
+    );
+    let e = neuron_spec_models::run(
+        &neuron_spec_models::Source::tensors(&hf("mixtral"), edited(4).clone()).fuse_qkv(true),
+        &neuron_spec_models::Transport::threads(2),
+        &neuron_spec_models::Forward::new(g.input_ids.to_vec()),
+    )
+    .unwrap_err()
+    .to_string();
     assert_names(&e, &["sliding window", "7 tokens"]);
 }
 
@@ -248,7 +278,15 @@ fn families_run_stage_by_stage_at_pp_2() {
             shard(&fixture(dir), &s, &layout_of_dir(&fixture(dir), tp, QkvLayout::Fused).unwrap(), tp, &opts).unwrap();
             assert_eq!(ShardedCheckpoint::open(&s).unwrap().pp(), 2);
             check(
-                &run_sharded_forward(&s, &golden(dir).input_ids).unwrap(),
+                &neuron_spec_models::Source::open(&s)
+                    .and_then(|s| {
+                        neuron_spec_models::run(
+                            &s,
+                            &neuron_spec_models::Transport::threads_at_source_tp(),
+                            &neuron_spec_models::Forward::new(golden(dir).input_ids.to_vec()),
+                        )
+                    })
+                    .unwrap(),
                 &golden(dir),
                 &format!("{dir} tp {tp} pp 2"),
             );
@@ -435,7 +473,13 @@ fn a_longer_sequence_than_an_active_sliding_window_is_refused() {
     let mut c = cfg("qwen3");
     c.sliding_window = Some(4);
     let g = golden("qwen3");
-    let e = run_tp_forward(&hf("qwen3"), &c, 1, true, &g.input_ids).unwrap_err().to_string();
+    let e = neuron_spec_models::run(
+        &neuron_spec_models::Source::tensors(&hf("qwen3"), c.clone()).fuse_qkv(true),
+        &neuron_spec_models::Transport::threads(1),
+        &neuron_spec_models::Forward::new(g.input_ids.to_vec()),
+    )
+    .unwrap_err()
+    .to_string();
     assert_names(&e, &["sliding window", "7 tokens"]);
 }
 
@@ -503,7 +547,7 @@ fn burn_store_loads_the_moe_model_through_its_enums_and_router() {
     assert!(result.errors.is_empty() && result.missing.is_empty(), "{result}");
     let mut via_store = StateDict::new();
     model.save_rank_tensors("", &mut via_store).unwrap();
-    let direct = neuron_spec_models::load_hf_rank_model(&src, &c, ctx, true, &d).unwrap();
+    let direct = neuron_spec_models::Source::tensors(&src, c.clone()).fuse_qkv(true).load(ctx, &d).unwrap();
     let mut expected = StateDict::new();
     direct.save_rank_tensors("", &mut expected).unwrap();
     assert!(expected.contains_key("model.layers.0.mlp.gate.weight"));
@@ -534,13 +578,12 @@ fn qwen3_with_a_lora_adapter_matches_peft_at_tp_1_2_4_8() {
     for tp in [1, 2, 4, 8] {
         for fuse in [true, false] {
             let a = qwen3_lora(tp, fuse);
-            let out = neuron_spec_models::run_tp_forward_with_adapters(
-                &hf("qwen3"),
-                &cfg("qwen3"),
-                tp,
-                fuse,
-                &[a],
-                &g.input_ids,
+            let out = neuron_spec_models::run(
+                &neuron_spec_models::Source::tensors(&hf("qwen3"), cfg("qwen3").clone())
+                    .fuse_qkv(fuse)
+                    .with_imported(&[a]),
+                &neuron_spec_models::Transport::threads(tp),
+                &neuron_spec_models::Forward::new(g.input_ids.to_vec()),
             )
             .unwrap();
             check(&out, &g, &format!("qwen3-lora tp {tp} fuse_qkv {fuse}"));
@@ -614,7 +657,19 @@ fn gemma3_round_trips_reshards_and_runs_in_two_stages() {
         let s = tmp.path().join("s");
         let opts = WriteOptions { pp: Some(2), ..Default::default() };
         shard(&fixture(dir), &s, &layout_of_dir(&fixture(dir), 2, QkvLayout::Separate).unwrap(), 2, &opts).unwrap();
-        check(&run_sharded_forward(&s, &golden(dir).input_ids).unwrap(), &golden(dir), &format!("{dir} tp 2 pp 2"));
+        check(
+            &neuron_spec_models::Source::open(&s)
+                .and_then(|s| {
+                    neuron_spec_models::run(
+                        &s,
+                        &neuron_spec_models::Transport::threads_at_source_tp(),
+                        &neuron_spec_models::Forward::new(golden(dir).input_ids.to_vec()),
+                    )
+                })
+                .unwrap(),
+            &golden(dir),
+            &format!("{dir} tp 2 pp 2"),
+        );
     }
 }
 
@@ -681,16 +736,76 @@ fn gemma3_with_a_lora_adapter_matches_peft_at_tp_1_2_4() {
     for tp in [1, 2, 4] {
         for fuse in [true, false] {
             let a = gemma3_lora(tp, fuse);
-            let out = neuron_spec_models::run_tp_forward_with_adapters(
-                &hf("gemma3"),
-                &cfg("gemma3"),
-                tp,
-                fuse,
-                &[a],
-                &g.input_ids,
+            let out = neuron_spec_models::run(
+                &neuron_spec_models::Source::tensors(&hf("gemma3"), cfg("gemma3").clone())
+                    .fuse_qkv(fuse)
+                    .with_imported(&[a]),
+                &neuron_spec_models::Transport::threads(tp),
+                &neuron_spec_models::Forward::new(g.input_ids.to_vec()),
             )
             .unwrap();
             check(&out, &g, &format!("gemma3-lora tp {tp} fuse_qkv {fuse}"));
         }
+    }
+}
+
+/// peft's adapters on all seven linears of Mistral, Qwen2 and Granite (`tests/fixtures/make/make_family_lora.py`):
+/// the adapted logits and hidden states equal peft's at tp 2, fused and separate q/k/v.
+#[test]
+fn family_lora_adapters_match_peft_at_tp_2() {
+    use neuron_spec::lora::{import_adapter, LoraImportOptions, LoraMode, PeftAdapter};
+    for model in ["mistral", "qwen2", "granite"] {
+        let dir = format!("{model}-lora");
+        let f = SafetensorsFile::open(&fixture(&format!("{dir}/golden_lora.safetensors"))).unwrap();
+        let g = Golden {
+            input_ids: f.tensor("input_ids").unwrap().to_i64_vec().unwrap().chunks(7).map(<[i64]>::to_vec).collect(),
+            logits: f.tensor("logits").unwrap().to_f32_vec(),
+            hidden_0: f.tensor("hidden_0").unwrap().to_f32_vec(),
+            hidden_1: f.tensor("hidden_1").unwrap().to_f32_vec(),
+        };
+        let plain = neuron_spec_models::run(
+            &neuron_spec_models::Source::tensors(&hf(model), cfg(model)),
+            &neuron_spec_models::Transport::threads(1),
+            &neuron_spec_models::Forward::new(g.input_ids.to_vec()),
+        )
+        .unwrap();
+        assert!(diff(&plain.logits, &g.logits) > 0.05, "{dir}: the adapter moves the logits");
+        for fuse in [true, false] {
+            let meta = layout(&cfg(model), 2, QkvLayout::gqa(fuse)).unwrap();
+            let o = LoraImportOptions { mode: LoraMode::Exact, allow_partial: false };
+            let a = import_adapter(&meta, &PeftAdapter::open(&fixture(&dir)).unwrap(), "default", o).unwrap();
+            let out = neuron_spec_models::run(
+                &neuron_spec_models::Source::tensors(&hf(model), cfg(model)).fuse_qkv(fuse).with_imported(&[a]),
+                &neuron_spec_models::Transport::threads(2),
+                &neuron_spec_models::Forward::new(g.input_ids.to_vec()),
+            )
+            .unwrap();
+            check(&out, &g, &format!("{dir} tp 2 fuse_qkv {fuse}"));
+        }
+    }
+}
+
+/// The README's capability table ("What runs where") has one row per family of the family table, and no other:
+/// a family added without its row (or a row left for a family that is gone) fails here.
+#[test]
+fn the_readme_capability_table_has_a_row_per_family() {
+    let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme.split("## What runs where").nth(1).expect("README has a \"What runs where\" section");
+    let section = section.split("\n## ").next().unwrap_or_default();
+    let mut rows: Vec<&str> =
+        section.lines().filter_map(|l| l.strip_prefix("| `")).filter_map(|l| l.split('`').next()).collect();
+    let header = section.lines().find(|l| l.starts_with("| model_type")).expect("the table's header");
+    for column in ["forward", "train", "LoRA train", "resume after reshard", "`--pp`", "MPI", "`.pt` source"] {
+        assert!(header.contains(column), "the table has no {column} column: {header}");
+    }
+    rows.sort_unstable();
+    let mut families: Vec<&str> = neuron_spec_models::MODEL_TYPES.to_vec();
+    families.sort_unstable();
+    assert_eq!(rows, families, "README rows vs FAMILIES");
+    // Every cell says ✓ or why not.
+    for l in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+        assert_eq!(cells.len(), header.trim_matches('|').split('|').count(), "{l}");
+        assert!(cells[1..].iter().all(|c| !c.is_empty()), "an empty cell: {l}");
     }
 }

@@ -17,7 +17,7 @@ use neuron_spec::spec::metadata::ParameterMetadata;
 use neuron_spec::spec::{FuseAxis, FusedLinearsSpec};
 use neuron_spec::{consolidate_with_adapters, shard_with_adapters, AdapterOptions, Error};
 use neuron_spec::{CheckpointMetadata, HostTensor, ModelWeightTransformationSpecs, Spec, StateDict, TensorSource};
-use neuron_spec_models::{model_metadata, run_tp_forward, run_tp_forward_with_adapters, LlamaForCausalLM, ModelConfig};
+use neuron_spec_models::{LlamaForCausalLM, ModelConfig};
 
 const TOL: f32 = 1e-4;
 
@@ -43,7 +43,7 @@ fn opts(mode: LoraMode, allow_partial: bool) -> LoraImportOptions {
 }
 
 fn import(dir: &str, tp: usize, fuse: bool, o: LoraImportOptions) -> neuron_spec::lora::ImportedAdapter {
-    let meta = model_metadata(&cfg(), tp, fuse).unwrap();
+    let meta = neuron_spec_models::layout(&cfg(), tp, neuron_spec_models::QkvLayout::gqa(fuse)).unwrap();
     import_adapter(&meta, &PeftAdapter::open(&fixture(dir)).unwrap(), "default", o).unwrap()
 }
 
@@ -51,7 +51,12 @@ fn import(dir: &str, tp: usize, fuse: bool, o: LoraImportOptions) -> neuron_spec
 fn lora_diff(dir: &str, tp: usize, fuse: bool, o: LoraImportOptions) -> f32 {
     let (ids, g) = golden(dir);
     let a = import(dir, tp, fuse, o);
-    let out = run_tp_forward_with_adapters(&hf("llama-gqa"), &cfg(), tp, fuse, &[a], &ids).unwrap();
+    let out = neuron_spec_models::run(
+        &neuron_spec_models::Source::tensors(&hf("llama-gqa"), cfg().clone()).fuse_qkv(fuse).with_imported(&[a]),
+        &neuron_spec_models::Transport::threads(tp),
+        &neuron_spec_models::Forward::new(ids.to_vec()),
+    )
+    .unwrap();
     max_abs_diff(&out.logits, &g)
 }
 
@@ -63,17 +68,26 @@ fn moe_expert_lora_matches_peft_and_router_lora_is_refused_by_name() {
     let c = ModelConfig::read(&fixture("qwen3-moe-e8").join("config.json")).unwrap();
     let src = hf("qwen3-moe-e8");
     for tp in [1, 2, 4] {
-        let meta = model_metadata(&c, tp, true).unwrap();
+        let meta = neuron_spec_models::layout(&c, tp, neuron_spec_models::QkvLayout::gqa(true)).unwrap();
         let (ids, g) = golden("qwen3-moe-e8-lora-experts");
         let peft = PeftAdapter::open(&fixture("qwen3-moe-e8-lora-experts")).unwrap();
         let a = import_adapter(&meta, &peft, "default", opts(LoraMode::Exact, false)).unwrap();
-        let out = run_tp_forward_with_adapters(&src, &c, tp, true, &[a], &ids).unwrap();
+        let out = neuron_spec_models::run(
+            &neuron_spec_models::Source::tensors(&src, c.clone()).fuse_qkv(true).with_imported(&[a]),
+            &neuron_spec_models::Transport::threads(tp),
+            &neuron_spec_models::Forward::new(ids.to_vec()),
+        )
+        .unwrap();
         let d = max_abs_diff(&out.logits, &g);
         assert!(d <= TOL, "experts lora tp {tp}: {d}");
         let (ids, _) = golden("qwen3-moe-e8-lora-router");
         let peft = PeftAdapter::open(&fixture("qwen3-moe-e8-lora-router")).unwrap();
         let a = import_adapter(&meta, &peft, "default", opts(LoraMode::Exact, false)).unwrap();
-        match run_tp_forward_with_adapters(&src, &c, tp, true, &[a], &ids) {
+        match neuron_spec_models::run(
+            &neuron_spec_models::Source::tensors(&src, c.clone()).fuse_qkv(true).with_imported(&[a]),
+            &neuron_spec_models::Transport::threads(tp),
+            &neuron_spec_models::Forward::new(ids.to_vec()),
+        ) {
             Err(neuron_spec::Error::Lora { adapter, reason }) => {
                 assert_eq!(adapter, "default");
                 assert!(reason.contains("model.layers.0.mlp.gate") && reason.contains("not implemented"), "{reason}");
@@ -93,9 +107,14 @@ fn mixtral_lora_on_attention_and_experts_matches_peft_at_tp_1_2_4_8() {
     let peft = PeftAdapter::open(&fixture("mixtral-lora")).unwrap();
     for tp in [1, 2, 4, 8] {
         for fuse in [true, false] {
-            let meta = model_metadata(&c, tp, fuse).unwrap();
+            let meta = neuron_spec_models::layout(&c, tp, neuron_spec_models::QkvLayout::gqa(fuse)).unwrap();
             let a = import_adapter(&meta, &peft, "default", opts(LoraMode::Exact, false)).unwrap();
-            let out = run_tp_forward_with_adapters(&src, &c, tp, fuse, &[a], &ids).unwrap();
+            let out = neuron_spec_models::run(
+                &neuron_spec_models::Source::tensors(&src, c.clone()).fuse_qkv(fuse).with_imported(&[a]),
+                &neuron_spec_models::Transport::threads(tp),
+                &neuron_spec_models::Forward::new(ids.to_vec()),
+            )
+            .unwrap();
             let d = max_abs_diff(&out.logits, &g);
             eprintln!("mixtral-lora tp {tp} fuse_qkv {fuse}: max |Δ logits| {d:.2e}");
             assert!(d <= TOL, "mixtral lora tp {tp} fuse {fuse}: {d}");
@@ -122,7 +141,7 @@ fn shard_and_consolidate(
     adapters: AdapterOptions,
 ) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    let meta = model_metadata(&cfg(), tp, fuse).unwrap();
+    let meta = neuron_spec_models::layout(&cfg(), tp, neuron_spec_models::QkvLayout::gqa(fuse)).unwrap();
     let imported: Vec<_> = list
         .iter()
         .map(|(dir, name, o)| import_adapter(&meta, &PeftAdapter::open(&fixture(dir)).unwrap(), name, *o).unwrap())
@@ -184,7 +203,12 @@ fn merge_on_export_matches_the_golden_lora_logits_as_a_plain_model() {
     );
     let (ids, g) = golden("llama-gqa-lora");
     for tp in [1, 2] {
-        let o = run_tp_forward(&HfCheckpoint::open(&out).unwrap(), &cfg(), tp, true, &ids).unwrap();
+        let o = neuron_spec_models::run(
+            &neuron_spec_models::Source::tensors(&HfCheckpoint::open(&out).unwrap(), cfg().clone()).fuse_qkv(true),
+            &neuron_spec_models::Transport::threads(tp),
+            &neuron_spec_models::Forward::new(ids.to_vec()),
+        )
+        .unwrap();
         let d = max_abs_diff(&o.logits, &g);
         eprintln!("merged adapter, plain model tp {tp}: max |Δ logits| {d:.2e}");
         assert!(d <= TOL, "{d}");
@@ -193,7 +217,7 @@ fn merge_on_export_matches_the_golden_lora_logits_as_a_plain_model() {
 
 #[test]
 fn qv_adapter_all_or_none_names_k_proj_and_partial_mode_matches_its_golden() {
-    let meta = model_metadata(&cfg(), 4, true).unwrap();
+    let meta = neuron_spec_models::layout(&cfg(), 4, neuron_spec_models::QkvLayout::gqa(true)).unwrap();
     let peft = PeftAdapter::open(&fixture("llama-gqa-lora-qv")).unwrap();
     for mode in [LoraMode::Exact, LoraMode::Mean] {
         let e = import_adapter(&meta, &peft, "default", opts(mode, false)).unwrap_err();
@@ -252,7 +276,7 @@ fn several_adapters_side_by_side_with_hyphenated_names() {
     consolidate_with_adapters(&s, &o, &WriteOptions::default(), &sel).unwrap();
     assert!(o.join("qv-adapter-2/adapter_model.safetensors").exists() && !o.join("default").exists());
     // In the model, both adapters' factors carry their names, and save back to the same rank tensors.
-    let meta = model_metadata(&cfg(), 2, true).unwrap();
+    let meta = neuron_spec_models::layout(&cfg(), 2, neuron_spec_models::QkvLayout::gqa(true)).unwrap();
     let ck = neuron_spec::checkpoint::ShardedCheckpoint::open(&s).unwrap();
     let adapters = sharded_adapters(&s).unwrap();
     let ras: Vec<_> = adapters.iter().map(|a| a.rank_adapter(1).unwrap()).collect();
@@ -296,7 +320,7 @@ fn several_adapters_side_by_side_with_hyphenated_names() {
 
 #[test]
 fn a_trained_fused_member_exports_at_the_fused_rank_with_rank_and_alpha_patterns() {
-    let meta = model_metadata(&cfg(), 2, true).unwrap();
+    let meta = neuron_spec_models::layout(&cfg(), 2, neuron_spec_models::QkvLayout::gqa(true)).unwrap();
     let mut a = import("llama-gqa-lora", 2, true, opts(LoraMode::Exact, false));
     // "Training" fills q_proj's B outside its own column block in layer 0.
     let name = "model.layers.0.self_attn.q_proj.lora_B.weight";
@@ -336,7 +360,7 @@ fn a_trained_fused_member_exports_at_the_fused_rank_with_rank_and_alpha_patterns
 
 #[test]
 fn peft_config_translation_per_model_for_lists_all_linear_regex_and_maps() {
-    let meta = model_metadata(&cfg(), 4, true).unwrap();
+    let meta = neuron_spec_models::layout(&cfg(), 4, neuron_spec_models::QkvLayout::gqa(true)).unwrap();
     let orig = LoraConfig::read(&fixture("llama-gqa-lora")).unwrap();
     let o = opts(LoraMode::Exact, false);
     let adapted = adapt_peft_config_for_model(&meta, &orig, &o).unwrap();

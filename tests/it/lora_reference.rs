@@ -13,7 +13,7 @@ use neuron_spec::lora::{
     LoraImportOptions, LoraMode, PeftAdapter, TargetModules,
 };
 use neuron_spec::{consolidate_with_adapters, shard_with_adapters, AdapterOptions, StateDict, TensorSource};
-use neuron_spec_models::{model_metadata, run_tp_forward_with_adapters, ModelConfig};
+use neuron_spec_models::ModelConfig;
 
 /// The reference's LoRA names carry peft's prefix; ours are the TP model's names.
 const PREFIX: &str = "base_model.model.";
@@ -39,7 +39,7 @@ fn reference_dir(tp: usize) -> std::path::PathBuf {
 }
 
 fn import(tp: usize, fuse: bool) -> ImportedAdapter {
-    let meta = model_metadata(&cfg(), tp, fuse).unwrap();
+    let meta = neuron_spec_models::layout(&cfg(), tp, neuron_spec_models::QkvLayout::gqa(fuse)).unwrap();
     import_adapter(&meta, &PeftAdapter::open(&fixture("llama-gqa-lora")).unwrap(), "default", mean()).unwrap()
 }
 
@@ -75,7 +75,7 @@ fn mean_mode_config_translation_is_the_reference_adapt_peft_config() {
     want.sort();
     let orig = LoraConfig::read(&fixture("llama-gqa-lora")).unwrap();
     for (tp, fuse) in [(2, true), (4, false), (8, true)] {
-        let meta = model_metadata(&cfg(), tp, fuse).unwrap();
+        let meta = neuron_spec_models::layout(&cfg(), tp, neuron_spec_models::QkvLayout::gqa(fuse)).unwrap();
         let TargetModules::List(mut got) = adapt_peft_config_for_model(&meta, &orig, &mean()).unwrap().target_modules
         else {
             panic!("not a list")
@@ -89,7 +89,7 @@ fn mean_mode_config_translation_is_the_reference_adapt_peft_config() {
 fn mean_mode_rank_shards_are_the_reference_adapt_state_dict_byte_for_byte() {
     for tp in [2, 4, 8] {
         for fuse in [true, false] {
-            let meta = model_metadata(&cfg(), tp, fuse).unwrap();
+            let meta = neuron_spec_models::layout(&cfg(), tp, neuron_spec_models::QkvLayout::gqa(fuse)).unwrap();
             let a = import(tp, fuse);
             assert_eq!(a.warnings.len(), 1, "said once: {:?}", a.warnings);
             assert!(a.warnings[0].contains("mean mode"), "{}", a.warnings[0]);
@@ -143,7 +143,7 @@ fn mean_mode_parameter_metadata_has_the_reference_tp_attributes() {
 fn our_consolidation_of_the_reference_shards_is_its_to_original_weights() {
     for tp in [2, 4, 8] {
         for fuse in [true, false] {
-            let meta = model_metadata(&cfg(), tp, fuse).unwrap();
+            let meta = neuron_spec_models::layout(&cfg(), tp, neuron_spec_models::QkvLayout::gqa(fuse)).unwrap();
             let a = import(tp, fuse);
             let ranks: Vec<StateDict> = (0..tp).map(|r| reference_rank(tp, fuse, r)).collect();
             let sources: Vec<&dyn TensorSource> = ranks.iter().map(|r| r as &dyn TensorSource).collect();
@@ -161,7 +161,7 @@ fn our_consolidation_of_the_reference_shards_is_its_to_original_weights() {
 fn mean_mode_shard_then_consolidate_writes_the_reference_to_original_weights() {
     for (tp, fuse) in [(2, false), (4, true), (8, false)] {
         let tmp = tempfile::tempdir().unwrap();
-        let meta = model_metadata(&cfg(), tp, fuse).unwrap();
+        let meta = neuron_spec_models::layout(&cfg(), tp, neuron_spec_models::QkvLayout::gqa(fuse)).unwrap();
         let s = tmp.path().join("sharded");
         shard_with_adapters(&fixture("llama-gqa"), &s, &meta, tp, &[import(tp, fuse)], &WriteOptions::default())
             .unwrap();
@@ -196,7 +196,14 @@ fn mean_mode_is_lossy_like_the_reference() {
     let ids = g.tensor("input_ids").unwrap();
     let s = ids.shape()[1];
     let ids: Vec<Vec<i64>> = ids.to_i64_vec().unwrap().chunks(s).map(<[i64]>::to_vec).collect();
-    let out = run_tp_forward_with_adapters(&hf("llama-gqa"), &cfg(), 2, true, &[import(2, true)], &ids).unwrap();
+    let out = neuron_spec_models::run(
+        &neuron_spec_models::Source::tensors(&hf("llama-gqa"), cfg().clone())
+            .fuse_qkv(true)
+            .with_imported(&[import(2, true)]),
+        &neuron_spec_models::Transport::threads(2),
+        &neuron_spec_models::Forward::new(ids.to_vec()),
+    )
+    .unwrap();
     let d = neuron_spec::compare::max_abs_diff(&out.logits, &g.tensor("logits").unwrap().to_f32_vec()).unwrap();
     eprintln!("tp 2 mean mode: max |Δ logits| vs peft {d:.3}");
     assert!(d > 0.1, "{d}");

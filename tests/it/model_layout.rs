@@ -9,7 +9,7 @@ use neuron_spec::layers::HfRankStore;
 use neuron_spec::spec::compile::to_original_weights;
 use neuron_spec::spec::contract::{CustomModule, TpContext};
 use neuron_spec::{CheckpointMetadata, StateDict, TensorSource};
-use neuron_spec_models::{load_hf_rank_model, LlamaForCausalLM, ModelConfig};
+use neuron_spec_models::{LlamaForCausalLM, ModelConfig};
 
 fn cfg(dir: &str) -> ModelConfig {
     ModelConfig::read(&fixture(dir).join("config.json")).unwrap()
@@ -26,7 +26,10 @@ fn saved_ranks(dir: &str, tp: usize, fuse: bool) -> Vec<StateDict> {
     (0..tp)
         .map(|r| {
             let d = Device::default();
-            let m = load_hf_rank_model(&src, &c, TpContext::new(tp, r).unwrap(), fuse, &d).unwrap();
+            let m = neuron_spec_models::Source::tensors(&src, c.clone())
+                .fuse_qkv(fuse)
+                .load(TpContext::new(tp, r).unwrap(), &d)
+                .unwrap();
             let mut out = StateDict::new();
             m.save_rank_tensors("", &mut out).unwrap();
             out
@@ -123,7 +126,10 @@ fn burn_store_loads_and_saves_a_rank() {
             let mut out = HfRankStore::for_saving(&model).unwrap();
             model.save_into(&mut out).unwrap();
             let d = Device::default();
-            let direct = load_hf_rank_model(&src, &c, TpContext::new(tp, rank).unwrap(), fuse, &d).unwrap();
+            let direct = neuron_spec_models::Source::tensors(&src, c.clone())
+                .fuse_qkv(fuse)
+                .load(TpContext::new(tp, rank).unwrap(), &d)
+                .unwrap();
             let mut expected = StateDict::new();
             direct.save_rank_tensors("", &mut expected).unwrap();
             assert_same_tensors(out.saved(), &expected, &format!("burn-store tp{tp} rank{rank}"));
@@ -141,7 +147,10 @@ fn burn_store_writes_a_rank_file_and_reports_wrong_shapes() {
     let src = hf("llama-gqa");
     let c = cfg("llama-gqa");
     let d = Device::default();
-    let model = load_hf_rank_model(&src, &c, TpContext::new(2, 1).unwrap(), true, &d).unwrap();
+    let model = neuron_spec_models::Source::tensors(&src, c.clone())
+        .fuse_qkv(true)
+        .load(TpContext::new(2, 1).unwrap(), &d)
+        .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("rank1.safetensors");
     let mut store = HfRankStore::for_saving(&model).unwrap().with_output(&path);

@@ -1,6 +1,7 @@
 //! optimum-neuron's own checkpoints (`tests/fixtures/on-ckpt/`: `.pt` rank files, plain and xser, one
 //! metadata per pipeline stage): consolidation gives `llama-gqa/model.safetensors` byte for byte, reshard
 //! writes our layout at another tp, `forward` matches transformers' golden; hostile `.pt` input fails cleanly.
+//! Every other family, written in the same layout from our shard of its fixture, runs as that shard does.
 
 use crate::common;
 use common::*;
@@ -58,7 +59,15 @@ fn each_reshards_to_our_layout_at_another_tp() {
 fn each_runs_forward_to_the_golden() {
     let (ids, golden) = input_ids_and_logits();
     for n in NAMES {
-        let out = neuron_spec_models::run_sharded_forward(&fixture(&format!("on-ckpt/{n}")), &ids).unwrap();
+        let out = neuron_spec_models::Source::open(&fixture(&format!("on-ckpt/{n}")))
+            .and_then(|s| {
+                neuron_spec_models::run(
+                    &s,
+                    &neuron_spec_models::Transport::threads_at_source_tp(),
+                    &neuron_spec_models::Forward::new(ids.to_vec()),
+                )
+            })
+            .unwrap();
         let d = neuron_spec::compare::max_abs_diff(&out.logits, &golden).unwrap();
         eprintln!("{n}: max |Δ| logits {d:.2e}");
         assert!(d <= 1e-4, "{n}: {d}");
@@ -235,7 +244,7 @@ fn a_reference_adapter_has_the_mean_mode_layout() {
     let opts = neuron_spec::lora::LoraImportOptions { mode: neuron_spec::lora::LoraMode::Mean, allow_partial: false };
     let adapter = neuron_spec::lora::PeftAdapter::open(&fixture("llama-gqa-lora")).unwrap();
     for (n, (tp, fuse)) in LORA.into_iter().zip(LORA_LAYOUT) {
-        let meta = neuron_spec_models::model_metadata(&cfg, tp, fuse).unwrap();
+        let meta = neuron_spec_models::layout(&cfg, tp, neuron_spec_models::QkvLayout::gqa(fuse)).unwrap();
         let imported = neuron_spec::lora::import_adapter(&meta, &adapter, "default", opts).unwrap();
         let all = neuron_spec::checkpoint::adapters::sharded_adapters(&fixture(&format!("on-ckpt/{n}"))).unwrap();
         assert_eq!(all.len(), 1, "{n}");
@@ -278,7 +287,15 @@ fn forward_with_a_reference_adapter_matches_peft_on_its_consolidation() {
     let (_, base) = input_ids_and_logits();
     assert!(neuron_spec::compare::max_abs_diff(&base, &golden).unwrap() > 1e-2, "the adapter changes the logits");
     for n in LORA {
-        let out = neuron_spec_models::run_sharded_forward(&fixture(&format!("on-ckpt/{n}")), &ids).unwrap();
+        let out = neuron_spec_models::Source::open(&fixture(&format!("on-ckpt/{n}")))
+            .and_then(|s| {
+                neuron_spec_models::run(
+                    &s,
+                    &neuron_spec_models::Transport::threads_at_source_tp(),
+                    &neuron_spec_models::Forward::new(ids.to_vec()),
+                )
+            })
+            .unwrap();
         let d = neuron_spec::compare::max_abs_diff(&out.logits, &golden).unwrap();
         eprintln!("{n}: max |Δ| logits vs peft {d:.2e}");
         assert!(d <= 1e-4, "{n}: {d}");
@@ -347,4 +364,50 @@ fn a_reference_adapter_metadata_that_disagrees_with_its_specs_is_refused() {
     m["parameters"][name]["partition_dim"] = 0.into();
     fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
     fails_cleanly(&dir, &["mp_metadata_pp_rank_0.json", name, "split along"]);
+}
+
+/// The other families in the reference's `.pt` layout (`make/make_family_on_ckpt.py`: our tp 2 fused shard of
+/// each family's fixture, every rank file rewritten by torch.save, plain or xser): forward equals the same
+/// checkpoint in our format bit for bit and transformers' golden logits; consolidated, the HF checkpoint's tensors.
+#[test]
+fn other_families_pt_checkpoints_run_like_our_shards_and_the_golden() {
+    use neuron_spec_models::{layout_of_dir, Forward, QkvLayout, Source, Transport};
+    for (family, kind) in [
+        ("mistral", "plain"),
+        ("qwen2", "xser"),
+        ("qwen3", "plain"),
+        ("granite", "xser"),
+        ("qwen3-moe", "xser"),
+        ("phi3", "plain"),
+        ("mixtral", "xser"),
+        ("gemma3", "plain"),
+    ] {
+        let n = format!("{family}-tp2-{kind}");
+        let pt = fixture(&format!("on-ckpt/{n}"));
+        assert_eq!(ShardedCheckpoint::open(&pt).unwrap().format, neuron_spec::checkpoint::RankFormat::Pt, "{n}");
+        let g = open(&format!("{family}/golden.safetensors"));
+        let ids = g.tensor("input_ids").unwrap();
+        let s = ids.shape()[1];
+        let ids: Vec<Vec<i64>> = ids.to_i64_vec().unwrap().chunks(s).map(<[i64]>::to_vec).collect();
+        let forward = |dir: &Path| {
+            Source::open(dir)
+                .and_then(|s| {
+                    neuron_spec_models::run(&s, &Transport::threads_at_source_tp(), &Forward::new(ids.clone()))
+                })
+                .unwrap()
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let ours = tmp.path().join("ours");
+        let meta = layout_of_dir(&fixture(family), 2, QkvLayout::Fused).unwrap();
+        neuron_spec::shard(&fixture(family), &ours, &meta, 2, &WriteOptions::default()).unwrap();
+        let (a, b) = (forward(&pt), forward(&ours));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&a.logits) == bits(&b.logits), "{n}: logits differ from our shard's");
+        assert!(a.hidden_1 == b.hidden_1, "{n}: hidden_1 differs from our shard's");
+        let d = neuron_spec::compare::max_abs_diff(&a.logits, &g.tensor("logits").unwrap().to_f32_vec()).unwrap();
+        assert!(d <= 1e-4, "{n}: max |Δ| logits vs golden {d:e}");
+        let out = tmp.path().join("hf");
+        consolidate(&pt, &out, &WriteOptions::default()).unwrap();
+        assert_same_tensors(&HfCheckpoint::open(&out).unwrap(), &hf(family), &n);
+    }
 }

@@ -11,7 +11,7 @@ use neuron_spec::lora::{import_adapter, LoraImportOptions, LoraMode, PeftAdapter
 use neuron_spec::ops::reshard::reshard;
 use neuron_spec::{consolidate, consolidate_with_adapters, shard, shard_with_adapters, AdapterOptions};
 use neuron_spec::{CheckpointMetadata, Spec, TensorSource};
-use neuron_spec_models::{layout, run_tp_forward_with_adapters, ModelConfig, QkvLayout};
+use neuron_spec_models::{layout, ModelConfig, QkvLayout};
 
 const TOL: f32 = 1e-4;
 
@@ -55,7 +55,12 @@ fn forward_matches_the_golden_at_tp_1_2_4_8_fused_and_separate_qkv() {
     let src = hf("phi3");
     for tp in [1, 2, 4, 8] {
         for fuse in [true, false] {
-            let out = run_tp_forward_with_adapters(&src, &cfg(), tp, fuse, &[], &ids).unwrap();
+            let out = neuron_spec_models::run(
+                &neuron_spec_models::Source::tensors(&src, cfg().clone()).fuse_qkv(fuse).with_imported(&[]),
+                &neuron_spec_models::Transport::threads(tp),
+                &neuron_spec_models::Forward::new(ids.to_vec()),
+            )
+            .unwrap();
             let h1 = out.hidden_1.unwrap();
             let (dl, d0, d1) = (diff(&out.logits, &g[0]), diff(&out.hidden_0, &g[1]), diff(&h1, &g[2]));
             eprintln!("phi3 tp {tp} fuse_qkv {fuse}: max |Δ| logits {dl:.2e}, hidden_0 {d0:.2e}, hidden_1 {d1:.2e}");
@@ -94,7 +99,12 @@ fn peft_adapter_on_the_packed_modules_matches_its_golden_and_exports_byte_for_by
     for tp in [1, 2, 4, 8] {
         for fuse in [true, false] {
             let a = import_adapter(&meta(tp, fuse), &peft, "default", exact()).unwrap();
-            let out = run_tp_forward_with_adapters(&src, &cfg(), tp, fuse, &[a], &ids).unwrap();
+            let out = neuron_spec_models::run(
+                &neuron_spec_models::Source::tensors(&src, cfg().clone()).fuse_qkv(fuse).with_imported(&[a]),
+                &neuron_spec_models::Transport::threads(tp),
+                &neuron_spec_models::Forward::new(ids.to_vec()),
+            )
+            .unwrap();
             let d = diff(&out.logits, &g[0]);
             eprintln!("phi3-lora tp {tp} fuse_qkv {fuse}: max |Δ| logits {d:.2e}");
             assert!(d <= TOL, "tp {tp} fuse {fuse}: {d}");

@@ -29,7 +29,15 @@ fn golden_ids_and_logits(dir: &str) -> (Vec<Vec<i64>>, Vec<f32>) {
 fn forward_diff(dir: &Path, golden: &str) -> f32 {
     let (ids, logits) = golden_ids_and_logits(golden);
     let g = open(&format!("{golden}/golden.safetensors"));
-    let out = neuron_spec_models::run_sharded_forward(dir, &ids).unwrap();
+    let out = neuron_spec_models::Source::open(dir)
+        .and_then(|s| {
+            neuron_spec_models::run(
+                &s,
+                &neuron_spec_models::Transport::threads_at_source_tp(),
+                &neuron_spec_models::Forward::new(ids.to_vec()),
+            )
+        })
+        .unwrap();
     let d = |a: &[f32], b: &[f32]| neuron_spec::compare::max_abs_diff(a, b).unwrap_or_else(|m| panic!("{m}"));
     let h1 = out.hidden_1.as_deref().unwrap();
     d(&out.logits, &logits)
@@ -178,7 +186,7 @@ fn stage_params(stage: &neuron_spec::CheckpointMetadata) -> Vec<String> {
 /// holds layer 1, the norm and lm_head, and from that hand-over alone gives the golden logits.
 #[test]
 fn each_stage_is_built_from_its_own_tensors_and_hands_over_the_residual_stream() {
-    use neuron_spec_models::{run_stage, ModelConfig, StageData};
+    use neuron_spec_models::{ModelConfig, StageData};
     for (fixture_dir, tied) in [("llama-gqa", false), ("llama-mha-tied", true)] {
         let tmp = tempfile::tempdir().unwrap();
         let s = tmp.path().join("s");
@@ -187,7 +195,15 @@ fn each_stage_is_built_from_its_own_tensors_and_hands_over_the_residual_stream()
         let cfg = ModelConfig::read(&s.join("config.json")).unwrap();
         let (ids, logits) = golden_ids_and_logits(fixture_dir);
         let g = open(&format!("{fixture_dir}/golden.safetensors"));
-        let r0 = run_stage(&s, &cfg, 0, &StageData::Tokens(ids.clone()), &[]).unwrap();
+        let r0 = neuron_spec_models::Source::open(&s)
+            .and_then(|s| {
+                neuron_spec_models::run(
+                    &s,
+                    &neuron_spec_models::Transport::threads_at_source_tp(),
+                    &neuron_spec_models::StageForward { stage: 0, input: StageData::Tokens(ids.clone()) },
+                )
+            })
+            .unwrap();
         let mut p0 = r0.parameters.clone();
         p0.sort();
         assert_eq!(p0, stage_params(&ck.stages[0]));
@@ -198,7 +214,15 @@ fn each_stage_is_built_from_its_own_tensors_and_hands_over_the_residual_stream()
         assert!(dh <= 1e-4, "{fixture_dir}: stage 0's output against hidden_1: {dh}");
         assert_eq!(r0.output.shape, [ids.len(), ids[0].len(), cfg.llama.hidden_size]);
         // Stage 1 gets only the handed-over activations.
-        let r1 = run_stage(&s, &cfg, 1, &StageData::Hidden(r0.output.clone()), &[]).unwrap();
+        let r1 = neuron_spec_models::Source::open(&s)
+            .and_then(|s| {
+                neuron_spec_models::run(
+                    &s,
+                    &neuron_spec_models::Transport::threads_at_source_tp(),
+                    &neuron_spec_models::StageForward { stage: 1, input: StageData::Hidden(r0.output.clone()) },
+                )
+            })
+            .unwrap();
         let mut p1 = r1.parameters.clone();
         p1.sort();
         assert_eq!(p1, stage_params(&ck.stages[1]));
@@ -218,9 +242,27 @@ fn each_stage_is_built_from_its_own_tensors_and_hands_over_the_residual_stream()
         eprintln!("{fixture_dir} tp 2 pp 2 by hand: stage 0 vs hidden_1 {dh:.2e}, logits {dl:.2e}");
         assert!(dl <= 1e-4, "{fixture_dir}: {dl}");
         // A stage refuses the other kind of input.
-        let e = run_stage(&s, &cfg, 1, &StageData::Tokens(ids.clone()), &[]).unwrap_err().to_string();
+        let e = neuron_spec_models::Source::open(&s)
+            .and_then(|s| {
+                neuron_spec_models::run(
+                    &s,
+                    &neuron_spec_models::Transport::threads_at_source_tp(),
+                    &neuron_spec_models::StageForward { stage: 1, input: StageData::Tokens(ids.clone()) },
+                )
+            })
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("takes hidden states"), "{e}");
-        let e = run_stage(&s, &cfg, 0, &StageData::Hidden(r0.output), &[]).unwrap_err().to_string();
+        let e = neuron_spec_models::Source::open(&s)
+            .and_then(|s| {
+                neuron_spec_models::run(
+                    &s,
+                    &neuron_spec_models::Transport::threads_at_source_tp(),
+                    &neuron_spec_models::StageForward { stage: 0, input: StageData::Hidden(r0.output) },
+                )
+            })
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("takes token ids"), "{e}");
     }
 }
@@ -229,39 +271,97 @@ fn each_stage_is_built_from_its_own_tensors_and_hands_over_the_residual_stream()
 /// whole run naming that file; nothing of stage 1 is needed to build stage 0.
 #[test]
 fn a_damaged_stage_1_file_leaves_stage_0_alone_and_fails_the_run_naming_it() {
-    use neuron_spec_models::{run_sharded_forward, run_stage, ModelConfig, StageData};
+    use neuron_spec_models::StageData;
     let tmp = tempfile::tempdir().unwrap();
     let s = tmp.path().join("s");
     shard(&fixture("llama-gqa"), &s, &layout("llama-gqa", 2, true), 2, &opts(2)).unwrap();
-    let cfg = ModelConfig::read(&s.join("config.json")).unwrap();
     let (ids, _) = golden_ids_and_logits("llama-gqa");
-    let before = run_stage(&s, &cfg, 0, &StageData::Tokens(ids.clone()), &[]).unwrap();
+    let before = neuron_spec_models::Source::open(&s)
+        .and_then(|s| {
+            neuron_spec_models::run(
+                &s,
+                &neuron_spec_models::Transport::threads_at_source_tp(),
+                &neuron_spec_models::StageForward { stage: 0, input: StageData::Tokens(ids.clone()) },
+            )
+        })
+        .unwrap();
     let bad = s.join("shards/model/dp_rank_00_tp_rank_01_pp_rank_01.safetensors");
     let mut bytes = fs::read(&bad).unwrap();
     let n = bytes.len();
     bytes[n - 3] ^= 0x40;
     fs::write(&bad, &bytes).unwrap();
-    let after = run_stage(&s, &cfg, 0, &StageData::Tokens(ids.clone()), &[]).unwrap();
+    let after = neuron_spec_models::Source::open(&s)
+        .and_then(|s| {
+            neuron_spec_models::run(
+                &s,
+                &neuron_spec_models::Transport::threads_at_source_tp(),
+                &neuron_spec_models::StageForward { stage: 0, input: StageData::Tokens(ids.clone()) },
+            )
+        })
+        .unwrap();
     assert_eq!(before.output, after.output);
-    let e = run_sharded_forward(&s, &ids).unwrap_err().to_string();
+    let e = neuron_spec_models::Source::open(&s)
+        .and_then(|s| {
+            neuron_spec_models::run(
+                &s,
+                &neuron_spec_models::Transport::threads_at_source_tp(),
+                &neuron_spec_models::Forward::new(ids.to_vec()),
+            )
+        })
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("dp_rank_00_tp_rank_01_pp_rank_01.safetensors") && e.contains("xxh3"), "{e}");
     // Stage 1's file removed: stage 0 still builds and runs.
     fs::remove_file(&bad).unwrap();
-    assert_eq!(run_stage(&s, &cfg, 0, &StageData::Tokens(ids.clone()), &[]).unwrap().output, before.output);
-    let e = run_sharded_forward(&s, &ids).unwrap_err().to_string();
+    assert_eq!(
+        neuron_spec_models::Source::open(&s)
+            .and_then(|s| neuron_spec_models::run(
+                &s,
+                &neuron_spec_models::Transport::threads_at_source_tp(),
+                &neuron_spec_models::StageForward { stage: 0, input: StageData::Tokens(ids.clone()) }
+            ))
+            .unwrap()
+            .output,
+        before.output
+    );
+    let e = neuron_spec_models::Source::open(&s)
+        .and_then(|s| {
+            neuron_spec_models::run(
+                &s,
+                &neuron_spec_models::Transport::threads_at_source_tp(),
+                &neuron_spec_models::Forward::new(ids.to_vec()),
+            )
+        })
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("dp_rank_00_tp_rank_01_pp_rank_01.safetensors"), "{e}");
 }
 
 /// optimum-neuron's own 2-stage `.pt` checkpoint goes through the same stage-by-stage path.
 #[test]
 fn the_reference_pt_checkpoint_runs_stage_by_stage() {
-    use neuron_spec_models::{run_stage, ModelConfig, StageData};
+    use neuron_spec_models::StageData;
     let dir = fixture("on-ckpt/llama-gqa-tp4-pp2-plain");
     let ck = ShardedCheckpoint::open(&dir).unwrap();
-    let cfg = ModelConfig::read(&dir.join("config.json")).unwrap();
     let (ids, logits) = golden_ids_and_logits("llama-gqa");
-    let r0 = run_stage(&dir, &cfg, 0, &StageData::Tokens(ids), &[]).unwrap();
-    let r1 = run_stage(&dir, &cfg, 1, &StageData::Hidden(r0.output.clone()), &[]).unwrap();
+    let r0 = neuron_spec_models::Source::open(&dir)
+        .and_then(|s| {
+            neuron_spec_models::run(
+                &s,
+                &neuron_spec_models::Transport::threads_at_source_tp(),
+                &neuron_spec_models::StageForward { stage: 0, input: StageData::Tokens(ids) },
+            )
+        })
+        .unwrap();
+    let r1 = neuron_spec_models::Source::open(&dir)
+        .and_then(|s| {
+            neuron_spec_models::run(
+                &s,
+                &neuron_spec_models::Transport::threads_at_source_tp(),
+                &neuron_spec_models::StageForward { stage: 1, input: StageData::Hidden(r0.output.clone()) },
+            )
+        })
+        .unwrap();
     for (r, m) in [(&r0, &ck.stages[0]), (&r1, &ck.stages[1])] {
         let mut p = r.parameters.clone();
         p.sort();
@@ -289,4 +389,87 @@ fn every_family_runs_in_two_stages() {
         let want = fs::read(fixture(&format!("{dir}/model.safetensors"))).unwrap();
         assert!(fs::read(out.join("model.safetensors")).unwrap() == want, "{dir}: consolidated bytes differ");
     }
+}
+
+/// A pp 2 checkpoint with an adapter (issue 20): `shard --pp 2 --adapter` keeps the adapter beside the stages
+/// as one checkpoint at the same tp; forward (each stage loading its own modules' factors) equals peft's
+/// logits, as does the PEFT adapter given at run time to a pp 2 base; resharded to pp 1 and to another tp at
+/// pp 2, forward still equals peft's; through the binary, `forward --golden` passes.
+#[test]
+fn a_pp_2_checkpoint_with_an_adapter_runs_forward_like_peft() {
+    use neuron_spec::lora::{import_adapter, LoraImportOptions, PeftAdapter};
+    use neuron_spec::shard_with_adapters;
+    use neuron_spec_models::{run, Adapter, Forward, Source, Transport};
+    let golden = fixture("llama-gqa-lora/golden_lora.safetensors");
+    let f = open("llama-gqa-lora/golden_lora.safetensors");
+    let ids: Vec<Vec<i64>> =
+        f.tensor("input_ids").unwrap().to_i64_vec().unwrap().chunks(7).map(<[i64]>::to_vec).collect();
+    let peft_logits = f.tensor("logits").unwrap().to_f32_vec();
+    let forward = |s: Source<'_>| run(&s, &Transport::threads_at_source_tp(), &Forward::new(ids.clone())).unwrap();
+    let d = |a: &[f32]| neuron_spec::compare::max_abs_diff(a, &peft_logits).unwrap_or_else(|m| panic!("{m}"));
+    for (tp, fuse) in [(2, true), (4, false)] {
+        let what = format!("tp {tp} fuse {fuse} pp 2");
+        let tmp = tempfile::tempdir().unwrap();
+        let (s, base, r1, r4) =
+            (tmp.path().join("s"), tmp.path().join("base"), tmp.path().join("r1"), tmp.path().join("r4"));
+        let meta = layout("llama-gqa", tp, fuse);
+        let peft = PeftAdapter::open(&fixture("llama-gqa-lora")).unwrap();
+        let a = import_adapter(&meta, &peft, "default", LoraImportOptions::default()).unwrap();
+        shard_with_adapters(&fixture("llama-gqa"), &s, &meta, tp, &[a], &opts(2)).unwrap();
+        assert_eq!(ShardedCheckpoint::open(&s).unwrap().pp(), 2, "{what}");
+        let with = forward(Source::open(&s).unwrap());
+        assert!(d(&with.logits) <= 1e-4, "{what}: {}", d(&with.logits));
+        // The adapter matters: the base alone is far from peft's logits.
+        shard(&fixture("llama-gqa"), &base, &meta, tp, &opts(2)).unwrap();
+        assert!(d(&forward(Source::open(&base).unwrap()).logits) > 1e-3, "{what}");
+        let given =
+            forward(Source::open(&base).unwrap().with_adapter(Adapter::peft(fixture("llama-gqa-lora"), "default")));
+        assert!(given.logits == with.logits, "{what}: the adapter given at run time");
+        reshard(&s, &r1, tp, &opts(1)).unwrap();
+        assert!(d(&forward(Source::open(&r1).unwrap()).logits) <= 1e-4, "{what} resharded to pp 1");
+        reshard(&s, &r4, 8 / tp, &opts(2)).unwrap();
+        assert!(d(&forward(Source::open(&r4).unwrap()).logits) <= 1e-4, "{what} resharded to tp {}", 8 / tp);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_neuron-spec"))
+            .args(["forward", s.to_str().unwrap(), "--golden", golden.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// The runtime's one capability check (`runtime::refusal`): the only cell refused is a staged checkpoint under
+/// MPI (one process per rank reads one rank file), with its reason; every task runs every other cell.
+#[test]
+fn the_runtime_refuses_only_a_staged_checkpoint_under_mpi() {
+    use neuron_spec_models::runtime::{refusal, Source, TaskKind, TransportKind};
+    let staged = Source::open(&fixture("on-ckpt/llama-gqa-tp4-pp2-plain")).unwrap();
+    let sharded = Source::open(&fixture("on-ckpt/llama-gqa-tp2-plain")).unwrap();
+    let hf = Source::open(&fixture("llama-gqa")).unwrap();
+    for task in [TaskKind::Forward, TaskKind::Train, TaskKind::Generate] {
+        for t in [TransportKind::Threads, TransportKind::Mpi] {
+            assert_eq!(refusal(task, &hf, t), None, "{task:?} {t:?} HF");
+            assert_eq!(refusal(task, &sharded, t), None, "{task:?} {t:?} sharded");
+        }
+        assert_eq!(refusal(task, &staged, TransportKind::Threads), None, "{task:?} staged on threads");
+        let why = refusal(task, &staged, TransportKind::Mpi).unwrap();
+        assert!(why.contains("pipeline stages") && why.contains("--pp 1"), "{why}");
+    }
+}
+
+/// `generate` runs a staged checkpoint (its stages loaded as one model per TP rank): the greedy ids after the
+/// text fixture's prompt are transformers' (`text/generate_golden.json`), as from the HF folder.
+#[test]
+fn generate_runs_a_pp_2_checkpoint_like_transformers() {
+    use neuron_spec_models::{generate_text, GenerateOptions, Sampling, Source, Transport};
+    let g: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(fixture("text/generate_golden.json")).unwrap()).unwrap();
+    let golden: Vec<i64> = g["plain"]["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = tmp.path().join("s");
+    shard(&fixture("llama-gqa"), &s, &layout("llama-gqa", 2, true), 2, &opts(2)).unwrap();
+    let o = GenerateOptions { max_new_tokens: 20, eos_token_ids: vec![], sampling: Sampling::Greedy };
+    let source = Source::open(&s).unwrap();
+    let prompt = g["prompt"].as_str().unwrap();
+    let out = generate_text(&source, &Transport::threads_at_source_tp(), prompt, false, &o, &mut |_| Ok(())).unwrap();
+    assert_eq!(out.ids, golden);
 }

@@ -13,7 +13,7 @@ use neuron_spec::shard_with_adapters;
 use neuron_spec::spec::contract::{CustomModule, TpContext};
 use neuron_spec::spec::reference_names::{get_tensor_model_parallel_attributes, guess_peft_type};
 use neuron_spec::{CheckpointMetadata, Error};
-use neuron_spec_models::{model_metadata, LlamaForCausalLM, ModelConfig};
+use neuron_spec_models::{LlamaForCausalLM, ModelConfig};
 
 fn cfg() -> ModelConfig {
     ModelConfig::read(&fixture("llama-gqa/config.json")).unwrap()
@@ -46,7 +46,7 @@ fn tp_attributes_equal_the_reference_metadata_for_every_parameter() {
 #[test]
 fn guess_peft_type_is_lora_exactly_where_a_layer_carries_an_adapter() {
     let tp = 2;
-    let meta = model_metadata(&cfg(), tp, true).unwrap();
+    let meta = neuron_spec_models::layout(&cfg(), tp, neuron_spec_models::QkvLayout::gqa(true)).unwrap();
     let d = Device::default();
     let plain = LlamaForCausalLM::new(&cfg().llama, TpContext::new(tp, 1).unwrap(), true, None, &d).unwrap();
     let specs = plain.transformation_specs().unwrap();

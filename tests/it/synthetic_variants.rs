@@ -9,7 +9,7 @@ use neuron_spec::format::{write_hf_checkpoint, HfCheckpoint};
 use neuron_spec::spec::compile::to_original_weights;
 use neuron_spec::spec::contract::{CustomModule, TpContext};
 use neuron_spec::{HostTensor, StateDict, TensorInfo, TensorSource};
-use neuron_spec_models::{layout, load_hf_rank_model, run_tp_forward, LlamaForCausalLM, ModelConfig, QkvLayout};
+use neuron_spec_models::{layout, LlamaForCausalLM, ModelConfig, QkvLayout};
 use std::path::Path;
 
 /// A deterministic value stream in [-0.1, 0.1).
@@ -83,13 +83,23 @@ fn check_variant(name: &str, config: serde_json::Value, tps: &[usize]) {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = write_model(tmp.path(), config, 7);
     let src = HfCheckpoint::open(tmp.path()).unwrap();
-    let ids = vec![vec![1, 17, 42, 9, 3, 27, 44, 0], vec![5, 0, 8, 23, 11, 7, 36, 2]];
-    let reference = run_tp_forward(&src, &cfg, 1, false, &ids).unwrap();
+    let ids = [vec![1, 17, 42, 9, 3, 27, 44, 0], vec![5, 0, 8, 23, 11, 7, 36, 2]];
+    let reference = neuron_spec_models::run(
+        &neuron_spec_models::Source::tensors(&src, cfg.clone()).fuse_qkv(false),
+        &neuron_spec_models::Transport::threads(1),
+        &neuron_spec_models::Forward::new(ids.to_vec()),
+    )
+    .unwrap();
     let spread = reference.logits.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(spread > 0.1, "{name}: degenerate logits");
     for &tp in tps {
         for fuse in [true, false] {
-            let out = run_tp_forward(&src, &cfg, tp, fuse, &ids).unwrap();
+            let out = neuron_spec_models::run(
+                &neuron_spec_models::Source::tensors(&src, cfg.clone()).fuse_qkv(fuse),
+                &neuron_spec_models::Transport::threads(tp),
+                &neuron_spec_models::Forward::new(ids.to_vec()),
+            )
+            .unwrap();
             let d = neuron_spec::compare::max_abs_diff(&out.logits, &reference.logits)
                 .unwrap_or_else(|m| panic!("{name}: {m}"));
             eprintln!("{name} tp {tp} fuse_qkv {fuse}: max |Δ| vs tp 1 {d:.2e} (max |logit| {spread:.2})");
@@ -98,7 +108,10 @@ fn check_variant(name: &str, config: serde_json::Value, tps: &[usize]) {
             let ranks: Vec<StateDict> = (0..tp)
                 .map(|r| {
                     let dev = Device::default();
-                    let m = load_hf_rank_model(&src, &cfg, TpContext::new(tp, r).unwrap(), fuse, &dev).unwrap();
+                    let m = neuron_spec_models::Source::tensors(&src, cfg.clone())
+                        .fuse_qkv(fuse)
+                        .load(TpContext::new(tp, r).unwrap(), &dev)
+                        .unwrap();
                     let mut sd = StateDict::new();
                     m.save_rank_tensors("", &mut sd).unwrap();
                     sd

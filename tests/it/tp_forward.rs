@@ -7,7 +7,7 @@ use neuron_spec::format::SafetensorsFile;
 use neuron_spec::shard;
 use neuron_spec::spec::contract::{CustomModule, TpContext};
 use neuron_spec::TensorSource;
-use neuron_spec_models::{run_sharded_forward, run_tp_forward, ForwardOutput, LlamaForCausalLM, ModelConfig};
+use neuron_spec_models::{ForwardOutput, LlamaForCausalLM, ModelConfig};
 
 const TOL: f32 = 1e-4;
 
@@ -53,7 +53,12 @@ fn run_dir(dir: &str, golden_dir: &str, tps: &[usize], fuses: &[bool]) {
     let src = hf(dir);
     for &tp in tps {
         for &fuse in fuses {
-            let out = run_tp_forward(&src, &cfg, tp, fuse, &g.input_ids).unwrap();
+            let out = neuron_spec_models::run(
+                &neuron_spec_models::Source::tensors(&src, cfg.clone()).fuse_qkv(fuse),
+                &neuron_spec_models::Transport::threads(tp),
+                &neuron_spec_models::Forward::new(g.input_ids.to_vec()),
+            )
+            .unwrap();
             assert_eq!(out.logits_shape, [2, 7, cfg.llama.vocab_size]);
             check(&out, &g, &format!("{dir} tp {tp} fuse_qkv {fuse}"));
         }
@@ -93,7 +98,15 @@ fn sharded_checkpoint_directory_runs_and_matches_golden() {
         let tmp = tempfile::tempdir().unwrap();
         let out_dir = tmp.path().join("sharded");
         shard(&fixture("llama-gqa"), &out_dir, &meta, tp, &WriteOptions::default()).unwrap();
-        let out = run_sharded_forward(&out_dir, &g.input_ids).unwrap();
+        let out = neuron_spec_models::Source::open(&out_dir)
+            .and_then(|s| {
+                neuron_spec_models::run(
+                    &s,
+                    &neuron_spec_models::Transport::threads_at_source_tp(),
+                    &neuron_spec_models::Forward::new(g.input_ids.to_vec()),
+                )
+            })
+            .unwrap();
         check(&out, &g, &format!("sharded dir tp {tp} fuse_qkv {fuse}"));
     }
 }
@@ -102,12 +115,30 @@ fn sharded_checkpoint_directory_runs_and_matches_golden() {
 fn bad_inputs_are_errors_not_panics() {
     let cfg = ModelConfig::read(&fixture("llama-gqa").join("config.json")).unwrap();
     let src = hf("llama-gqa");
-    let e = run_tp_forward(&src, &cfg, 2, true, &[vec![1, 256]]).unwrap_err().to_string();
+    let e = neuron_spec_models::run(
+        &neuron_spec_models::Source::tensors(&src, cfg.clone()).fuse_qkv(true),
+        &neuron_spec_models::Transport::threads(2),
+        &neuron_spec_models::Forward::new([vec![1, 256]].to_vec()),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("256") && e.contains("vocabulary"), "{e}");
-    let e = run_tp_forward(&src, &cfg, 2, true, &[vec![1, 2], vec![3]]).unwrap_err().to_string();
+    let e = neuron_spec_models::run(
+        &neuron_spec_models::Source::tensors(&src, cfg.clone()).fuse_qkv(true),
+        &neuron_spec_models::Transport::threads(2),
+        &neuron_spec_models::Forward::new([vec![1, 2], vec![3]].to_vec()),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("row 1"), "{e}");
     // 8 heads do not split over 3 ranks: every rank fails at build time, none hangs.
-    let e = run_tp_forward(&src, &cfg, 3, true, &[vec![1, 2]]).unwrap_err().to_string();
+    let e = neuron_spec_models::run(
+        &neuron_spec_models::Source::tensors(&src, cfg.clone()).fuse_qkv(true),
+        &neuron_spec_models::Transport::threads(3),
+        &neuron_spec_models::Forward::new([vec![1, 2]].to_vec()),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("num_attention_heads") || e.contains("tp 3"), "{e}");
     // A checkpoint lacking a tensor names it.
     struct Without<'a>(&'a neuron_spec::format::HfCheckpoint, &'a str);
@@ -123,6 +154,12 @@ fn bad_inputs_are_errors_not_panics() {
         }
     }
     let w = Without(&src, "model.layers.1.mlp.up_proj.weight");
-    let e = run_tp_forward(&w, &cfg, 2, true, &[vec![1, 2]]).unwrap_err().to_string();
+    let e = neuron_spec_models::run(
+        &neuron_spec_models::Source::tensors(&w, cfg.clone()).fuse_qkv(true),
+        &neuron_spec_models::Transport::threads(2),
+        &neuron_spec_models::Forward::new([vec![1, 2]].to_vec()),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("model.layers.1.mlp.up_proj.weight"), "{e}");
 }

@@ -9,7 +9,7 @@ use neuron_spec::format::{HfCheckpoint, SafetensorsFile};
 use neuron_spec::ops::reshard::reshard;
 use neuron_spec::TensorSource;
 use neuron_spec::{consolidate, shard};
-use neuron_spec_models::{model_metadata, run_tp_forward, ModelConfig};
+use neuron_spec_models::ModelConfig;
 
 const DIR: &str = "llama-uneven-mlp";
 
@@ -26,7 +26,12 @@ fn forward_matches_the_golden_at_tp_1_3_6() {
     let src = hf(DIR);
     for tp in [1, 3, 6] {
         for fuse in [true, false] {
-            let out = run_tp_forward(&src, &cfg(), tp, fuse, &ids).unwrap();
+            let out = neuron_spec_models::run(
+                &neuron_spec_models::Source::tensors(&src, cfg().clone()).fuse_qkv(fuse),
+                &neuron_spec_models::Transport::threads(tp),
+                &neuron_spec_models::Forward::new(ids.to_vec()),
+            )
+            .unwrap();
             let dl = neuron_spec::compare::max_abs_diff(&out.logits, &logits).unwrap();
             let d1 = neuron_spec::compare::max_abs_diff(out.hidden_1.as_deref().unwrap(), &h1).unwrap();
             eprintln!("{DIR} tp {tp} fuse_qkv {fuse}: max |Δ| logits {dl:.2e}, hidden_1 {d1:.2e}");
@@ -37,7 +42,7 @@ fn forward_matches_the_golden_at_tp_1_3_6() {
 
 #[test]
 fn members_are_padded_per_member_and_metadata_keeps_the_true_shape() {
-    let meta = model_metadata(&cfg(), 3, true).unwrap();
+    let meta = neuron_spec_models::layout(&cfg(), 3, neuron_spec_models::QkvLayout::gqa(true)).unwrap();
     assert_eq!(meta.parameters["model.layers.0.mlp.gate_up_proj.weight"].shape, Some(vec![128, 48]));
     let tmp = tempfile::tempdir().unwrap();
     shard(&fixture(DIR), &tmp.path().join("s"), &meta, 3, &WriteOptions::default()).unwrap();
@@ -62,11 +67,25 @@ fn shard_consolidate_is_byte_exact_and_reshard_equals_direct_sharding() {
         let tmp = tempfile::tempdir().unwrap();
         let (a, b, out, direct) =
             (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("hf"), tmp.path().join("direct"));
-        shard(&fixture(DIR), &a, &model_metadata(&cfg(), n, fuse).unwrap(), n, &WriteOptions::default()).unwrap();
+        shard(
+            &fixture(DIR),
+            &a,
+            &neuron_spec_models::layout(&cfg(), n, neuron_spec_models::QkvLayout::gqa(fuse)).unwrap(),
+            n,
+            &WriteOptions::default(),
+        )
+        .unwrap();
         consolidate(&a, &out, &WriteOptions::default()).unwrap();
         assert_same_tensors(&HfCheckpoint::open(&out).unwrap(), &hf(DIR), &format!("{DIR} tp {n}"));
         reshard(&a, &b, m, &WriteOptions::default()).unwrap();
-        shard(&fixture(DIR), &direct, &model_metadata(&cfg(), m, fuse).unwrap(), m, &WriteOptions::default()).unwrap();
+        shard(
+            &fixture(DIR),
+            &direct,
+            &neuron_spec_models::layout(&cfg(), m, neuron_spec_models::QkvLayout::gqa(fuse)).unwrap(),
+            m,
+            &WriteOptions::default(),
+        )
+        .unwrap();
         let (rb, rd) = (ShardedCheckpoint::open(&b).unwrap(), ShardedCheckpoint::open(&direct).unwrap());
         for r in 0..m {
             assert_same_tensors(&rb.ranks[r], &rd.ranks[r], &format!("{DIR} {n}->{m} rank {r}"));

@@ -9,9 +9,9 @@
 //! cargo run --release -p neuron-spec-bench --bin train_step [-- --small]
 //! ```
 
-use neuron_spec::train::{AdamWConfig, RankTrainer, TrainMode, TrainOptions};
+use neuron_spec::train::AdamWConfig;
 use neuron_spec::{HostTensor, StateDict};
-use neuron_spec_models::{load_hf_rank_model, train_ranks, ModelConfig};
+use neuron_spec_models::{run, ModelConfig, Source, Train, Transport};
 use std::time::Instant;
 
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -99,27 +99,15 @@ fn child(tp: usize, small: bool) -> Res<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let sd = weights(&s)?;
     let params: usize = sd.values().map(|t| t.numel()).sum();
-    let options = TrainOptions {
-        adamw: AdamWConfig { lr: 1e-4, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 },
-        grad_clip: None,
-        mode: TrainMode::Full,
-    };
+    let adamw = AdamWConfig { lr: 1e-4, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 };
     let times = std::sync::Mutex::new(Vec::new());
     let start = Instant::now();
-    train_ranks(
-        tp,
-        &[ids(&s)],
-        2,
-        &|ctx, device| {
-            let model = load_hf_rank_model(&sd, &cfg, ctx, true, device)?;
-            RankTrainer::new(model, &StateDict::new(), options, device)
-        },
-        &|_, _| {
-            if let Ok(mut t) = times.lock() {
-                t.push(start.elapsed().as_secs_f64());
-            }
-        },
-    )?;
+    let task = Train::new(vec![ids(&s)], 2, adamw).on_step(|_, _| {
+        if let Ok(mut t) = times.lock() {
+            t.push(start.elapsed().as_secs_f64());
+        }
+    });
+    run(&Source::tensors(&sd, cfg).fuse_qkv(true), &Transport::threads(tp), &task)?;
     let t = times.lock().map_err(|_| "lock")?.clone();
     let step = t.get(1).zip(t.first()).map(|(b, a)| b - a).ok_or("no step times")?;
     println!("PARAMS {params}\nSTEP {step}\nVmHWM {}", vm_hwm()?);

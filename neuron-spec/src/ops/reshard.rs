@@ -171,9 +171,6 @@ fn reshard_staged(
             "a checkpoint with adapters is resharded in its own layout (--layout would leave the adapters' layout behind)".into(),
         ));
     }
-    if pp > 1 && !adapters.is_empty() {
-        return Err(Error::Stage(format!("adapters cannot be resharded over pipeline stages yet (--pp {pp})")));
-    }
     let staging = Staging::new(out_dir, opts.force)?;
     let mut report = crate::checkpoint::write_staged(
         staging.path(),

@@ -3,7 +3,7 @@
 
 use crate::checkpoint::atomic::Staging;
 use crate::checkpoint::{plan_unexpected, with_global_infos, write_staged, Report, WriteOptions};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::HfCheckpoint;
 use crate::spec::compile::{plan_shards, PlanOptions};
 use crate::spec::metadata::CheckpointMetadata;
@@ -22,7 +22,9 @@ pub fn shard(
 }
 
 /// [`shard`], plus each imported LoRA adapter sharded beside the base weights in `out_dir/adapter_<name>/`
-/// (its own rank files, metadata and `adapter_config.json` in the TP model's terms). All or nothing.
+/// (its own rank files, metadata and `adapter_config.json` in the TP model's terms). All or nothing. With
+/// pipeline stages, an adapter stays one checkpoint at the same tp (small, and read whole by every stage, which
+/// takes its own modules' factors).
 pub fn shard_with_adapters(
     hf_dir: &Path,
     out_dir: &Path,
@@ -36,11 +38,6 @@ pub fn shard_with_adapters(
         .map_err(|e| e.in_checkpoint(hf_dir))?;
     let pp = opts.pp.unwrap_or(1);
     let stages = StageAssignment::for_metadata(meta, pp)?;
-    if pp > 1 && !adapters.is_empty() {
-        return Err(Error::Stage(format!(
-            "adapters cannot be sharded over pipeline stages yet (--pp {pp}); shard them at --pp 1"
-        )));
-    }
     let staging = Staging::new(out_dir, opts.force)?;
     let mut report = write_staged(
         staging.path(),

@@ -33,7 +33,8 @@ impl StageAssignment {
         if pp == 0 || pp > MAX_PP {
             return Err(Error::Stage(format!("pp {pp} is out of range (1 to {MAX_PP})")));
         }
-        if layers < pp {
+        // One stage holds everything, also a model without decoder layers (any annotated model).
+        if layers < pp && pp > 1 {
             return Err(Error::Stage(format!(
                 "cannot split {layers} decoder layers over {pp} pipeline stages: every stage needs at least one layer (use --pp {layers} or less)"
             )));
@@ -66,6 +67,9 @@ impl StageAssignment {
     /// The stages holding parameter (or module) `name`, in order; more than one only for a tied embedding.
     pub fn stages_of(&self, name: &str) -> Result<Vec<usize>> {
         let last = self.pp().saturating_sub(1);
+        if self.pp() == 1 {
+            return Ok(vec![0]); // one stage: every parameter, whatever the model's names
+        }
         if let Some(l) = layer_index(name) {
             return self
                 .layers
@@ -134,5 +138,13 @@ mod tests {
         assert_eq!(t.stages_of("model.embed_tokens.weight").unwrap(), vec![0, 1]);
         assert!(StageAssignment::evenly(2, 3, false).is_err());
         assert!(a.stages_of("model.rotary.inv_freq").is_err());
+    }
+
+    #[test]
+    fn one_stage_holds_any_model() {
+        // A model without decoder layers and with its own names (examples/custom_model.rs) shards at pp 1.
+        let a = StageAssignment::evenly(0, 1, false).unwrap();
+        assert_eq!(a.stages_of("block.attn.o_proj.weight").unwrap(), vec![0]);
+        assert!(StageAssignment::evenly(0, 2, false).is_err());
     }
 }

@@ -42,13 +42,13 @@ impl Sampling {
     pub fn check(&self) -> Result<()> {
         if let Sampling::Sample { temperature, top_k, top_p, .. } = *self {
             if !(temperature.is_finite() && temperature > 0.0) {
-                return Err(Error::Invalid(format!("--temperature must be a positive number, got {temperature}")));
+                return Err(Error::Argument(format!("--temperature must be a positive number, got {temperature}")));
             }
             if top_k == Some(0) {
-                return Err(Error::Invalid("--top-k must be at least 1".into()));
+                return Err(Error::Argument("--top-k must be at least 1".into()));
             }
             if let Some(p) = top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
-                return Err(Error::Invalid(format!("--top-p must be in (0, 1], got {p}")));
+                return Err(Error::Argument(format!("--top-p must be in (0, 1], got {p}")));
             }
         }
         Ok(())
@@ -95,12 +95,12 @@ impl SplitMix64 {
 /// The next token from one row of logits. NaN logits are refused (no choice among them is meaningful).
 pub fn choose_token(logits: &[f32], sampling: &Sampling, rng: &mut SplitMix64) -> Result<i64> {
     if let Some(i) = logits.iter().position(|x| x.is_nan()) {
-        return Err(Error::Invalid(format!("the logits hold NaN (token id {i}): no next token")));
+        return Err(Error::Tensor(format!("the logits hold NaN (token id {i}): no next token")));
     }
     // Token ids, most likely first; ties keep the lower id first (stable sort), as argmax does.
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    let first = *order.first().ok_or_else(|| Error::Invalid("empty logits".into()))?;
+    let first = *order.first().ok_or_else(|| Error::Tensor("empty logits".into()))?;
     let (temperature, top_k, top_p) = match *sampling {
         Sampling::Greedy => return Ok(first as i64),
         Sampling::Sample { temperature, top_k, top_p, .. } => (temperature, top_k, top_p),
@@ -142,9 +142,9 @@ fn check_same_token<C: Communicator>(comm: &C, token: i64, step: usize, device: 
     let all = comm
         .all_gather(t, 0)?
         .try_into_data()
-        .map_err(|e| Error::Invalid(format!("gathered tokens: {e:?}")))?
+        .map_err(|e| Error::Tensor(format!("gathered tokens: {e:?}")))?
         .try_into_vec::<f32>()
-        .map_err(|e| Error::Invalid(format!("gathered tokens: {e:?}")))?;
+        .map_err(|e| Error::Tensor(format!("gathered tokens: {e:?}")))?;
     match all.iter().position(|x| x.to_bits() != all[0].to_bits()) {
         Some(rank) => {
             Err(Error::RanksDisagree { rank, what: format!("chose token {} at step {step}, other", all[rank]) })
@@ -175,9 +175,9 @@ pub fn rank_generate<C: Communicator>(
         let logits = model.forward_cached(ids_tensor(&[input], &device)?, &mut cache, comm)?;
         let row = logits
             .try_into_data()
-            .map_err(|e| Error::Invalid(format!("logits: {e:?}")))?
+            .map_err(|e| Error::Tensor(format!("logits: {e:?}")))?
             .try_into_vec::<f32>()
-            .map_err(|e| Error::Invalid(format!("logits: {e:?}")))?;
+            .map_err(|e| Error::Tensor(format!("logits: {e:?}")))?;
         let next = choose_token(&row, &opts.sampling, &mut rng)?;
         check_same_token(comm, next, step, &device)?;
         out.push(next);
@@ -219,7 +219,7 @@ impl TextModel {
     pub fn prompt_ids(&self, prompt: &str, chat: bool) -> Result<Vec<i64>> {
         let ids = if chat { self.tokenizer.chat_ids(prompt)? } else { self.tokenizer.encode(prompt, true)? };
         if ids.is_empty() {
-            return Err(Error::Invalid("the prompt encodes to no token".into()));
+            return Err(Error::InputData("the prompt encodes to no token".into()));
         }
         self.tokenizer.check_in_vocab(&ids, self.cfg.llama.vocab_size)?;
         Ok(ids)
@@ -249,7 +249,7 @@ pub fn generate_text(
     on_text: &mut (dyn FnMut(&str) -> Result<()> + Send),
 ) -> Result<Generated> {
     let dir =
-        source.dir().ok_or_else(|| Error::Invalid("generating text needs the model folder (its tokenizer)".into()))?;
+        source.dir().ok_or_else(|| Error::Argument("generating text needs the model folder (its tokenizer)".into()))?;
     let m = TextModel::open(dir)?;
     let prompt_ids = m.prompt_ids(prompt, chat)?;
     let task = Generate::new(prompt_ids.clone(), with_folder_eos(opts, &m)).streaming_text(&m.tokenizer, on_text);

@@ -14,12 +14,12 @@ impl LlamaForCausalLM {
         let b = input_ids.len();
         let s = input_ids.first().map_or(0, Vec::len);
         if b == 0 || s == 0 || input_ids.iter().any(|r| r.len() != s) {
-            return Err(Error::Invalid("a batch must hold equally long, non-empty sequences".into()));
+            return Err(Error::InputData("a batch must hold equally long, non-empty sequences".into()));
         }
         let device = self.model.embed_tokens.weight.val().device();
         let vocab = self.model.embed_tokens.num_embeddings;
         if let Some(bad) = input_ids.iter().flatten().find(|t| **t < 0 || **t as usize >= vocab) {
-            return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary [0, {vocab})")));
+            return Err(Error::InputData(format!("token id {bad} is outside the vocabulary [0, {vocab})")));
         }
         let flat: Vec<i64> = input_ids.iter().flatten().copied().collect();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, s]), &device);

@@ -22,6 +22,7 @@ impl TensorSource for Shapes {
         self.1.get(name).map(|i| self.0[*i].clone())
     }
     fn tensor(&self, name: &str) -> Result<HostTensor> {
+        // Invalid: the bench's own check: no library failure kind fits.
         Err(Error::Invalid(format!("{name}: shapes only")))
     }
     fn names(&self) -> Vec<String> {
@@ -46,6 +47,7 @@ fn main() -> Result<()> {
         "model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672, "num_attention_heads": 64,
         "num_key_value_heads": 8, "num_hidden_layers": 80, "vocab_size": 128256, "rope_theta": 500000.0
     }))
+    // Invalid: the bench's own check: no library failure kind fits.
     .map_err(|e| Error::Invalid(e.to_string()))?;
     let (h, i, v, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim());
     let (q, kv) = (cfg.num_attention_heads * hd, cfg.kv_heads() * hd);

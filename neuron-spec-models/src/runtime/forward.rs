@@ -28,15 +28,15 @@ impl Activations {
     /// Copies `t` to the host.
     pub fn from_tensor(t: Tensor<3>, what: &str) -> Result<Self> {
         let shape = t.dims();
-        let data = t.try_into_data().map_err(|e| Error::Invalid(format!("{what}: {e:?}")))?;
-        let values = data.try_into_vec::<f32>().map_err(|e| Error::Invalid(format!("{what}: {e:?}")))?;
+        let data = t.try_into_data().map_err(|e| Error::Tensor(format!("{what}: {e:?}")))?;
+        let values = data.try_into_vec::<f32>().map_err(|e| Error::Tensor(format!("{what}: {e:?}")))?;
         Ok(Self { shape, values })
     }
 
     /// The tensor on `device`.
     pub fn to_tensor(&self, device: &Device) -> Result<Tensor<3>> {
         if self.values.len() != self.shape.iter().product::<usize>() {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Tensor(format!(
                 "activations of shape {:?} hold {} values",
                 self.shape,
                 self.values.len()
@@ -51,10 +51,10 @@ pub(crate) fn ids_tensor(input_ids: &[Vec<i64>], device: &Device) -> Result<Tens
     let b = input_ids.len();
     let s = input_ids.first().map_or(0, Vec::len);
     if b == 0 || s == 0 {
-        return Err(Error::Invalid("input_ids must hold at least one non-empty sequence".into()));
+        return Err(Error::InputData("input_ids must hold at least one non-empty sequence".into()));
     }
     if let Some((i, row)) = input_ids.iter().enumerate().find(|(_, r)| r.len() != s) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::InputData(format!(
             "input_ids row {i} has {} tokens, row 0 has {s} (no padding support)",
             row.len()
         )));
@@ -119,7 +119,7 @@ pub fn write_forward_outputs(path: &Path, out: &ForwardOutput) -> Result<()> {
         .iter()
         .map(|(n, t)| TensorInfo { name: n.clone(), dtype: t.dtype(), shape: t.shape().to_vec() })
         .collect();
-    let name = path.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a file name", path.display())))?;
+    let name = path.file_name().ok_or_else(|| Error::Argument(format!("{}: not a file name", path.display())))?;
     let tmp = path.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
     let written = neuron_spec::format::write_safetensors(&tmp, &infos, &Default::default(), &mut |info| {
         Ok(tensors.iter().filter(|(n, _)| *n == info.name).map(|(_, t)| t.clone()).collect())
@@ -213,9 +213,9 @@ impl Task for Forward {
             Ranks::All(v) => v.iter().map(|r| r.read.clone()).collect(),
             _ => ranks.any().map(|r| vec![r.read.clone()]).unwrap_or_default(),
         };
-        let r = ranks.any().ok_or_else(|| Error::Invalid("no ranks ran".into()))?;
+        let r = ranks.any().ok_or_else(|| Error::Thread("no ranks ran".into()))?;
         let mut hs = r.hidden.iter();
-        let h0 = hs.next().ok_or_else(|| Error::Invalid("no hidden states".into()))?;
+        let h0 = hs.next().ok_or_else(|| Error::Tensor("no hidden states".into()))?;
         let out = ForwardOutput {
             logits: r.output.values.clone(),
             logits_shape: r.output.shape,
@@ -307,7 +307,7 @@ impl Task for StageForward {
     fn prepare(&self, plan: &mut Plan<'_>) -> Result<()> {
         if self.stage >= plan.pp {
             let dir = plan.source.dir().map_or(String::new(), |d| format!("{}: ", d.display()));
-            return Err(Error::Invalid(format!("{dir}no pipeline stage {} (pp is {})", self.stage, plan.pp)));
+            return Err(Error::Stage(format!("{dir}no pipeline stage {} (pp is {})", self.stage, plan.pp)));
         }
         Ok(())
     }
@@ -321,6 +321,6 @@ impl Task for StageForward {
     }
 
     fn finish(&self, _plan: &Plan<'_>, ranks: Ranks<'_, StageRun>) -> Result<StageRun> {
-        ranks.any().cloned().ok_or_else(|| Error::Invalid("no ranks ran".into()))
+        ranks.any().cloned().ok_or_else(|| Error::Thread("no ranks ran".into()))
     }
 }

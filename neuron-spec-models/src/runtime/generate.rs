@@ -65,7 +65,7 @@ impl Task for Generate<'_> {
             if ctx.rank != 0 {
                 return Ok(());
             }
-            let mut f = self.on_token.lock().map_err(|_| Error::Invalid("the token sink panicked".into()))?;
+            let mut f = self.on_token.lock().map_err(|_| Error::Thread("the token sink panicked".into()))?;
             (*f)(id)
         };
         rank_generate(&loaded.model, comm, &self.prompt, &self.options, &mut emit)
@@ -78,6 +78,6 @@ impl Task for Generate<'_> {
     }
 
     fn finish(&self, _plan: &Plan<'_>, ranks: Ranks<'_, Vec<i64>>) -> Result<Vec<i64>> {
-        ranks.any().cloned().ok_or_else(|| Error::Invalid("no ranks ran".into()))
+        ranks.any().cloned().ok_or_else(|| Error::Thread("no ranks ran".into()))
     }
 }

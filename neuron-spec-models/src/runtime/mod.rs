@@ -149,7 +149,7 @@ pub fn refusal(task: TaskKind, source: &Source<'_>, transport: TransportKind) ->
 pub fn run<T: Task>(source: &Source<'_>, transport: &Transport<'_>, task: &T) -> Result<T::Output> {
     if let Some(why) = refusal(T::KIND, source, transport.kind()) {
         let dir = source.dir().map_or(String::new(), |d| format!("{}: ", d.display()));
-        return Err(Error::Invalid(format!("{dir}{why}")));
+        return Err(Error::Argument(format!("{dir}{why}")));
     }
     match transport {
         #[cfg(feature = "mpi")]
@@ -164,7 +164,7 @@ pub fn run<T: Task>(source: &Source<'_>, transport: &Transport<'_>, task: &T) ->
                     transport::agree(&comm.all_gather_u64(&[print]), what)?;
                     previous = Some(r);
                 }
-                let r = previous.ok_or_else(|| Error::Invalid("no pipeline stage ran".into()))?;
+                let r = previous.ok_or_else(|| Error::Stage("no pipeline stage ran".into()))?;
                 Ok((plan, r))
             })();
             let (plan, r) = match out {
@@ -192,7 +192,7 @@ pub fn run<T: Task>(source: &Source<'_>, transport: &Transport<'_>, task: &T) ->
                 transport::agree(&prints, what)?;
                 previous = Some(outs);
             }
-            let outs = previous.ok_or_else(|| Error::Invalid("no pipeline stage ran".into()))?;
+            let outs = previous.ok_or_else(|| Error::Stage("no pipeline stage ran".into()))?;
             task.finish(&plan, Ranks::All(outs))
         }
     }
@@ -211,7 +211,7 @@ pub(crate) fn agree_outcome<R>(ranks: &Ranks<'_, R>, mine: Result<()>) -> Result
             let all = comm.all_gather_bytes(&msg)?;
             match all.iter().enumerate().find(|(_, m)| m.first() != Some(&0)) {
                 Some(_) if mine.is_err() => mine,
-                Some((r, m)) => Err(Error::Invalid(format!(
+                Some((r, m)) => Err(Error::Collective(format!(
                     "rank {r}/{}: {}",
                     all.len(),
                     String::from_utf8_lossy(m.get(1..).unwrap_or_default())

@@ -183,7 +183,7 @@ impl<'a> Source<'a> {
         let what = |d: &Option<PathBuf>| d.as_ref().map_or("the source".to_string(), |d| d.display().to_string());
         let (tp, pp) = match (&self.weights, transport.tp()) {
             (Weights::Sharded { tp, .. }, Some(t)) if t != *tp => {
-                return Err(Error::Invalid(match transport.kind() {
+                return Err(Error::Argument(match transport.kind() {
                     TransportKind::Mpi => format!(
                         "{} is sharded at tp {tp}, but {t} MPI processes run it (start one per rank: mpirun -np {tp})",
                         what(&self.dir)
@@ -380,7 +380,7 @@ impl Plan<'_> {
                 let src: &dyn TensorSource = match &self.source.weights {
                     Weights::Hf(hf) => hf,
                     Weights::Tensors(t) => *t,
-                    Weights::Sharded { .. } => return Err(Error::Invalid("a sharded checkpoint read as HF".into())),
+                    Weights::Sharded { .. } => return Err(Error::Checkpoint("a sharded checkpoint read as HF".into())),
                 };
                 let counting = Counting { inner: src, bytes: AtomicUsize::new(0) };
                 let local =
@@ -397,26 +397,26 @@ impl Plan<'_> {
             }
             (Weights::Sharded { .. }, Some(s)) => {
                 let ck = self.stages.get(s).and_then(Option::as_ref).ok_or_else(|| {
-                    Error::Invalid(format!("{}: pipeline stage {s} was not opened for this run", dir.display()))
+                    Error::Stage(format!("{}: pipeline stage {s} was not opened for this run", dir.display()))
                 })?;
                 check_layout(&ours, &ck.metadata, &dir.join(metadata_path(s)))?;
                 let file = ck
                     .files
                     .get(ctx.rank)
-                    .ok_or_else(|| Error::Invalid(format!("stage {s} has no rank file for rank {}", ctx.rank)))?;
+                    .ok_or_else(|| Error::Stage(format!("stage {s} has no rank file for rank {}", ctx.rank)))?;
                 let counting = Counting { inner: file.source(), bytes: AtomicUsize::new(0) };
                 let model = model.load_rank_tensors("", &LoraRankSource::new(&counting, lora.clone())?, device)?;
                 (model, counting.bytes.load(Ordering::Relaxed), file.path().to_path_buf())
             }
             (Weights::Sharded { .. }, None) => {
                 let ck = self.merged.as_ref().ok_or_else(|| {
-                    Error::Invalid(format!("{}: its pipeline stages were not opened as one model", dir.display()))
+                    Error::Stage(format!("{}: its pipeline stages were not opened as one model", dir.display()))
                 })?;
                 check_layout(&ours, &ck.metadata, &dir.join(METADATA_PATH))?;
                 let file = ck
                     .ranks
                     .get(ctx.rank)
-                    .ok_or_else(|| Error::Invalid(format!("no rank file for rank {}", ctx.rank)))?;
+                    .ok_or_else(|| Error::Checkpoint(format!("no rank file for rank {}", ctx.rank)))?;
                 let counting = Counting { inner: file, bytes: AtomicUsize::new(0) };
                 let model = model.load_rank_tensors("", &LoraRankSource::new(&counting, lora.clone())?, device)?;
                 (model, counting.bytes.load(Ordering::Relaxed), dir.join(neuron_spec::checkpoint::RANKS_DIR))

@@ -115,14 +115,14 @@ impl Task for Train<'_> {
 
     fn prepare(&self, plan: &mut Plan<'_>) -> Result<()> {
         if self.steps == 0 {
-            return Err(Error::Invalid("training needs at least one step (--steps)".into()));
+            return Err(Error::Argument("training needs at least one step (--steps)".into()));
         }
         if self.batches.is_empty() {
-            return Err(Error::Invalid("no training data".into()));
+            return Err(Error::InputData("no training data".into()));
         }
         self.adamw.validate()?;
         if self.out.is_some() && plan.source.dir().is_none() {
-            return Err(Error::Invalid(
+            return Err(Error::Argument(
                 "writing a trained checkpoint needs the model directory (its config and non-weight files go into \
                  the output): open the source with Source::open"
                     .into(),
@@ -130,14 +130,14 @@ impl Task for Train<'_> {
         }
         if let Some((out, false)) = &self.out {
             if out.exists() {
-                return Err(Error::Invalid(format!("{} exists (use --force to replace it)", out.display())));
+                return Err(Error::Argument(format!("{} exists (use --force to replace it)", out.display())));
             }
         }
         let dir = plan.source.dir().map(std::path::Path::to_path_buf).unwrap_or_default();
         let mut trained: Option<ImportedAdapter> = None;
         if plan.source.is_sharded() {
             if !has_optimizer_state(&dir) {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Training(format!(
                     "{}: no optimizer state (optimizer/state.json): cannot resume training from it",
                     dir.display()
                 )));
@@ -145,14 +145,14 @@ impl Task for Train<'_> {
             let run_adapter = optimizer_adapter(&dir)?;
             match (&self.lora, &run_adapter) {
                 (Some(_), None) => {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::Training(format!(
                         "{} is a full-training checkpoint (its optimizer state has no adapter): a LoRA run starts \
                          from an HF model",
                         dir.display()
                     )))
                 }
                 (Some(_), Some(name)) => {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::Training(format!(
                         "{} is a LoRA run of adapter {name}, which resuming continues; leave --adapter out",
                         dir.display()
                     )))
@@ -176,7 +176,7 @@ impl Task for Train<'_> {
             });
         }
         if !plan.adapters.is_empty() {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Training(format!(
                 "training beside other adapters ({}) is not implemented: merge them into the base first \
                  (consolidate --merge-adapter), or train one of them",
                 plan.adapter_names().join(", ")
@@ -257,7 +257,7 @@ impl Task for Train<'_> {
             let config_dir = plan
                 .source
                 .dir()
-                .ok_or_else(|| Error::Invalid("training output needs the model directory (its config)".into()))?;
+                .ok_or_else(|| Error::Argument("training output needs the model directory (its config)".into()))?;
             let base =
                 if plan.source.is_sharded() { FrozenBase::Sharded(config_dir) } else { FrozenBase::Hf(config_dir) };
             match (&ranks, &plan.trained) {
@@ -269,7 +269,7 @@ impl Task for Train<'_> {
                 }
                 #[cfg(feature = "mpi")]
                 (Ranks::Own(comm, ()), None) => {
-                    let (w, s) = out.ranks.first().ok_or_else(|| Error::Invalid("no rank trained".into()))?;
+                    let (w, s) = out.ranks.first().ok_or_else(|| Error::Thread("no rank trained".into()))?;
                     neuron_spec::train::write_trained_checkpoint_mpi(
                         comm,
                         dir,
@@ -285,7 +285,7 @@ impl Task for Train<'_> {
                 (Ranks::Own(comm, ()), Some(a)) => {
                     // A LoRA run's output is small (the adapter and its moments): rank 0 gathers every rank's
                     // and writes it with the threads' writer, so both give the same bytes.
-                    let (w, s) = out.ranks.first().ok_or_else(|| Error::Invalid("no rank trained".into()))?;
+                    let (w, s) = out.ranks.first().ok_or_else(|| Error::Thread("no rank trained".into()))?;
                     let own: StateDict = w
                         .iter()
                         .filter(|(n, _)| neuron_spec::lora::get_adapter_name(n) == Some(a.name.as_str()))
@@ -334,7 +334,7 @@ mod wire {
             dicts: dicts
                 .map(|d| d.iter().map(|(n, t)| (n.clone(), t.dtype(), t.shape().to_vec(), t.bytes().len())).collect()),
         };
-        let h = serde_json::to_vec(&header).map_err(|e| Error::Invalid(format!("a rank's trained state: {e}")))?;
+        let h = serde_json::to_vec(&header).map_err(|e| Error::Serialization(format!("a rank's trained state: {e}")))?;
         let mut out = (h.len() as u64).to_le_bytes().to_vec();
         out.extend(h);
         for d in dicts {
@@ -346,7 +346,7 @@ mod wire {
     }
 
     pub fn decode_rank(bytes: &[u8]) -> Result<(StateDict, OptimizerState)> {
-        let bad = |w: &str| Error::Invalid(format!("a rank's trained state does not parse: {w}"));
+        let bad = |w: &str| Error::Serialization(format!("a rank's trained state does not parse: {w}"));
         let n = bytes.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).ok_or_else(|| bad("no header"))?;
         let n = u64::from_le_bytes(n) as usize;
         let h = bytes.get(8..8 + n).ok_or_else(|| bad("short header"))?;

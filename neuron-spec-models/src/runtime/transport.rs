@@ -101,7 +101,7 @@ pub(crate) fn on_rank_threads<T: Send>(
         handles
             .into_iter()
             .enumerate()
-            .map(|(r, h)| h.join().unwrap_or_else(|_| Err(Error::Invalid(format!("rank {r} panicked")))))
+            .map(|(r, h)| h.join().unwrap_or_else(|_| Err(Error::Thread(format!("rank {r} panicked")))))
             .collect()
     });
     let mut outs = Vec::with_capacity(tp);
@@ -110,8 +110,8 @@ pub(crate) fn on_rank_threads<T: Send>(
         match r {
             Ok(o) => outs.push(o),
             Err(e) => {
-                let is_echo = e.to_string().starts_with("collective aborted");
-                if first_err.as_ref().is_none_or(|f| f.to_string().starts_with("collective aborted") && !is_echo) {
+                let is_echo = e.is_collective_abort();
+                if first_err.as_ref().is_none_or(|f| f.is_collective_abort() && !is_echo) {
                     first_err = Some(e);
                 }
             }

@@ -26,4 +26,4 @@ pub use loss::vocab_parallel_causal_lm_loss;
 #[cfg(feature = "mpi")]
 pub use mpi_checkpoint::write_trained_checkpoint_mpi;
 pub use replicas::{local_norm_sq, sum_kv_replicas, GradMap};
-pub use trainer::{is_lora_name, LoraMasks, OptimizerState, RankTrainer, TrainMode, TrainOptions};
+pub use trainer::{is_lora_name, LoraMasks, OptimizerState, RankTrainer, StepProfile, TrainMode, TrainOptions};

@@ -1,7 +1,7 @@
 //! neuron-spec: move model weights between the Hugging Face layout and tensor-parallel (TP) modules.
 //!
-//! Built on burn `=0.22.1` with `default-features = false` and the features `std` and `ndarray` (add
-//! `autodiff` and `optim` to train); loading through burn-store (`=0.22.1`, features `std`, `safetensors`).
+//! Built on burn `=0.22.1` with `default-features = false` and the features `std`, `flex` (the default CPU
+//! backend), `ndarray`, `simd` and `rayon` (add `autodiff` and `optim` to train); loading through burn-store (`=0.22.1`, features `std`, `safetensors`).
 //! This crate's own feature `burn` (on by default) holds the parallel layers ([`layers`]); without it the
 //! crate is the I/O, spec and plan runtime plus the module contract ([`spec::contract`], with a stand-in `Device`).
 //!

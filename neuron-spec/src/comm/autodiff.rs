@@ -11,18 +11,19 @@
 //! the backward pass cannot return an error from there: it is recorded in the [`GradReducer`] and
 //! [`GradReducer::take_error`] reports it after `backward()`.
 
-#![allow(deprecated)] // burn 0.22 deprecates burn-ndarray; it is this crate's backend (the custom op needs one).
+#![allow(deprecated)] // burn 0.22 deprecates burn-ndarray; it stays selectable (`BURN_DEVICE=ndarray`).
 
 use super::Communicator;
 use crate::error::{Error, Result};
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Autodiff, Dispatch, NdArray};
+use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, NdArray};
 use burn::tensor::{Tensor, TensorData};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A host-level all-reduce (sum) usable from inside a backward step, where no error can be returned.
 pub trait HostAllReduce: Send + Sync {
@@ -35,6 +36,8 @@ pub trait HostAllReduce: Send + Sync {
 pub struct GradReducer {
     reduce: Arc<dyn HostAllReduce>,
     error: Arc<Mutex<Option<String>>>,
+    /// Nanoseconds spent in the all-reduce since the last [`GradReducer::take_time`].
+    spent: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for GradReducer {
@@ -46,12 +49,20 @@ impl std::fmt::Debug for GradReducer {
 impl GradReducer {
     /// Wraps a host all-reduce.
     pub fn new(reduce: Arc<dyn HostAllReduce>) -> Self {
-        Self { reduce, error: Arc::new(Mutex::new(None)) }
+        Self { reduce, error: Arc::new(Mutex::new(None)), spent: Arc::new(AtomicU64::new(0)) }
     }
 
     /// A host all-reduce outside the backward pass (gradient bookkeeping after it).
     pub fn all_reduce_sum_f32(&self, data: Vec<f32>, shape: &[usize]) -> Result<Vec<f32>> {
-        self.reduce.all_reduce_sum_f32(data, shape)
+        let t = Instant::now();
+        let r = self.reduce.all_reduce_sum_f32(data, shape);
+        self.spent.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
+    }
+
+    /// The time spent in this reducer's all-reduces (backward pass and bookkeeping) since the last call.
+    pub fn take_time(&self) -> Duration {
+        Duration::from_nanos(self.spent.swap(0, Ordering::Relaxed))
     }
 
     /// The first collective error of a backward pass, if any (cleared).
@@ -75,8 +86,8 @@ impl GradReducer {
     }
 }
 
-/// The custom op of [`copy_to_tp_region`].
-#[backend_extension(Autodiff, NdArray)]
+/// The custom op of [`copy_to_tp_region`], on both CPU backends (`flex`, the default, and `ndarray`).
+#[backend_extension(Autodiff, Flex, NdArray)]
 pub trait TpRegionBackend: burn::backend::Backend {
     /// Identity forward; the backward pass all-reduces the gradient with `reducer`.
     fn copy_to_tp_region(x: FloatTensor<Self>, reducer: GradReducer) -> FloatTensor<Self>;
@@ -88,7 +99,13 @@ impl TpRegionBackend for NdArray {
     }
 }
 
-/// Waits for a backend future; ndarray's are ready on the first poll.
+impl TpRegionBackend for Flex {
+    fn copy_to_tp_region(x: FloatTensor<Self>, _reducer: GradReducer) -> FloatTensor<Self> {
+        x
+    }
+}
+
+/// Waits for a backend future; the CPU backends' are ready on the first poll.
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     let mut f = std::pin::pin!(f);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -103,20 +120,20 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 #[derive(Debug)]
 struct CopyToTpRegionBackward;
 
-impl Backward<NdArray, 1> for CopyToTpRegionBackward {
+impl<B: Backend> Backward<B, 1> for CopyToTpRegionBackward {
     type State = GradReducer;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let [parent] = ops.parents;
-        let grad = grads.consume::<NdArray>(&ops.node);
+        let grad = grads.consume::<B>(&ops.node);
         let Some(node) = parent else { return };
         let device = burn::backend::TensorMetadata::device(&grad);
         let reducer = ops.state;
-        let reduced = block_on(NdArray::float_into_data(grad.clone())).map_err(|e| format!("{e:?}")).and_then(|data| {
+        let reduced = block_on(B::float_into_data(grad.clone())).map_err(|e| format!("{e:?}")).and_then(|data| {
             let shape = data.shape().to_vec();
             let v = data.into_vec::<f32>().map_err(|e| format!("{e:?}"))?;
-            let out = reducer.reduce.all_reduce_sum_f32(v, &shape).map_err(|e| e.to_string())?;
-            Ok(NdArray::float_from_data(TensorData::new(out, shape), &device))
+            let out = reducer.all_reduce_sum_f32(v, &shape).map_err(|e| e.to_string())?;
+            Ok(B::float_from_data(TensorData::new(out, shape), &device))
         });
         let reduced = match reduced {
             Ok(t) => t,
@@ -125,19 +142,33 @@ impl Backward<NdArray, 1> for CopyToTpRegionBackward {
                 grad
             }
         };
-        grads.register::<NdArray>(node.id, reduced);
+        grads.register::<B>(node.id, reduced);
+    }
+}
+
+/// The autodiff op on backend `B`: identity forward, `CopyToTpRegionBackward` recorded.
+fn autodiff_copy_to_tp_region<B: Backend, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    reducer: GradReducer,
+) -> FloatTensor<Autodiff<B, C>> {
+    match CopyToTpRegionBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let out = x.primitive().clone();
+            prep.finish(reducer, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(x.into_primitive()),
     }
 }
 
 impl<C: CheckpointStrategy> TpRegionBackend for Autodiff<NdArray, C> {
     fn copy_to_tp_region(x: FloatTensor<Self>, reducer: GradReducer) -> FloatTensor<Self> {
-        match CopyToTpRegionBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let out = x.primitive().clone();
-                prep.finish(reducer, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(x.into_primitive()),
-        }
+        autodiff_copy_to_tp_region::<NdArray, C>(x, reducer)
+    }
+}
+
+impl<C: CheckpointStrategy> TpRegionBackend for Autodiff<Flex, C> {
+    fn copy_to_tp_region(x: FloatTensor<Self>, reducer: GradReducer) -> FloatTensor<Self> {
+        autodiff_copy_to_tp_region::<Flex, C>(x, reducer)
     }
 }
 

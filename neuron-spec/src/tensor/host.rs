@@ -75,7 +75,11 @@ impl HostTensor {
 
     /// An F32 tensor from values.
     pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Result<Self> {
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // One allocation and a plain copy (a `flat_map` over bytes collects byte by byte).
+        let mut bytes = Vec::with_capacity(values.len() * 4);
+        for v in values {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
         Self::new(DType::F32, shape, bytes)
     }
 

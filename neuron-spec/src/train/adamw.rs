@@ -52,6 +52,36 @@ impl AdamWConfig {
         Ok(())
     }
 
+    /// [`AdamWConfig::update`] on up to `threads` threads (contiguous chunks): every element gets the same
+    /// arithmetic, so the result is bit for bit the single-threaded one.
+    pub fn update_threads(
+        &self,
+        t: u64,
+        threads: usize,
+        param: &mut [f32],
+        grad: &[f32],
+        exp_avg: &mut [f32],
+        exp_avg_sq: &mut [f32],
+    ) {
+        const MIN_CHUNK: usize = 1 << 16;
+        let n = param.len();
+        let threads = threads.clamp(1, n.div_ceil(MIN_CHUNK).max(1));
+        if threads == 1 || grad.len() != n || exp_avg.len() != n || exp_avg_sq.len() != n {
+            return self.update(t, param, grad, exp_avg, exp_avg_sq);
+        }
+        let chunk = n.div_ceil(threads);
+        std::thread::scope(|s| {
+            let parts = param
+                .chunks_mut(chunk)
+                .zip(grad.chunks(chunk))
+                .zip(exp_avg.chunks_mut(chunk))
+                .zip(exp_avg_sq.chunks_mut(chunk));
+            for (((p, g), m), v) in parts {
+                s.spawn(move || self.update(t, p, g, m, v));
+            }
+        });
+    }
+
     /// One update of `param` with `grad` at step `t` (1-based), moments updated in place.
     pub fn update(&self, t: u64, param: &mut [f32], grad: &[f32], exp_avg: &mut [f32], exp_avg_sq: &mut [f32]) {
         let (b1, b2) = self.betas;

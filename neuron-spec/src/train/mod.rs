@@ -43,4 +43,4 @@ pub use mpi_checkpoint::write_trained_checkpoint_mpi;
 #[cfg(feature = "burn")]
 pub use replicas::{local_norm_sq, sum_kv_replicas, GradMap};
 #[cfg(feature = "burn")]
-pub use trainer::{is_lora_name, LoraMasks, OptimizerState, RankTrainer, TrainMode, TrainOptions};
+pub use trainer::{is_lora_name, LoraMasks, OptimizerState, RankTrainer, StepProfile, TrainMode, TrainOptions};

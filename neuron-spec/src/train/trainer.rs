@@ -21,6 +21,7 @@ use burn::module::ParamId;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Tensor};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 /// Which parameters train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +59,30 @@ pub struct OptimizerState {
     pub exp_avg_sq: StateDict,
 }
 
+/// Where one training step's time went on this rank (wall clock).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepProfile {
+    /// The loss closure: the forward pass (its collectives included).
+    pub forward: Duration,
+    /// burn's backward pass, its all-reduces included.
+    pub backward: Duration,
+    /// The backward pass's and the bookkeeping's all-reduces (part of `backward` and `gradients`).
+    pub all_reduce: Duration,
+    /// Reading the parameters and gradients back to rank tensors, kv-replica sums, masks, clipping.
+    pub gradients: Duration,
+    /// AdamW over every trainable rank tensor.
+    pub optimizer: Duration,
+    /// Loading the updated values back into the model.
+    pub reload: Duration,
+}
+
+impl StepProfile {
+    /// The step's total (`all_reduce` is inside the others).
+    pub fn total(&self) -> Duration {
+        self.forward + self.backward + self.gradients + self.optimizer + self.reload
+    }
+}
+
 /// Whether a rank tensor name is a LoRA factor.
 pub fn is_lora_name(name: &str) -> bool {
     name.contains(".lora_A.") || name.contains(".lora_B.")
@@ -82,6 +107,8 @@ pub struct RankTrainer<M> {
     pub keep_grads: bool,
     /// The last step's gradients, by rank tensor name, when `keep_grads` is set.
     pub last_grads: Option<StateDict>,
+    /// Where the last step's time went.
+    pub last_profile: StepProfile,
     tp: TpContext,
     device: Device,
     adapters: Vec<String>,
@@ -211,6 +238,7 @@ impl<M: Module + CustomModule + Clone> RankTrainer<M> {
             lora_masks: LoraMasks::new(),
             keep_grads: false,
             last_grads: None,
+            last_profile: StepProfile::default(),
             tp,
             device: device.clone(),
             adapters,
@@ -269,14 +297,21 @@ impl<M: Module + CustomModule + Clone> RankTrainer<M> {
         let reducer = comm
             .grad_reducer()
             .ok_or_else(|| Error::Training("this communicator has no backward all-reduce: cannot train".into()))?;
+        let mut prof = StepProfile::default();
+        reducer.take_time();
+        let clock = Instant::now();
         let l = loss(&self.model, comm)?;
         let (_, lv) = tensor_to_f32(l.clone().detach(), "loss")?;
         let value = lv.first().copied().ok_or_else(|| Error::Training("the loss is empty".into()))?;
         if !l.is_tracked() {
             return Err(Error::Training("the loss does not depend on any trainable parameter".into()));
         }
+        prof.forward = clock.elapsed();
+        let clock = Instant::now();
         let grads = l.backward();
         reducer.take_error()?;
+        prof.backward = clock.elapsed();
+        let clock = Instant::now();
         let mut values = StateDict::new();
         self.model.save_rank_tensors("", &mut values)?;
         let mut gsd = StateDict::new();
@@ -319,7 +354,12 @@ impl<M: Module + CustomModule + Clone> RankTrainer<M> {
                 g.values_mut().for_each(|(_, v)| v.iter_mut().for_each(|x| *x *= coef));
             }
         }
+        prof.gradients = clock.elapsed();
+        let clock = Instant::now();
         let t = self.state.step + 1;
+        // The ranks of a group on threads share the cores.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = (cores / self.tp.size.max(1)).max(1);
         for n in &no_grad {
             // torch's AdamW skips a parameter without gradient: no decay, no moment update, no step of its own.
             *self.state.skipped.entry(n.clone()).or_insert(0) += 1;
@@ -337,15 +377,20 @@ impl<M: Module + CustomModule + Clone> RankTrainer<M> {
             let mut m = take(&mut self.state.exp_avg);
             let mut v = take(&mut self.state.exp_avg_sq);
             let own = t - self.state.skipped.get(n).copied().unwrap_or(0);
-            self.options.adamw.update(own, &mut p, grad, &mut m, &mut v);
+            self.options.adamw.update_threads(own, threads, &mut p, grad, &mut m, &mut v);
             values.insert(n.clone(), HostTensor::from_f32(shape.clone(), &p)?);
             self.state.exp_avg.insert(n.clone(), HostTensor::from_f32(shape.clone(), &m)?);
             self.state.exp_avg_sq.insert(n.clone(), HostTensor::from_f32(shape.clone(), &v)?);
         }
         self.state.step = t;
+        prof.optimizer = clock.elapsed();
+        let clock = Instant::now();
         let src = Reload { values: &values, adapters: &self.adapters, scalings: &self.scalings };
         let model = self.model.clone().load_rank_tensors("", &src, &self.device)?;
         self.model = model.map(&mut RequireGrad { mode: self.options.mode, containers: vec![] });
+        prof.reload = clock.elapsed();
+        prof.all_reduce = reducer.take_time();
+        self.last_profile = prof;
         Ok(value)
     }
 

@@ -1,0 +1,165 @@
+//! Greedy generation speed against transformers' `generate` (KV cache, `do_sample=False`) on the deep, narrow
+//! shape (30 layers, hidden 576, 9/3 heads, vocab 49152, tied, random weights): 128 new tokens after a
+//! 32-token prompt, same thread count, same weights (an HF folder written by the bench), f32.
+//!
+//! Ours runs in a child process (`generate-child DIR TP`): every rank loads its model, then the ranks generate
+//! together ([`neuron_spec_models::rank_generate`]); the time is taken around generation only, as the
+//! Python script does (`bench/hf_generate.py`, after a warm-up). The deep shape's 9/3 heads divide tp 1 and 3.
+
+use crate::train::{config, shape, threads, vm_hwm, weights, Res};
+use neuron_spec::format::{write_hf_checkpoint, HfCheckpoint};
+use neuron_spec::comm::{Communicator, LocalCommunicator};
+use neuron_spec::{StateDict, TensorSource};
+use neuron_spec_models::{rank_generate, Source, GenerateOptions, ModelConfig, Sampling};
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+const PROMPT: usize = 32;
+const NEW: usize = 128;
+
+fn prompt(vocab: usize) -> Vec<i64> {
+    (0..PROMPT).map(|t| ((t * 104729 + 7) % vocab) as i64).collect()
+}
+
+/// Writes the deep shape's HF folder (config.json, model.safetensors in f32) into `dir`.
+fn write_model(dir: &Path, small: bool) -> Res<usize> {
+    let s = shape("deep", small)?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("config.json"), config(&s).to_string())?;
+    let sd: StateDict = weights(&s)?;
+    let infos: Vec<_> = sd.names().iter().filter_map(|n| sd.info(n)).collect();
+    write_hf_checkpoint(dir, &infos, None, &mut |i| Ok(vec![sd.tensor(&i.name)?]))?;
+    Ok(s.vocab)
+}
+
+/// The child: `generate-child DIR TP`; prints SECONDS (generation only), IDS and VmHWM.
+pub fn child(args: &[String]) -> Res<()> {
+    let dir = Path::new(args.first().ok_or("generate-child DIR TP")?);
+    let tp: usize = args.get(1).ok_or("generate-child DIR TP")?.parse()?;
+    let cfg = ModelConfig::read(&dir.join("config.json"))?;
+    let hf = HfCheckpoint::open(dir)?;
+    let ids = prompt(cfg.llama.vocab_size);
+    let opts = GenerateOptions { max_new_tokens: NEW, eos_token_ids: vec![], sampling: Sampling::Greedy };
+    let comms = LocalCommunicator::group(tp)?;
+    let outs: Vec<std::result::Result<(f64, Vec<i64>), String>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = comms
+            .iter()
+            .map(|comm| {
+                let (cfg, hf, ids, opts) = (&cfg, &hf, &ids, &opts);
+                sc.spawn(move || {
+                    let run = || -> neuron_spec::Result<(f64, Vec<i64>)> {
+                        let device = burn::tensor::Device::default();
+                        let model = Source::tensors(hf, (*cfg).clone()).fuse_qkv(true).load(comm.context(), &device)?;
+                        // Warm-up (allocator, thread pool), then the timed run; the collectives inside line the
+                        // ranks up.
+                        let short = GenerateOptions { max_new_tokens: 2, ..opts.clone() };
+                        rank_generate(&model, comm, ids, &short, &mut |_| Ok(()))?;
+                        let t = Instant::now();
+                        let out = rank_generate(&model, comm, ids, opts, &mut |_| Ok(()))?;
+                        Ok((t.elapsed().as_secs_f64(), out))
+                    };
+                    let r = run().map_err(|e| e.to_string());
+                    if let Err(e) = &r {
+                        comm.abort(e);
+                    }
+                    r
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a rank panicked".into()))).collect()
+    });
+    let mut first = None;
+    for o in outs {
+        let o = o?;
+        first.get_or_insert(o);
+    }
+    let (secs, out) = first.ok_or("no ranks")?;
+    let list: Vec<String> = out.iter().map(i64::to_string).collect();
+    println!("SECONDS {secs}\nIDS {}\nVmHWM {}", list.join(" "), vm_hwm()?);
+    Ok(())
+}
+
+fn ids_of(out: &str) -> Vec<i64> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("IDS"))
+        .map(|v| v.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Runs the generate bench; returns the missed targets.
+pub fn report(small: bool, python: &str) -> Res<Vec<String>> {
+    let dir = std::env::temp_dir().join(format!("neuron-spec-generate-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let vocab = write_model(&dir, small)?;
+    let _ = vocab;
+    let n = threads();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hf_generate.py");
+    let hf =
+        Command::new(python).arg(&script).arg(&dir).args([n.to_string(), PROMPT.to_string(), NEW.to_string()]).output();
+    let hf: std::result::Result<(f64, Vec<i64>), String> = match hf {
+        Ok(o) if o.status.success() => {
+            let out = String::from_utf8_lossy(&o.stdout);
+            match crate::train::parse(&out, "SECONDS") {
+                Some(s) => Ok((s, ids_of(&out))),
+                None => Err("the script printed no SECONDS".into()),
+            }
+        }
+        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("").to_string()),
+        Err(e) => Err(format!("{python}: {e}")),
+    };
+    let mut rows = Vec::new();
+    for tp in [1usize, 3] {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("generate-child").arg(&dir).arg(tp.to_string()).env("RAYON_NUM_THREADS", n.to_string());
+        let o = cmd.output()?;
+        if !o.status.success() {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(format!("generate tp {tp}: {}", String::from_utf8_lossy(&o.stderr)).into());
+        }
+        let out = String::from_utf8_lossy(&o.stdout);
+        let secs = crate::train::parse(&out, "SECONDS").ok_or("the child printed no SECONDS")?;
+        let rss = crate::train::parse(&out, "VmHWM").unwrap_or(0.0);
+        rows.push((tp, secs, ids_of(&out), rss));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let s = shape("deep", small)?;
+    println!();
+    println!(
+        "greedy generation, deep shape (layers {}, hidden {}, heads {}/{}, vocab {}, tied, random weights, f32): {NEW} new tokens after a {PROMPT}-token prompt, {n} threads",
+        s.layers, s.hidden, s.heads, s.kv_heads, s.vocab
+    );
+    println!("| run | seconds | tokens/s | / transformers | same ids as transformers | peak RSS |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let mut missed = Vec::new();
+    match &hf {
+        Ok((t, _)) => println!("| transformers generate (KV cache) | {t:.2} | {:.1} | 1.00 | | |", NEW as f64 / t),
+        Err(e) => println!("| transformers: SKIPPED ({e}) | | | | | |"),
+    }
+    for (tp, secs, ids, rss) in &rows {
+        let (ratio, same) = match &hf {
+            Ok((t, hids)) => {
+                let same = ids.iter().zip(hids).take_while(|(a, b)| a == b).count();
+                (format!("{:.2}", t / secs), format!("{same} of {}", hids.len()))
+            }
+            Err(_) => ("-".into(), "-".into()),
+        };
+        println!(
+            "| ours tp {tp} | {secs:.2} | {:.1} | {ratio} | {same} | {:.0} MiB |",
+            NEW as f64 / secs,
+            rss / 1048576.0
+        );
+    }
+    let tp1 = rows.first().map(|r| r.1).unwrap_or(f64::MAX);
+    if let Ok((t, _)) = &hf {
+        if tp1 > *t {
+            missed.push(format!("generate tokens/s at tp 1 ≥ 1.0 × transformers ({:.2})", t / tp1));
+        }
+    }
+    for (tp, secs, _, _) in rows.iter().skip(1) {
+        if *secs > tp1 {
+            missed.push(format!("generate at tp {tp} no slower than tp 1 ({:.2} × its time)", secs / tp1));
+        }
+    }
+    Ok(missed)
+}

@@ -3,8 +3,8 @@
 
 use super::fs::write_file_synced;
 use super::safetensors::SafetensorsFile;
-use super::write::Checksum;
-use super::write::{pt_metadata, safetensors_order, write_safetensors_with};
+use super::safetensors_writer::Checksum;
+use super::safetensors_writer::{pt_metadata, safetensors_order, write_safetensors_with};
 use crate::error::{Error, Result};
 use crate::tensor::{HostTensor, TensorInfo, TensorSource};
 use indexmap::IndexMap;

@@ -28,7 +28,7 @@ pub mod export;
 pub mod import;
 mod names;
 mod peft;
-mod source;
+mod rank_source;
 mod tp_metadata;
 
 pub use config::{full_match, suffix_match, LoraConfig, TargetModules, ADAPTER_CONFIG, ADAPTER_WEIGHTS, LAYOUT_KEY};
@@ -42,7 +42,7 @@ pub use peft::{
     adapt_peft_config, adapt_peft_config_for_model, lora_group, to_original_peft_config,
     to_original_peft_config_for_model, PeftConfigs,
 };
-pub use source::{LoraRankAdapter, LoraRankSource};
+pub use rank_source::{LoraRankAdapter, LoraRankSource};
 pub use tp_metadata::adapter_metadata_for_tp;
 
 use indexmap::IndexMap;

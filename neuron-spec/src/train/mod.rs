@@ -6,16 +6,16 @@
 #[cfg(feature = "burn")]
 mod adamw;
 #[cfg(feature = "burn")]
-mod checkpoint;
+mod save;
 pub mod data;
 #[cfg(feature = "burn")]
-mod lora_checkpoint;
+mod save_lora;
 #[cfg(feature = "burn")]
 mod lora_masks;
 #[cfg(feature = "burn")]
 mod loss;
 #[cfg(feature = "mpi")]
-mod mpi_checkpoint;
+mod save_mpi;
 #[cfg(feature = "burn")]
 mod replicas;
 #[cfg(feature = "burn")]
@@ -28,18 +28,18 @@ pub use crate::checkpoint::optimizer::{
 #[cfg(feature = "burn")]
 pub use adamw::AdamWConfig;
 #[cfg(feature = "burn")]
-pub use checkpoint::{
+pub use save::{
     read_optimizer_state, reshard_trained, write_trained_checkpoint, write_trained_metadata, write_trained_rank,
     RankWritten,
 };
 #[cfg(feature = "burn")]
-pub use lora_checkpoint::{trained_adapter, write_lora_checkpoint, FrozenBase};
+pub use save_lora::{trained_adapter, write_lora_checkpoint, FrozenBase};
 #[cfg(feature = "burn")]
 pub use lora_masks::exact_lora_masks;
 #[cfg(feature = "burn")]
 pub use loss::vocab_parallel_causal_lm_loss;
 #[cfg(feature = "mpi")]
-pub use mpi_checkpoint::write_trained_checkpoint_mpi;
+pub use save_mpi::write_trained_checkpoint_mpi;
 #[cfg(feature = "burn")]
 pub use replicas::{local_norm_sq, sum_kv_replicas, GradMap};
 #[cfg(feature = "burn")]

@@ -12,7 +12,7 @@
 //! `consolidate` then writes the adapter as a PEFT directory (and, with `--optimizer`, the moments with
 //! peft's names); `train` on such a directory resumes the LoRA run.
 
-use super::checkpoint::write_optimizer;
+use super::save::write_optimizer;
 use super::{AdamWConfig, OptimizerState};
 use crate::checkpoint::adapters::{sharded_adapters, write_sharded_adapter};
 use crate::checkpoint::atomic::Staging;

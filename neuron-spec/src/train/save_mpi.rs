@@ -12,7 +12,7 @@
 //!
 //! A failure at any step is every rank's error, and rank 0 removes the staging directory: nothing is left.
 
-use super::checkpoint::{write_trained_metadata, write_trained_rank, RankWritten};
+use super::save::{write_trained_metadata, write_trained_rank, RankWritten};
 use super::{AdamWConfig, OptimizerState};
 use crate::checkpoint::atomic::{describe_under, Staging};
 use crate::comm::{Communicator, MpiCommunicator};

@@ -11,8 +11,8 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 use neuron_spec::checkpoint::WriteOptions;
 use neuron_spec::format::{write_safetensors, HfCheckpoint};
-use neuron_spec::spec::compile::to_original_weights;
 use neuron_spec::prelude::*;
+use neuron_spec::spec::compile::to_original_weights;
 use neuron_spec::{consolidate, shard, HostTensor, StateDict, TensorInfo, TensorSource};
 use std::path::Path;
 

@@ -5,8 +5,8 @@
 //!
 //! Run it: `cargo run --example train_loop`.
 
-use neuron_spec::format::SafetensorsFile;
 use neuron_spec::comm::{Communicator, LocalCommunicator};
+use neuron_spec::format::SafetensorsFile;
 use neuron_spec::train::{AdamWConfig, RankTrainer, TrainMode, TrainOptions};
 use neuron_spec::{Error, Result, StateDict};
 use neuron_spec_models::{run, Source, Train, Transport};

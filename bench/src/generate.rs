@@ -7,10 +7,10 @@
 //! Python script does (`bench/hf_generate.py`, after a warm-up). The deep shape's 9/3 heads divide tp 1 and 3.
 
 use crate::train::{config, shape, threads, vm_hwm, weights, Res};
-use neuron_spec::format::{write_hf_checkpoint, HfCheckpoint};
 use neuron_spec::comm::{Communicator, LocalCommunicator};
+use neuron_spec::format::{write_hf_checkpoint, HfCheckpoint};
 use neuron_spec::{StateDict, TensorSource};
-use neuron_spec_models::{rank_generate, Source, GenerateOptions, ModelConfig, Sampling};
+use neuron_spec_models::{rank_generate, GenerateOptions, ModelConfig, Sampling, Source};
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;

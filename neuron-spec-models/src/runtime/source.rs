@@ -8,15 +8,15 @@ use crate::config::ModelConfig;
 use crate::model::{layout, LlamaForCausalLM, QkvLayout};
 use crate::stage::LlamaStage;
 use burn::tensor::Device;
+use neuron_spec::checkpoint::adapters::{imported_rank_adapter, sharded_adapters, ShardedAdapter};
+use neuron_spec::checkpoint::stage::{metadata_path, stage_count, StageCheckpoint};
 use neuron_spec::checkpoint::{RankCheckpoint, ShardedCheckpoint, METADATA_PATH};
 use neuron_spec::format::HfCheckpoint;
-use neuron_spec::checkpoint::adapters::{imported_rank_adapter, sharded_adapters, ShardedAdapter};
 use neuron_spec::lora::{
     import_adapter, ImportedAdapter, LoraImportOptions, LoraRankAdapter, LoraRankSource, PeftAdapter,
 };
 use neuron_spec::spec::compile::PlanOptions;
 use neuron_spec::spec::contract::{CustomModule, TpContext};
-use neuron_spec::checkpoint::stage::{metadata_path, stage_count, StageCheckpoint};
 use neuron_spec::spec::pipeline::StageAssignment;
 use neuron_spec::{CheckpointMetadata, Error, HostTensor, Result, Spec, TensorInfo, TensorSource};
 use std::ops::Range;
@@ -383,8 +383,13 @@ impl Plan<'_> {
                     Weights::Sharded { .. } => return Err(Error::Checkpoint("a sharded checkpoint read as HF".into())),
                 };
                 let counting = Counting { inner: src, bytes: AtomicUsize::new(0) };
-                let local =
-                    neuron_spec::spec::compile::adapt_state_dict(&ours, &counting, ctx.size, ctx.rank, PlanOptions::default())?;
+                let local = neuron_spec::spec::compile::adapt_state_dict(
+                    &ours,
+                    &counting,
+                    ctx.size,
+                    ctx.rank,
+                    PlanOptions::default(),
+                )?;
                 let model = model.load_rank_tensors("", &LoraRankSource::new(&local, lora.clone())?, device)?;
                 (model, counting.bytes.load(Ordering::Relaxed), dir)
             }

@@ -334,7 +334,8 @@ mod wire {
             dicts: dicts
                 .map(|d| d.iter().map(|(n, t)| (n.clone(), t.dtype(), t.shape().to_vec(), t.bytes().len())).collect()),
         };
-        let h = serde_json::to_vec(&header).map_err(|e| Error::Serialization(format!("a rank's trained state: {e}")))?;
+        let h =
+            serde_json::to_vec(&header).map_err(|e| Error::Serialization(format!("a rank's trained state: {e}")))?;
         let mut out = (h.len() as u64).to_le_bytes().to_vec();
         out.extend(h);
         for d in dicts {

@@ -6,8 +6,8 @@ pub mod fs;
 pub mod hf;
 pub mod pt;
 pub mod safetensors;
-pub mod synthetic;
 pub mod safetensors_writer;
+pub mod synthetic;
 
 pub use fs::{file_xxh3, write_file_synced, Written, FAIL_AFTER_BYTES_ENV, SLOW_WRITE_MS_ENV};
 pub use hf::{hf_file_groups, parse_index, parse_size, write_hf_checkpoint, HfCheckpoint, INDEX_FILE, SINGLE_FILE};

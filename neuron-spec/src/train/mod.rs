@@ -5,19 +5,19 @@
 
 #[cfg(feature = "burn")]
 mod adamw;
-#[cfg(feature = "burn")]
-mod save;
 pub mod data;
-#[cfg(feature = "burn")]
-mod save_lora;
 #[cfg(feature = "burn")]
 mod lora_masks;
 #[cfg(feature = "burn")]
 mod loss;
-#[cfg(feature = "mpi")]
-mod save_mpi;
 #[cfg(feature = "burn")]
 mod replicas;
+#[cfg(feature = "burn")]
+mod save;
+#[cfg(feature = "burn")]
+mod save_lora;
+#[cfg(feature = "mpi")]
+mod save_mpi;
 #[cfg(feature = "burn")]
 mod trainer;
 
@@ -28,19 +28,19 @@ pub use crate::checkpoint::optimizer::{
 #[cfg(feature = "burn")]
 pub use adamw::AdamWConfig;
 #[cfg(feature = "burn")]
+pub use lora_masks::exact_lora_masks;
+#[cfg(feature = "burn")]
+pub use loss::vocab_parallel_causal_lm_loss;
+#[cfg(feature = "burn")]
+pub use replicas::{local_norm_sq, sum_kv_replicas, GradMap};
+#[cfg(feature = "burn")]
 pub use save::{
     read_optimizer_state, reshard_trained, write_trained_checkpoint, write_trained_metadata, write_trained_rank,
     RankWritten,
 };
 #[cfg(feature = "burn")]
 pub use save_lora::{trained_adapter, write_lora_checkpoint, FrozenBase};
-#[cfg(feature = "burn")]
-pub use lora_masks::exact_lora_masks;
-#[cfg(feature = "burn")]
-pub use loss::vocab_parallel_causal_lm_loss;
 #[cfg(feature = "mpi")]
 pub use save_mpi::write_trained_checkpoint_mpi;
-#[cfg(feature = "burn")]
-pub use replicas::{local_norm_sq, sum_kv_replicas, GradMap};
 #[cfg(feature = "burn")]
 pub use trainer::{is_lora_name, LoraMasks, OptimizerState, RankTrainer, StepProfile, TrainMode, TrainOptions};

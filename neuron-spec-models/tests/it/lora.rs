@@ -1,7 +1,7 @@
 //! PEFT LoRA adapters against the fixtures: exact import matches peft's logits at every tp, shard → consolidate
 //! gives the adapter back byte for byte, merge, partial groups, several adapters with hyphenated names, row-fused
 //! groups, LoRA on MoE experts (peft's logits) and on a MoE router (refused by name). Mean mode against the
-//! reference's own output is `tests/it/lora_reference.rs`.
+//! reference's own output is `neuron-spec-models/tests/it/lora_reference.rs`.
 
 use crate::common;
 use common::*;

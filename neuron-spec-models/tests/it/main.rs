@@ -1,0 +1,16 @@
+//! The models crate's tests, one binary: each module was a test file of its own (its `//!` header says what it
+//! covers); fixtures are the workspace's `tests/fixtures/`.
+
+mod common;
+mod derive_burn;
+mod lora;
+mod lora_reference;
+mod model_layout;
+mod reference_names;
+mod reference_shards;
+mod reshard;
+mod root_module;
+mod roundtrip;
+mod synthetic_variants;
+mod tp_forward;
+mod uneven_mlp;

@@ -14,8 +14,8 @@
 mod burn_leaves;
 mod column;
 mod embedding;
-mod gqa_qkv;
-mod lora;
+mod lora_branch;
+mod qkv_column;
 mod rms_norm;
 mod row;
 mod store;
@@ -23,8 +23,8 @@ mod transpose;
 
 pub use column::{ColumnParallelLinear, ColumnParallelLinearConfig};
 pub use embedding::{ParallelEmbedding, ParallelEmbeddingConfig};
-pub use gqa_qkv::{GqaQkvColumnParallelLinear, GqaQkvColumnParallelLinearConfig, QkvOutput};
-pub use lora::{GqaLoraBranch, LoraBranch};
+pub use lora_branch::{GqaLoraBranch, LoraBranch};
+pub use qkv_column::{GqaQkvColumnParallelLinear, GqaQkvColumnParallelLinearConfig, QkvOutput};
 pub use row::{RowParallelLinear, RowParallelLinearConfig};
 pub use store::{HfRankStore, HfRankStoreError};
 pub use transpose::transpose_2d;
@@ -219,19 +219,19 @@ pub(crate) fn load_linear_and_lora(
     src: &dyn TensorSource,
     (out_local, in_local): (usize, usize),
     device: &Device,
-) -> Result<(burn::nn::Linear, Vec<lora::LoraBranch>)> {
+) -> Result<(burn::nn::Linear, Vec<lora_branch::LoraBranch>)> {
     linear.weight = load_linear_weight(src, &pname(prefix, "weight"), &linear.weight, out_local, in_local, device)?;
     if let Some(b) = &linear.bias {
         linear.bias = Some(load_same(src, &pname(prefix, "bias"), b, [out_local], device)?);
     }
-    let branches = lora::load_branches(src, prefix, in_local, out_local, device)?;
+    let branches = lora_branch::load_branches(src, prefix, in_local, out_local, device)?;
     Ok((linear, branches))
 }
 
 /// Saves what [`load_linear_and_lora`] loads.
 pub(crate) fn save_linear_and_lora(
     linear: &burn::nn::Linear,
-    branches: &[lora::LoraBranch],
+    branches: &[lora_branch::LoraBranch],
     prefix: &str,
     out: &mut StateDict,
 ) -> Result<()> {
@@ -239,7 +239,7 @@ pub(crate) fn save_linear_and_lora(
     if let Some(b) = &linear.bias {
         save_same(b, &pname(prefix, "bias"), out)?;
     }
-    lora::save_branches(branches, prefix, out)
+    lora_branch::save_branches(branches, prefix, out)
 }
 
 /// The `FusedLinearsSpec` of a column- or row-parallel layer fusing `linear_names` along `axis`.

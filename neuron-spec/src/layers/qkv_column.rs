@@ -383,7 +383,7 @@ impl CustomModule for GqaQkvColumnParallelLinear {
         self.bias_k = b(&self.bias_k, "bias_k", kv)?;
         self.bias_v = b(&self.bias_v, "bias_v", kv)?;
         let rows: Vec<(&str, usize)> = self.weights().into_iter().map(|(n, _, r)| (n, r)).collect();
-        self.lora = super::lora::load_gqa_branches(src, prefix, h, &rows, device)?;
+        self.lora = super::lora_branch::load_gqa_branches(src, prefix, h, &rows, device)?;
         Ok(self)
     }
 
@@ -394,7 +394,7 @@ impl CustomModule for GqaQkvColumnParallelLinear {
         for (n, p, _) in self.biases() {
             save_same(p, &pname(prefix, n), out)?;
         }
-        super::lora::save_gqa_branches(&self.lora, prefix, out)
+        super::lora_branch::save_gqa_branches(&self.lora, prefix, out)
     }
 }
 

@@ -4,8 +4,12 @@ use neuron_spec::{CheckpointMetadata, TensorSource};
 use neuron_spec_models::{layout_of_dir, QkvLayout};
 use std::path::PathBuf;
 
+/// `tests/fixtures/<rel>` of the workspace: the CLI package is its root, the models crate (which includes this
+/// file too) one folder below.
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = if here.join("tests/fixtures").is_dir() { here } else { here.join("..") };
+    root.join("tests/fixtures").join(rel)
 }
 
 pub fn layout(dir: &str, tp: usize, fuse: bool) -> CheckpointMetadata {

@@ -615,8 +615,16 @@ fn dispatch(cli: Cli) -> Result<i32> {
             };
             forward_command(&dir, tp, fuse_qkv, &lora.resolve()?, comm, &files)
         }
-        Command::Generate(args) => crate::generate_cmd::run(&args),
-        Command::Train(args) => crate::train_cmd::run(args, quiet),
+        // Training and generation reuse freed memory (before any thread starts); the I/O commands keep
+        // the default, which returns it (their peak RSS is bounded by a test).
+        Command::Generate(args) => {
+            neuron_spec::train::keep_freed_memory();
+            crate::generate_cmd::run(&args)
+        }
+        Command::Train(args) => {
+            neuron_spec::train::keep_freed_memory();
+            crate::train_cmd::run(args, quiet)
+        }
         Command::Quickstart { model, work_dir, force } => {
             if quiet {
                 return usage("-q/--quiet does not apply to quickstart: it exists to show its steps".into());

@@ -205,6 +205,8 @@ fn rank_steps(comm: &LocalCommunicator, s: &Shape, cfg: &ModelConfig, sd: &State
 
 /// The child: `train-child SHAPE TP [--small]`.
 pub fn child(args: &[String]) -> Res<()> {
+    // As the CLI's `train` does.
+    neuron_spec::train::keep_freed_memory();
     let small = args.iter().any(|a| a == "--small");
     let s = shape(args.first().ok_or("train-child SHAPE TP")?, small)?;
     let tp: usize = args.get(1).ok_or("train-child SHAPE TP")?.parse()?;

@@ -1,198 +1,31 @@
-//! Consolidating an optimum-neuron xser checkpoint (~1 GB) against the copy floor, with peak RSS.
-//!
-//! ```sh
-//! cargo run --release -p neuron-spec-bench --bin xser_consolidate [-- --layers 9 --dir /tmp/xser-bench]
-//! ```
-//!
-//! The checkpoint is made like the fixtures' `on-ckpt/`: a synthetic bf16 Llama (hidden 2048, 16 heads, 4 kv
-//! heads, intermediate 5632, vocab 32000) is sharded by us at tp 4 (fused qkv), then `bench/make_xser.py`
-//! rewrites the rank files with `torch.save` in the xser layout (needs torch + safetensors; the bench is
-//! skipped with a message otherwise). Each run is a child process (this binary re-executed) that prints its
-//! own VmHWM. Ours (`consolidate`) and the floor (`std::fs::copy` of every input data file, fsynced)
-//! alternate, three runs each, after `sync`; the best of each is kept. The output is checked against a
-//! consolidation of the safetensors checkpoint it was made from.
+//! The xser part of the bench alone (see `bench/src/xser.rs`):
+//! `cargo run --release -p neuron-spec-bench --bin xser_consolidate [-- --layers 9 --dir /tmp/xser-bench]`.
 
-use neuron_spec::checkpoint::WriteOptions;
-use neuron_spec::format::synthetic::Shape;
-use neuron_spec::{consolidate, shard};
-use neuron_spec_models::synthetic::generate;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
-
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
+#[path = "../xser.rs"]
+mod xser;
 
 fn main() {
-    if let Err(e) = real_main() {
+    let args: Vec<String> = std::env::args().collect();
+    let r = if args.get(1).map(String::as_str) == Some("xser-op") {
+        xser::run_op(&args[2..])
+    } else {
+        // --python, else $NEURON_SPEC_BENCH_PYTHON (as the other benches), else python3.
+        let python = args
+            .iter()
+            .position(|a| a == "--python")
+            .and_then(|i| args.get(i + 1).cloned())
+            .or_else(|| std::env::var("NEURON_SPEC_BENCH_PYTHON").ok())
+            .unwrap_or_else(|| "python3".into());
+        xser::report(&args, &python).and_then(|missed| {
+            if missed.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("targets missed: {}", missed.join("; ")).into())
+            }
+        })
+    };
+    if let Err(e) = r {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
-}
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
-}
-
-fn files(dir: &Path, out: &mut Vec<PathBuf>) -> Res<()> {
-    for e in std::fs::read_dir(dir)? {
-        let p = e?.path();
-        if p.is_dir() {
-            files(&p, out)?;
-        } else {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
-fn bytes_of(dir: &Path) -> Res<u64> {
-    let mut v = Vec::new();
-    files(dir, &mut v)?;
-    Ok(v.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum())
-}
-
-fn vm_hwm() -> Res<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).ok_or("no VmHWM")?;
-    Ok(kb.trim().trim_end_matches("kB").trim().parse::<u64>()? * 1024)
-}
-
-/// Child mode: `op consolidate <in> <out>` or `op copy <in> <out>`; prints `VmHWM <bytes>`.
-fn run_op(a: &[String]) -> Res<()> {
-    let (op, src, dst) = match a {
-        [op, s, d] => (op.as_str(), PathBuf::from(s), PathBuf::from(d)),
-        _ => return Err("op <consolidate|copy> <in> <out>".into()),
-    };
-    match op {
-        "consolidate" => {
-            consolidate(&src, &dst, &WriteOptions::default())?;
-        }
-        "copy" => {
-            let mut v = Vec::new();
-            files(&src.join("shards/model"), &mut v)?;
-            std::fs::create_dir_all(&dst)?;
-            for (i, f) in v.iter().enumerate() {
-                let to = dst.join(format!("{i}"));
-                std::fs::copy(f, &to)?;
-                std::fs::File::open(&to)?.sync_all()?;
-            }
-        }
-        other => return Err(format!("unknown op {other}").into()),
-    }
-    println!("VmHWM {}", vm_hwm()?);
-    Ok(())
-}
-
-fn child(op: &str, src: &Path, dst: &Path) -> Res<(f64, u64)> {
-    let _ = std::fs::remove_dir_all(dst);
-    Command::new("sync").status()?;
-    let t = Instant::now();
-    let o = Command::new(std::env::current_exe()?).args(["op", op]).arg(src).arg(dst).output()?;
-    let secs = t.elapsed().as_secs_f64();
-    if !o.status.success() {
-        return Err(format!("{op} failed: {}", String::from_utf8_lossy(&o.stderr)).into());
-    }
-    let text = String::from_utf8_lossy(&o.stdout);
-    let hwm = text.lines().rev().find_map(|l| l.strip_prefix("VmHWM ")).ok_or("no VmHWM")?.trim().parse()?;
-    Ok((secs, hwm))
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / (1u64 << 20) as f64
-}
-
-fn real_main() -> Res<()> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("op") {
-        return run_op(&args[2..]);
-    }
-    // --python, else $NEURON_SPEC_BENCH_PYTHON (as the other benches), else python3.
-    let python = arg(&args, "--python")
-        .or_else(|| std::env::var("NEURON_SPEC_BENCH_PYTHON").ok())
-        .unwrap_or_else(|| "python3".into());
-    let has_torch =
-        Command::new(&python).args(["-c", "import torch, safetensors"]).output().is_ok_and(|o| o.status.success());
-    if !has_torch {
-        println!("xser bench: skipped: {python} cannot import torch and safetensors (pip install torch safetensors)");
-        return Ok(());
-    }
-    let layers: usize = arg(&args, "--layers").map(|v| v.parse()).transpose()?.unwrap_or(9);
-    let dir = PathBuf::from(
-        arg(&args, "--dir")
-            .unwrap_or_else(|| std::env::temp_dir().join("neuron-spec-xser-bench").display().to_string()),
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let shape = Shape { hidden: 2048, layers, heads: 16, kv: 4, inter: 5632, vocab: 32000 };
-    let (hf, st, xs) = (dir.join("hf"), dir.join("st-tp4"), dir.join("xser-tp4"));
-    let t = Instant::now();
-    let params = generate(&hf, &shape, 500_000_000)?;
-    let meta = neuron_spec_models::layout_of_dir(&hf, 4, neuron_spec_models::QkvLayout::Fused)?;
-    shard(&hf, &st, &meta, 4, &WriteOptions::default())?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("make_xser.py");
-    let ok = Command::new(&python).arg(&script).arg(&st).arg(&xs).status()?.success();
-    if !ok {
-        return Err("make_xser.py failed".into());
-    }
-    let input = bytes_of(&xs.join("shards/model"))?;
-    println!(
-        "xser checkpoint: {:.2}B params bf16, tp 4, {layers} layers, {:.0} MiB of .pt files, made in {:.1}s",
-        params as f64 / 1e9,
-        mib(input),
-        t.elapsed().as_secs_f64()
-    );
-    let (ours_dir, floor_dir) = (dir.join("consolidated"), dir.join("floor"));
-    let (mut ours, mut floor) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        ours.push(child("consolidate", &xs, &ours_dir)?);
-        floor.push(child("copy", &xs, &floor_dir)?);
-    }
-    let best = |v: &[(f64, u64)]| v.iter().cloned().fold((f64::MAX, 0), |a, b| if b.0 < a.0 { b } else { a });
-    let (o, f) = (best(&ours), best(&floor));
-    // The output equals the consolidation of the safetensors checkpoint the xser one was made from.
-    let check = dir.join("check");
-    consolidate(&st, &check, &WriteOptions::default())?;
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    files(&ours_dir, &mut a)?;
-    files(&check, &mut b)?;
-    let rel = |root: &Path, v: &[PathBuf]| -> Vec<PathBuf> {
-        let mut r: Vec<PathBuf> = v.iter().filter_map(|p| p.strip_prefix(root).ok().map(Path::to_path_buf)).collect();
-        r.sort();
-        r
-    };
-    let (ra, rb) = (rel(&ours_dir, &a), rel(&check, &b));
-    let mut differing: Vec<String> = Vec::new();
-    if ra != rb {
-        differing.push(format!("file lists differ: {ra:?} vs {rb:?}"));
-    }
-    for f in ra.iter().filter(|f| rb.contains(f)) {
-        if std::fs::read(ours_dir.join(f)).ok() != std::fs::read(check.join(f)).ok() {
-            differing.push(f.display().to_string());
-        }
-    }
-    let same = differing.is_empty();
-    let out = bytes_of(&ours_dir)?;
-    println!("| operation | ours | copy floor | ours / floor | peak RSS | output |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    println!(
-        "| consolidate xser tp 4 → hf | {:.2} s | {:.2} s | {:.2} | {:.0} MiB | {:.0} MiB, identical to the safetensors path: {same} |",
-        o.0,
-        f.0,
-        o.0 / f.0,
-        mib(o.1),
-        mib(out)
-    );
-    println!(
-        "floor peak RSS {:.0} MiB; runs ours {:?}, floor {:?}",
-        mib(f.1),
-        ours.iter().map(|r| r.0).collect::<Vec<_>>(),
-        floor.iter().map(|r| r.0).collect::<Vec<_>>()
-    );
-    if !args.iter().any(|a| a == "--keep") {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    if !same {
-        return Err(format!("the xser consolidation differs from the safetensors one: {}", differing.join(", ")).into());
-    }
-    Ok(())
 }

@@ -75,12 +75,7 @@ impl HostTensor {
 
     /// An F32 tensor from values.
     pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Result<Self> {
-        // One allocation and a plain copy (a `flat_map` over bytes collects byte by byte).
-        let mut bytes = Vec::with_capacity(values.len() * 4);
-        for v in values {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        Self::new(DType::F32, shape, bytes)
+        Self::new(DType::F32, shape, f32_le_bytes(values))
     }
 
     /// This tensor cast to `to` with round-to-nearest-even, as torch's `.to()` (f32 → bf16/f16 rounds from f32; NaN stays
@@ -227,13 +222,26 @@ impl HostTensor {
     pub fn to_f32_vec(&self) -> Vec<f32> {
         let b = self.bytes();
         match self.dtype {
-            DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            DType::F32 => match bytemuck::try_cast_slice::<u8, f32>(b) {
+                // Aligned (always, for our own buffers and safetensors data): one copy.
+                Ok(v) if cfg!(target_endian = "little") => v.to_vec(),
+                _ => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            },
             DType::F64 => b
                 .chunks_exact(8)
                 .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
                 .collect(),
             DType::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            DType::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            DType::BF16 => match bytemuck::try_cast_slice::<u8, half::bf16>(b) {
+                // half's slice conversion is vectorized where the CPU allows.
+                Ok(v) if cfg!(target_endian = "little") => {
+                    use half::slice::HalfFloatSliceExt;
+                    let mut out = vec![0f32; v.len()];
+                    v.convert_to_f32_slice(&mut out);
+                    out
+                }
+                _ => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            },
             DType::I64 => b
                 .chunks_exact(8)
                 .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
@@ -262,4 +270,13 @@ impl HostTensor {
 /// A state dict holding one tensor.
 pub fn single(name: &str, t: &HostTensor) -> StateDict {
     [(name.to_string(), t.clone())].into_iter().collect()
+}
+
+/// f32 values as little-endian bytes, in one copy.
+pub(crate) fn f32_le_bytes(values: &[f32]) -> Vec<u8> {
+    if cfg!(target_endian = "little") {
+        bytemuck::cast_slice::<f32, u8>(values).to_vec()
+    } else {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
 }

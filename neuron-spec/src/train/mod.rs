@@ -5,6 +5,7 @@
 
 #[cfg(feature = "burn")]
 mod adamw;
+mod allocator;
 pub mod data;
 #[cfg(feature = "burn")]
 mod lora_masks;
@@ -27,6 +28,7 @@ pub use crate::checkpoint::optimizer::{
 };
 #[cfg(feature = "burn")]
 pub use adamw::AdamWConfig;
+pub use allocator::keep_freed_memory;
 #[cfg(feature = "burn")]
 pub use lora_masks::exact_lora_masks;
 #[cfg(feature = "burn")]

@@ -57,6 +57,11 @@ impl TorchFile {
             return Err(torch_err(path, format!("data.pkl is {} bytes (at most {MAX_PICKLE})", range.len())));
         }
         let value = pickle::parse(map.get(range).unwrap_or_default()).map_err(|m| torch_err(path, m))?;
+        // Reading the zip directory and the pickle mapped their pages and, by fault-around and read-around,
+        // their neighbours': drop them, so that opening many files (xser: one per tensor) does not grow the
+        // resident set. The tensors' views map their own pages when read.
+        // SAFETY: a read-only shared file mapping; after MADV_DONTNEED, reads fault the same file bytes back in.
+        let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
         Ok(Self { path: path.to_path_buf(), map: Arc::new(MappedFile { map, file }), records, prefix, value })
     }
 

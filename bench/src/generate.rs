@@ -33,6 +33,9 @@ fn write_model(dir: &Path, small: bool) -> Res<usize> {
     Ok(s.vocab)
 }
 
+/// One rank's timed generation: wall seconds, the process's CPU seconds, the new ids.
+type Timed = (f64, f64, Vec<i64>);
+
 /// The child: `generate-child DIR TP`; prints SECONDS (generation only), IDS and VmHWM.
 pub fn child(args: &[String]) -> Res<()> {
     let dir = Path::new(args.first().ok_or("generate-child DIR TP")?);
@@ -42,13 +45,13 @@ pub fn child(args: &[String]) -> Res<()> {
     let ids = prompt(cfg.llama.vocab_size);
     let opts = GenerateOptions { max_new_tokens: NEW, eos_token_ids: vec![], sampling: Sampling::Greedy };
     let comms = LocalCommunicator::group(tp)?;
-    let outs: Vec<std::result::Result<(f64, f64, Vec<i64>), String>> = std::thread::scope(|sc| {
+    let outs: Vec<std::result::Result<Timed, String>> = std::thread::scope(|sc| {
         let hs: Vec<_> = comms
             .iter()
             .map(|comm| {
                 let (cfg, hf, ids, opts) = (&cfg, &hf, &ids, &opts);
                 sc.spawn(move || {
-                    let run = || -> neuron_spec::Result<(f64, f64, Vec<i64>)> {
+                    let run = || -> neuron_spec::Result<Timed> {
                         let device = burn::tensor::Device::default();
                         let model = Source::tensors(hf, (*cfg).clone()).fuse_qkv(true).load(comm.context(), &device)?;
                         // Warm-up (allocator, thread pool), then the timed run; the collectives inside line the
@@ -90,6 +93,7 @@ fn ids_of(out: &str) -> Vec<i64> {
 
 /// Runs the generate bench; returns the missed targets.
 pub fn report(small: bool, python: &str) -> Res<Vec<String>> {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let dir = std::env::temp_dir().join(format!("neuron-spec-generate-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let vocab = write_model(&dir, small)?;
@@ -131,15 +135,7 @@ pub fn report(small: bool, python: &str) -> Res<Vec<String>> {
         "greedy generation, deep shape (layers {}, hidden {}, heads {}/{}, vocab {}, tied, random weights, f32): {NEW} new tokens after a {PROMPT}-token prompt, {n} threads",
         s.layers, s.hidden, s.heads, s.kv_heads, s.vocab
     );
-    println!(
-        "load average before the runs: {}",
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    println!("load average before the runs: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     println!("| run | seconds | CPU seconds | tokens/s | / transformers | same ids as transformers | peak RSS |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     let mut missed = Vec::new();

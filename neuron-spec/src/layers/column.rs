@@ -161,7 +161,8 @@ impl ColumnParallelLinear {
     pub fn forward_local<const D: usize, C: Communicator>(&self, x: Tensor<D>, comm: &C) -> Result<Tensor<D>> {
         check_last_dim(&x, self.in_features, "ColumnParallelLinear input")?;
         let xc = crate::comm::copy_to_tp_region(x.clone(), comm)?;
-        let mut y = super::linear(xc, self.linear.weight.val(), self.linear.bias.as_ref().map(|b| b.val()));
+        let mut y =
+            super::linear(xc, self.linear.weight.val(), self.linear.bias.as_ref().map(|b| b.val()), self.tp.size);
         for b in &self.lora {
             let h = crate::comm::copy_to_tp_region(b.down(x.clone()), comm)?;
             y = y + b.up(h);

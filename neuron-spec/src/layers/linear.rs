@@ -14,8 +14,10 @@ const MIN_COLUMNS_PER_PART: usize = 256;
 /// Column parts are multiples of this (whole cache lines of f32, whole SIMD registers).
 const ALIGN: usize = 16;
 
-/// `x·weight (+ bias)` as `burn::tensor::module::linear` (`weight` is `[in, out]`, any strides).
-pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
+/// `x·weight (+ bias)` as `burn::tensor::module::linear` (`weight` is `[in, out]`, any strides). `ranks`: how
+/// many ranks of the group share this process's pool (the TP size on threads): a one-row product is split in
+/// `threads / ranks` parts, so ranks on threads are not split further.
+pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>, ranks: usize) -> Tensor<D> {
     if D < 2 || x.is_tracked() || weight.is_tracked() || bias.as_ref().is_some_and(|b| b.is_tracked()) {
         return burn::tensor::module::linear(x, weight, bias);
     }
@@ -23,7 +25,8 @@ pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tens
     let [k, n] = weight.dims();
     let rows: usize = dims[..D - 1].iter().product();
     let x2 = x.reshape([rows, k]);
-    let parts = if rows == 1 { rayon::current_num_threads().min(n / MIN_COLUMNS_PER_PART) } else { 1 };
+    let threads = rayon::current_num_threads() / ranks.max(1);
+    let parts = if rows == 1 { threads.min(n / MIN_COLUMNS_PER_PART) } else { 1 };
     let product = |x2: Tensor<2>, w: Tensor<2>, b: Option<Tensor<1>>| {
         let y = x2.matmul(w);
         match b {

@@ -39,14 +39,22 @@ pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tens
     } else {
         let width = n.div_ceil(parts).div_ceil(ALIGN) * ALIGN;
         let ranges: Vec<(usize, usize)> = (0..n).step_by(width).map(|start| (start, width.min(n - start))).collect();
-        use rayon::prelude::*;
-        let outs: Vec<Tensor<2>> = ranges
-            .par_iter()
-            .map(|&(start, len)| {
-                let b = bias.as_ref().map(|b| b.clone().narrow(0, start, len));
-                product(x2.clone(), weight.clone().narrow(1, start, len), b)
-            })
-            .collect();
+        // The calling thread computes the first part while the pool computes the others: it does not sleep
+        // while the pool works, and the pool's idle threads stay asleep.
+        let part = |&(start, len): &(usize, usize)| {
+            let b = bias.as_ref().map(|b| b.clone().narrow(0, start, len));
+            product(x2.clone(), weight.clone().narrow(1, start, len), b)
+        };
+        let mut outs: Vec<Option<Tensor<2>>> = vec![None; ranges.len()];
+        rayon::in_place_scope(|s| {
+            let (first, rest) = outs.split_at_mut(1);
+            for (slot, r) in rest.iter_mut().zip(&ranges[1..]) {
+                let part = &part;
+                s.spawn(move |_| *slot = Some(part(r)));
+            }
+            first[0] = Some(part(&ranges[0]));
+        });
+        let outs: Vec<Tensor<2>> = outs.into_iter().flatten().collect();
         Tensor::cat(outs, 1)
     };
     let mut out = dims;

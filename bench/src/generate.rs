@@ -6,7 +6,7 @@
 //! together ([`neuron_spec_models::rank_generate`]); the time is taken around generation only, as the
 //! Python script does (`bench/hf_generate.py`, after a warm-up). The deep shape's 9/3 heads divide tp 1 and 3.
 
-use crate::train::{config, shape, threads, vm_hwm, weights, Res};
+use crate::train::{config, cpu_seconds, shape, threads, vm_hwm, weights, Res};
 use neuron_spec::comm::{Communicator, LocalCommunicator};
 use neuron_spec::format::{write_hf_checkpoint, HfCheckpoint};
 use neuron_spec::{StateDict, TensorSource};
@@ -33,6 +33,9 @@ fn write_model(dir: &Path, small: bool) -> Res<usize> {
     Ok(s.vocab)
 }
 
+/// One rank's timed generation: wall seconds, the process's CPU seconds, the new ids.
+type Timed = (f64, f64, Vec<i64>);
+
 /// The child: `generate-child DIR TP`; prints SECONDS (generation only), IDS and VmHWM.
 pub fn child(args: &[String]) -> Res<()> {
     let dir = Path::new(args.first().ok_or("generate-child DIR TP")?);
@@ -42,22 +45,22 @@ pub fn child(args: &[String]) -> Res<()> {
     let ids = prompt(cfg.llama.vocab_size);
     let opts = GenerateOptions { max_new_tokens: NEW, eos_token_ids: vec![], sampling: Sampling::Greedy };
     let comms = LocalCommunicator::group(tp)?;
-    let outs: Vec<std::result::Result<(f64, Vec<i64>), String>> = std::thread::scope(|sc| {
+    let outs: Vec<std::result::Result<Timed, String>> = std::thread::scope(|sc| {
         let hs: Vec<_> = comms
             .iter()
             .map(|comm| {
                 let (cfg, hf, ids, opts) = (&cfg, &hf, &ids, &opts);
                 sc.spawn(move || {
-                    let run = || -> neuron_spec::Result<(f64, Vec<i64>)> {
+                    let run = || -> neuron_spec::Result<Timed> {
                         let device = burn::tensor::Device::default();
                         let model = Source::tensors(hf, (*cfg).clone()).fuse_qkv(true).load(comm.context(), &device)?;
                         // Warm-up (allocator, thread pool), then the timed run; the collectives inside line the
                         // ranks up.
                         let short = GenerateOptions { max_new_tokens: 2, ..opts.clone() };
                         rank_generate(&model, comm, ids, &short, &mut |_| Ok(()))?;
-                        let t = Instant::now();
+                        let (t, cpu) = (Instant::now(), cpu_seconds());
                         let out = rank_generate(&model, comm, ids, opts, &mut |_| Ok(()))?;
-                        Ok((t.elapsed().as_secs_f64(), out))
+                        Ok((t.elapsed().as_secs_f64(), cpu_seconds() - cpu, out))
                     };
                     let r = run().map_err(|e| e.to_string());
                     if let Err(e) = &r {
@@ -74,9 +77,10 @@ pub fn child(args: &[String]) -> Res<()> {
         let o = o?;
         first.get_or_insert(o);
     }
-    let (secs, out) = first.ok_or("no ranks")?;
+    // The process's CPU time over rank 0's timed run (the ranks run it together).
+    let (secs, cpu, out) = first.ok_or("no ranks")?;
     let list: Vec<String> = out.iter().map(i64::to_string).collect();
-    println!("SECONDS {secs}\nIDS {}\nVmHWM {}", list.join(" "), vm_hwm()?);
+    println!("SECONDS {secs}\nCPU {cpu}\nIDS {}\nVmHWM {}", list.join(" "), vm_hwm()?);
     Ok(())
 }
 
@@ -89,6 +93,7 @@ fn ids_of(out: &str) -> Vec<i64> {
 
 /// Runs the generate bench; returns the missed targets.
 pub fn report(small: bool, python: &str) -> Res<Vec<String>> {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let dir = std::env::temp_dir().join(format!("neuron-spec-generate-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let vocab = write_model(&dir, small)?;
@@ -97,11 +102,11 @@ pub fn report(small: bool, python: &str) -> Res<Vec<String>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hf_generate.py");
     let hf =
         Command::new(python).arg(&script).arg(&dir).args([n.to_string(), PROMPT.to_string(), NEW.to_string()]).output();
-    let hf: std::result::Result<(f64, Vec<i64>), String> = match hf {
+    let hf: std::result::Result<(f64, f64, Vec<i64>), String> = match hf {
         Ok(o) if o.status.success() => {
             let out = String::from_utf8_lossy(&o.stdout);
             match crate::train::parse(&out, "SECONDS") {
-                Some(s) => Ok((s, ids_of(&out))),
+                Some(s) => Ok((s, crate::train::parse(&out, "CPU").unwrap_or(f64::NAN), ids_of(&out))),
                 None => Err("the script printed no SECONDS".into()),
             }
         }
@@ -119,8 +124,9 @@ pub fn report(small: bool, python: &str) -> Res<Vec<String>> {
         }
         let out = String::from_utf8_lossy(&o.stdout);
         let secs = crate::train::parse(&out, "SECONDS").ok_or("the child printed no SECONDS")?;
+        let cpu = crate::train::parse(&out, "CPU").unwrap_or(f64::NAN);
         let rss = crate::train::parse(&out, "VmHWM").unwrap_or(0.0);
-        rows.push((tp, secs, ids_of(&out), rss));
+        rows.push((tp, secs, cpu, ids_of(&out), rss));
     }
     let _ = std::fs::remove_dir_all(&dir);
     let s = shape("deep", small)?;
@@ -129,34 +135,37 @@ pub fn report(small: bool, python: &str) -> Res<Vec<String>> {
         "greedy generation, deep shape (layers {}, hidden {}, heads {}/{}, vocab {}, tied, random weights, f32): {NEW} new tokens after a {PROMPT}-token prompt, {n} threads",
         s.layers, s.hidden, s.heads, s.kv_heads, s.vocab
     );
-    println!("| run | seconds | tokens/s | / transformers | same ids as transformers | peak RSS |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("load average before the runs: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    println!("| run | seconds | CPU seconds | tokens/s | / transformers | same ids as transformers | peak RSS |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     let mut missed = Vec::new();
     match &hf {
-        Ok((t, _)) => println!("| transformers generate (KV cache) | {t:.2} | {:.1} | 1.00 | | |", NEW as f64 / t),
-        Err(e) => println!("| transformers: SKIPPED ({e}) | | | | | |"),
+        Ok((t, c, _)) => {
+            println!("| transformers generate (KV cache) | {t:.2} | {c:.2} | {:.1} | 1.00 | | |", NEW as f64 / t)
+        }
+        Err(e) => println!("| transformers: SKIPPED ({e}) | | | | | | |"),
     }
-    for (tp, secs, ids, rss) in &rows {
+    for (tp, secs, cpu, ids, rss) in &rows {
         let (ratio, same) = match &hf {
-            Ok((t, hids)) => {
+            Ok((t, _, hids)) => {
                 let same = ids.iter().zip(hids).take_while(|(a, b)| a == b).count();
                 (format!("{:.2}", t / secs), format!("{same} of {}", hids.len()))
             }
             Err(_) => ("-".into(), "-".into()),
         };
         println!(
-            "| ours tp {tp} | {secs:.2} | {:.1} | {ratio} | {same} | {:.0} MiB |",
+            "| ours tp {tp} | {secs:.2} | {cpu:.2} | {:.1} | {ratio} | {same} | {:.0} MiB |",
             NEW as f64 / secs,
             rss / 1048576.0
         );
     }
     let tp1 = rows.first().map(|r| r.1).unwrap_or(f64::MAX);
-    if let Ok((t, _)) = &hf {
+    if let Ok((t, _, _)) = &hf {
         if tp1 > *t {
             missed.push(format!("generate tokens/s at tp 1 ≥ 1.0 × transformers ({:.2})", t / tp1));
         }
     }
-    for (tp, secs, _, _) in rows.iter().skip(1) {
+    for (tp, secs, _, _, _) in rows.iter().skip(1) {
         if *secs > tp1 {
             missed.push(format!("generate at tp {tp} no slower than tp 1 ({:.2} × its time)", secs / tp1));
         }

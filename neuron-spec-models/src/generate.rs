@@ -97,6 +97,11 @@ pub fn choose_token(logits: &[f32], sampling: &Sampling, rng: &mut SplitMix64) -
     if let Some(i) = logits.iter().position(|x| x.is_nan()) {
         return Err(Error::Tensor(format!("the logits hold NaN (token id {i}): no next token")));
     }
+    if *sampling == Sampling::Greedy {
+        // The first largest (the order below, without sorting the vocabulary every token).
+        let best = (1..logits.len()).fold(0, |b, i| if logits[i].total_cmp(&logits[b]).is_gt() { i } else { b });
+        return if logits.is_empty() { Err(Error::Tensor("empty logits".into())) } else { Ok(best as i64) };
+    }
     // Token ids, most likely first; ties keep the lower id first (stable sort), as argmax does.
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));

@@ -22,7 +22,13 @@
 use crate::error::{Error, Result};
 use crate::spec::contract::TpContext;
 use burn::tensor::{DType, Tensor, TensorData};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// Polls of the generation before a waiting rank sleeps on the condvar (a few tens of microseconds): the
+/// collectives of a decode step come every few hundred microseconds, and a condvar wake-up costs about as much
+/// as the wait itself.
+const SPINS: u32 = 4096;
 
 /// The collectives a tensor-parallel forward pass needs.
 pub trait Communicator: Send + Sync {
@@ -70,7 +76,10 @@ struct Slot {
 }
 
 struct State {
-    slots: Vec<Option<Slot>>,
+    /// Two sets of slots, used by alternate collectives (by `generation` parity): a rank can publish into the
+    /// next collective's set while slower ranks still read this one's, so one rendezvous per collective
+    /// suffices (no rank can reach the collective after next before every rank has left this one).
+    slots: [Vec<Option<Slot>>; 2],
     arrived: usize,
     generation: u64,
     aborted: Option<String>,
@@ -78,6 +87,8 @@ struct State {
 
 struct Shared {
     size: usize,
+    /// `State::generation`, readable without the lock: waiting ranks spin on it briefly before sleeping.
+    generation: AtomicU64,
     state: Mutex<State>,
     cv: Condvar,
 }
@@ -146,7 +157,13 @@ impl LocalCommunicator {
         crate::plan::split::check_tp(size, 0)?;
         let shared = Arc::new(Shared {
             size,
-            state: Mutex::new(State { slots: vec![None; size], arrived: 0, generation: 0, aborted: None }),
+            generation: AtomicU64::new(0),
+            state: Mutex::new(State {
+                slots: [vec![None; size], vec![None; size]],
+                arrived: 0,
+                generation: 0,
+                aborted: None,
+            }),
             cv: Condvar::new(),
         });
         Ok((0..size).map(|rank| LocalCommunicator { rank, shared: shared.clone() }).collect())
@@ -178,9 +195,22 @@ impl LocalCommunicator {
         if st.arrived == self.shared.size {
             st.arrived = 0;
             st.generation = st.generation.wrapping_add(1);
+            self.shared.generation.store(st.generation, Ordering::Release);
             self.shared.cv.notify_all();
             return Ok(st);
         }
+        drop(st);
+        for i in 0..SPINS {
+            if self.shared.generation.load(Ordering::Acquire) != generation {
+                break;
+            }
+            if i % 16 == 15 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        let mut st = self.shared.state.lock().map_err(poisoned)?;
         while st.generation == generation && st.aborted.is_none() {
             st = self.shared.cv.wait(st).map_err(poisoned)?;
         }
@@ -195,13 +225,12 @@ impl LocalCommunicator {
     /// Publishes this rank's slot and returns every rank's, in rank order.
     fn exchange(&self, slot: Slot) -> Result<Vec<Slot>> {
         let mut st = self.shared.state.lock().map_err(poisoned)?;
-        if let Some(s) = st.slots.get_mut(self.rank) {
+        let set = (st.generation % 2) as usize;
+        if let Some(s) = st.slots[set].get_mut(self.rank) {
             *s = Some(slot);
         }
         let st = self.rendezvous(st)?;
-        let all: Option<Vec<Slot>> = st.slots.iter().cloned().collect();
-        // Second rendezvous: nobody overwrites a slot of the next collective before everyone has read this one.
-        drop(self.rendezvous(st)?);
+        let all: Option<Vec<Slot>> = st.slots[set].iter().cloned().collect();
         all.ok_or_else(|| Error::Collective("a rank left a collective without its contribution".into()))
     }
 }

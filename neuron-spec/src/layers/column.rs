@@ -160,7 +160,9 @@ impl ColumnParallelLinear {
     /// instead, so that A (replicated) gets the whole gradient and the input's gradient counts it once.
     pub fn forward_local<const D: usize, C: Communicator>(&self, x: Tensor<D>, comm: &C) -> Result<Tensor<D>> {
         check_last_dim(&x, self.in_features, "ColumnParallelLinear input")?;
-        let mut y = self.linear.forward(crate::comm::copy_to_tp_region(x.clone(), comm)?);
+        let xc = crate::comm::copy_to_tp_region(x.clone(), comm)?;
+        let mut y =
+            super::linear(xc, self.linear.weight.val(), self.linear.bias.as_ref().map(|b| b.val()), self.tp.size);
         for b in &self.lora {
             let h = crate::comm::copy_to_tp_region(b.down(x.clone()), comm)?;
             y = y + b.up(h);

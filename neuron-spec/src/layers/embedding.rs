@@ -105,13 +105,13 @@ impl ParallelEmbedding {
     pub fn attend_local<C: Communicator>(&self, x: Tensor<3>, comm: &C) -> Result<Tensor<3>> {
         super::check_last_dim(&x, self.embedding_dim, "tied lm_head input")?;
         let x = crate::comm::copy_to_tp_region(x, comm)?;
-        Ok(burn::tensor::module::linear(x, self.weight.val().transpose(), None))
+        Ok(super::linear(x, self.weight.val().transpose(), None, self.tp.size))
     }
 
     /// The tied lm_head: `x·Eᵀ` over the local rows, gathered over ranks and truncated to the vocabulary.
     pub fn attend<C: Communicator>(&self, x: Tensor<3>, comm: &C) -> Result<Tensor<3>> {
         super::check_last_dim(&x, self.embedding_dim, "tied lm_head input")?;
-        let logits = burn::tensor::module::linear(x, self.weight.val().transpose(), None);
+        let logits = super::linear(x, self.weight.val().transpose(), None, self.tp.size);
         let logits = comm.all_gather(logits, 2)?;
         let n = logits.dims()[2];
         Ok(if n > self.num_embeddings { logits.narrow(2, 0, self.num_embeddings) } else { logits })

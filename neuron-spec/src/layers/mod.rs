@@ -14,6 +14,7 @@
 mod burn_leaves;
 mod column;
 mod embedding;
+mod linear;
 mod lora_branch;
 mod qkv_column;
 mod rms_norm;
@@ -23,6 +24,7 @@ mod transpose;
 
 pub use column::{ColumnParallelLinear, ColumnParallelLinearConfig};
 pub use embedding::{ParallelEmbedding, ParallelEmbeddingConfig};
+pub use linear::linear;
 pub use lora_branch::{GqaLoraBranch, LoraBranch};
 pub use qkv_column::{GqaQkvColumnParallelLinear, GqaQkvColumnParallelLinearConfig, QkvOutput};
 pub use row::{RowParallelLinear, RowParallelLinearConfig};

@@ -268,7 +268,7 @@ impl GqaQkvColumnParallelLinear {
         let xc = crate::comm::copy_to_tp_region(x.clone(), comm)?;
         let lin = |w: &Option<Param<Tensor<2>>>, b: &Option<Param<Tensor<1>>>, what: &str| -> Result<Tensor<3>> {
             let w = w.as_ref().ok_or_else(|| Error::Argument(format!("GqaQkvColumnParallelLinear has no {what}")))?;
-            Ok(burn::tensor::module::linear(xc.clone(), w.val(), b.as_ref().map(|b| b.val())))
+            Ok(super::linear(xc.clone(), w.val(), b.as_ref().map(|b| b.val()), self.tp.size))
         };
         let down = |br: &super::GqaLoraBranch| crate::comm::copy_to_tp_region(br.down(x.clone()), comm);
         if self.fuse_qkv {

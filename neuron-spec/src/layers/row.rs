@@ -128,7 +128,7 @@ impl RowParallelLinear {
     /// `x` is this rank's slice of the inputs (a column-parallel layer's local outputs).
     pub fn forward<const D: usize, C: Communicator>(&self, x: Tensor<D>, comm: &C) -> Result<Tensor<D>> {
         check_last_dim(&x, self.local_in_features, "RowParallelLinear input")?;
-        let partial = burn::tensor::module::linear(x.clone(), self.linear.weight.val(), None);
+        let partial = super::linear(x.clone(), self.linear.weight.val(), None, self.tp.size);
         let mut y = crate::comm::reduce_from_tp_region(partial, comm)?;
         // `x·A` is a partial sum (A holds this rank's input rows): reduced before the replicated B, so
         // that B's gradient is whole on every rank.

@@ -38,6 +38,8 @@ type Timed = (f64, f64, Vec<i64>);
 
 /// The child: `generate-child DIR TP`; prints SECONDS (generation only), IDS and VmHWM.
 pub fn child(args: &[String]) -> Res<()> {
+    // As the CLI's `generate` does.
+    neuron_spec::train::keep_freed_memory();
     let dir = Path::new(args.first().ok_or("generate-child DIR TP")?);
     let tp: usize = args.get(1).ok_or("generate-child DIR TP")?.parse()?;
     let cfg = ModelConfig::read(&dir.join("config.json"))?;

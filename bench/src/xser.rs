@@ -102,10 +102,9 @@ pub fn report(args: &[String], python: &str) -> Res<Vec<String>> {
         println!("xser bench: skipped: {python} cannot import torch and safetensors (pip install torch safetensors)");
         return Ok(vec![]);
     }
-    let layers: usize = arg(&args, "--layers").map(|v| v.parse()).transpose()?.unwrap_or(9);
+    let layers: usize = arg(args, "--layers").map(|v| v.parse()).transpose()?.unwrap_or(9);
     let dir = PathBuf::from(
-        arg(&args, "--dir")
-            .unwrap_or_else(|| std::env::temp_dir().join("neuron-spec-xser-bench").display().to_string()),
+        arg(args, "--dir").unwrap_or_else(|| std::env::temp_dir().join("neuron-spec-xser-bench").display().to_string()),
     );
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;

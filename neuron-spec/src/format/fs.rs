@@ -5,7 +5,6 @@
 //! fills up) and [`SLOW_WRITE_MS_ENV`] (a slow disk, to kill a write midway).
 
 use crate::error::{Error, Result};
-use crate::tensor::DType;
 use crate::tensor::{HostTensor, MappedFile};
 use memmap2::Mmap;
 use std::fs::File;
@@ -159,20 +158,48 @@ pub fn file_xxh3(path: &Path) -> Result<Written> {
     Ok(mapped_xxh3(&Arc::new(MappedFile { map, file })))
 }
 
-/// Size and xxh3-64 of a whole mapping, read a few MiB at a time (populated in one call, dropped after): no
-/// copy of the file and no growth of the resident set.
+/// Size and xxh3-64 of a whole mapped file, read with `pread` a few MiB at a time into one buffer: the page
+/// cache is read without mapping its pages into the process (no page faults, no unmapping, and no TLB
+/// shootdowns interrupting the threads that write meanwhile), and the resident set does not grow.
 pub(crate) fn mapped_xxh3(m: &Arc<MappedFile>) -> Written {
-    const CHUNK: usize = 8 << 20;
     let len = m.map.len();
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    for start in (0..len).step_by(CHUNK) {
-        let end = (start + CHUNK).min(len);
-        let view = HostTensor::mapped(DType::U8, vec![end - start], m.clone(), start..end);
-        view.prefault();
-        hasher.update(view.bytes());
-        view.release();
-    }
+    let mut buf = Vec::new();
+    hash_file_range(&mut hasher, &m.file, 0, len, &m.map, &mut buf);
     Written { size: len as u64, xxh3: hasher.digest() }
+}
+
+/// Chunk of [`hash_file_range`]'s reads.
+const HASH_CHUNK: usize = 8 << 20;
+
+/// Feeds `len` bytes of `file` from `offset` to `hasher`, read with `pread` through `buf`; where a read fails
+/// or comes up short (a file truncated under us), the rest is hashed from `map` (the mapping of `file`), whose
+/// access then reports the damage as every mapped read does.
+pub(crate) fn hash_file_range(
+    hasher: &mut xxhash_rust::xxh3::Xxh3,
+    file: &File,
+    offset: u64,
+    len: usize,
+    map: &Mmap,
+    buf: &mut Vec<u8>,
+) {
+    use std::os::unix::fs::FileExt;
+    buf.resize(HASH_CHUNK.min(len), 0);
+    let mut done = 0usize;
+    while done < len {
+        let n = (len - done).min(HASH_CHUNK);
+        match file.read_at(&mut buf[..n], offset + done as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => {
+                hasher.update(&buf[..k]);
+                done += k;
+            }
+        }
+    }
+    if done < len {
+        let start = offset as usize + done;
+        hasher.update(map.get(start..offset as usize + len).unwrap_or_default());
+    }
 }
 
 /// Writes and fsyncs a small file.

@@ -1,6 +1,6 @@
 //! Writing safetensors files: one tensor at a time, in safetensors order, with the file's checksum.
 
-use super::fs::{env_u64, CountingWriter, Written, FAIL_AFTER_BYTES_ENV, SLOW_WRITE_MS_ENV};
+use super::fs::{env_u64, hash_file_range, CountingWriter, Written, FAIL_AFTER_BYTES_ENV, SLOW_WRITE_MS_ENV};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 use crate::tensor::{numel, HostTensor, StateDict, TensorInfo, TensorSource};
@@ -92,9 +92,15 @@ pub fn write_safetensors_with(
                 let (tx, rx) = std::sync::mpsc::sync_channel::<HostTensor>(2);
                 let hasher = s.spawn(move || {
                     let mut h = xxhash_rust::xxh3::Xxh3::new();
+                    let mut buf = Vec::new();
                     for piece in rx {
-                        piece.prefault();
-                        h.update(piece.bytes());
+                        // A view of a mapped input is read with pread (no page faults or unmapping in this
+                        // process, see `hash_file_range`); owned bytes are hashed in place.
+                        match piece.mapped_range() {
+                            Some((m, offset, len)) => hash_file_range(&mut h, &m.file, offset, len, &m.map, &mut buf),
+                            None => h.update(piece.bytes()),
+                        }
+                        // Pages the writer mapped (a small piece, or a filesystem without kernel copies).
                         piece.release();
                     }
                     h.digest()

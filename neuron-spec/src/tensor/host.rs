@@ -132,6 +132,14 @@ impl HostTensor {
         }
     }
 
+    /// For a view of a mapped file: the mapped file and the byte range (offset, length).
+    pub(crate) fn mapped_range(&self) -> Option<(&MappedFile, u64, usize)> {
+        match &self.data {
+            Bytes::Mapped(m, r) => Some((m, r.start as u64, r.len())),
+            Bytes::Owned(..) => None,
+        }
+    }
+
     /// For a view of a mapped file: the file and the byte range (the mapping starts at offset 0).
     pub(crate) fn file_range(&self) -> Option<(&std::fs::File, u64, usize)> {
         match &self.data {

@@ -6,13 +6,15 @@
 //! cargo run --release -p neuron-spec-bench --bin train_step [-- --small] [-- --shape deep]
 //! ```
 
+#[path = "../finish.rs"]
+mod finish;
 #[path = "../train.rs"]
 mod train;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let r = if args.get(1).map(String::as_str) == Some("train-child") {
-        train::child(&args[2..])
+    if args.get(1).map(String::as_str) == Some("train-child") {
+        finish::finish(train::child(&args[2..]).map(|()| vec![]), "");
     } else {
         let small = args.iter().any(|a| a == "--small");
         let shapes: Vec<&str> = match args.iter().position(|a| a == "--shape").and_then(|i| args.get(i + 1)) {
@@ -20,17 +22,6 @@ fn main() {
             None => vec!["wide", "deep"],
         };
         let py = std::env::var("NEURON_SPEC_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
-        train::report(&shapes, small, &py).and_then(|missed| {
-            if missed.is_empty() {
-                println!("train targets met");
-                Ok(())
-            } else {
-                Err(format!("targets missed: {}", missed.join("; ")).into())
-            }
-        })
-    };
-    if let Err(e) = r {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+        finish::finish(train::report(&shapes, small, &py), "train targets met");
     }
 }

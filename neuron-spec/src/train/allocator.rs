@@ -3,7 +3,7 @@
 /// Makes glibc's `malloc` keep freed memory for reuse (one arena, no trimming, no `mmap` for large blocks).
 ///
 /// A training step or a generated token frees and allocates the same large tensors again and again; by default
-/// each is a fresh `mmap` whose pages the kernel faults in and zeroes every time (a fifth of a CPU step went
+/// each is a fresh `mmap` whose pages the kernel faults in and zeroes every time (a seventh of a step's CPU went
 /// there; `docs/src/benchmarks.md`). With this, freed blocks are reused: 4× fewer page faults, for a peak
 /// resident set about 20% higher. Call it first thing in a process that trains or generates, before any thread
 /// starts. It does nothing on other C libraries.

@@ -16,41 +16,7 @@ use neuron_spec::ops::reshard::reshard;
 use neuron_spec::spec::contract::CustomModule;
 use neuron_spec::{consolidate, shard};
 use neuron_spec::{CustomModule as DeriveCustomModule, HostTensor, StateDict};
-use neuron_spec_models::{layout, layout_of_dir, ForwardOutput, ModelConfig, QkvLayout, RopeConfig, RopeScaling};
-
-const TOL: f32 = 1e-4;
-
-struct Golden {
-    input_ids: Vec<Vec<i64>>,
-    logits: Vec<f32>,
-    hidden_0: Vec<f32>,
-    hidden_1: Vec<f32>,
-}
-
-fn golden(dir: &str) -> Golden {
-    let f = SafetensorsFile::open(&fixture(dir).join("golden.safetensors")).unwrap();
-    let ids = f.tensor("input_ids").unwrap();
-    let s = ids.shape()[1];
-    Golden {
-        input_ids: ids.to_i64_vec().unwrap().chunks(s).map(<[i64]>::to_vec).collect(),
-        logits: f.tensor("logits").unwrap().to_f32_vec(),
-        hidden_0: f.tensor("hidden_0").unwrap().to_f32_vec(),
-        hidden_1: f.tensor("hidden_1").unwrap().to_f32_vec(),
-    }
-}
-
-fn diff(a: &[f32], b: &[f32]) -> f32 {
-    neuron_spec::compare::max_abs_diff(a, b).unwrap_or_else(|m| panic!("{m}"))
-}
-
-fn check(out: &ForwardOutput, g: &Golden, what: &str) {
-    assert_eq!(out.logits.len(), g.logits.len(), "{what}: logits size");
-    let dl = diff(&out.logits, &g.logits);
-    let d0 = diff(&out.hidden_0, &g.hidden_0);
-    let d1 = diff(out.hidden_1.as_deref().unwrap(), &g.hidden_1);
-    eprintln!("{what}: max |Δ| logits {dl:.2e}, hidden_0 {d0:.2e}, hidden_1 {d1:.2e}");
-    assert!(dl <= TOL && d0 <= TOL && d1 <= TOL, "{what}: logits {dl}, hidden_0 {d0}, hidden_1 {d1}");
-}
+use neuron_spec_models::{layout, layout_of_dir, ModelConfig, QkvLayout, RopeConfig, RopeScaling};
 
 fn cfg(dir: &str) -> ModelConfig {
     ModelConfig::read(&fixture(dir).join("config.json")).unwrap()
@@ -70,7 +36,7 @@ fn forward_matches(dir: &str, model_type: &str, tps: &[usize]) {
                 &neuron_spec_models::Forward::new(g.input_ids.to_vec()),
             )
             .unwrap();
-            check(&out, &g, &format!("{dir} tp {tp} fuse_qkv {fuse}"));
+            check_golden(&out, &g, &format!("{dir} tp {tp} fuse_qkv {fuse}"));
         }
     }
 }
@@ -97,7 +63,7 @@ fn round_trips(dir: &str, tp: usize, to: usize) {
         }
         assert_eq!(rb.metadata.model_weight_transformation_specs, rd.metadata.model_weight_transformation_specs);
         if fuse {
-            check(
+            check_golden(
                 &neuron_spec_models::Source::open(&b)
                     .and_then(|s| {
                         neuron_spec_models::run(
@@ -190,9 +156,9 @@ fn qwen3_moe_without_norm_topk_prob_changes_the_answer() {
         &neuron_spec_models::Forward::new(g.input_ids.to_vec()),
     )
     .unwrap();
-    assert!(diff(&out.logits, &g.logits) > 1e-3);
+    assert!(max_abs_diff(&out.logits, &g.logits) > 1e-3);
     // hidden_1 is layer 0 (sparse); the first hidden state does not depend on routing.
-    assert!(diff(&out.hidden_0, &g.hidden_0) <= TOL);
+    assert!(max_abs_diff(&out.hidden_0, &g.hidden_0) <= GOLDEN_TOL);
 }
 
 /// Mixtral (the shared `mixtral` fixture: 8 heads / 2 kv heads, every layer a `block_sparse_moe` of 4 experts,
@@ -237,7 +203,7 @@ fn mixtral_sliding_window_is_computed_within_it_and_refused_beyond() {
     let g = golden("mixtral");
     let c = edited(7);
     assert_eq!(c.sliding_window, Some(7));
-    check(
+    check_golden(
         &neuron_spec_models::run(
             &neuron_spec_models::Source::tensors(&hf("mixtral"), c.clone()).fuse_qkv(true),
             &neuron_spec_models::Transport::threads(2),
@@ -277,7 +243,7 @@ fn families_run_stage_by_stage_at_pp_2() {
             let opts = WriteOptions { pp: Some(2), ..Default::default() };
             shard(&fixture(dir), &s, &layout_of_dir(&fixture(dir), tp, QkvLayout::Fused).unwrap(), tp, &opts).unwrap();
             assert_eq!(ShardedCheckpoint::open(&s).unwrap().pp(), 2);
-            check(
+            check_golden(
                 &neuron_spec_models::Source::open(&s)
                     .and_then(|s| {
                         neuron_spec_models::run(
@@ -574,7 +540,7 @@ fn qwen3_with_a_lora_adapter_matches_peft_at_tp_1_2_4_8() {
         hidden_1: f.tensor("hidden_1").unwrap().to_f32_vec(),
     };
     // The adapter moves the logits far from the base model's: a dropped adapter cannot pass.
-    assert!(diff(&golden("qwen3").logits, &g.logits) > 0.1);
+    assert!(max_abs_diff(&golden("qwen3").logits, &g.logits) > 0.1);
     for tp in [1, 2, 4, 8] {
         for fuse in [true, false] {
             let a = qwen3_lora(tp, fuse);
@@ -586,7 +552,7 @@ fn qwen3_with_a_lora_adapter_matches_peft_at_tp_1_2_4_8() {
                 &neuron_spec_models::Forward::new(g.input_ids.to_vec()),
             )
             .unwrap();
-            check(&out, &g, &format!("qwen3-lora tp {tp} fuse_qkv {fuse}"));
+            check_golden(&out, &g, &format!("qwen3-lora tp {tp} fuse_qkv {fuse}"));
         }
     }
 }
@@ -657,7 +623,7 @@ fn gemma3_round_trips_reshards_and_runs_in_two_stages() {
         let s = tmp.path().join("s");
         let opts = WriteOptions { pp: Some(2), ..Default::default() };
         shard(&fixture(dir), &s, &layout_of_dir(&fixture(dir), 2, QkvLayout::Separate).unwrap(), 2, &opts).unwrap();
-        check(
+        check_golden(
             &neuron_spec_models::Source::open(&s)
                 .and_then(|s| {
                     neuron_spec_models::run(
@@ -732,7 +698,7 @@ fn gemma3_with_a_lora_adapter_matches_peft_at_tp_1_2_4() {
         hidden_0: f.tensor("hidden_0").unwrap().to_f32_vec(),
         hidden_1: f.tensor("hidden_1").unwrap().to_f32_vec(),
     };
-    assert!(diff(&golden("gemma3").logits, &g.logits) > 0.1, "the adapter moves the logits");
+    assert!(max_abs_diff(&golden("gemma3").logits, &g.logits) > 0.1, "the adapter moves the logits");
     for tp in [1, 2, 4] {
         for fuse in [true, false] {
             let a = gemma3_lora(tp, fuse);
@@ -744,7 +710,7 @@ fn gemma3_with_a_lora_adapter_matches_peft_at_tp_1_2_4() {
                 &neuron_spec_models::Forward::new(g.input_ids.to_vec()),
             )
             .unwrap();
-            check(&out, &g, &format!("gemma3-lora tp {tp} fuse_qkv {fuse}"));
+            check_golden(&out, &g, &format!("gemma3-lora tp {tp} fuse_qkv {fuse}"));
         }
     }
 }
@@ -769,7 +735,7 @@ fn family_lora_adapters_match_peft_at_tp_2() {
             &neuron_spec_models::Forward::new(g.input_ids.to_vec()),
         )
         .unwrap();
-        assert!(diff(&plain.logits, &g.logits) > 0.05, "{dir}: the adapter moves the logits");
+        assert!(max_abs_diff(&plain.logits, &g.logits) > 0.05, "{dir}: the adapter moves the logits");
         for fuse in [true, false] {
             let meta = layout(&cfg(model), 2, QkvLayout::gqa(fuse)).unwrap();
             let o = LoraImportOptions { mode: LoraMode::Exact, allow_partial: false };
@@ -780,7 +746,7 @@ fn family_lora_adapters_match_peft_at_tp_2() {
                 &neuron_spec_models::Forward::new(g.input_ids.to_vec()),
             )
             .unwrap();
-            check(&out, &g, &format!("{dir} tp 2 fuse_qkv {fuse}"));
+            check_golden(&out, &g, &format!("{dir} tp 2 fuse_qkv {fuse}"));
         }
     }
 }

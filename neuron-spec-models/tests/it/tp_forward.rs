@@ -3,49 +3,10 @@
 use crate::common;
 use common::*;
 use neuron_spec::checkpoint::WriteOptions;
-use neuron_spec::format::SafetensorsFile;
 use neuron_spec::shard;
 use neuron_spec::spec::contract::{CustomModule, TpContext};
 use neuron_spec::TensorSource;
-use neuron_spec_models::{ForwardOutput, LlamaForCausalLM, ModelConfig};
-
-const TOL: f32 = 1e-4;
-
-struct Golden {
-    input_ids: Vec<Vec<i64>>,
-    logits: Vec<f32>,
-    hidden_0: Vec<f32>,
-    hidden_1: Vec<f32>,
-}
-
-fn golden(dir: &str) -> Golden {
-    let f = SafetensorsFile::open(&fixture(dir).join("golden.safetensors")).unwrap();
-    let ids = f.tensor("input_ids").unwrap();
-    let s = ids.shape()[1];
-    let flat = ids.to_i64_vec().unwrap();
-    Golden {
-        input_ids: flat.chunks(s).map(<[i64]>::to_vec).collect(),
-        logits: f.tensor("logits").unwrap().to_f32_vec(),
-        hidden_0: f.tensor("hidden_0").unwrap().to_f32_vec(),
-        hidden_1: f.tensor("hidden_1").unwrap().to_f32_vec(),
-    }
-}
-
-/// NaN- and Inf-aware: any non-finite value on either side fails the test.
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    neuron_spec::compare::max_abs_diff(a, b).unwrap_or_else(|m| panic!("{m}"))
-}
-
-/// Checks logits and both hidden states within `TOL`; returns the logits' max abs diff.
-fn check(out: &ForwardOutput, g: &Golden, what: &str) -> f32 {
-    assert_eq!(out.logits.len(), g.logits.len(), "{what}: logits size");
-    let dl = max_abs_diff(&out.logits, &g.logits);
-    let d0 = max_abs_diff(&out.hidden_0, &g.hidden_0);
-    let d1 = max_abs_diff(out.hidden_1.as_deref().unwrap(), &g.hidden_1);
-    eprintln!("{what}: max |Δ| logits {dl:.2e}, hidden_0 {d0:.2e}, hidden_1 {d1:.2e}");
-    assert!(dl <= TOL && d0 <= TOL && d1 <= TOL, "{what}: logits {dl}, hidden_0 {d0}, hidden_1 {d1}");
-    dl
-}
+use neuron_spec_models::{LlamaForCausalLM, ModelConfig};
 
 fn run_dir(dir: &str, golden_dir: &str, tps: &[usize], fuses: &[bool]) {
     let g = golden(golden_dir);
@@ -60,7 +21,7 @@ fn run_dir(dir: &str, golden_dir: &str, tps: &[usize], fuses: &[bool]) {
             )
             .unwrap();
             assert_eq!(out.logits_shape, [2, 7, cfg.llama.vocab_size]);
-            check(&out, &g, &format!("{dir} tp {tp} fuse_qkv {fuse}"));
+            check_golden(&out, &g, &format!("{dir} tp {tp} fuse_qkv {fuse}"));
         }
     }
 }
@@ -107,7 +68,7 @@ fn sharded_checkpoint_directory_runs_and_matches_golden() {
                 )
             })
             .unwrap();
-        check(&out, &g, &format!("sharded dir tp {tp} fuse_qkv {fuse}"));
+        check_golden(&out, &g, &format!("sharded dir tp {tp} fuse_qkv {fuse}"));
     }
 }
 

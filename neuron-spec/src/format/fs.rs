@@ -165,22 +165,21 @@ pub(crate) fn mapped_xxh3(m: &Arc<MappedFile>) -> Written {
     let len = m.map.len();
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = Vec::new();
-    hash_file_range(&mut hasher, &m.file, 0, len, &m.map, &mut buf);
+    hash_file_range(&mut hasher, m, 0, len, &mut buf);
     Written { size: len as u64, xxh3: hasher.digest() }
 }
 
 /// Chunk of [`hash_file_range`]'s reads.
 const HASH_CHUNK: usize = 8 << 20;
 
-/// Feeds `len` bytes of `file` from `offset` to `hasher`, read with `pread` through `buf`; where a read fails
-/// or comes up short (a file truncated under us), the rest is hashed from `map` (the mapping of `file`), whose
-/// access then reports the damage as every mapped read does.
+/// Feeds `len` bytes of `m`'s file from `offset` to `hasher`, read with `pread` through `buf`; where a read
+/// fails or comes up short (a file truncated under us), the rest is hashed from the mapping, whose access then
+/// reports the damage as every mapped read does.
 pub(crate) fn hash_file_range(
     hasher: &mut xxhash_rust::xxh3::Xxh3,
-    file: &File,
+    m: &MappedFile,
     offset: u64,
     len: usize,
-    map: &Mmap,
     buf: &mut Vec<u8>,
 ) {
     use std::os::unix::fs::FileExt;
@@ -188,7 +187,7 @@ pub(crate) fn hash_file_range(
     let mut done = 0usize;
     while done < len {
         let n = (len - done).min(HASH_CHUNK);
-        match file.read_at(&mut buf[..n], offset + done as u64) {
+        match m.file.read_at(&mut buf[..n], offset + done as u64) {
             Ok(0) | Err(_) => break,
             Ok(k) => {
                 hasher.update(&buf[..k]);
@@ -198,7 +197,7 @@ pub(crate) fn hash_file_range(
     }
     if done < len {
         let start = offset as usize + done;
-        hasher.update(map.get(start..offset as usize + len).unwrap_or_default());
+        hasher.update(m.map.get(start..offset as usize + len).unwrap_or_default());
     }
 }
 

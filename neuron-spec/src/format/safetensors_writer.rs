@@ -97,7 +97,7 @@ pub fn write_safetensors_with(
                         // A view of a mapped input is read with pread (no page faults or unmapping in this
                         // process, see `hash_file_range`); owned bytes are hashed in place.
                         match piece.mapped_range() {
-                            Some((m, offset, len)) => hash_file_range(&mut h, &m.file, offset, len, &m.map, &mut buf),
+                            Some((m, offset, len)) => hash_file_range(&mut h, m, offset, len, &mut buf),
                             None => h.update(piece.bytes()),
                         }
                         // Pages the writer mapped (a small piece, or a filesystem without kernel copies).

@@ -142,10 +142,7 @@ impl HostTensor {
 
     /// For a view of a mapped file: the file and the byte range (the mapping starts at offset 0).
     pub(crate) fn file_range(&self) -> Option<(&std::fs::File, u64, usize)> {
-        match &self.data {
-            Bytes::Mapped(m, r) => Some((&m.file, r.start as u64, r.len())),
-            Bytes::Owned(..) => None,
-        }
+        self.mapped_range().map(|(m, offset, len)| (&m.file, offset, len))
     }
 
     /// Drops this view's pages from the process (they stay in the page cache), so that streaming through a
